@@ -1,0 +1,135 @@
+// Elementwise kernels. 1-D kernels use grid-stride loops over 64-bit indices, so the result
+// never depends on the launch configuration.
+
+// out[r, j] = silu(g) * u with g = gate_up[r, j], u = gate_up[r, inter + j];
+// silu(g) = g / (1 + exp(-g)).
+extern "C" __global__ void silu_mul_bf16(
+    const bf16_t* __restrict__ gate_up,
+    bf16_t* __restrict__ out,
+    unsigned long long rows,
+    unsigned long long inter)
+{
+    const unsigned long long total = rows * inter;
+    for (unsigned long long idx = global_thread_index(); idx < total; idx += grid_thread_count()) {
+        const unsigned long long r = idx / inter;
+        const unsigned long long j = idx - r * inter;
+        const bf16_t* row = gate_up + r * 2ull * inter;
+        const float g = bf2f(row[j]);
+        const float u = bf2f(row[inter + j]);
+        const float silu = g / (1.0f + expf(-g));
+        out[idx] = f2bf(silu * u);
+    }
+}
+
+// out = a + b (same number of elements).
+extern "C" __global__ void add_bf16(
+    const bf16_t* __restrict__ a,
+    const bf16_t* __restrict__ b,
+    bf16_t* __restrict__ out,
+    unsigned long long numel)
+{
+    for (unsigned long long idx = global_thread_index(); idx < numel; idx += grid_thread_count()) {
+        out[idx] = f2bf(bf2f(a[idx]) + bf2f(b[idx]));
+    }
+}
+
+// out[r, j] = x[r, j] + bias[j].
+extern "C" __global__ void add_bias_bf16(
+    const bf16_t* __restrict__ x,
+    const bf16_t* __restrict__ bias,
+    bf16_t* __restrict__ out,
+    unsigned long long rows,
+    unsigned long long cols)
+{
+    const unsigned long long total = rows * cols;
+    for (unsigned long long idx = global_thread_index(); idx < total; idx += grid_thread_count()) {
+        const unsigned long long j = idx % cols;
+        out[idx] = f2bf(bf2f(x[idx]) + bf2f(bias[j]));
+    }
+}
+
+// out[r, :] = table[min(ids[r], vocab - 1), :]. One block per row.
+extern "C" __global__ void embedding_bf16(
+    const bf16_t* __restrict__ table,
+    const unsigned int* __restrict__ ids,
+    bf16_t* __restrict__ out,
+    int n,
+    int vocab,
+    int hidden)
+{
+    const int r = blockIdx.x;
+    if (r >= n) {
+        return;
+    }
+    unsigned int id = ids[r];
+    if (id > (unsigned int)(vocab - 1)) {
+        id = (unsigned int)(vocab - 1);
+    }
+    const bf16_t* src = table + (unsigned long long)id * (unsigned long long)hidden;
+    bf16_t* dst = out + (unsigned long long)r * (unsigned long long)hidden;
+    for (int j = threadIdx.x; j < hidden; j += blockDim.x) {
+        dst[j] = src[j];
+    }
+}
+
+// Counter-based uniform random numbers in [0, 1): splitmix64 of (seed, index).
+// Mirrored on the host by `reference::uniform_unit`.
+__device__ __forceinline__ float uniform_unit(unsigned long long seed, unsigned long long index) {
+    unsigned long long z = seed + (index + 1ull) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z = z ^ (z >> 31);
+    // Top 24 bits -> exactly representable in f32, in [0, 1).
+    return (float)(z >> 40) * 5.9604644775390625e-8f;
+}
+
+// low + (high - low) * u, with an explicit fused multiply-add so the host mirror is bit-exact.
+__device__ __forceinline__ float uniform_value(
+    unsigned long long seed, unsigned long long index, float low, float high)
+{
+    return fmaf(high - low, uniform_unit(seed, index), low);
+}
+
+extern "C" __global__ void fill_uniform_bf16(
+    bf16_t* __restrict__ out,
+    unsigned long long numel,
+    unsigned long long seed,
+    float low,
+    float high)
+{
+    for (unsigned long long idx = global_thread_index(); idx < numel; idx += grid_thread_count()) {
+        out[idx] = f2bf(uniform_value(seed, idx, low, high));
+    }
+}
+
+extern "C" __global__ void fill_uniform_f32(
+    float* __restrict__ out,
+    unsigned long long numel,
+    unsigned long long seed,
+    float low,
+    float high)
+{
+    for (unsigned long long idx = global_thread_index(); idx < numel; idx += grid_thread_count()) {
+        out[idx] = uniform_value(seed, idx, low, high);
+    }
+}
+
+extern "C" __global__ void cast_bf16_f32(
+    const bf16_t* __restrict__ x,
+    float* __restrict__ out,
+    unsigned long long numel)
+{
+    for (unsigned long long idx = global_thread_index(); idx < numel; idx += grid_thread_count()) {
+        out[idx] = bf2f(x[idx]);
+    }
+}
+
+extern "C" __global__ void cast_f32_bf16(
+    const float* __restrict__ x,
+    bf16_t* __restrict__ out,
+    unsigned long long numel)
+{
+    for (unsigned long long idx = global_thread_index(); idx < numel; idx += grid_thread_count()) {
+        out[idx] = f2bf(x[idx]);
+    }
+}

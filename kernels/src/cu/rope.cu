@@ -1,0 +1,74 @@
+// Rotary position embedding (Llama / Hugging Face "rotate_half" convention) fused with the
+// KV-cache write of one decode step.
+//
+// Layouts (row-major):
+//   qkv      [n, (q_heads + 2 * kv_heads) * head_dim]: q heads, then k heads, then v heads
+//   positions[n] (int32), clamped into [0, max_t - 1]
+//   k_cache, v_cache [batch_slots, max_t, kv_heads, head_dim]; row b uses slot b
+//   q_out    [n, q_heads * head_dim]
+//
+// Grid: (n, q_heads + 2 * kv_heads); one block per (row, head). Any blockDim.x works.
+//
+// For i < head_dim / 2: inv_freq = 1 / theta^(2i / head_dim), angle = pos * inv_freq,
+//   out[i]            = x[i] * cos - x[i + half] * sin
+//   out[i + half]     = x[i + half] * cos + x[i] * sin
+extern "C" __global__ void rope_kv_write_bf16(
+    const bf16_t* __restrict__ qkv,
+    const int* __restrict__ positions,
+    bf16_t* __restrict__ k_cache,
+    bf16_t* __restrict__ v_cache,
+    bf16_t* __restrict__ q_out,
+    int n,
+    int q_heads,
+    int kv_heads,
+    int head_dim,
+    int max_t,
+    float theta)
+{
+    const int b = blockIdx.x;
+    const int head = blockIdx.y;
+    const int total_heads = q_heads + 2 * kv_heads;
+    if (b >= n || head >= total_heads) {
+        return;
+    }
+    int pos = positions[b];
+    pos = pos < 0 ? 0 : pos;
+    pos = pos > max_t - 1 ? max_t - 1 : pos;
+
+    const unsigned long long d = (unsigned long long)head_dim;
+    const bf16_t* src = qkv + ((unsigned long long)b * (unsigned long long)total_heads
+                               + (unsigned long long)head) * d;
+
+    if (head < q_heads + kv_heads) {
+        bf16_t* dst;
+        if (head < q_heads) {
+            dst = q_out + ((unsigned long long)b * (unsigned long long)q_heads
+                           + (unsigned long long)head) * d;
+        } else {
+            const int kv_head = head - q_heads;
+            dst = k_cache + (((unsigned long long)b * (unsigned long long)max_t
+                              + (unsigned long long)pos) * (unsigned long long)kv_heads
+                             + (unsigned long long)kv_head) * d;
+        }
+        const int half = head_dim / 2;
+        for (int i = threadIdx.x; i < half; i += blockDim.x) {
+            const float exponent = (float)(2 * i) / (float)head_dim;
+            const float inv_freq = 1.0f / powf(theta, exponent);
+            const float angle = (float)pos * inv_freq;
+            float s, c;
+            sincosf(angle, &s, &c);
+            const float x1 = bf2f(src[i]);
+            const float x2 = bf2f(src[i + half]);
+            dst[i] = f2bf(x1 * c - x2 * s);
+            dst[i + half] = f2bf(x2 * c + x1 * s);
+        }
+    } else {
+        const int kv_head = head - q_heads - kv_heads;
+        bf16_t* dst = v_cache + (((unsigned long long)b * (unsigned long long)max_t
+                                  + (unsigned long long)pos) * (unsigned long long)kv_heads
+                                 + (unsigned long long)kv_head) * d;
+        for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+            dst[i] = src[i];
+        }
+    }
+}

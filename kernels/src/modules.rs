@@ -1,0 +1,186 @@
+//! The kernel modules: one NVRTC program per family, each the common prelude
+//! (`cu/prelude.cuh`: bf16 helpers and block reductions) followed by the family's source.
+//!
+//! The sources include no header (NVRTC runs without an include path). Kernels are named
+//! `<op>_<dtype>`; the op launchers in [`ops`](crate::ops) name them through the constants of
+//! [`names`], the same constants the `functions` lists are made of.
+
+use cudagraph_runtime::KernelModule;
+
+/// Kernel entry point names (each an `extern "C" __global__` function of its module).
+pub mod names {
+    /// `norm`: RMS norm of each row.
+    pub const RMS_NORM_BF16: &str = "rms_norm_bf16";
+    /// `norm`: residual add then RMS norm of the rounded sum.
+    pub const ADD_RMS_NORM_BF16: &str = "add_rms_norm_bf16";
+    /// `rope`: RoPE on q and k, k and v written into the caches.
+    pub const ROPE_KV_WRITE_BF16: &str = "rope_kv_write_bf16";
+    /// `attention`: decode attention over the KV cache.
+    pub const ATTENTION_DECODE_BF16: &str = "attention_decode_bf16";
+    /// `elementwise`: `silu(gate) * up`.
+    pub const SILU_MUL_BF16: &str = "silu_mul_bf16";
+    /// `elementwise`: `a + b`.
+    pub const ADD_BF16: &str = "add_bf16";
+    /// `elementwise`: `x + bias` broadcast over rows.
+    pub const ADD_BIAS_BF16: &str = "add_bias_bf16";
+    /// `elementwise`: embedding lookup (ids clamped to the table).
+    pub const EMBEDDING_BF16: &str = "embedding_bf16";
+    /// `elementwise`: deterministic uniform random fill of a bf16 tensor.
+    pub const FILL_UNIFORM_BF16: &str = "fill_uniform_bf16";
+    /// `elementwise`: deterministic uniform random fill of an f32 tensor.
+    pub const FILL_UNIFORM_F32: &str = "fill_uniform_f32";
+    /// `elementwise`: bf16 -> f32 conversion.
+    pub const CAST_BF16_F32: &str = "cast_bf16_f32";
+    /// `elementwise`: f32 -> bf16 conversion (round to nearest even).
+    pub const CAST_F32_BF16: &str = "cast_f32_bf16";
+}
+
+/// The common prelude every module starts with.
+pub const PRELUDE: &str = include_str!("cu/prelude.cuh");
+
+/// RMS norm kernels: [`names::RMS_NORM_BF16`], [`names::ADD_RMS_NORM_BF16`].
+pub static NORM: KernelModule = KernelModule {
+    name: "norm",
+    source: concat!(include_str!("cu/prelude.cuh"), include_str!("cu/norm.cu")),
+    functions: &[names::RMS_NORM_BF16, names::ADD_RMS_NORM_BF16],
+};
+
+/// Rotary embedding fused with the KV-cache write: [`names::ROPE_KV_WRITE_BF16`].
+pub static ROPE: KernelModule = KernelModule {
+    name: "rope",
+    source: concat!(include_str!("cu/prelude.cuh"), include_str!("cu/rope.cu")),
+    functions: &[names::ROPE_KV_WRITE_BF16],
+};
+
+/// Decode attention: [`names::ATTENTION_DECODE_BF16`].
+pub static ATTENTION: KernelModule = KernelModule {
+    name: "attention",
+    source: concat!(
+        include_str!("cu/prelude.cuh"),
+        include_str!("cu/attention.cu")
+    ),
+    functions: &[names::ATTENTION_DECODE_BF16],
+};
+
+/// Elementwise kernels: activation, adds, embedding, random fills and casts.
+pub static ELEMENTWISE: KernelModule = KernelModule {
+    name: "elementwise",
+    source: concat!(
+        include_str!("cu/prelude.cuh"),
+        include_str!("cu/elementwise.cu")
+    ),
+    functions: &[
+        names::SILU_MUL_BF16,
+        names::ADD_BF16,
+        names::ADD_BIAS_BF16,
+        names::EMBEDDING_BF16,
+        names::FILL_UNIFORM_BF16,
+        names::FILL_UNIFORM_F32,
+        names::CAST_BF16_F32,
+        names::CAST_F32_BF16,
+    ],
+};
+
+/// Every module of the crate, so a GPU test can check that each declared function loads.
+pub static ALL_MODULES: &[&KernelModule] = &[&NORM, &ROPE, &ATTENTION, &ELEMENTWISE];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_names_are_unique() {
+        let mut names: Vec<_> = ALL_MODULES.iter().map(|m| m.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL_MODULES.len());
+    }
+
+    #[test]
+    fn sources_include_no_header() {
+        for module in ALL_MODULES {
+            assert!(
+                !module.source.contains("#include"),
+                "module `{}` includes a header; NVRTC has no include path here",
+                module.name
+            );
+            assert!(
+                module.source.starts_with(PRELUDE),
+                "module `{}`",
+                module.name
+            );
+        }
+    }
+
+    #[test]
+    fn every_declared_function_is_defined_once() {
+        for module in ALL_MODULES {
+            for function in module.functions {
+                let definition = format!("extern \"C\" __global__ void {function}(");
+                assert_eq!(
+                    module.source.matches(&definition).count(),
+                    1,
+                    "module `{}` should define `{function}` exactly once",
+                    module.name
+                );
+            }
+            // And nothing is defined that is not declared (a kernel the GPU test would miss).
+            let defined = module.source.matches("extern \"C\" __global__").count();
+            assert_eq!(defined, module.functions.len(), "module `{}`", module.name);
+        }
+    }
+
+    #[test]
+    fn kernel_names_end_in_a_dtype() {
+        for module in ALL_MODULES {
+            for function in module.functions {
+                assert!(
+                    ["_bf16", "_f32"].iter().any(|s| function.ends_with(s)),
+                    "`{function}` should be named <op>_<dtype>"
+                );
+            }
+        }
+    }
+
+    /// Compiles every module with NVRTC, as the runtime does (`--std=c++17`, the H100's arch),
+    /// when NVRTC can be loaded here (no GPU is needed); skipped otherwise.
+    #[test]
+    fn nvrtc_compiles_every_module() {
+        use cudagraph_runtime::cudarc::nvrtc::{
+            CompileError, CompileOptions, compile_ptx_with_opts,
+        };
+
+        if !crate::ffi::nvrtc_present() {
+            eprintln!(
+                "skipped: NVRTC not found (add libnvrtc's folder to LD_LIBRARY_PATH to run it)"
+            );
+            return;
+        }
+        for module in ALL_MODULES {
+            let opts = CompileOptions {
+                arch: Some("compute_90"),
+                options: vec!["--std=c++17".into()],
+                name: Some(format!("{}.cu", module.name)),
+                ..Default::default()
+            };
+            let ptx = match compile_ptx_with_opts(module.source, opts) {
+                Ok(ptx) => ptx.to_src(),
+                Err(CompileError::CompileError { log, .. }) => {
+                    panic!(
+                        "module `{}` failed to compile:\n{}",
+                        module.name,
+                        log.to_string_lossy()
+                    )
+                }
+                Err(other) => panic!("module `{}`: {other:?}", module.name),
+            };
+            for function in module.functions {
+                assert!(
+                    ptx.contains(&format!(".entry {function}(")),
+                    "module `{}`: no entry `{function}` in the PTX",
+                    module.name
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! Attention geometry ([`AttentionShape`]), the KV-cache checks shared with
+//! [`rope_kv_write`](super::rope_kv_write), and decode attention.
+
+use cudagraph_runtime::{DType, Error, Result, Runtime, Tensor};
+
+use super::check;
+use crate::ffi::{self, Arg};
+use crate::modules::{ATTENTION, names};
+
+/// The largest head dimension the kernels support.
+pub const MAX_HEAD_DIM: usize = 256;
+
+/// The longest KV cache (`T`, positions per slot) [`attention_decode`] supports: its scores live
+/// in shared memory (`T` floats per block).
+pub const MAX_ATTENTION_CONTEXT: usize = 8192;
+
+/// Threads per block of the decode-attention kernel.
+const ATTENTION_BLOCK: u32 = 128;
+
+/// Dynamic shared memory a kernel may use without opting in to more.
+const DEFAULT_SHARED_MEM_LIMIT: usize = 48 * 1024;
+
+/// The geometry of a model's attention (grouped-query aware).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionShape {
+    /// Number of query heads (`hq`).
+    pub q_heads: usize,
+    /// Number of key/value heads (`hkv`); `q_heads % kv_heads == 0`.
+    pub kv_heads: usize,
+    /// Dimension of each head (`d`): even, at most [`MAX_HEAD_DIM`].
+    pub head_dim: usize,
+    /// RoPE base (`theta`, 10000 for Llama 2, 500000 for Llama 3): finite and > 0.
+    pub rope_theta: f32,
+}
+
+impl AttentionShape {
+    /// Checks the invariants documented on the fields; `op` names the caller in the error.
+    pub fn validate(&self, op: &'static str) -> Result<()> {
+        let Self {
+            q_heads,
+            kv_heads,
+            head_dim,
+            rope_theta,
+        } = *self;
+        if q_heads == 0 || kv_heads == 0 {
+            return Err(Error::invalid(
+                op,
+                format!("q_heads ({q_heads}) and kv_heads ({kv_heads}) must be > 0"),
+            ));
+        }
+        if q_heads % kv_heads != 0 {
+            return Err(Error::invalid(
+                op,
+                format!("q_heads ({q_heads}) must be a multiple of kv_heads ({kv_heads})"),
+            ));
+        }
+        if head_dim == 0 || head_dim % 2 != 0 || head_dim > MAX_HEAD_DIM {
+            return Err(Error::invalid(
+                op,
+                format!("head_dim ({head_dim}) must be even, > 0 and <= {MAX_HEAD_DIM}"),
+            ));
+        }
+        if !(rope_theta.is_finite() && rope_theta > 0.0) {
+            return Err(Error::invalid(
+                op,
+                format!("rope_theta ({rope_theta}) must be finite and > 0"),
+            ));
+        }
+        // The widest row (q, k and v heads together) must fit the kernels' int arithmetic.
+        self.qkv_width()
+            .filter(|&w| i32::try_from(w).is_ok())
+            .ok_or_else(|| {
+                Error::invalid(
+                    op,
+                    "(q_heads + 2 * kv_heads) * head_dim overflows a 32-bit int",
+                )
+            })?;
+        Ok(())
+    }
+
+    /// Width of a fused qkv row: `(q_heads + 2 * kv_heads) * head_dim` (`None` on overflow).
+    pub fn qkv_width(&self) -> Option<usize> {
+        self.kv_heads
+            .checked_mul(2)?
+            .checked_add(self.q_heads)?
+            .checked_mul(self.head_dim)
+    }
+
+    /// Width of a query (or attention output) row: `q_heads * head_dim`.
+    pub fn q_width(&self) -> usize {
+        self.q_heads * self.head_dim
+    }
+}
+
+/// Checks a pair of KV caches against `cfg`; returns `(slots, max_t)` of `[slots, max_t,
+/// kv_heads, head_dim]`.
+pub(crate) fn check_caches(
+    rt: &Runtime,
+    op: &'static str,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    cfg: &AttentionShape,
+) -> Result<(usize, usize)> {
+    check::tensor(rt, op, "k_cache", k_cache, DType::BF16)?;
+    check::tensor(rt, op, "v_cache", v_cache, DType::BF16)?;
+    let layout = format!("[slots, max_t, {}, {}]", cfg.kv_heads, cfg.head_dim);
+    check::rank(op, "k_cache", k_cache, 4, &layout)?;
+    let shape = k_cache.shape();
+    if shape[2] != cfg.kv_heads || shape[3] != cfg.head_dim {
+        return Err(Error::invalid(
+            op,
+            format!("`k_cache` must have shape {layout}, got {shape:?}"),
+        ));
+    }
+    if v_cache.shape() != shape {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "`v_cache` {:?} must have the shape of `k_cache` {shape:?}",
+                v_cache.shape()
+            ),
+        ));
+    }
+    if k_cache.device_ptr() == v_cache.device_ptr() {
+        return Err(Error::invalid(
+            op,
+            "`k_cache` and `v_cache` are the same memory",
+        ));
+    }
+    let (slots, max_t) = (shape[0], shape[1]);
+    if slots == 0 || max_t == 0 {
+        return Err(Error::invalid(
+            op,
+            format!("the KV cache is empty (shape {shape:?})"),
+        ));
+    }
+    Ok((slots, max_t))
+}
+
+/// Checks `positions`: i32 `[n]`.
+pub(crate) fn check_positions(
+    rt: &Runtime,
+    op: &'static str,
+    positions: &Tensor,
+    n: usize,
+) -> Result<()> {
+    check::tensor(rt, op, "positions", positions, DType::I32)?;
+    if positions.shape() != [n] {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "`positions` must have shape [{n}] (one per row), got {:?}",
+                positions.shape()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that the cache has a slot for each of the `n` rows.
+pub(crate) fn check_slots(op: &'static str, slots: usize, n: usize) -> Result<()> {
+    if slots < n {
+        return Err(Error::invalid(
+            op,
+            format!("the KV cache has {slots} slots for a batch of {n} rows (row b uses slot b)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Dynamic shared memory of the attention kernel, in bytes:
+/// `q_s[head_dim] | scores[max_t] | partial[max(block, head_dim)]` floats.
+fn attention_shared_bytes(head_dim: usize, max_t: usize) -> Option<usize> {
+    let partial = head_dim.max(ATTENTION_BLOCK as usize);
+    head_dim
+        .checked_add(max_t)?
+        .checked_add(partial)?
+        .checked_mul(size_of::<f32>())
+}
+
+/// Decode attention over the KV cache: for row `b` and query head `h` (kv head
+/// `h / (q_heads / kv_heads)`), attends over cache positions `0..=pos[b]` of slot `b`
+/// (`pos` clamped to `[0, max_t - 1]`), scale `1 / sqrt(head_dim)`, softmax in f32 with max
+/// subtraction. Everything is accumulated in f32 and rounded once.
+///
+/// `q`: bf16 `[n, q_heads * head_dim]`; `k_cache`, `v_cache`: bf16
+/// `[slots, max_t, kv_heads, head_dim]` with `slots >= n` and `max_t <=`
+/// [`MAX_ATTENTION_CONTEXT`]; `positions`: i32 `[n]`. Returns bf16 `[n, q_heads * head_dim]`.
+/// One block of 128 threads per (head, row).
+#[track_caller]
+pub fn attention_decode(
+    rt: &Runtime,
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    positions: &Tensor,
+    cfg: &AttentionShape,
+) -> Result<Tensor> {
+    const OP: &str = "attention_decode";
+    rt.enter_op(OP);
+    cfg.validate(OP)?;
+    check::tensor(rt, OP, "q", q, DType::BF16)?;
+    let q_width = cfg.q_width();
+    check::rank(OP, "q", q, 2, &format!("[n, {q_width}]"))?;
+    let n = q.rows();
+    if q.shape()[1] != q_width {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "`q` must have shape [n, {q_width}] (q_heads {} * head_dim {}), got {:?}",
+                cfg.q_heads,
+                cfg.head_dim,
+                q.shape()
+            ),
+        ));
+    }
+    check::nonempty(OP, n)?;
+    check_positions(rt, OP, positions, n)?;
+    let (slots, max_t) = check_caches(rt, OP, k_cache, v_cache, cfg)?;
+    check_slots(OP, slots, n)?;
+    if max_t > MAX_ATTENTION_CONTEXT {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "the KV cache holds {max_t} positions; at most {MAX_ATTENTION_CONTEXT} are supported"
+            ),
+        ));
+    }
+    let shared = attention_shared_bytes(cfg.head_dim, max_t)
+        .filter(|&bytes| bytes <= DEFAULT_SHARED_MEM_LIMIT)
+        .ok_or_else(|| Error::invalid(OP, "the attention scores do not fit in shared memory"))?;
+    let shared = u32::try_from(shared)
+        .map_err(|_| Error::invalid(OP, "the attention scores do not fit in shared memory"))?;
+    let launch_cfg = check::grid_2d(
+        OP,
+        (cfg.q_heads, "q_heads"),
+        (n, "batch rows"),
+        ATTENTION_BLOCK,
+        shared,
+    )?;
+    let scale = 1.0 / (cfg.head_dim as f32).sqrt();
+
+    let func = rt.function(&ATTENTION, names::ATTENTION_DECODE_BF16)?;
+    let out = rt.alloc(&[n, q_width], DType::BF16)?;
+    ffi::launch(
+        rt,
+        &func,
+        launch_cfg,
+        &[
+            Arg::Ptr(q.device_ptr()),
+            Arg::Ptr(k_cache.device_ptr()),
+            Arg::Ptr(v_cache.device_ptr()),
+            Arg::Ptr(positions.device_ptr()),
+            Arg::Ptr(out.device_ptr()),
+            Arg::I32(check::to_i32(OP, "n", n)?),
+            Arg::I32(check::to_i32(OP, "q_heads", cfg.q_heads)?),
+            Arg::I32(check::to_i32(OP, "kv_heads", cfg.kv_heads)?),
+            Arg::I32(check::to_i32(OP, "head_dim", cfg.head_dim)?),
+            Arg::I32(check::to_i32(OP, "max_t", max_t)?),
+            Arg::F32(scale),
+        ],
+    )?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(q_heads: usize, kv_heads: usize, head_dim: usize) -> AttentionShape {
+        AttentionShape {
+            q_heads,
+            kv_heads,
+            head_dim,
+            rope_theta: 10_000.0,
+        }
+    }
+
+    #[test]
+    fn shapes_are_validated() {
+        assert!(shape(32, 8, 128).validate("t").is_ok());
+        assert!(shape(8, 8, 64).validate("t").is_ok());
+        assert!(shape(4, 1, 256).validate("t").is_ok());
+        assert!(shape(0, 1, 64).validate("t").is_err());
+        assert!(shape(4, 0, 64).validate("t").is_err());
+        assert!(shape(6, 4, 64).validate("t").is_err());
+        assert!(shape(4, 2, 63).validate("t").is_err());
+        assert!(shape(4, 2, 0).validate("t").is_err());
+        assert!(shape(4, 2, 258).validate("t").is_err());
+        assert!(shape(usize::MAX, 1, 2).validate("t").is_err());
+        let mut bad_theta = shape(4, 2, 64);
+        bad_theta.rope_theta = f32::NAN;
+        assert!(bad_theta.validate("t").is_err());
+        bad_theta.rope_theta = 0.0;
+        assert!(bad_theta.validate("t").is_err());
+    }
+
+    #[test]
+    fn widths() {
+        let s = shape(32, 8, 128);
+        assert_eq!(s.qkv_width(), Some((32 + 16) * 128));
+        assert_eq!(s.q_width(), 32 * 128);
+    }
+
+    #[test]
+    fn shared_memory_fits_at_the_limits() {
+        let bytes = attention_shared_bytes(MAX_HEAD_DIM, MAX_ATTENTION_CONTEXT).unwrap();
+        assert!(bytes <= DEFAULT_SHARED_MEM_LIMIT, "{bytes}");
+        assert_eq!(attention_shared_bytes(64, 10).unwrap(), (64 + 10 + 128) * 4);
+        assert_eq!(
+            attention_shared_bytes(256, 10).unwrap(),
+            (256 + 10 + 256) * 4
+        );
+    }
+}

@@ -1,0 +1,23 @@
+//! Safe, typed op launchers.
+//!
+//! Every launcher takes the [`Runtime`](cudagraph_runtime::Runtime) first, records itself with
+//! `enter_op` (so a failed capture names the op and the caller's line: the launchers are
+//! `#[track_caller]`), validates shapes and dtypes (an
+//! [`Error::InvalidArgument`](cudagraph_runtime::Error) naming the op, never a panic),
+//! allocates its outputs with `Runtime::alloc` (from the graph pool during a capture) and
+//! enqueues its kernel on the runtime's stream. An empty batch (0 rows) is an error.
+//!
+//! All tensors are contiguous and row-major; activations and weights are bf16, computed in f32.
+
+mod attention;
+mod check;
+mod elementwise;
+mod linear;
+mod norm;
+mod rope;
+
+pub use attention::{AttentionShape, MAX_ATTENTION_CONTEXT, MAX_HEAD_DIM, attention_decode};
+pub use elementwise::{add, add_bias, cast, embedding, fill_uniform, silu_mul};
+pub use linear::{linear, linear_bias};
+pub use norm::{add_rms_norm, rms_norm};
+pub use rope::rope_kv_write;

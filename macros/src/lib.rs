@@ -1,0 +1,149 @@
+//! Procedural macros of `cudagraph`. Use them through the `cudagraph` crate,
+//! which re-exports [`macro@cuda_graph`].
+//!
+//! The crate is split so the logic is testable without a compiler session:
+//! `parse` (attribute grammar), `validate` (signature rules, batch-size set),
+//! `expand` (code generation) and `entry` (the glue), all on
+//! `proc_macro2::TokenStream`.
+
+mod diag;
+mod entry;
+mod expand;
+mod parse;
+mod sizes;
+mod validate;
+
+use proc_macro::TokenStream;
+
+/// Captures a model's forward function as one CUDA graph per batch size.
+///
+/// The annotated function is kept unchanged (it stays the eager, callable
+/// path) and a sibling `<name>_graphs` function is added next to it, with
+/// the same visibility. `<name>_graphs` captures one graph per listed batch
+/// size and returns a `Runner` that dispatches each batch to the smallest
+/// captured size that fits it and replays that graph.
+///
+/// ```rust,ignore
+/// use cudagraph::{cuda_graph, InputSpec, Result, Runtime, Tensor};
+///
+/// impl Model {
+///     #[cuda_graph(sizes = [1, 2, 4, 8..=256 step 8])]
+///     pub fn forward(&self, rt: &Runtime, tokens: &Tensor, positions: &Tensor) -> Result<Tensor> {
+///         // ... launch kernels on `rt` ...
+///     }
+/// }
+///
+/// // Eager: `model.forward(&rt, &tokens, &positions)?`
+/// // Graphs: let runner = model.forward_graphs(&rt, [tokens_spec, positions_spec])?;
+/// ```
+///
+/// # Attribute grammar
+///
+/// ```text
+/// #[cuda_graph(
+///     sizes = [ELEM, ...],          // required
+///     batch = PARAM,                // optional, default: the first `&Tensor` parameter
+///     static_args = [PARAM, ...],   // optional
+///     crate = "PATH",               // optional, default: "::cudagraph"
+/// )]
+/// ELEM := INT | INT..=INT | INT..=INT step INT
+/// ```
+///
+/// - `sizes`: the batch sizes to capture. Each element is an integer literal
+///   (unsuffixed or `usize`), or an inclusive range with an optional `step`
+///   (`8..=256 step 8` is 8, 16, ..., 256; without `step` the step is 1).
+///   The set is sorted; it must be non-empty, every size must be in
+///   `1..=65535`, and no size may be listed twice (also not by two
+///   overlapping ranges).
+/// - `batch`: the `&Tensor` parameter whose leading dimension is the batch
+///   size.
+/// - `static_args`: host-value parameters that are baked into the graphs.
+///   The runner keeps the values given to `<name>_graphs` and checks each run
+///   against them.
+/// - `crate`: the path of the `cudagraph` crate, for crates that rename it
+///   (like tokio's `crate = "..."`).
+///
+/// # Signature rules
+///
+/// Each parameter is classified by its type:
+/// - `&Runtime` (any path ending in `Runtime`): the runtime; exactly one.
+/// - `&Tensor` (any path ending in `Tensor`): a graph input; at least one.
+///   Their number `N` and order define the runner's inputs.
+/// - anything else: a host value, which must be listed in `static_args`.
+///
+/// The receiver, if any, must be `&self`: the runner borrows the model while
+/// its graphs hold pointers into the model's weights. The function may not
+/// be `async`, `unsafe`, variadic, or generic over types or consts (lifetime
+/// parameters are fine), and must spell out its return type,
+/// `Result<Tensor>` (any `Result<Tensor, E>`).
+///
+/// The function may be an `&self` method in an inherent `impl` block or a
+/// free function. (An associated function without `self` is treated as a
+/// free function and does not work: the generated code calls it by its bare
+/// name.)
+///
+/// # What is generated
+///
+/// For `#[cuda_graph(sizes = [1, 2, 4], static_args = [cfg])]` on
+/// `pub fn forward(&self, rt: &Runtime, tokens: &Tensor, positions: &Tensor, cfg: &Config) -> Result<Tensor>`:
+///
+/// ```rust,ignore
+/// /// Captures one CUDA graph of `forward` per batch size ... (lists sizes, inputs, statics)
+/// pub fn forward_graphs<'cg>(
+///     &'cg self,
+///     rt: &'cg ::cudagraph::Runtime,
+///     inputs: [::cudagraph::InputSpec; 2],
+///     cfg: Config, // each static argument, reference stripped
+/// ) -> ::core::result::Result<::cudagraph::Runner<'cg, 2, (Config,)>, ::cudagraph::Error> {
+///     const __CG_SIZES: &[usize] = &[1, 2, 4];
+///     const __CG_LOOKUP: &[u16] = &[u16::MAX, 0, 1, 2, 2]; // smallest size >= n
+///     let __cg_plan = ::cudagraph::GraphPlan::from_static("forward", __CG_SIZES, __CG_LOOKUP, 0)?;
+///     ::cudagraph::Runner::capture(rt, __cg_plan, inputs, (cfg,),
+///         move |__cg_rt: &::cudagraph::Runtime, __cg_tensors: [&::cudagraph::Tensor; 2], __cg_statics: &(Config,)| {
+///             ::cudagraph::forward_result(self.forward(__cg_rt, __cg_tensors[0], __cg_tensors[1], &__cg_statics.0))
+///         })
+/// }
+/// ```
+///
+/// A static parameter taken by value (`cfg: Config`) is passed to each call as
+/// `Clone::clone(&statics.j)`, so its type must be `Clone`. For a free
+/// function there is no receiver and the closure calls `forward(...)`.
+/// `#[cfg(...)]` attributes of the function are copied onto the generated one.
+///
+/// # Errors
+///
+/// All problems are reported at once, each pointing at the offending tokens;
+/// the annotated function is still emitted unchanged, so the rest of the
+/// crate keeps compiling. The compile errors are:
+///
+/// - `sizes` missing, empty (`sizes = []`), or not a bracketed list;
+/// - an element that is not an integer literal (float, string, ...), has a
+///   suffix other than `usize`, is negative, or is an exclusive (`8..256`) or
+///   open (`8..`) range;
+/// - a size of 0 or above 65535; a range whose start exceeds its end; `step 0`;
+///   `step` after a single size;
+/// - a size listed twice, directly or through overlapping ranges (reported at
+///   the later element);
+/// - an unknown option (with a "did you mean" hint), an option given twice
+///   (reported at the second), a missing `=` or `,`;
+/// - `batch` naming no parameter, or a parameter that is not a `&Tensor`;
+/// - `static_args` naming no parameter, the `&Runtime` or a `&Tensor`
+///   parameter, a name twice, or a parameter whose type can't be owned by the
+///   runner (`&mut T`, `[T]`, `str`, `dyn Trait`, `impl Trait`);
+/// - a host-value parameter not listed in `static_args` (a graph would
+///   silently replay its captured value);
+/// - no `&Runtime` parameter, or more than one; no `&Tensor` parameter;
+///   `&mut Runtime` / `&mut Tensor`; `Runtime` / `Tensor` taken by value;
+/// - a parameter that is a pattern rather than a plain name;
+/// - a receiver other than `&self` (`self`, `mut self`, `&mut self`,
+///   `self: Box<Self>`, ...);
+/// - `async fn`, `unsafe fn`, `default fn`, type or const generic parameters,
+///   variadic parameters, or a missing return type;
+/// - the attribute placed on something other than a function with a body.
+///
+/// Type errors in the return type (not a `Result<Tensor, E>`) are reported by
+/// the compiler at the function's return type.
+#[proc_macro_attribute]
+pub fn cuda_graph(args: TokenStream, item: TokenStream) -> TokenStream {
+    entry::cuda_graph(args.into(), item.into()).into()
+}

@@ -1,0 +1,757 @@
+//! Parsing of the attribute arguments:
+//! `sizes = [...], batch = ident, static_args = [ident, ...], crate = "path"`.
+//!
+//! Parsing is lenient: a bad option is reported and skipped up to the next
+//! top-level `,`, so one compilation shows every mistake in the attribute.
+//! Only the syntax is checked here; the meaning (size bounds, duplicates,
+//! parameter names) is checked in [`crate::validate`].
+
+use std::fmt::Write as _;
+
+use proc_macro2::{Span, TokenStream, TokenTree};
+use quote::ToTokens;
+use syn::ext::IdentExt;
+use syn::parse::{Parse, ParseStream, Parser};
+use syn::{Ident, Lit, Token};
+
+use crate::diag::Errors;
+
+/// Custom keywords of the attribute grammar.
+mod kw {
+    syn::custom_keyword!(sizes);
+    syn::custom_keyword!(batch);
+    syn::custom_keyword!(static_args);
+    syn::custom_keyword!(step);
+}
+
+/// The option names, in the order they are listed in messages.
+pub const OPTIONS: [&str; 4] = ["sizes", "batch", "static_args", "crate"];
+
+/// An integer from the attribute, with the span of its literal.
+#[derive(Debug, Clone, Copy)]
+pub struct Num {
+    /// The value of the literal.
+    pub value: u64,
+    /// Where the literal is.
+    pub span: Span,
+}
+
+/// One comma-separated element of `sizes = [...]`.
+#[derive(Debug, Clone)]
+pub enum SizeKind {
+    /// A single size: `8`.
+    Single(Num),
+    /// An inclusive range `start..=end`, optionally `step n` (default 1).
+    Range {
+        /// First size of the range.
+        start: Num,
+        /// Last possible size of the range (inclusive).
+        end: Num,
+        /// Distance between sizes; `None` means 1.
+        step: Option<Num>,
+    },
+}
+
+/// One element of `sizes`, with its tokens so errors can underline all of it.
+#[derive(Debug, Clone)]
+pub struct SizeElem {
+    /// What the element denotes.
+    pub kind: SizeKind,
+    /// The element's tokens, e.g. `8 ..= 256 step 8`.
+    pub tokens: TokenStream,
+}
+
+/// The value of `sizes = [...]`.
+#[derive(Debug, Clone)]
+pub struct Sizes {
+    /// The elements that parsed, in source order.
+    pub elems: Vec<SizeElem>,
+    /// Span of the `[...]` group.
+    pub span: Span,
+}
+
+/// The value of `static_args = [...]`.
+#[derive(Debug, Clone)]
+pub struct StaticArgs {
+    /// The listed parameter names (each with its span), without duplicates,
+    /// in source order.
+    pub names: Vec<Ident>,
+}
+
+/// The value of `crate = "..."`.
+#[derive(Debug, Clone)]
+pub struct CratePath {
+    /// The path that replaces `::cudagraph` in the generated code; its
+    /// tokens carry the string literal's span.
+    pub path: syn::Path,
+}
+
+/// Parsed attribute arguments. Each option is `None` when it was not given
+/// (or its value did not parse, in which case `incomplete` is set).
+#[derive(Debug, Clone, Default)]
+pub struct Args {
+    /// `sizes = [...]`.
+    pub sizes: Option<Sizes>,
+    /// `batch = ident`.
+    pub batch: Option<Ident>,
+    /// `static_args = [ident, ...]`.
+    pub static_args: Option<StaticArgs>,
+    /// `crate = "path"`.
+    pub krate: Option<CratePath>,
+    /// Set when some part of the attribute failed to parse. Later stages
+    /// then skip the errors that would only be echoes of it (such as
+    /// "missing `sizes`" after a misspelled `size = [...]`).
+    pub incomplete: bool,
+}
+
+impl Parse for Args {
+    /// Strict parse: fails with every error found in the attribute.
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let (args, errors) = parse_lenient(input);
+        errors.finish(args)
+    }
+}
+
+/// Parses attribute tokens, returning what could be parsed together with the
+/// combined errors (if any). Never fails outright.
+pub fn parse_args(tokens: TokenStream) -> (Args, Option<syn::Error>) {
+    let parser = |input: ParseStream| Ok(parse_lenient(input));
+    match parser.parse2(tokens) {
+        Ok((args, errors)) => (args, errors.into_error()),
+        Err(error) => (
+            Args {
+                incomplete: true,
+                ..Args::default()
+            },
+            Some(error),
+        ),
+    }
+}
+
+/// The lenient parser behind [`parse_args`] and [`Args`]'s `Parse` impl.
+fn parse_lenient(input: ParseStream) -> (Args, Errors) {
+    let mut args = Args::default();
+    let mut errors = Errors::new();
+    while !input.is_empty() {
+        if let Err(error) = parse_option(input, &mut args, &mut errors) {
+            errors.push(error);
+            skip_to_comma(input);
+        }
+        if input.is_empty() {
+            break;
+        }
+        if input.parse::<Token![,]>().is_err() {
+            errors.push(
+                input.error("expected `,` between options, e.g. `sizes = [1, 2], batch = x`"),
+            );
+            skip_to_comma(input);
+            let _ = input.parse::<Option<Token![,]>>();
+        }
+    }
+    args.incomplete = !errors.is_empty();
+    (args, errors)
+}
+
+/// Skips token trees up to (not including) the next `,` of this stream.
+fn skip_to_comma(input: ParseStream) {
+    let _ = input.step(|cursor| {
+        let mut rest = *cursor;
+        while let Some((tree, next)) = rest.token_tree() {
+            if matches!(&tree, TokenTree::Punct(p) if p.as_char() == ',') {
+                break;
+            }
+            rest = next;
+        }
+        Ok(((), rest))
+    });
+}
+
+/// Parses one `key = value` option into `args`.
+fn parse_option(input: ParseStream, args: &mut Args, errors: &mut Errors) -> syn::Result<()> {
+    if input.peek(kw::sizes) {
+        let key: kw::sizes = input.parse()?;
+        expect_eq(input, "sizes", "[1, 2, 4, 8..=256 step 8]")?;
+        let sizes = parse_sizes(input, errors)?;
+        set_once(&mut args.sizes, sizes, "sizes", key.span, errors);
+    } else if input.peek(kw::batch) {
+        let key: kw::batch = input.parse()?;
+        expect_eq(input, "batch", "tokens")?;
+        let batch = parse_batch(input)?;
+        set_once(&mut args.batch, batch, "batch", key.span, errors);
+    } else if input.peek(kw::static_args) {
+        let key: kw::static_args = input.parse()?;
+        expect_eq(input, "static_args", "[cfg]")?;
+        let statics = parse_static_args(input, errors)?;
+        set_once(
+            &mut args.static_args,
+            statics,
+            "static_args",
+            key.span,
+            errors,
+        );
+    } else if input.peek(Token![crate]) {
+        let key: Token![crate] = input.parse()?;
+        expect_eq(input, "crate", "\"::cudagraph\"")?;
+        let krate = parse_crate(input)?;
+        set_once(&mut args.krate, krate, "crate", key.span, errors);
+    } else if input.peek(Ident::peek_any) {
+        let key = Ident::parse_any(input)?;
+        return Err(syn::Error::new(
+            key.span(),
+            unknown_option_message(&key.unraw().to_string()),
+        ));
+    } else {
+        return Err(input.error(
+            "expected an option: one of `sizes`, `batch`, `static_args`, `crate`, e.g. `sizes = [1, 2, 4, 8]`",
+        ));
+    }
+    Ok(())
+}
+
+/// Stores `value` in `slot` unless the option was already given, in which
+/// case the repetition is reported at `key_span` and the first value kept.
+fn set_once<T>(slot: &mut Option<T>, value: T, key: &str, key_span: Span, errors: &mut Errors) {
+    if slot.is_some() {
+        errors.at(key_span, format!("`{key}` is given twice; remove this one"));
+    } else {
+        *slot = Some(value);
+    }
+}
+
+/// Consumes the `=` after an option name.
+fn expect_eq(input: ParseStream, key: &str, example: &str) -> syn::Result<()> {
+    if input.peek(Token![=]) {
+        input.parse::<Token![=]>()?;
+        Ok(())
+    } else {
+        Err(input.error(format!(
+            "expected `=` after `{key}`: write `{key} = {example}`"
+        )))
+    }
+}
+
+/// The message for an unknown option, with a "did you mean" hint when a
+/// known option is close.
+pub fn unknown_option_message(name: &str) -> String {
+    let mut message = format!(
+        "unknown option `{name}`; expected one of {}",
+        OPTIONS.map(|o| format!("`{o}`")).join(", ")
+    );
+    if let Some(hint) = suggest_option(name) {
+        let _ = write!(message, "; did you mean `{hint}`?");
+    }
+    message
+}
+
+/// Guesses which known option a misspelled one stands for.
+pub fn suggest_option(name: &str) -> Option<&'static str> {
+    let lower = name.to_ascii_lowercase();
+    let alias = match lower.as_str() {
+        "size" | "batch_sizes" | "batches" | "buckets" | "graph_sizes" | "shapes" => Some("sizes"),
+        "batch_size" | "batch_arg" | "batch_input" | "batch_dim" | "batch_tensor" => Some("batch"),
+        "static" | "statics" | "static_arg" | "static_params" | "host_args" | "consts" => {
+            Some("static_args")
+        }
+        "krate" | "crate_path" | "path" | "cudagraph" => Some("crate"),
+        _ => None,
+    };
+    alias.or_else(|| {
+        OPTIONS
+            .iter()
+            .map(|option| (edit_distance(&lower, option), *option))
+            .filter(|(distance, option)| *distance <= option.len() / 3)
+            .min_by_key(|(distance, _)| *distance)
+            .map(|(_, option)| option)
+    })
+}
+
+/// Levenshtein distance between two short strings.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+/// Parses `[elem, elem, ...]` for `sizes`; bad elements are reported and
+/// skipped.
+fn parse_sizes(input: ParseStream, errors: &mut Errors) -> syn::Result<Sizes> {
+    if !input.peek(syn::token::Bracket) {
+        return Err(input.error(
+            "`sizes` takes a bracketed list: write e.g. `sizes = [1, 2, 4, 8..=256 step 8]`",
+        ));
+    }
+    let content;
+    let bracket = syn::bracketed!(content in input);
+    let mut elems = Vec::new();
+    while !content.is_empty() {
+        match parse_size_elem(&content) {
+            Ok(elem) => elems.push(elem),
+            Err(error) => {
+                errors.push(error);
+                skip_to_comma(&content);
+            }
+        }
+        if content.is_empty() {
+            break;
+        }
+        if content.parse::<Token![,]>().is_err() {
+            errors.push(
+                content.error("expected `,` between sizes, e.g. `sizes = [1, 2, 8..=64 step 8]`"),
+            );
+            skip_to_comma(&content);
+            let _ = content.parse::<Option<Token![,]>>();
+        }
+    }
+    Ok(Sizes {
+        elems,
+        span: bracket.span.join(),
+    })
+}
+
+/// Parses one element of `sizes`: `8`, `8..=256` or `8..=256 step 8`.
+fn parse_size_elem(input: ParseStream) -> syn::Result<SizeElem> {
+    let mut tokens = TokenStream::new();
+    let start = parse_num(input, &mut tokens)?;
+    let kind = if input.peek(Token![...]) {
+        let dots: Token![...] = input.parse()?;
+        return Err(syn::Error::new(
+            dots.spans[0],
+            format!(
+                "write inclusive ranges with `..=`, e.g. `{}..=256`",
+                start.value
+            ),
+        ));
+    } else if input.peek(Token![..=]) {
+        let dots: Token![..=] = input.parse()?;
+        dots.to_tokens(&mut tokens);
+        let end = parse_num(input, &mut tokens)?;
+        let step = if input.peek(kw::step) {
+            let step: kw::step = input.parse()?;
+            step.to_tokens(&mut tokens);
+            Some(parse_num(input, &mut tokens)?)
+        } else {
+            None
+        };
+        SizeKind::Range { start, end, step }
+    } else if input.peek(Token![..]) {
+        let dots: Token![..] = input.parse()?;
+        dots.to_tokens(&mut tokens);
+        if !input.peek(Lit) {
+            return Err(syn::Error::new_spanned(
+                tokens,
+                format!(
+                    "a range in `sizes` needs an end: write e.g. `{}..=256`",
+                    start.value
+                ),
+            ));
+        }
+        let end = parse_num(input, &mut tokens)?;
+        let suggestion = match end.value.checked_sub(1) {
+            Some(last) => format!("write `{}..={last}`", start.value),
+            None => "write an inclusive range such as `1..=8`".to_owned(),
+        };
+        return Err(syn::Error::new_spanned(
+            tokens,
+            format!("ranges in `sizes` are inclusive (`..=`): {suggestion}"),
+        ));
+    } else {
+        SizeKind::Single(start)
+    };
+    if input.peek(kw::step) {
+        let step: kw::step = input.parse()?;
+        let message = match kind {
+            SizeKind::Single(_) => "`step` only applies to a range: write e.g. `8..=256 step 8`",
+            SizeKind::Range { .. } => "`step` is given twice in this range; keep one",
+        };
+        return Err(syn::Error::new(step.span, message));
+    }
+    Ok(SizeElem { kind, tokens })
+}
+
+/// Parses an integer literal (unsuffixed or `usize`) and appends its tokens.
+fn parse_num(input: ParseStream, tokens: &mut TokenStream) -> syn::Result<Num> {
+    if input.peek(Token![-]) {
+        let minus: Token![-] = input.parse()?;
+        let mut span_tokens = minus.to_token_stream();
+        if input.peek(Lit) {
+            let lit: Lit = input.parse()?;
+            lit.to_tokens(&mut span_tokens);
+        }
+        return Err(syn::Error::new_spanned(
+            span_tokens,
+            "batch sizes must be positive integers, e.g. `8`",
+        ));
+    }
+    if !input.peek(Lit) {
+        return Err(input.error(
+            "expected an integer literal, e.g. `8`, or an inclusive range such as `8..=256 step 8`",
+        ));
+    }
+    let lit: Lit = input.parse()?;
+    lit.to_tokens(tokens);
+    match &lit {
+        Lit::Int(int) => {
+            if !matches!(int.suffix(), "" | "usize") {
+                return Err(syn::Error::new(
+                    int.span(),
+                    format!(
+                        "batch sizes are `usize`: write `{}` without the `{}` suffix",
+                        int.base10_digits(),
+                        int.suffix()
+                    ),
+                ));
+            }
+            if int.base10_digits().starts_with('-') {
+                return Err(syn::Error::new(
+                    int.span(),
+                    "batch sizes must be positive integers, e.g. `8`",
+                ));
+            }
+            match int.base10_parse::<u64>() {
+                Ok(value) => Ok(Num {
+                    value,
+                    span: int.span(),
+                }),
+                Err(_) => Err(syn::Error::new(
+                    int.span(),
+                    format!(
+                        "size {} is too large: the largest batch size is {}",
+                        int.base10_digits(),
+                        u16::MAX
+                    ),
+                )),
+            }
+        }
+        Lit::Str(s) => Err(syn::Error::new(
+            s.span(),
+            format!(
+                "expected an integer literal: write the size without quotes, e.g. `{}`",
+                s.value().trim()
+            ),
+        )),
+        other => Err(syn::Error::new_spanned(
+            other,
+            "expected an integer literal: batch sizes are whole numbers, e.g. `8`",
+        )),
+    }
+}
+
+/// Parses the parameter name of `batch = name`.
+fn parse_batch(input: ParseStream) -> syn::Result<Ident> {
+    if input.peek(Ident) {
+        return input.parse();
+    }
+    if input.peek(syn::LitStr) {
+        let lit: syn::LitStr = input.parse()?;
+        return Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "write the parameter name without quotes: `batch = {}`",
+                lit.value()
+            ),
+        ));
+    }
+    Err(input.error("expected the name of a `&Tensor` parameter, e.g. `batch = tokens`"))
+}
+
+/// Parses `[name, name, ...]` for `static_args`.
+fn parse_static_args(input: ParseStream, errors: &mut Errors) -> syn::Result<StaticArgs> {
+    if !input.peek(syn::token::Bracket) {
+        let hint = if input.peek(Ident) {
+            input
+                .fork()
+                .parse::<Ident>()
+                .map(|i| i.to_string())
+                .unwrap_or_else(|_| "cfg".to_owned())
+        } else {
+            "cfg".to_owned()
+        };
+        return Err(input.error(format!(
+            "`static_args` takes a bracketed list of parameter names: write e.g. `static_args = [{hint}]`"
+        )));
+    }
+    let content;
+    syn::bracketed!(content in input);
+    let mut names: Vec<Ident> = Vec::new();
+    while !content.is_empty() {
+        if content.peek(Ident) {
+            let name: Ident = content.parse()?;
+            if names.contains(&name) {
+                errors.at(
+                    name.span(),
+                    format!("`{name}` is listed twice in `static_args`"),
+                );
+            } else {
+                names.push(name);
+            }
+        } else {
+            errors.push(content.error("expected a parameter name, e.g. `static_args = [cfg]`"));
+            skip_to_comma(&content);
+        }
+        if content.is_empty() {
+            break;
+        }
+        if content.parse::<Token![,]>().is_err() {
+            errors.push(content.error("expected `,` between parameter names"));
+            skip_to_comma(&content);
+            let _ = content.parse::<Option<Token![,]>>();
+        }
+    }
+    Ok(StaticArgs { names })
+}
+
+/// Parses the string literal of `crate = "path"` into a path.
+fn parse_crate(input: ParseStream) -> syn::Result<CratePath> {
+    if !input.peek(syn::LitStr) {
+        return Err(input.error(
+            "expected a string literal holding a path: write e.g. `crate = \"::cudagraph\"`",
+        ));
+    }
+    let lit: syn::LitStr = input.parse()?;
+    match lit.parse::<syn::Path>() {
+        Ok(path) => Ok(CratePath { path }),
+        Err(_) => Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "`crate` must be a path such as \"::cudagraph\", not {:?}",
+                lit.value()
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::quote;
+
+    fn parse_ok(tokens: TokenStream) -> Args {
+        match syn::parse2::<Args>(tokens) {
+            Ok(args) => args,
+            Err(error) => panic!("unexpected error: {error}"),
+        }
+    }
+
+    fn messages(tokens: TokenStream) -> Vec<String> {
+        let (_, error) = parse_args(tokens);
+        error
+            .map(|e| e.into_iter().map(|m| m.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    fn values(elem: &SizeElem) -> (u64, Option<u64>, Option<u64>) {
+        match &elem.kind {
+            SizeKind::Single(n) => (n.value, None, None),
+            SizeKind::Range { start, end, step } => {
+                (start.value, Some(end.value), step.map(|s| s.value))
+            }
+        }
+    }
+
+    #[test]
+    fn parses_all_options() {
+        let args = parse_ok(quote!(
+            sizes = [1, 2usize, 4, 8..=256 step 8, 300..=302],
+            batch = tokens,
+            static_args = [cfg, opts],
+            crate = "::my::cg",
+        ));
+        let sizes = args
+            .sizes
+            .as_ref()
+            .map(|s| s.elems.iter().map(values).collect::<Vec<_>>());
+        assert_eq!(
+            sizes,
+            Some(vec![
+                (1, None, None),
+                (2, None, None),
+                (4, None, None),
+                (8, Some(256), Some(8)),
+                (300, Some(302), None),
+            ])
+        );
+        assert_eq!(args.batch.map(|b| b.to_string()), Some("tokens".into()));
+        let statics = args
+            .static_args
+            .map(|s| s.names.iter().map(|n| n.to_string()).collect::<Vec<_>>());
+        assert_eq!(statics, Some(vec!["cfg".to_owned(), "opts".to_owned()]));
+        let krate = args.krate.map(|k| k.path.to_token_stream().to_string());
+        assert_eq!(krate, Some(":: my :: cg".into()));
+        assert!(!args.incomplete);
+    }
+
+    #[test]
+    fn empty_attribute_parses_to_nothing() {
+        let args = parse_ok(quote!());
+        assert!(args.sizes.is_none() && args.batch.is_none());
+        assert!(args.static_args.is_none() && args.krate.is_none());
+    }
+
+    #[test]
+    fn element_tokens_cover_the_whole_range() {
+        let args = parse_ok(quote!(sizes = [8..=64 step 8]));
+        let tokens = args.sizes.map(|s| s.elems[0].tokens.to_string());
+        assert_eq!(tokens, Some("8 ..= 64 step 8".into()));
+    }
+
+    #[test]
+    fn empty_list_parses_and_is_left_to_validation() {
+        let args = parse_ok(quote!(sizes = []));
+        assert_eq!(args.sizes.map(|s| s.elems.len()), Some(0));
+    }
+
+    #[test]
+    fn float_and_string_are_not_integers() {
+        let errors = messages(quote!(sizes = [1.5, "8"]));
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].contains("expected an integer literal"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].contains("expected an integer literal"),
+            "{errors:?}"
+        );
+        assert!(errors[1].contains("`8`"), "{errors:?}");
+    }
+
+    #[test]
+    fn wrong_suffix_and_negative_and_huge() {
+        let errors = messages(quote!(sizes = [8u32, -1, 99999999999999999999999]));
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].contains("without the `u32` suffix"));
+        assert!(errors[1].contains("positive"));
+        assert!(errors[2].contains("too large"));
+    }
+
+    #[test]
+    fn exclusive_and_open_ranges_are_rejected_with_fix() {
+        let errors = messages(quote!(sizes = [8..256, 8.., 1...4]));
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].contains("`8..=255`"), "{errors:?}");
+        assert!(errors[1].contains("needs an end"), "{errors:?}");
+        assert!(errors[2].contains("`..=`"), "{errors:?}");
+    }
+
+    #[test]
+    fn step_on_single_size_is_rejected() {
+        let errors = messages(quote!(sizes = [8 step 2]));
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].contains("only applies to a range"));
+    }
+
+    #[test]
+    fn unknown_options_get_hints() {
+        let errors = messages(quote!(
+            size = [1],
+            batch_size = x,
+            statics = [c],
+            sizs = [2],
+            bogus = 1
+        ));
+        assert_eq!(errors.len(), 5, "{errors:?}");
+        let expected = "unknown option `size`; expected one of `sizes`, `batch`, `static_args`, `crate`; did you mean `sizes`?";
+        assert_eq!(errors[0], expected);
+        assert!(errors[1].ends_with("did you mean `batch`?"));
+        assert!(errors[2].ends_with("did you mean `static_args`?"));
+        assert!(errors[3].ends_with("did you mean `sizes`?"));
+        assert!(!errors[4].contains("did you mean"));
+    }
+
+    #[test]
+    fn keyword_as_option_name_is_unknown_not_a_crash() {
+        let errors = messages(quote!(type = 1, self = 2));
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with("unknown option `type`"));
+    }
+
+    #[test]
+    fn repeated_option_is_reported_once_and_first_value_kept() {
+        let (args, error) = parse_args(quote!(sizes = [1], batch = a, sizes = [2], batch = b));
+        let errors: Vec<String> = error
+            .into_iter()
+            .flat_map(|e| e.into_iter().map(|m| m.to_string()))
+            .collect();
+        assert_eq!(
+            errors,
+            vec![
+                "`sizes` is given twice; remove this one",
+                "`batch` is given twice; remove this one"
+            ]
+        );
+        assert_eq!(args.batch.map(|b| b.to_string()), Some("a".into()));
+        assert!(args.incomplete);
+    }
+
+    #[test]
+    fn errors_are_collected_across_options() {
+        let errors = messages(quote!(
+            sizes = [1, x, 2.0],
+            batch = "x",
+            static_args = cfg,
+            crate = 5,
+            nope
+        ));
+        assert_eq!(errors.len(), 6, "{errors:?}");
+        assert!(
+            errors[2].contains("without quotes: `batch = x`"),
+            "{errors:?}"
+        );
+        assert!(errors[3].contains("`static_args = [cfg]`"), "{errors:?}");
+        assert!(errors[4].contains("string literal"), "{errors:?}");
+        assert!(errors[5].starts_with("unknown option `nope`"), "{errors:?}");
+    }
+
+    #[test]
+    fn missing_eq_and_missing_comma() {
+        let errors = messages(quote!(sizes [1] batch = x));
+        assert!(
+            errors[0].contains("expected `=` after `sizes`"),
+            "{errors:?}"
+        );
+        let errors = messages(quote!(sizes = [1] batch = x));
+        assert!(
+            errors[0].contains("expected `,` between options"),
+            "{errors:?}"
+        );
+        let errors = messages(quote!(sizes = [1 2]));
+        assert!(
+            errors[0].contains("expected `,` between sizes"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn duplicate_static_arg_name() {
+        let errors = messages(quote!(sizes = [1], static_args = [a, b, a]));
+        assert_eq!(errors, vec!["`a` is listed twice in `static_args`"]);
+    }
+
+    #[test]
+    fn bad_crate_path() {
+        let errors = messages(quote!(sizes = [1], crate = "not a path"));
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].contains("must be a path"), "{errors:?}");
+        let args = parse_ok(quote!(sizes = [1], crate = "crate"));
+        assert!(args.krate.is_some());
+    }
+
+    #[test]
+    fn edit_distance_basics() {
+        assert_eq!(edit_distance("sizes", "sizes"), 0);
+        assert_eq!(edit_distance("size", "sizes"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(suggest_option("batc"), Some("batch"));
+        assert_eq!(suggest_option("xyz"), None);
+        assert_eq!(suggest_option("SIZES"), Some("sizes"));
+    }
+}

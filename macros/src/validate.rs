@@ -1,0 +1,1171 @@
+//! Checks the attribute arguments against the function signature and builds
+//! the [`Plan`] that [`crate::expand`] turns into code.
+//!
+//! Every problem is collected; the macro reports them all at once.
+
+use proc_macro2::Span;
+use quote::{ToTokens, format_ident};
+use syn::ext::IdentExt;
+use syn::spanned::Spanned;
+use syn::{
+    Attribute, FnArg, GenericParam, Ident, ImplItemFn, Lifetime, LifetimeParam, Pat, ReceiverKind,
+    ReturnType, Safety, Type, Visibility, WhereClause,
+};
+
+use crate::diag::Errors;
+use crate::parse::Args;
+use crate::sizes;
+
+/// What a parameter of the user's function is, in declaration order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The `&Runtime` parameter: gets the runtime the graph replays on.
+    Runtime,
+    /// The k-th `&Tensor` parameter: gets `tensors[k]`.
+    Tensor(usize),
+    /// The j-th static argument: gets (a clone of / a reference to) `statics.j`.
+    Static(usize),
+}
+
+/// A host value listed in `static_args`.
+#[derive(Debug, Clone)]
+pub struct StaticArg {
+    /// Parameter name, reused as the generated function's parameter name.
+    pub ident: Ident,
+    /// Its type with one leading reference stripped: `Config` for `&Config`.
+    pub ty: Type,
+    /// Whether the original parameter was a reference (`&T`) rather than `T`.
+    pub by_ref: bool,
+}
+
+/// Everything the code generator needs, fully checked.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Path of the runtime crate (default `::cudagraph`).
+    pub krate: syn::Path,
+    /// Visibility of the user's function, reused for the generated one.
+    pub vis: Visibility,
+    /// `#[cfg(...)]` attributes of the user's function, copied over so the
+    /// generated function exists exactly when the original does.
+    pub cfg_attrs: Vec<Attribute>,
+    /// Name of the user's function.
+    pub fn_ident: Ident,
+    /// Name of the generated function: `<fn>_graphs`.
+    pub graphs_ident: Ident,
+    /// Whether the function is a `&self` method (else a free function).
+    pub method: bool,
+    /// The generated function's lifetime tying runner, model and runtime.
+    pub lifetime: Lifetime,
+    /// Lifetime parameters of the user's function that the generated one
+    /// needs (those named by static types or the where clause, and their
+    /// bounds); the others are dropped so no unused lifetime is declared.
+    pub lifetimes: Vec<LifetimeParam>,
+    /// Where clause of the user's function, kept on the generated one.
+    pub where_clause: Option<WhereClause>,
+    /// The batch sizes, sorted ascending, unique, all in `1..=65535`.
+    pub sizes: Vec<usize>,
+    /// Dispatch table, see [`sizes::lookup_table`].
+    pub lookup: Vec<u16>,
+    /// Role of each typed parameter, in declaration order.
+    pub roles: Vec<Role>,
+    /// Names of the tensor parameters, in order (index = input index).
+    pub tensors: Vec<Ident>,
+    /// Index among the tensors of the batch input.
+    pub batch_index: usize,
+    /// The static arguments, in declaration order.
+    pub statics: Vec<StaticArg>,
+    /// Span of the user's return type, for errors about it.
+    pub output_span: Span,
+}
+
+/// What a typed parameter's type says it is, before `static_args` is applied.
+enum Kind {
+    /// `&Runtime` (or `&mut Runtime`, reported).
+    Runtime,
+    /// `&Tensor` (or `&mut Tensor`, reported).
+    Tensor,
+    /// Anything else: must be listed in `static_args`.
+    Host {
+        /// The type with one leading reference stripped.
+        ty: Box<Type>,
+        /// Whether a reference was stripped.
+        by_ref: bool,
+        /// Whether that reference was `&mut` (not allowed for statics).
+        by_mut: bool,
+    },
+    /// `Tensor` or `Runtime` (the name) taken by value: already reported.
+    Misdeclared(&'static str),
+}
+
+/// A typed parameter after the first pass.
+struct Param {
+    /// The parameter name, `None` for a pattern (reported).
+    name: Option<Ident>,
+    /// What its type says it is.
+    kind: Kind,
+    /// `name: Type`, to underline the whole parameter in errors.
+    span_tokens: proc_macro2::TokenStream,
+}
+
+/// Checks `args` against `func` and builds the [`Plan`], or returns every
+/// error found.
+pub fn validate(args: &Args, func: &ImplItemFn) -> syn::Result<Plan> {
+    let mut errors = Errors::new();
+    let sig = &func.sig;
+
+    check_header(func, &mut errors);
+    let method = check_receiver(func, &mut errors);
+
+    let params = classify_params(func, &mut errors);
+    let fn_name = sig.ident.unraw().to_string();
+
+    // Runtime parameter: exactly one.
+    let runtimes: Vec<&Param> = params
+        .iter()
+        .filter(|p| matches!(p.kind, Kind::Runtime))
+        .collect();
+    let misdeclared = |what: &str| {
+        params
+            .iter()
+            .any(|p| matches!(p.kind, Kind::Misdeclared(w) if w == what))
+    };
+    match runtimes.as_slice() {
+        [] if misdeclared("Runtime") => {}
+        [] => errors.at(
+            sig.ident.span(),
+            format!(
+                "`#[cuda_graph]` needs a `&Runtime` argument: the runtime that captures and replays the graphs, e.g. `fn {fn_name}(&self, rt: &Runtime, x: &Tensor)`"
+            ),
+        ),
+        [_] => {}
+        [_, extra @ ..] => {
+            for param in extra {
+                errors.spanned(&param.span_tokens, "only one `&Runtime` argument is allowed");
+            }
+        }
+    }
+
+    // Tensor parameters: at least one.
+    let tensors: Vec<Ident> = params
+        .iter()
+        .filter(|p| matches!(p.kind, Kind::Tensor))
+        .map(|p| p.name.clone().unwrap_or_else(|| format_ident!("_")))
+        .collect();
+    if tensors.is_empty() && !misdeclared("Tensor") {
+        errors.at(
+            sig.ident.span(),
+            "`#[cuda_graph]` needs at least one `&Tensor` argument: the batch input",
+        );
+    }
+
+    let batch_index = batch_index(args, &params, &fn_name, &mut errors);
+    let (roles, statics) = assign_roles(args, &params, &fn_name, &mut errors);
+
+    // Sizes.
+    let sizes = match &args.sizes {
+        Some(spec) => sizes::resolve(spec, &mut errors),
+        None => {
+            if !args.incomplete {
+                errors.at(
+                    Span::call_site(),
+                    "`#[cuda_graph]` needs `sizes`: write e.g. `#[cuda_graph(sizes = [1, 2, 4, 8..=256 step 8])]`",
+                );
+            }
+            None
+        }
+    };
+
+    let all_lifetimes: Vec<LifetimeParam> = sig
+        .generics
+        .params
+        .iter()
+        .filter_map(|p| match p {
+            GenericParam::Lifetime(l) => Some(l.clone()),
+            _ => None,
+        })
+        .collect();
+    let lifetime = pick_lifetime(&all_lifetimes);
+    let lifetimes = used_lifetimes(all_lifetimes, &statics, sig.generics.where_clause.as_ref());
+
+    let output_span = match &sig.output {
+        ReturnType::Type(_, ty) => ty.span(),
+        ReturnType::Default => sig.ident.span(),
+    };
+
+    let krate = args
+        .krate
+        .as_ref()
+        .map(|k| k.path.clone())
+        .unwrap_or_else(|| syn::parse_quote!(::cudagraph));
+
+    let sizes = sizes.unwrap_or_default();
+    let plan = Plan {
+        krate,
+        vis: func.vis.clone(),
+        cfg_attrs: func
+            .attrs
+            .iter()
+            .filter(|a| a.path().is_ident("cfg"))
+            .cloned()
+            .collect(),
+        fn_ident: sig.ident.clone(),
+        graphs_ident: Ident::new(&format!("{fn_name}_graphs"), sig.ident.span()),
+        method,
+        lifetime,
+        lifetimes,
+        where_clause: sig.generics.where_clause.clone(),
+        lookup: sizes::lookup_table(&sizes),
+        sizes,
+        roles,
+        tensors,
+        batch_index,
+        statics,
+        output_span,
+    };
+    errors.finish(plan)
+}
+
+/// Checks what the signature's "header" allows: no `default`, `async`,
+/// `unsafe`, type/const generics, variadics; an explicit return type.
+fn check_header(func: &ImplItemFn, errors: &mut Errors) {
+    let sig = &func.sig;
+    if let Err(error) = func.modifiers.require_empty() {
+        errors.at(
+            error.span(),
+            "`#[cuda_graph]` does not support `default fn`",
+        );
+    }
+    if let Some(token) = &sig.asyncness {
+        errors.at(
+            token.span,
+            "CUDA graphs capture synchronous GPU work; `async fn` can't be captured: remove `async`",
+        );
+    }
+    if let Safety::Unsafe(token) = &sig.safety {
+        errors.at(
+            token.span,
+            "`#[cuda_graph]` can't capture an `unsafe fn`: the generated runner would call it from safe code; make it a safe fn with an `unsafe` block inside",
+        );
+    }
+    for param in &sig.generics.params {
+        let what = match param {
+            GenericParam::Lifetime(_) => continue,
+            GenericParam::Type(t) => format!("type parameter `{}`", t.ident),
+            GenericParam::Const(c) => format!("const parameter `{}`", c.ident),
+        };
+        errors.spanned(
+            param,
+            format!(
+                "`#[cuda_graph]` can't capture a generic function: a CUDA graph records one concrete instantiation; remove the {what} (lifetime parameters are fine)"
+            ),
+        );
+    }
+    if let Some(variadic) = &sig.variadic {
+        errors.spanned(
+            variadic,
+            "`#[cuda_graph]` can't capture a variadic function",
+        );
+    }
+    if matches!(sig.output, ReturnType::Default) {
+        errors.at(
+            sig.ident.span(),
+            format!(
+                "`{}` must return `Result<Tensor>`: add `-> Result<Tensor>` (the output tensor of the graph)",
+                sig.ident.unraw()
+            ),
+        );
+    }
+}
+
+/// Accepts only `&self` (or `self: &Self`); returns whether there is a receiver.
+fn check_receiver(func: &ImplItemFn, errors: &mut Errors) -> bool {
+    let Some(receiver) = func.sig.receiver() else {
+        return false;
+    };
+    let shared_ref = match &receiver.kind {
+        ReceiverKind::Reference(_, _, mutability) => {
+            mutability.is_none() && receiver.mutability.is_none()
+        }
+        ReceiverKind::Typed(_, ty) => receiver.mutability.is_none() && is_shared_ref_to_self(ty),
+        _ => false,
+    };
+    if !shared_ref {
+        errors.spanned(
+            receiver,
+            "`#[cuda_graph]` methods must take `&self`: the runner borrows the model while its graphs hold pointers into the model's weights, so the model can be neither moved (`self`, `Box<Self>`, ...) nor mutated (`&mut self`)",
+        );
+    }
+    true
+}
+
+/// Whether `ty` is `&Self` / `&'a Self`.
+fn is_shared_ref_to_self(ty: &Type) -> bool {
+    match peel(ty) {
+        Type::Reference(r) => {
+            r.mutability.is_none()
+                && matches!(peel(&r.elem), Type::Path(p) if p.qself.is_none() && p.path.is_ident("Self"))
+        }
+        _ => false,
+    }
+}
+
+/// Strips invisible groups and parentheses around a type.
+fn peel(ty: &Type) -> &Type {
+    match ty {
+        Type::Group(g) => peel(&g.elem),
+        Type::Paren(p) => peel(&p.elem),
+        other => other,
+    }
+}
+
+/// Last path segment name of a (peeled) path type, if it is one.
+fn last_segment(ty: &Type) -> Option<String> {
+    match peel(ty) {
+        Type::Path(p) if p.qself.is_none() => p.path.segments.last().map(|s| s.ident.to_string()),
+        _ => None,
+    }
+}
+
+/// First pass over typed parameters: names and what their types say.
+fn classify_params(func: &ImplItemFn, errors: &mut Errors) -> Vec<Param> {
+    let mut params = Vec::new();
+    for arg in &func.sig.inputs {
+        let FnArg::Typed(pat_type) = arg else {
+            continue;
+        };
+        let name = match &*pat_type.pat {
+            Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => Some(p.ident.clone()),
+            other => {
+                errors.spanned(
+                    other,
+                    "`#[cuda_graph]` needs plain argument names: write e.g. `x: &Tensor` instead of a pattern",
+                );
+                None
+            }
+        };
+        let shown = name
+            .as_ref()
+            .map_or_else(|| "_".to_owned(), |n| n.unraw().to_string());
+        let ty = &*pat_type.ty;
+        let kind = match peel(ty) {
+            Type::Reference(r) => {
+                let segment = last_segment(&r.elem);
+                match segment.as_deref() {
+                    Some(s @ ("Runtime" | "Tensor")) => {
+                        if let Some(token) = &r.mutability {
+                            errors.at(
+                                token.span,
+                                format!("take `{shown}` as `&{s}`, not `&mut {s}`: the graph only reads its inputs and the runtime"),
+                            );
+                        }
+                        if s == "Runtime" {
+                            Kind::Runtime
+                        } else {
+                            Kind::Tensor
+                        }
+                    }
+                    _ => Kind::Host {
+                        ty: r.elem.clone(),
+                        by_ref: true,
+                        by_mut: r.mutability.is_some(),
+                    },
+                }
+            }
+            other => {
+                if let Some(s @ ("Runtime" | "Tensor")) = last_segment(other).as_deref() {
+                    errors.spanned(ty, format!("take `{shown}` by reference: `{shown}: &{s}`"));
+                    Kind::Misdeclared(if s == "Runtime" { "Runtime" } else { "Tensor" })
+                } else {
+                    Kind::Host {
+                        ty: Box::new(other.clone()),
+                        by_ref: false,
+                        by_mut: false,
+                    }
+                }
+            }
+        };
+        params.push(Param {
+            name,
+            kind,
+            span_tokens: pat_type.to_token_stream(),
+        });
+    }
+    params
+}
+
+/// Resolves `batch = name` (default: the first tensor) to a tensor index.
+fn batch_index(args: &Args, params: &[Param], fn_name: &str, errors: &mut Errors) -> usize {
+    let Some(batch) = &args.batch else { return 0 };
+    let mut tensor_index = 0;
+    for param in params {
+        let is_tensor = matches!(param.kind, Kind::Tensor);
+        if param.name.as_ref() == Some(batch) {
+            if is_tensor {
+                return tensor_index;
+            }
+            let what = match param.kind {
+                Kind::Runtime => "the runtime",
+                Kind::Misdeclared(_) => return 0,
+                _ => "a host value",
+            };
+            errors.at(
+                batch.span(),
+                format!(
+                    "`batch` must name a `&Tensor` argument, but `{batch}` is {what}{}",
+                    tensor_list_hint(params)
+                ),
+            );
+            return 0;
+        }
+        if is_tensor {
+            tensor_index += 1;
+        }
+    }
+    errors.at(
+        batch.span(),
+        format!(
+            "`{fn_name}` has no argument named `{batch}`{}",
+            tensor_list_hint(params)
+        ),
+    );
+    0
+}
+
+/// "; `batch` must name one of its `&Tensor` arguments: `a`, `b`" (or empty).
+fn tensor_list_hint(params: &[Param]) -> String {
+    let names: Vec<String> = params
+        .iter()
+        .filter(|p| matches!(p.kind, Kind::Tensor))
+        .filter_map(|p| p.name.as_ref().map(|n| format!("`{n}`")))
+        .collect();
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; `batch` must name one of its `&Tensor` arguments: {}",
+            names.join(", ")
+        )
+    }
+}
+
+/// Applies `static_args`: gives every parameter its [`Role`] and collects the
+/// static arguments; reports host values not listed and bad listed names.
+fn assign_roles(
+    args: &Args,
+    params: &[Param],
+    fn_name: &str,
+    errors: &mut Errors,
+) -> (Vec<Role>, Vec<StaticArg>) {
+    let listed: Vec<Ident> = args
+        .static_args
+        .as_ref()
+        .map(|s| s.names.clone())
+        .unwrap_or_default();
+    let mut roles = Vec::new();
+    let mut statics = Vec::new();
+    let mut tensor_index = 0;
+    for param in params {
+        match &param.kind {
+            Kind::Runtime => roles.push(Role::Runtime),
+            // Already reported; the placeholder role is never expanded.
+            Kind::Misdeclared(_) => roles.push(Role::Static(statics.len())),
+            Kind::Tensor => {
+                roles.push(Role::Tensor(tensor_index));
+                tensor_index += 1;
+            }
+            Kind::Host { ty, by_ref, by_mut } => {
+                let Some(name) = &param.name else {
+                    // Already reported: a pattern instead of a name.
+                    roles.push(Role::Static(statics.len()));
+                    continue;
+                };
+                if listed.contains(name) {
+                    check_static_type(name, &param.span_tokens, ty, *by_mut, errors);
+                    roles.push(Role::Static(statics.len()));
+                    statics.push(StaticArg {
+                        ident: name.clone(),
+                        ty: (**ty).clone(),
+                        by_ref: *by_ref,
+                    });
+                } else {
+                    if !args.incomplete {
+                        let mut suggestion: Vec<String> =
+                            listed.iter().map(ToString::to_string).collect();
+                        suggestion.push(name.to_string());
+                        errors.spanned(
+                            &param.span_tokens,
+                            format!(
+                                "argument `{name}` is a host value: a CUDA graph bakes it in at capture time and would silently replay the stale value. Pass it as a device `&Tensor`, or list it in `static_args = [{}]` so each run checks it against the captured value",
+                                suggestion.join(", ")
+                            ),
+                        );
+                    }
+                    roles.push(Role::Static(statics.len()));
+                }
+            }
+        }
+    }
+    // Every listed name must be a host-valued parameter.
+    for name in &listed {
+        match params.iter().find(|p| p.name.as_ref() == Some(name)) {
+            Some(Param {
+                kind: Kind::Host { .. } | Kind::Misdeclared(_),
+                ..
+            }) => {}
+            Some(Param { kind, .. }) => {
+                let what = if matches!(kind, Kind::Runtime) {
+                    "the `&Runtime` argument"
+                } else {
+                    "a `&Tensor` argument: it is already a graph input"
+                };
+                errors.at(
+                    name.span(),
+                    format!("`{name}` is {what}; `static_args` lists host values only, remove it"),
+                );
+            }
+            None => {
+                let hosts: Vec<String> = params
+                    .iter()
+                    .filter(|p| matches!(p.kind, Kind::Host { .. }))
+                    .filter_map(|p| p.name.as_ref().map(|n| format!("`{n}`")))
+                    .collect();
+                let hint = if hosts.is_empty() {
+                    String::new()
+                } else {
+                    format!("; its host-value arguments are {}", hosts.join(", "))
+                };
+                errors.at(
+                    name.span(),
+                    format!("`static_args` names `{name}`, but `{fn_name}` has no argument `{name}`{hint}"),
+                );
+            }
+        }
+    }
+    (roles, statics)
+}
+
+/// Rejects static types the generated code can't hold by value.
+fn check_static_type(
+    name: &Ident,
+    span_tokens: &proc_macro2::TokenStream,
+    ty: &Type,
+    by_mut: bool,
+    errors: &mut Errors,
+) {
+    match peel(ty) {
+        _ if by_mut => errors.spanned(
+            span_tokens,
+            format!("static argument `{name}` can't be `&mut`: a graph can't write back to host memory; take `&T` or `T`"),
+        ),
+        Type::Reference(r) if r.mutability.is_some() => errors.spanned(
+            span_tokens,
+            format!("static argument `{name}` can't be `&mut`: a graph can't write back to host memory; take `&T` or `T`"),
+        ),
+        Type::Slice(_) | Type::TraitObject(_) => errors.spanned(
+            span_tokens,
+            format!("static argument `{name}` must have a sized type the runner can own, e.g. `Vec<T>` instead of `[T]`"),
+        ),
+        Type::ImplTrait(_) => errors.spanned(
+            span_tokens,
+            format!("static argument `{name}` can't be `impl Trait` (a generic parameter in disguise): name a concrete type"),
+        ),
+        Type::Path(p) if p.qself.is_none() && p.path.is_ident("str") => errors.spanned(
+            span_tokens,
+            format!("static argument `{name}` must have a sized type the runner can own: use `String` instead of `str`"),
+        ),
+        _ => {}
+    }
+}
+
+/// The lifetime parameters among `params` that the generated signature
+/// mentions: in static types or the where clause, closed over the bounds of
+/// the kept parameters. Keeps the user's order.
+fn used_lifetimes(
+    params: Vec<LifetimeParam>,
+    statics: &[StaticArg],
+    where_clause: Option<&WhereClause>,
+) -> Vec<LifetimeParam> {
+    let mut used = Vec::new();
+    for s in statics {
+        lifetime_names(s.ty.to_token_stream(), &mut used);
+    }
+    if let Some(where_clause) = where_clause {
+        lifetime_names(where_clause.to_token_stream(), &mut used);
+    }
+    loop {
+        let before = used.len();
+        for param in &params {
+            if used.contains(&param.lifetime.ident.to_string()) {
+                for bound in &param.bounds {
+                    let name = bound.ident.to_string();
+                    if !used.contains(&name) {
+                        used.push(name);
+                    }
+                }
+            }
+        }
+        if used.len() == before {
+            break;
+        }
+    }
+    params
+        .into_iter()
+        .filter(|p| used.contains(&p.lifetime.ident.to_string()))
+        .collect()
+}
+
+/// Appends the names of the lifetimes (`'a` -> `a`) found in `tokens`.
+fn lifetime_names(tokens: proc_macro2::TokenStream, names: &mut Vec<String>) {
+    let mut after_apostrophe = false;
+    for tree in tokens {
+        match tree {
+            proc_macro2::TokenTree::Punct(p) if p.as_char() == '\'' => {
+                after_apostrophe = true;
+                continue;
+            }
+            proc_macro2::TokenTree::Ident(ident) if after_apostrophe => {
+                let name = ident.to_string();
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+            proc_macro2::TokenTree::Group(group) => lifetime_names(group.stream(), names),
+            _ => {}
+        }
+        after_apostrophe = false;
+    }
+}
+
+/// The generated function's lifetime: `'cg`, unless the user already uses it.
+fn pick_lifetime(existing: &[LifetimeParam]) -> Lifetime {
+    let taken = |name: &str| existing.iter().any(|l| l.lifetime.ident == name);
+    let name = ["cg", "cg_graphs", "__cg"]
+        .into_iter()
+        .find(|n| !taken(n))
+        .unwrap_or("__cg_runner");
+    Lifetime::new(&format!("'{name}"), Span::call_site())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proc_macro2::TokenStream;
+    use quote::quote;
+
+    fn run(args: TokenStream, func: TokenStream) -> Result<Plan, Vec<String>> {
+        let (args, arg_error) = crate::parse::parse_args(args);
+        let func: ImplItemFn = syn::parse2(func).map_err(|e| vec![format!("item: {e}")])?;
+        let mut errors = Errors::new();
+        errors.extend(arg_error);
+        match validate(&args, &func) {
+            Ok(plan) if errors.is_empty() => Ok(plan),
+            Ok(_) => Err(collect(errors.into_error())),
+            Err(error) => {
+                errors.push(error);
+                Err(collect(errors.into_error()))
+            }
+        }
+    }
+
+    fn collect(error: Option<syn::Error>) -> Vec<String> {
+        error
+            .map(|e| e.into_iter().map(|m| m.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    fn errors_of(args: TokenStream, func: TokenStream) -> Vec<String> {
+        run(args, func).err().unwrap_or_default()
+    }
+
+    fn assert_one(errors: &[String], needle: &str) {
+        assert_eq!(
+            errors.len(),
+            1,
+            "expected one error containing {needle:?}, got {errors:?}"
+        );
+        assert!(
+            errors[0].contains(needle),
+            "expected {needle:?} in {errors:?}"
+        );
+    }
+
+    #[test]
+    fn plan_for_method_with_statics() {
+        let plan = run(
+            quote!(
+                sizes = [1, 2, 4],
+                batch = positions,
+                static_args = [cfg, scale]
+            ),
+            quote!(
+                pub fn forward(
+                    &self,
+                    tokens: &Tensor,
+                    cfg: &Config,
+                    rt: &cudagraph::Runtime,
+                    positions: &Tensor,
+                    scale: f32,
+                ) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        let plan = match plan {
+            Ok(plan) => plan,
+            Err(errors) => panic!("{errors:?}"),
+        };
+        assert!(plan.method);
+        assert_eq!(plan.sizes, vec![1, 2, 4]);
+        assert_eq!(plan.lookup, vec![u16::MAX, 0, 1, 2, 2]);
+        assert_eq!(
+            plan.roles,
+            vec![
+                Role::Tensor(0),
+                Role::Static(0),
+                Role::Runtime,
+                Role::Tensor(1),
+                Role::Static(1)
+            ]
+        );
+        assert_eq!(plan.batch_index, 1);
+        assert_eq!(plan.graphs_ident.to_string(), "forward_graphs");
+        assert_eq!(plan.statics.len(), 2);
+        assert_eq!(plan.statics[0].ty.to_token_stream().to_string(), "Config");
+        assert!(plan.statics[0].by_ref);
+        assert_eq!(plan.statics[1].ty.to_token_stream().to_string(), "f32");
+        assert!(!plan.statics[1].by_ref);
+        assert_eq!(plan.krate.to_token_stream().to_string(), ":: cudagraph");
+        assert_eq!(plan.lifetime.to_string(), "'cg");
+    }
+
+    #[test]
+    fn free_function_and_defaults() {
+        let plan = run(
+            quote!(sizes = [8], crate = "crate::cg"),
+            quote!(
+                fn step(rt: &Runtime, x: &Tensor) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        let plan = plan.unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(!plan.method);
+        assert_eq!(plan.batch_index, 0);
+        assert_eq!(plan.krate.to_token_stream().to_string(), "crate :: cg");
+        assert!(plan.statics.is_empty());
+    }
+
+    #[test]
+    fn raw_ident_name_and_lifetimes_kept() {
+        let plan = run(
+            quote!(sizes = [1]),
+            quote!(
+                fn r#move<'a, 'cg: 'a>(
+                    &'a self,
+                    rt: &Runtime,
+                    x: &(Tensor),
+                    c: &'a Cfg<'cg>,
+                ) -> Result<Tensor>
+                where
+                    'cg: 'a,
+                {
+                    todo!()
+                }
+            ),
+        );
+        let errors = plan.err().unwrap_or_default();
+        assert_one(&errors, "argument `c` is a host value");
+        let plan = run(
+            quote!(sizes = [1], static_args = [c]),
+            quote!(
+                fn r#move<'a, 'cg: 'a>(
+                    &'a self,
+                    rt: &Runtime,
+                    x: &(Tensor),
+                    c: &'a Cfg<'cg>,
+                ) -> Result<Tensor>
+                where
+                    'cg: 'a,
+                {
+                    todo!()
+                }
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(plan.graphs_ident.to_string(), "move_graphs");
+        assert_eq!(plan.lifetimes.len(), 2);
+        assert_eq!(plan.lifetime.to_string(), "'cg_graphs");
+        assert!(plan.where_clause.is_some());
+        assert_eq!(
+            plan.statics[0].ty.to_token_stream().to_string(),
+            "Cfg < 'cg >"
+        );
+    }
+
+    #[test]
+    fn unused_lifetimes_are_dropped() {
+        let plan = run(
+            quote!(sizes = [1], static_args = [c, d]),
+            quote!(
+                fn f<'a, 'b: 'c, 'c, 'd>(
+                    &'a self,
+                    rt: &'a Runtime,
+                    x: &'a Tensor,
+                    c: &'a Cfg<'b>,
+                    d: (u8, [&'d u8; 2]),
+                ) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let kept: Vec<String> = plan
+            .lifetimes
+            .iter()
+            .map(|l| l.lifetime.to_string())
+            .collect();
+        assert_eq!(kept, vec!["'b", "'c", "'d"]);
+    }
+
+    #[test]
+    fn cfg_attributes_are_copied() {
+        let plan = run(
+            quote!(sizes = [1]),
+            quote!(
+                #[cfg(feature = "gpu")]
+                #[inline]
+                fn f(rt: &Runtime, x: &Tensor) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(plan.cfg_attrs.len(), 1);
+    }
+
+    const GOOD: &str = "fn forward(&self, rt: &Runtime, x: &Tensor) -> Result<Tensor> { todo!() }";
+
+    fn good() -> TokenStream {
+        GOOD.parse().unwrap_or_default()
+    }
+
+    #[test]
+    fn missing_sizes() {
+        assert_one(&errors_of(quote!(), good()), "needs `sizes`");
+        assert_one(&errors_of(quote!(batch = x), good()), "needs `sizes`");
+    }
+
+    #[test]
+    fn misspelled_sizes_reports_only_the_option() {
+        let errors = errors_of(quote!(size = [1]), good());
+        assert_one(&errors, "did you mean `sizes`?");
+    }
+
+    #[test]
+    fn empty_and_zero_and_duplicate_sizes() {
+        assert_one(&errors_of(quote!(sizes = []), good()), "must not be empty");
+        assert_one(
+            &errors_of(quote!(sizes = [0, 1]), good()),
+            "size 0 is not allowed",
+        );
+        assert_one(
+            &errors_of(quote!(sizes = [1, 2, 2]), good()),
+            "duplicate size 2",
+        );
+    }
+
+    #[test]
+    fn async_fn() {
+        let errors = errors_of(
+            quote!(sizes = [1]),
+            quote!(
+                async fn forward(&self, rt: &Runtime, x: &Tensor) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        assert_one(&errors, "`async fn` can't be captured");
+    }
+
+    #[test]
+    fn unsafe_fn() {
+        let errors = errors_of(
+            quote!(sizes = [1]),
+            quote!(
+                unsafe fn forward(&self, rt: &Runtime, x: &Tensor) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        assert_one(&errors, "`unsafe fn`");
+    }
+
+    #[test]
+    fn default_fn() {
+        let errors = errors_of(
+            quote!(sizes = [1]),
+            quote!(default fn forward(&self, rt: &Runtime, x: &Tensor) -> Result<Tensor> { todo!() }),
+        );
+        assert_one(&errors, "`default fn`");
+    }
+
+    #[test]
+    fn generic_params() {
+        let errors = errors_of(
+            quote!(sizes = [1]),
+            quote!(
+                fn forward<'a, T: Clone, const N: usize>(
+                    &'a self,
+                    rt: &Runtime,
+                    x: &Tensor,
+                ) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("type parameter `T`"));
+        assert!(errors[1].contains("const parameter `N`"));
+    }
+
+    #[test]
+    fn variadic() {
+        let errors = errors_of(
+            quote!(sizes = [1]),
+            quote!(
+                fn forward(rt: &Runtime, x: &Tensor, ...) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        assert_one(&errors, "variadic");
+    }
+
+    #[test]
+    fn missing_return_type() {
+        let errors = errors_of(
+            quote!(sizes = [1]),
+            quote!(
+                fn forward(&self, rt: &Runtime, x: &Tensor) {}
+            ),
+        );
+        assert_one(&errors, "must return `Result<Tensor>`");
+    }
+
+    #[test]
+    fn bad_receivers() {
+        for receiver in [
+            quote!(self),
+            quote!(mut self),
+            quote!(&mut self),
+            quote!(self: Box<Self>),
+            quote!(&'a mut self),
+            quote!(self: &mut Self),
+        ] {
+            let errors = errors_of(
+                quote!(sizes = [1]),
+                quote!(fn forward(#receiver, rt: &Runtime, x: &Tensor) -> Result<Tensor> { todo!() }),
+            );
+            assert_one(&errors, "must take `&self`");
+        }
+        for receiver in [
+            quote!(&self),
+            quote!(&'a self),
+            quote!(self: &Self),
+            quote!(self: &'a Self),
+        ] {
+            let ok = run(
+                quote!(sizes = [1]),
+                quote!(fn forward(#receiver, rt: &Runtime, x: &Tensor) -> Result<Tensor> { todo!() }),
+            );
+            assert!(ok.is_ok(), "{receiver}: {:?}", ok.err());
+        }
+    }
+
+    #[test]
+    fn runtime_missing_or_twice_or_mut() {
+        let errors = errors_of(
+            quote!(sizes = [1]),
+            quote!(
+                fn forward(&self, x: &Tensor) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        assert_one(&errors, "needs a `&Runtime` argument");
+        let errors = errors_of(
+            quote!(sizes = [1]),
+            quote!(
+                fn forward(&self, a: &Runtime, x: &Tensor, b: &Runtime) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        assert_one(&errors, "only one `&Runtime`");
+        let errors = errors_of(
+            quote!(sizes = [1]),
+            quote!(
+                fn forward(&self, rt: &mut Runtime, x: &mut Tensor) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("not `&mut Runtime`"));
+        assert!(errors[1].contains("not `&mut Tensor`"));
+    }
+
+    #[test]
+    fn no_tensor() {
+        let errors = errors_of(
+            quote!(sizes = [1]),
+            quote!(
+                fn forward(&self, rt: &Runtime) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        assert_eq!(
+            errors,
+            vec!["`#[cuda_graph]` needs at least one `&Tensor` argument: the batch input"]
+        );
+    }
+
+    #[test]
+    fn tensor_or_runtime_by_value() {
+        let errors = errors_of(
+            quote!(sizes = [1]),
+            quote!(
+                fn forward(&self, rt: &Runtime, x: &Tensor, y: Tensor) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        assert_one(&errors, "take `y` by reference: `y: &Tensor`");
+        let errors = errors_of(
+            quote!(sizes = [1], static_args = [y]),
+            quote!(
+                fn forward(&self, rt: Runtime, x: &Tensor) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("`rt: &Runtime`"), "{errors:?}");
+        assert!(errors[1].contains("no argument `y`"), "{errors:?}");
+    }
+
+    #[test]
+    fn host_value_arg_exact_message() {
+        let errors = errors_of(
+            quote!(sizes = [1]),
+            quote!(
+                fn forward(&self, rt: &Runtime, x: &Tensor, foo: usize) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        assert_eq!(
+            errors,
+            vec![
+                "argument `foo` is a host value: a CUDA graph bakes it in at capture time and would silently replay the stale value. Pass it as a device `&Tensor`, or list it in `static_args = [foo]` so each run checks it against the captured value"
+            ]
+        );
+        let errors = errors_of(
+            quote!(sizes = [1], static_args = [a]),
+            quote!(
+                fn forward(&self, rt: &Runtime, x: &Tensor, a: u8, b: &Cfg) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        assert_one(&errors, "`static_args = [a, b]`");
+    }
+
+    #[test]
+    fn pattern_params() {
+        let errors = errors_of(
+            quote!(sizes = [1]),
+            quote!(
+                fn forward(&self, rt: &Runtime, _: &Tensor, (a, b): (u8, u8)) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors.iter().all(|e| e.contains("plain argument names")));
+    }
+
+    #[test]
+    fn bad_static_arg_names() {
+        let errors = errors_of(quote!(sizes = [1], static_args = [cfg]), good());
+        assert_one(
+            &errors,
+            "`static_args` names `cfg`, but `forward` has no argument `cfg`",
+        );
+        let errors = errors_of(quote!(sizes = [1], static_args = [x, rt]), good());
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("`x` is a `&Tensor` argument"));
+        assert!(errors[1].contains("`rt` is the `&Runtime` argument"));
+    }
+
+    #[test]
+    fn bad_static_types() {
+        let errors = errors_of(
+            quote!(sizes = [1], static_args = [a, b, c, d]),
+            quote!(
+                fn forward(
+                    &self,
+                    rt: &Runtime,
+                    x: &Tensor,
+                    a: &mut Cfg,
+                    b: &[u8],
+                    c: &str,
+                    d: impl Copy,
+                ) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert!(errors[0].contains("`&mut`"));
+        assert!(errors[1].contains("`Vec<T>`"));
+        assert!(errors[2].contains("`String`"));
+        assert!(errors[3].contains("`impl Trait`"));
+    }
+
+    #[test]
+    fn bad_batch_names() {
+        let errors = errors_of(quote!(sizes = [1], batch = y), good());
+        assert_one(
+            &errors,
+            "`forward` has no argument named `y`; `batch` must name one of its `&Tensor` arguments: `x`",
+        );
+        let errors = errors_of(quote!(sizes = [1], batch = rt), good());
+        assert_one(
+            &errors,
+            "`batch` must name a `&Tensor` argument, but `rt` is the runtime",
+        );
+        let errors = errors_of(
+            quote!(sizes = [1], batch = n, static_args = [n]),
+            quote!(
+                fn forward(&self, rt: &Runtime, x: &Tensor, n: usize) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        assert_one(&errors, "but `n` is a host value");
+    }
+
+    #[test]
+    fn many_errors_at_once() {
+        let errors = errors_of(
+            quote!(sizes = [0], batch = nope),
+            quote!(
+                async fn forward<T>(self, n: usize) {}
+            ),
+        );
+        // async, generic, return type, receiver, host value, no runtime, no tensor, batch, size 0
+        assert_eq!(errors.len(), 9, "{errors:?}");
+    }
+}

@@ -1,0 +1,156 @@
+//! Where a tensor's bytes come from, and what happens when they are dropped.
+//!
+//! The runtime routes every allocation through one of three modes:
+//! - **eager**: the driver's stream-ordered allocator (`cuMemAllocAsync`);
+//! - **measure** (a warm-up before a capture): the driver as in eager mode, while an unbounded
+//!   [`Arena`] replays the same requests to learn how large a pool chunk the capture needs;
+//! - **capture**: blocks of a [`PoolChunk`], placed by a bounded [`Arena`]; no driver call.
+//!
+//! A driver buffer dropped while a capture is under way is parked, not freed: `cuMemFreeAsync`
+//! on memory the graph did not allocate is illegal during capture. Parked buffers are released
+//! when the capture (or the [freeze scope](crate::freeze)) ends.
+
+use std::mem::ManuallyDrop;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cudarc::driver::CudaSlice;
+
+use crate::arena::Arena;
+use crate::pool::PoolChunk;
+
+/// The allocation mode of a runtime.
+#[derive(Debug, Default)]
+pub(crate) enum Mode {
+    /// Allocate from the driver.
+    #[default]
+    Eager,
+    /// Allocate from the driver and record offsets in an unbounded arena.
+    Measure(Arena),
+    /// Allocate from a pool chunk.
+    Capture {
+        /// The chunk serving this capture.
+        chunk: Arc<PoolChunk>,
+        /// Offsets within the chunk.
+        arena: Arena,
+    },
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct AllocState {
+    pub(crate) mode: Mode,
+    /// Bumped at every mode change, so a late drop can't free an offset in a newer arena.
+    pub(crate) epoch: u64,
+    /// Driver buffers dropped during a capture, released when it ends.
+    pub(crate) parked: Vec<CudaSlice<u8>>,
+    /// Nesting depth of freeze scopes (drops are parked only while capturing).
+    pub(crate) capturing: bool,
+}
+
+/// Allocation state shared by a runtime and every buffer it handed out.
+#[derive(Debug, Default)]
+pub(crate) struct AllocShared {
+    state: Mutex<AllocState>,
+}
+
+impl AllocShared {
+    /// Locks the state; a poisoned lock is recovered (the state stays consistent: every update
+    /// is a single assignment or push).
+    pub(crate) fn lock(&self) -> MutexGuard<'_, AllocState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Switches mode, bumping the epoch; returns the previous mode.
+    pub(crate) fn set_mode(&self, mode: Mode) -> Mode {
+        let mut state = self.lock();
+        state.epoch += 1;
+        std::mem::replace(&mut state.mode, mode)
+    }
+
+    /// Takes the parked buffers (dropping them frees them; do that outside capture).
+    pub(crate) fn take_parked(&self) -> Vec<CudaSlice<u8>> {
+        std::mem::take(&mut self.lock().parked)
+    }
+}
+
+/// Device bytes behind a tensor.
+#[derive(Debug)]
+pub(crate) enum Storage {
+    /// A driver allocation owned by this storage.
+    Driver {
+        slice: ManuallyDrop<CudaSlice<u8>>,
+        ptr: u64,
+        home: Arc<AllocShared>,
+        /// `(epoch, offset)` in the measuring arena, when allocated during a warm-up.
+        measured: Option<(u64, usize)>,
+    },
+    /// A block of a graph-pool chunk.
+    Pool {
+        chunk: Arc<PoolChunk>,
+        offset: usize,
+        home: Arc<AllocShared>,
+        epoch: u64,
+    },
+}
+
+impl Storage {
+    /// The device address of the first byte.
+    pub(crate) fn device_ptr(&self) -> u64 {
+        match self {
+            Storage::Driver { ptr, .. } => *ptr,
+            Storage::Pool { chunk, offset, .. } => chunk.device_ptr() + *offset as u64,
+        }
+    }
+
+    /// Whether the bytes live in a graph pool.
+    pub(crate) fn is_pool(&self) -> bool {
+        matches!(self, Storage::Pool { .. })
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        match self {
+            Storage::Driver {
+                slice,
+                home,
+                measured,
+                ..
+            } => {
+                let mut state = home.lock();
+                let current = state.epoch;
+                if let (Some((epoch, offset)), Mode::Measure(arena)) = (*measured, &mut state.mode)
+                {
+                    if epoch == current {
+                        arena.free(offset);
+                    }
+                }
+                // SAFETY: `slice` is taken exactly once, here in drop, and never used after.
+                let slice = unsafe { ManuallyDrop::take(slice) };
+                if state.capturing {
+                    state.parked.push(slice);
+                } else {
+                    drop(state);
+                    drop(slice);
+                }
+            }
+            Storage::Pool {
+                offset,
+                home,
+                epoch,
+                chunk,
+            } => {
+                let mut state = home.lock();
+                let current = state.epoch;
+                if let Mode::Capture {
+                    chunk: active,
+                    arena,
+                } = &mut state.mode
+                {
+                    if current == *epoch && Arc::ptr_eq(active, chunk) {
+                        arena.free(*offset);
+                    }
+                }
+            }
+        }
+    }
+}

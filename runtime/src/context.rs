@@ -1,0 +1,396 @@
+//! [`Runtime`]: one device, its own stream, a cuBLAS handle bound to that stream, the kernel
+//! cache and the allocation router.
+
+use std::cell::{Cell, OnceCell};
+use std::mem::ManuallyDrop;
+use std::panic::Location;
+use std::sync::Arc;
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream};
+
+use crate::alloc::{AllocShared, Mode, Storage};
+use crate::dtype::{DType, Element};
+use crate::error::{Error, OpSite, Result};
+use crate::ffi::{self, DeviceRange};
+use crate::freeze::ReclaimPolicy;
+use crate::kernel_cache::{KernelCache, KernelModule};
+use crate::tensor::{Shape, Tensor};
+
+/// Bytes of the cuBLAS workspace a runtime owns. A workspace set up front means cuBLAS never
+/// allocates from the driver, which would be illegal during capture.
+pub const CUBLAS_WORKSPACE_BYTES: usize = 32 << 20;
+
+/// A CUDA device with its own stream: everything a forward function needs to launch work.
+///
+/// `Runtime` is `Send` but not `Sync`: one thread drives a stream at a time, as a capture
+/// requires (a second thread launching onto a capturing stream would join the capture).
+pub struct Runtime {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: OnceCell<(CudaBlas, CudaSlice<u8>)>,
+    kernels: KernelCache,
+    alloc: Arc<AllocShared>,
+    current_op: Cell<Option<OpSite>>,
+    poison: Cell<bool>,
+    reclaim: Cell<ReclaimPolicy>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("device", &self.ctx.ordinal())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Opens device `ordinal` (its primary context) and creates a stream for this runtime.
+    ///
+    /// Fails with [`Error::NoDriver`] on a machine without the CUDA driver and
+    /// [`Error::NoDevice`] when the ordinal does not exist: never a panic.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        let count = Self::device_count()?;
+        if ordinal >= count {
+            return Err(Error::NoDevice { ordinal, count });
+        }
+        let ctx = CudaContext::new(ordinal).map_err(Error::driver("cuCtxCreate"))?;
+        // SAFETY: a runtime orders all work on its single stream, so the per-slice events cudarc
+        // would record are not needed; recorded outside a capture, they break it (cudarc's own
+        // capture test disables them for this reason). Slices created before this call keep
+        // their events and are not used by the runtime.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(Error::driver("cuStreamCreate"))?;
+        Ok(Self {
+            ctx,
+            stream,
+            blas: OnceCell::new(),
+            kernels: KernelCache::default(),
+            alloc: Arc::new(AllocShared::default()),
+            current_op: Cell::new(None),
+            poison: Cell::new(false),
+            reclaim: Cell::new(ReclaimPolicy::from_env()),
+        })
+    }
+
+    /// Number of CUDA devices; an error (not a panic) when no driver is installed.
+    pub fn device_count() -> Result<usize> {
+        if !ffi::driver_present() {
+            return Err(Error::NoDriver(
+                "libcuda.so could not be loaded (no NVIDIA driver on this machine)".into(),
+            ));
+        }
+        let count = CudaContext::device_count().map_err(Error::driver("cuDeviceGetCount"))?;
+        Ok(count.max(0) as usize)
+    }
+
+    /// The device ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.ctx.ordinal()
+    }
+
+    /// The device's name.
+    pub fn device_name(&self) -> Result<String> {
+        self.ctx.name().map_err(Error::driver("cuDeviceGetName"))
+    }
+
+    /// The CUDA context (shared with other users of the device's primary context).
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The runtime's stream: every op and every graph runs on it.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The cuBLAS handle bound to the runtime's stream, with its own workspace.
+    pub fn cublas(&self) -> Result<&CudaBlas> {
+        if let Some((blas, _)) = self.blas.get() {
+            return Ok(blas);
+        }
+        self.forbid_during_capture("creating the cuBLAS handle")?;
+        if !ffi::cublas_present() {
+            return Err(Error::MissingLibrary { library: "cublas" });
+        }
+        let blas = CudaBlas::new(self.stream.clone()).map_err(|e| Error::Cublas {
+            call: "cublasCreate",
+            message: format!("{e:?}"),
+        })?;
+        // SAFETY: the workspace is uninitialised scratch that only cuBLAS writes and reads.
+        let workspace = unsafe { self.stream.alloc::<u8>(CUBLAS_WORKSPACE_BYTES) }
+            .map_err(Error::driver("cuBLAS workspace"))?;
+        let ptr = ffi::slice_ptr(&workspace, &self.stream);
+        ffi::set_cublas_workspace(&blas, ptr, CUBLAS_WORKSPACE_BYTES).map_err(|message| {
+            Error::Cublas {
+                call: "cublasSetWorkspace",
+                message,
+            }
+        })?;
+        Ok(&self.blas.get_or_init(|| (blas, workspace)).0)
+    }
+
+    /// The kernel `name` of `module`, compiled at first use and cached.
+    pub fn function(
+        &self,
+        module: &'static KernelModule,
+        name: &'static str,
+    ) -> Result<CudaFunction> {
+        self.kernels.function(&self.ctx, module, name)
+    }
+
+    /// Records which op is executing and from where, for capture diagnostics. Op launchers call
+    /// it first; it costs a store.
+    #[track_caller]
+    pub fn enter_op(&self, op: &'static str) {
+        self.current_op.set(Some(OpSite {
+            op,
+            location: Location::caller(),
+        }));
+    }
+
+    /// The op last recorded by [`enter_op`](Self::enter_op).
+    pub fn current_op(&self) -> Option<OpSite> {
+        self.current_op.get()
+    }
+
+    pub(crate) fn clear_op(&self) {
+        self.current_op.set(None);
+    }
+
+    /// Whether this runtime is capturing a graph now.
+    pub fn is_capturing(&self) -> bool {
+        matches!(self.alloc.lock().mode, Mode::Capture { .. })
+    }
+
+    pub(crate) fn alloc_shared(&self) -> &Arc<AllocShared> {
+        &self.alloc
+    }
+
+    /// An error if a capture is under way: for operations a capture cannot record.
+    pub fn forbid_during_capture(&self, what: &'static str) -> Result<()> {
+        if self.is_capturing() {
+            Err(Error::IllegalDuringCapture {
+                what,
+                site: self.current_op(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A tensor of uninitialised contents. During a capture it is served from the graph pool;
+    /// otherwise from the driver's stream-ordered allocator.
+    pub fn alloc(&self, dims: &[usize], dtype: DType) -> Result<Tensor> {
+        let shape = Shape::new(dims)?;
+        let bytes = shape.numel() * dtype.size_in_bytes();
+        let mut state = self.alloc.lock();
+        let epoch = state.epoch;
+        let storage = match &mut state.mode {
+            Mode::Capture { chunk, arena } => {
+                let available = arena.available_at_top();
+                let capacity = arena.capacity().unwrap_or(0);
+                let offset = arena.alloc(bytes).ok_or(Error::PoolExhausted {
+                    requested: bytes,
+                    available,
+                    capacity,
+                })?;
+                Storage::Pool {
+                    chunk: chunk.clone(),
+                    offset,
+                    home: self.alloc.clone(),
+                    epoch,
+                }
+            }
+            mode => {
+                let measured = match mode {
+                    Mode::Measure(arena) => arena.alloc(bytes).map(|off| (epoch, off)),
+                    _ => None,
+                };
+                drop(state);
+                // SAFETY: uninitialised bytes; the tensor's contract is that contents are
+                // unspecified until written (kernels write every output element).
+                let slice = unsafe { self.stream.alloc::<u8>(bytes.max(1)) }
+                    .map_err(Error::driver("cuMemAllocAsync"))?;
+                let ptr = ffi::slice_ptr(&slice, &self.stream);
+                if self.poison.get() {
+                    let range = DeviceRange {
+                        ptr,
+                        bytes: bytes.max(1),
+                    };
+                    ffi::fill_bytes(&self.stream, range, 0xFF)
+                        .map_err(Error::driver("cuMemsetD8Async"))?;
+                }
+                Storage::Driver {
+                    slice: ManuallyDrop::new(slice),
+                    ptr,
+                    home: self.alloc.clone(),
+                    measured,
+                }
+            }
+        };
+        Ok(Tensor::from_storage(storage, shape, dtype, self.ordinal()))
+    }
+
+    /// A tensor filled with zero bytes.
+    pub fn zeros(&self, dims: &[usize], dtype: DType) -> Result<Tensor> {
+        let t = self.alloc(dims, dtype)?;
+        self.fill_bytes(&t, 0)?;
+        Ok(t)
+    }
+
+    /// Fills every byte of `t` with `value` (enqueued on the stream; capturable).
+    pub fn fill_bytes(&self, t: &Tensor, value: u8) -> Result<()> {
+        self.check_device("fill_bytes", t)?;
+        ffi::fill_bytes(&self.stream, range(t), value).map_err(Error::driver("cuMemsetD8Async"))
+    }
+
+    /// Copies host data into a new tensor of shape `dims` and waits for the copy.
+    pub fn upload<T: Element>(&self, data: &[T], dims: &[usize]) -> Result<Tensor> {
+        self.forbid_during_capture("a host-to-device copy")?;
+        let t = self.alloc(dims, T::DTYPE)?;
+        if t.numel() != data.len() {
+            return Err(Error::invalid(
+                "upload",
+                format!(
+                    "{} values for shape {dims:?} ({} elements)",
+                    data.len(),
+                    t.numel()
+                ),
+            ));
+        }
+        let bytes = host_bytes(data);
+        ffi::upload(&self.stream, range(&t), bytes).map_err(Error::driver("cuMemcpyHtoDAsync"))?;
+        Ok(t)
+    }
+
+    /// Copies a tensor to the host, waiting for all work queued before it.
+    pub fn download<T: Element>(&self, t: &Tensor) -> Result<Vec<T>> {
+        self.forbid_during_capture("a device-to-host copy")?;
+        self.check_device("download", t)?;
+        if t.dtype() != T::DTYPE {
+            return Err(Error::invalid(
+                "download",
+                format!("tensor is {}, asked for {}", t.dtype(), T::DTYPE),
+            ));
+        }
+        let mut out = vec![T::default(); t.numel()];
+        ffi::download(&self.stream, host_bytes_mut(&mut out), range(t))
+            .map_err(Error::driver("cuMemcpyDtoHAsync"))?;
+        Ok(out)
+    }
+
+    /// Enqueues a copy of `src` into `dst` (same dtype and number of elements).
+    pub fn copy(&self, src: &Tensor, dst: &Tensor) -> Result<()> {
+        self.check_device("copy", src)?;
+        self.check_device("copy", dst)?;
+        if src.dtype() != dst.dtype() || src.numel() != dst.numel() {
+            return Err(Error::invalid(
+                "copy",
+                format!(
+                    "source {:?} {} and destination {:?} {} differ",
+                    src.shape(),
+                    src.dtype(),
+                    dst.shape(),
+                    dst.dtype()
+                ),
+            ));
+        }
+        ffi::copy_d2d(&self.stream, range(dst), range(src))
+            .map_err(Error::driver("cuMemcpyDtoDAsync"))
+    }
+
+    /// A new tensor holding a copy of `src` (from the pool during capture).
+    pub fn duplicate(&self, src: &Tensor) -> Result<Tensor> {
+        let dst = self.alloc(src.shape(), src.dtype())?;
+        self.copy(src, &dst)?;
+        Ok(dst)
+    }
+
+    /// Waits for all work queued on the stream; illegal during capture.
+    pub fn synchronize(&self) -> Result<()> {
+        self.forbid_during_capture("a stream synchronize")?;
+        self.stream
+            .synchronize()
+            .map_err(Error::driver("cuStreamSynchronize"))?;
+        self.check_deferred()
+    }
+
+    /// Surfaces an error cudarc recorded from a call that could not return it (a drop).
+    pub fn check_deferred(&self) -> Result<()> {
+        self.ctx
+            .check_err()
+            .map_err(Error::driver("deferred (recorded by a drop)"))
+    }
+
+    /// Free and total device memory, in bytes (`cuMemGetInfo`).
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        ffi::mem_info(&self.ctx).map_err(Error::driver("cuMemGetInfo"))
+    }
+
+    /// An error naming `op` if `t` lives on another device.
+    pub fn check_device(&self, op: &'static str, t: &Tensor) -> Result<()> {
+        if t.ordinal() == self.ordinal() {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                op,
+                format!(
+                    "tensor is on device {}, runtime on device {}",
+                    t.ordinal(),
+                    self.ordinal()
+                ),
+            ))
+        }
+    }
+}
+
+fn range(t: &Tensor) -> DeviceRange {
+    DeviceRange {
+        ptr: t.device_ptr(),
+        bytes: t.size_in_bytes(),
+    }
+}
+
+fn host_bytes<T: Element>(data: &[T]) -> &[u8] {
+    // SAFETY: `Element` types are plain numbers (bf16, f32, u32, i32) without padding or
+    // invalid bit patterns; the byte view covers exactly the slice's memory.
+    unsafe { std::slice::from_raw_parts(data.as_ptr().cast(), std::mem::size_of_val(data)) }
+}
+
+fn host_bytes_mut<T: Element>(data: &mut [T]) -> &mut [u8] {
+    // SAFETY: as in `host_bytes`; every byte pattern is a valid value of these types, so the
+    // driver may write any bytes.
+    unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr().cast(), std::mem::size_of_val(data)) }
+}
+
+impl Runtime {
+    /// Synchronizes, then returns what the stream-ordered allocator and graph memory nodes
+    /// cache to the driver (`cuMemPoolTrimTo`, `cuDeviceGraphMemTrim`).
+    pub fn release_cached_memory(&self) -> Result<()> {
+        self.synchronize()?;
+        let pool =
+            ffi::MemPool::of_device(&self.ctx).map_err(Error::driver("cuDeviceGetMemPool"))?;
+        pool.trim_to(0).map_err(Error::driver("cuMemPoolTrimTo"))?;
+        ffi::graph_mem_trim(&self.ctx).map_err(Error::driver("cuDeviceGraphMemTrim"))
+    }
+
+    /// Test aid: when on, every eager allocation is filled with `0xFF` bytes (NaN in bf16 and
+    /// f32), so an op that leaves an output element unwritten is caught. Never applies under
+    /// capture (the fill would be recorded into the graph).
+    pub fn set_poison_allocations(&self, on: bool) {
+        self.poison.set(on);
+    }
+}
+
+impl Runtime {
+    /// The reclamation policy captures use (initially from `CUDAGRAPH_CAPTURE_RECLAIM`).
+    pub fn reclaim_policy(&self) -> ReclaimPolicy {
+        self.reclaim.get()
+    }
+
+    /// Sets the reclamation policy of later captures (see [`FreezeScope`](crate::FreezeScope)).
+    pub fn set_reclaim_policy(&self, policy: ReclaimPolicy) {
+        self.reclaim.set(policy);
+    }
+}

@@ -1,0 +1,310 @@
+//! Dispatch: batch size n -> captured size (a table lookup), and the static input buffers that
+//! each call's inputs are copied into, padded to the captured size.
+
+use std::borrow::Cow;
+
+use crate::context::Runtime;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::tensor::{Shape, Tensor};
+
+/// Largest captured size the `u16` lookup table can address.
+pub const MAX_CAPTURE_SIZE: usize = u16::MAX as usize - 1;
+
+/// Marks "no captured size" in a lookup table (index 0, and nothing else).
+pub const NO_SLOT: u16 = u16::MAX;
+
+/// Builds the lookup table of `sizes` (sorted, unique, in `1..=MAX_CAPTURE_SIZE`):
+/// `table[n]` is the index of the smallest size `>= n`; `table[0]` is [`NO_SLOT`].
+pub fn build_lookup(sizes: &[usize]) -> Vec<u16> {
+    let max = sizes.last().copied().unwrap_or(0);
+    let mut table = Vec::with_capacity(max + 1);
+    table.push(NO_SLOT);
+    let mut slot = 0usize;
+    for n in 1..=max {
+        while sizes[slot] < n {
+            slot += 1;
+        }
+        table.push(slot as u16);
+    }
+    table
+}
+
+fn check_sizes(sizes: &[usize]) -> Result<()> {
+    if sizes.is_empty() {
+        return Err(Error::invalid(
+            "sizes",
+            "no size to capture: give at least one",
+        ));
+    }
+    for pair in sizes.windows(2) {
+        if pair[0] >= pair[1] {
+            return Err(Error::invalid(
+                "sizes",
+                format!(
+                    "sizes must be sorted and unique: {} comes before {}",
+                    pair[0], pair[1]
+                ),
+            ));
+        }
+    }
+    if sizes[0] == 0 {
+        return Err(Error::invalid(
+            "sizes",
+            "a captured size must be at least 1",
+        ));
+    }
+    if let Some(&big) = sizes.iter().find(|&&s| s > MAX_CAPTURE_SIZE) {
+        return Err(Error::invalid(
+            "sizes",
+            format!("size {big} exceeds the maximum of {MAX_CAPTURE_SIZE}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Captured sizes and their O(1) lookup table.
+#[derive(Debug, Clone)]
+pub struct SizeTable {
+    sizes: Cow<'static, [usize]>,
+    lookup: Cow<'static, [u16]>,
+}
+
+impl SizeTable {
+    /// A table for `sizes` (any order; sorted here), built at run time.
+    pub fn new(sizes: &[usize]) -> Result<Self> {
+        let mut sorted = sizes.to_vec();
+        sorted.sort_unstable();
+        check_sizes(&sorted)?;
+        let lookup = build_lookup(&sorted);
+        Ok(Self {
+            sizes: Cow::Owned(sorted),
+            lookup: Cow::Owned(lookup),
+        })
+    }
+
+    /// A table the `#[cuda_graph]` macro resolved at compile time; checked once here.
+    pub fn from_static(sizes: &'static [usize], lookup: &'static [u16]) -> Result<Self> {
+        check_sizes(sizes)?;
+        if lookup != build_lookup(sizes).as_slice() {
+            return Err(Error::invalid(
+                "sizes",
+                "the compile-time lookup table does not match the sizes (macro/runtime version mismatch?)",
+            ));
+        }
+        Ok(Self {
+            sizes: Cow::Borrowed(sizes),
+            lookup: Cow::Borrowed(lookup),
+        })
+    }
+
+    /// Index of the smallest captured size `>= n`; `None` for `n == 0` or `n` above the largest.
+    #[inline]
+    pub fn slot(&self, n: usize) -> Option<usize> {
+        match self.lookup.get(n) {
+            Some(&s) if s != NO_SLOT => Some(s as usize),
+            _ => None,
+        }
+    }
+
+    /// The captured sizes, ascending.
+    pub fn sizes(&self) -> &[usize] {
+        &self.sizes
+    }
+
+    /// The largest captured size.
+    pub fn max(&self) -> usize {
+        self.sizes.last().copied().unwrap_or(0)
+    }
+}
+
+/// What a runner captures: the function's name, its sizes, and which input carries the batch.
+#[derive(Debug, Clone)]
+pub struct GraphPlan {
+    /// The function's name, for messages and stats.
+    pub function: &'static str,
+    /// Sizes and lookup.
+    pub table: SizeTable,
+    /// Index (among the tensor inputs) of the input whose leading dimension is the batch.
+    pub batch_input: usize,
+}
+
+impl GraphPlan {
+    /// A plan with a size table built at run time (for use without the macro).
+    pub fn new(function: &'static str, sizes: &[usize], batch_input: usize) -> Result<Self> {
+        Ok(Self {
+            function,
+            table: SizeTable::new(sizes)?,
+            batch_input,
+        })
+    }
+
+    /// The plan `#[cuda_graph]` generates: sizes and lookup resolved at compile time.
+    pub fn from_static(
+        function: &'static str,
+        sizes: &'static [usize],
+        lookup: &'static [u16],
+        batch_input: usize,
+    ) -> Result<Self> {
+        Ok(Self {
+            function,
+            table: SizeTable::from_static(sizes, lookup)?,
+            batch_input,
+        })
+    }
+}
+
+/// Dtype and trailing dimensions (all but the batch) of one graph input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputSpec {
+    dtype: DType,
+    trailing: Shape,
+}
+
+impl InputSpec {
+    /// An input of `dtype` whose rows have shape `trailing` (empty for a vector of scalars).
+    pub fn new(dtype: DType, trailing: &[usize]) -> Result<Self> {
+        if trailing.len() + 1 > crate::tensor::MAX_RANK {
+            return Err(Error::invalid("InputSpec", "too many dimensions"));
+        }
+        Ok(Self {
+            dtype,
+            trailing: Shape::new(trailing)?,
+        })
+    }
+
+    /// The spec of an example tensor (its leading dimension is the batch and is ignored).
+    pub fn like(t: &Tensor) -> Result<Self> {
+        if t.rank() == 0 {
+            return Err(Error::invalid(
+                "InputSpec::like",
+                "a graph input needs a batch dimension",
+            ));
+        }
+        Self::new(t.dtype(), &t.shape()[1..])
+    }
+
+    /// The dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The trailing dimensions.
+    pub fn trailing(&self) -> &[usize] {
+        self.trailing.dims()
+    }
+
+    /// Whether `t` has this dtype and these trailing dimensions.
+    pub fn matches(&self, t: &Tensor) -> bool {
+        t.dtype() == self.dtype && t.rank() >= 1 && &t.shape()[1..] == self.trailing()
+    }
+
+    fn full_shape(&self, rows: usize) -> Vec<usize> {
+        let mut dims = Vec::with_capacity(self.trailing().len() + 1);
+        dims.push(rows);
+        dims.extend_from_slice(self.trailing());
+        dims
+    }
+}
+
+/// One zero-filled device buffer per input, of the largest captured size; graphs read prefixes
+/// of it, so every size shares it.
+#[derive(Debug)]
+pub(crate) struct StaticInputs<const N: usize> {
+    buffers: [Tensor; N],
+}
+
+impl<const N: usize> StaticInputs<N> {
+    pub(crate) fn new(rt: &Runtime, specs: &[InputSpec; N], rows: usize) -> Result<Self> {
+        let mut buffers = Vec::with_capacity(N);
+        for spec in specs {
+            buffers.push(rt.zeros(&spec.full_shape(rows), spec.dtype)?);
+        }
+        let buffers: [Tensor; N] = buffers
+            .try_into()
+            .map_err(|_| Error::invalid("StaticInputs", "input count mismatch"))?;
+        Ok(Self { buffers })
+    }
+
+    /// Views of the first `rows` rows of every buffer (what the graph of that size reads).
+    pub(crate) fn views(&self, rows: usize) -> Result<[Tensor; N]> {
+        let mut views = Vec::with_capacity(N);
+        for b in &self.buffers {
+            views.push(b.narrow_rows(0, rows)?);
+        }
+        views
+            .try_into()
+            .map_err(|_| Error::invalid("StaticInputs", "input count mismatch"))
+    }
+
+    /// Copies each input into the first rows of its buffer. Rows past the input keep earlier
+    /// contents (valid values of an earlier call or zeros): rows are independent in the models
+    /// graphs capture, and callers only ever see the first `n` output rows.
+    pub(crate) fn fill(&self, rt: &Runtime, inputs: &[&Tensor; N]) -> Result<()> {
+        for (buf, input) in self.buffers.iter().zip(inputs) {
+            let dst = buf.narrow_rows(0, input.rows())?;
+            rt.copy(input, &dst)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes held by the buffers.
+    pub(crate) fn bytes(&self) -> usize {
+        self.buffers.iter().map(Tensor::size_in_bytes).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn lookup_picks_smallest_fitting_size() {
+        let t = SizeTable::new(&[1, 2, 4, 8]).unwrap();
+        assert_eq!(t.slot(0), None);
+        assert_eq!(t.slot(1), Some(0));
+        assert_eq!(t.slot(3), Some(2));
+        assert_eq!(t.slot(8), Some(3));
+        assert_eq!(t.slot(9), None);
+        assert_eq!(t.max(), 8);
+    }
+
+    #[test]
+    fn bad_size_lists_are_errors() {
+        assert!(SizeTable::new(&[]).is_err());
+        assert!(SizeTable::new(&[0, 1]).is_err());
+        assert!(SizeTable::new(&[2, 2]).is_err());
+        assert!(SizeTable::new(&[MAX_CAPTURE_SIZE + 1]).is_err());
+        assert!(
+            SizeTable::new(&[4, 1, 2]).is_ok(),
+            "unsorted input is sorted"
+        );
+    }
+
+    #[test]
+    fn static_table_is_checked() {
+        static SIZES: [usize; 3] = [1, 2, 4];
+        static GOOD: [u16; 5] = [NO_SLOT, 0, 1, 2, 2];
+        static BAD: [u16; 5] = [NO_SLOT, 0, 1, 1, 2];
+        assert!(SizeTable::from_static(&SIZES, &GOOD).is_ok());
+        assert!(SizeTable::from_static(&SIZES, &BAD).is_err());
+    }
+
+    proptest! {
+        /// The table agrees with a linear search for every n, including past the largest size.
+        #[test]
+        fn lookup_matches_linear_search(mut sizes in prop::collection::btree_set(1usize..600, 1..40)) {
+            let sizes: Vec<usize> = std::mem::take(&mut sizes).into_iter().collect();
+            let t = SizeTable::new(&sizes).unwrap();
+            for n in 0..=t.max() + 3 {
+                let expected = if n == 0 { None } else { sizes.iter().position(|&s| s >= n) };
+                prop_assert_eq!(t.slot(n), expected);
+                if let Some(i) = expected {
+                    prop_assert!(sizes[i] >= n);
+                    prop_assert!(i == 0 || sizes[i - 1] < n, "smallest fitting size");
+                }
+            }
+        }
+    }
+}

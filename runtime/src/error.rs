@@ -1,0 +1,185 @@
+//! One typed error enum for the whole runtime.
+//!
+//! Capture errors name the function, the size and, where the runtime knows it, the op that was
+//! executing and its source location, so a failed capture never reads as a bare
+//! "operation not permitted when stream is capturing".
+
+use std::fmt;
+use std::panic::Location;
+
+use cudarc::driver::DriverError;
+
+/// A `Result` whose error is the runtime's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A boxed error coming from user code (the eager forward function).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The op the runtime was executing when something failed, with the caller's source location.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpSite {
+    /// Name of the op (`"rms_norm"`, `"linear"`, `"alloc"`, ...).
+    pub op: &'static str,
+    /// Where the op was called from (the user's model code).
+    pub location: &'static Location<'static>,
+}
+
+impl fmt::Display for OpSite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "`{}` at {}:{}",
+            self.op,
+            self.location.file(),
+            self.location.line()
+        )
+    }
+}
+
+/// Everything that can go wrong in the runtime.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No CUDA driver library could be loaded on this machine.
+    #[error("no CUDA driver: {0}")]
+    NoDriver(String),
+    /// The driver loaded, but the requested device does not exist.
+    #[error("CUDA device {ordinal} not found ({count} device(s) visible)")]
+    NoDevice {
+        /// The ordinal asked for.
+        ordinal: usize,
+        /// How many devices the driver reports.
+        count: usize,
+    },
+    /// A CUDA driver call failed.
+    #[error("CUDA driver error in {call}: {source}")]
+    Driver {
+        /// The runtime operation that made the call.
+        call: &'static str,
+        /// The driver's error.
+        #[source]
+        source: DriverError,
+    },
+    /// A cuBLAS call failed.
+    #[error("cuBLAS error in {call}: {message}")]
+    Cublas {
+        /// The runtime operation that made the call.
+        call: &'static str,
+        /// cuBLAS' status.
+        message: String,
+    },
+    /// NVRTC failed to compile a kernel module.
+    #[error("NVRTC failed to compile kernel module `{module}`: {log}")]
+    Compile {
+        /// The module's name.
+        module: &'static str,
+        /// NVRTC's log.
+        log: String,
+    },
+    /// A needed CUDA library (NVRTC, cuBLAS) is not installed.
+    #[error("CUDA library `{library}` not found; install it or add its folder to LD_LIBRARY_PATH")]
+    MissingLibrary {
+        /// The library's name.
+        library: &'static str,
+    },
+    /// An argument was invalid (shape, dtype, device, ...).
+    #[error("{op}: {message}")]
+    InvalidArgument {
+        /// The op or API that rejected it.
+        op: &'static str,
+        /// What is wrong, and what to do.
+        message: String,
+    },
+    /// An operation that is illegal while the stream captures was attempted.
+    #[error("{what} is not allowed while capturing a CUDA graph{}", .site.map(|s| format!(" (during {s})")).unwrap_or_default())]
+    IllegalDuringCapture {
+        /// What was attempted (`"a device-to-host copy"`, `"a synchronize"`...).
+        what: &'static str,
+        /// The op that was executing, if known.
+        site: Option<OpSite>,
+    },
+    /// The graph pool had no room for an allocation made during capture.
+    #[error(
+        "graph pool exhausted: {requested} bytes requested with {available} bytes free of {capacity}; the forward allocated more under capture than in its warm-up run (is it deterministic?)"
+    )]
+    PoolExhausted {
+        /// Bytes asked for.
+        requested: usize,
+        /// Bytes free in the chunk.
+        available: usize,
+        /// The chunk's size.
+        capacity: usize,
+    },
+    /// Capturing one size of a function failed.
+    #[error("capturing `{function}` at size {size} failed{}: {source}", .site.map(|s| format!(" during {s}")).unwrap_or_default())]
+    Capture {
+        /// The captured function's name.
+        function: &'static str,
+        /// The batch size being captured.
+        size: usize,
+        /// The op that was executing when it failed, if known.
+        site: Option<OpSite>,
+        /// What failed.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A runner's memory is released: call `resume()` before `run()`.
+    #[error(
+        "the graphs of `{function}` have their memory released: call `resume()` before `run()`"
+    )]
+    Released {
+        /// The captured function.
+        function: &'static str,
+    },
+    /// The user's forward function returned an error that is not the runtime's.
+    #[error("forward function failed: {0}")]
+    Forward(#[source] BoxError),
+}
+
+impl Error {
+    /// Wraps a driver error with the call that produced it.
+    pub fn driver(call: &'static str) -> impl FnOnce(DriverError) -> Error {
+        move |source| Error::Driver { call, source }
+    }
+
+    /// Builds an [`Error::InvalidArgument`].
+    pub fn invalid(op: &'static str, message: impl Into<String>) -> Error {
+        Error::InvalidArgument {
+            op,
+            message: message.into(),
+        }
+    }
+
+    /// Converts an error from user code; a runtime error boxed by the user comes back unboxed.
+    pub fn from_user<E: Into<BoxError>>(error: E) -> Error {
+        let boxed: BoxError = error.into();
+        match boxed.downcast::<Error>() {
+            Ok(own) => *own,
+            Err(other) => Error::Forward(other),
+        }
+    }
+}
+
+/// Converts the result of a user's forward function into the runtime's `Result`.
+///
+/// The code `#[cuda_graph]` generates calls this, so a forward may return any error type that
+/// converts into a boxed error (`anyhow::Error`, `cudagraph::Error`, `Box<dyn Error>` ...).
+#[diagnostic::on_unimplemented(
+    message = "a `#[cuda_graph]` function must return `Result<Tensor, E>`",
+    label = "returns `{Self}`"
+)]
+pub trait ForwardResult {
+    /// Converts into the runtime's result.
+    fn into_forward_result(self) -> Result<crate::Tensor>;
+}
+
+impl<E: Into<BoxError>> ForwardResult for std::result::Result<crate::Tensor, E> {
+    fn into_forward_result(self) -> Result<crate::Tensor> {
+        self.map_err(Error::from_user)
+    }
+}
+
+/// Converts a forward function's result into the runtime's (see [`ForwardResult`]).
+pub fn forward_result<R: ForwardResult>(result: R) -> Result<crate::Tensor> {
+    result.into_forward_result()
+}

@@ -1,0 +1,391 @@
+//! Every raw CUDA driver call the runtime makes beyond cudarc's safe API, each behind a safe
+//! function or an owning type, each `unsafe` block with the invariant that makes it sound.
+
+use std::ptr;
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DriverError, result, sys};
+
+/// The device address of a whole slice.
+pub(crate) fn slice_ptr(slice: &CudaSlice<u8>, stream: &CudaStream) -> u64 {
+    // Event tracking is disabled for runtimes (see `context.rs`), so the guard records nothing.
+    let (ptr, _guard) = slice.device_ptr(stream);
+    ptr
+}
+
+/// Whether the CUDA driver library can be loaded.
+pub(crate) fn driver_present() -> bool {
+    // SAFETY: only tries to open the shared library; calls no symbol of it.
+    unsafe { sys::is_culib_present() }
+}
+
+/// Whether NVRTC can be loaded.
+pub(crate) fn nvrtc_present() -> bool {
+    // SAFETY: only tries to open the shared library; calls no symbol of it.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// Whether cuBLAS can be loaded.
+pub(crate) fn cublas_present() -> bool {
+    // SAFETY: only tries to open the shared library; calls no symbol of it.
+    unsafe { cudarc::cublas::sys::is_culib_present() }
+}
+
+/// A device range `[ptr, ptr + bytes)` that the caller owns for the duration of a call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DeviceRange {
+    pub(crate) ptr: u64,
+    pub(crate) bytes: usize,
+}
+
+/// Enqueues a device-to-device copy of `src` into `dst` (equal sizes) on `stream`.
+pub(crate) fn copy_d2d(
+    stream: &CudaStream,
+    dst: DeviceRange,
+    src: DeviceRange,
+) -> Result<(), DriverError> {
+    debug_assert_eq!(dst.bytes, src.bytes);
+    stream.context().bind_to_thread()?;
+    // SAFETY: both ranges are live device allocations of at least `bytes` bytes: callers build
+    // them from tensors whose storage they hold across the call (`Tensor::device_ptr` and
+    // `size_in_bytes`); ordering against other work is the stream's.
+    unsafe { result::memcpy_dtod_async(dst.ptr, src.ptr, dst.bytes, stream.cu_stream()) }
+}
+
+/// Enqueues a byte fill of `dst` on `stream`.
+pub(crate) fn fill_bytes(
+    stream: &CudaStream,
+    dst: DeviceRange,
+    value: u8,
+) -> Result<(), DriverError> {
+    stream.context().bind_to_thread()?;
+    // SAFETY: `dst` is a live device allocation of at least `bytes` bytes held by the caller.
+    unsafe { result::memset_d8_async(dst.ptr, value, dst.bytes, stream.cu_stream()) }
+}
+
+/// Copies host bytes into `dst` and waits for the copy.
+pub(crate) fn upload(stream: &CudaStream, dst: DeviceRange, src: &[u8]) -> Result<(), DriverError> {
+    debug_assert_eq!(dst.bytes, src.len());
+    stream.context().bind_to_thread()?;
+    // SAFETY: `dst` is a live allocation of `src.len()` bytes; `src` stays borrowed until the
+    // stream is synchronized below, so the driver never reads freed host memory.
+    unsafe {
+        sys::cuMemcpyHtoDAsync_v2(dst.ptr, src.as_ptr().cast(), src.len(), stream.cu_stream())
+            .result()?;
+    }
+    stream.synchronize()
+}
+
+/// Copies `src` into host bytes and waits for the copy.
+pub(crate) fn download(
+    stream: &CudaStream,
+    dst: &mut [u8],
+    src: DeviceRange,
+) -> Result<(), DriverError> {
+    debug_assert_eq!(dst.len(), src.bytes);
+    stream.context().bind_to_thread()?;
+    // SAFETY: `src` is a live allocation of `dst.len()` bytes; `dst` stays mutably borrowed
+    // until the stream is synchronized below, so the driver writes only while we hold it.
+    unsafe {
+        sys::cuMemcpyDtoHAsync_v2(
+            dst.as_mut_ptr().cast(),
+            src.ptr,
+            dst.len(),
+            stream.cu_stream(),
+        )
+        .result()?;
+    }
+    stream.synchronize()
+}
+
+/// Free and total device memory of the context's device, in bytes.
+pub(crate) fn mem_info(ctx: &CudaContext) -> Result<(usize, usize), DriverError> {
+    ctx.bind_to_thread()?;
+    result::mem_get_info()
+}
+
+/// The stream-ordered memory pool the device allocates from (cudarc's `alloc` uses it).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MemPool(sys::CUmemoryPool);
+
+impl MemPool {
+    /// The device's current pool.
+    pub(crate) fn of_device(ctx: &CudaContext) -> Result<Self, DriverError> {
+        ctx.bind_to_thread()?;
+        // SAFETY: `cu_device` comes from a live context.
+        unsafe { result::device::get_mem_pool(ctx.cu_device()) }.map(MemPool)
+    }
+
+    /// The release threshold: bytes the pool keeps cached at a synchronize.
+    pub(crate) fn release_threshold(&self) -> Result<u64, DriverError> {
+        let mut value: u64 = 0;
+        // SAFETY: the pool is the device's (it outlives the context); RELEASE_THRESHOLD is a
+        // cuuint64_t, matching `value`.
+        unsafe {
+            sys::cuMemPoolGetAttribute(
+                self.0,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut value as *mut u64).cast(),
+            )
+            .result()?;
+        }
+        Ok(value)
+    }
+
+    /// Sets the release threshold.
+    pub(crate) fn set_release_threshold(&self, mut bytes: u64) -> Result<(), DriverError> {
+        // SAFETY: as in `release_threshold`; the driver copies the value.
+        unsafe {
+            sys::cuMemPoolSetAttribute(
+                self.0,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut bytes as *mut u64).cast(),
+            )
+            .result()
+        }
+    }
+
+    /// Returns cached, unused memory to the driver, keeping at most `keep` bytes.
+    pub(crate) fn trim_to(&self, keep: usize) -> Result<(), DriverError> {
+        // SAFETY: the pool is valid for the context's life.
+        unsafe { result::mem_pool::trim_to(self.0, keep) }
+    }
+}
+
+/// Returns memory that graph memory nodes cached on the device to the driver.
+pub(crate) fn graph_mem_trim(ctx: &CudaContext) -> Result<(), DriverError> {
+    ctx.bind_to_thread()?;
+    // SAFETY: `cu_device` comes from a live context.
+    unsafe { sys::cuDeviceGraphMemTrim(ctx.cu_device()).result() }
+}
+
+/// Starts capturing `stream` in thread-local mode: unsafe calls (sync, host copies, driver
+/// allocations) from this thread fail instead of corrupting the capture.
+pub(crate) fn begin_capture(stream: &CudaStream) -> Result<(), DriverError> {
+    stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+}
+
+/// An owned, instantiated CUDA graph: the template and its executable, destroyed on drop.
+#[derive(Debug)]
+pub(crate) struct ExecGraph {
+    graph: sys::CUgraph,
+    exec: sys::CUgraphExec,
+    stream: Arc<CudaStream>,
+    nodes: usize,
+}
+
+impl ExecGraph {
+    /// Ends the capture on `stream` and instantiates what it recorded. The capture is ended in
+    /// every case, so the stream is usable afterwards whatever this returns.
+    pub(crate) fn end_capture(stream: &Arc<CudaStream>) -> Result<Self, DriverError> {
+        stream.context().bind_to_thread()?;
+        // SAFETY: `stream` is live; ending a capture that was invalidated returns an error and
+        // still leaves the stream out of capture mode.
+        let graph = unsafe { result::stream::end_capture(stream.cu_stream()) }?;
+        if graph.is_null() {
+            return Err(DriverError(
+                sys::CUresult::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
+            ));
+        }
+        let mut nodes = 0usize;
+        // SAFETY: `graph` was just returned by the driver; a null node array asks for the count.
+        let counted = unsafe { sys::cuGraphGetNodes(graph, ptr::null_mut(), &mut nodes).result() };
+        // SAFETY: `graph` is valid; instantiation reads it.
+        let exec = counted.and_then(|()| unsafe {
+            result::graph::instantiate(graph, sys::CUgraphInstantiate_flags(0))
+        });
+        match exec {
+            Ok(exec) => Ok(Self {
+                graph,
+                exec,
+                stream: stream.clone(),
+                nodes,
+            }),
+            Err(e) => {
+                // SAFETY: `graph` is owned here and not used after.
+                let _ = unsafe { result::graph::destroy(graph) };
+                Err(e)
+            }
+        }
+    }
+
+    /// Uploads the executable so the first launch pays no setup.
+    pub(crate) fn upload(&self) -> Result<(), DriverError> {
+        self.stream.context().bind_to_thread()?;
+        // SAFETY: `exec` and `stream` live as long as `self`.
+        unsafe { result::graph::upload(self.exec, self.stream.cu_stream()) }
+    }
+
+    /// Launches the executable on its stream.
+    pub(crate) fn launch(&self) -> Result<(), DriverError> {
+        // SAFETY: `exec` and `stream` live as long as `self`; the buffers the graph reads and
+        // writes are owned by the runner or pool that owns this graph (see `capture.rs`).
+        unsafe { result::graph::launch(self.exec, self.stream.cu_stream()) }
+    }
+
+    /// Nodes in the graph (kernels, copies, memsets).
+    pub(crate) fn node_count(&self) -> usize {
+        self.nodes
+    }
+}
+
+impl Drop for ExecGraph {
+    fn drop(&mut self) {
+        let ctx = self.stream.context();
+        ctx.record_err(ctx.bind_to_thread());
+        // SAFETY: both handles are owned by `self` and destroyed exactly once, here.
+        ctx.record_err(unsafe { result::graph::exec_destroy(self.exec) });
+        // SAFETY: as above.
+        ctx.record_err(unsafe { result::graph::destroy(self.graph) });
+    }
+}
+
+/// Gives cuBLAS a workspace of `bytes` at `ptr`, so it never allocates on its own (illegal
+/// during capture).
+pub(crate) fn set_cublas_workspace(
+    blas: &cudarc::cublas::CudaBlas,
+    ptr: u64,
+    bytes: usize,
+) -> Result<(), String> {
+    // SAFETY: `ptr` is a live allocation of `bytes` owned by the runtime next to the handle and
+    // dropped after it (both live in the same `OnceCell` entry).
+    let status =
+        unsafe { cudarc::cublas::sys::cublasSetWorkspace_v2(*blas.handle(), ptr as *mut _, bytes) };
+    status.result().map_err(|e| format!("{e:?}"))
+}
+
+/// A range of device virtual addresses with physical memory mapped on demand
+/// (`cuMemAddressReserve` + `cuMemCreate` + `cuMemMap`). Unmapping gives the physical memory
+/// back to the driver while the addresses stay reserved, so graphs that point into the range
+/// replay unchanged once it is mapped again.
+#[derive(Debug)]
+pub(crate) struct VirtualMemory {
+    ctx: Arc<CudaContext>,
+    va: u64,
+    size: usize,
+    handle: Option<sys::CUmemGenericAllocationHandle>,
+}
+
+fn device_location(ctx: &CudaContext) -> sys::CUmemLocation {
+    sys::CUmemLocation {
+        type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE,
+        id: ctx.ordinal() as i32,
+    }
+}
+
+fn allocation_prop(ctx: &CudaContext) -> sys::CUmemAllocationProp {
+    // SAFETY: `CUmemAllocationProp` is a plain C struct for which all-zero bytes are a valid
+    // value (null pointer, zero enums/flags); the fields that matter are set below.
+    let mut prop: sys::CUmemAllocationProp = unsafe { std::mem::zeroed() };
+    prop.type_ = sys::CUmemAllocationType::CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location = device_location(ctx);
+    prop
+}
+
+impl VirtualMemory {
+    /// The granularity physical allocations are rounded to.
+    pub(crate) fn granularity(ctx: &CudaContext) -> Result<usize, DriverError> {
+        ctx.bind_to_thread()?;
+        let prop = allocation_prop(ctx);
+        let mut granularity = 0usize;
+        // SAFETY: `prop` and `granularity` are valid for the call's duration.
+        unsafe {
+            sys::cuMemGetAllocationGranularity(
+                &mut granularity,
+                &prop,
+                sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM,
+            )
+            .result()?;
+        }
+        Ok(granularity.max(1))
+    }
+
+    /// Reserves `bytes` (rounded up to the granularity) and maps physical memory there.
+    pub(crate) fn new(ctx: &Arc<CudaContext>, bytes: usize) -> Result<Self, DriverError> {
+        let granularity = Self::granularity(ctx)?;
+        let size = bytes.max(1).div_ceil(granularity) * granularity;
+        let mut va = 0u64;
+        // SAFETY: reserves an address range; `va` receives its start.
+        unsafe { sys::cuMemAddressReserve(&mut va, size, granularity, 0, 0).result()? };
+        let mut vm = Self {
+            ctx: ctx.clone(),
+            va,
+            size,
+            handle: None,
+        };
+        vm.map()?; // on error, `vm`'s drop frees the reservation
+        Ok(vm)
+    }
+
+    /// Maps fresh physical memory into the range (no-op when mapped). Contents are undefined.
+    pub(crate) fn map(&mut self) -> Result<(), DriverError> {
+        if self.handle.is_some() {
+            return Ok(());
+        }
+        self.ctx.bind_to_thread()?;
+        let prop = allocation_prop(&self.ctx);
+        let mut handle: sys::CUmemGenericAllocationHandle = 0;
+        // SAFETY: `prop` describes device memory of this context's device; `size` is a multiple
+        // of the granularity.
+        unsafe { sys::cuMemCreate(&mut handle, self.size, &prop, 0).result()? };
+        // SAFETY: the range [va, va+size) is reserved by `self` and currently unmapped.
+        let mapped = unsafe { sys::cuMemMap(self.va, self.size, 0, handle, 0).result() };
+        let access = sys::CUmemAccessDesc {
+            location: device_location(&self.ctx),
+            flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+        };
+        // SAFETY: the range was just mapped; `access` lives across the call.
+        let accessible = mapped
+            .and_then(|()| unsafe { sys::cuMemSetAccess(self.va, self.size, &access, 1).result() });
+        if let Err(e) = accessible {
+            if mapped.is_ok() {
+                // SAFETY: undo the mapping made above.
+                let _ = unsafe { sys::cuMemUnmap(self.va, self.size) };
+            }
+            // SAFETY: `handle` was created above and is not mapped anywhere now.
+            let _ = unsafe { sys::cuMemRelease(handle) };
+            return Err(e);
+        }
+        self.handle = Some(handle);
+        Ok(())
+    }
+
+    /// Unmaps and releases the physical memory (no-op when unmapped). The caller must have
+    /// synchronized all work that touches the range.
+    pub(crate) fn unmap(&mut self) -> Result<(), DriverError> {
+        let Some(handle) = self.handle.take() else {
+            return Ok(());
+        };
+        self.ctx.bind_to_thread()?;
+        // SAFETY: the range is mapped to `handle` (made by `map`); no work uses it (caller's
+        // contract).
+        unsafe { sys::cuMemUnmap(self.va, self.size).result()? };
+        // SAFETY: `handle` is no longer mapped; released exactly once.
+        unsafe { sys::cuMemRelease(handle).result() }
+    }
+
+    /// The start of the range.
+    pub(crate) fn device_ptr(&self) -> u64 {
+        self.va
+    }
+
+    /// The range's size in bytes (a multiple of the granularity).
+    pub(crate) fn len(&self) -> usize {
+        self.size
+    }
+
+    /// Whether physical memory is mapped.
+    pub(crate) fn is_mapped(&self) -> bool {
+        self.handle.is_some()
+    }
+}
+
+impl Drop for VirtualMemory {
+    fn drop(&mut self) {
+        let unmapped = self.unmap();
+        self.ctx.record_err(unmapped);
+        // SAFETY: the range was reserved by `new` and is freed exactly once, here.
+        let freed = unsafe { sys::cuMemAddressFree(self.va, self.size).result() };
+        self.ctx.record_err(freed);
+    }
+}

@@ -1,0 +1,152 @@
+//! The freeze scope: reclamation once around a batch of captures, never between graphs.
+//!
+//! The Rust counterpart of vLLM's `gc.freeze()` during capture. Entering the scope synchronizes,
+//! releases parked buffers and trims the driver's caches once; inside it, the stream-ordered
+//! pool's release threshold is raised so that nothing goes back to the driver between graphs
+//! (no synchronize, trim or free-to-driver per graph), and driver buffers dropped while a
+//! capture is under way are parked (freeing them then is illegal). Leaving the scope releases
+//! the parked buffers, restores the threshold and trims once more.
+//!
+//! `CUDAGRAPH_CAPTURE_RECLAIM=each` reclaims after every graph instead, for debugging, like
+//! PyTorch's `TORCH_CUDAGRAPH_GC=1` and vLLM's `VLLM_ENABLE_CUDAGRAPH_GC`.
+
+use std::time::{Duration, Instant};
+
+use crate::context::Runtime;
+use crate::error::{Error, Result};
+use crate::ffi::{self, MemPool};
+
+/// The environment variable that selects the [`ReclaimPolicy`].
+pub const RECLAIM_ENV: &str = "CUDAGRAPH_CAPTURE_RECLAIM";
+
+/// When a batch of captures gives memory back to the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReclaimPolicy {
+    /// Once before and once after the batch (the default).
+    Once,
+    /// Also after every graph (debugging; slower).
+    Each,
+}
+
+impl ReclaimPolicy {
+    /// Reads [`RECLAIM_ENV`]: `each` selects [`ReclaimPolicy::Each`]; anything else, or unset,
+    /// [`ReclaimPolicy::Once`].
+    pub fn from_env() -> Self {
+        Self::parse(std::env::var(RECLAIM_ENV).ok().as_deref())
+    }
+
+    /// Parses the variable's value (see [`from_env`](Self::from_env)).
+    pub fn parse(value: Option<&str>) -> Self {
+        match value {
+            Some(v) if v.trim().eq_ignore_ascii_case("each") => ReclaimPolicy::Each,
+            _ => ReclaimPolicy::Once,
+        }
+    }
+}
+
+/// A batch of captures with reclamation at its edges only. See the [module docs](self).
+pub struct FreezeScope<'rt> {
+    rt: &'rt Runtime,
+    pool: MemPool,
+    saved_threshold: u64,
+    policy: ReclaimPolicy,
+    reclaims: usize,
+    reclaim_time: Duration,
+    open: bool,
+}
+
+impl<'rt> FreezeScope<'rt> {
+    /// Enters the scope: one reclamation, then the pool keeps what is freed inside.
+    pub fn enter(rt: &'rt Runtime, policy: ReclaimPolicy) -> Result<Self> {
+        rt.forbid_during_capture("entering a freeze scope")?;
+        let pool = MemPool::of_device(rt.context()).map_err(Error::driver("cuDeviceGetMemPool"))?;
+        let saved_threshold = pool
+            .release_threshold()
+            .map_err(Error::driver("cuMemPoolGetAttribute"))?;
+        let mut scope = Self {
+            rt,
+            pool,
+            saved_threshold,
+            policy,
+            reclaims: 0,
+            reclaim_time: Duration::ZERO,
+            open: true,
+        };
+        scope.reclaim()?;
+        pool.set_release_threshold(u64::MAX)
+            .map_err(Error::driver("cuMemPoolSetAttribute"))?;
+        Ok(scope)
+    }
+
+    /// Called by capture code between two graphs: nothing under [`ReclaimPolicy::Once`].
+    pub fn between_graphs(&mut self) -> Result<()> {
+        match self.policy {
+            ReclaimPolicy::Once => Ok(()),
+            ReclaimPolicy::Each => self.reclaim(),
+        }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> ReclaimPolicy {
+        self.policy
+    }
+
+    /// Leaves the scope: one reclamation, threshold restored. Returns how many reclamations
+    /// the scope made and the time they took.
+    pub fn exit(mut self) -> Result<(usize, Duration)> {
+        self.close()?;
+        Ok((self.reclaims, self.reclaim_time))
+    }
+
+    fn close(&mut self) -> Result<()> {
+        if !self.open {
+            return Ok(());
+        }
+        self.open = false;
+        let restored = self
+            .pool
+            .set_release_threshold(self.saved_threshold)
+            .map_err(Error::driver("cuMemPoolSetAttribute"));
+        self.reclaim()?;
+        restored
+    }
+
+    /// Synchronize, free parked buffers, trim the stream-ordered pool and graph memory.
+    fn reclaim(&mut self) -> Result<()> {
+        let started = Instant::now();
+        self.rt.synchronize()?;
+        drop(self.rt.alloc_shared().take_parked());
+        self.rt.synchronize()?;
+        self.pool
+            .trim_to(0)
+            .map_err(Error::driver("cuMemPoolTrimTo"))?;
+        ffi::graph_mem_trim(self.rt.context()).map_err(Error::driver("cuDeviceGraphMemTrim"))?;
+        self.reclaims += 1;
+        self.reclaim_time += started.elapsed();
+        Ok(())
+    }
+}
+
+impl Drop for FreezeScope<'_> {
+    fn drop(&mut self) {
+        // Leaving by an error path: restore and reclaim best-effort; the error that unwound us
+        // is the one the caller sees.
+        if let Err(e) = self.close() {
+            tracing::warn!(error = %e, "freeze scope: reclamation on exit failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_parsing() {
+        assert_eq!(ReclaimPolicy::parse(Some("each")), ReclaimPolicy::Each);
+        assert_eq!(ReclaimPolicy::parse(Some(" EACH ")), ReclaimPolicy::Each);
+        assert_eq!(ReclaimPolicy::parse(Some("once")), ReclaimPolicy::Once);
+        assert_eq!(ReclaimPolicy::parse(Some("")), ReclaimPolicy::Once);
+        assert_eq!(ReclaimPolicy::parse(None), ReclaimPolicy::Once);
+    }
+}

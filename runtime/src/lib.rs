@@ -1,0 +1,44 @@
+//! The runtime of `cudagraph`: what the code `#[cuda_graph]` generates calls.
+//!
+//! One call, followed from the top: a [`Runner`] (built by the generated `<fn>_graphs`
+//! constructor) captures one graph per size inside a [`FreezeScope`]; each capture
+//! ([`capture`](mod@capture)) first warms up, measuring the memory it will need, then records with
+//! allocations served from the runner's [`GraphPool`]; at run time [`dispatch`] maps the batch to a
+//! captured size with a table lookup and copies the inputs into static buffers; the graph replays
+//! and an [`Output`] borrows the runner.
+#![deny(
+    unsafe_op_in_unsafe_fn,
+    clippy::undocumented_unsafe_blocks,
+    missing_docs
+)]
+
+mod alloc;
+pub mod arena;
+pub mod capture;
+mod context;
+pub mod dispatch;
+mod dtype;
+mod error;
+mod ffi;
+pub mod freeze;
+mod kernel_cache;
+pub mod pool;
+mod runner;
+pub mod stats;
+mod tensor;
+pub mod testing;
+
+pub use capture::{CaptureTiming, Graph};
+pub use context::{CUBLAS_WORKSPACE_BYTES, Runtime};
+pub use dispatch::{GraphPlan, InputSpec, SizeTable};
+pub use dtype::{DType, Element};
+pub use error::{BoxError, Error, ForwardResult, OpSite, Result, forward_result};
+pub use freeze::{FreezeScope, ReclaimPolicy};
+pub use kernel_cache::KernelModule;
+pub use pool::GraphPool;
+pub use runner::{EagerFn, Output, Runner};
+pub use stats::{FallbackReason, RunnerStats, SizeStats};
+pub use tensor::{MAX_RANK, Shape, Tensor};
+
+/// cudarc, re-exported for kernel launchers (`LaunchConfig`, `PushKernelArg`, ...).
+pub use cudarc;

@@ -1,0 +1,171 @@
+//! What a runner did: replays per size, padding waste, fallbacks, pool bytes, capture times.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::capture::CaptureTiming;
+
+/// Figures for one captured size.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SizeStats {
+    /// The captured batch size.
+    pub size: usize,
+    /// Replays of this graph.
+    pub replays: u64,
+    /// Rows the callers asked for, summed over replays.
+    pub rows: u64,
+    /// Padding rows computed for nothing, summed over replays.
+    pub padded_rows: u64,
+    /// Nodes in the graph.
+    pub nodes: usize,
+    /// Pool bytes this graph needs on its own.
+    pub pool_need: usize,
+    /// Where its capture time went.
+    pub capture: CaptureTiming,
+}
+
+/// Why a call ran eagerly instead of replaying a graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FallbackReason {
+    /// The batch is larger than every captured size.
+    TooLarge,
+    /// An input's dtype or trailing dimensions differ from the captured ones.
+    ShapeMismatch,
+    /// A static argument differs from its captured value.
+    StaticChanged,
+}
+
+impl FallbackReason {
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for FallbackReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FallbackReason::TooLarge => "batch larger than every captured size",
+            FallbackReason::ShapeMismatch => {
+                "input dtype or trailing shape differs from the captured one"
+            }
+            FallbackReason::StaticChanged => "a static argument differs from its captured value",
+        })
+    }
+}
+
+/// Everything a runner counts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunnerStats {
+    /// The captured function.
+    pub function: &'static str,
+    /// Per captured size, ascending.
+    pub sizes: Vec<SizeStats>,
+    /// Eager fallbacks, by [`FallbackReason`] (indexed as its declaration order).
+    pub fallbacks: [u64; 3],
+    /// Device bytes of the graph pool (intermediates and outputs of every graph, shared).
+    pub pool_bytes: usize,
+    /// Device bytes of the static input buffers.
+    pub static_input_bytes: usize,
+    /// Wall time of the whole capture, freeze scope included.
+    pub capture_wall: Duration,
+    /// Reclamations the freeze scope made (2 with the default policy).
+    pub reclaims: usize,
+}
+
+impl RunnerStats {
+    /// Total eager fallbacks.
+    pub fn fallback_count(&self) -> u64 {
+        self.fallbacks.iter().sum()
+    }
+
+    /// Fallbacks for one reason.
+    pub fn fallbacks_for(&self, reason: FallbackReason) -> u64 {
+        self.fallbacks[reason.index()]
+    }
+
+    /// Total graph replays.
+    pub fn replay_count(&self) -> u64 {
+        self.sizes.iter().map(|s| s.replays).sum()
+    }
+
+    /// Padded rows over real rows, across all replays (0 when nothing replayed).
+    pub fn padding_waste(&self) -> f64 {
+        let rows: u64 = self.sizes.iter().map(|s| s.rows).sum();
+        let padded: u64 = self.sizes.iter().map(|s| s.padded_rows).sum();
+        if rows == 0 {
+            0.0
+        } else {
+            padded as f64 / rows as f64
+        }
+    }
+
+    /// The largest pool need of a single graph.
+    pub fn largest_graph_need(&self) -> usize {
+        self.sizes.iter().map(|s| s.pool_need).max().unwrap_or(0)
+    }
+
+    /// Sum of the parts of every capture.
+    pub fn capture_parts(&self) -> CaptureTiming {
+        self.sizes
+            .iter()
+            .fold(CaptureTiming::default(), |acc, s| CaptureTiming {
+                warmup: acc.warmup + s.capture.warmup,
+                record: acc.record + s.capture.record,
+                instantiate: acc.instantiate + s.capture.instantiate,
+                upload: acc.upload + s.capture.upload,
+            })
+    }
+}
+
+impl fmt::Display for RunnerStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts = self.capture_parts();
+        write!(
+            f,
+            "`{}`: {} graphs in {:.3} s (warm-up {:.3} s, record {:.3} s, instantiate {:.3} s, upload {:.3} s), pool {:.1} MiB, static inputs {:.1} KiB, {} replays, {} fallbacks, padding waste {:.1}%",
+            self.function,
+            self.sizes.len(),
+            self.capture_wall.as_secs_f64(),
+            parts.warmup.as_secs_f64(),
+            parts.record.as_secs_f64(),
+            parts.instantiate.as_secs_f64(),
+            parts.upload.as_secs_f64(),
+            self.pool_bytes as f64 / (1 << 20) as f64,
+            self.static_input_bytes as f64 / 1024.0,
+            self.replay_count(),
+            self.fallback_count(),
+            self.padding_waste() * 100.0,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padding_waste_is_padded_over_real_rows() {
+        let stats = RunnerStats {
+            sizes: vec![
+                SizeStats {
+                    size: 8,
+                    replays: 2,
+                    rows: 10,
+                    padded_rows: 6,
+                    ..Default::default()
+                },
+                SizeStats {
+                    size: 16,
+                    replays: 1,
+                    rows: 10,
+                    padded_rows: 6,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        assert!((stats.padding_waste() - 0.6).abs() < 1e-12);
+        assert_eq!(stats.replay_count(), 3);
+        assert_eq!(RunnerStats::default().padding_waste(), 0.0);
+    }
+}

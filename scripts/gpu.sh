@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Builds everything the GPU machine runs (it has no Rust toolchain) into gpu-bundle/ (ignored by
+# git), and prints the one command that runs it there.
+#
+#   scripts/gpu.sh            build the bundle
+#   then, on the GPU machine: bash gpu-bundle/run.sh [tests|bench|sanitize|all]
+#   (with the device tool: run `bash gpu-bundle/run.sh all` with carry ["gpu-bundle"]).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bundle=gpu-bundle
+rm -rf "$bundle" && mkdir -p "$bundle"
+
+echo "building release binaries ..." >&2
+cargo build --release --examples --quiet
+test_bin=$(cargo test --release --test gpu --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "gpu" and m.get("executable"):
+        print(m["executable"])')
+[ -n "$test_bin" ] || { echo "no GPU test binary built" >&2; exit 1; }
+cp "$test_bin" "$bundle/gpu-tests"
+for ex in decode_bench; do cp "target/release/examples/$ex" "$bundle/"; done
+[ -d benches/peer ] && cp -r benches/peer "$bundle/" || true
+cp scripts/gpu-run.sh "$bundle/run.sh"
+strip "$bundle"/gpu-tests "$bundle"/decode_bench 2>/dev/null || true
+du -sh "$bundle" >&2
+echo "bundle ready: on the GPU machine run: bash $bundle/run.sh all" >&2

@@ -1,0 +1,3 @@
+//! Models written with `#[cuda_graph]`: what the examples, tests and benches run.
+
+pub mod llama;

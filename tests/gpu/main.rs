@@ -1,0 +1,11 @@
+//! The GPU suite, one binary (it travels to the GPU machine as one file; see scripts/gpu.sh).
+//!
+//! Without a GPU every test prints why it skipped and passes; with `CUDAGRAPH_REQUIRE_GPU=1` a
+//! missing GPU fails them. Inputs are drawn fresh each run (the seed is printed), outputs are
+//! poisoned with NaN before each run, and graph results are compared with the eager path.
+
+mod capture;
+mod common;
+mod kernels;
+mod memory;
+mod runner;

@@ -1,0 +1,135 @@
+//! The runner end to end on the tiny Llama: every captured size and some uncaptured ones,
+//! graph output against eager output.
+
+use cudagraph::models::llama::{Llama, LlamaConfig};
+use cudagraph::{DType, FallbackReason, InputSpec, Result, Runtime, Tensor};
+
+use crate::common::{BF16_TOL, Rng, download_f32, fresh_seed, gpu, rel_error};
+
+fn draw(rt: &Runtime, rng: &mut Rng, cfg: &LlamaConfig, n: usize) -> Result<(Tensor, Tensor)> {
+    let tokens: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab) as u32).collect();
+    let positions: Vec<i32> = (0..n).map(|_| rng.below(cfg.cache_tokens) as i32).collect();
+    Ok((rt.upload(&tokens, &[n])?, rt.upload(&positions, &[n])?))
+}
+
+/// Graph at `n` vs eager at `n` on fresh inputs, with the pool and eager outputs poisoned.
+fn check_size(
+    rt: &Runtime,
+    model: &Llama,
+    graphs: &mut cudagraph::Runner<'_, 2>,
+    rng: &mut Rng,
+    n: usize,
+) -> Result<(bool, f64, Vec<f32>)> {
+    let cfg = model.config();
+    let (tokens, positions) = draw(rt, rng, cfg, n)?;
+    rt.set_poison_allocations(true);
+    let eager = model.forward(rt, &tokens, &positions)?;
+    rt.set_poison_allocations(false);
+    let eager = download_f32(rt, &eager)?;
+    graphs.poison_pool()?;
+    let out = graphs.run([&tokens, &positions])?;
+    assert_eq!(
+        out.shape(),
+        &[n, cfg.vocab],
+        "graph output has exactly n rows"
+    );
+    let replayed = out.replayed();
+    let got = download_f32(rt, &out)?;
+    let err = rel_error(&got, &eager);
+    assert!(
+        err <= BF16_TOL,
+        "n = {n}: graph vs eager relative error {err:.3e} (NaN: unwritten)"
+    );
+    Ok((replayed, err, got))
+}
+
+#[test]
+fn every_size_matches_eager() -> Result<()> {
+    let Some(rt) = gpu("every_size_matches_eager") else {
+        return Ok(());
+    };
+    let mut rng = Rng(fresh_seed("every_size_matches_eager"));
+    let model = Llama::random(&rt, LlamaConfig::tiny(), rng.next_u64())?;
+    let mut graphs = model.forward_graphs(&rt, model.config().input_specs()?)?;
+    let sizes = graphs.sizes().to_vec();
+    assert_eq!(sizes.len(), 35);
+    let mut worst = 0f64;
+    for &n in &sizes {
+        let (replayed, err, _) = check_size(&rt, &model, &mut graphs, &mut rng, n)?;
+        assert!(replayed, "n = {n} is captured and must replay");
+        worst = worst.max(err);
+    }
+    // Uncaptured sizes that fit: padded up.
+    for n in [3, 5, 13, 100, 255] {
+        let (replayed, err, _) = check_size(&rt, &model, &mut graphs, &mut rng, n)?;
+        assert!(replayed, "n = {n} fits a captured size and must replay");
+        worst = worst.max(err);
+    }
+    let padded = graphs.stats().padding_waste();
+    assert!(padded > 0.0, "padded sizes count padding");
+    // Too large: eager fallback, counted.
+    let (replayed, _, _) = check_size(&rt, &model, &mut graphs, &mut rng, 300)?;
+    assert!(!replayed);
+    assert_eq!(graphs.stats().fallbacks_for(FallbackReason::TooLarge), 1);
+    assert_eq!(graphs.stats().replay_count(), 40);
+    println!(
+        "every_size_matches_eager: worst relative error {worst:.3e}; {}",
+        graphs.stats()
+    );
+    Ok(())
+}
+
+#[test]
+fn replays_see_new_inputs() -> Result<()> {
+    let Some(rt) = gpu("replays_see_new_inputs") else {
+        return Ok(());
+    };
+    let mut rng = Rng(fresh_seed("replays_see_new_inputs"));
+    let model = Llama::random(&rt, LlamaConfig::tiny(), rng.next_u64())?;
+    let mut graphs = model.forward_graphs(&rt, model.config().input_specs()?)?;
+    for n in [1, 8, 24] {
+        let (_, _, first) = check_size(&rt, &model, &mut graphs, &mut rng, n)?;
+        let (_, _, second) = check_size(&rt, &model, &mut graphs, &mut rng, n)?;
+        let differs = rel_error(&first, &second);
+        assert!(
+            differs > 0.05,
+            "n = {n}: a replay on new inputs returned the old result ({differs:.3e})"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn shape_mismatch_falls_back_and_bad_input_errors() -> Result<()> {
+    let Some(rt) = gpu("shape_mismatch_falls_back_and_bad_input_errors") else {
+        return Ok(());
+    };
+    let mut rng = Rng(fresh_seed("shape_mismatch"));
+    let model = Llama::random(&rt, LlamaConfig::tiny(), rng.next_u64())?;
+    // Capture with a spec whose trailing shape differs from what we'll pass: every call
+    // falls back, and is counted.
+    let specs = [
+        InputSpec::new(DType::U32, &[])?,
+        InputSpec::new(DType::I32, &[])?,
+    ];
+    let mut graphs = model.forward_graphs(&rt, specs)?;
+    let (tokens, positions) = draw(&rt, &mut rng, model.config(), 4)?;
+    let positions_2d = positions.reshape(&[4, 1])?;
+    let out = graphs.run([&tokens, &positions_2d]);
+    // The eager forward accepts [n, 1] positions or rejects them; either way no graph replays.
+    if let Ok(out) = &out {
+        assert!(!out.replayed());
+    }
+    assert_eq!(
+        graphs.stats().fallbacks_for(FallbackReason::ShapeMismatch),
+        1
+    );
+    // Empty batch and mismatched batch dimensions are typed errors.
+    let empty = rt.alloc(&[0], DType::U32)?;
+    let empty_pos = rt.alloc(&[0], DType::I32)?;
+    assert!(graphs.run([&empty, &empty_pos]).is_err());
+    let (t3, _) = draw(&rt, &mut rng, model.config(), 3)?;
+    assert!(graphs.run([&t3, &positions]).is_err());
+    assert_eq!(graphs.stats().replay_count(), 0);
+    Ok(())
+}

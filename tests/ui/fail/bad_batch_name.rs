@@ -1,0 +1,15 @@
+use cudagraph::{Result, Runtime, Tensor, cuda_graph};
+
+struct M;
+
+impl M {
+    #[cuda_graph(sizes = [1, 2, 4], batch = tokens)]
+    fn forward(&self, rt: &Runtime, x: &Tensor) -> Result<Tensor> {
+        let _ = rt;
+        Ok(x.clone())
+    }
+}
+
+fn main() {
+    let _ = M::forward;
+}

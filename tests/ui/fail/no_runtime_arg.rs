@@ -1,0 +1,14 @@
+use cudagraph::{Result, Tensor, cuda_graph};
+
+struct M;
+
+impl M {
+    #[cuda_graph(sizes = [1, 2, 4])]
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.clone())
+    }
+}
+
+fn main() {
+    let _ = M::forward;
+}

@@ -1,0 +1,33 @@
+// User names that look like the generated ones must not clash with them.
+use cudagraph::{InputSpec, Result, Runner, Runtime, Tensor, cuda_graph};
+
+struct M;
+
+#[allow(non_snake_case)]
+impl M {
+    #[cuda_graph(sizes = [1, 2], static_args = [rt, inputs, plan, SIZES])]
+    fn forward(
+        &self,
+        runtime: &Runtime,
+        x: &Tensor,
+        rt: u8,
+        inputs: u16,
+        plan: u32,
+        SIZES: u64,
+    ) -> Result<Tensor> {
+        let _ = (runtime, rt, inputs, plan, SIZES);
+        Ok(x.clone())
+    }
+}
+
+fn build<'m>(
+    m: &'m M,
+    runtime: &'m Runtime,
+    specs: [InputSpec; 1],
+) -> Result<Runner<'m, 1, (u8, u16, u32, u64)>> {
+    m.forward_graphs(runtime, specs, 1, 2, 3, 4)
+}
+
+fn main() {
+    let _ = build;
+}
