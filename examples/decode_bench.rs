@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use cudagraph::models::llama::{Llama, LlamaConfig};
-use cudagraph::{Result, Runtime, Tensor};
+use cudagraph::{ReclaimPolicy, Result, Runtime, Tensor};
 
 struct Options {
     iters: usize,
@@ -133,6 +133,18 @@ fn run(rt: &Runtime, opts: &Options) -> Result<()> {
     let model = Llama::random(rt, cfg.clone(), 0)?;
     println!("weights ready in {:.2} s", started.elapsed().as_secs_f64());
 
+    // One eager forward first: NVRTC compiles the kernel modules and cuBLAS initialises here,
+    // so the capture below times capture alone.
+    let started = Instant::now();
+    let mut warm_inputs = Inputs(1);
+    let (tokens, positions) = warm_inputs.draw(rt, &cfg, 1)?;
+    model.forward(rt, &tokens, &positions)?;
+    rt.synchronize()?;
+    println!(
+        "first eager forward (kernel compilation, cuBLAS setup) {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+
     let mut graphs = model.forward_graphs(rt, cfg.input_specs()?)?;
     let stats = graphs.stats().clone();
     let nodes = stats.sizes.iter().map(|s| s.nodes).max().unwrap_or(0);
@@ -194,6 +206,35 @@ fn run(rt: &Runtime, opts: &Options) -> Result<()> {
         stats.fallback_count(),
         stats.fallbacks,
         stats.padding_waste() * 100.0
+    );
+    drop(graphs);
+    compare_reclaim(rt, &model)
+}
+
+/// Captures all sizes again with per-graph reclamation and with the freeze scope (reclaim once),
+/// in that order, and prints both times side by side.
+fn compare_reclaim(rt: &Runtime, model: &Llama) -> Result<()> {
+    let specs = model.config().input_specs()?;
+    let mut row = Vec::new();
+    for policy in [ReclaimPolicy::Each, ReclaimPolicy::Once] {
+        rt.set_reclaim_policy(policy);
+        rt.release_cached_memory()?;
+        let started = Instant::now();
+        let graphs = model.forward_graphs(rt, specs)?;
+        let wall = started.elapsed().as_secs_f64();
+        row.push((policy, wall, graphs.stats().reclaims));
+    }
+    rt.set_reclaim_policy(ReclaimPolicy::from_env());
+    println!();
+    println!("| capture of all sizes | reclaim after each graph (CUDAGRAPH_CAPTURE_RECLAIM=each) | freeze scope (reclaim once) | ratio |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| wall s (reclamations) | {:.3} ({}) | {:.3} ({}) | {:.2}x |",
+        row[0].1,
+        row[0].2,
+        row[1].1,
+        row[1].2,
+        row[0].1 / row[1].1
     );
     Ok(())
 }

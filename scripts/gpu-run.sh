@@ -16,7 +16,7 @@ done
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
 status=0
 if [ "$what" = tests ] || [ "$what" = all ]; then
-  "$here/gpu-tests" --test-threads=1 2>&1 | tee "$out/tests.log"; status=$((status | PIPESTATUS[0]))
+  "$here/gpu-tests" --test-threads=1 --nocapture 2>&1 | tee "$out/tests.log"; status=$((status | PIPESTATUS[0]))
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   "$here/decode_bench" 2>&1 | tee "$out/decode_bench.log"; status=$((status | PIPESTATUS[0]))

@@ -7,10 +7,24 @@
 //            [0, max_t - 1]
 //   out      [n, q_heads * head_dim]
 //
-// Grid: (q_heads, n); one block per (head, row). blockDim.x: a multiple of 32, at most 1024.
+// Grid: (q_heads, n); one block per (head, row). blockDim.x: a multiple of 32, at most 1024,
+// and at least head_dim / 8. head_dim is a multiple of 8: keys and values are read 8 bf16 (16
+// bytes) at a time, so many independent loads are in flight per thread.
+//   scores:  thread t handles cache positions t, t + blockDim.x, ... (a whole key row each);
+//   output:  threads form P = blockDim.x / (head_dim / 8) position groups; thread (g, v) sums
+//            dims 8v..8v+8 over positions g, g + P, ...; the P partials meet in shared memory.
 // Dynamic shared memory, in floats:
-//   q_s[head_dim] | scores[max_t] | partial[max(blockDim.x, head_dim)]
+//   q_s[head_dim] | scores[max_t] | partial[blockDim.x * 8]
 // (the host computes the same size).
+
+// The 8 floats of 8 packed bf16 (element 0 in the low half of .x, little-endian).
+__device__ __forceinline__ void unpack_bf16x8(uint4 w, float* f) {
+    f[0] = __uint_as_float(w.x << 16); f[1] = __uint_as_float(w.x & 0xffff0000u);
+    f[2] = __uint_as_float(w.y << 16); f[3] = __uint_as_float(w.y & 0xffff0000u);
+    f[4] = __uint_as_float(w.z << 16); f[5] = __uint_as_float(w.z & 0xffff0000u);
+    f[6] = __uint_as_float(w.w << 16); f[7] = __uint_as_float(w.w & 0xffff0000u);
+}
+
 extern "C" __global__ void attention_decode_bf16(
     const bf16_t* __restrict__ q,
     const bf16_t* __restrict__ k_cache,
@@ -54,26 +68,27 @@ extern "C" __global__ void attention_decode_bf16(
         + (unsigned long long)kv_head * d;
     const bf16_t* k_base = k_cache + slot_base;
     const bf16_t* v_base = v_cache + slot_base;
+    const int vecs = head_dim / 8;
 
     for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
         q_s[i] = bf2f(q_row[i]);
     }
     __syncthreads();
 
-    // Scores: one warp per cache position, lanes split the head dimension.
-    const int lane = threadIdx.x & 31;
-    const int warp = threadIdx.x >> 5;
-    const int num_warps = blockDim.x >> 5;
-    for (int t = warp; t < len; t += num_warps) {
-        const bf16_t* k_row = k_base + (unsigned long long)t * t_stride;
+    // Scores: one cache position per thread, the whole key row in 16-byte loads.
+    for (int t = threadIdx.x; t < len; t += blockDim.x) {
+        const uint4* k_row = (const uint4*)(k_base + (unsigned long long)t * t_stride);
         float dot = 0.0f;
-        for (int i = lane; i < head_dim; i += 32) {
-            dot += q_s[i] * bf2f(k_row[i]);
+#pragma unroll 4
+        for (int v = 0; v < vecs; ++v) {
+            float f[8];
+            unpack_bf16x8(k_row[v], f);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                dot += q_s[v * 8 + j] * f[j];
+            }
         }
-        dot = warp_sum(dot);
-        if (lane == 0) {
-            scores[t] = dot * scale;
-        }
+        scores[t] = dot * scale;
     }
     __syncthreads();
 
@@ -93,21 +108,30 @@ extern "C" __global__ void attention_decode_bf16(
     const float sum = block_sum(local_sum, scratch);  // synchronizes: all of scores is written
     __syncthreads();
 
-    // Output: weighted sum of v rows. The block is split into `groups` groups of head_dim
-    // threads; group g handles positions g, g + groups, ...; partial sums meet in shared memory.
-    // When head_dim > blockDim.x there is one group and each thread handles several dims.
-    int groups = blockDim.x / head_dim;
-    if (groups < 1) {
-        groups = 1;
-    }
-    for (int e = threadIdx.x; e < groups * head_dim; e += blockDim.x) {
-        const int g = e / head_dim;
-        const int i = e - g * head_dim;
-        float acc = 0.0f;
-        for (int t = g; t < len; t += groups) {
-            acc += scores[t] * bf2f(v_base[(unsigned long long)t * t_stride + i]);
+    // Output: position group g = threadIdx.x / vecs sums dims [8v, 8v + 8) over its positions.
+    const int groups = blockDim.x / vecs;
+    const int g = threadIdx.x / vecs;
+    const int v = threadIdx.x - g * vecs;
+    if (g < groups) {
+        float acc[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            acc[j] = 0.0f;
         }
-        partial[e] = acc;
+        for (int t = g; t < len; t += groups) {
+            const uint4* v_row = (const uint4*)(v_base + (unsigned long long)t * t_stride);
+            float f[8];
+            unpack_bf16x8(v_row[v], f);
+            const float p = scores[t];
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                acc[j] += p * f[j];
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            partial[g * head_dim + v * 8 + j] = acc[j];
+        }
     }
     __syncthreads();
 
@@ -116,8 +140,8 @@ extern "C" __global__ void attention_decode_bf16(
                              + (unsigned long long)head) * d;
     for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
         float acc = 0.0f;
-        for (int g = 0; g < groups; ++g) {
-            acc += partial[g * head_dim + i];
+        for (int k = 0; k < groups; ++k) {
+            acc += partial[k * head_dim + i];
         }
         out_row[i] = f2bf(acc * inv_sum);
     }

@@ -15,7 +15,7 @@ pub const MAX_HEAD_DIM: usize = 256;
 pub const MAX_ATTENTION_CONTEXT: usize = 8192;
 
 /// Threads per block of the decode-attention kernel.
-const ATTENTION_BLOCK: u32 = 128;
+const ATTENTION_BLOCK: u32 = 256;
 
 /// Dynamic shared memory a kernel may use without opting in to more.
 const DEFAULT_SHARED_MEM_LIMIT: usize = 48 * 1024;
@@ -27,7 +27,7 @@ pub struct AttentionShape {
     pub q_heads: usize,
     /// Number of key/value heads (`hkv`); `q_heads % kv_heads == 0`.
     pub kv_heads: usize,
-    /// Dimension of each head (`d`): even, at most [`MAX_HEAD_DIM`].
+    /// Dimension of each head (`d`): a multiple of 8, at most [`MAX_HEAD_DIM`].
     pub head_dim: usize,
     /// RoPE base (`theta`, 10000 for Llama 2, 500000 for Llama 3): finite and > 0.
     pub rope_theta: f32,
@@ -54,10 +54,12 @@ impl AttentionShape {
                 format!("q_heads ({q_heads}) must be a multiple of kv_heads ({kv_heads})"),
             ));
         }
-        if head_dim == 0 || head_dim % 2 != 0 || head_dim > MAX_HEAD_DIM {
+        if head_dim == 0 || head_dim % 8 != 0 || head_dim > MAX_HEAD_DIM {
             return Err(Error::invalid(
                 op,
-                format!("head_dim ({head_dim}) must be even, > 0 and <= {MAX_HEAD_DIM}"),
+                format!(
+                    "head_dim ({head_dim}) must be a multiple of 8 (16-byte loads), > 0 and <= {MAX_HEAD_DIM}"
+                ),
             ));
         }
         if !(rope_theta.is_finite() && rope_theta > 0.0) {
@@ -169,9 +171,9 @@ pub(crate) fn check_slots(op: &'static str, slots: usize, n: usize) -> Result<()
 }
 
 /// Dynamic shared memory of the attention kernel, in bytes:
-/// `q_s[head_dim] | scores[max_t] | partial[max(block, head_dim)]` floats.
+/// `q_s[head_dim] | scores[max_t] | partial[block * 8]` floats.
 fn attention_shared_bytes(head_dim: usize, max_t: usize) -> Option<usize> {
-    let partial = head_dim.max(ATTENTION_BLOCK as usize);
+    let partial = ATTENTION_BLOCK as usize * 8;
     head_dim
         .checked_add(max_t)?
         .checked_add(partial)?
@@ -186,7 +188,7 @@ fn attention_shared_bytes(head_dim: usize, max_t: usize) -> Option<usize> {
 /// `q`: bf16 `[n, q_heads * head_dim]`; `k_cache`, `v_cache`: bf16
 /// `[slots, max_t, kv_heads, head_dim]` with `slots >= n` and `max_t <=`
 /// [`MAX_ATTENTION_CONTEXT`]; `positions`: i32 `[n]`. Returns bf16 `[n, q_heads * head_dim]`.
-/// One block of 128 threads per (head, row).
+/// One block of 256 threads per (head, row).
 #[track_caller]
 pub fn attention_decode(
     rt: &Runtime,
@@ -306,10 +308,10 @@ mod tests {
     fn shared_memory_fits_at_the_limits() {
         let bytes = attention_shared_bytes(MAX_HEAD_DIM, MAX_ATTENTION_CONTEXT).unwrap();
         assert!(bytes <= DEFAULT_SHARED_MEM_LIMIT, "{bytes}");
-        assert_eq!(attention_shared_bytes(64, 10).unwrap(), (64 + 10 + 128) * 4);
+        assert_eq!(attention_shared_bytes(64, 10).unwrap(), (64 + 10 + 256 * 8) * 4);
         assert_eq!(
             attention_shared_bytes(256, 10).unwrap(),
-            (256 + 10 + 256) * 4
+            (256 + 10 + 256 * 8) * 4
         );
     }
 }
