@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (no Rust there): the GPU test suite, the decode benchmark, and the
 # suite under compute-sanitizer. Logs go to $OUT (the device tool's output folder) or ./gpu-out.
-#   bash gpu-bundle/run.sh [tests|bench|sanitize|all]
+#   bash gpu-bundle/run.sh [tests|bench|sanitize|all|hf]
+# `hf` (not part of `all`: it needs PyTorch and transformers) checks the Hugging Face loader
+# against transformers with hf_check.py.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${OUT:-$here/../gpu-out}
@@ -20,6 +22,10 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   "$here/decode_bench" 2>&1 | tee "$out/decode_bench.log"; status=$((status | PIPESTATUS[0]))
+fi
+if [ "$what" = hf ]; then
+  python3 "$here/hf_check.py" "$here/decode_bench" --out "$out/hf" 2>&1 | tee "$out/hf_check.log"
+  status=$((status | PIPESTATUS[0]))
 fi
 if [ "$what" = sanitize ] || [ "$what" = all ]; then
   for tool in memcheck racecheck; do

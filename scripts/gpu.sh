@@ -20,9 +20,10 @@ for line in sys.stdin:
         print(m["executable"])')
 [ -n "$test_bin" ] || { echo "no GPU test binary built" >&2; exit 1; }
 cp "$test_bin" "$bundle/gpu-tests"
-for ex in decode_bench; do cp "target/release/examples/$ex" "$bundle/"; done
+for ex in decode_bench driver_floor; do cp "target/release/examples/$ex" "$bundle/"; done
 [ -d benches/peer ] && cp -r benches/peer "$bundle/" || true
 cp scripts/gpu-run.sh "$bundle/run.sh"
-strip "$bundle"/gpu-tests "$bundle"/decode_bench 2>/dev/null || true
+cp scripts/hf_check.py "$bundle/"
+strip "$bundle"/gpu-tests "$bundle"/decode_bench "$bundle"/driver_floor 2>/dev/null || true
 du -sh "$bundle" >&2
 echo "bundle ready: on the GPU machine run: bash $bundle/run.sh all" >&2

@@ -4,8 +4,9 @@
 //!   per family (`norm`, `rope`, `attention`, `elementwise`), compiled by NVRTC at first use.
 //!   They include no header: bf16 is handled as raw bits by a common prelude.
 //! * [`ops`]: typed launchers for a Llama-style decoder (embedding, RMS norm, fused
-//!   residual-add + RMS norm, RoPE with the KV-cache write, decode attention, SwiGLU, adds,
-//!   cuBLAS linear layers, random fills and casts). Each validates its arguments, allocates its
+//!   residual-add + RMS norm, RoPE with the KV-cache write (optionally after Qwen3's per-head
+//!   q/k RMS norm), decode attention, SwiGLU, adds, cuBLAS linear layers, random fills and
+//!   casts). Each validates its arguments, allocates its
 //!   outputs through the runtime (so it can be captured into a CUDA graph) and launches on the
 //!   runtime's stream.
 //! * [`reference`](mod@reference): plain-Rust f32 references of the same math, for tests on the host.

@@ -13,7 +13,8 @@ pub mod names {
     pub const RMS_NORM_BF16: &str = "rms_norm_bf16";
     /// `norm`: residual add then RMS norm of the rounded sum.
     pub const ADD_RMS_NORM_BF16: &str = "add_rms_norm_bf16";
-    /// `rope`: RoPE on q and k, k and v written into the caches.
+    /// `rope`: RoPE on q and k (optionally after a per-head RMS norm of each), k and v written
+    /// into the caches.
     pub const ROPE_KV_WRITE_BF16: &str = "rope_kv_write_bf16";
     /// `attention`: decode attention over the KV cache.
     pub const ATTENTION_DECODE_BF16: &str = "attention_decode_bf16";

@@ -266,6 +266,36 @@ pub fn rope_kv_write_ref(
     q_out
 }
 
+/// What [`rope_kv_write_qk_norm`](crate::ops::rope_kv_write_qk_norm) does, on the host: every
+/// q head of `qkv` is RMS-normalised over its `head_dim` elements with `q_weight` (`[head_dim]`),
+/// every k head with `k_weight`, each normalised element **rounded to bf16** (as the kernel
+/// does), then [`rope_kv_write_ref`] runs on the result. Returns the rotated q.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_kv_write_qk_norm_ref(
+    qkv: &[f32],
+    positions: &[i32],
+    k_cache: &mut [f32],
+    v_cache: &mut [f32],
+    max_t: usize,
+    cfg: &AttentionShape,
+    (q_weight, k_weight): (&[f32], &[f32]),
+    eps: f32,
+) -> Vec<f32> {
+    let d = cfg.head_dim;
+    let width = (cfg.q_heads + 2 * cfg.kv_heads) * d;
+    rows_of(qkv, width, "rope_kv_write_qk_norm_ref qkv");
+    let mut normed = qkv.to_vec();
+    for row in normed.chunks_exact_mut(width) {
+        let (q, rest) = row.split_at_mut(cfg.q_heads * d);
+        let k = &mut rest[..cfg.kv_heads * d];
+        for (heads, weight) in [(q, q_weight), (k, k_weight)] {
+            let out = round_bf16_slice(&rms_norm_ref(heads, weight, d, eps));
+            heads.copy_from_slice(&out);
+        }
+    }
+    rope_kv_write_ref(&normed, positions, k_cache, v_cache, max_t, cfg)
+}
+
 /// Decode attention, as [`attention_decode`](crate::ops::attention_decode): for row `b` and
 /// query head `h` (kv head `h / (q_heads / kv_heads)`), softmax over cache positions
 /// `0..=pos` (`pos = positions[b]` clamped to `[0, max_t - 1]`) of `q . k / sqrt(head_dim)`,
@@ -571,6 +601,41 @@ mod tests {
         // Nothing else was written.
         let written = k_cache.iter().filter(|&&v| v != 0.0).count();
         assert_eq!(written, 2 * kv_row);
+    }
+
+    #[test]
+    fn qk_norm_normalises_q_and_k_heads_only() {
+        let cfg = AttentionShape {
+            q_heads: 2,
+            kv_heads: 1,
+            head_dim: 8,
+            rope_theta: 10_000.0,
+        };
+        let (max_t, d) = (4, cfg.head_dim);
+        let width = (cfg.q_heads + 2 * cfg.kv_heads) * d;
+        let qkv = uniform_vec(7, width, -3.0, 3.0);
+        let ones = vec![1.0; d];
+        let twos = vec![2.0; d];
+        let mut k_cache = vec![0.0; max_t * d];
+        let mut v_cache = vec![0.0; max_t * d];
+        // Position 0: no rotation, so q is the normalised input itself.
+        let q = rope_kv_write_qk_norm_ref(
+            &qkv,
+            &[0],
+            &mut k_cache,
+            &mut v_cache,
+            max_t,
+            &cfg,
+            (&ones, &twos),
+            1e-6,
+        );
+        for head in q.chunks_exact(d) {
+            let rms = (head.iter().map(|v| v * v).sum::<f32>() / d as f32).sqrt();
+            assert!(close(rms, 1.0, 1e-2), "q head rms {rms}");
+        }
+        let k_rms = (k_cache[..d].iter().map(|v| v * v).sum::<f32>() / d as f32).sqrt();
+        assert!(close(k_rms, 2.0, 1e-2), "k head rms {k_rms}");
+        assert_eq!(&v_cache[..d], &qkv[width - d..], "v is not normalised");
     }
 
     fn attention_case(positions: &[i32]) -> (AttentionShape, usize, Vec<f32>, Vec<f32>, Vec<f32>) {

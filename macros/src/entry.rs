@@ -10,8 +10,8 @@ use syn::ImplItemFn;
 use crate::diag::Errors;
 use crate::{expand, parse, validate};
 
-/// `#[cuda_graph(args)] item` -> `item` followed by `item_graphs` (or by the
-/// errors).
+/// `#[cuda_graph(args)] item` -> `item` followed by `item_graphs`,
+/// `item_graph_memory` and `item_graphs_refresh` (or by the errors).
 pub fn cuda_graph(args: TokenStream, item: TokenStream) -> TokenStream {
     match generate(args, item.clone()) {
         Ok(generated) => quote!(#item #generated),
@@ -22,7 +22,7 @@ pub fn cuda_graph(args: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
-/// The generated sibling item, or every error found.
+/// The generated sibling items, or every error found.
 fn generate(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     let (args, arg_error) = parse::parse_args(args);
     let mut errors = Errors::new();
@@ -91,10 +91,11 @@ mod tests {
         assert!(text.starts_with(&original), "{text}");
         assert!(text.contains("forward_graphs"), "{text}");
         assert_eq!(compile_errors(&out), 0, "{text}");
-        // Both items parse as impl methods.
+        // All items parse as impl methods: the original, `forward_graphs`,
+        // `forward_graph_memory` and `forward_graphs_refresh`.
         let items: syn::Result<syn::ItemImpl> = syn::parse2(quote!(impl M { #out }));
         let items = items.map(|i| i.items.len());
-        assert_eq!(items.ok(), Some(2));
+        assert_eq!(items.ok(), Some(4));
     }
 
     #[test]
@@ -115,7 +116,12 @@ mod tests {
         });
         assert_eq!(
             names.ok(),
-            Some(vec!["step".to_owned(), "step_graphs".to_owned()]),
+            Some(vec![
+                "step".to_owned(),
+                "step_graphs".to_owned(),
+                "step_graph_memory".to_owned(),
+                "step_graphs_refresh".to_owned(),
+            ]),
             "{out}"
         );
     }
@@ -171,6 +177,9 @@ mod tests {
             "sizes",
             "batch",
             "static_args",
+            "capture",
+            "lazy",
+            "init",
             "crate",
             "step",
             "self",
@@ -261,9 +270,19 @@ mod tests {
             "[a-z_]{1,6}",
             "\\[[a-z, ]{0,12}\\]",
             "\"[:a-z]{0,8}\"",
+            "lazy|init",
         ];
         let option = (
-            prop::sample::select(vec!["sizes", "batch", "static_args", "crate", "size", "x"]),
+            prop::sample::select(vec![
+                "sizes",
+                "batch",
+                "static_args",
+                "capture",
+                "crate",
+                "size",
+                "lazy",
+                "x",
+            ]),
             value,
         )
             .prop_map(|(k, v)| format!("{k} = {v}"));

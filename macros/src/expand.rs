@@ -1,4 +1,5 @@
-//! Code generation: turns a checked [`Plan`] into the `<fn>_graphs` item.
+//! Code generation: turns a checked [`Plan`] into the `<fn>_graphs`,
+//! `<fn>_graph_memory` and `<fn>_graphs_refresh` items.
 //!
 //! Locals of the generated code use mixed-site hygiene (and `__cg_` names),
 //! so they can never clash with the user's parameter names; every path is
@@ -9,6 +10,7 @@ use quote::{quote, quote_spanned};
 use syn::Ident;
 use syn::ext::IdentExt;
 
+use crate::parse::CaptureMode;
 use crate::sizes;
 use crate::validate::{Plan, Role};
 
@@ -18,29 +20,29 @@ fn local(name: &str) -> Ident {
     Ident::new(name, Span::mixed_site())
 }
 
-/// The generated `<fn>_graphs` function (emitted next to the original).
-pub fn expand(plan: &Plan) -> TokenStream {
+/// The plan statements and the eager closure, shared by every generated item.
+struct Shared {
+    /// `const __CG_SIZES ...; const __CG_LOOKUP ...; let __cg_plan = ...;`
+    plan_stmts: TokenStream,
+    /// The local the plan statements bind.
+    graph_plan: Ident,
+    /// `move |__cg_rt, __cg_tensors, __cg_statics| forward_result(self.f(...))`.
+    eager: TokenStream,
+}
+
+/// Builds the [`Shared`] tokens: the `GraphPlan` (with `capture = lazy`
+/// applied) and the closure that calls the user's function with the
+/// runner's tensors and its captured statics.
+fn shared(plan: &Plan) -> Shared {
     let krate = &plan.krate;
-    let vis = &plan.vis;
-    let cfg_attrs = &plan.cfg_attrs;
-    let graphs_ident = &plan.graphs_ident;
-    let lifetime = &plan.lifetime;
-    let user_lifetimes = &plan.lifetimes;
-    let where_clause = &plan.where_clause;
     let n = Literal::usize_unsuffixed(plan.tensors.len());
     let batch = Literal::usize_unsuffixed(plan.batch_index);
     let name = syn::LitStr::new(&plan.fn_ident.unraw().to_string(), plan.fn_ident.span());
-
-    let rt = local("rt");
-    let inputs = local("inputs");
     let graph_plan = local("__cg_plan");
     let closure_rt = local("__cg_rt");
     let tensors = local("__cg_tensors");
     let statics = local("__cg_statics");
-
-    let static_idents: Vec<&Ident> = plan.statics.iter().map(|s| &s.ident).collect();
-    let static_tys: Vec<&syn::Type> = plan.statics.iter().map(|s| &s.ty).collect();
-    let statics_ty = quote!((#(#static_tys,)*));
+    let statics_ty = statics_ty(plan);
 
     let size_lits = plan.sizes.iter().map(|&s| Literal::usize_unsuffixed(s));
     let lookup_lits = plan
@@ -48,18 +50,83 @@ pub fn expand(plan: &Plan) -> TokenStream {
         .iter()
         .skip(1)
         .map(|&i| Literal::u16_unsuffixed(i));
-
-    let receiver = if plan.method {
-        quote!(&#lifetime self,)
-    } else {
-        TokenStream::new()
+    let lazy = match plan.capture {
+        CaptureMode::Lazy => quote!(.with_lazy_capture(true)),
+        CaptureMode::Init => TokenStream::new(),
     };
-    let docs = doc_lines(plan);
     let body = forward_call(plan, &closure_rt, &tensors, &statics);
+
+    let plan_stmts = quote! {
+        const __CG_SIZES: &[::core::primitive::usize] = &[#(#size_lits),*];
+        const __CG_LOOKUP: &[::core::primitive::u16] =
+            &[::core::primitive::u16::MAX #(, #lookup_lits)*];
+        let #graph_plan = #krate::GraphPlan::from_static(#name, __CG_SIZES, __CG_LOOKUP, #batch)?#lazy;
+    };
+    let eager = quote! {
+        move |#closure_rt: &#krate::Runtime,
+              #tensors: [&#krate::Tensor; #n],
+              #statics: &#statics_ty| {
+            #body
+        }
+    };
+    Shared {
+        plan_stmts,
+        graph_plan,
+        eager,
+    }
+}
+
+/// The runner's statics type: the static arguments' types as a tuple.
+fn statics_ty(plan: &Plan) -> TokenStream {
+    let static_tys = plan.statics.iter().map(|s| &s.ty);
+    quote!((#(#static_tys,)*))
+}
+
+/// The generated items, emitted next to the original: `<fn>_graphs`,
+/// `<fn>_graph_memory` and `<fn>_graphs_refresh`.
+pub fn expand(plan: &Plan) -> TokenStream {
+    let krate = &plan.krate;
+    let vis = &plan.vis;
+    let cfg_attrs = &plan.cfg_attrs;
+    let graphs_ident = &plan.graphs_ident;
+    let memory_ident = &plan.memory_ident;
+    let refresh_ident = &plan.refresh_ident;
+    let lifetime = &plan.lifetime;
+    let user_lifetimes = &plan.lifetimes;
+    let where_clause = &plan.where_clause;
+    let n = Literal::usize_unsuffixed(plan.tensors.len());
+
+    let rt = local("rt");
+    let inputs = local("inputs");
+    let runner = local("runner");
+
+    let static_idents: Vec<&Ident> = plan.statics.iter().map(|s| &s.ident).collect();
+    let static_tys: Vec<&syn::Type> = plan.statics.iter().map(|s| &s.ty).collect();
+    let statics_ty = statics_ty(plan);
+
+    let (receiver, plain_receiver) = if plan.method {
+        (quote!(&#lifetime self,), quote!(&self,))
+    } else {
+        (TokenStream::new(), TokenStream::new())
+    };
+    // The estimate borrows nothing past the call: only the user's lifetimes.
+    let memory_generics = if user_lifetimes.is_empty() {
+        TokenStream::new()
+    } else {
+        quote!(<#(#user_lifetimes),*>)
+    };
+    let graphs_docs = doc_lines(plan);
+    let memory_docs = memory_doc_lines(plan);
+    let refresh_docs = refresh_doc_lines(plan);
+    let Shared {
+        plan_stmts,
+        graph_plan,
+        eager,
+    } = shared(plan);
 
     quote! {
         #(#cfg_attrs)*
-        #(#[doc = #docs])*
+        #(#[doc = #graphs_docs])*
         #vis fn #graphs_ident<#lifetime #(, #user_lifetimes)*>(
             #receiver
             #rt: &#lifetime #krate::Runtime,
@@ -68,21 +135,49 @@ pub fn expand(plan: &Plan) -> TokenStream {
         ) -> ::core::result::Result<#krate::Runner<#lifetime, #n, #statics_ty>, #krate::Error>
         #where_clause
         {
-            const __CG_SIZES: &[::core::primitive::usize] = &[#(#size_lits),*];
-            const __CG_LOOKUP: &[::core::primitive::u16] =
-                &[::core::primitive::u16::MAX #(, #lookup_lits)*];
-            let #graph_plan = #krate::GraphPlan::from_static(#name, __CG_SIZES, __CG_LOOKUP, #batch)?;
+            #plan_stmts
             #krate::Runner::capture(
                 #rt,
                 #graph_plan,
                 #inputs,
                 (#(#static_idents,)*),
-                move |#closure_rt: &#krate::Runtime,
-                      #tensors: [&#krate::Tensor; #n],
-                      #statics: &#statics_ty| {
-                    #body
-                },
+                #eager,
             )
+        }
+
+        #(#cfg_attrs)*
+        #(#[doc = #memory_docs])*
+        #vis fn #memory_ident #memory_generics(
+            #plain_receiver
+            #rt: &#krate::Runtime,
+            #inputs: [#krate::InputSpec; #n],
+            #(#static_idents: #static_tys,)*
+        ) -> ::core::result::Result<#krate::MemoryEstimate, #krate::Error>
+        #where_clause
+        {
+            #plan_stmts
+            #krate::Runner::estimate(
+                #rt,
+                #graph_plan,
+                #inputs,
+                (#(#static_idents,)*),
+                #eager,
+            )
+        }
+
+        #(#cfg_attrs)*
+        #(#[doc = #refresh_docs])*
+        #vis fn #refresh_ident<#lifetime #(, #user_lifetimes)*>(
+            #receiver
+            #rt: &#lifetime #krate::Runtime,
+            #runner: #krate::Runner<'_, #n, #statics_ty>,
+        ) -> ::core::result::Result<
+            (#krate::Runner<#lifetime, #n, #statics_ty>, #krate::RefreshReport),
+            #krate::Error,
+        >
+        #where_clause
+        {
+            #krate::Runner::refresh(#runner, #rt, #eager)
         }
     }
 }
@@ -151,9 +246,32 @@ fn doc_lines(plan: &Plan) -> Vec<String> {
     };
     let count = plan.sizes.len();
     let graphs = if count == 1 { "graph" } else { "graphs" };
-    [
-        format!(" Captures one CUDA graph of `{name}` per batch size and returns a `Runner` that"),
-        " replays the smallest captured graph that fits each batch.".to_owned(),
+    let (intro, errors) = match plan.capture {
+        CaptureMode::Init => (
+            [
+                format!(
+                    " Captures one CUDA graph of `{name}` per batch size and returns a `Runner` that"
+                ),
+                " replays the smallest captured graph that fits each batch.".to_owned(),
+            ],
+            vec![" Fails if the graph plan is invalid or capturing any graph fails.".to_owned()],
+        ),
+        CaptureMode::Lazy => (
+            [
+                format!(
+                    " Returns a `Runner` that replays one CUDA graph of `{name}` per batch size, each"
+                ),
+                " captured on first use: a batch runs the smallest size that fits it.".to_owned(),
+            ],
+            vec![
+                " Fails if the graph plan is invalid. Graphs are captured on first use".to_owned(),
+                " (`capture = lazy`), so a failed capture is reported by the run that needed it."
+                    .to_owned(),
+            ],
+        ),
+    };
+    let mut lines: Vec<String> = intro.into();
+    lines.extend([
         String::new(),
         format!(
             " Generated by `#[cuda_graph]`; `{name}` itself is unchanged and stays the eager path."
@@ -168,9 +286,68 @@ fn doc_lines(plan: &Plan) -> Vec<String> {
         String::new(),
         " # Errors".to_owned(),
         String::new(),
-        " Fails if the graph plan is invalid or capturing any graph fails.".to_owned(),
+    ]);
+    lines.extend(errors);
+    lines
+}
+
+/// Documentation of `<fn>_graph_memory`, one string per line.
+fn memory_doc_lines(plan: &Plan) -> Vec<String> {
+    let graphs = &plan.graphs_ident;
+    vec![
+        format!(" What `{graphs}` would hold on the device (graph pool + static inputs), found by"),
+        " capturing the largest size alone and releasing it: size a KV cache from the memory"
+            .to_owned(),
+        " left before committing.".to_owned(),
+        String::new(),
+        format!(" Generated by `#[cuda_graph]`; takes the same arguments as `{graphs}`."),
+        String::new(),
+        " # Errors".to_owned(),
+        String::new(),
+        " Fails if the graph plan is invalid or capturing the largest size fails.".to_owned(),
     ]
-    .into()
+}
+
+/// Documentation of `<fn>_graphs_refresh`, one string per line.
+fn refresh_doc_lines(plan: &Plan) -> Vec<String> {
+    let graphs = &plan.graphs_ident;
+    let from = if plan.method {
+        format!(
+            " Generated by `#[cuda_graph]`. `runner` comes from `{graphs}` (on this model or another)"
+        )
+    } else {
+        format!(" Generated by `#[cuda_graph]`. `runner` comes from `{graphs}`")
+    };
+    let mut lines = vec![
+        " Rebuilds every graph of `runner` for this model (e.g. new weights of the same shapes"
+            .to_owned(),
+        " loaded into new buffers): each size re-recorded and its executable graph updated in"
+            .to_owned(),
+        " place with cuGraphExecUpdate, re-instantiated only where the driver refuses. The old"
+            .to_owned(),
+        " runner is consumed, so nothing replays pointers into the old weights.".to_owned(),
+        String::new(),
+    ];
+    lines.push(from);
+    lines.extend(match plan.capture {
+        CaptureMode::Init => {
+            vec![" and the refreshed runner keeps its static arguments.".to_owned()]
+        }
+        CaptureMode::Lazy => vec![
+            " and the refreshed runner keeps its static arguments; sizes not captured yet"
+                .to_owned(),
+            " (`capture = lazy`) are still captured on first use.".to_owned(),
+        ],
+    });
+    lines.extend([
+        String::new(),
+        " # Errors".to_owned(),
+        String::new(),
+        " Fails if `rt` is not the runtime `runner` was captured on, if the runner's memory is"
+            .to_owned(),
+        " released, or if re-recording a size fails.".to_owned(),
+    ]);
+    lines
 }
 
 #[cfg(test)]
@@ -178,6 +355,7 @@ mod tests {
     use super::*;
     use crate::validate::validate;
     use proc_macro2::TokenStream;
+    use quote::ToTokens;
 
     fn expand_str(args: TokenStream, func: TokenStream) -> String {
         let (args, error) = crate::parse::parse_args(args);
@@ -190,6 +368,50 @@ mod tests {
             Ok(plan) => expand(&plan).to_string(),
             Err(e) => panic!("{e}"),
         }
+    }
+
+    /// The generated items, parsed as methods of an `impl` block.
+    fn impl_items(out: &str) -> Vec<syn::ImplItemFn> {
+        let tokens: TokenStream = out.parse().unwrap_or_default();
+        let block: syn::Result<syn::ItemImpl> = syn::parse2(quote!(impl M { #tokens }));
+        let block = match block {
+            Ok(block) => block,
+            Err(e) => panic!("{e}\n{out}"),
+        };
+        block
+            .items
+            .into_iter()
+            .map(|item| match item {
+                syn::ImplItem::Fn(f) => f,
+                other => panic!("not a method: {}", other.to_token_stream()),
+            })
+            .collect()
+    }
+
+    /// The generated items, parsed as free functions of a file.
+    fn file_items(out: &str) -> Vec<syn::ItemFn> {
+        let file: syn::Result<syn::File> = syn::parse_str(out);
+        let file = match file {
+            Ok(file) => file,
+            Err(e) => panic!("{e}\n{out}"),
+        };
+        file.items
+            .into_iter()
+            .map(|item| match item {
+                syn::Item::Fn(f) => f,
+                other => panic!("not a function: {}", other.to_token_stream()),
+            })
+            .collect()
+    }
+
+    /// The `#[doc]` lines of a generated item, joined.
+    fn doc_of(item: &syn::ItemFn) -> String {
+        item.attrs
+            .iter()
+            .filter(|a| a.path().is_ident("doc"))
+            .map(|a| a.to_token_stream().to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Whitespace-insensitive containment check on token strings.
@@ -288,16 +510,267 @@ mod tests {
                 }
             ),
         );
-        let tokens: TokenStream = out.parse().unwrap_or_default();
-        let item: syn::Result<syn::ImplItemFn> = syn::parse2(tokens);
-        let item = match item {
-            Ok(item) => item,
-            Err(e) => panic!("{e}\n{out}"),
+        let items = impl_items(&out);
+        let names: Vec<String> = items.iter().map(|f| f.sig.ident.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "forward_graphs",
+                "forward_graph_memory",
+                "forward_graphs_refresh"
+            ]
+        );
+        let generics: Vec<usize> = items.iter().map(|f| f.sig.generics.params.len()).collect();
+        // `'cg` + the user's `'a` (named by the where clause); the estimate
+        // borrows nothing past the call, so it has no `'cg`.
+        assert_eq!(generics, [2, 1, 2]);
+        for item in &items {
+            assert!(item.sig.generics.where_clause.is_some(), "{out}");
+            assert!(item.attrs.iter().any(|a| a.path().is_ident("doc")), "{out}");
+        }
+    }
+
+    #[test]
+    fn lazy_capture_only_when_asked() {
+        let func = quote!(
+            fn forward(&self, rt: &Runtime, x: &Tensor) -> Result<Tensor> {
+                todo!()
+            }
+        );
+        let lazy = expand_str(quote!(sizes = [1, 2], capture = lazy), func.clone());
+        assert!(
+            has(
+                &lazy,
+                "let __cg_plan = :: cudagraph :: GraphPlan :: from_static (\"forward\" , __CG_SIZES , __CG_LOOKUP , 0) ? . with_lazy_capture (true) ;"
+            ),
+            "{lazy}"
+        );
+        assert!(lazy.contains("captured on first use"), "{lazy}");
+        for args in [
+            quote!(sizes = [1, 2]),
+            quote!(sizes = [1, 2], capture = init),
+        ] {
+            let init = expand_str(args, func.clone());
+            assert!(!init.contains("with_lazy_capture"), "{init}");
+            assert!(!init.contains("first use"), "{init}");
+            assert!(
+                has(
+                    &init,
+                    "let __cg_plan = :: cudagraph :: GraphPlan :: from_static (\"forward\" , __CG_SIZES , __CG_LOOKUP , 0) ? ;"
+                ),
+                "{init}"
+            );
+        }
+    }
+
+    #[test]
+    fn lazy_docs_still_parse_as_an_item() {
+        let out = expand_str(
+            quote!(sizes = [1], capture = lazy, crate = "::cg"),
+            quote!(
+                fn step(rt: &Runtime, x: &Tensor) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        let items = file_items(&out);
+        let graphs = &items[0];
+        assert!(has(&out, ":: cg :: GraphPlan :: from_static"), "{out}");
+        assert!(has(&out, ". with_lazy_capture (true)"), "{out}");
+        assert_eq!(graphs.sig.ident, "step_graphs");
+        assert!(has(&doc_of(&items[2]), "captured on first use"), "{out}");
+    }
+
+    #[test]
+    fn estimate_and_refresh_are_generated_next_to_graphs() {
+        let out = expand_str(
+            quote!(
+                sizes = [1, 2, 4],
+                batch = positions,
+                static_args = [cfg, scale]
+            ),
+            quote!(
+                pub fn forward(
+                    &self,
+                    rt: &Runtime,
+                    tokens: &Tensor,
+                    positions: &Tensor,
+                    cfg: &Config,
+                    scale: f32,
+                ) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        let items = impl_items(&out);
+        assert_eq!(items.len(), 3, "{out}");
+        let [graphs, memory, refresh] = [0, 1, 2].map(|i| items[i].to_token_stream().to_string());
+        let plan_stmt = "let __cg_plan = :: cudagraph :: GraphPlan :: from_static (\"forward\" , __CG_SIZES , __CG_LOOKUP , 1) ? ;";
+        let closure = "move | __cg_rt : & :: cudagraph :: Runtime , __cg_tensors : [& :: cudagraph :: Tensor ; 2] , __cg_statics : & (Config , f32 ,) | { :: cudagraph :: forward_result (self . forward (__cg_rt , __cg_tensors [0] , __cg_tensors [1] , & __cg_statics . 0 , :: core :: clone :: Clone :: clone (& __cg_statics . 1))) }";
+
+        // `<fn>_graph_memory`: the same arguments and plan, `Runner::estimate`.
+        for needle in [
+            "pub fn forward_graph_memory (& self , rt : & :: cudagraph :: Runtime , inputs : [:: cudagraph :: InputSpec ; 2] , cfg : Config , scale : f32 ,)",
+            "-> :: core :: result :: Result < :: cudagraph :: MemoryEstimate , :: cudagraph :: Error >",
+            "const __CG_SIZES : & [:: core :: primitive :: usize] = & [1 , 2 , 4] ;",
+            "const __CG_LOOKUP : & [:: core :: primitive :: u16] = & [:: core :: primitive :: u16 :: MAX , 0 , 1 , 2 , 2] ;",
+            plan_stmt,
+            ":: cudagraph :: Runner :: estimate (rt , __cg_plan , inputs , (cfg , scale ,) ,",
+            closure,
+        ] {
+            assert!(has(&memory, needle), "missing {needle}\nin {memory}");
+        }
+        assert!(!has(&memory, "'cg"), "{memory}");
+        assert!(!has(&memory, "Runner :: capture"), "{memory}");
+
+        // `<fn>_graphs_refresh`: takes a runner, no inputs or statics, `Runner::refresh`.
+        for needle in [
+            "pub fn forward_graphs_refresh < 'cg > (& 'cg self , rt : & 'cg :: cudagraph :: Runtime , runner : :: cudagraph :: Runner < '_ , 2 , (Config , f32 ,) > ,)",
+            "-> :: core :: result :: Result < (:: cudagraph :: Runner < 'cg , 2 , (Config , f32 ,) > , :: cudagraph :: RefreshReport) , :: cudagraph :: Error , >",
+            ":: cudagraph :: Runner :: refresh (runner , rt ,",
+            closure,
+        ] {
+            assert!(has(&refresh, needle), "missing {needle}\nin {refresh}");
+        }
+        for absent in [
+            "inputs",
+            "__cg_plan",
+            "__CG_SIZES",
+            "Runner :: capture",
+            "Runner :: estimate",
+        ] {
+            assert!(!has(&refresh, absent), "{absent} in {refresh}");
+        }
+
+        // `<fn>_graphs` is unchanged, and the three share one closure.
+        assert!(has(&graphs, plan_stmt), "{graphs}");
+        assert!(
+            has(
+                &graphs,
+                ":: cudagraph :: Runner :: capture (rt , __cg_plan , inputs , (cfg , scale ,) ,"
+            ),
+            "{graphs}"
+        );
+        for item in [&graphs, &memory, &refresh] {
+            assert!(has(item, closure), "{item}");
+        }
+
+        // Docs, with the user's names.
+        let docs = |i: usize| {
+            items[i]
+                .attrs
+                .iter()
+                .filter(|a| a.path().is_ident("doc"))
+                .map(|a| a.to_token_stream().to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
         };
-        assert_eq!(item.sig.ident, "forward_graphs");
-        assert_eq!(item.sig.generics.params.len(), 2);
-        assert!(item.sig.generics.where_clause.is_some());
-        assert!(item.attrs.iter().any(|a| a.path().is_ident("doc")));
+        assert!(
+            docs(1).contains("What `forward_graphs` would hold on the device"),
+            "{}",
+            docs(1)
+        );
+        assert!(
+            docs(1).contains("size a KV cache from the memory"),
+            "{}",
+            docs(1)
+        );
+        assert!(
+            docs(2).contains("Rebuilds every graph of `runner`"),
+            "{}",
+            docs(2)
+        );
+        assert!(docs(2).contains("cuGraphExecUpdate"), "{}", docs(2));
+        assert!(
+            docs(2).contains("`runner` comes from `forward_graphs`"),
+            "{}",
+            docs(2)
+        );
+        assert!(!docs(2).contains("first use"), "{}", docs(2));
+    }
+
+    #[test]
+    fn free_function_estimate_and_refresh_have_no_receiver() {
+        let out = expand_str(
+            quote!(sizes = [1, 2], static_args = [cfg], crate = "::cg"),
+            quote!(
+                pub(crate) fn step(x: &Tensor, rt: &Runtime, cfg: Cfg) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        let items = file_items(&out);
+        let names: Vec<String> = items.iter().map(|f| f.sig.ident.to_string()).collect();
+        assert_eq!(
+            names,
+            ["step_graphs", "step_graph_memory", "step_graphs_refresh"]
+        );
+        for item in &items {
+            assert!(item.sig.receiver().is_none(), "{out}");
+            assert!(matches!(item.vis, syn::Visibility::Restricted(_)), "{out}");
+        }
+        let memory = items[1].to_token_stream().to_string();
+        let refresh = items[2].to_token_stream().to_string();
+        assert!(
+            has(
+                &memory,
+                "(rt : & :: cg :: Runtime , inputs : [:: cg :: InputSpec ; 1] , cfg : Cfg ,) -> :: core :: result :: Result < :: cg :: MemoryEstimate , :: cg :: Error >"
+            ),
+            "{memory}"
+        );
+        assert!(
+            has(
+                &memory,
+                ":: cg :: Runner :: estimate (rt , __cg_plan , inputs , (cfg ,) ,"
+            ),
+            "{memory}"
+        );
+        assert!(
+            has(
+                &refresh,
+                "step_graphs_refresh < 'cg > (rt : & 'cg :: cg :: Runtime , runner : :: cg :: Runner < '_ , 1 , (Cfg ,) > ,)"
+            ),
+            "{refresh}"
+        );
+        assert!(
+            has(&refresh, ":: cg :: Runner :: refresh (runner , rt ,"),
+            "{refresh}"
+        );
+        let call = ":: cg :: forward_result (step (__cg_tensors [0] , __cg_rt , :: core :: clone :: Clone :: clone (& __cg_statics . 0)))";
+        assert!(has(&memory, call), "{memory}");
+        assert!(has(&refresh, call), "{refresh}");
+        assert!(!has(&out, "self ."), "{out}");
+        assert!(!has(&out, "& self"), "{out}");
+        assert!(
+            has(&memory, "pub (crate) fn step_graph_memory (rt"),
+            "{memory}"
+        );
+        assert!(
+            !doc_of(&items[2]).contains("this model or another"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn estimate_uses_the_same_lazy_plan() {
+        let out = expand_str(
+            quote!(sizes = [1, 2], capture = lazy),
+            quote!(
+                fn forward(&self, rt: &Runtime, x: &Tensor) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        let items = impl_items(&out);
+        let memory = items[1].to_token_stream().to_string();
+        assert!(
+            has(
+                &memory,
+                "from_static (\"forward\" , __CG_SIZES , __CG_LOOKUP , 0) ? . with_lazy_capture (true) ;"
+            ),
+            "{memory}"
+        );
+        assert!(has(&memory, "Runner :: estimate"), "{memory}");
     }
 
     #[test]
@@ -311,8 +784,10 @@ mod tests {
                 }
             ),
         );
-        assert!(has(&out, "# [cfg (feature = \"gpu\")]"), "{out}");
-        assert!(has(&out, "pub (super) fn forward_graphs"), "{out}");
+        assert_eq!(out.matches("cfg (feature = \"gpu\")").count(), 3, "{out}");
+        assert!(has(&out, "pub (super) fn forward_graphs <"), "{out}");
+        assert!(has(&out, "pub (super) fn forward_graph_memory"), "{out}");
+        assert!(has(&out, "pub (super) fn forward_graphs_refresh"), "{out}");
     }
 
     #[test]

@@ -18,10 +18,20 @@ use proc_macro::TokenStream;
 /// Captures a model's forward function as one CUDA graph per batch size.
 ///
 /// The annotated function is kept unchanged (it stays the eager, callable
-/// path) and a sibling `<name>_graphs` function is added next to it, with
-/// the same visibility. `<name>_graphs` captures one graph per listed batch
-/// size and returns a `Runner` that dispatches each batch to the smallest
-/// captured size that fits it and replays that graph.
+/// path) and three siblings are added next to it, with the same visibility:
+///
+/// - `<name>_graphs` captures one graph per listed batch size and returns a
+///   `Runner` that dispatches each batch to the smallest captured size that
+///   fits it and replays that graph;
+/// - `<name>_graph_memory` takes the same arguments and returns the
+///   `MemoryEstimate` of what `<name>_graphs` would hold on the device (graph
+///   pool + static inputs), found by capturing the largest size alone and
+///   releasing it: size a KV cache from the memory left before committing;
+/// - `<name>_graphs_refresh` takes a runner built by `<name>_graphs` and
+///   rebuilds every graph for this model (e.g. new weights of the same shapes
+///   in new buffers), updating each executable graph in place
+///   (`cuGraphExecUpdate`); the old runner is consumed and the new one keeps
+///   its static arguments.
 ///
 /// ```rust,ignore
 /// use cudagraph::{cuda_graph, InputSpec, Result, Runtime, Tensor};
@@ -34,7 +44,9 @@ use proc_macro::TokenStream;
 /// }
 ///
 /// // Eager: `model.forward(&rt, &tokens, &positions)?`
+/// // Memory: let bytes = model.forward_graph_memory(&rt, [tokens_spec, positions_spec])?.total();
 /// // Graphs: let runner = model.forward_graphs(&rt, [tokens_spec, positions_spec])?;
+/// // New weights: let (runner, report) = new_model.forward_graphs_refresh(&rt, runner)?;
 /// ```
 ///
 /// # Attribute grammar
@@ -44,6 +56,7 @@ use proc_macro::TokenStream;
 ///     sizes = [ELEM, ...],          // required
 ///     batch = PARAM,                // optional, default: the first `&Tensor` parameter
 ///     static_args = [PARAM, ...],   // optional
+///     capture = lazy | init,        // optional, default: init
 ///     crate = "PATH",               // optional, default: "::cudagraph"
 /// )]
 /// ELEM := INT | INT..=INT | INT..=INT step INT
@@ -60,6 +73,11 @@ use proc_macro::TokenStream;
 /// - `static_args`: host-value parameters that are baked into the graphs.
 ///   The runner keeps the values given to `<name>_graphs` and checks each run
 ///   against them.
+/// - `capture`: when the graphs are captured. `init` (the default) captures
+///   every size when `<name>_graphs` builds the runner, so it fails early and
+///   every run replays; `lazy` captures each size on its first use (the
+///   generated code calls `GraphPlan::with_lazy_capture(true)`): the runner
+///   is built at once, and the first run of each size pays for its capture.
 /// - `crate`: the path of the `cudagraph` crate, for crates that rename it
 ///   (like tokio's `crate = "..."`).
 ///
@@ -103,12 +121,47 @@ use proc_macro::TokenStream;
 ///             ::cudagraph::forward_result(self.forward(__cg_rt, __cg_tensors[0], __cg_tensors[1], &__cg_statics.0))
 ///         })
 /// }
+///
+/// /// What `forward_graphs` would hold on the device (graph pool + static inputs), ...
+/// pub fn forward_graph_memory(
+///     &self,
+///     rt: &::cudagraph::Runtime,
+///     inputs: [::cudagraph::InputSpec; 2],
+///     cfg: Config,
+/// ) -> ::core::result::Result<::cudagraph::MemoryEstimate, ::cudagraph::Error> {
+///     // ... the same `__CG_SIZES`, `__CG_LOOKUP` and `__cg_plan` ...
+///     ::cudagraph::Runner::estimate(rt, __cg_plan, inputs, (cfg,), /* the same closure */)
+/// }
+///
+/// /// Rebuilds every graph of `runner` for this model ...
+/// pub fn forward_graphs_refresh<'cg>(
+///     &'cg self,
+///     rt: &'cg ::cudagraph::Runtime,
+///     runner: ::cudagraph::Runner<'_, 2, (Config,)>,
+/// ) -> ::core::result::Result<
+///     (::cudagraph::Runner<'cg, 2, (Config,)>, ::cudagraph::RefreshReport),
+///     ::cudagraph::Error,
+/// > {
+///     ::cudagraph::Runner::refresh(runner, rt, /* the same closure */)
+/// }
 /// ```
+///
+/// The three share one plan and one closure: the refreshed runner keeps the
+/// statics captured in `runner` (the closure reads them from `__cg_statics`),
+/// so `<name>_graphs_refresh` takes none. A user item already named like one
+/// of the generated ones is reported by the compiler as a duplicate definition.
+///
+/// With `capture = lazy` the plan line becomes
+/// `let __cg_plan = ::cudagraph::GraphPlan::from_static(...)?.with_lazy_capture(true);`
+/// (in `<name>_graph_memory` too, where it changes nothing: the estimate
+/// captures the largest size either way) and the documentation says the
+/// graphs are captured on first use.
 ///
 /// A static parameter taken by value (`cfg: Config`) is passed to each call as
 /// `Clone::clone(&statics.j)`, so its type must be `Clone`. For a free
-/// function there is no receiver and the closure calls `forward(...)`.
-/// `#[cfg(...)]` attributes of the function are copied onto the generated one.
+/// function there is no receiver (the three are free functions too) and the
+/// closure calls `forward(...)`. `#[cfg(...)]` attributes of the function are
+/// copied onto the generated ones.
 ///
 /// # Errors
 ///
@@ -124,8 +177,10 @@ use proc_macro::TokenStream;
 ///   `step` after a single size;
 /// - a size listed twice, directly or through overlapping ranges (reported at
 ///   the later element);
-/// - an unknown option (with a "did you mean" hint), an option given twice
-///   (reported at the second), a missing `=` or `,`;
+/// - an unknown option (with a "did you mean" hint, e.g. `capture = lazy` for
+///   `lazy = true`), an option given twice (reported at the second), a
+///   missing `=` or `,`;
+/// - a `capture` value other than `lazy` or `init` (reported at the value);
 /// - `batch` naming no parameter, or a parameter that is not a `&Tensor`;
 /// - `static_args` naming no parameter, the `&Runtime` or a `&Tensor`
 ///   parameter, a name twice, or a parameter whose type can't be owned by the

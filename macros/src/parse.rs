@@ -1,5 +1,6 @@
 //! Parsing of the attribute arguments:
-//! `sizes = [...], batch = ident, static_args = [ident, ...], crate = "path"`.
+//! `sizes = [...], batch = ident, static_args = [ident, ...], capture = lazy | init,
+//! crate = "path"`.
 //!
 //! Parsing is lenient: a bad option is reported and skipped up to the next
 //! top-level `,`, so one compilation shows every mistake in the attribute.
@@ -21,11 +22,17 @@ mod kw {
     syn::custom_keyword!(sizes);
     syn::custom_keyword!(batch);
     syn::custom_keyword!(static_args);
+    syn::custom_keyword!(capture);
+    syn::custom_keyword!(lazy);
+    syn::custom_keyword!(init);
     syn::custom_keyword!(step);
 }
 
 /// The option names, in the order they are listed in messages.
-pub const OPTIONS: [&str; 4] = ["sizes", "batch", "static_args", "crate"];
+pub const OPTIONS: [&str; 5] = ["sizes", "batch", "static_args", "capture", "crate"];
+
+/// The error for a `capture` value other than `lazy` or `init`.
+const CAPTURE_VALUES: &str = "`capture` takes `lazy` (capture each size on first use) or `init` (capture all sizes when the runner is built, the default)";
 
 /// An integer from the attribute, with the span of its literal.
 #[derive(Debug, Clone, Copy)]
@@ -78,6 +85,17 @@ pub struct StaticArgs {
     pub names: Vec<Ident>,
 }
 
+/// The value of `capture = lazy | init`: when the runner captures its graphs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CaptureMode {
+    /// `capture = init` (the default): every size is captured when the runner
+    /// is built.
+    #[default]
+    Init,
+    /// `capture = lazy`: each size is captured on its first use.
+    Lazy,
+}
+
 /// The value of `crate = "..."`.
 #[derive(Debug, Clone)]
 pub struct CratePath {
@@ -96,6 +114,8 @@ pub struct Args {
     pub batch: Option<Ident>,
     /// `static_args = [ident, ...]`.
     pub static_args: Option<StaticArgs>,
+    /// `capture = lazy | init`.
+    pub capture: Option<CaptureMode>,
     /// `crate = "path"`.
     pub krate: Option<CratePath>,
     /// Set when some part of the attribute failed to parse. Later stages
@@ -189,6 +209,11 @@ fn parse_option(input: ParseStream, args: &mut Args, errors: &mut Errors) -> syn
             key.span,
             errors,
         );
+    } else if input.peek(kw::capture) {
+        let key: kw::capture = input.parse()?;
+        expect_eq(input, "capture", "lazy")?;
+        let mode = parse_capture(input)?;
+        set_once(&mut args.capture, mode, "capture", key.span, errors);
     } else if input.peek(Token![crate]) {
         let key: Token![crate] = input.parse()?;
         expect_eq(input, "crate", "\"::cudagraph\"")?;
@@ -196,14 +221,19 @@ fn parse_option(input: ParseStream, args: &mut Args, errors: &mut Errors) -> syn
         set_once(&mut args.krate, krate, "crate", key.span, errors);
     } else if input.peek(Ident::peek_any) {
         let key = Ident::parse_any(input)?;
+        // `lazy = false` and the like: the hint should say what to write.
+        let value = input.fork();
+        let negated = value.parse::<Token![=]>().is_ok()
+            && matches!(value.parse::<syn::LitBool>(), Ok(b) if !b.value);
         return Err(syn::Error::new(
             key.span(),
-            unknown_option_message(&key.unraw().to_string()),
+            unknown_option_message(&key.unraw().to_string(), negated),
         ));
     } else {
-        return Err(input.error(
-            "expected an option: one of `sizes`, `batch`, `static_args`, `crate`, e.g. `sizes = [1, 2, 4, 8]`",
-        ));
+        return Err(input.error(format!(
+            "expected an option: one of {}, e.g. `sizes = [1, 2, 4, 8]`",
+            option_list()
+        )));
     }
     Ok(())
 }
@@ -230,20 +260,35 @@ fn expect_eq(input: ParseStream, key: &str, example: &str) -> syn::Result<()> {
     }
 }
 
+/// The known options, quoted, for messages: "`sizes`, `batch`, ...".
+fn option_list() -> String {
+    OPTIONS.map(|o| format!("`{o}`")).join(", ")
+}
+
 /// The message for an unknown option, with a "did you mean" hint when a
-/// known option is close.
-pub fn unknown_option_message(name: &str) -> String {
-    let mut message = format!(
-        "unknown option `{name}`; expected one of {}",
-        OPTIONS.map(|o| format!("`{o}`")).join(", ")
-    );
-    if let Some(hint) = suggest_option(name) {
+/// known option is close. `negated` says the option was set to `false`
+/// (`lazy = false`), which flips a hint about the capture mode.
+pub fn unknown_option_message(name: &str, negated: bool) -> String {
+    let mut message = format!("unknown option `{name}`; expected one of {}", option_list());
+    let hint = match suggest_option(name) {
+        Some(CAPTURE_LAZY) if negated => Some(CAPTURE_INIT),
+        Some(CAPTURE_INIT) if negated => Some(CAPTURE_LAZY),
+        hint => hint,
+    };
+    if let Some(hint) = hint {
         let _ = write!(message, "; did you mean `{hint}`?");
     }
     message
 }
 
-/// Guesses which known option a misspelled one stands for.
+/// Hint for a flag-like option that asks for lazy capture (`lazy = true`).
+const CAPTURE_LAZY: &str = "capture = lazy";
+/// Hint for a flag-like option that asks for capture at init (`eager = true`).
+const CAPTURE_INIT: &str = "capture = init";
+
+/// Guesses which known option a misspelled one stands for: an option name,
+/// or for a flag-like name of a capture mode (`lazy`), the whole
+/// `capture = ...` to write.
 pub fn suggest_option(name: &str) -> Option<&'static str> {
     let lower = name.to_ascii_lowercase();
     let alias = match lower.as_str() {
@@ -253,6 +298,18 @@ pub fn suggest_option(name: &str) -> Option<&'static str> {
             Some("static_args")
         }
         "krate" | "crate_path" | "path" | "cudagraph" => Some("crate"),
+        "lazy"
+        | "lazy_capture"
+        | "capture_lazy"
+        | "lazily"
+        | "capture_lazily"
+        | "on_first_use"
+        | "capture_on_first_use"
+        | "deferred"
+        | "defer_capture" => Some(CAPTURE_LAZY),
+        "eager" | "eager_capture" | "capture_eager" | "init" | "capture_at_init"
+        | "capture_on_init" => Some(CAPTURE_INIT),
+        "capture_mode" | "mode" | "captures" | "capturing" => Some("capture"),
         _ => None,
     };
     alias.or_else(|| {
@@ -508,6 +565,24 @@ fn parse_static_args(input: ParseStream, errors: &mut Errors) -> syn::Result<Sta
     Ok(StaticArgs { names })
 }
 
+/// Parses the value of `capture = lazy | init`; anything else is reported at
+/// the value's token.
+fn parse_capture(input: ParseStream) -> syn::Result<CaptureMode> {
+    if input.peek(kw::lazy) {
+        input.parse::<kw::lazy>()?;
+        return Ok(CaptureMode::Lazy);
+    }
+    if input.peek(kw::init) {
+        input.parse::<kw::init>()?;
+        return Ok(CaptureMode::Init);
+    }
+    if input.is_empty() || input.peek(Token![,]) {
+        return Err(input.error(CAPTURE_VALUES));
+    }
+    let value: TokenTree = input.parse()?;
+    Err(syn::Error::new(value.span(), CAPTURE_VALUES))
+}
+
 /// Parses the string literal of `crate = "path"` into a path.
 fn parse_crate(input: ParseStream) -> syn::Result<CratePath> {
     if !input.peek(syn::LitStr) {
@@ -562,6 +637,7 @@ mod tests {
             sizes = [1, 2usize, 4, 8..=256 step 8, 300..=302],
             batch = tokens,
             static_args = [cfg, opts],
+            capture = lazy,
             crate = "::my::cg",
         ));
         let sizes = args
@@ -583,6 +659,7 @@ mod tests {
             .static_args
             .map(|s| s.names.iter().map(|n| n.to_string()).collect::<Vec<_>>());
         assert_eq!(statics, Some(vec!["cfg".to_owned(), "opts".to_owned()]));
+        assert_eq!(args.capture, Some(CaptureMode::Lazy));
         let krate = args.krate.map(|k| k.path.to_token_stream().to_string());
         assert_eq!(krate, Some(":: my :: cg".into()));
         assert!(!args.incomplete);
@@ -593,6 +670,55 @@ mod tests {
         let args = parse_ok(quote!());
         assert!(args.sizes.is_none() && args.batch.is_none());
         assert!(args.static_args.is_none() && args.krate.is_none());
+        assert!(args.capture.is_none());
+    }
+
+    #[test]
+    fn capture_modes() {
+        let args = parse_ok(quote!(sizes = [1], capture = lazy));
+        assert_eq!(args.capture, Some(CaptureMode::Lazy));
+        let args = parse_ok(quote!(capture = init, sizes = [1]));
+        assert_eq!(args.capture, Some(CaptureMode::Init));
+        assert_eq!(CaptureMode::default(), CaptureMode::Init);
+    }
+
+    #[test]
+    fn bad_capture_values_are_reported_at_the_value() {
+        let expected = "`capture` takes `lazy` (capture each size on first use) or `init` (capture all sizes when the runner is built, the default)";
+        for tokens in [
+            quote!(sizes = [1], capture = eager),
+            quote!(sizes = [1], capture = true),
+            quote!(sizes = [1], capture = "lazy"),
+            quote!(sizes = [1], capture = [lazy]),
+            quote!(sizes = [1], capture =),
+            quote!(capture = , sizes = [1]),
+        ] {
+            let (args, error) = parse_args(tokens.clone());
+            let errors: Vec<String> = error
+                .into_iter()
+                .flat_map(|e| e.into_iter().map(|m| m.to_string()))
+                .collect();
+            assert_eq!(errors.len(), 1, "{tokens}: {errors:?}");
+            assert!(errors[0].ends_with(expected), "{tokens}: {errors:?}");
+            assert!(args.capture.is_none() && args.incomplete, "{tokens}");
+            // The rest of the attribute still parses.
+            assert!(args.sizes.is_some(), "{tokens}");
+        }
+    }
+
+    #[test]
+    fn capture_without_eq_or_with_trailing_tokens() {
+        let errors = messages(quote!(capture lazy));
+        assert_eq!(
+            errors,
+            vec!["expected `=` after `capture`: write `capture = lazy`"]
+        );
+        let errors = messages(quote!(capture = lazy init));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("expected `,` between options"),
+            "{errors:?}"
+        );
     }
 
     #[test]
@@ -658,12 +784,48 @@ mod tests {
             bogus = 1
         ));
         assert_eq!(errors.len(), 5, "{errors:?}");
-        let expected = "unknown option `size`; expected one of `sizes`, `batch`, `static_args`, `crate`; did you mean `sizes`?";
+        let expected = "unknown option `size`; expected one of `sizes`, `batch`, `static_args`, `capture`, `crate`; did you mean `sizes`?";
         assert_eq!(errors[0], expected);
         assert!(errors[1].ends_with("did you mean `batch`?"));
         assert!(errors[2].ends_with("did you mean `static_args`?"));
         assert!(errors[3].ends_with("did you mean `sizes`?"));
         assert!(!errors[4].contains("did you mean"));
+    }
+
+    #[test]
+    fn capture_flags_get_a_capture_hint() {
+        let errors = messages(quote!(
+            lazy = true,
+            lazy_capture,
+            eager = true,
+            lazy = false,
+            eager = false,
+            capture_mode = lazy,
+            captur = lazy
+        ));
+        assert_eq!(errors.len(), 7, "{errors:?}");
+        assert_eq!(
+            errors[0],
+            "unknown option `lazy`; expected one of `sizes`, `batch`, `static_args`, `capture`, `crate`; did you mean `capture = lazy`?"
+        );
+        assert!(
+            errors[1].ends_with("did you mean `capture = lazy`?"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[2].ends_with("did you mean `capture = init`?"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[3].ends_with("did you mean `capture = init`?"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[4].ends_with("did you mean `capture = lazy`?"),
+            "{errors:?}"
+        );
+        assert!(errors[5].ends_with("did you mean `capture`?"), "{errors:?}");
+        assert!(errors[6].ends_with("did you mean `capture`?"), "{errors:?}");
     }
 
     #[test]
@@ -675,7 +837,14 @@ mod tests {
 
     #[test]
     fn repeated_option_is_reported_once_and_first_value_kept() {
-        let (args, error) = parse_args(quote!(sizes = [1], batch = a, sizes = [2], batch = b));
+        let (args, error) = parse_args(quote!(
+            sizes = [1],
+            batch = a,
+            capture = lazy,
+            sizes = [2],
+            batch = b,
+            capture = init
+        ));
         let errors: Vec<String> = error
             .into_iter()
             .flat_map(|e| e.into_iter().map(|m| m.to_string()))
@@ -684,10 +853,12 @@ mod tests {
             errors,
             vec![
                 "`sizes` is given twice; remove this one",
-                "`batch` is given twice; remove this one"
+                "`batch` is given twice; remove this one",
+                "`capture` is given twice; remove this one"
             ]
         );
         assert_eq!(args.batch.map(|b| b.to_string()), Some("a".into()));
+        assert_eq!(args.capture, Some(CaptureMode::Lazy));
         assert!(args.incomplete);
     }
 
@@ -753,5 +924,7 @@ mod tests {
         assert_eq!(suggest_option("batc"), Some("batch"));
         assert_eq!(suggest_option("xyz"), None);
         assert_eq!(suggest_option("SIZES"), Some("sizes"));
+        assert_eq!(suggest_option("capure"), Some("capture"));
+        assert_eq!(suggest_option("Lazy"), Some("capture = lazy"));
     }
 }

@@ -13,7 +13,7 @@ use syn::{
 };
 
 use crate::diag::Errors;
-use crate::parse::Args;
+use crate::parse::{Args, CaptureMode};
 use crate::sizes;
 
 /// What a parameter of the user's function is, in declaration order.
@@ -52,6 +52,10 @@ pub struct Plan {
     pub fn_ident: Ident,
     /// Name of the generated function: `<fn>_graphs`.
     pub graphs_ident: Ident,
+    /// Name of the generated memory estimate: `<fn>_graph_memory`.
+    pub memory_ident: Ident,
+    /// Name of the generated refresh: `<fn>_graphs_refresh`.
+    pub refresh_ident: Ident,
     /// Whether the function is a `&self` method (else a free function).
     pub method: bool,
     /// The generated function's lifetime tying runner, model and runtime.
@@ -74,6 +78,8 @@ pub struct Plan {
     pub batch_index: usize,
     /// The static arguments, in declaration order.
     pub statics: Vec<StaticArg>,
+    /// When the runner captures its graphs (`capture = ...`, default `init`).
+    pub capture: CaptureMode,
     /// Span of the user's return type, for errors about it.
     pub output_span: Span,
 }
@@ -210,6 +216,8 @@ pub fn validate(args: &Args, func: &ImplItemFn) -> syn::Result<Plan> {
             .collect(),
         fn_ident: sig.ident.clone(),
         graphs_ident: Ident::new(&format!("{fn_name}_graphs"), sig.ident.span()),
+        memory_ident: Ident::new(&format!("{fn_name}_graph_memory"), sig.ident.span()),
+        refresh_ident: Ident::new(&format!("{fn_name}_graphs_refresh"), sig.ident.span()),
         method,
         lifetime,
         lifetimes,
@@ -220,6 +228,7 @@ pub fn validate(args: &Args, func: &ImplItemFn) -> syn::Result<Plan> {
         tensors,
         batch_index,
         statics,
+        capture: args.capture.unwrap_or_default(),
         output_span,
     };
     errors.finish(plan)
@@ -736,6 +745,7 @@ mod tests {
         assert!(!plan.statics[1].by_ref);
         assert_eq!(plan.krate.to_token_stream().to_string(), ":: cudagraph");
         assert_eq!(plan.lifetime.to_string(), "'cg");
+        assert_eq!(plan.capture, CaptureMode::Init);
     }
 
     #[test]
@@ -753,6 +763,19 @@ mod tests {
         assert_eq!(plan.batch_index, 0);
         assert_eq!(plan.krate.to_token_stream().to_string(), "crate :: cg");
         assert!(plan.statics.is_empty());
+        assert_eq!(plan.capture, CaptureMode::Init);
+        let plan = run(
+            quote!(sizes = [8], capture = lazy),
+            quote!(
+                fn step(rt: &Runtime, x: &Tensor) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        assert_eq!(
+            plan.map(|p| p.capture).map_err(|e| format!("{e:?}")),
+            Ok(CaptureMode::Lazy)
+        );
     }
 
     #[test]
@@ -793,6 +816,8 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(plan.graphs_ident.to_string(), "move_graphs");
+        assert_eq!(plan.memory_ident.to_string(), "move_graph_memory");
+        assert_eq!(plan.refresh_ident.to_string(), "move_graphs_refresh");
         assert_eq!(plan.lifetimes.len(), 2);
         assert_eq!(plan.lifetime.to_string(), "'cg_graphs");
         assert!(plan.where_clause.is_some());

@@ -42,8 +42,10 @@ pub(crate) struct AllocState {
     pub(crate) epoch: u64,
     /// Driver buffers dropped during a capture, released when it ends.
     pub(crate) parked: Vec<CudaSlice<u8>>,
-    /// Nesting depth of freeze scopes (drops are parked only while capturing).
+    /// Whether a capture is under way (driver buffers dropped now are parked).
     pub(crate) capturing: bool,
+    /// Set when a capture-time allocation found the pool chunk full.
+    pub(crate) pool_exhausted: bool,
 }
 
 /// Allocation state shared by a runtime and every buffer it handed out.

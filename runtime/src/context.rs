@@ -139,6 +139,11 @@ impl Runtime {
         self.kernels.function(&self.ctx, module, name)
     }
 
+    /// How many kernel modules this runtime compiled or read from the disk cache.
+    pub fn kernel_cache_stats(&self) -> crate::KernelCacheStats {
+        self.kernels.stats()
+    }
+
     /// Records which op is executing and from where, for capture diagnostics. Op launchers call
     /// it first; it costs a store.
     #[track_caller]
@@ -190,11 +195,14 @@ impl Runtime {
             Mode::Capture { chunk, arena } => {
                 let available = arena.available_at_top();
                 let capacity = arena.capacity().unwrap_or(0);
-                let offset = arena.alloc(bytes).ok_or(Error::PoolExhausted {
-                    requested: bytes,
-                    available,
-                    capacity,
-                })?;
+                let Some(offset) = arena.alloc(bytes) else {
+                    state.pool_exhausted = true;
+                    return Err(Error::PoolExhausted {
+                        requested: bytes,
+                        available,
+                        capacity,
+                    });
+                };
                 Storage::Pool {
                     chunk: chunk.clone(),
                     offset,
@@ -246,7 +254,9 @@ impl Runtime {
     }
 
     /// Copies host data into a new tensor of shape `dims` and waits for the copy.
+    #[track_caller]
     pub fn upload<T: Element>(&self, data: &[T], dims: &[usize]) -> Result<Tensor> {
+        self.enter_op("upload");
         self.forbid_during_capture("a host-to-device copy")?;
         let t = self.alloc(dims, T::DTYPE)?;
         if t.numel() != data.len() {
@@ -265,7 +275,9 @@ impl Runtime {
     }
 
     /// Copies a tensor to the host, waiting for all work queued before it.
+    #[track_caller]
     pub fn download<T: Element>(&self, t: &Tensor) -> Result<Vec<T>> {
+        self.enter_op("download");
         self.forbid_during_capture("a device-to-host copy")?;
         self.check_device("download", t)?;
         if t.dtype() != T::DTYPE {
@@ -308,7 +320,9 @@ impl Runtime {
     }
 
     /// Waits for all work queued on the stream; illegal during capture.
+    #[track_caller]
     pub fn synchronize(&self) -> Result<()> {
+        self.enter_op("synchronize");
         self.forbid_during_capture("a stream synchronize")?;
         self.stream
             .synchronize()
@@ -392,5 +406,20 @@ impl Runtime {
     /// Sets the reclamation policy of later captures (see [`FreezeScope`](crate::FreezeScope)).
     pub fn set_reclaim_policy(&self, policy: ReclaimPolicy) {
         self.reclaim.set(policy);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Runtime;
+
+    fn assert_send<T: Send>() {}
+
+    /// A runtime can move to another thread (each thread drives its own); it is not `Sync`
+    /// (see `tests/ui/fail/runtime_not_sync.rs`), so two threads can't drive one stream.
+    #[test]
+    fn runtime_is_send() {
+        assert_send::<Runtime>();
+        assert_send::<crate::Tensor>();
     }
 }

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 
+use crate::capture::Warmup;
 use crate::context::Runtime;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -118,6 +119,17 @@ impl SizeTable {
     }
 }
 
+/// What a runner does when capturing a size fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnCaptureError {
+    /// Fail the whole construction with the capture's error; nothing is kept (the default).
+    #[default]
+    Abort,
+    /// Keep the other sizes; calls that would use a failed size run the eager function
+    /// (counted as [`FallbackReason::CaptureFailed`](crate::FallbackReason::CaptureFailed)).
+    Eager,
+}
+
 /// What a runner captures: the function's name, its sizes, and which input carries the batch.
 #[derive(Debug, Clone)]
 pub struct GraphPlan {
@@ -127,6 +139,12 @@ pub struct GraphPlan {
     pub table: SizeTable,
     /// Index (among the tensor inputs) of the input whose leading dimension is the batch.
     pub batch_input: usize,
+    /// Capture each size on its first use instead of all at construction.
+    pub lazy: bool,
+    /// Warm-up policy of every capture after the first (which always warms up).
+    pub warmup: Warmup,
+    /// What to do when a size fails to capture.
+    pub on_capture_error: OnCaptureError,
 }
 
 impl GraphPlan {
@@ -136,6 +154,9 @@ impl GraphPlan {
             function,
             table: SizeTable::new(sizes)?,
             batch_input,
+            lazy: false,
+            warmup: Warmup::from_env(),
+            on_capture_error: OnCaptureError::Abort,
         })
     }
 
@@ -150,7 +171,30 @@ impl GraphPlan {
             function,
             table: SizeTable::from_static(sizes, lookup)?,
             batch_input,
+            lazy: false,
+            warmup: Warmup::from_env(),
+            on_capture_error: OnCaptureError::Abort,
         })
+    }
+
+    /// Captures each size on its first use (`true`) or all at construction (`false`, default).
+    /// Lazy capture starts faster; the first call of each size pays its capture, and the pool
+    /// can hold more than the largest graph (chunks grow as larger sizes are first used).
+    pub fn with_lazy_capture(mut self, lazy: bool) -> Self {
+        self.lazy = lazy;
+        self
+    }
+
+    /// Sets what happens when a size fails to capture (default: [`OnCaptureError::Abort`]).
+    pub fn on_capture_error(mut self, policy: OnCaptureError) -> Self {
+        self.on_capture_error = policy;
+        self
+    }
+
+    /// Sets the warm-up policy of captures after the first.
+    pub fn with_warmup(mut self, warmup: Warmup) -> Self {
+        self.warmup = warmup;
+        self
     }
 }
 

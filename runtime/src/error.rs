@@ -111,7 +111,7 @@ pub enum Error {
         capacity: usize,
     },
     /// Capturing one size of a function failed.
-    #[error("capturing `{function}` at size {size} failed{}: {source}", .site.map(|s| format!(" during {s}")).unwrap_or_default())]
+    #[error("capturing `{function}` at size {size} failed{}{}: {source}", .site.map(|s| format!(" during {s}")).unwrap_or_default(), .source.capture_cause().map(|c| format!(": {c}")).unwrap_or_default())]
     Capture {
         /// The captured function's name.
         function: &'static str,
@@ -136,7 +136,75 @@ pub enum Error {
     Forward(#[source] BoxError),
 }
 
+/// CUDA's codes for "not allowed while the stream captures".
+fn is_capture_refusal(e: &DriverError) -> bool {
+    use cudarc::driver::sys::CUresult::*;
+    matches!(
+        e.0,
+        CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
+            | CUDA_ERROR_STREAM_CAPTURE_INVALIDATED
+            | CUDA_ERROR_STREAM_CAPTURE_IMPLICIT
+            | CUDA_ERROR_STREAM_CAPTURE_ISOLATION
+            | CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD
+            | CUDA_ERROR_CAPTURED_EVENT
+            | CUDA_ERROR_STREAM_CAPTURE_UNJOINED
+            | CUDA_ERROR_STREAM_CAPTURE_UNMATCHED
+    )
+}
+
 impl Error {
+    /// Why a capture broke, in plain words, when the error says: a synchronisation, a host copy,
+    /// a free of memory allocated outside the capture, an allocation from the driver, or
+    /// another operation a capture can't record.
+    pub fn capture_cause(&self) -> Option<&'static str> {
+        match self {
+            Error::IllegalDuringCapture { what, .. } => Some(match *what {
+                w if w.contains("free") => {
+                    "a free of memory allocated outside the capture (a device buffer dropped while the stream recorded)"
+                }
+                w if w.contains("synchronize") => {
+                    "a synchronisation (the stream can't wait while it records)"
+                }
+                w if w.contains("copy") && (w.contains("host") || w.contains("device-to-host")) => {
+                    "a host copy (host memory can't be read or written while the stream records)"
+                }
+                _ => "an operation a capture can't record",
+            }),
+            Error::PoolExhausted { .. } => {
+                Some("the forward allocated more under capture than in its warm-up")
+            }
+            Error::Driver { call, source }
+                if call.contains("EndCapture")
+                    && source.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_INVALID_VALUE =>
+            {
+                Some(
+                    "the driver refused the recorded graph: most often a free of memory allocated outside the capture (a device buffer dropped while the stream recorded)",
+                )
+            }
+            Error::Driver { call, source } => {
+                let deferred = call.starts_with("deferred");
+                if !(deferred || is_capture_refusal(source)) {
+                    return None;
+                }
+                Some(if deferred || call.contains("Free") {
+                    "a free of memory allocated outside the capture (a device buffer dropped while the stream recorded)"
+                } else if call.contains("Alloc") {
+                    "an allocation from the driver (allocate through `Runtime::alloc`, which serves captures from the graph pool)"
+                } else if call.contains("ynchronize") {
+                    "a synchronisation (the stream can't wait while it records)"
+                } else if call.contains("Memcpy")
+                    && (call.contains("DtoH") || call.contains("HtoD"))
+                {
+                    "a host copy (host memory can't be read or written while the stream records)"
+                } else {
+                    "an operation a capture can't record"
+                })
+            }
+            Error::Capture { source, .. } => source.capture_cause(),
+            _ => None,
+        }
+    }
+
     /// Wraps a driver error with the call that produced it.
     pub fn driver(call: &'static str) -> impl FnOnce(DriverError) -> Error {
         move |source| Error::Driver { call, source }

@@ -165,6 +165,45 @@ pub(crate) fn begin_capture(stream: &CudaStream) -> Result<(), DriverError> {
     stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
 }
 
+/// Why ending a capture produced no executable graph.
+#[derive(Debug)]
+pub(crate) enum EndCaptureError {
+    /// The driver refused (the capture was invalidated, or instantiation failed).
+    Driver(DriverError),
+    /// The graph holds a free node: memory allocated outside the capture was freed inside it.
+    ForeignFree,
+}
+
+impl From<DriverError> for EndCaptureError {
+    fn from(e: DriverError) -> Self {
+        EndCaptureError::Driver(e)
+    }
+}
+
+/// Nodes of `graph` whose type is `kind`.
+fn count_nodes_of_type(
+    graph: sys::CUgraph,
+    kind: sys::CUgraphNodeType,
+) -> Result<usize, DriverError> {
+    let mut count = 0usize;
+    // SAFETY: `graph` is live; a null array asks for the count.
+    unsafe { sys::cuGraphGetNodes(graph, ptr::null_mut(), &mut count) }.result()?;
+    let mut nodes: Vec<sys::CUgraphNode> = vec![ptr::null_mut(); count];
+    // SAFETY: `nodes` has room for `count` handles.
+    unsafe { sys::cuGraphGetNodes(graph, nodes.as_mut_ptr(), &mut count) }.result()?;
+    let mut matching = 0;
+    for &node in nodes.iter().take(count) {
+        let mut node_kind = std::mem::MaybeUninit::<sys::CUgraphNodeType>::uninit();
+        // SAFETY: `node` belongs to the live `graph`; the driver writes its type.
+        unsafe { sys::cuGraphNodeGetType(node, node_kind.as_mut_ptr()) }.result()?;
+        // SAFETY: initialised by the successful call above.
+        if unsafe { node_kind.assume_init() } == kind {
+            matching += 1;
+        }
+    }
+    Ok(matching)
+}
+
 /// An owned, instantiated CUDA graph: the template and its executable, destroyed on drop.
 #[derive(Debug)]
 pub(crate) struct ExecGraph {
@@ -177,16 +216,8 @@ pub(crate) struct ExecGraph {
 impl ExecGraph {
     /// Ends the capture on `stream` and instantiates what it recorded. The capture is ended in
     /// every case, so the stream is usable afterwards whatever this returns.
-    pub(crate) fn end_capture(stream: &Arc<CudaStream>) -> Result<Self, DriverError> {
-        stream.context().bind_to_thread()?;
-        // SAFETY: `stream` is live; ending a capture that was invalidated returns an error and
-        // still leaves the stream out of capture mode.
-        let graph = unsafe { result::stream::end_capture(stream.cu_stream()) }?;
-        if graph.is_null() {
-            return Err(DriverError(
-                sys::CUresult::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
-            ));
-        }
+    pub(crate) fn end_capture(stream: &Arc<CudaStream>) -> Result<Self, EndCaptureError> {
+        let graph = Self::end_capture_raw(stream)?;
         let mut nodes = 0usize;
         // SAFETY: `graph` was just returned by the driver; a null node array asks for the count.
         let counted = unsafe { sys::cuGraphGetNodes(graph, ptr::null_mut(), &mut nodes).result() };
@@ -204,7 +235,73 @@ impl ExecGraph {
             Err(e) => {
                 // SAFETY: `graph` is owned here and not used after.
                 let _ = unsafe { result::graph::destroy(graph) };
-                Err(e)
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Ends the capture on `stream` and makes this executable replay what it recorded:
+    /// `cuGraphExecUpdate` in place when the driver accepts the new graph (same topology),
+    /// else a fresh instantiation. Returns whether the update happened in place. The capture is
+    /// ended in every case; on error `self` is unchanged.
+    pub(crate) fn update_from_capture(
+        &mut self,
+        stream: &Arc<CudaStream>,
+    ) -> Result<bool, EndCaptureError> {
+        let fresh = Self::end_capture_raw(stream)?;
+        let mut info = std::mem::MaybeUninit::<sys::CUgraphExecUpdateResultInfo>::uninit();
+        // SAFETY: `self.exec` and `fresh` are live graphs owned here; `info` receives the result.
+        let updated = unsafe { sys::cuGraphExecUpdate_v2(self.exec, fresh, info.as_mut_ptr()) }
+            .result()
+            .is_ok();
+        let old_graph = std::mem::replace(&mut self.graph, fresh);
+        let mut nodes = 0usize;
+        // SAFETY: `fresh` is live; a null node array asks for the count.
+        unsafe { sys::cuGraphGetNodes(fresh, ptr::null_mut(), &mut nodes) }.result()?;
+        self.nodes = nodes;
+        if !updated {
+            // SAFETY: `fresh` is a valid graph; instantiation reads it.
+            let exec =
+                unsafe { result::graph::instantiate(fresh, sys::CUgraphInstantiate_flags(0)) };
+            match exec {
+                Ok(exec) => {
+                    // SAFETY: the old executable is owned here and replaced; destroyed once.
+                    let _ = unsafe { result::graph::exec_destroy(self.exec) };
+                    self.exec = exec;
+                }
+                Err(e) => {
+                    self.graph = old_graph;
+                    // SAFETY: `fresh` is owned here and unused from now on.
+                    let _ = unsafe { result::graph::destroy(fresh) };
+                    return Err(e.into());
+                }
+            }
+        }
+        // SAFETY: the old template is replaced by `fresh` and destroyed exactly once.
+        let _ = unsafe { result::graph::destroy(old_graph) };
+        Ok(updated)
+    }
+
+    fn end_capture_raw(stream: &Arc<CudaStream>) -> Result<sys::CUgraph, EndCaptureError> {
+        stream.context().bind_to_thread()?;
+        // SAFETY: `stream` is live; ending a capture that was invalidated returns an error and
+        // still leaves the stream out of capture mode.
+        let graph = unsafe { result::stream::end_capture(stream.cu_stream()) }?;
+        if graph.is_null() {
+            return Err(DriverError(sys::CUresult::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED).into());
+        }
+        // The runtime never frees under capture (drops are parked); a free node comes from
+        // user code dropping memory allocated outside the capture: name it before the driver
+        // refuses to instantiate with a bare "invalid argument".
+        match count_nodes_of_type(graph, sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_MEM_FREE) {
+            Ok(0) => Ok(graph),
+            other => {
+                // SAFETY: `graph` is owned here and not used after.
+                let _ = unsafe { result::graph::destroy(graph) };
+                match other {
+                    Err(e) => Err(e.into()),
+                    Ok(_) => Err(EndCaptureError::ForeignFree),
+                }
             }
         }
     }

@@ -1,13 +1,17 @@
-//! Kernel modules: CUDA C++ sources compiled with NVRTC at first use, once per runtime.
+//! Kernel modules: CUDA C++ sources compiled with NVRTC to CUBINs at first use, once per
+//! runtime, and kept on disk (see [`nvrtc`](crate::nvrtc)) so a second start compiles nothing.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
-use cudarc::nvrtc::{CompileError, CompileOptions};
+use cudarc::nvrtc::Ptx;
 
 use crate::error::{Error, Result};
+use crate::nvrtc;
 
 /// One NVRTC program: a family of kernels compiled together.
 ///
@@ -23,11 +27,23 @@ pub struct KernelModule {
     pub functions: &'static [&'static str],
 }
 
+/// Counts of kernel modules loaded by a runtime.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct KernelCacheStats {
+    /// Modules compiled with NVRTC in this process.
+    pub compiled: usize,
+    /// Modules loaded from the on-disk cache.
+    pub from_disk: usize,
+    /// Time spent getting and loading modules (compile or read, plus `cuModuleLoadData`).
+    pub time: Duration,
+}
+
 /// Compiled modules and loaded functions of one runtime.
 #[derive(Debug, Default)]
 pub(crate) struct KernelCache {
     modules: RefCell<HashMap<&'static str, Arc<CudaModule>>>,
     functions: RefCell<HashMap<(&'static str, &'static str), CudaFunction>>,
+    stats: RefCell<KernelCacheStats>,
 }
 
 impl KernelCache {
@@ -59,73 +75,97 @@ impl KernelCache {
         if let Some(m) = self.modules.borrow().get(module.name) {
             return Ok(m.clone());
         }
-        if !crate::ffi::nvrtc_present() {
-            return Err(Error::MissingLibrary { library: "nvrtc" });
-        }
-        let (major, minor) = ctx
-            .compute_capability()
-            .map_err(Error::driver("compute capability"))?;
-        let opts = CompileOptions {
-            arch: Some(arch_name(major, minor)),
-            options: vec!["--std=c++17".into()],
-            name: Some(format!("{}.cu", module.name)),
-            ..Default::default()
-        };
-        let started = std::time::Instant::now();
-        let ptx = cudarc::nvrtc::compile_ptx_with_opts(module.source, opts).map_err(|e| {
-            Error::Compile {
-                module: module.name,
-                log: compile_log(&e),
+        let started = Instant::now();
+        let (cubin_bytes, mut from_disk) = cubin(ctx, module, true)?;
+        let loaded = match ctx.load_module(Ptx::from_binary(cubin_bytes)) {
+            Ok(m) => m,
+            // A cached CUBIN the driver refuses (another driver, a damaged file): recompile.
+            Err(e) if from_disk => {
+                tracing::warn!(module = module.name, error = %e, "cached kernel module refused; recompiling");
+                from_disk = false;
+                let (fresh, _) = cubin(ctx, module, false)?;
+                ctx.load_module(Ptx::from_binary(fresh))
+                    .map_err(Error::driver("cuModuleLoadData"))?
             }
-        })?;
-        let loaded = ctx
-            .load_module(ptx)
-            .map_err(Error::driver("cuModuleLoadData"))?;
+            Err(e) => return Err(Error::driver("cuModuleLoadData")(e)),
+        };
+        let mut stats = self.stats.borrow_mut();
+        if from_disk {
+            stats.from_disk += 1;
+        } else {
+            stats.compiled += 1;
+        }
+        stats.time += started.elapsed();
         tracing::debug!(
             module = module.name,
+            from_disk,
             ms = started.elapsed().as_secs_f64() * 1e3,
-            "compiled kernel module"
+            "loaded kernel module"
         );
         self.modules
             .borrow_mut()
             .insert(module.name, loaded.clone());
         Ok(loaded)
     }
-}
 
-fn compile_log(e: &CompileError) -> String {
-    match e {
-        CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
-        other => format!("{other:?}"),
+    /// How many modules came from the disk cache and how many were compiled.
+    pub(crate) fn stats(&self) -> KernelCacheStats {
+        *self.stats.borrow()
     }
 }
 
-/// NVRTC's `--gpu-arch` value for a compute capability (a `&'static str`, as cudarc wants).
-fn arch_name(major: i32, minor: i32) -> &'static str {
-    match (major, minor) {
-        (7, 0) => "compute_70",
-        (7, 5) => "compute_75",
-        (8, 0) => "compute_80",
-        (8, 6) => "compute_86",
-        (8, 7) => "compute_87",
-        (8, 9) => "compute_89",
-        (9, 0) => "compute_90",
-        (10, 0) => "compute_100",
-        (12, 0) => "compute_120",
-        // An unknown newer chip runs PTX of the newest arch we know through the driver's JIT.
-        _ if major >= 10 => "compute_100",
-        _ => "compute_70",
+/// The module's CUBIN: from the disk cache when present and `use_cache`, else compiled (and
+/// cached).
+fn cubin(
+    ctx: &CudaContext,
+    module: &'static KernelModule,
+    use_cache: bool,
+) -> Result<(Vec<u8>, bool)> {
+    if !crate::ffi::nvrtc_present() {
+        return Err(Error::MissingLibrary { library: "nvrtc" });
     }
+    let compile_error = |log| Error::Compile {
+        module: module.name,
+        log,
+    };
+    let (major, minor) = ctx
+        .compute_capability()
+        .map_err(Error::driver("compute capability"))?;
+    let arch = format!("sm_{major}{minor}");
+    let version = nvrtc::version().map_err(compile_error)?;
+    let key = nvrtc::fnv1a(&[
+        module.source.as_bytes(),
+        arch.as_bytes(),
+        version.as_bytes(),
+        nvrtc::OPTIONS.join(" ").as_bytes(),
+    ]);
+    let path = nvrtc::cache_dir().map(|dir| dir.join(format!("{}-{key:016x}.cubin", module.name)));
+    if let Some(bytes) = path
+        .as_ref()
+        .filter(|_| use_cache)
+        .and_then(|p| std::fs::read(p).ok())
+    {
+        if !bytes.is_empty() {
+            return Ok((bytes, true));
+        }
+    }
+    let cubin = nvrtc::compile_cubin(module.name, module.source, &arch).map_err(compile_error)?;
+    if let Some(path) = path {
+        store(&path, &cubin);
+    }
+    Ok((cubin, false))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::arch_name;
-
-    #[test]
-    fn arch_names() {
-        assert_eq!(arch_name(9, 0), "compute_90");
-        assert_eq!(arch_name(8, 6), "compute_86");
-        assert_eq!(arch_name(11, 0), "compute_100");
+/// Writes a cache entry atomically (temporary file + rename); a failure only costs a recompile.
+fn store(path: &Path, bytes: &[u8]) {
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| {
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path))
+        });
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "could not write the kernel cache");
     }
 }

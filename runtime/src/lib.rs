@@ -12,6 +12,7 @@
     missing_docs
 )]
 
+pub mod advice;
 mod alloc;
 pub mod arena;
 pub mod capture;
@@ -22,21 +23,23 @@ mod error;
 mod ffi;
 pub mod freeze;
 mod kernel_cache;
+mod nvrtc;
 pub mod pool;
 mod runner;
 pub mod stats;
 mod tensor;
 pub mod testing;
 
-pub use capture::{CaptureTiming, Graph};
+pub use advice::{SizeAdvice, advise_sizes};
+pub use capture::{CaptureTiming, Graph, Warmup};
 pub use context::{CUBLAS_WORKSPACE_BYTES, Runtime};
-pub use dispatch::{GraphPlan, InputSpec, SizeTable};
+pub use dispatch::{GraphPlan, InputSpec, OnCaptureError, SizeTable};
 pub use dtype::{DType, Element};
 pub use error::{BoxError, Error, ForwardResult, OpSite, Result, forward_result};
 pub use freeze::{FreezeScope, ReclaimPolicy};
-pub use kernel_cache::KernelModule;
+pub use kernel_cache::{KernelCacheStats, KernelModule};
 pub use pool::GraphPool;
-pub use runner::{EagerFn, Output, Runner};
+pub use runner::{EagerFn, MemoryEstimate, Output, RefreshReport, Runner};
 pub use stats::{FallbackReason, RunnerStats, SizeStats};
 pub use tensor::{MAX_RANK, Shape, Tensor};
 

@@ -94,6 +94,11 @@ impl GraphPool {
         Ok(chunk)
     }
 
+    /// The largest chunk, if any.
+    pub(crate) fn largest_chunk(&self) -> Option<Arc<PoolChunk>> {
+        self.chunks.iter().max_by_key(|c| c.len()).cloned()
+    }
+
     /// Bytes of device memory the pool holds.
     pub fn bytes(&self) -> usize {
         self.chunks.iter().map(|c| c.len()).sum()

@@ -6,15 +6,27 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::capture::capture_one;
+use crate::capture::{Warmup, capture_one, rerecord};
 use crate::context::Runtime;
+use crate::dispatch::OnCaptureError;
 use crate::dispatch::{GraphPlan, InputSpec, StaticInputs};
 use crate::error::{Error, Result};
 use crate::ffi::ExecGraph;
 use crate::freeze::FreezeScope;
 use crate::pool::{GraphPool, PoolChunk};
-use crate::stats::{FallbackReason, RunnerStats, SizeStats};
+use crate::stats::{FALLBACK_REASONS, FallbackReason, RunnerStats, SizeStats};
 use crate::tensor::Tensor;
+
+/// What [`Runner::refresh`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RefreshReport {
+    /// Graphs whose executable the driver updated in place (`cuGraphExecUpdate`).
+    pub updated_in_place: usize,
+    /// Graphs re-instantiated because the driver refused the update.
+    pub reinstantiated: usize,
+    /// Wall time of the whole refresh.
+    pub time: std::time::Duration,
+}
 
 /// The eager forward a runner captures and falls back to.
 pub type EagerFn<'m, const N: usize, S> =
@@ -67,11 +79,11 @@ pub struct Runner<'m, const N: usize, S = ()> {
     statics: S,
     eager: EagerFn<'m, N, S>,
     inputs: StaticInputs<N>,
-    /// Indexed like `plan.table.sizes()`.
-    graphs: Vec<SizeGraph>,
+    /// Indexed like `plan.table.sizes()`; `None` until captured (lazy mode).
+    graphs: Vec<Option<SizeGraph>>,
     pool: GraphPool,
     stats: RunnerStats,
-    warned: [bool; 3],
+    warned: [bool; FALLBACK_REASONS],
     released: bool,
 }
 
@@ -110,86 +122,111 @@ impl<'m, const N: usize, S: PartialEq + 'm> Runner<'m, N, S> {
             ));
         }
         let started = Instant::now();
-        let eager: EagerFn<'m, N, S> = Box::new(eager);
         let inputs = StaticInputs::new(rt, &specs, plan.table.max())?;
-        let mut pool = GraphPool::new();
         let sizes = plan.table.sizes().to_vec();
-        let mut stats = RunnerStats {
+        let stats = RunnerStats {
             function: plan.function,
             static_input_bytes: inputs.bytes(),
+            calls_by_batch: vec![0; plan.table.max() + 1],
+            sizes: sizes
+                .iter()
+                .map(|&size| SizeStats {
+                    size,
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         };
+        let mut runner = Self {
+            rt,
+            graphs: sizes.iter().map(|_| None).collect(),
+            plan,
+            specs,
+            statics,
+            eager: Box::new(eager),
+            inputs,
+            pool: GraphPool::new(),
+            stats,
+            warned: [false; FALLBACK_REASONS],
+            released: false,
+        };
+        if runner.plan.lazy {
+            return Ok(runner);
+        }
 
-        let progress = progress_bar(plan.function, sizes.len());
+        let progress = progress_bar(runner.plan.function, sizes.len());
         let mut scope = FreezeScope::enter(rt, rt.reclaim_policy())?;
-        let mut captured: Vec<(usize, SizeGraph, SizeStats)> = Vec::with_capacity(sizes.len());
-        for &size in sizes.iter().rev() {
-            progress.set_message(format!("size {size}"));
-            let views = inputs.views(size)?;
-            let mut body = |rt: &Runtime| {
-                let refs: [&Tensor; N] = std::array::from_fn(|i| &views[i]);
-                eager(rt, refs, &statics)
-            };
-            let c = capture_one(rt, &mut pool, plan.function, size, &mut body)?;
-            if c.value.rank() == 0 || c.value.rows() != size {
-                return Err(Error::Capture {
-                    function: plan.function,
-                    size,
-                    site: None,
-                    source: Box::new(Error::invalid(
-                        plan.function,
-                        format!(
-                            "the output's leading dimension must be the batch ({size}), got shape {:?}",
-                            c.value.shape()
-                        ),
-                    )),
-                });
-            }
-            let size_stats = SizeStats {
-                size,
-                nodes: c.exec.node_count(),
-                pool_need: c.pool_need,
-                capture: c.timing,
-                ..Default::default()
-            };
-            captured.push((
-                size,
-                SizeGraph {
-                    exec: c.exec,
-                    _chunk: c.chunk,
-                    output: c.value,
-                },
-                size_stats,
-            ));
+        for slot in (0..sizes.len()).rev() {
+            progress.set_message(format!("size {}", sizes[slot]));
+            runner.capture_or_mark(slot)?;
             scope.between_graphs()?;
             progress.inc(1);
         }
         let (reclaims, _) = scope.exit()?;
         progress.finish_and_clear();
+        runner.stats.capture_wall = started.elapsed();
+        runner.stats.reclaims = reclaims;
+        tracing::info!(target: "cudagraph", "{}", runner.stats);
+        Ok(runner)
+    }
 
-        captured.sort_by_key(|(size, ..)| *size);
-        let mut graphs = Vec::with_capacity(captured.len());
-        for (_, graph, size_stats) in captured {
-            graphs.push(graph);
-            stats.sizes.push(size_stats);
+    /// Captures `slot`; on failure, under [`OnCaptureError::Eager`], records the error and marks
+    /// the size for eager execution instead of failing.
+    fn capture_or_mark(&mut self, slot: usize) -> Result<()> {
+        match self.capture_slot(slot) {
+            Ok(()) => Ok(()),
+            Err(e) if self.plan.on_capture_error == OnCaptureError::Eager => {
+                tracing::warn!(target: "cudagraph", "{e}; this size will run eagerly");
+                self.stats.sizes[slot].capture_error = Some(e.to_string());
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
-        stats.pool_bytes = pool.bytes();
-        stats.capture_wall = started.elapsed();
-        stats.reclaims = reclaims;
-        tracing::info!(target: "cudagraph", "{stats}");
-        Ok(Self {
-            rt,
-            plan,
-            specs,
-            statics,
-            eager,
-            inputs,
-            graphs,
-            pool,
-            stats,
-            warned: [false; 3],
-            released: false,
-        })
+    }
+
+    /// Captures the graph of size index `slot`: the first capture warms up, later ones follow
+    /// the plan's [`Warmup`] policy.
+    fn capture_slot(&mut self, slot: usize) -> Result<()> {
+        let size = self.plan.table.sizes()[slot];
+        let warmup = if self.pool.chunk_count() == 0 {
+            Warmup::Always
+        } else {
+            self.plan.warmup
+        };
+        let views = self.inputs.views(size)?;
+        let (eager, statics) = (&self.eager, &self.statics);
+        let mut body = |rt: &Runtime| {
+            let refs: [&Tensor; N] = std::array::from_fn(|i| &views[i]);
+            eager(rt, refs, statics)
+        };
+        let function = self.plan.function;
+        let c = capture_one(self.rt, &mut self.pool, function, size, warmup, &mut body)?;
+        if c.value.rank() == 0 || c.value.rows() != size {
+            return Err(Error::Capture {
+                function,
+                size,
+                site: None,
+                source: Box::new(Error::invalid(
+                    function,
+                    format!(
+                        "the output's leading dimension must be the batch ({size}), got shape {:?}",
+                        c.value.shape()
+                    ),
+                )),
+            });
+        }
+        let s = &mut self.stats.sizes[slot];
+        s.captured = true;
+        s.nodes = c.exec.node_count();
+        s.pool_need = c.pool_need;
+        s.capture = c.timing;
+        self.stats.pool_bytes = self.pool.bytes();
+        self.graphs[slot] = Some(SizeGraph {
+            exec: c.exec,
+            _chunk: c.chunk,
+            output: c.value,
+        });
+        Ok(())
     }
 
     /// Runs the function on `inputs`: replays the graph of the smallest captured size that fits
@@ -226,25 +263,49 @@ impl<'m, const N: usize, S: PartialEq + 'm> Runner<'m, N, S> {
                 ));
             }
         }
+        match self.stats.calls_by_batch.get_mut(n) {
+            Some(count) => *count += 1,
+            None => *self.stats.calls_over.entry(n).or_insert(0) += 1,
+        }
         let slot = self.plan.table.slot(n);
+        let shapes_match = self.specs.iter().zip(&inputs).all(|(s, t)| s.matches(t));
+        let statics_match = *statics == self.statics;
+        if let Some(slot) = slot {
+            // Lazy capture: the first call that would replay this size captures it.
+            let pending =
+                self.graphs[slot].is_none() && self.stats.sizes[slot].capture_error.is_none();
+            if pending && shapes_match && statics_match {
+                let started = Instant::now();
+                self.capture_or_mark(slot)?;
+                self.stats.capture_wall += started.elapsed();
+            }
+        }
         let reason = match slot {
             None => Some(FallbackReason::TooLarge),
-            Some(_) if !self.specs.iter().zip(&inputs).all(|(s, t)| s.matches(t)) => {
-                Some(FallbackReason::ShapeMismatch)
+            Some(slot) if self.stats.sizes[slot].capture_error.is_some() => {
+                Some(FallbackReason::CaptureFailed)
             }
-            Some(_) if *statics != self.statics => Some(FallbackReason::StaticChanged),
+            Some(_) if !shapes_match => Some(FallbackReason::ShapeMismatch),
+            Some(_) if !statics_match => Some(FallbackReason::StaticChanged),
             Some(_) => None,
         };
         match (slot, reason) {
             (Some(slot), None) => self.replay(slot, n, &inputs),
-            (_, Some(reason)) => self.fallback(reason, n, inputs, statics),
-            (None, None) => unreachable!("no slot always has a reason"),
+            (_, reason) => {
+                let reason = reason.unwrap_or(FallbackReason::TooLarge);
+                self.fallback(reason, n, inputs, statics)
+            }
         }
     }
 
     fn replay(&mut self, slot: usize, n: usize, inputs: &[&Tensor; N]) -> Result<Output<'_>> {
         self.inputs.fill(self.rt, inputs)?;
-        let graph = &self.graphs[slot];
+        let Some(graph) = &self.graphs[slot] else {
+            return Err(Error::invalid(
+                self.plan.function,
+                "graph missing after capture",
+            ));
+        };
         graph
             .exec
             .launch()
@@ -285,9 +346,94 @@ impl<'m, const N: usize, S: PartialEq + 'm> Runner<'m, N, S> {
         })
     }
 
+    /// Rebuilds every captured graph for a new eager function, typically the same model's
+    /// forward after its weights moved (a new checkpoint of the same shapes in new buffers): each
+    /// size is re-recorded and its executable graph updated in place with `cuGraphExecUpdate`,
+    /// or re-instantiated where the driver refuses the update. Much cheaper than a new capture,
+    /// which is mostly instantiation. The old runner is consumed, so nothing can replay graphs
+    /// that still point at the old weights; the new one borrows what `eager` borrows.
+    ///
+    /// `rt` must be the runtime the runner was captured on.
+    pub fn refresh<'n>(
+        self,
+        rt: &'n Runtime,
+        eager: impl Fn(&Runtime, [&Tensor; N], &S) -> Result<Tensor> + 'n,
+    ) -> Result<(Runner<'n, N, S>, RefreshReport)>
+    where
+        S: 'n,
+    {
+        if !Arc::ptr_eq(rt.stream(), self.rt.stream()) {
+            return Err(Error::invalid(
+                self.plan.function,
+                "refresh needs the runtime the graphs were captured on",
+            ));
+        }
+        if self.released {
+            return Err(Error::Released {
+                function: self.plan.function,
+            });
+        }
+        let started = Instant::now();
+        let Runner {
+            plan,
+            specs,
+            statics,
+            inputs,
+            mut graphs,
+            pool,
+            mut stats,
+            warned,
+            ..
+        } = self;
+        let eager: EagerFn<'n, N, S> = Box::new(eager);
+        let mut report = RefreshReport::default();
+        for (slot, graph) in graphs.iter_mut().enumerate().rev() {
+            let Some(graph) = graph else { continue };
+            let size = plan.table.sizes()[slot];
+            let views = inputs.views(size)?;
+            let mut body = |rt: &Runtime| {
+                let refs: [&Tensor; N] = std::array::from_fn(|i| &views[i]);
+                eager(rt, refs, &statics)
+            };
+            let chunk = graph._chunk.clone();
+            let (output, in_place) =
+                rerecord(rt, &chunk, &mut graph.exec, plan.function, size, &mut body)?;
+            graph.output = output;
+            stats.sizes[slot].nodes = graph.exec.node_count();
+            if in_place {
+                report.updated_in_place += 1;
+            } else {
+                report.reinstantiated += 1;
+            }
+        }
+        report.time = started.elapsed();
+        Ok((
+            Runner {
+                rt,
+                plan,
+                specs,
+                statics,
+                eager,
+                inputs,
+                graphs,
+                pool,
+                stats,
+                warned,
+                released: false,
+            },
+            report,
+        ))
+    }
+
     /// What the runner has done so far.
     pub fn stats(&self) -> &RunnerStats {
         &self.stats
+    }
+
+    /// The size list that would have minimised padding on the traffic seen so far, with at most
+    /// `budget` graphs (see [`advise_sizes`](crate::advise_sizes)).
+    pub fn advise_sizes(&self, budget: usize) -> Result<crate::SizeAdvice> {
+        crate::advise_sizes(&self.stats.batch_histogram(), budget)
     }
 
     /// The captured sizes, ascending.
@@ -365,5 +511,48 @@ impl<const N: usize, S> Runner<'_, N, S> {
     /// that leaves an output element unwritten shows up as NaN.
     pub fn poison_pool(&self) -> Result<()> {
         self.pool.poison(self.rt)
+    }
+}
+
+/// Device memory a runner will hold, from [`Runner::estimate`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    /// Bytes of the graph pool (every size's intermediates and outputs, shared).
+    pub pool_bytes: usize,
+    /// Bytes of the static input buffers.
+    pub static_input_bytes: usize,
+}
+
+impl MemoryEstimate {
+    /// Everything together.
+    pub fn total(&self) -> usize {
+        self.pool_bytes + self.static_input_bytes
+    }
+}
+
+impl<'m, const N: usize, S: PartialEq + 'm> Runner<'m, N, S> {
+    /// What capturing every size of `plan` would hold, found by capturing the largest size
+    /// alone, then releasing everything: for sizing a KV cache from the memory left over before
+    /// committing to the capture. The graphs of a runner share one pool as large as the
+    /// largest graph's need, so this is the figure for all sizes.
+    pub fn estimate(
+        rt: &'m Runtime,
+        plan: GraphPlan,
+        specs: [InputSpec; N],
+        statics: S,
+        eager: impl Fn(&Runtime, [&Tensor; N], &S) -> Result<Tensor> + 'm,
+    ) -> Result<MemoryEstimate> {
+        let largest = plan.table.sizes().len().checked_sub(1);
+        let mut runner = Runner::capture(rt, plan.with_lazy_capture(true), specs, statics, eager)?;
+        if let Some(slot) = largest {
+            runner.capture_slot(slot)?;
+        }
+        let estimate = MemoryEstimate {
+            pool_bytes: runner.pool.bytes(),
+            static_input_bytes: runner.inputs.bytes(),
+        };
+        drop(runner);
+        rt.release_cached_memory()?;
+        Ok(estimate)
     }
 }

@@ -8,8 +8,10 @@ use crate::capture::CaptureTiming;
 /// Figures for one captured size.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SizeStats {
-    /// The captured batch size.
+    /// The batch size.
     pub size: usize,
+    /// Whether its graph is captured (always after a capture-at-init; on first use when lazy).
+    pub captured: bool,
     /// Replays of this graph.
     pub replays: u64,
     /// Rows the callers asked for, summed over replays.
@@ -22,6 +24,8 @@ pub struct SizeStats {
     pub pool_need: usize,
     /// Where its capture time went.
     pub capture: CaptureTiming,
+    /// The capture's error, when it failed and the plan runs failed sizes eagerly.
+    pub capture_error: Option<String>,
 }
 
 /// Why a call ran eagerly instead of replaying a graph.
@@ -33,7 +37,13 @@ pub enum FallbackReason {
     ShapeMismatch,
     /// A static argument differs from its captured value.
     StaticChanged,
+    /// The size's capture failed and the plan asked to run such sizes eagerly
+    /// ([`OnCaptureError::Eager`](crate::OnCaptureError)).
+    CaptureFailed,
 }
+
+/// Number of [`FallbackReason`]s.
+pub const FALLBACK_REASONS: usize = 4;
 
 impl FallbackReason {
     pub(crate) fn index(self) -> usize {
@@ -49,6 +59,7 @@ impl fmt::Display for FallbackReason {
                 "input dtype or trailing shape differs from the captured one"
             }
             FallbackReason::StaticChanged => "a static argument differs from its captured value",
+            FallbackReason::CaptureFailed => "the capture of this size failed",
         })
     }
 }
@@ -61,7 +72,7 @@ pub struct RunnerStats {
     /// Per captured size, ascending.
     pub sizes: Vec<SizeStats>,
     /// Eager fallbacks, by [`FallbackReason`] (indexed as its declaration order).
-    pub fallbacks: [u64; 3],
+    pub fallbacks: [u64; FALLBACK_REASONS],
     /// Device bytes of the graph pool (intermediates and outputs of every graph, shared).
     pub pool_bytes: usize,
     /// Device bytes of the static input buffers.
@@ -70,6 +81,10 @@ pub struct RunnerStats {
     pub capture_wall: Duration,
     /// Reclamations the freeze scope made (2 with the default policy).
     pub reclaims: usize,
+    /// Calls per batch size `n` (index `n`), up to the largest captured size.
+    pub calls_by_batch: Vec<u64>,
+    /// Calls with batches larger than every captured size, by batch size.
+    pub calls_over: std::collections::BTreeMap<usize, u64>,
 }
 
 impl RunnerStats {
@@ -99,6 +114,19 @@ impl RunnerStats {
         }
     }
 
+    /// The recorded batch sizes as `(n, calls)` pairs, ascending.
+    pub fn batch_histogram(&self) -> Vec<(usize, u64)> {
+        let mut h: Vec<(usize, u64)> = self
+            .calls_by_batch
+            .iter()
+            .enumerate()
+            .filter(|&(_, &c)| c > 0)
+            .map(|(n, &c)| (n, c))
+            .collect();
+        h.extend(self.calls_over.iter().map(|(&n, &c)| (n, c)));
+        h
+    }
+
     /// The largest pool need of a single graph.
     pub fn largest_graph_need(&self) -> usize {
         self.sizes.iter().map(|s| s.pool_need).max().unwrap_or(0)
@@ -124,7 +152,7 @@ impl fmt::Display for RunnerStats {
             f,
             "`{}`: {} graphs in {:.3} s (warm-up {:.3} s, record {:.3} s, instantiate {:.3} s, upload {:.3} s), pool {:.1} MiB, static inputs {:.1} KiB, {} replays, {} fallbacks, padding waste {:.1}%",
             self.function,
-            self.sizes.len(),
+            self.sizes.iter().filter(|s| s.captured).count(),
             self.capture_wall.as_secs_f64(),
             parts.warmup.as_secs_f64(),
             parts.record.as_secs_f64(),

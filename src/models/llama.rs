@@ -1,11 +1,17 @@
-//! A Llama-style decoder for one decode step over a KV cache, with random weights.
+//! A Llama-family decoder for one decode step over a KV cache, with random weights
+//! ([`Llama::random`]) or given ones ([`Llama::from_weights`], which the Hugging Face loader
+//! [`hf::load`](super::hf::load) uses).
 //!
 //! Each batch row is one sequence that owns KV-cache slot `row`; its new token attends to the
 //! cache positions `0..=position`. Per layer the forward launches 9 kernels: fused residual
 //! add and RMSNorm, QKV projection, RoPE and KV-cache write, attention, output projection, fused
-//! add and RMSNorm, gate/up projection, SiLU·mul, down projection.
+//! add and RMSNorm, gate/up projection, SiLU·mul, down projection. The family's variants add
+//! no launch but the biases: q/k/v biases (Qwen2) and an output-projection bias (Llama's
+//! `attention_bias`) one `add_bias` each; Qwen3's per-head q/k RMS norm is fused into the RoPE
+//! kernel; an untied LM head is a different weight for the same last projection.
 
-use crate::ops::{self, AttentionShape};
+use super::weights::{HostTensor, LlamaWeights};
+use crate::ops::{self, AttentionShape, QkNorm};
 use crate::{DType, Error, InputSpec, Result, Runtime, Tensor, cuda_graph};
 
 /// Shapes of a Llama-family decoder.
@@ -33,11 +39,22 @@ pub struct LlamaConfig {
     pub cache_slots: usize,
     /// KV-cache tokens per slot.
     pub cache_tokens: usize,
+    /// The q, k and v projections have biases (Qwen2; Llama and Qwen3 with `attention_bias`).
+    pub qkv_bias: bool,
+    /// The output projection has a bias (Llama and Qwen3 with `attention_bias`).
+    pub o_bias: bool,
+    /// Per-head RMS norm of q and k before RoPE (Qwen3's `q_norm` / `k_norm`), with
+    /// [`rms_eps`](Self::rms_eps).
+    pub qk_norm: bool,
+    /// The LM head is the embedding table (`tie_word_embeddings`); otherwise a separate
+    /// `[vocab, hidden]` weight.
+    pub tie_embeddings: bool,
 }
 
 impl LlamaConfig {
     /// Shaped like Qwen3-0.6B: hidden 1024, 28 layers, 16 heads x 64 (8 KV heads), MLP 3072,
-    /// vocabulary 151936, with a KV cache of 256 tokens for 320 sequences.
+    /// vocabulary 151936, with a KV cache of 256 tokens for 320 sequences. Tied embeddings and
+    /// no q/k norm (the benchmark's model: 9 kernels per layer).
     pub fn qwen3_0_6b_shaped() -> Self {
         Self {
             vocab: 151_936,
@@ -51,6 +68,10 @@ impl LlamaConfig {
             rope_theta: 1_000_000.0,
             cache_slots: 320,
             cache_tokens: 256,
+            qkv_bias: false,
+            o_bias: false,
+            qk_norm: false,
+            tie_embeddings: true,
         }
     }
 
@@ -68,10 +89,15 @@ impl LlamaConfig {
             rope_theta: 10_000.0,
             cache_slots: 320,
             cache_tokens: 64,
+            qkv_bias: false,
+            o_bias: false,
+            qk_norm: false,
+            tie_embeddings: true,
         }
     }
 
-    fn attention(&self) -> AttentionShape {
+    /// The attention geometry the kernels take.
+    pub fn attention(&self) -> AttentionShape {
         AttentionShape {
             q_heads: self.q_heads,
             kv_heads: self.kv_heads,
@@ -80,8 +106,53 @@ impl LlamaConfig {
         }
     }
 
-    fn qkv_width(&self) -> usize {
+    /// Width of the fused q/k/v projection: `(q_heads + 2 kv_heads) head_dim`.
+    pub fn qkv_width(&self) -> usize {
         (self.q_heads + 2 * self.kv_heads) * self.head_dim
+    }
+
+    /// Width of the attention output (the output projection's input): `q_heads head_dim`, which
+    /// need not equal `hidden` (Qwen3).
+    pub fn q_width(&self) -> usize {
+        self.q_heads * self.head_dim
+    }
+
+    /// Checks what the kernels need: every size > 0, `q_heads` a multiple of `kv_heads`,
+    /// `head_dim` a multiple of 8 and at most 256, a finite positive RoPE base, a finite
+    /// `rms_eps >= 0`, and a KV cache the attention kernel can hold.
+    pub fn validate(&self) -> Result<()> {
+        let sizes = [
+            ("vocab", self.vocab),
+            ("hidden", self.hidden),
+            ("layers", self.layers),
+            ("intermediate", self.intermediate),
+            ("cache_slots", self.cache_slots),
+            ("cache_tokens", self.cache_tokens),
+        ];
+        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+            return Err(Error::invalid(
+                "LlamaConfig",
+                format!("`{name}` must be > 0"),
+            ));
+        }
+        self.attention().validate("LlamaConfig")?;
+        if !(self.rms_eps.is_finite() && self.rms_eps >= 0.0) {
+            return Err(Error::invalid(
+                "LlamaConfig",
+                format!("`rms_eps` must be finite and >= 0, got {}", self.rms_eps),
+            ));
+        }
+        if self.cache_tokens > ops::MAX_ATTENTION_CONTEXT {
+            return Err(Error::invalid(
+                "LlamaConfig",
+                format!(
+                    "`cache_tokens` ({}) exceeds the attention kernel's {}",
+                    self.cache_tokens,
+                    ops::MAX_ATTENTION_CONTEXT
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The graph inputs of [`Llama::forward`]: token ids (`[n]` u32) and positions (`[n]` i32).
@@ -93,12 +164,16 @@ impl LlamaConfig {
     }
 }
 
-/// Weights of one decoder layer.
+/// Weights of one decoder layer, and its KV cache.
 #[derive(Debug)]
 pub struct LlamaLayer {
     attn_norm: Tensor,
     qkv: Tensor,
+    qkv_bias: Option<Tensor>,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
     o_proj: Tensor,
+    o_bias: Option<Tensor>,
     mlp_norm: Tensor,
     gate_up: Tensor,
     down: Tensor,
@@ -106,24 +181,22 @@ pub struct LlamaLayer {
     v_cache: Tensor,
 }
 
-/// A Llama-style decoder with its KV cache.
+/// A Llama-family decoder with its KV cache.
 #[derive(Debug)]
 pub struct Llama {
     cfg: LlamaConfig,
     embed: Tensor,
     layers: Vec<LlamaLayer>,
     final_norm: Tensor,
+    /// `None`: tied to `embed`.
+    lm_head: Option<Tensor>,
 }
 
 impl Llama {
-    /// Random weights (uniform, scaled by fan-in) and a random KV cache, from `seed`.
+    /// Random weights (uniform, scaled by fan-in) and a random KV cache, from `seed`; the
+    /// optional weights ([`LlamaConfig::qkv_bias`], ...) as the configuration asks.
     pub fn random(rt: &Runtime, cfg: LlamaConfig, seed: u64) -> Result<Self> {
-        if cfg.q_heads % cfg.kv_heads != 0 || cfg.q_heads * cfg.head_dim != cfg.hidden {
-            return Err(Error::invalid(
-                "LlamaConfig",
-                "q_heads must be a multiple of kv_heads and q_heads * head_dim equal hidden",
-            ));
-        }
+        cfg.validate()?;
         let mut next_seed = seed;
         let mut tensor = |dims: &[usize], scale: f32| -> Result<Tensor> {
             let t = rt.alloc(dims, DType::BF16)?;
@@ -145,19 +218,45 @@ impl Llama {
             layers.push(LlamaLayer {
                 attn_norm: tensor(&[h], 0.1)?,
                 qkv: tensor(&[cfg.qkv_width(), h], w(h))?,
-                o_proj: tensor(&[h, cfg.q_heads * cfg.head_dim], w(h))?,
+                o_proj: tensor(&[h, cfg.q_width()], w(cfg.q_width()))?,
                 mlp_norm: tensor(&[h], 0.1)?,
                 gate_up: tensor(&[2 * cfg.intermediate, h], w(h))?,
                 down: tensor(&[h, cfg.intermediate], w(cfg.intermediate))?,
                 k_cache: tensor(&cache, 1.0)?,
                 v_cache: tensor(&cache, 1.0)?,
+                qkv_bias: None,
+                q_norm: None,
+                k_norm: None,
+                o_bias: None,
             });
+            // The optional weights last, so a configuration without them draws the same
+            // weights as before they existed.
+            let layer = layers
+                .last_mut()
+                .ok_or_else(|| Error::invalid("Llama", "no layer"))?;
+            if cfg.qkv_bias {
+                layer.qkv_bias = Some(tensor(&[cfg.qkv_width()], 0.5)?);
+            }
+            if cfg.qk_norm {
+                layer.q_norm = Some(tensor(&[cfg.head_dim], 0.1)?);
+                layer.k_norm = Some(tensor(&[cfg.head_dim], 0.1)?);
+            }
+            if cfg.o_bias {
+                layer.o_bias = Some(tensor(&[h], 0.1)?);
+            }
         }
         let final_norm = tensor(&[h], 0.1)?;
+        let lm_head = match cfg.tie_embeddings {
+            true => None,
+            false => Some(tensor(&[cfg.vocab, h], w(h))?),
+        };
         // Norm weights near 1, as trained models have them.
         for layer in &layers {
             ops::fill_uniform(rt, &layer.attn_norm, seed ^ 1, 0.9, 1.1)?;
             ops::fill_uniform(rt, &layer.mlp_norm, seed ^ 2, 0.9, 1.1)?;
+            for norm in [&layer.q_norm, &layer.k_norm].into_iter().flatten() {
+                ops::fill_uniform(rt, norm, seed ^ 4, 0.9, 1.1)?;
+            }
         }
         ops::fill_uniform(rt, &final_norm, seed ^ 3, 0.9, 1.1)?;
         rt.synchronize()?;
@@ -166,7 +265,50 @@ impl Llama {
             embed,
             layers,
             final_norm,
+            lm_head,
         })
+    }
+
+    /// Uploads `weights` (checked against `cfg` first: nothing is uploaded when a tensor is
+    /// missing, extra or misshapen) and allocates a zeroed KV cache of
+    /// `[cache_slots, cache_tokens, kv_heads, head_dim]` per layer for keys and for values.
+    pub fn from_weights(rt: &Runtime, cfg: LlamaConfig, weights: &LlamaWeights) -> Result<Self> {
+        cfg.validate()?;
+        weights.check(&cfg)?;
+        let up = |t: &HostTensor| rt.upload(&t.data, &t.dims);
+        let up_opt = |t: &Option<HostTensor>| t.as_ref().map(up).transpose();
+        let cache = [
+            cfg.cache_slots,
+            cfg.cache_tokens,
+            cfg.kv_heads,
+            cfg.head_dim,
+        ];
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for l in &weights.layers {
+            layers.push(LlamaLayer {
+                attn_norm: up(&l.attn_norm)?,
+                qkv: up(&l.qkv)?,
+                qkv_bias: up_opt(&l.qkv_bias)?,
+                q_norm: up_opt(&l.q_norm)?,
+                k_norm: up_opt(&l.k_norm)?,
+                o_proj: up(&l.o_proj)?,
+                o_bias: up_opt(&l.o_bias)?,
+                mlp_norm: up(&l.mlp_norm)?,
+                gate_up: up(&l.gate_up)?,
+                down: up(&l.down)?,
+                k_cache: rt.zeros(&cache, DType::BF16)?,
+                v_cache: rt.zeros(&cache, DType::BF16)?,
+            });
+        }
+        let model = Self {
+            embed: up(&weights.embed)?,
+            final_norm: up(&weights.final_norm)?,
+            lm_head: up_opt(&weights.lm_head)?,
+            layers,
+            cfg,
+        };
+        rt.synchronize()?;
+        Ok(model)
     }
 
     /// The model's shapes.
@@ -184,11 +326,27 @@ impl Llama {
         let mut residual = ops::embedding(rt, &self.embed, tokens)?;
         let mut normed = ops::rms_norm(rt, &residual, &self.layers[0].attn_norm, cfg.rms_eps)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let qkv = ops::linear(rt, &normed, &layer.qkv)?;
-            let q = ops::rope_kv_write(rt, &qkv, positions, &layer.k_cache, &layer.v_cache, &attn)?;
-            let ctx =
-                ops::attention_decode(rt, &q, &layer.k_cache, &layer.v_cache, positions, &attn)?;
-            let attn_out = ops::linear(rt, &ctx, &layer.o_proj)?;
+            let qkv = match &layer.qkv_bias {
+                Some(bias) => ops::linear_bias(rt, &normed, &layer.qkv, bias)?,
+                None => ops::linear(rt, &normed, &layer.qkv)?,
+            };
+            let (k_cache, v_cache) = (&layer.k_cache, &layer.v_cache);
+            let q = match (&layer.q_norm, &layer.k_norm) {
+                (Some(q_weight), Some(k_weight)) => {
+                    let norm = QkNorm {
+                        q_weight,
+                        k_weight,
+                        eps: cfg.rms_eps,
+                    };
+                    ops::rope_kv_write_qk_norm(rt, &qkv, positions, k_cache, v_cache, &attn, &norm)?
+                }
+                _ => ops::rope_kv_write(rt, &qkv, positions, k_cache, v_cache, &attn)?,
+            };
+            let ctx = ops::attention_decode(rt, &q, k_cache, v_cache, positions, &attn)?;
+            let attn_out = match &layer.o_bias {
+                Some(bias) => ops::linear_bias(rt, &ctx, &layer.o_proj, bias)?,
+                None => ops::linear(rt, &ctx, &layer.o_proj)?,
+            };
             let (r, n) = ops::add_rms_norm(rt, &residual, &attn_out, &layer.mlp_norm, cfg.rms_eps)?;
             let gate_up = ops::linear(rt, &n, &layer.gate_up)?;
             let act = ops::silu_mul(rt, &gate_up)?;
@@ -200,6 +358,6 @@ impl Llama {
             (residual, normed) = ops::add_rms_norm(rt, &r, &mlp_out, next_norm, cfg.rms_eps)?;
         }
         // Tied embeddings: the LM head is the embedding table.
-        ops::linear(rt, &normed, &self.embed)
+        ops::linear(rt, &normed, self.lm_head.as_ref().unwrap_or(&self.embed))
     }
 }

@@ -1,3 +1,12 @@
 //! Models written with `#[cuda_graph]`: what the examples, tests and benches run.
+//!
+//! * [`llama`]: the Llama-family decoder (Llama, Qwen2, Qwen3, Mistral variants), random or
+//!   from given weights;
+//! * [`hf`]: loading Hugging Face checkpoint folders (`config.json` + safetensors) into it;
+//! * [`weights`]: the host-side weights a loader produces;
+//! * [`reference`](mod@reference): the same decode step on the host, for tests.
 
+pub mod hf;
 pub mod llama;
+pub mod reference;
+pub mod weights;

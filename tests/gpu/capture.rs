@@ -29,9 +29,10 @@ fn runtime_capture_replays_a_copy() -> Result<()> {
     Ok(())
 }
 
+const SYNC_LINE: u32 = line!() + 4;
+
 fn sync_inside(rt: &Runtime, x: &Tensor) -> Result<Tensor> {
     let y = rt.duplicate(x)?;
-    rt.enter_op("sync_inside");
     rt.synchronize()?;
     Ok(y)
 }
@@ -57,7 +58,12 @@ fn illegal_op_names_function_size_and_op_and_leaves_runtime_usable() -> Result<(
         } => {
             assert_eq!(*function, "sync_inside");
             assert_eq!(*size, 4, "largest size is captured first");
-            assert_eq!(site.map(|s| s.op), Some("sync_inside"));
+            assert_eq!(site.map(|s| s.op), Some("synchronize"));
+            assert_eq!(
+                site.map(|s| s.location.line()),
+                Some(SYNC_LINE),
+                "the caller's line"
+            );
             assert!(
                 matches!(**source, Error::IllegalDuringCapture { .. }),
                 "{source}"

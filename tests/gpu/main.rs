@@ -6,6 +6,9 @@
 
 mod capture;
 mod common;
+mod features;
+mod hf;
 mod kernels;
 mod memory;
+mod reliability;
 mod runner;

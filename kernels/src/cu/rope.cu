@@ -1,15 +1,21 @@
 // Rotary position embedding (Llama / Hugging Face "rotate_half" convention) fused with the
-// KV-cache write of one decode step.
+// KV-cache write of one decode step, with an optional per-head RMS norm of q and k before the
+// rotation (Qwen3's q_norm / k_norm).
 //
 // Layouts (row-major):
 //   qkv      [n, (q_heads + 2 * kv_heads) * head_dim]: q heads, then k heads, then v heads
 //   positions[n] (int32), clamped into [0, max_t - 1]
 //   k_cache, v_cache [batch_slots, max_t, kv_heads, head_dim]; row b uses slot b
 //   q_out    [n, q_heads * head_dim]
+//   q_norm, k_norm [head_dim] or null (both null: no norm)
 //
-// Grid: (n, q_heads + 2 * kv_heads); one block per (row, head). Any blockDim.x works.
+// Grid: (n, q_heads + 2 * kv_heads); one block per (row, head). blockDim.x is a multiple of 32
+// (the norm's block reduction needs it).
 //
-// For i < head_dim / 2: inv_freq = 1 / theta^(2i / head_dim), angle = pos * inv_freq,
+// With a norm weight w, each element of a q (k) head is first replaced by
+//   bf16(x * rsqrt(mean(x^2) + eps) * w)      (mean over the head, in f32)
+// which is what an unfused bf16 RMS norm would store. Then, for i < head_dim / 2:
+//   inv_freq = 1 / theta^(2i / head_dim), angle = pos * inv_freq,
 //   out[i]            = x[i] * cos - x[i + half] * sin
 //   out[i + half]     = x[i + half] * cos + x[i] * sin
 extern "C" __global__ void rope_kv_write_bf16(
@@ -23,8 +29,12 @@ extern "C" __global__ void rope_kv_write_bf16(
     int kv_heads,
     int head_dim,
     int max_t,
-    float theta)
+    float theta,
+    const bf16_t* __restrict__ q_norm,
+    const bf16_t* __restrict__ k_norm,
+    float eps)
 {
+    __shared__ float scratch[32];
     const int b = blockIdx.x;
     const int head = blockIdx.y;
     const int total_heads = q_heads + 2 * kv_heads;
@@ -50,6 +60,18 @@ extern "C" __global__ void rope_kv_write_bf16(
                               + (unsigned long long)pos) * (unsigned long long)kv_heads
                              + (unsigned long long)kv_head) * d;
         }
+        // Uniform over the block: every thread takes the same branch, as block_sum requires.
+        const bf16_t* norm = head < q_heads ? q_norm : k_norm;
+        float inv_rms = 1.0f;
+        if (norm != nullptr) {
+            float sum_sq = 0.0f;
+            for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+                const float v = bf2f(src[i]);
+                sum_sq += v * v;
+            }
+            sum_sq = block_sum(sum_sq, scratch);
+            inv_rms = rsqrtf(sum_sq / (float)head_dim + eps);
+        }
         const int half = head_dim / 2;
         for (int i = threadIdx.x; i < half; i += blockDim.x) {
             const float exponent = (float)(2 * i) / (float)head_dim;
@@ -57,8 +79,12 @@ extern "C" __global__ void rope_kv_write_bf16(
             const float angle = (float)pos * inv_freq;
             float s, c;
             sincosf(angle, &s, &c);
-            const float x1 = bf2f(src[i]);
-            const float x2 = bf2f(src[i + half]);
+            float x1 = bf2f(src[i]);
+            float x2 = bf2f(src[i + half]);
+            if (norm != nullptr) {
+                x1 = bf2f(f2bf(x1 * inv_rms * bf2f(norm[i])));
+                x2 = bf2f(f2bf(x2 * inv_rms * bf2f(norm[i + half])));
+            }
             dst[i] = f2bf(x1 * c - x2 * s);
             dst[i + half] = f2bf(x2 * c + x1 * s);
         }

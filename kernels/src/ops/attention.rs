@@ -308,7 +308,10 @@ mod tests {
     fn shared_memory_fits_at_the_limits() {
         let bytes = attention_shared_bytes(MAX_HEAD_DIM, MAX_ATTENTION_CONTEXT).unwrap();
         assert!(bytes <= DEFAULT_SHARED_MEM_LIMIT, "{bytes}");
-        assert_eq!(attention_shared_bytes(64, 10).unwrap(), (64 + 10 + 256 * 8) * 4);
+        assert_eq!(
+            attention_shared_bytes(64, 10).unwrap(),
+            (64 + 10 + 256 * 8) * 4
+        );
         assert_eq!(
             attention_shared_bytes(256, 10).unwrap(),
             (256 + 10 + 256 * 8) * 4

@@ -20,4 +20,4 @@ pub use attention::{AttentionShape, MAX_ATTENTION_CONTEXT, MAX_HEAD_DIM, attenti
 pub use elementwise::{add, add_bias, cast, embedding, fill_uniform, silu_mul};
 pub use linear::{linear, linear_bias};
 pub use norm::{add_rms_norm, rms_norm};
-pub use rope::rope_kv_write;
+pub use rope::{QkNorm, rope_kv_write, rope_kv_write_qk_norm};

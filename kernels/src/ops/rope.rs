@@ -1,4 +1,5 @@
-//! Rotary position embedding fused with the KV-cache write of a decode step.
+//! Rotary position embedding fused with the KV-cache write of a decode step, optionally
+//! preceded by a per-head RMS norm of q and k (Qwen3).
 
 use cudagraph_runtime::{DType, Error, Result, Runtime, Tensor};
 
@@ -7,8 +8,20 @@ use super::check;
 use crate::ffi::{self, Arg};
 use crate::modules::{ROPE, names};
 
-/// Threads per block of the RoPE kernel (one block per (row, head); `head_dim / 2 <= 128`).
+/// Threads per block of the RoPE kernel (one block per (row, head); `head_dim / 2 <= 128`; a
+/// multiple of 32 for the norm's block reduction).
 const ROPE_BLOCK: u32 = 128;
+
+/// Per-head RMS norm weights of q and k, applied before RoPE (Qwen3's `q_norm` / `k_norm`).
+#[derive(Debug, Clone, Copy)]
+pub struct QkNorm<'a> {
+    /// bf16 `[head_dim]`: the weight of every q head's norm.
+    pub q_weight: &'a Tensor,
+    /// bf16 `[head_dim]`: the weight of every k head's norm.
+    pub k_weight: &'a Tensor,
+    /// The norms' epsilon (finite, `>= 0`).
+    pub eps: f32,
+}
 
 /// Applies RoPE to the q and k heads of a fused qkv projection and writes k and v into the KV
 /// cache; returns the rotated q.
@@ -39,26 +52,107 @@ pub fn rope_kv_write(
 ) -> Result<Tensor> {
     const OP: &str = "rope_kv_write";
     rt.enter_op(OP);
-    cfg.validate(OP)?;
-    check::tensor(rt, OP, "qkv", qkv, DType::BF16)?;
+    rope_kv_write_impl(rt, OP, (qkv, positions), (k_cache, v_cache), cfg, None)
+}
+
+/// [`rope_kv_write`] with a per-head RMS norm of q and k first (Qwen3's `q_norm` and
+/// `k_norm`, applied to each head before the rotation, as Hugging Face does).
+///
+/// Each element of a q head becomes `bf16(x * rsqrt(mean(x^2) + eps) * q_weight[i])` (the
+/// mean over the head's `head_dim` elements, in f32; k heads likewise with `k_weight`) and is
+/// then rotated; v is written unchanged. `norm`'s weights: bf16 `[head_dim]`. Shapes and
+/// result otherwise as [`rope_kv_write`]; the norm adds no kernel launch.
+#[track_caller]
+pub fn rope_kv_write_qk_norm(
+    rt: &Runtime,
+    qkv: &Tensor,
+    positions: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    cfg: &AttentionShape,
+    norm: &QkNorm<'_>,
+) -> Result<Tensor> {
+    const OP: &str = "rope_kv_write_qk_norm";
+    rt.enter_op(OP);
+    rope_kv_write_impl(
+        rt,
+        OP,
+        (qkv, positions),
+        (k_cache, v_cache),
+        cfg,
+        Some(norm),
+    )
+}
+
+/// Checks a q/k norm weight: bf16 `[head_dim]`.
+fn check_norm(
+    rt: &Runtime,
+    op: &'static str,
+    what: &str,
+    weight: &Tensor,
+    head_dim: usize,
+) -> Result<()> {
+    check::tensor(rt, op, what, weight, DType::BF16)?;
+    if weight.shape() != [head_dim] {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "`{what}` must have shape [{head_dim}] (head_dim), got {:?}",
+                weight.shape()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The shared body of both launchers; `op` names the caller in errors.
+fn rope_kv_write_impl(
+    rt: &Runtime,
+    op: &'static str,
+    (qkv, positions): (&Tensor, &Tensor),
+    (k_cache, v_cache): (&Tensor, &Tensor),
+    cfg: &AttentionShape,
+    norm: Option<&QkNorm<'_>>,
+) -> Result<Tensor> {
+    cfg.validate(op)?;
+    check::tensor(rt, op, "qkv", qkv, DType::BF16)?;
     // `validate` checked that the width does not overflow.
     let width = cfg.qkv_width().unwrap_or(usize::MAX);
     let layout = format!("[n, {width}] ((q_heads + 2 * kv_heads) * head_dim)");
-    check::rank(OP, "qkv", qkv, 2, &layout)?;
+    check::rank(op, "qkv", qkv, 2, &layout)?;
     if qkv.shape()[1] != width {
         return Err(Error::invalid(
-            OP,
+            op,
             format!("`qkv` must have shape {layout}, got {:?}", qkv.shape()),
         ));
     }
     let n = qkv.rows();
-    check::nonempty(OP, n)?;
-    check_positions(rt, OP, positions, n)?;
-    let (slots, max_t) = check_caches(rt, OP, k_cache, v_cache, cfg)?;
-    check_slots(OP, slots, n)?;
+    check::nonempty(op, n)?;
+    check_positions(rt, op, positions, n)?;
+    let (slots, max_t) = check_caches(rt, op, k_cache, v_cache, cfg)?;
+    check_slots(op, slots, n)?;
+    let (q_norm, k_norm, eps) = match norm {
+        Some(norm) => {
+            check_norm(rt, op, "q_norm", norm.q_weight, cfg.head_dim)?;
+            check_norm(rt, op, "k_norm", norm.k_weight, cfg.head_dim)?;
+            if !(norm.eps.is_finite() && norm.eps >= 0.0) {
+                return Err(Error::invalid(
+                    op,
+                    format!("eps must be finite and >= 0, got {}", norm.eps),
+                ));
+            }
+            (
+                norm.q_weight.device_ptr(),
+                norm.k_weight.device_ptr(),
+                norm.eps,
+            )
+        }
+        // Null pointers: the kernel skips the norm.
+        None => (0, 0, 0.0),
+    };
     let total_heads = cfg.q_heads + 2 * cfg.kv_heads;
     let launch_cfg = check::grid_2d(
-        OP,
+        op,
         (n, "batch rows"),
         (total_heads, "q_heads + 2 * kv_heads"),
         ROPE_BLOCK,
@@ -77,12 +171,15 @@ pub fn rope_kv_write(
             Arg::Ptr(k_cache.device_ptr()),
             Arg::Ptr(v_cache.device_ptr()),
             Arg::Ptr(q_out.device_ptr()),
-            Arg::I32(check::to_i32(OP, "n", n)?),
-            Arg::I32(check::to_i32(OP, "q_heads", cfg.q_heads)?),
-            Arg::I32(check::to_i32(OP, "kv_heads", cfg.kv_heads)?),
-            Arg::I32(check::to_i32(OP, "head_dim", cfg.head_dim)?),
-            Arg::I32(check::to_i32(OP, "max_t", max_t)?),
+            Arg::I32(check::to_i32(op, "n", n)?),
+            Arg::I32(check::to_i32(op, "q_heads", cfg.q_heads)?),
+            Arg::I32(check::to_i32(op, "kv_heads", cfg.kv_heads)?),
+            Arg::I32(check::to_i32(op, "head_dim", cfg.head_dim)?),
+            Arg::I32(check::to_i32(op, "max_t", max_t)?),
             Arg::F32(cfg.rope_theta),
+            Arg::Ptr(q_norm),
+            Arg::Ptr(k_norm),
+            Arg::F32(eps),
         ],
     )?;
     Ok(q_out)

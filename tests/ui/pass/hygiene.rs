@@ -5,7 +5,7 @@ struct M;
 
 #[allow(non_snake_case)]
 impl M {
-    #[cuda_graph(sizes = [1, 2], static_args = [rt, inputs, plan, SIZES])]
+    #[cuda_graph(sizes = [1, 2], static_args = [rt, inputs, plan, SIZES, runner])]
     fn forward(
         &self,
         runtime: &Runtime,
@@ -14,8 +14,9 @@ impl M {
         inputs: u16,
         plan: u32,
         SIZES: u64,
+        runner: i8,
     ) -> Result<Tensor> {
-        let _ = (runtime, rt, inputs, plan, SIZES);
+        let _ = (runtime, rt, inputs, plan, SIZES, runner);
         Ok(x.clone())
     }
 }
@@ -24,10 +25,25 @@ fn build<'m>(
     m: &'m M,
     runtime: &'m Runtime,
     specs: [InputSpec; 1],
-) -> Result<Runner<'m, 1, (u8, u16, u32, u64)>> {
-    m.forward_graphs(runtime, specs, 1, 2, 3, 4)
+) -> Result<Runner<'m, 1, (u8, u16, u32, u64, i8)>> {
+    m.forward_graphs(runtime, specs, 1, 2, 3, 4, 5)
+}
+
+fn estimate(m: &M, runtime: &Runtime, specs: [InputSpec; 1]) -> Result<usize> {
+    Ok(m.forward_graph_memory(runtime, specs, 1, 2, 3, 4, 5)?
+        .total())
+}
+
+type Statics = (u8, u16, u32, u64, i8);
+
+fn refresh<'m>(
+    m: &'m M,
+    runtime: &'m Runtime,
+    old: Runner<'_, 1, Statics>,
+) -> Result<Runner<'m, 1, Statics>> {
+    Ok(m.forward_graphs_refresh(runtime, old)?.0)
 }
 
 fn main() {
-    let _ = build;
+    let _ = (build, estimate, refresh);
 }

@@ -1,0 +1,396 @@
+//! Generation mode (`--model DIR`): loads a Hugging Face checkpoint folder, prefills a prompt
+//! and decodes greedily, once with the eager forward and once with the graph runner, and
+//! prints both token sequences and their speeds.
+//!
+//! ```text
+//! decode_bench --model DIR [--prompt-ids 1,2,3] [--max-new-tokens 16] [--dump-logits FILE]
+//!              [--cache-tokens N]
+//! ```
+//!
+//! The prompt runs one token per decode step (positions `0..len`, sequence slot 0); then each
+//! step feeds the previous step's argmax (first maximum on ties). The graph run re-does the
+//! prefill, overwriting the cache positions the eager run wrote. Parseable lines:
+//! `ids eager: ...`, `ids graph: ...`, `tok/s eager: ...`, `tok/s graph: ...`. With
+//! `--dump-logits FILE`, the logits at the last prompt position are written as `vocab`
+//! little-endian f32 values: the eager run's to `FILE`, the graph run's to `FILE.graph`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use cudagraph::models::hf::{Checkpoint, LoadOptions};
+use cudagraph::models::llama::{Llama, LlamaConfig};
+use cudagraph::{Runtime, Tensor};
+use half::bf16;
+
+type BoxResult<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// The KV-cache slots of a loaded model: every captured graph (up to size 256) writes slots
+/// `0..size`.
+const CACHE_SLOTS: usize = 256;
+
+/// Options of the generation mode.
+#[derive(Debug, Default)]
+pub struct GenerateOptions {
+    /// The checkpoint folder; `None`: the benchmark runs instead.
+    pub model: Option<PathBuf>,
+    /// The prompt's token ids (default `1,2,3,4`).
+    pub prompt_ids: Option<Vec<u32>>,
+    /// Tokens to generate (default 16).
+    pub max_new_tokens: Option<usize>,
+    /// Where to write the last prompt position's logits.
+    pub dump_logits: Option<PathBuf>,
+    /// KV-cache positions per sequence (default: prompt + new tokens, rounded up to 64).
+    pub cache_tokens: Option<usize>,
+}
+
+impl GenerateOptions {
+    /// The flags this mode takes (each with a value).
+    pub const FLAGS: &'static [&'static str] = &[
+        "--model",
+        "--prompt-ids",
+        "--max-new-tokens",
+        "--dump-logits",
+        "--cache-tokens",
+    ];
+
+    /// The usage text of these flags.
+    pub const USAGE: &'static str = "[--model DIR [--prompt-ids 1,2,3] [--max-new-tokens N] [--dump-logits FILE] [--cache-tokens N]]";
+
+    /// Sets `flag` (one of [`FLAGS`](Self::FLAGS)) to `value`.
+    pub fn set(&mut self, flag: &str, value: &str) -> Result<(), String> {
+        let number = |v: &str| {
+            v.trim()
+                .parse::<usize>()
+                .map_err(|e| format!("{flag}: {e}"))
+        };
+        match flag {
+            "--model" => self.model = Some(PathBuf::from(value)),
+            "--prompt-ids" => {
+                let ids = value
+                    .split(',')
+                    .map(|s| {
+                        s.trim()
+                            .parse::<u32>()
+                            .map_err(|e| format!("{flag}: `{s}`: {e}"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.prompt_ids = Some(ids);
+            }
+            "--max-new-tokens" => self.max_new_tokens = Some(number(value)?),
+            "--dump-logits" => self.dump_logits = Some(PathBuf::from(value)),
+            "--cache-tokens" => self.cache_tokens = Some(number(value)?),
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+        Ok(())
+    }
+
+    /// Checks the combination: the other flags need `--model`; counts are at least 1.
+    pub fn check(&self) -> Result<(), String> {
+        let others = self.prompt_ids.is_some()
+            || self.max_new_tokens.is_some()
+            || self.dump_logits.is_some()
+            || self.cache_tokens.is_some();
+        if self.model.is_none() && others {
+            return Err(
+                "--prompt-ids, --max-new-tokens, --dump-logits and --cache-tokens need --model DIR"
+                    .into(),
+            );
+        }
+        if self.prompt_ids.as_ref().is_some_and(Vec::is_empty) {
+            return Err("--prompt-ids needs at least one id".into());
+        }
+        if self.max_new_tokens == Some(0) || self.cache_tokens == Some(0) {
+            return Err("--max-new-tokens and --cache-tokens must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Whether generation mode is on (`--model` given).
+    pub fn enabled(&self) -> bool {
+        self.model.is_some()
+    }
+}
+
+/// Runs generation mode; prints the error and returns failure if anything fails.
+pub fn main(rt: &Runtime, opts: &GenerateOptions) -> ExitCode {
+    match run(rt, opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("decode_bench failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One greedy generation: the new ids, the logits at the last prompt position, and timings.
+struct Generation {
+    ids: Vec<u32>,
+    prompt_logits: Vec<f32>,
+    prefill: Duration,
+    decode: Duration,
+    decode_steps: usize,
+}
+
+impl Generation {
+    fn tokens_per_s(&self) -> f64 {
+        self.decode_steps as f64 / self.decode.as_secs_f64()
+    }
+}
+
+/// The index of the first maximum (NaN never wins).
+fn argmax(logits: &[bf16]) -> u32 {
+    let mut best = 0;
+    for (i, v) in logits.iter().enumerate() {
+        if v.to_f32() > logits[best].to_f32() || logits[best].is_nan() {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Prefills `prompt` and decodes `new_tokens` greedily with `step`, which runs one decode step
+/// of one sequence and returns its logits.
+fn generate(
+    rt: &Runtime,
+    prompt: &[u32],
+    new_tokens: usize,
+    mut step: impl FnMut(&Tensor, &Tensor) -> BoxResult<Vec<bf16>>,
+) -> BoxResult<Generation> {
+    let mut run = |token: u32, position: usize| -> BoxResult<Vec<bf16>> {
+        let tokens = rt.upload(&[token], &[1])?;
+        let positions = rt.upload(&[i32::try_from(position)?], &[1])?;
+        step(&tokens, &positions)
+    };
+    let started = Instant::now();
+    let mut logits = Vec::new();
+    for (position, &token) in prompt.iter().enumerate() {
+        logits = run(token, position)?;
+    }
+    let prefill = started.elapsed();
+    let prompt_logits: Vec<f32> = logits.iter().map(|v| v.to_f32()).collect();
+    let mut ids = vec![argmax(&logits)];
+    let started = Instant::now();
+    while ids.len() < new_tokens {
+        let position = prompt.len() + ids.len() - 1;
+        let last = ids[ids.len() - 1];
+        logits = run(last, position)?;
+        ids.push(argmax(&logits));
+    }
+    Ok(Generation {
+        ids,
+        prompt_logits,
+        prefill,
+        decode: started.elapsed(),
+        decode_steps: new_tokens - 1,
+    })
+}
+
+/// ‖a − b‖ / ‖b‖.
+fn relative_error(a: &[f32], b: &[f32]) -> f64 {
+    let (mut diff, mut norm) = (0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        diff += (f64::from(x) - f64::from(y)).powi(2);
+        norm += f64::from(y).powi(2);
+    }
+    (diff / norm).sqrt()
+}
+
+fn describe(family: &str, cfg: &LlamaConfig) -> String {
+    let mut variant = Vec::new();
+    if cfg.qkv_bias {
+        variant.push("q/k/v bias");
+    }
+    if cfg.o_bias {
+        variant.push("o bias");
+    }
+    if cfg.qk_norm {
+        variant.push("q/k norm");
+    }
+    variant.push(if cfg.tie_embeddings {
+        "tied embeddings"
+    } else {
+        "untied head"
+    });
+    format!(
+        "{family}: {} layers, hidden {}, {} heads x {} ({} KV heads), MLP {}, vocab {}, rope_theta {}, rms_eps {:e}; {}",
+        cfg.layers,
+        cfg.hidden,
+        cfg.q_heads,
+        cfg.head_dim,
+        cfg.kv_heads,
+        cfg.intermediate,
+        cfg.vocab,
+        cfg.rope_theta,
+        cfg.rms_eps,
+        variant.join(", ")
+    )
+}
+
+fn ids_line(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")
+}
+
+fn write_logits(path: &std::path::Path, logits: &[f32]) -> BoxResult<()> {
+    let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(())
+}
+
+fn run(rt: &Runtime, opts: &GenerateOptions) -> BoxResult<()> {
+    let dir = opts.model.as_deref().ok_or("--model DIR is required")?;
+    let prompt = opts.prompt_ids.clone().unwrap_or_else(|| vec![1, 2, 3, 4]);
+    let new_tokens = opts.max_new_tokens.unwrap_or(16);
+    let needed = prompt.len() + new_tokens;
+    let cache_tokens = opts
+        .cache_tokens
+        .unwrap_or_else(|| needed.next_multiple_of(64));
+    if cache_tokens < needed {
+        return Err(format!(
+            "--cache-tokens {cache_tokens} is shorter than the prompt and the new tokens ({needed})"
+        )
+        .into());
+    }
+    let load_opts = LoadOptions {
+        cache_slots: CACHE_SLOTS,
+        cache_tokens,
+    };
+
+    let started = Instant::now();
+    let ckpt = Checkpoint::open(dir, &load_opts)?;
+    let hf = ckpt.config().clone();
+    let cfg = hf.model.clone();
+    if let Some(bad) = prompt.iter().find(|&&id| id as usize >= cfg.vocab) {
+        return Err(format!(
+            "--prompt-ids: id {bad} is outside the vocabulary (vocab_size {})",
+            cfg.vocab
+        )
+        .into());
+    }
+    let weights = ckpt.read_weights()?;
+    let model = Llama::from_weights(rt, cfg.clone(), &weights)?;
+    drop(weights);
+    println!(
+        "device: {} | model: {} | {}",
+        rt.device_name()?,
+        dir.display(),
+        describe(hf.family.architecture(), &cfg)
+    );
+    let mut stored: Vec<String> = ckpt
+        .index()
+        .tensors
+        .values()
+        .map(|t| t.dtype.to_string())
+        .collect();
+    stored.sort();
+    stored.dedup();
+    println!(
+        "weights: {} safetensors file(s), stored as {}, computed in bf16; KV cache {CACHE_SLOTS} slots x {cache_tokens} positions; loaded in {:.2} s",
+        ckpt.index().files.len(),
+        stored.join(" and "),
+        started.elapsed().as_secs_f64()
+    );
+    println!("prompt ids: {}", ids_line(&prompt));
+
+    // Kernel compilation and cuBLAS set-up, outside the timings (the prefill rewrites the
+    // cache position this writes).
+    let started = Instant::now();
+    let (t, p) = (rt.upload(&[prompt[0]], &[1])?, rt.upload(&[0i32], &[1])?);
+    model.forward(rt, &t, &p)?;
+    rt.synchronize()?;
+    println!(
+        "first eager forward (kernel compilation, cuBLAS setup) {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let eager = generate(rt, &prompt, new_tokens, |t, p| {
+        let logits = model.forward(rt, t, p)?;
+        Ok(rt.download::<bf16>(&logits)?)
+    })?;
+
+    let started = Instant::now();
+    let mut graphs = model.forward_graphs(rt, cfg.input_specs()?)?;
+    println!(
+        "captured {} graphs in {:.2} s",
+        graphs.sizes().len(),
+        started.elapsed().as_secs_f64()
+    );
+    let graph = generate(rt, &prompt, new_tokens, |t, p| {
+        let out = graphs.run([t, p])?;
+        if !out.replayed() {
+            return Err("the graph runner fell back to eager for a batch of 1".into());
+        }
+        Ok(rt.download::<bf16>(&out)?)
+    })?;
+
+    println!("ids eager: {}", ids_line(&eager.ids));
+    println!("ids graph: {}", ids_line(&graph.ids));
+    println!();
+    println!("| path  | prefill tokens | prefill ms | decode steps | decode ms | decode tok/s |");
+    println!("|-------|---------------:|-----------:|-------------:|----------:|-------------:|");
+    for (name, g) in [("eager", &eager), ("graph", &graph)] {
+        println!(
+            "| {name} | {:>14} | {:>10.2} | {:>12} | {:>9.2} | {:>12.1} |",
+            prompt.len(),
+            g.prefill.as_secs_f64() * 1e3,
+            g.decode_steps,
+            g.decode.as_secs_f64() * 1e3,
+            g.tokens_per_s()
+        );
+    }
+    println!();
+    println!("tok/s eager: {:.1}", eager.tokens_per_s());
+    println!("tok/s graph: {:.1}", graph.tokens_per_s());
+    let same = eager
+        .ids
+        .iter()
+        .zip(&graph.ids)
+        .take_while(|(a, b)| a == b)
+        .count();
+    println!(
+        "last prompt position logits, graph vs eager: relative error {:.3e}; greedy ids identical for {same} of {new_tokens} steps",
+        relative_error(&graph.prompt_logits, &eager.prompt_logits)
+    );
+    if let Some(path) = &opts.dump_logits {
+        write_logits(path, &eager.prompt_logits)?;
+        let mut graph_path = path.clone().into_os_string();
+        graph_path.push(".graph");
+        let graph_path = PathBuf::from(graph_path);
+        write_logits(&graph_path, &graph.prompt_logits)?;
+        println!(
+            "logits written: {} (eager), {} (graph); {} little-endian f32 each",
+            path.display(),
+            graph_path.display(),
+            cfg.vocab
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_parse_and_check() {
+        let mut o = GenerateOptions::default();
+        assert!(o.check().is_ok() && !o.enabled());
+        o.set("--prompt-ids", "1, 2,3").unwrap();
+        assert!(o.check().is_err(), "needs --model");
+        o.set("--model", "/m").unwrap();
+        o.set("--max-new-tokens", "5").unwrap();
+        assert!(o.check().is_ok() && o.enabled());
+        assert_eq!(o.prompt_ids, Some(vec![1, 2, 3]));
+        assert!(o.set("--prompt-ids", "1,x").is_err());
+        o.set("--max-new-tokens", "0").unwrap();
+        assert!(o.check().is_err());
+    }
+
+    #[test]
+    fn argmax_takes_the_first_maximum() {
+        let v = |xs: &[f32]| xs.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>();
+        assert_eq!(argmax(&v(&[1.0, 3.0, 3.0, 2.0])), 1);
+        assert_eq!(argmax(&v(&[f32::NAN, 0.5, 0.25])), 1);
+        assert_eq!(argmax(&v(&[-1.0])), 0);
+    }
+}

@@ -1,0 +1,452 @@
+#!/usr/bin/env python3
+"""Reference check of the Hugging Face loader against transformers, on the GPU machine.
+
+For each case (one per family, plus variants: tied embeddings with attention biases, float32
+weights, a sharded checkpoint), builds a small random-weight model with transformers
+(`AutoModelForCausalLM.from_config`, fixed seed, norm weights and biases randomised too so every
+weight matters), saves it with `save_pretrained(..., safe_serialization=True)`, runs our
+`decode_bench --model DIR` on the folder, and compares:
+
+* the logits at the last prompt position (our eager and graph runs, dumped with
+  `--dump-logits`) with transformers' (bf16 on CUDA, one full forward over the prompt):
+  relative error ||ours - ref|| / ||ref|| within 2e-2. For context it also reports both against
+  transformers in float32;
+* the greedy ids of 16 steps (ours: eager and graphs) with transformers' greedy ids (a manual
+  argmax loop, full forward at every step, no KV cache).
+
+Random tiny models can have near-tied top logits, where bf16 noise alone flips a greedy choice.
+Seeds are therefore tried in order (0, 1, ...) until transformers' top-2 margin, relative to the
+logits' RMS, stays above --min-margin at every one of the 16 steps; the seed and the smallest
+margin are printed. If greedy ids still diverge, the table says at which step and how close
+transformers' own logits for the two tokens were.
+
+Nothing is downloaded. Usage (the bundle has the binary and this script):
+
+    python3 gpu-bundle/hf_check.py gpu-bundle/decode_bench [--out DIR] [--cases a,b] [--keep]
+    python3 scripts/hf_check.py --self-test      # the pure-Python helpers, no torch needed
+
+Exit status: 0 when every case passes, 1 otherwise (2 for usage errors).
+"""
+
+import argparse
+import copy
+import glob
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+PROMPT = [1, 17, 42, 99, 7, 123, 256, 11]
+STEPS = 16
+LOGIT_TOL = 2e-2
+INIT_RANGE = 0.1  # initializer_range: larger than the default 0.02 so attention is not uniform
+
+# name, family, config fields, rope_theta, saved dtype, max_shard_size
+CASES = [
+    dict(
+        name="llama-gqa-untied",
+        family="llama",
+        fields=dict(
+            vocab_size=2048, hidden_size=256, intermediate_size=688, num_hidden_layers=3,
+            num_attention_heads=8, num_key_value_heads=2, rms_norm_eps=1e-5,
+            tie_word_embeddings=False, attention_bias=False, max_position_embeddings=256,
+        ),
+        theta=50_000.0, dtype="bfloat16", shard=None,
+    ),
+    dict(
+        name="llama-bias-tied",
+        family="llama",
+        fields=dict(
+            vocab_size=1536, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=4, rms_norm_eps=1e-6,
+            tie_word_embeddings=True, attention_bias=True, max_position_embeddings=256,
+        ),
+        theta=20_000.0, dtype="bfloat16", shard=None,
+    ),
+    dict(
+        name="qwen2-f32-tied",
+        family="qwen2",
+        fields=dict(
+            vocab_size=3000, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
+            tie_word_embeddings=True, max_position_embeddings=256,
+        ),
+        theta=1_000_000.0, dtype="float32", shard=None,
+    ),
+    dict(
+        name="qwen3-hd96-sharded",
+        family="qwen3",
+        fields=dict(
+            vocab_size=4000, hidden_size=256, intermediate_size=512, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=96, rms_norm_eps=1e-6,
+            tie_word_embeddings=False, max_position_embeddings=256,
+        ),
+        theta=1_000_000.0, dtype="bfloat16", shard="3MB",
+    ),
+    dict(
+        name="mistral-gqa",
+        family="mistral",
+        fields=dict(
+            vocab_size=2500, hidden_size=256, intermediate_size=640, num_hidden_layers=2,
+            num_attention_heads=8, num_key_value_heads=4, head_dim=32, rms_norm_eps=1e-5,
+            tie_word_embeddings=False, sliding_window=4096, max_position_embeddings=256,
+        ),
+        theta=100_000.0, dtype="bfloat16", shard=None,
+    ),
+]
+
+
+# ------------------------------------------------------------------------------------------
+# Pure helpers (tested by --self-test without torch)
+# ------------------------------------------------------------------------------------------
+
+def parse_output(text):
+    """The parseable lines of decode_bench's generation mode."""
+    out = {}
+    for line in text.splitlines():
+        for key in ("ids eager", "ids graph"):
+            if line.startswith(key + ":"):
+                out[key] = [int(x) for x in line.split(":", 1)[1].split()]
+        for key in ("tok/s eager", "tok/s graph"):
+            if line.startswith(key + ":"):
+                out[key] = float(line.split(":", 1)[1])
+    return out
+
+
+def rel_error(a, b):
+    """||a - b|| / ||b|| over two equal-length sequences of numbers."""
+    if len(a) != len(b):
+        raise ValueError(f"lengths differ: {len(a)} vs {len(b)}")
+    diff = sum((float(x) - float(y)) ** 2 for x, y in zip(a, b))
+    norm = sum(float(y) ** 2 for y in b)
+    return math.sqrt(diff / norm) if norm > 0 else math.sqrt(diff)
+
+
+def first_divergence(ours, ref):
+    """Index of the first differing id (None when identical over the reference's length)."""
+    for i, (x, y) in enumerate(zip(ours, ref)):
+        if x != y:
+            return i
+    return None if len(ours) >= len(ref) else len(ours)
+
+
+def lib_dirs():
+    """Folders holding CUDA 13's NVRTC and cuBLAS: the toolkit's, else pip wheels' (torch's)."""
+    import site
+
+    roots = ["/usr/local/cuda*/lib64", "/usr/local/cuda*/targets/*/lib", "/usr/lib/x86_64-linux-gnu"]
+    packages = list(site.getsitepackages()) + [site.getusersitepackages()]
+    for p in packages:
+        roots += [f"{p}/nvidia/*/lib", f"{p}/nvidia/*/*/lib"]
+    found = []
+    for lib in ("libnvrtc.so.13", "libcublas.so.13"):
+        for root in roots:
+            hits = sorted(glob.glob(f"{root}/{lib}"))
+            if hits:
+                d = os.path.dirname(os.path.realpath(hits[0]))
+                if d not in found:
+                    found.append(d)
+                break
+    return found
+
+
+def self_test():
+    text = "prompt ids: 1 2\nids eager: 5 6 7\nids graph: 5 6 8\ntok/s eager: 12.5\ntok/s graph: 40.0\n"
+    parsed = parse_output(text)
+    assert parsed["ids eager"] == [5, 6, 7] and parsed["ids graph"] == [5, 6, 8], parsed
+    assert parsed["tok/s eager"] == 12.5 and parsed["tok/s graph"] == 40.0
+    assert abs(rel_error([1.0, 2.0], [1.0, 2.0])) == 0.0
+    assert abs(rel_error([1.1, 2.0], [1.0, 2.0]) - 0.1 / math.sqrt(5)) < 1e-12
+    assert first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert first_divergence([1, 9, 3], [1, 2, 3]) == 1
+    assert first_divergence([1, 2], [1, 2, 3]) == 2
+    names = [c["name"] for c in CASES]
+    assert len(set(names)) == len(names)
+    for c in CASES:
+        f = c["fields"]
+        head_dim = f.get("head_dim", f["hidden_size"] // f["num_attention_heads"])
+        assert head_dim % 8 == 0 and head_dim <= 256, c["name"]
+        assert f["num_attention_heads"] % f["num_key_value_heads"] == 0, c["name"]
+        assert max(PROMPT) < f["vocab_size"], c["name"]
+    assert {c["family"] for c in CASES} == {"llama", "qwen2", "qwen3", "mistral"}
+    assert any(c["dtype"] == "float32" for c in CASES) and any(c["shard"] for c in CASES)
+    print("hf_check self-test: ok")
+
+
+# ------------------------------------------------------------------------------------------
+# With torch and transformers
+# ------------------------------------------------------------------------------------------
+
+def transformers_major():
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
+
+
+def build_config(case):
+    import transformers
+
+    cls = {
+        "llama": transformers.LlamaConfig,
+        "qwen2": transformers.Qwen2Config,
+        "qwen3": transformers.Qwen3Config,
+        "mistral": transformers.MistralConfig,
+    }[case["family"]]
+    fields = dict(case["fields"], initializer_range=INIT_RANGE, hidden_act="silu")
+    if transformers_major() >= 5:
+        cfg = cls(**fields, rope_parameters={"rope_type": "default", "rope_theta": case["theta"]})
+        theta = cfg.rope_parameters["rope_theta"]
+    else:
+        cfg = cls(**fields, rope_theta=case["theta"])
+        theta = cfg.rope_theta
+    if abs(theta - case["theta"]) > 1e-6 * case["theta"]:
+        raise RuntimeError(f"{case['name']}: rope_theta {theta} != {case['theta']}")
+    return cfg
+
+
+def make_model(cfg, seed):
+    """A float32 model from `cfg` with seed `seed`; norm weights in [0.8, 1.2] and biases in
+    [-0.5, 0.5] (transformers initialises them to 1 and 0)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    try:
+        model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    except TypeError:
+        model = AutoModelForCausalLM.from_config(cfg)
+    model = model.float()
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(torch.rand(p.shape, generator=gen) * 0.4 + 0.8)
+            elif name.endswith(".bias"):
+                p.copy_(torch.rand(p.shape, generator=gen) - 0.5)
+    return model.eval()
+
+
+def greedy(model, prompt, steps):
+    """transformers' greedy ids (full forward per step), each step's top-2 margin relative to
+    the logits' RMS, and the logits at the last prompt position (float32 copy)."""
+    import torch
+
+    ids, out, margins, first = list(prompt), [], [], None
+    with torch.no_grad():
+        for i in range(steps):
+            x = torch.tensor([ids], device="cuda")
+            logits = model(x, use_cache=False).logits[0, -1].float()
+            if i == 0:
+                first = logits.clone()
+            top = torch.topk(logits, 2).values
+            rms = logits.pow(2).mean().sqrt()
+            margins.append(float((top[0] - top[1]) / rms))
+            nxt = int(torch.argmax(logits))
+            out.append(nxt)
+            ids.append(nxt)
+    return out, margins, first
+
+
+def logits_at(model, ids):
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([ids], device="cuda"), use_cache=False).logits[0, -1].float()
+
+
+def save(model, case, folder):
+    import torch
+
+    dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[case["dtype"]]
+    to_save = copy.deepcopy(model).to(dtype)
+    kwargs = dict(safe_serialization=True)
+    if case["shard"]:
+        kwargs["max_shard_size"] = case["shard"]
+    try:
+        to_save.save_pretrained(folder, **kwargs)
+    except TypeError:
+        kwargs.pop("safe_serialization")
+        to_save.save_pretrained(folder, **kwargs)
+    files = sorted(os.path.basename(p) for p in glob.glob(os.path.join(folder, "*.safetensors")))
+    if not files:
+        raise RuntimeError(f"{case['name']}: save_pretrained wrote no safetensors in {folder}")
+    return files
+
+
+def read_f32(path, count):
+    import torch
+
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    if len(data) != 4 * count:
+        raise RuntimeError(f"{path}: {len(data)} bytes, expected {4 * count}")
+    return torch.frombuffer(data, dtype=torch.float32).clone()
+
+
+def run_case(case, binary, work, min_margin, max_seeds, env):
+    import torch
+
+    name = case["name"]
+    cfg = build_config(case)
+    # Pick the first seed whose greedy path has healthy margins.
+    chosen = None
+    for seed in range(max_seeds):
+        model = make_model(cfg, seed)
+        ref = copy.deepcopy(model).to(device="cuda", dtype=torch.bfloat16).eval()
+        ids, margins, first = greedy(ref, PROMPT, STEPS)
+        if chosen is None or min(margins) > min(chosen[3]):
+            chosen = (seed, model, ref, margins, ids, first)
+        if min(margins) >= min_margin:
+            break
+    seed, model, ref, margins, ref_ids, ref_logits = chosen
+    folder = os.path.join(work, name)
+    files = save(model, case, folder)
+    with open(os.path.join(folder, "config.json")) as f:
+        saved = json.load(f)
+    rope_keys = {k: saved[k] for k in ("rope_parameters", "rope_theta", "rope_scaling") if k in saved}
+
+    dump = os.path.join(work, f"{name}.logits")
+    cmd = [
+        binary, "--model", folder, "--prompt-ids", ",".join(map(str, PROMPT)),
+        "--max-new-tokens", str(STEPS), "--dump-logits", dump,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    log = proc.stdout + proc.stderr
+    with open(os.path.join(work, f"{name}.log"), "w") as f:
+        f.write(" ".join(cmd) + "\n" + log)
+    row = dict(
+        case=name, architecture=saved.get("architectures", ["?"])[0], dtype=case["dtype"],
+        files=len(files), seed=seed, min_margin=min(margins), rope=rope_keys,
+        ref_ids=ref_ids, status="FAIL", notes=[],
+    )
+    if proc.returncode != 0:
+        row["notes"].append(f"decode_bench exit {proc.returncode}: {log.strip().splitlines()[-1:]}")
+        return row
+    parsed = parse_output(proc.stdout)
+    vocab = cfg.vocab_size
+    ours_eager = read_f32(dump, vocab)
+    ours_graph = read_f32(dump + ".graph", vocab)
+    ref_bf16 = ref_logits.cpu()
+    f32_model = copy.deepcopy(model).to("cuda").eval()
+    ref_f32 = logits_at(f32_model, PROMPT).cpu()
+    rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
+    row.update(
+        rel_eager=rel(ours_eager, ref_bf16), rel_graph=rel(ours_graph, ref_bf16),
+        rel_ours_f32=rel(ours_eager, ref_f32), rel_hf_bf16_f32=rel(ref_bf16, ref_f32),
+        ids_eager=parsed.get("ids eager"), ids_graph=parsed.get("ids graph"),
+        tok_s_eager=parsed.get("tok/s eager"), tok_s_graph=parsed.get("tok/s graph"),
+    )
+    ok = row["rel_eager"] <= LOGIT_TOL and row["rel_graph"] <= LOGIT_TOL
+    if not ok:
+        row["notes"].append(f"logits relative error above {LOGIT_TOL}")
+    for path in ("eager", "graph"):
+        ours = row[f"ids_{path}"] or []
+        at = first_divergence(ours, ref_ids)
+        row[f"greedy_{path}"] = STEPS if at is None else at
+        if at is not None:
+            ok = False
+            if at < len(ours):
+                lg = logits_at(ref, PROMPT + ref_ids[:at])
+                rms = float(lg.pow(2).mean().sqrt())
+                gap = float(lg[ref_ids[at]] - lg[ours[at]]) / rms
+                row["notes"].append(
+                    f"{path} ids diverge at step {at}: ours {ours[at]}, transformers {ref_ids[at]}; "
+                    f"transformers' own logits for the two differ by {gap:.4f} x RMS "
+                    f"(margin there {margins[at]:.4f})"
+                )
+            else:
+                row["notes"].append(f"{path}: only {len(ours)} ids printed")
+    row["status"] = "ok" if ok else "FAIL"
+    return row
+
+
+def print_table(rows):
+    print()
+    print("| case | architecture | stored | files | seed | min top-2 margin | logits rel. err. eager / graph (vs HF bf16) | ours vs HF f32 | HF bf16 vs HF f32 | greedy = HF (eager / graph, of 16) | tok/s eager / graph | result |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    for r in rows:
+        print(
+            f"| {r['case']} | {r['architecture']} | {r['dtype']} | {r['files']} | {r['seed']} "
+            f"| {r['min_margin']:.4f} | {fmt(r.get('rel_eager'), '.2e')} / {fmt(r.get('rel_graph'), '.2e')} "
+            f"| {fmt(r.get('rel_ours_f32'), '.2e')} | {fmt(r.get('rel_hf_bf16_f32'), '.2e')} "
+            f"| {r.get('greedy_eager', '-')} / {r.get('greedy_graph', '-')} "
+            f"| {fmt(r.get('tok_s_eager'), '.0f')} / {fmt(r.get('tok_s_graph'), '.0f')} | {r['status']} |"
+        )
+    for r in rows:
+        for note in r["notes"]:
+            print(f"- {r['case']}: {note}")
+        print(f"- {r['case']}: config.json RoPE fields {json.dumps(r['rope'])}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("binary", nargs="?", help="the decode_bench binary")
+    ap.add_argument("--out", help="folder for logs and results.json (default: a temporary folder)")
+    ap.add_argument("--cases", help="comma-separated case names (default: all)")
+    ap.add_argument("--min-margin", type=float, default=0.05,
+                    help="smallest acceptable top-2 logit margin / RMS on transformers' greedy path")
+    ap.add_argument("--max-seeds", type=int, default=32)
+    ap.add_argument("--keep", action="store_true", help="keep the checkpoint folders")
+    ap.add_argument("--self-test", action="store_true", help="test the pure-Python helpers and exit")
+    args = ap.parse_args()
+    if args.self_test:
+        self_test()
+        return 0
+    if not args.binary:
+        ap.error("the decode_bench binary is required")
+    binary = os.path.abspath(args.binary)
+    cases = CASES
+    if args.cases:
+        wanted = args.cases.split(",")
+        cases = [c for c in CASES if c["name"] in wanted]
+        if len(cases) != len(wanted):
+            ap.error(f"unknown case in {wanted}; known: {[c['name'] for c in CASES]}")
+
+    import torch
+    import transformers
+
+    if not torch.cuda.is_available():
+        print("hf_check: no CUDA device visible to torch", file=sys.stderr)
+        return 1
+    env = dict(os.environ)
+    dirs = lib_dirs()
+    if dirs:
+        env["LD_LIBRARY_PATH"] = ":".join(dirs + [env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
+    out = args.out or tempfile.mkdtemp(prefix="hf_check-")
+    os.makedirs(out, exist_ok=True)
+    work = out if args.keep else tempfile.mkdtemp(prefix="hf_check-models-")
+    print(f"hf_check: torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"device {torch.cuda.get_device_name(0)}; prompt {PROMPT}, {STEPS} steps; "
+          f"libraries from {dirs or 'the environment'}; logs in {out}")
+    rows = []
+    for case in cases:
+        try:
+            row = run_case(case, binary, work, args.min_margin, args.max_seeds, env)
+        except Exception as e:  # report and go on with the other cases
+            row = dict(case=case["name"], architecture=case["family"], dtype=case["dtype"], files=0,
+                       seed=-1, min_margin=float("nan"), rope={}, status="FAIL",
+                       notes=[f"{type(e).__name__}: {e}"])
+        rows.append(row)
+        print(f"{row['case']}: {row['status']}", flush=True)
+        if work != out:
+            for p in glob.glob(os.path.join(work, row["case"] + "*.log")):
+                os.replace(p, os.path.join(out, os.path.basename(p)))
+    if work != out:
+        shutil.rmtree(work, ignore_errors=True)
+    print_table(rows)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(rows, f, indent=2, default=str)
+    failed = [r["case"] for r in rows if r["status"] != "ok"]
+    print(f"\nhf_check: {len(rows) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,427 @@
+//! `config.json`: the model family and shapes, validated field by field.
+//!
+//! Both spellings transformers has written are read: RoPE as `rope_parameters`
+//! (`{"rope_type": "default", "rope_theta": ...}`, transformers 5) or as top-level `rope_theta`
+//! with `rope_scaling` (transformers 4), and the dtype as `dtype` or `torch_dtype`.
+
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use super::LoadOptions;
+use super::error::LoadError;
+use crate::models::llama::LlamaConfig;
+use crate::ops::MAX_HEAD_DIM;
+
+/// A model family the loader reads: the `architectures` entry of `config.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// `LlamaForCausalLM`: optional `attention_bias` (q, k, v and o), tied or untied embeddings.
+    Llama,
+    /// `Qwen2ForCausalLM`: q, k and v biases.
+    Qwen2,
+    /// `Qwen3ForCausalLM`: per-head q/k RMS norm, `head_dim` independent of the hidden size,
+    /// optional `attention_bias`.
+    Qwen3,
+    /// `MistralForCausalLM`: no biases; a sliding window as long as the KV cache is accepted.
+    Mistral,
+}
+
+impl Family {
+    /// Every family.
+    pub const ALL: [Family; 4] = [Family::Llama, Family::Qwen2, Family::Qwen3, Family::Mistral];
+
+    /// The `architectures` entry (`LlamaForCausalLM`, ...).
+    pub fn architecture(self) -> &'static str {
+        match self {
+            Family::Llama => "LlamaForCausalLM",
+            Family::Qwen2 => "Qwen2ForCausalLM",
+            Family::Qwen3 => "Qwen3ForCausalLM",
+            Family::Mistral => "MistralForCausalLM",
+        }
+    }
+
+    /// The `model_type` (`llama`, `qwen2`, `qwen3`, `mistral`).
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Qwen2 => "qwen2",
+            Family::Qwen3 => "qwen3",
+            Family::Mistral => "mistral",
+        }
+    }
+
+    /// The family of an `architectures` entry.
+    pub fn from_architecture(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.architecture() == name)
+    }
+
+    /// The family of a `model_type`.
+    pub fn from_model_type(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.model_type() == name)
+    }
+}
+
+/// The dtype `config.json` declares for the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigDtype {
+    /// `bfloat16`.
+    BF16,
+    /// `float32`.
+    F32,
+}
+
+/// A validated `config.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HfConfig {
+    /// The model family.
+    pub family: Family,
+    /// The model's shapes and variant flags, with the KV cache of the [`LoadOptions`].
+    pub model: LlamaConfig,
+    /// The declared weight dtype (`dtype` or `torch_dtype`), if any.
+    pub dtype: Option<ConfigDtype>,
+    /// `max_position_embeddings`, if given (informative: RoPE is computed for any position).
+    pub max_position_embeddings: Option<usize>,
+}
+
+/// Typed access to the fields of a JSON object, with errors naming the file and the field.
+struct Fields<'a> {
+    path: &'a Path,
+    obj: &'a Map<String, Value>,
+}
+
+impl<'a> Fields<'a> {
+    fn err(&self, field: &str, message: impl Into<String>) -> LoadError {
+        LoadError::Config {
+            path: self.path.to_path_buf(),
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// The field's value, `None` when absent or `null`.
+    fn get(&self, field: &str) -> Option<&'a Value> {
+        self.obj.get(field).filter(|v| !v.is_null())
+    }
+
+    fn usize_opt(&self, field: &str) -> Result<Option<usize>, LoadError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(v) => match v.as_u64().and_then(|u| usize::try_from(u).ok()) {
+                Some(u) if u > 0 => Ok(Some(u)),
+                _ => Err(self.err(field, format!("must be a positive integer, got {v}"))),
+            },
+        }
+    }
+
+    fn usize_req(&self, field: &str) -> Result<usize, LoadError> {
+        self.usize_opt(field)?
+            .ok_or_else(|| self.err(field, "missing (a positive integer is required)"))
+    }
+
+    fn f64_opt(&self, field: &str) -> Result<Option<f64>, LoadError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(v) => match v.as_f64() {
+                Some(x) if x.is_finite() => Ok(Some(x)),
+                _ => Err(self.err(field, format!("must be a finite number, got {v}"))),
+            },
+        }
+    }
+
+    fn bool_opt(&self, field: &str) -> Result<Option<bool>, LoadError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| self.err(field, format!("must be true or false, got {v}"))),
+        }
+    }
+
+    fn str_opt(&self, field: &str) -> Result<Option<&'a str>, LoadError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| self.err(field, format!("must be a string, got {v}"))),
+        }
+    }
+}
+
+/// Parses and validates `config.json` (`text`, read from `path`).
+pub fn parse_config(path: &Path, text: &str, opts: &LoadOptions) -> Result<HfConfig, LoadError> {
+    let value: Value = serde_json::from_str(text).map_err(|source| LoadError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let Some(obj) = value.as_object() else {
+        return Err(LoadError::Config {
+            path: path.to_path_buf(),
+            field: "(top level)".into(),
+            message: format!("must be a JSON object, got {value}"),
+        });
+    };
+    let f = Fields { path, obj };
+    let family = family(&f)?;
+    reject_unsupported(&f, family)?;
+
+    let hidden = f.usize_req("hidden_size")?;
+    let q_heads = f.usize_req("num_attention_heads")?;
+    let kv_heads = f.usize_opt("num_key_value_heads")?.unwrap_or(q_heads);
+    if q_heads % kv_heads != 0 {
+        return Err(f.err(
+            "num_key_value_heads",
+            format!("{kv_heads} does not divide num_attention_heads ({q_heads})"),
+        ));
+    }
+    let head_dim = match f.usize_opt("head_dim")? {
+        Some(d) => d,
+        // transformers' Qwen3Config defaults head_dim to 128; the others derive it.
+        None if family == Family::Qwen3 => 128,
+        None if hidden % q_heads == 0 => hidden / q_heads,
+        None => {
+            return Err(f.err(
+                "head_dim",
+                format!("absent, and hidden_size ({hidden}) is not a multiple of num_attention_heads ({q_heads})"),
+            ));
+        }
+    };
+    if head_dim % 8 != 0 || head_dim > MAX_HEAD_DIM {
+        return Err(f.err(
+            "head_dim",
+            format!("{head_dim} is not supported: the kernels need a multiple of 8, at most {MAX_HEAD_DIM}"),
+        ));
+    }
+    let rms_eps = f.f64_opt("rms_norm_eps")?.unwrap_or(1e-6);
+    if rms_eps < 0.0 {
+        return Err(f.err("rms_norm_eps", format!("must be >= 0, got {rms_eps}")));
+    }
+    let attention_bias = f.bool_opt("attention_bias")?.unwrap_or(false);
+    let (qkv_bias, o_bias) = match family {
+        Family::Llama | Family::Qwen3 => (attention_bias, attention_bias),
+        Family::Qwen2 => (true, false),
+        Family::Mistral => (false, false),
+    };
+    let model = LlamaConfig {
+        vocab: f.usize_req("vocab_size")?,
+        hidden,
+        layers: f.usize_req("num_hidden_layers")?,
+        q_heads,
+        kv_heads,
+        head_dim,
+        intermediate: f.usize_req("intermediate_size")?,
+        rms_eps: rms_eps as f32,
+        rope_theta: rope_theta(&f)?,
+        cache_slots: opts.cache_slots,
+        cache_tokens: opts.cache_tokens,
+        qkv_bias,
+        o_bias,
+        qk_norm: family == Family::Qwen3,
+        tie_embeddings: f.bool_opt("tie_word_embeddings")?.unwrap_or(false),
+    };
+    sliding_window(&f, family, &model)?;
+    model
+        .validate()
+        .map_err(|e| f.err("(model shape)", e.to_string()))?;
+    Ok(HfConfig {
+        family,
+        model,
+        dtype: dtype(&f)?,
+        max_position_embeddings: f.usize_opt("max_position_embeddings")?,
+    })
+}
+
+/// The family, from `architectures` (else `model_type`); `model_type` must agree.
+fn family(f: &Fields<'_>) -> Result<Family, LoadError> {
+    let model_type = f.str_opt("model_type")?;
+    let family = match f.get("architectures") {
+        Some(Value::Array(names)) if !names.is_empty() => {
+            let names: Vec<&str> = names.iter().filter_map(Value::as_str).collect();
+            let found = names.iter().find_map(|n| Family::from_architecture(n));
+            match (found, names.first()) {
+                (Some(family), _) => family,
+                (None, first) => {
+                    return Err(LoadError::UnsupportedArchitecture {
+                        path: f.path.to_path_buf(),
+                        found: first.map_or_else(|| "(not a string)".into(), |s| s.to_string()),
+                    });
+                }
+            }
+        }
+        Some(other) if !matches!(other, Value::Array(_)) => {
+            return Err(f.err(
+                "architectures",
+                format!("must be a list of names, got {other}"),
+            ));
+        }
+        _ => match model_type {
+            Some(mt) => {
+                Family::from_model_type(mt).ok_or_else(|| LoadError::UnsupportedArchitecture {
+                    path: f.path.to_path_buf(),
+                    found: format!("model_type {mt}"),
+                })?
+            }
+            None => return Err(f.err("architectures", "missing (and no `model_type` either)")),
+        },
+    };
+    if let Some(mt) = model_type.filter(|&mt| mt != family.model_type()) {
+        return Err(f.err(
+            "model_type",
+            format!(
+                "`{mt}` disagrees with architectures `{}` (model_type `{}`)",
+                family.architecture(),
+                family.model_type()
+            ),
+        ));
+    }
+    Ok(family)
+}
+
+/// Fields that ask for something the model does not implement.
+fn reject_unsupported(f: &Fields<'_>, family: Family) -> Result<(), LoadError> {
+    if let Some(act) = f.str_opt("hidden_act")?.filter(|&a| a != "silu") {
+        return Err(f.err(
+            "hidden_act",
+            format!("`{act}` is not supported; only `silu` (SwiGLU MLP)"),
+        ));
+    }
+    if f.bool_opt("mlp_bias")? == Some(true) {
+        return Err(f.err("mlp_bias", "MLP biases are not supported"));
+    }
+    if family == Family::Mistral && f.bool_opt("attention_bias")? == Some(true) {
+        return Err(f.err(
+            "attention_bias",
+            "Mistral has no attention biases; transformers would ignore them",
+        ));
+    }
+    if let Some(q) = f.get("quantization_config") {
+        return Err(f.err(
+            "quantization_config",
+            format!("quantized checkpoints are not supported (found {q})"),
+        ));
+    }
+    if let Some(p) = f.f64_opt("partial_rotary_factor")?.filter(|&p| p != 1.0) {
+        return Err(f.err(
+            "partial_rotary_factor",
+            format!("partial RoPE ({p}) is not supported"),
+        ));
+    }
+    Ok(())
+}
+
+/// The RoPE base, from `rope_parameters` or `rope_theta` (default 10000); any RoPE scaling is
+/// an error naming the field.
+fn rope_theta(f: &Fields<'_>) -> Result<f32, LoadError> {
+    if let Some(scaling) = f.get("rope_scaling").filter(|s| !is_default_rope(s)) {
+        return Err(f.err(
+            "rope_scaling",
+            format!("RoPE scaling is not supported (found {scaling}); it must be null or absent"),
+        ));
+    }
+    let mut theta = f.f64_opt("rope_theta")?;
+    if let Some(params) = f.get("rope_parameters") {
+        let Some(obj) = params.as_object() else {
+            return Err(f.err(
+                "rope_parameters",
+                format!("must be an object, got {params}"),
+            ));
+        };
+        let p = Fields { path: f.path, obj };
+        let kind = match p.str_opt("rope_type")? {
+            Some(k) => Some(k),
+            None => p.str_opt("type")?,
+        };
+        if let Some(kind) = kind.filter(|&k| k != "default") {
+            return Err(f.err(
+                "rope_parameters.rope_type",
+                format!("RoPE type `{kind}` is not supported; only `default` (no scaling)"),
+            ));
+        }
+        if obj.values().any(Value::is_object) {
+            return Err(f.err(
+                "rope_parameters",
+                format!("per-layer-type RoPE parameters are not supported (found {params})"),
+            ));
+        }
+        if let Some(pr) = p.f64_opt("partial_rotary_factor")?.filter(|&p| p != 1.0) {
+            return Err(f.err(
+                "rope_parameters.partial_rotary_factor",
+                format!("partial RoPE ({pr}) is not supported"),
+            ));
+        }
+        if let Some(t) = p.f64_opt("rope_theta")? {
+            theta = Some(t);
+        }
+    }
+    let theta = theta.unwrap_or(10_000.0);
+    if !(theta > 0.0 && (theta as f32).is_finite()) {
+        return Err(f.err("rope_theta", format!("must be finite and > 0, got {theta}")));
+    }
+    Ok(theta as f32)
+}
+
+/// Whether a `rope_scaling` value asks for plain RoPE (`{"rope_type": "default"}`).
+fn is_default_rope(v: &Value) -> bool {
+    let kind = v.get("rope_type").or_else(|| v.get("type"));
+    kind.and_then(Value::as_str) == Some("default")
+}
+
+/// Sliding-window attention equals full attention while the window covers the whole KV cache;
+/// a shorter window is an error naming `sliding_window`.
+fn sliding_window(f: &Fields<'_>, family: Family, model: &LlamaConfig) -> Result<(), LoadError> {
+    let window = f.usize_opt("sliding_window")?;
+    let used = match family {
+        Family::Llama => false,
+        Family::Mistral => window.is_some(),
+        Family::Qwen2 | Family::Qwen3 => match f.get("layer_types") {
+            Some(Value::Array(types)) => {
+                if let Some(bad) = types
+                    .iter()
+                    .find(|t| !matches!(t.as_str(), Some("full_attention" | "sliding_attention")))
+                {
+                    return Err(f.err("layer_types", format!("unknown layer type {bad}")));
+                }
+                f.bool_opt("use_sliding_window")? == Some(true)
+                    && types
+                        .iter()
+                        .any(|t| t.as_str() == Some("sliding_attention"))
+            }
+            Some(other) => {
+                return Err(f.err("layer_types", format!("must be a list, got {other}")));
+            }
+            None => {
+                let max_window_layers = f.usize_opt("max_window_layers")?.unwrap_or(28);
+                f.bool_opt("use_sliding_window")? == Some(true) && max_window_layers < model.layers
+            }
+        },
+    };
+    match window {
+        Some(w) if used && w < model.cache_tokens => Err(f.err(
+            "sliding_window",
+            format!(
+                "sliding-window attention ({w} positions) is not supported; it equals full attention only when the window covers the KV cache: load with cache_tokens <= {w} (asked for {})",
+                model.cache_tokens
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The declared dtype: `dtype` (transformers 5) or `torch_dtype` (4); bf16 and f32 only.
+fn dtype(f: &Fields<'_>) -> Result<Option<ConfigDtype>, LoadError> {
+    for field in ["dtype", "torch_dtype"] {
+        if let Some(name) = f.str_opt(field)? {
+            return match name {
+                "bfloat16" => Ok(Some(ConfigDtype::BF16)),
+                "float32" => Ok(Some(ConfigDtype::F32)),
+                other => Err(f.err(
+                    field,
+                    format!("`{other}` weights are not supported; only bfloat16 and float32"),
+                )),
+            };
+        }
+    }
+    Ok(None)
+}
