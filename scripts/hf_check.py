@@ -9,8 +9,10 @@ weight matters), saves it with `save_pretrained(..., safe_serialization=True)`, 
 
 * the logits at the last prompt position (our eager and graph runs, dumped with
   `--dump-logits`) with transformers' (bf16 on CUDA, one full forward over the prompt):
-  relative error ||ours - ref|| / ||ref|| within 2e-2. For context it also reports both against
-  transformers in float32;
+  relative error ||ours - ref|| / ||ref||. The truth is transformers in float32: a case passes
+  when our eager and graph logits are as close to it as transformers' own bf16 logits are
+  (within 25 %, or within 2e-2), and within 4e-2 of transformers' bf16 logits (two independent
+  bf16 roundings of one model);
 * the greedy ids of 16 steps (ours: eager and graphs) with transformers' greedy ids (a manual
   argmax loop, full forward at every step, no KV cache).
 
@@ -45,6 +47,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 PROMPT = [1, 17, 42, 99, 7, 123, 256, 11]
 STEPS = 16
 LOGIT_TOL = 2e-2
+PAIR_TOL = 4e-2
 INIT_RANGE = 0.1  # initializer_range: larger than the default 0.02 so attention is not uniform
 
 # name, family, config fields, rope_theta, saved dtype, max_shard_size
@@ -342,9 +345,25 @@ def run_case(case, binary, work, min_margin, max_seeds, env):
         ids_eager=parsed.get("ids eager"), ids_graph=parsed.get("ids graph"),
         tok_s_eager=parsed.get("tok/s eager"), tok_s_graph=parsed.get("tok/s graph"),
     )
-    ok = row["rel_eager"] <= LOGIT_TOL and row["rel_graph"] <= LOGIT_TOL
+    row["rel_graph_f32"] = rel(ours_graph, ref_f32)
+    # The truth is transformers in float32. transformers' own bf16 run is itself about 2e-2 away
+    # from it on these models (measured: 1.9e-2 to 2.4e-2), so a fixed 2e-2 bound against the
+    # bf16 run would fail a path exactly as accurate as transformers'. We pass when our eager and
+    # graph logits are as close to the f32 truth as transformers' bf16 logits are (within 25 %),
+    # or within LOGIT_TOL of it; and within PAIR_TOL of transformers' bf16 logits (two
+    # independent bf16 roundings of the same model).
+    bound = max(LOGIT_TOL, 1.25 * row["rel_hf_bf16_f32"])
+    ok = (
+        row["rel_ours_f32"] <= bound
+        and row["rel_graph_f32"] <= bound
+        and row["rel_eager"] <= PAIR_TOL
+        and row["rel_graph"] <= PAIR_TOL
+    )
     if not ok:
-        row["notes"].append(f"logits relative error above {LOGIT_TOL}")
+        row["notes"].append(
+            f"logits: ours vs HF f32 {row['rel_ours_f32']:.2e} / graph {row['rel_graph_f32']:.2e} "
+            f"(bound {bound:.2e}), vs HF bf16 {row['rel_eager']:.2e} (bound {PAIR_TOL})"
+        )
     for path in ("eager", "graph"):
         ours = row[f"ids_{path}"] or []
         at = first_divergence(ours, ref_ids)

@@ -7,6 +7,7 @@ use crate::capture::Warmup;
 use crate::context::Runtime;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::ffi::{self, DeviceRange};
 use crate::tensor::{Shape, Tensor};
 
 /// Largest captured size the `u16` lookup table can address.
@@ -256,7 +257,16 @@ impl InputSpec {
 #[derive(Debug)]
 pub(crate) struct StaticInputs<const N: usize> {
     buffers: [Tensor; N],
+    /// The runtime's one-launch copy kernel, when it loaded (else one memcpy per input).
+    pad_copy: Option<cudarc::driver::CudaFunction>,
 }
+
+/// The runtime's own kernel: all of a replay's input copies in one launch.
+static PAD_COPY: crate::KernelModule = crate::KernelModule {
+    name: "cudagraph_pad_copy",
+    source: include_str!("cu/pad_copy.cu"),
+    functions: &["pad_copy"],
+};
 
 impl<const N: usize> StaticInputs<N> {
     pub(crate) fn new(rt: &Runtime, specs: &[InputSpec; N], rows: usize) -> Result<Self> {
@@ -267,7 +277,16 @@ impl<const N: usize> StaticInputs<N> {
         let buffers: [Tensor; N] = buffers
             .try_into()
             .map_err(|_| Error::invalid("StaticInputs", "input count mismatch"))?;
-        Ok(Self { buffers })
+        let pad_copy = if N <= 4 {
+            rt.function(&PAD_COPY, "pad_copy")
+                .map_err(
+                    |e| tracing::debug!(error = %e, "pad_copy kernel unavailable; using memcpy"),
+                )
+                .ok()
+        } else {
+            None
+        };
+        Ok(Self { buffers, pad_copy })
     }
 
     /// Views of the first `rows` rows of every buffer (what the graph of that size reads).
@@ -284,7 +303,34 @@ impl<const N: usize> StaticInputs<N> {
     /// Copies each input into the first rows of its buffer. Rows past the input keep earlier
     /// contents (valid values of an earlier call or zeros): rows are independent in the models
     /// graphs capture, and callers only ever see the first `n` output rows.
+    ///
+    /// Callers have checked each input against its [`InputSpec`] and its rows against the
+    /// buffer's; all copies go in one kernel launch when the copy kernel is available.
     pub(crate) fn fill(&self, rt: &Runtime, inputs: &[&Tensor; N]) -> Result<()> {
+        if let Some(f) = &self.pad_copy {
+            let mut jobs = [(DeviceRange::EMPTY, DeviceRange::EMPTY); 4];
+            for ((job, buf), input) in jobs.iter_mut().zip(&self.buffers).zip(inputs) {
+                let bytes = input.size_in_bytes();
+                if input.rows() > buf.rows() || input.row_bytes() != buf.row_bytes() {
+                    return Err(Error::invalid(
+                        "pad_copy",
+                        "input larger than its static buffer",
+                    ));
+                }
+                *job = (
+                    DeviceRange {
+                        ptr: buf.device_ptr(),
+                        bytes,
+                    },
+                    DeviceRange {
+                        ptr: input.device_ptr(),
+                        bytes,
+                    },
+                );
+            }
+            return ffi::launch_pad_copy(rt.stream(), f, &jobs[..N])
+                .map_err(Error::driver("pad_copy"));
+        }
         for (buf, input) in self.buffers.iter().zip(inputs) {
             let dst = buf.narrow_rows(0, input.rows())?;
             rt.copy(input, &dst)?;

@@ -38,6 +38,11 @@ pub(crate) struct DeviceRange {
     pub(crate) bytes: usize,
 }
 
+impl DeviceRange {
+    /// No bytes.
+    pub(crate) const EMPTY: DeviceRange = DeviceRange { ptr: 0, bytes: 0 };
+}
+
 /// Enqueues a device-to-device copy of `src` into `dst` (equal sizes) on `stream`.
 pub(crate) fn copy_d2d(
     stream: &CudaStream,
@@ -165,6 +170,15 @@ pub(crate) fn begin_capture(stream: &CudaStream) -> Result<(), DriverError> {
     stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
 }
 
+/// Makes `ctx` current on this thread without looking at errors recorded for later calls.
+fn bind_quietly(ctx: &CudaContext) -> Result<(), DriverError> {
+    if result::ctx::get_current()? != Some(ctx.cu_ctx()) {
+        // SAFETY: `cu_ctx` belongs to a live context (`ctx` holds it).
+        unsafe { result::ctx::set_current(ctx.cu_ctx()) }?;
+    }
+    Ok(())
+}
+
 /// Why ending a capture produced no executable graph.
 #[derive(Debug)]
 pub(crate) enum EndCaptureError {
@@ -188,6 +202,9 @@ fn count_nodes_of_type(
     let mut count = 0usize;
     // SAFETY: `graph` is live; a null array asks for the count.
     unsafe { sys::cuGraphGetNodes(graph, ptr::null_mut(), &mut count) }.result()?;
+    if count == 0 {
+        return Ok(0);
+    }
     let mut nodes: Vec<sys::CUgraphNode> = vec![ptr::null_mut(); count];
     // SAFETY: `nodes` has room for `count` handles.
     unsafe { sys::cuGraphGetNodes(graph, nodes.as_mut_ptr(), &mut count) }.result()?;
@@ -283,7 +300,10 @@ impl ExecGraph {
     }
 
     fn end_capture_raw(stream: &Arc<CudaStream>) -> Result<sys::CUgraph, EndCaptureError> {
-        stream.context().bind_to_thread()?;
+        // Not cudarc's `bind_to_thread`: it first returns any error a drop recorded, and
+        // returning before `cuStreamEndCapture` would leave the stream capturing. The recorded
+        // error stays recorded; the caller reports it after the capture has ended.
+        bind_quietly(stream.context())?;
         // SAFETY: `stream` is live; ending a capture that was invalidated returns an error and
         // still leaves the stream out of capture mode.
         let graph = unsafe { result::stream::end_capture(stream.cu_stream()) }?;
@@ -485,4 +505,36 @@ impl Drop for VirtualMemory {
         let freed = unsafe { sys::cuMemAddressFree(self.va, self.size).result() };
         self.ctx.record_err(freed);
     }
+}
+
+/// Launches the runtime's `pad_copy` kernel: up to four `(dst, src)` copies of equal sizes in
+/// one launch (see `cu/pad_copy.cu`).
+pub(crate) fn launch_pad_copy(
+    stream: &CudaStream,
+    function: &cudarc::driver::CudaFunction,
+    jobs: &[(DeviceRange, DeviceRange)],
+) -> Result<(), DriverError> {
+    use cudarc::driver::{LaunchConfig, PushKernelArg};
+    debug_assert!(jobs.len() <= 4 && jobs.iter().all(|(d, s)| d.bytes == s.bytes));
+    let mut args = [0u64; 12];
+    for (i, (dst, src)) in jobs.iter().take(4).enumerate() {
+        args[3 * i] = dst.ptr;
+        args[3 * i + 1] = src.ptr;
+        args[3 * i + 2] = dst.bytes as u64;
+    }
+    let largest = jobs.iter().map(|(d, _)| d.bytes).max().unwrap_or(0);
+    let blocks = largest.div_ceil(16 * 256).clamp(1, 1024) as u32;
+    let cfg = LaunchConfig {
+        grid_dim: (blocks, jobs.len().clamp(1, 4) as u32, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut builder = stream.launch_builder(function);
+    for arg in &args {
+        builder.arg(arg);
+    }
+    // SAFETY: `pad_copy` takes twelve u64 (dst, src, bytes per job); each pair is a live range
+    // of `bytes` bytes held by the caller across the call (stream-ordered); unused jobs have 0
+    // bytes and are never dereferenced.
+    unsafe { builder.launch(cfg) }.map(|_| ())
 }

@@ -10,6 +10,7 @@
 //! `CUDAGRAPH_CAPTURE_RECLAIM=each` reclaims after every graph instead, for debugging, like
 //! PyTorch's `TORCH_CUDAGRAPH_GC=1` and vLLM's `VLLM_ENABLE_CUDAGRAPH_GC`.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::context::Runtime;
@@ -44,6 +45,11 @@ impl ReclaimPolicy {
     }
 }
 
+/// Open scopes in this process and the release threshold the first one found: the pool's
+/// threshold is device state, so with runtimes capturing on several threads the first scope
+/// raises it and the last one restores it.
+static OPEN_SCOPES: Mutex<(usize, u64)> = Mutex::new((0, 0));
+
 /// A batch of captures with reclamation at its edges only. See the [module docs](self).
 pub struct FreezeScope<'rt> {
     rt: &'rt Runtime,
@@ -60,21 +66,27 @@ impl<'rt> FreezeScope<'rt> {
     pub fn enter(rt: &'rt Runtime, policy: ReclaimPolicy) -> Result<Self> {
         rt.forbid_during_capture("entering a freeze scope")?;
         let pool = MemPool::of_device(rt.context()).map_err(Error::driver("cuDeviceGetMemPool"))?;
-        let saved_threshold = pool
-            .release_threshold()
-            .map_err(Error::driver("cuMemPoolGetAttribute"))?;
         let mut scope = Self {
             rt,
             pool,
-            saved_threshold,
+            saved_threshold: 0,
             policy,
             reclaims: 0,
             reclaim_time: Duration::ZERO,
-            open: true,
+            open: false,
         };
         scope.reclaim()?;
-        pool.set_release_threshold(u64::MAX)
-            .map_err(Error::driver("cuMemPoolSetAttribute"))?;
+        let mut open = OPEN_SCOPES.lock().unwrap_or_else(|p| p.into_inner());
+        if open.0 == 0 {
+            open.1 = pool
+                .release_threshold()
+                .map_err(Error::driver("cuMemPoolGetAttribute"))?;
+            pool.set_release_threshold(u64::MAX)
+                .map_err(Error::driver("cuMemPoolSetAttribute"))?;
+        }
+        open.0 += 1;
+        scope.saved_threshold = open.1;
+        scope.open = true;
         Ok(scope)
     }
 
@@ -103,10 +115,17 @@ impl<'rt> FreezeScope<'rt> {
             return Ok(());
         }
         self.open = false;
-        let restored = self
-            .pool
-            .set_release_threshold(self.saved_threshold)
-            .map_err(Error::driver("cuMemPoolSetAttribute"));
+        let restored = {
+            let mut open = OPEN_SCOPES.lock().unwrap_or_else(|p| p.into_inner());
+            open.0 = open.0.saturating_sub(1);
+            if open.0 == 0 {
+                self.pool
+                    .set_release_threshold(self.saved_threshold)
+                    .map_err(Error::driver("cuMemPoolSetAttribute"))
+            } else {
+                Ok(())
+            }
+        };
         self.reclaim()?;
         restored
     }
