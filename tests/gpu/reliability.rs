@@ -366,3 +366,26 @@ fn two_runners_in_two_threads() -> Result<()> {
     assert!(a <= BF16_TOL && b <= BF16_TOL);
     Ok(())
 }
+
+#[test]
+fn tensor_on_another_device_is_an_error() -> Result<()> {
+    let Some(rt) = gpu("tensor_on_another_device_is_an_error") else {
+        return Ok(());
+    };
+    if Runtime::device_count()? < 2 {
+        println!("skipped tensor_on_another_device_is_an_error: one GPU visible, needs two");
+        return Ok(());
+    }
+    let other = Runtime::new(1)?;
+    let mut rng = Rng(fresh_seed("tensor_on_another_device_is_an_error"));
+    let (w, _) = upload_bf16(&rt, &rng.vec(HIDDEN * HIDDEN, -0.2, 0.2), &[HIDDEN, HIDDEN])?;
+    let plan = GraphPlan::new("devices", &SIZES, 0)?;
+    let spec = [InputSpec::new(DType::BF16, &[HIDDEN])?];
+    let mut graphs = Runner::capture(&rt, plan, spec, (), |rt, [x], ()| ops::linear(rt, x, &w))?;
+    let (x_elsewhere, _) = upload_bf16(&other, &rng.vec(4 * HIDDEN, -1.0, 1.0), &[4, HIDDEN])?;
+    let err = graphs.run([&x_elsewhere]).expect_err("a tensor on device 1 given to a runner on device 0");
+    println!("tensor_on_another_device_is_an_error: {err}");
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+    assert_eq!(graphs.stats().replay_count() + graphs.stats().fallback_count(), 0);
+    Ok(())
+}
