@@ -141,7 +141,7 @@ fn record<T, E>(
     end: impl FnOnce(&Arc<cudarc::driver::CudaStream>) -> Result<E, EndCaptureError>,
 ) -> Result<(E, T, usize, Duration, Duration), Failed> {
     let started = Instant::now();
-    let (recorded, ended, used, exhausted, record) = {
+    let (recorded, ended, used, exhausted, record, last_site) = {
         let _guard = ModeGuard { rt };
         {
             let shared = rt.alloc_shared();
@@ -178,6 +178,7 @@ fn record<T, E>(
             used,
             exhausted,
             record,
+            site,
         )
     };
     // Parked drops happened under capture; free them now that it ended.
@@ -187,7 +188,7 @@ fn record<T, E>(
     // real cause of whatever else failed: report it first.
     let site = match (&recorded, &ended) {
         (Err((_, site)), _) | (_, Err((_, site))) => *site,
-        _ => None,
+        _ => last_site,
     };
     rt.check_deferred().map_err(|error| Failed {
         error,
