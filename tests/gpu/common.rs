@@ -2,6 +2,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use cudagraph::models::llama::LlamaConfig;
 use cudagraph::testing::gpu_or_skip;
 use cudagraph::{Result, Runtime, Tensor};
 use half::bf16;
@@ -95,3 +96,15 @@ pub fn assert_close(what: &str, a: &[f32], b: &[f32], bound: f64) {
 /// bf16 tolerance between two bf16 computations of the same function (METHOD.md: bf16
 /// operands land between 1e-3 and 1e-2).
 pub const BF16_TOL: f64 = 1e-2;
+
+/// Fresh random token ids (`[n]` u32) and positions (`[n]` i32) for `n` sequences of `cfg`.
+pub fn draw_decode_inputs(
+    rt: &Runtime,
+    rng: &mut Rng,
+    cfg: &LlamaConfig,
+    n: usize,
+) -> Result<(Tensor, Tensor)> {
+    let tokens: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab) as u32).collect();
+    let positions: Vec<i32> = (0..n).map(|_| rng.below(cfg.cache_tokens) as i32).collect();
+    Ok((rt.upload(&tokens, &[n])?, rt.upload(&positions, &[n])?))
+}

@@ -2,18 +2,14 @@
 //! and refresh of every graph for new weights without a new capture.
 
 use cudagraph::models::llama::{Llama, LlamaConfig};
-use cudagraph::{GraphPlan, Result, Runner, Runtime, Tensor};
+use cudagraph::{GraphPlan, Result, Runner};
 
-use crate::common::{BF16_TOL, Rng, download_f32, fresh_seed, gpu, rel_error};
+use crate::common::{
+    BF16_TOL, Rng, download_f32, draw_decode_inputs as draw, fresh_seed, gpu, rel_error,
+};
 
 fn sizes() -> Vec<usize> {
     [1, 2, 4].into_iter().chain((8..=256).step_by(8)).collect()
-}
-
-fn draw(rt: &Runtime, rng: &mut Rng, cfg: &LlamaConfig, n: usize) -> Result<(Tensor, Tensor)> {
-    let tokens: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab) as u32).collect();
-    let positions: Vec<i32> = (0..n).map(|_| rng.below(cfg.cache_tokens) as i32).collect();
-    Ok((rt.upload(&tokens, &[n])?, rt.upload(&positions, &[n])?))
 }
 
 #[test]

@@ -2,16 +2,12 @@
 
 use std::time::Instant;
 
+use cudagraph::Result;
 use cudagraph::models::llama::{Llama, LlamaConfig};
-use cudagraph::{Result, Runtime, Tensor};
 
-use crate::common::{BF16_TOL, Rng, download_f32, fresh_seed, gpu, rel_error};
-
-fn draw(rt: &Runtime, rng: &mut Rng, cfg: &LlamaConfig, n: usize) -> Result<(Tensor, Tensor)> {
-    let tokens: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab) as u32).collect();
-    let positions: Vec<i32> = (0..n).map(|_| rng.below(cfg.cache_tokens) as i32).collect();
-    Ok((rt.upload(&tokens, &[n])?, rt.upload(&positions, &[n])?))
-}
+use crate::common::{
+    BF16_TOL, Rng, download_f32, draw_decode_inputs as draw, fresh_seed, gpu, rel_error,
+};
 
 #[test]
 fn pool_holds_about_the_largest_graph() -> Result<()> {

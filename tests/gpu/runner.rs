@@ -2,15 +2,11 @@
 //! graph output against eager output.
 
 use cudagraph::models::llama::{Llama, LlamaConfig};
-use cudagraph::{DType, FallbackReason, InputSpec, Result, Runtime, Tensor};
+use cudagraph::{DType, FallbackReason, InputSpec, Result, Runtime};
 
-use crate::common::{BF16_TOL, Rng, download_f32, fresh_seed, gpu, rel_error};
-
-fn draw(rt: &Runtime, rng: &mut Rng, cfg: &LlamaConfig, n: usize) -> Result<(Tensor, Tensor)> {
-    let tokens: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab) as u32).collect();
-    let positions: Vec<i32> = (0..n).map(|_| rng.below(cfg.cache_tokens) as i32).collect();
-    Ok((rt.upload(&tokens, &[n])?, rt.upload(&positions, &[n])?))
-}
+use crate::common::{
+    BF16_TOL, Rng, download_f32, draw_decode_inputs as draw, fresh_seed, gpu, rel_error,
+};
 
 /// Graph at `n` vs eager at `n` on fresh inputs, with the pool and eager outputs poisoned.
 fn check_size(
