@@ -7,13 +7,15 @@
 //!
 //! Options: `--iters N` (timed iterations per size, default 50), `--batches 1,8,300` (sizes to
 //! time; sizes above the largest captured one run the eager fallback), `--json FILE` (every
-//! figure, machine-readable, for `scripts/bench.sh`).
+//! figure, machine-readable, for `scripts/bench.sh`), `--tp N` (tensor parallelism over N GPUs,
+//! one thread per GPU, NCCL all-reduces inside the graphs: tp = N against tp = 1; see `tp.rs`).
 //!
 //! With `--model DIR` it loads a Hugging Face checkpoint folder instead and generates greedily
 //! with the eager forward and with the graphs (see `generate.rs`).
 
 mod bench;
 mod generate;
+mod tp;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +33,8 @@ pub struct Options {
     pub json: Option<PathBuf>,
     /// Generation mode (`--model DIR` ...).
     pub generate: generate::GenerateOptions,
+    /// Tensor parallelism (`--tp N`); 1: the single-GPU benchmark.
+    pub tp: usize,
 }
 
 fn parse_options() -> std::result::Result<Options, String> {
@@ -39,6 +43,7 @@ fn parse_options() -> std::result::Result<Options, String> {
         batches: vec![1, 8, 32, 64, 128, 256, 300],
         json: None,
         generate: Default::default(),
+        tp: 1,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -56,12 +61,15 @@ fn parse_options() -> std::result::Result<Options, String> {
                     .collect::<std::result::Result<_, _>>()?;
             }
             "--json" => opts.json = Some(PathBuf::from(value("--json")?)),
+            "--tp" => {
+                opts.tp = value("--tp")?.parse().map_err(|e| format!("--tp: {e}"))?;
+            }
             flag if generate::GenerateOptions::FLAGS.contains(&flag) => {
                 opts.generate.set(flag, &value(flag)?)?;
             }
             "-h" | "--help" => {
                 return Err(format!(
-                    "usage: decode_bench [--iters N] [--batches 1,8,300] [--json FILE] {}",
+                    "usage: decode_bench [--iters N] [--batches 1,8,300] [--json FILE] [--tp N] {}",
                     generate::GenerateOptions::USAGE
                 ));
             }
@@ -69,8 +77,11 @@ fn parse_options() -> std::result::Result<Options, String> {
         }
     }
     opts.generate.check()?;
-    if opts.iters == 0 || opts.batches.contains(&0) {
-        return Err("--iters and every batch size must be at least 1".into());
+    if opts.iters == 0 || opts.batches.contains(&0) || opts.tp == 0 {
+        return Err("--iters, --tp and every batch size must be at least 1".into());
+    }
+    if opts.tp > 1 && opts.generate.enabled() {
+        return Err("--tp runs the benchmark; it does not combine with --model".into());
     }
     Ok(opts)
 }
@@ -83,6 +94,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if opts.tp > 1 {
+        // Before anything else: it sets the environment while this is the only thread.
+        return tp::main(&opts);
+    }
     let started = Instant::now();
     let rt = match Runtime::new(0) {
         Ok(rt) => rt,

@@ -36,7 +36,7 @@ pub type EagerFn<'m, const N: usize, S> =
 struct SizeGraph {
     exec: ExecGraph,
     /// Pool memory the graph reads and writes; kept alive with it.
-    _chunk: Arc<PoolChunk>,
+    chunk: Arc<PoolChunk>,
     /// The graph's output, `size` rows, in the pool.
     output: Tensor,
 }
@@ -97,8 +97,12 @@ impl<const N: usize, S> std::fmt::Debug for Runner<'_, N, S> {
 }
 
 impl<'m, const N: usize, S: PartialEq + 'm> Runner<'m, N, S> {
-    /// Captures `eager` once per size of `plan`, largest first, each after a warm-up run, all
-    /// inside one [`FreezeScope`]. `statics` are the host values baked into every graph.
+    /// Captures `eager` once per size of `plan`, largest first, all inside one [`FreezeScope`]:
+    /// the first capture after an eager warm-up run (lazy initialisation, and measurement of the
+    /// pool the graphs will share), the others straight into that pool, warming up only when one
+    /// would not fit (see [`Warmup`]; `CUDAGRAPH_CAPTURE_WARMUP=each` warms up every size). With
+    /// a lazy plan nothing is captured here: each size on its first use. `statics` are the host
+    /// values baked into every graph.
     ///
     /// On error nothing is kept: graphs captured so far and the pool are freed, and the stream
     /// is out of capture mode.
@@ -223,7 +227,7 @@ impl<'m, const N: usize, S: PartialEq + 'm> Runner<'m, N, S> {
         self.stats.pool_bytes = self.pool.bytes();
         self.graphs[slot] = Some(SizeGraph {
             exec: c.exec,
-            _chunk: c.chunk,
+            chunk: c.chunk,
             output: c.value,
         });
         Ok(())
@@ -395,7 +399,7 @@ impl<'m, const N: usize, S: PartialEq + 'm> Runner<'m, N, S> {
                 let refs: [&Tensor; N] = std::array::from_fn(|i| &views[i]);
                 eager(rt, refs, &statics)
             };
-            let chunk = graph._chunk.clone();
+            let chunk = graph.chunk.clone();
             let (output, in_place) =
                 rerecord(rt, &chunk, &mut graph.exec, plan.function, size, &mut body)?;
             graph.output = output;

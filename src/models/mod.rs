@@ -4,9 +4,12 @@
 //!   from given weights;
 //! * [`hf`]: loading Hugging Face checkpoint folders (`config.json` + safetensors) into it;
 //! * [`weights`]: the host-side weights a loader produces;
+//! * [`tp`]: tensor parallelism: the decoder sharded over several GPUs, one thread per GPU,
+//!   with NCCL all-reduces captured in each rank's graphs;
 //! * [`reference`](mod@reference): the same decode step on the host, for tests.
 
 pub mod hf;
 pub mod llama;
 pub mod reference;
+pub mod tp;
 pub mod weights;

@@ -12,3 +12,4 @@ mod kernels;
 mod memory;
 mod reliability;
 mod runner;
+mod tp;

@@ -383,9 +383,14 @@ fn tensor_on_another_device_is_an_error() -> Result<()> {
     let spec = [InputSpec::new(DType::BF16, &[HIDDEN])?];
     let mut graphs = Runner::capture(&rt, plan, spec, (), |rt, [x], ()| ops::linear(rt, x, &w))?;
     let (x_elsewhere, _) = upload_bf16(&other, &rng.vec(4 * HIDDEN, -1.0, 1.0), &[4, HIDDEN])?;
-    let err = graphs.run([&x_elsewhere]).expect_err("a tensor on device 1 given to a runner on device 0");
+    let err = graphs
+        .run([&x_elsewhere])
+        .expect_err("a tensor on device 1 given to a runner on device 0");
     println!("tensor_on_another_device_is_an_error: {err}");
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
-    assert_eq!(graphs.stats().replay_count() + graphs.stats().fallback_count(), 0);
+    assert_eq!(
+        graphs.stats().replay_count() + graphs.stats().fallback_count(),
+        0
+    );
     Ok(())
 }
