@@ -10,6 +10,7 @@
 //! `CUDAGRAPH_CAPTURE_RECLAIM=each` reclaims after every graph instead, for debugging, like
 //! PyTorch's `TORCH_CUDAGRAPH_GC=1` and vLLM's `VLLM_ENABLE_CUDAGRAPH_GC`.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -45,10 +46,10 @@ impl ReclaimPolicy {
     }
 }
 
-/// Open scopes in this process and the release threshold the first one found: the pool's
-/// threshold is device state, so with runtimes capturing on several threads the first scope
-/// raises it and the last one restores it.
-static OPEN_SCOPES: Mutex<(usize, u64)> = Mutex::new((0, 0));
+/// Per device: open scopes in this process and the release threshold the first one found. The
+/// pool's threshold is device state, so with runtimes capturing on several threads the first
+/// scope on a device raises it and the last one restores it.
+static OPEN_SCOPES: Mutex<BTreeMap<usize, (usize, u64)>> = Mutex::new(BTreeMap::new());
 
 /// A batch of captures with reclamation at its edges only. See the [module docs](self).
 pub struct FreezeScope<'rt> {
@@ -76,7 +77,8 @@ impl<'rt> FreezeScope<'rt> {
             open: false,
         };
         scope.reclaim()?;
-        let mut open = OPEN_SCOPES.lock().unwrap_or_else(|p| p.into_inner());
+        let mut scopes = OPEN_SCOPES.lock().unwrap_or_else(|p| p.into_inner());
+        let open = scopes.entry(rt.ordinal()).or_insert((0, 0));
         if open.0 == 0 {
             open.1 = pool
                 .release_threshold()
@@ -116,7 +118,10 @@ impl<'rt> FreezeScope<'rt> {
         }
         self.open = false;
         let restored = {
-            let mut open = OPEN_SCOPES.lock().unwrap_or_else(|p| p.into_inner());
+            let mut scopes = OPEN_SCOPES.lock().unwrap_or_else(|p| p.into_inner());
+            let open = scopes
+                .entry(self.rt.ordinal())
+                .or_insert((1, self.saved_threshold));
             open.0 = open.0.saturating_sub(1);
             if open.0 == 0 {
                 self.pool
