@@ -6,52 +6,10 @@ use std::time::Instant;
 
 use cudagraph::kernels::modules::ALL_MODULES;
 use cudagraph::models::llama::{Llama, LlamaConfig};
-use cudagraph::{GraphPlan, ReclaimPolicy, Result, Runner, Runtime, Tensor};
+use cudagraph::{GraphPlan, ReclaimPolicy, Result, Runner, Runtime};
 
 use crate::Options;
-
-/// Deterministic random inputs on the host (SplitMix64), fresh for every call.
-pub struct Inputs(pub u64);
-
-impl Inputs {
-    /// The next raw 64-bit value.
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Token ids and positions for `n` sequences.
-    pub fn draw(&mut self, rt: &Runtime, cfg: &LlamaConfig, n: usize) -> Result<(Tensor, Tensor)> {
-        let tokens: Vec<u32> = (0..n)
-            .map(|_| (self.next() % cfg.vocab as u64) as u32)
-            .collect();
-        let positions: Vec<i32> = (0..n)
-            .map(|_| (self.next() % cfg.cache_tokens as u64) as i32)
-            .collect();
-        Ok((rt.upload(&tokens, &[n])?, rt.upload(&positions, &[n])?))
-    }
-}
-
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
-}
-
-/// ‖a − b‖₂ / ‖b‖₂ over the f32 values of two bf16 tensors (NaN if either has a NaN).
-fn relative_error(rt: &Runtime, a: &Tensor, b: &Tensor) -> Result<f64> {
-    let a: Vec<half::bf16> = rt.download(a)?;
-    let b: Vec<half::bf16> = rt.download(b)?;
-    let (mut diff, mut norm) = (0f64, 0f64);
-    for (x, y) in a.iter().zip(&b) {
-        let (x, y) = (x.to_f64(), y.to_f64());
-        diff += (x - y) * (x - y);
-        norm += y * y;
-    }
-    Ok((diff / norm).sqrt())
-}
+use crate::common::{Inputs, median, relative_error_tensors};
 
 /// Figures collected for `--json`.
 #[derive(Default)]
@@ -192,7 +150,7 @@ pub fn run(rt: &Runtime, opts: &Options, context_s: f64) -> Result<()> {
         let eager = model.forward(rt, &tokens, &positions)?;
         let (replayed, err) = {
             let out = graphs.run([&tokens, &positions])?;
-            (out.replayed(), relative_error(rt, &out, &eager)?)
+            (out.replayed(), relative_error_tensors(rt, &out, &eager)?)
         };
         let mut eager_s = Vec::with_capacity(opts.iters);
         let mut graph_s = Vec::with_capacity(opts.iters);

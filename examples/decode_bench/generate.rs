@@ -14,6 +14,7 @@
 //! `--dump-logits FILE`, the logits at the last prompt position are written as `vocab`
 //! little-endian f32 values: the eager run's to `FILE`, the graph run's to `FILE.graph`.
 
+use crate::common::relative_error;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -186,16 +187,6 @@ fn generate(
     })
 }
 
-/// ‖a − b‖ / ‖b‖.
-fn relative_error(a: &[f32], b: &[f32]) -> f64 {
-    let (mut diff, mut norm) = (0f64, 0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        diff += (f64::from(x) - f64::from(y)).powi(2);
-        norm += f64::from(y).powi(2);
-    }
-    (diff / norm).sqrt()
-}
-
 fn describe(family: &str, cfg: &LlamaConfig) -> String {
     let mut variant = Vec::new();
     if cfg.qkv_bias {
@@ -349,7 +340,10 @@ fn run(rt: &Runtime, opts: &GenerateOptions) -> BoxResult<()> {
         .count();
     println!(
         "last prompt position logits, graph vs eager: relative error {:.3e}; greedy ids identical for {same} of {new_tokens} steps",
-        relative_error(&graph.prompt_logits, &eager.prompt_logits)
+        relative_error(
+            graph.prompt_logits.iter().map(|&v| f64::from(v)),
+            eager.prompt_logits.iter().map(|&v| f64::from(v)),
+        )
     );
     if let Some(path) = &opts.dump_logits {
         write_logits(path, &eager.prompt_logits)?;

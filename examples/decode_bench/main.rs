@@ -14,6 +14,7 @@
 //! with the eager forward and with the graphs (see `generate.rs`).
 
 mod bench;
+mod common;
 mod generate;
 mod tp;
 

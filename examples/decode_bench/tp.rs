@@ -24,7 +24,7 @@ use cudagraph::{Result, Runtime, Tensor};
 use half::bf16;
 
 use crate::Options;
-use crate::bench::Inputs;
+use crate::common::{Inputs, median, relative_error_bf16};
 
 /// tp = N against tp = 1: partial sums rounded to bf16 before the all-reduce.
 const TP_TOL: f64 = 2e-2;
@@ -95,12 +95,7 @@ struct Batch {
 
 impl Batch {
     fn draw(inputs: &mut Inputs, cfg: &LlamaConfig, n: usize) -> Self {
-        let tokens = (0..n)
-            .map(|_| (inputs.next() % cfg.vocab as u64) as u32)
-            .collect();
-        let positions = (0..n)
-            .map(|_| (inputs.next() % cfg.cache_tokens as u64) as i32)
-            .collect();
+        let (tokens, positions) = inputs.draw_host(cfg, n);
         Self {
             n,
             tokens,
@@ -134,22 +129,6 @@ struct Row {
     graph_vs_eager: f64,
     eager_s: Vec<f64>,
     graph_s: Vec<f64>,
-}
-
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-/// ‖a − b‖₂ / ‖b‖₂ (NaN propagates).
-fn rel_error(a: &[bf16], b: &[bf16]) -> f64 {
-    let (mut diff, mut norm) = (0f64, 0f64);
-    for (x, y) in a.iter().zip(b) {
-        let (x, y) = (x.to_f64(), y.to_f64());
-        diff += (x - y) * (x - y);
-        norm += y * y;
-    }
-    (diff / norm).sqrt()
 }
 
 /// Per iteration, the slowest rank's time; then the median (µs).
@@ -246,7 +225,7 @@ fn single_gpu(
         }
         rows.push(Row {
             replayed,
-            graph_vs_eager: rel_error(&graph, &eager),
+            graph_vs_eager: relative_error_bf16(&graph, &eager),
             logits: Some(eager),
             eager_s,
             graph_s,
@@ -318,7 +297,7 @@ fn tensor_parallel(
                 graph_s.push(t.elapsed().as_secs_f64());
             }
             let graph_vs_eager = match (&graph, &eager) {
-                (Some(g), Some(e)) => rel_error(g, e),
+                (Some(g), Some(e)) => relative_error_bf16(g, e),
                 _ => f64::NAN,
             };
             rows.push(Row {
@@ -395,7 +374,7 @@ fn report(
         );
         let row = &lead.rows[i];
         let err = match (&row.logits, &r1.logits) {
-            (Some(g), Some(e)) => rel_error(g, e),
+            (Some(g), Some(e)) => relative_error_bf16(g, e),
             _ => f64::NAN,
         };
         // NaN fails too.

@@ -69,7 +69,8 @@ struct Case {
 }
 
 /// Draws the inputs of every batch size in `sizes` (in order) and computes the tp = 1 eager
-/// logits on `rt`, one step after the other: the cache evolves as the tp = 2 ranks' will.
+/// logits on `rt`, one step after the other: the cache evolves as the tp = 2 ranks' will
+/// (including the capture's warm-up writes).
 fn reference_cases(
     rt: &Runtime,
     cfg: &LlamaConfig,
@@ -78,6 +79,11 @@ fn reference_cases(
     sizes: &[usize],
 ) -> Result<Vec<Case>> {
     let model = Llama::from_weights(rt, cfg.clone(), weights)?;
+    // Capturing runs one eager warm-up at the largest size on the zero-filled static inputs:
+    // token 0 at position 0 of cache slots 0..256. The tp = 2 ranks capture too, so the
+    // reference model must see the same writes, or every attention (which reads position 0)
+    // would differ by more than rounding.
+    drop(model.forward_graphs(rt, cfg.input_specs()?)?);
     let mut cases = Vec::with_capacity(sizes.len());
     for &n in sizes {
         let tokens: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab) as u32).collect();
