@@ -10,7 +10,7 @@
 //! `attention_bias`) one `add_bias` each; Qwen3's per-head q/k RMS norm is fused into the RoPE
 //! kernel; an untied LM head is a different weight for the same last projection.
 
-use super::weights::{HostTensor, LlamaWeights};
+use super::weights::{HostTensor, LayerWeights, LlamaWeights};
 use crate::ops::{self, AttentionShape, QkNorm};
 use crate::{DType, Error, InputSpec, Result, Runtime, Tensor, cuda_graph};
 
@@ -181,6 +181,93 @@ pub struct LlamaLayer {
     v_cache: Tensor,
 }
 
+impl LlamaLayer {
+    /// Uploads one layer's host weights (already checked) and allocates its zeroed KV cache of
+    /// shape `cache` (`[slots, tokens, kv_heads, head_dim]`) for keys and for values.
+    pub(crate) fn upload(rt: &Runtime, l: &LayerWeights, cache: [usize; 4]) -> Result<Self> {
+        let up = |t: &HostTensor| rt.upload(&t.data, &t.dims);
+        let up_opt = |t: &Option<HostTensor>| t.as_ref().map(up).transpose();
+        Ok(Self {
+            attn_norm: up(&l.attn_norm)?,
+            qkv: up(&l.qkv)?,
+            qkv_bias: up_opt(&l.qkv_bias)?,
+            q_norm: up_opt(&l.q_norm)?,
+            k_norm: up_opt(&l.k_norm)?,
+            o_proj: up(&l.o_proj)?,
+            o_bias: up_opt(&l.o_bias)?,
+            mlp_norm: up(&l.mlp_norm)?,
+            gate_up: up(&l.gate_up)?,
+            down: up(&l.down)?,
+            k_cache: rt.zeros(&cache, DType::BF16)?,
+            v_cache: rt.zeros(&cache, DType::BF16)?,
+        })
+    }
+}
+
+/// The parts of a decoder one decode step reads: `cfg` gives the (per-rank) head counts.
+pub(crate) struct DecodeParts<'a> {
+    pub(crate) cfg: &'a LlamaConfig,
+    pub(crate) embed: &'a Tensor,
+    pub(crate) layers: &'a [LlamaLayer],
+    pub(crate) final_norm: &'a Tensor,
+    pub(crate) lm_head: Option<&'a Tensor>,
+}
+
+/// One decode step over `parts`. `reduce` is applied to the output projection's and the down
+/// projection's results before each residual add: the identity on one GPU, an all-reduce across
+/// the ranks of a tensor-parallel model (whose projections produce partial sums).
+pub(crate) fn decode_step(
+    rt: &Runtime,
+    parts: &DecodeParts<'_>,
+    tokens: &Tensor,
+    positions: &Tensor,
+    reduce: &dyn Fn(&Runtime, Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let cfg = parts.cfg;
+    let attn = cfg.attention();
+    let first = parts
+        .layers
+        .first()
+        .ok_or_else(|| Error::invalid("decode_step", "a decoder needs at least one layer"))?;
+    let mut residual = ops::embedding(rt, parts.embed, tokens)?;
+    let mut normed = ops::rms_norm(rt, &residual, &first.attn_norm, cfg.rms_eps)?;
+    for (i, layer) in parts.layers.iter().enumerate() {
+        let qkv = match &layer.qkv_bias {
+            Some(bias) => ops::linear_bias(rt, &normed, &layer.qkv, bias)?,
+            None => ops::linear(rt, &normed, &layer.qkv)?,
+        };
+        let (k_cache, v_cache) = (&layer.k_cache, &layer.v_cache);
+        let q = match (&layer.q_norm, &layer.k_norm) {
+            (Some(q_weight), Some(k_weight)) => {
+                let norm = QkNorm {
+                    q_weight,
+                    k_weight,
+                    eps: cfg.rms_eps,
+                };
+                ops::rope_kv_write_qk_norm(rt, &qkv, positions, k_cache, v_cache, &attn, &norm)?
+            }
+            _ => ops::rope_kv_write(rt, &qkv, positions, k_cache, v_cache, &attn)?,
+        };
+        let ctx = ops::attention_decode(rt, &q, k_cache, v_cache, positions, &attn)?;
+        let attn_out = match &layer.o_bias {
+            Some(bias) => ops::linear_bias(rt, &ctx, &layer.o_proj, bias)?,
+            None => ops::linear(rt, &ctx, &layer.o_proj)?,
+        };
+        let attn_out = reduce(rt, attn_out)?;
+        let (r, n) = ops::add_rms_norm(rt, &residual, &attn_out, &layer.mlp_norm, cfg.rms_eps)?;
+        let gate_up = ops::linear(rt, &n, &layer.gate_up)?;
+        let act = ops::silu_mul(rt, &gate_up)?;
+        let mlp_out = reduce(rt, ops::linear(rt, &act, &layer.down)?)?;
+        let next_norm = match parts.layers.get(i + 1) {
+            Some(next) => &next.attn_norm,
+            None => parts.final_norm,
+        };
+        (residual, normed) = ops::add_rms_norm(rt, &r, &mlp_out, next_norm, cfg.rms_eps)?;
+    }
+    // Tied embeddings: the LM head is the embedding table.
+    ops::linear(rt, &normed, parts.lm_head.unwrap_or(parts.embed))
+}
+
 /// A Llama-family decoder with its KV cache.
 #[derive(Debug)]
 pub struct Llama {
@@ -285,20 +372,7 @@ impl Llama {
         ];
         let mut layers = Vec::with_capacity(cfg.layers);
         for l in &weights.layers {
-            layers.push(LlamaLayer {
-                attn_norm: up(&l.attn_norm)?,
-                qkv: up(&l.qkv)?,
-                qkv_bias: up_opt(&l.qkv_bias)?,
-                q_norm: up_opt(&l.q_norm)?,
-                k_norm: up_opt(&l.k_norm)?,
-                o_proj: up(&l.o_proj)?,
-                o_bias: up_opt(&l.o_bias)?,
-                mlp_norm: up(&l.mlp_norm)?,
-                gate_up: up(&l.gate_up)?,
-                down: up(&l.down)?,
-                k_cache: rt.zeros(&cache, DType::BF16)?,
-                v_cache: rt.zeros(&cache, DType::BF16)?,
-            });
+            layers.push(LlamaLayer::upload(rt, l, cache)?);
         }
         let model = Self {
             embed: up(&weights.embed)?,
@@ -321,43 +395,13 @@ impl Llama {
     /// and values into the KV cache.
     #[cuda_graph(sizes = [1, 2, 4, 8..=256 step 8])]
     pub fn forward(&self, rt: &Runtime, tokens: &Tensor, positions: &Tensor) -> Result<Tensor> {
-        let cfg = &self.cfg;
-        let attn = cfg.attention();
-        let mut residual = ops::embedding(rt, &self.embed, tokens)?;
-        let mut normed = ops::rms_norm(rt, &residual, &self.layers[0].attn_norm, cfg.rms_eps)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let qkv = match &layer.qkv_bias {
-                Some(bias) => ops::linear_bias(rt, &normed, &layer.qkv, bias)?,
-                None => ops::linear(rt, &normed, &layer.qkv)?,
-            };
-            let (k_cache, v_cache) = (&layer.k_cache, &layer.v_cache);
-            let q = match (&layer.q_norm, &layer.k_norm) {
-                (Some(q_weight), Some(k_weight)) => {
-                    let norm = QkNorm {
-                        q_weight,
-                        k_weight,
-                        eps: cfg.rms_eps,
-                    };
-                    ops::rope_kv_write_qk_norm(rt, &qkv, positions, k_cache, v_cache, &attn, &norm)?
-                }
-                _ => ops::rope_kv_write(rt, &qkv, positions, k_cache, v_cache, &attn)?,
-            };
-            let ctx = ops::attention_decode(rt, &q, k_cache, v_cache, positions, &attn)?;
-            let attn_out = match &layer.o_bias {
-                Some(bias) => ops::linear_bias(rt, &ctx, &layer.o_proj, bias)?,
-                None => ops::linear(rt, &ctx, &layer.o_proj)?,
-            };
-            let (r, n) = ops::add_rms_norm(rt, &residual, &attn_out, &layer.mlp_norm, cfg.rms_eps)?;
-            let gate_up = ops::linear(rt, &n, &layer.gate_up)?;
-            let act = ops::silu_mul(rt, &gate_up)?;
-            let mlp_out = ops::linear(rt, &act, &layer.down)?;
-            let next_norm = match self.layers.get(i + 1) {
-                Some(next) => &next.attn_norm,
-                None => &self.final_norm,
-            };
-            (residual, normed) = ops::add_rms_norm(rt, &r, &mlp_out, next_norm, cfg.rms_eps)?;
-        }
-        // Tied embeddings: the LM head is the embedding table.
-        ops::linear(rt, &normed, self.lm_head.as_ref().unwrap_or(&self.embed))
+        let parts = DecodeParts {
+            cfg: &self.cfg,
+            embed: &self.embed,
+            layers: &self.layers,
+            final_norm: &self.final_norm,
+            lm_head: self.lm_head.as_ref(),
+        };
+        decode_step(rt, &parts, tokens, positions, &|_, t| Ok(t))
     }
 }

@@ -81,11 +81,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use half::bf16;
 
-use super::llama::LlamaConfig;
+use super::llama::{DecodeParts, LlamaConfig, LlamaLayer, decode_step};
 use super::weights::{HostTensor, LayerWeights, LlamaWeights};
 use crate::cudarc::nccl::{result as nccl, sys as nccl_sys};
 use crate::kernels::reference::uniform_value;
-use crate::ops::{self, QkNorm};
+
 use crate::{DType, Error, Result, Runtime, Tensor, cuda_graph};
 
 /// The environment variable that must be `0`: NCCL's NVLink SHARP (multicast) stays off.
@@ -762,23 +762,6 @@ fn uniform_bf16(seed: u64, len: usize, low: f32, high: f32) -> Vec<bf16> {
 // The sharded model
 // ---------------------------------------------------------------------------------------------
 
-/// One rank's part of a decoder layer, with its part of the KV cache.
-#[derive(Debug)]
-struct TpLayer {
-    attn_norm: Tensor,
-    qkv: Tensor,
-    qkv_bias: Option<Tensor>,
-    q_norm: Option<Tensor>,
-    k_norm: Option<Tensor>,
-    o_proj: Tensor,
-    o_bias: Option<Tensor>,
-    mlp_norm: Tensor,
-    gate_up: Tensor,
-    down: Tensor,
-    k_cache: Tensor,
-    v_cache: Tensor,
-}
-
 /// One rank of a tensor-parallel Llama-family decoder: its shard of the weights, its part of the
 /// KV cache, and the rank's communicator (borrowed: the graphs that record its all-reduces, which
 /// borrow the model, are gone before it is destroyed). Built in the rank's thread (see
@@ -788,7 +771,7 @@ pub struct TpLlama<'c> {
     cfg: LlamaConfig,
     local: LlamaConfig,
     embed: Tensor,
-    layers: Vec<TpLayer>,
+    layers: Vec<LlamaLayer>,
     final_norm: Tensor,
     lm_head: Option<Tensor>,
     comm: &'c NcclComm,
@@ -836,20 +819,7 @@ impl<'c> TpLlama<'c> {
         let mut layers = Vec::with_capacity(cfg.layers);
         for full in &weights.layers {
             let l = shard_layer(&cfg, full, rank_id, world)?;
-            layers.push(TpLayer {
-                attn_norm: up(&l.attn_norm)?,
-                qkv: up(&l.qkv)?,
-                qkv_bias: up_opt(&l.qkv_bias)?,
-                q_norm: up_opt(&l.q_norm)?,
-                k_norm: up_opt(&l.k_norm)?,
-                o_proj: up(&l.o_proj)?,
-                o_bias: up_opt(&l.o_bias)?,
-                mlp_norm: up(&l.mlp_norm)?,
-                gate_up: up(&l.gate_up)?,
-                down: up(&l.down)?,
-                k_cache: rt.zeros(&cache, DType::BF16)?,
-                v_cache: rt.zeros(&cache, DType::BF16)?,
-            });
+            layers.push(LlamaLayer::upload(rt, &l, cache)?);
         }
         let model = Self {
             embed: up(&weights.embed)?,
@@ -904,49 +874,17 @@ impl<'c> TpLlama<'c> {
     /// graphs capture. Every rank must call it at the same time with the same inputs.
     #[cuda_graph(sizes = [1, 2, 4, 8..=256 step 8])]
     pub fn forward(&self, rt: &Runtime, tokens: &Tensor, positions: &Tensor) -> Result<Tensor> {
-        let cfg = &self.local;
-        let attn = cfg.attention();
-        let first = self
-            .layers
-            .first()
-            .ok_or_else(|| Error::invalid("TpLlama", "no layer"))?;
-        let mut residual = ops::embedding(rt, &self.embed, tokens)?;
-        let mut normed = ops::rms_norm(rt, &residual, &first.attn_norm, cfg.rms_eps)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let qkv = match &layer.qkv_bias {
-                Some(bias) => ops::linear_bias(rt, &normed, &layer.qkv, bias)?,
-                None => ops::linear(rt, &normed, &layer.qkv)?,
-            };
-            let (k_cache, v_cache) = (&layer.k_cache, &layer.v_cache);
-            let q = match (&layer.q_norm, &layer.k_norm) {
-                (Some(q_weight), Some(k_weight)) => {
-                    let norm = QkNorm {
-                        q_weight,
-                        k_weight,
-                        eps: cfg.rms_eps,
-                    };
-                    ops::rope_kv_write_qk_norm(rt, &qkv, positions, k_cache, v_cache, &attn, &norm)?
-                }
-                _ => ops::rope_kv_write(rt, &qkv, positions, k_cache, v_cache, &attn)?,
-            };
-            let ctx = ops::attention_decode(rt, &q, k_cache, v_cache, positions, &attn)?;
-            let partial = match &layer.o_bias {
-                Some(bias) => ops::linear_bias(rt, &ctx, &layer.o_proj, bias)?,
-                None => ops::linear(rt, &ctx, &layer.o_proj)?,
-            };
-            let attn_out = all_reduce_sum(rt, self.comm, &partial)?;
-            let (r, n) = ops::add_rms_norm(rt, &residual, &attn_out, &layer.mlp_norm, cfg.rms_eps)?;
-            let gate_up = ops::linear(rt, &n, &layer.gate_up)?;
-            let act = ops::silu_mul(rt, &gate_up)?;
-            let partial = ops::linear(rt, &act, &layer.down)?;
-            let mlp_out = all_reduce_sum(rt, self.comm, &partial)?;
-            let next_norm = match self.layers.get(i + 1) {
-                Some(next) => &next.attn_norm,
-                None => &self.final_norm,
-            };
-            (residual, normed) = ops::add_rms_norm(rt, &r, &mlp_out, next_norm, cfg.rms_eps)?;
-        }
-        ops::linear(rt, &normed, self.lm_head.as_ref().unwrap_or(&self.embed))
+        let parts = DecodeParts {
+            cfg: &self.local,
+            embed: &self.embed,
+            layers: &self.layers,
+            final_norm: &self.final_norm,
+            lm_head: self.lm_head.as_ref(),
+        };
+        let comm = self.comm;
+        decode_step(rt, &parts, tokens, positions, &|rt, partial| {
+            all_reduce_sum(rt, comm, &partial)
+        })
     }
 }
 
