@@ -62,12 +62,7 @@ if [ "$what" = sanitize ] || [ "$what" = all ]; then
     filter=(--skip tp::)
     # (RACECHECK_ALL=1: racecheck over the whole suite too; it takes minutes.)
     [ "$tool" = racecheck ] && [ "${RACECHECK_ALL:-0}" != 1 ] && filter=(kernels:: qk_norm_rope_matches_reference)
-    # cuBLAS's Hopper GEMM kernels (`nvjet_sm90_*`) move tiles with TMA and mbarriers, which
-    # racecheck does not model: it reports hazards inside them (docs/gpu-runs.md, run 16).
-    # RACECHECK_VENDOR=1 keeps them in.
-    exclude=()
-    [ "$tool" = racecheck ] && [ "${RACECHECK_VENDOR:-0}" != 1 ] && exclude=(--kernel-name-exclude kns=nvjet)
-    compute-sanitizer --tool "$tool" ${exclude[@]+"${exclude[@]}"} --report-api-errors no --error-exitcode 9 "$here/gpu-tests" --test-threads=1 ${filter[@]+"${filter[@]}"} \
+    compute-sanitizer --tool "$tool" --report-api-errors no --error-exitcode 9 "$here/gpu-tests" --test-threads=1 ${filter[@]+"${filter[@]}"} \
       >"$out/sanitizer-$tool.log" 2>&1; rc=$?
     echo "compute-sanitizer $tool: exit $rc; $(grep -E 'ERROR SUMMARY' "$out/sanitizer-$tool.log" | tail -n1)"
     status=$((status | rc))
