@@ -51,14 +51,7 @@ pub fn run(rt: &Runtime, opts: &Options, context_s: f64) -> Result<()> {
     let cfg = LlamaConfig::qwen3_0_6b_shaped();
     let device = rt.device_name()?;
     println!(
-        "device: {device} | model: Qwen3-0.6B-shaped decoder ({} layers, hidden {}, {}x{} heads, {} KV heads, MLP {}, vocab {}), bf16, random weights (seed 0)",
-        cfg.layers,
-        cfg.hidden,
-        cfg.q_heads,
-        cfg.head_dim,
-        cfg.kv_heads,
-        cfg.intermediate,
-        cfg.vocab
+        "device: {device} | model: Qwen3-0.6B-shaped decoder ({cfg}), bf16, random weights (seed 0)"
     );
     report.text("device", &device);
 

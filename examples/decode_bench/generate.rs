@@ -204,14 +204,7 @@ fn describe(family: &str, cfg: &LlamaConfig) -> String {
         "untied head"
     });
     format!(
-        "{family}: {} layers, hidden {}, {} heads x {} ({} KV heads), MLP {}, vocab {}, rope_theta {}, rms_eps {:e}; {}",
-        cfg.layers,
-        cfg.hidden,
-        cfg.q_heads,
-        cfg.head_dim,
-        cfg.kv_heads,
-        cfg.intermediate,
-        cfg.vocab,
+        "{family}: {cfg}, rope_theta {}, rms_eps {:e}; {}",
         cfg.rope_theta,
         cfg.rms_eps,
         variant.join(", ")

@@ -152,18 +152,11 @@ fn run(opts: &Options, world: usize) -> Result<bool> {
         devices.push(Runtime::new(ordinal)?.device_name()?);
     }
     println!(
-        "devices: {} | NCCL {}.{}.{} ({NVLS_ENV}=0) | model: Qwen3-0.6B-shaped decoder ({} layers, hidden {}, {}x{} heads, {} KV heads, MLP {}, vocab {}), bf16, random host weights (seed 0, drawn in {weights_s:.2} s)",
+        "devices: {} | NCCL {}.{}.{} ({NVLS_ENV}=0) | model: Qwen3-0.6B-shaped decoder ({cfg}), bf16, random host weights (seed 0, drawn in {weights_s:.2} s)",
         devices.join(", "),
         nccl / 10000,
         nccl / 100 % 100,
         nccl % 100,
-        cfg.layers,
-        cfg.hidden,
-        cfg.q_heads,
-        cfg.head_dim,
-        cfg.kv_heads,
-        cfg.intermediate,
-        cfg.vocab
     );
     println!(
         "tp={world}: one thread per GPU; per rank {} q heads, {} KV heads, MLP {}; embedding, norms and LM head replicated; 2 all-reduces per layer inside the graphs",

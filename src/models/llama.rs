@@ -164,6 +164,24 @@ impl LlamaConfig {
     }
 }
 
+/// The shapes in a few words: `28 layers, hidden 1024, 16x64 heads, 8 KV heads, MLP 3072,
+/// vocab 151936`.
+impl std::fmt::Display for LlamaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} layers, hidden {}, {}x{} heads, {} KV heads, MLP {}, vocab {}",
+            self.layers,
+            self.hidden,
+            self.q_heads,
+            self.head_dim,
+            self.kv_heads,
+            self.intermediate,
+            self.vocab
+        )
+    }
+}
+
 /// Weights of one decoder layer, and its KV cache.
 #[derive(Debug)]
 pub struct LlamaLayer {
