@@ -164,6 +164,19 @@ impl LlamaConfig {
     }
 }
 
+impl LlamaConfig {
+    /// Shape of one layer's key (or value) cache: `[cache_slots, cache_tokens, kv_heads,
+    /// head_dim]`.
+    pub fn kv_cache_shape(&self) -> [usize; 4] {
+        [
+            self.cache_slots,
+            self.cache_tokens,
+            self.kv_heads,
+            self.head_dim,
+        ]
+    }
+}
+
 /// The shapes in a few words: `28 layers, hidden 1024, 16x64 heads, 8 KV heads, MLP 3072,
 /// vocab 151936`.
 impl std::fmt::Display for LlamaConfig {
@@ -313,12 +326,7 @@ impl Llama {
         let w = |fan_in: usize| 1.0 / (fan_in as f32).sqrt();
         let embed = tensor(&[cfg.vocab, h], 1.0)?;
         let mut layers = Vec::with_capacity(cfg.layers);
-        let cache = [
-            cfg.cache_slots,
-            cfg.cache_tokens,
-            cfg.kv_heads,
-            cfg.head_dim,
-        ];
+        let cache = cfg.kv_cache_shape();
         for _ in 0..cfg.layers {
             layers.push(LlamaLayer {
                 attn_norm: tensor(&[h], 0.1)?,
@@ -382,12 +390,7 @@ impl Llama {
         weights.check(&cfg)?;
         let up = |t: &HostTensor| rt.upload(&t.data, &t.dims);
         let up_opt = |t: &Option<HostTensor>| t.as_ref().map(up).transpose();
-        let cache = [
-            cfg.cache_slots,
-            cfg.cache_tokens,
-            cfg.kv_heads,
-            cfg.head_dim,
-        ];
+        let cache = cfg.kv_cache_shape();
         let mut layers = Vec::with_capacity(cfg.layers);
         for l in &weights.layers {
             layers.push(LlamaLayer::upload(rt, l, cache)?);

@@ -810,12 +810,7 @@ impl<'c> TpLlama<'c> {
         weights.check(&cfg)?;
         let up = |t: &HostTensor| rt.upload(&t.data, &t.dims);
         let up_opt = |t: &Option<HostTensor>| t.as_ref().map(up).transpose();
-        let cache = [
-            local.cache_slots,
-            local.cache_tokens,
-            local.kv_heads,
-            local.head_dim,
-        ];
+        let cache = local.kv_cache_shape();
         let mut layers = Vec::with_capacity(cfg.layers);
         for full in &weights.layers {
             let l = shard_layer(&cfg, full, rank_id, world)?;
