@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (no Rust there): the GPU test suite, the decode benchmark, and the
 # suite under compute-sanitizer. Logs go to $OUT (the device tool's output folder) or ./gpu-out.
-#   bash gpu-bundle/run.sh [tests|bench|sanitize|all|hf|tp]
+#   bash gpu-bundle/run.sh [tests|bench|sanitize|memcheck|racecheck|all|hf|tp] [TEST FILTER...]
 # `hf` (not part of `all`: it needs PyTorch and transformers) checks the Hugging Face loader
 # against transformers with hf_check.py. `tp` (not part of `all`: it needs 2 GPUs) runs the
 # tensor-parallel GPU tests and `decode_bench --tp 2` (NCCL all-reduces inside the graphs).
@@ -36,10 +36,13 @@ fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
 status=0
 if [ "$what" = tests ] || [ "$what" = all ]; then
-  "$here/gpu-tests" --test-threads=1 --nocapture 2>&1 | tee "$out/tests.log"; status=$((status | PIPESTATUS[0]))
+  # (TESTS_TAG names the log, e.g. when CUDAGRAPH_GEMM=builtin runs the suite a second time.)
+  "$here/gpu-tests" --test-threads=1 --nocapture "${@:2}" 2>&1 | tee "$out/${TESTS_TAG:-tests}.log"
+  status=$((status | PIPESTATUS[0]))
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
-  "$here/decode_bench" 2>&1 | tee "$out/decode_bench.log"; status=$((status | PIPESTATUS[0]))
+  # (bench [ARGS...]: arguments for decode_bench, e.g. --iters 10; BENCH_TAG names the log.)
+  "$here/decode_bench" "${@:2}" 2>&1 | tee "$out/${BENCH_TAG:-decode_bench}.log"; status=$((status | PIPESTATUS[0]))
 fi
 if [ "$what" = tp ]; then
   NCCL_NVLS_ENABLE=0 "$here/gpu-tests" --test-threads=1 --nocapture tp:: 2>&1 | tee "$out/tp-tests.log"
@@ -51,21 +54,35 @@ if [ "$what" = hf ]; then
   python3 "$here/hf_check.py" "$here/decode_bench" --out "$out/hf" 2>&1 | tee "$out/hf_check.log"
   status=$((status | PIPESTATUS[0]))
 fi
-if [ "$what" = sanitize ] || [ "$what" = all ]; then
-  for tool in memcheck racecheck; do
-    # API errors are not reported: the reliability tests provoke them on purpose (an allocation,
-    # a host copy, a free during capture, an out-of-memory) and check each is handled.
-    # racecheck (shared-memory hazards) is slow: it runs the kernel tests, where every kernel
-    # that uses shared memory is checked against its reference; memcheck runs the whole suite.
-    # The tensor-parallel tests stay out: the sanitizer serializes kernels, and an NCCL kernel
-    # waits for its peer on the other GPU.
-    filter=(--skip tp::)
-    # (RACECHECK_ALL=1: racecheck over the whole suite too; it takes minutes.)
-    [ "$tool" = racecheck ] && [ "${RACECHECK_ALL:-0}" != 1 ] && filter=(kernels:: qk_norm_rope_matches_reference)
-    compute-sanitizer --tool "$tool" --report-api-errors no --error-exitcode 9 "$here/gpu-tests" --test-threads=1 ${filter[@]+"${filter[@]}"} \
-      >"$out/sanitizer-$tool.log" 2>&1; rc=$?
-    echo "compute-sanitizer $tool: exit $rc; $(grep -E 'ERROR SUMMARY' "$out/sanitizer-$tool.log" | tail -n1)"
-    status=$((status | rc))
-  done
-fi
+# compute-sanitizer over the suite (or over the tests named after the mode):
+#   sanitize [FILTER...]    memcheck, then racecheck
+#   memcheck [FILTER...]    racecheck [FILTER...]
+# * API errors are not reported: the reliability tests provoke them on purpose (an allocation,
+#   a host copy, a free during capture, an out-of-memory) and check each is handled.
+# * The tensor-parallel tests start their ranks as processes (CUDAGRAPH_TP_PROCESSES=1): the
+#   sanitizer runs one process's kernels one at a time, so in one process an all-reduce would
+#   wait forever for its peer. The sanitizer follows the child processes (--target-processes all).
+# * racecheck runs with the built-in GEMM (CUDAGRAPH_GEMM=builtin): racecheck reports hazards
+#   inside cuBLAS's own Hopper kernels (nvjet_sm90_*) whoever calls them, PyTorch included.
+#   memcheck runs with cuBLAS.
+# * SANITIZER_TIMEOUT (seconds, default 3000) bounds each tool's run.
+sanitize() {
+  local tool=$1; shift
+  local tag=${SANITIZER_TAG:-$tool}
+  local env=(CUDAGRAPH_TP_PROCESSES=1)
+  [ "$tool" = racecheck ] && env+=(CUDAGRAPH_GEMM=${RACECHECK_GEMM:-builtin})
+  echo "compute-sanitizer $tool: ${env[*]} gpu-tests $*" >"$out/sanitizer-$tag.log"
+  local start=$SECONDS
+  env "${env[@]}" timeout "${SANITIZER_TIMEOUT:-3000}" compute-sanitizer --tool "$tool" --target-processes all \
+    --report-api-errors no --error-exitcode 9 "$here/gpu-tests" --test-threads=1 "$@" \
+    >>"$out/sanitizer-$tag.log" 2>&1
+  local rc=$?
+  echo "compute-sanitizer $tool ($tag): exit $rc in $((SECONDS - start)) s; $(grep -E '^test result' "$out/sanitizer-$tag.log" | tail -n1); $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer-$tag.log" | sort | uniq -c | tr -s ' ' | paste -sd ';')"
+  status=$((status | rc))
+}
+case "$what" in
+  sanitize) shift; sanitize memcheck "$@"; sanitize racecheck "$@" ;;
+  all) sanitize memcheck; sanitize racecheck ;;
+  memcheck|racecheck) shift; sanitize "$what" "$@" ;;
+esac
 exit $status

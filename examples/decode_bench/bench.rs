@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use cudagraph::kernels::modules::ALL_MODULES;
 use cudagraph::models::llama::{Llama, LlamaConfig};
-use cudagraph::{GraphPlan, ReclaimPolicy, Result, Runner, Runtime};
+use cudagraph::{GemmBackend, GraphPlan, ReclaimPolicy, Result, Runner, Runtime};
 
 use crate::Options;
 use crate::common::{Inputs, median, relative_error_tensors};
@@ -50,10 +50,15 @@ pub fn run(rt: &Runtime, opts: &Options, context_s: f64) -> Result<()> {
     let mut report = Report::default();
     let cfg = LlamaConfig::qwen3_0_6b_shaped();
     let device = rt.device_name()?;
+    let gemm = match rt.resolved_gemm_backend() {
+        GemmBackend::Builtin => "built-in kernel (CUDAGRAPH_GEMM)",
+        GemmBackend::Cublas | GemmBackend::Auto => "cuBLAS",
+    };
     println!(
-        "device: {device} | model: Qwen3-0.6B-shaped decoder ({cfg}), bf16, random weights (seed 0)"
+        "device: {device} | model: Qwen3-0.6B-shaped decoder ({cfg}), bf16, random weights (seed 0) | GEMM: {gemm}"
     );
     report.text("device", &device);
+    report.text("gemm", gemm);
 
     // Start-up, broken down: context (measured by the caller), kernel modules, weights, capture.
     let started = Instant::now();

@@ -34,6 +34,8 @@ pub mod names {
     pub const CAST_BF16_F32: &str = "cast_bf16_f32";
     /// `elementwise`: f32 -> bf16 conversion (round to nearest even).
     pub const CAST_F32_BF16: &str = "cast_f32_bf16";
+    /// `gemm`: the built-in GEMM of a linear layer, `y = x @ w^T`.
+    pub const LINEAR_BF16: &str = "linear_bf16";
 }
 
 /// The common prelude every module starts with.
@@ -82,8 +84,15 @@ pub static ELEMENTWISE: KernelModule = KernelModule {
     ],
 };
 
+/// The built-in GEMM (no tensor cores, no shared memory): [`names::LINEAR_BF16`].
+pub static GEMM: KernelModule = KernelModule {
+    name: "gemm",
+    source: concat!(include_str!("cu/prelude.cuh"), include_str!("cu/gemm.cu")),
+    functions: &[names::LINEAR_BF16],
+};
+
 /// Every module of the crate, so a GPU test can check that each declared function loads.
-pub static ALL_MODULES: &[&KernelModule] = &[&NORM, &ROPE, &ATTENTION, &ELEMENTWISE];
+pub static ALL_MODULES: &[&KernelModule] = &[&NORM, &ROPE, &ATTENTION, &ELEMENTWISE, &GEMM];
 
 #[cfg(test)]
 mod tests {

@@ -109,6 +109,15 @@ pub fn expand(plan: &Plan) -> TokenStream {
     } else {
         (TokenStream::new(), TokenStream::new())
     };
+    // The runner lives for `'cg` and holds the statics, so every user lifetime outlives `'cg`.
+    let bounded_lifetimes: Vec<syn::LifetimeParam> = user_lifetimes
+        .iter()
+        .map(|param| {
+            let mut param = param.clone();
+            param.bounds.push(lifetime.clone());
+            param
+        })
+        .collect();
     // The estimate borrows nothing past the call: only the user's lifetimes.
     let memory_generics = if user_lifetimes.is_empty() {
         TokenStream::new()
@@ -127,7 +136,7 @@ pub fn expand(plan: &Plan) -> TokenStream {
     quote! {
         #(#cfg_attrs)*
         #(#[doc = #graphs_docs])*
-        #vis fn #graphs_ident<#lifetime #(, #user_lifetimes)*>(
+        #vis fn #graphs_ident<#lifetime #(, #bounded_lifetimes)*>(
             #receiver
             #rt: &#lifetime #krate::Runtime,
             #inputs: [#krate::InputSpec; #n],
@@ -167,7 +176,7 @@ pub fn expand(plan: &Plan) -> TokenStream {
 
         #(#cfg_attrs)*
         #(#[doc = #refresh_docs])*
-        #vis fn #refresh_ident<#lifetime #(, #user_lifetimes)*>(
+        #vis fn #refresh_ident<#lifetime #(, #bounded_lifetimes)*>(
             #receiver
             #rt: &#lifetime #krate::Runtime,
             #runner: #krate::Runner<'_, #n, #statics_ty>,
@@ -524,6 +533,18 @@ mod tests {
         // `'cg` + the user's `'a` (named by the where clause); the estimate
         // borrows nothing past the call, so it has no `'cg`.
         assert_eq!(generics, [2, 1, 2]);
+        // The runner holds the statics for `'cg`: every user lifetime outlives it (not needed
+        // by the estimate, which returns nothing borrowed).
+        let bounds = |f: &syn::ImplItemFn| -> Vec<String> {
+            f.sig
+                .generics
+                .lifetimes()
+                .map(|l| quote!(#l).to_string())
+                .collect()
+        };
+        assert_eq!(bounds(&items[0]), ["'cg", "'a : 'cg"]);
+        assert_eq!(bounds(&items[1]), ["'a"]);
+        assert_eq!(bounds(&items[2]), ["'cg", "'a : 'cg"]);
         for item in &items {
             assert!(item.sig.generics.where_clause.is_some(), "{out}");
             assert!(item.attrs.iter().any(|a| a.path().is_ident("doc")), "{out}");

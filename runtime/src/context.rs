@@ -14,6 +14,7 @@ use crate::dtype::{DType, Element};
 use crate::error::{Error, OpSite, Result};
 use crate::ffi::{self, DeviceRange};
 use crate::freeze::ReclaimPolicy;
+use crate::gemm::GemmBackend;
 use crate::kernel_cache::{KernelCache, KernelModule};
 use crate::tensor::{Shape, Tensor};
 
@@ -34,6 +35,7 @@ pub struct Runtime {
     current_op: Cell<Option<OpSite>>,
     poison: Cell<bool>,
     reclaim: Cell<ReclaimPolicy>,
+    gemm: Cell<GemmBackend>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -70,6 +72,7 @@ impl Runtime {
             current_op: Cell::new(None),
             poison: Cell::new(false),
             reclaim: Cell::new(ReclaimPolicy::from_env()),
+            gemm: Cell::new(GemmBackend::from_env()),
         })
     }
 
@@ -407,6 +410,42 @@ impl Runtime {
     pub fn set_reclaim_policy(&self, policy: ReclaimPolicy) {
         self.reclaim.set(policy);
     }
+
+    /// The GEMM backend setting of the linear ops (initially from `CUDAGRAPH_GEMM`).
+    pub fn gemm_backend(&self) -> GemmBackend {
+        self.gemm.get()
+    }
+
+    /// Sets the GEMM of later linear ops, eager or captured (graphs already captured keep
+    /// theirs). See [`GemmBackend`].
+    pub fn set_gemm_backend(&self, backend: GemmBackend) {
+        self.gemm.set(backend);
+    }
+
+    /// The GEMM the next linear op uses: [`GemmBackend::Cublas`] or [`GemmBackend::Builtin`],
+    /// never `Auto` (which is cuBLAS when it can be loaded; when it can't, the built-in kernel,
+    /// with a warning the first time in the process).
+    pub fn resolved_gemm_backend(&self) -> GemmBackend {
+        match self.gemm.get() {
+            GemmBackend::Auto if !cublas_loadable() => GemmBackend::Builtin,
+            GemmBackend::Auto | GemmBackend::Cublas => GemmBackend::Cublas,
+            GemmBackend::Builtin => GemmBackend::Builtin,
+        }
+    }
+}
+
+/// Whether cuBLAS can be loaded, probed once per process; the first `false` is logged.
+fn cublas_loadable() -> bool {
+    static LOADABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LOADABLE.get_or_init(|| {
+        let present = ffi::cublas_present();
+        if !present {
+            tracing::warn!(
+                "cuBLAS (libcublas) can't be loaded: linear ops use the built-in GEMM (no tensor cores)"
+            );
+        }
+        present
+    })
 }
 
 #[cfg(test)]

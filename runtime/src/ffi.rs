@@ -375,9 +375,13 @@ pub(crate) fn set_cublas_workspace(
 /// (`cuMemAddressReserve` + `cuMemCreate` + `cuMemMap`). Unmapping gives the physical memory
 /// back to the driver while the addresses stay reserved, so graphs that point into the range
 /// replay unchanged once it is mapped again.
+///
+/// Only work on `stream` touches the range: unmapping (a release, or the drop) first waits for
+/// that stream, so a graph still running when its runner is dropped never loses its memory.
 #[derive(Debug)]
 pub(crate) struct VirtualMemory {
     ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
     va: u64,
     size: usize,
     handle: Option<sys::CUmemGenericAllocationHandle>,
@@ -417,8 +421,10 @@ impl VirtualMemory {
         Ok(granularity.max(1))
     }
 
-    /// Reserves `bytes` (rounded up to the granularity) and maps physical memory there.
-    pub(crate) fn new(ctx: &Arc<CudaContext>, bytes: usize) -> Result<Self, DriverError> {
+    /// Reserves `bytes` (rounded up to the granularity) and maps physical memory there, for
+    /// work on `stream`.
+    pub(crate) fn new(stream: &Arc<CudaStream>, bytes: usize) -> Result<Self, DriverError> {
+        let ctx = stream.context();
         let granularity = Self::granularity(ctx)?;
         let size = bytes.max(1).div_ceil(granularity) * granularity;
         let mut va = 0u64;
@@ -426,6 +432,7 @@ impl VirtualMemory {
         unsafe { sys::cuMemAddressReserve(&mut va, size, granularity, 0, 0).result()? };
         let mut vm = Self {
             ctx: ctx.clone(),
+            stream: stream.clone(),
             va,
             size,
             handle: None,
@@ -467,15 +474,24 @@ impl VirtualMemory {
         Ok(())
     }
 
-    /// Unmaps and releases the physical memory (no-op when unmapped). The caller must have
-    /// synchronized all work that touches the range.
+    /// Waits for the work queued on the stream (which may read or write the range), then
+    /// unmaps and releases the physical memory (no-op when unmapped).
+    ///
+    /// While the stream is capturing it can't be waited for: the memory is then left mapped
+    /// (and an error returned), never pulled from under queued work.
     pub(crate) fn unmap(&mut self) -> Result<(), DriverError> {
+        if self.handle.is_none() {
+            return Ok(());
+        }
+        self.ctx.bind_to_thread()?;
+        // cuMemUnmap does not wait for queued work: a graph launched just before its runner
+        // was dropped would fault on unmapped memory.
+        self.stream.synchronize()?;
         let Some(handle) = self.handle.take() else {
             return Ok(());
         };
-        self.ctx.bind_to_thread()?;
-        // SAFETY: the range is mapped to `handle` (made by `map`); no work uses it (caller's
-        // contract).
+        // SAFETY: the range is mapped to `handle` (made by `map`); the only stream that uses it
+        // has just been waited for.
         unsafe { sys::cuMemUnmap(self.va, self.size).result()? };
         // SAFETY: `handle` is no longer mapped; released exactly once.
         unsafe { sys::cuMemRelease(handle).result() }
@@ -500,6 +516,16 @@ impl VirtualMemory {
 impl Drop for VirtualMemory {
     fn drop(&mut self) {
         let unmapped = self.unmap();
+        if self.handle.is_some() {
+            // The stream could not be waited for (it is capturing, or the context is broken):
+            // leak the range rather than unmap memory queued work may still use.
+            tracing::warn!(
+                bytes = self.size,
+                error = ?unmapped.err(),
+                "graph pool memory leaked: its stream could not be synchronized before the unmap"
+            );
+            return;
+        }
         self.ctx.record_err(unmapped);
         // SAFETY: the range was reserved by `new` and is freed exactly once, here.
         let freed = unsafe { sys::cuMemAddressFree(self.va, self.size).result() };

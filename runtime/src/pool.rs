@@ -27,7 +27,7 @@ pub struct PoolChunk {
 
 impl PoolChunk {
     fn new(stream: &Arc<CudaStream>, bytes: usize) -> Result<Self> {
-        let memory = VirtualMemory::new(stream.context(), bytes)
+        let memory = VirtualMemory::new(stream, bytes)
             .map_err(Error::driver("pool chunk (cuMemCreate/cuMemMap)"))?;
         Ok(Self {
             ptr: memory.device_ptr(),
@@ -110,8 +110,8 @@ impl GraphPool {
     }
 
     /// Unmaps every chunk's physical memory, giving it back to the driver; addresses stay
-    /// reserved. The caller must have synchronized the work using the pool and must not replay
-    /// until [`resume`](Self::resume).
+    /// reserved. Each chunk first waits for the stream that uses it (so queued replays finish);
+    /// the caller must not replay until [`resume`](Self::resume).
     pub(crate) fn release(&self) -> Result<()> {
         for chunk in &self.chunks {
             chunk

@@ -22,6 +22,15 @@
 //! several GPUs, or of several communicators, can deadlock in `cudaGraphLaunch`: here each
 //! thread launches the graphs of one GPU and one communicator.
 //!
+//! # Or one process per GPU
+//!
+//! Where each rank must be a process of its own (a launcher like `torchrun`, or a tool that
+//! follows processes, such as `compute-sanitizer`, under which one process's kernels run one at
+//! a time and an all-reduce would wait forever for its peer on the other GPU), the launcher
+//! makes an [`NcclId`], starts one process per rank with its text, and each process calls
+//! [`run_rank_process`] (`ncclCommInitRank`) with the same closure it would give `run_ranks`.
+//! The GPU suite's tensor-parallel tests run both ways.
+//!
 //! # Lockstep
 //!
 //! Every rank must issue the same collectives in the same order: the ranks run the same code on
@@ -160,6 +169,70 @@ unsafe fn cstr(p: *const std::ffi::c_char) -> String {
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
+/// The id that lets ranks in separate processes find each other (`ncclGetUniqueId`).
+///
+/// The launcher makes one and hands it to every rank's process, as text
+/// ([`to_hex`](Self::to_hex): 256 hex digits, fit for an environment variable or an argument),
+/// which each reads back with [`from_hex`](Self::from_hex) and gives to
+/// [`NcclComm::init_rank`]. It holds the address rank 0's bootstrap listens on: it is a
+/// rendezvous, not a secret, and not reusable once the communicators exist.
+#[derive(Clone, Copy)]
+pub struct NcclId(nccl_sys::ncclUniqueId);
+
+impl NcclId {
+    /// A new id (NCCL opens the bootstrap socket of rank 0 on this host). Refuses unless
+    /// `NCCL_NVLS_ENABLE=0`; [`Error::MissingLibrary`] without NCCL.
+    pub fn new() -> Result<Self> {
+        check_nvls_disabled()?;
+        if !nccl_available() {
+            return Err(Error::MissingLibrary {
+                library: NCCL_LIBRARY,
+            });
+        }
+        let id = nccl::get_uniqueid().map_err(|e| nccl_error("ncclGetUniqueId", e, None))?;
+        Ok(Self(id))
+    }
+
+    /// The id as 256 lowercase hex digits.
+    pub fn to_hex(&self) -> String {
+        self.0
+            .internal
+            .iter()
+            .map(|&b| format!("{:02x}", b as u8))
+            .collect()
+    }
+
+    /// Reads [`to_hex`](Self::to_hex)'s text back; an error for anything else.
+    pub fn from_hex(text: &str) -> Result<Self> {
+        let text = text.trim();
+        let bad = || {
+            Error::invalid(
+                "NcclId::from_hex",
+                format!(
+                    "expected 256 hex digits (an id from NcclId::to_hex), got {} characters",
+                    text.len()
+                ),
+            )
+        };
+        let mut id = nccl_sys::ncclUniqueId { internal: [0; 128] };
+        if text.len() != 2 * id.internal.len() || !text.is_ascii() {
+            return Err(bad());
+        }
+        for (byte, pair) in id.internal.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
+            let pair = std::str::from_utf8(pair).map_err(|_| bad())?;
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| bad())? as std::ffi::c_char;
+        }
+        Ok(Self(id))
+    }
+}
+
+impl std::fmt::Debug for NcclId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hex = self.to_hex();
+        write!(f, "NcclId({}...)", &hex[..16])
+    }
+}
+
 /// One rank's NCCL communicator (blocking), bound to one device.
 ///
 /// `Send` (it moves into its rank's thread) but not `Sync`: NCCL allows a communicator to be
@@ -231,22 +304,73 @@ impl NcclComm {
             })
             .collect();
         for comm in &comms {
-            let mut device: c_int = -1;
-            // SAFETY: `comm.raw` is a live communicator; NCCL writes one int.
-            unsafe { nccl_sys::ncclCommCuDevice(comm.raw, &mut device) }
-                .result()
-                .map_err(|e| nccl_error("ncclCommCuDevice", e, Some(comm.raw)))?;
-            if usize::try_from(device).ok() != Some(comm.ordinal) {
-                return Err(Error::invalid(
-                    "ncclCommInitAll",
-                    format!(
-                        "rank {} is on device {device}, expected {}",
-                        comm.rank, comm.ordinal
-                    ),
-                ));
-            }
+            comm.check_device("ncclCommInitAll")?;
         }
         Ok(comms)
+    }
+
+    /// Rank `rank` of `world` ranks that run in separate processes, one per GPU, on device
+    /// `ordinal` (`ncclCommInitRank`): every rank's process calls it with the same `id`, made
+    /// once by the launcher ([`NcclId::new`]). It returns when all `world` ranks have joined.
+    /// Refuses unless `NCCL_NVLS_ENABLE=0`; [`Error::MissingLibrary`] without NCCL; an error for
+    /// `rank >= world` or a device that does not exist.
+    pub fn init_rank(id: &NcclId, world: usize, rank: usize, ordinal: usize) -> Result<NcclComm> {
+        const CALL: &str = "ncclCommInitRank";
+        check_nvls_disabled()?;
+        if rank >= world {
+            return Err(Error::invalid(
+                CALL,
+                format!("rank {rank} out of {world} ranks"),
+            ));
+        }
+        let count = Runtime::device_count()?;
+        if ordinal >= count {
+            return Err(Error::NoDevice { ordinal, count });
+        }
+        if !nccl_available() {
+            return Err(Error::MissingLibrary {
+                library: NCCL_LIBRARY,
+            });
+        }
+        let nranks = c_int::try_from(world).map_err(|_| Error::invalid(CALL, "too many ranks"))?;
+        let rank_c = c_int::try_from(rank).map_err(|_| Error::invalid(CALL, "rank too large"))?;
+        // NCCL binds the communicator to the calling thread's current device.
+        let ctx = crate::cudarc::driver::CudaContext::new(ordinal)
+            .map_err(Error::driver("cuCtxCreate"))?;
+        ctx.bind_to_thread()
+            .map_err(Error::driver("cuCtxSetCurrent"))?;
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: `raw` is a valid place for one handle, `id.0` an id from ncclGetUniqueId, and
+        // the thread's current context is device `ordinal`'s primary context (bound above).
+        unsafe { nccl::comm_init_rank(&mut raw, nranks, id.0, rank_c) }
+            .map_err(|e| nccl_error(CALL, e, None))?;
+        let comm = NcclComm {
+            raw,
+            rank,
+            world,
+            ordinal,
+        };
+        comm.check_device(CALL)?;
+        Ok(comm)
+    }
+
+    /// An error unless NCCL bound the communicator to `self.ordinal`.
+    fn check_device(&self, call: &'static str) -> Result<()> {
+        let mut device: c_int = -1;
+        // SAFETY: `self.raw` is a live communicator; NCCL writes one int.
+        unsafe { nccl_sys::ncclCommCuDevice(self.raw, &mut device) }
+            .result()
+            .map_err(|e| nccl_error("ncclCommCuDevice", e, Some(self.raw)))?;
+        if usize::try_from(device).ok() != Some(self.ordinal) {
+            return Err(Error::invalid(
+                call,
+                format!(
+                    "rank {} is on device {device}, expected {}",
+                    self.rank, self.ordinal
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// This communicator's rank.
@@ -521,6 +645,31 @@ where
     let (rank, error) = errors.swap_remove(pick);
     tracing::error!(rank, error = %error, "tensor-parallel rank failed");
     Err(error)
+}
+
+/// Runs `f` as rank `rank` of `world` in this process, when each rank has a process of its own
+/// (the launcher started `world` processes and gave each the same [`NcclId`]): the
+/// communicator comes from [`NcclComm::init_rank`] on device `rank`, and is destroyed after `f`
+/// returns (`f` creates and drops its runtime, model and runner, as with [`run_ranks`]).
+///
+/// The [`Rank::sync`] `f` receives is this process's alone, so its `wait` returns at once: the
+/// ranks meet in their collectives. A rank that fails stops its process; its peers then wait in
+/// their next collective until the launcher stops them, as with any NCCL program of one process
+/// per GPU (`torchrun` likewise kills the other ranks when one exits with an error).
+pub fn run_rank_process<T>(
+    id: &NcclId,
+    world: usize,
+    rank: usize,
+    f: impl FnOnce(Rank<'_>) -> Result<T>,
+) -> Result<T> {
+    let comm = NcclComm::init_rank(id, world, rank, rank)?;
+    let sync = RankSync::new(1);
+    f(Rank {
+        rank,
+        world,
+        comm: &comm,
+        sync: &sync,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -886,6 +1035,31 @@ impl<'c> TpLlama<'c> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nccl_id_text_round_trips_and_bad_text_is_an_error() {
+        let text: String = (0..128)
+            .map(|i| format!("{:02x}", (i * 37 + 11) % 256))
+            .collect();
+        let id = NcclId::from_hex(&text).unwrap();
+        assert_eq!(id.to_hex(), text);
+        assert_eq!(
+            NcclId::from_hex(&format!(" {text}\n")).unwrap().to_hex(),
+            text
+        );
+        assert!(format!("{id:?}").starts_with("NcclId(0b30"));
+        for bad in [
+            "",
+            "00",
+            &text[..254],
+            &format!("{}zz", &text[..254]),
+            &format!("{text}00"),
+        ] {
+            assert!(NcclId::from_hex(bad).is_err(), "{bad:?}");
+        }
+        let multibyte = format!("{}é", &text[..254]);
+        assert!(NcclId::from_hex(&multibyte).is_err());
+    }
 
     fn cfg() -> LlamaConfig {
         LlamaConfig {

@@ -13,3 +13,4 @@ mod memory;
 mod reliability;
 mod runner;
 mod tp;
+mod tp_launch;

@@ -9,12 +9,13 @@
 use std::sync::Mutex;
 
 use cudagraph::models::llama::{Llama, LlamaConfig};
-use cudagraph::models::tp::{self, TpLlama, run_ranks};
+use cudagraph::models::tp::{self, NcclComm, NcclId, run_ranks};
 use cudagraph::models::weights::LlamaWeights;
 use cudagraph::testing::REQUIRE_GPU_ENV;
 use cudagraph::{Result, Runtime};
 
 use crate::common::{Rng, download_f32, fresh_seed, gpu, rel_error};
+use crate::tp_launch::{Case, Launch, Model, RankOut, config, run_tp2};
 
 /// tp = 2 against tp = 1: the partial sums are rounded to bf16 before the all-reduce, where
 /// the single GPU accumulates the whole dot product in f32; over the layers that stays within
@@ -60,14 +61,6 @@ fn two_gpus(test: &str) -> Option<Runtime> {
     Some(rt)
 }
 
-/// One decode step's inputs and the single-GPU eager logits for them.
-struct Case {
-    n: usize,
-    tokens: Vec<u32>,
-    positions: Vec<i32>,
-    reference: Vec<f32>,
-}
-
 /// Draws the inputs of every batch size in `sizes` (in order) and computes the tp = 1 eager
 /// logits on `rt`, one step after the other: the cache evolves as the tp = 2 ranks' will
 /// (including the capture's warm-up writes).
@@ -102,46 +95,6 @@ fn reference_cases(
         });
     }
     Ok(cases)
-}
-
-/// What one rank returns: its captured sizes, graph nodes at batch 1, and per case whether a
-/// graph replayed and the logits.
-struct RankOut {
-    sizes: Vec<usize>,
-    nodes_b1: usize,
-    outputs: Vec<(bool, Vec<f32>)>,
-}
-
-/// Builds the tp = 2 shards, captures every size on both ranks, runs every case through the
-/// runners (graph, or the eager fallback above 256) with the pools and eager outputs poisoned.
-fn run_tp2(cfg: &LlamaConfig, weights: &LlamaWeights, cases: &[Case]) -> Result<Vec<RankOut>> {
-    run_ranks(2, |rank| {
-        let rt = Runtime::new(rank.rank)?;
-        let model = TpLlama::from_weights(&rt, cfg.clone(), weights, &rank)?;
-        rank.sync.wait()?;
-        let mut graphs = model.forward_graphs(&rt, cfg.input_specs()?)?;
-        rank.sync.wait()?;
-        let mut outputs = Vec::with_capacity(cases.len());
-        for case in cases {
-            let tokens = rt.upload(&case.tokens, &[case.n])?;
-            let positions = rt.upload(&case.positions, &[case.n])?;
-            graphs.poison_pool()?;
-            rt.synchronize()?;
-            rank.sync.wait()?;
-            rt.set_poison_allocations(true);
-            let out = graphs.run([&tokens, &positions]);
-            rt.set_poison_allocations(false);
-            let out = out?;
-            assert_eq!(out.shape(), &[case.n, cfg.vocab]);
-            outputs.push((out.replayed(), download_f32(&rt, &out)?));
-        }
-        let stats = graphs.stats();
-        Ok(RankOut {
-            sizes: graphs.sizes().to_vec(),
-            nodes_b1: stats.sizes.first().map_or(0, |s| s.nodes),
-            outputs,
-        })
-    })
 }
 
 /// Checks both ranks' outputs: rank 0 against the tp = 1 reference, rank 1 equal to rank 0.
@@ -179,6 +132,33 @@ fn check(test: &str, cases: &[Case], ranks: &[RankOut], largest: usize) {
     );
 }
 
+/// Draws a model of configuration `config_name`, the cases of `sizes` and their tp = 1
+/// references on `rt` (dropped after), runs them on two ranks started as `launch` says, and
+/// checks the ranks' outputs; `rt` is dropped before the ranks start.
+fn tp2_against_tp1(
+    test: &str,
+    rt: Runtime,
+    config_name: &str,
+    sizes: &[usize],
+    launch: Launch,
+) -> Result<Vec<RankOut>> {
+    let mut rng = Rng(fresh_seed(test));
+    let cfg = config(config_name);
+    let seed = rng.next_u64();
+    let weights = tp::random_weights(&cfg, seed)?;
+    let cases = reference_cases(&rt, &cfg, &weights, &mut rng, sizes)?;
+    drop(rt);
+    println!("{test}: ranks started as {launch:?}");
+    let model = Model {
+        config: config_name,
+        seed,
+        weights: &weights,
+    };
+    let ranks = run_tp2(launch, &model, &cases)?;
+    check(test, &cases, &ranks, 256);
+    Ok(ranks)
+}
+
 /// Every captured size (exactly, so no padding row writes the cache) and the fallback size 300,
 /// then a padded size (100 replays the size-104 graph) last.
 #[test]
@@ -188,21 +168,13 @@ fn tp2_graphs_match_tp1_every_size() -> Result<()> {
     let Some(rt) = two_gpus(test) else {
         return Ok(());
     };
-    let mut rng = Rng(fresh_seed(test));
-    // Tiny: 4 q heads, 2 KV heads, MLP 512: two heads and one KV head per rank; 320 cache slots
-    // (the fallback batch of 300 needs 300).
-    let cfg = LlamaConfig::tiny();
-    let weights = tp::random_weights(&cfg, rng.next_u64())?;
     let mut sizes: Vec<usize> = [1, 2, 4].into_iter().chain((8..=256).step_by(8)).collect();
     sizes.extend([300, 100]);
-    let cases = reference_cases(&rt, &cfg, &weights, &mut rng, &sizes)?;
-    drop(rt);
-    let ranks = run_tp2(&cfg, &weights, &cases)?;
+    let ranks = tp2_against_tp1(test, rt, "tiny", &sizes, Launch::from_env())?;
     for r in &ranks {
         assert_eq!(r.sizes.len(), 35, "every rank captures the same 35 sizes");
         assert_eq!(r.sizes, ranks[0].sizes);
     }
-    check(test, &cases, &ranks, 256);
     Ok(())
 }
 
@@ -215,22 +187,33 @@ fn tp2_variant_weights_match_tp1() -> Result<()> {
     let Some(rt) = two_gpus(test) else {
         return Ok(());
     };
-    let mut rng = Rng(fresh_seed(test));
-    let cfg = LlamaConfig {
-        q_heads: 8,
-        kv_heads: 4,
-        head_dim: 32,
-        qkv_bias: true,
-        o_bias: true,
-        qk_norm: true,
-        tie_embeddings: false,
-        ..LlamaConfig::tiny()
+    tp2_against_tp1(
+        test,
+        rt,
+        "variant",
+        &[1, 8, 64, 256, 300],
+        Launch::from_env(),
+    )?;
+    Ok(())
+}
+
+/// One process per rank ([`run_rank_process`](tp::run_rank_process), `ncclCommInitRank`):
+/// the same results as one thread per rank.
+#[test]
+fn tp2_processes_match_tp1() -> Result<()> {
+    let test = "tp2_processes_match_tp1";
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(rt) = two_gpus(test) else {
+        return Ok(());
     };
-    let weights = tp::random_weights(&cfg, rng.next_u64())?;
-    let cases = reference_cases(&rt, &cfg, &weights, &mut rng, &[1, 8, 64, 256, 300])?;
-    drop(rt);
-    let ranks = run_tp2(&cfg, &weights, &cases)?;
-    check(test, &cases, &ranks, 256);
+    let ranks = tp2_against_tp1(
+        test,
+        rt,
+        "tiny",
+        &[1, 8, 64, 256, 300, 100],
+        Launch::Processes,
+    )?;
+    assert_eq!(ranks[0].sizes, ranks[1].sizes);
     Ok(())
 }
 
@@ -251,6 +234,14 @@ fn tp_errors_are_errors() -> Result<()> {
         ..LlamaConfig::tiny()
     };
     assert!(tp::shard_config(&odd, 2).is_err());
+    // One process per rank: a rank out of range, a device that does not exist, a bad id.
+    let id = NcclId::new()?;
+    assert!(NcclComm::init_rank(&id, 2, 2, 0).is_err(), "rank 2 of 2");
+    assert!(
+        NcclComm::init_rank(&id, 2, 0, count).is_err(),
+        "device {count}"
+    );
+    assert!(NcclId::from_hex(&id.to_hex()[1..]).is_err());
     // A failing rank stops the other at its next barrier instead of hanging it.
     let failed = run_ranks(2, |rank| {
         if rank.rank == 1 {

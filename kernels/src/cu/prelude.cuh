@@ -22,6 +22,14 @@ __device__ __forceinline__ bf16_t f2bf(float f) {
     return (bf16_t)((u + rounding_bias) >> 16);
 }
 
+// The 8 floats of 8 packed bf16 (element 0 in the low half of .x, little-endian).
+__device__ __forceinline__ void unpack_bf16x8(uint4 w, float* f) {
+    f[0] = __uint_as_float(w.x << 16); f[1] = __uint_as_float(w.x & 0xffff0000u);
+    f[2] = __uint_as_float(w.y << 16); f[3] = __uint_as_float(w.y & 0xffff0000u);
+    f[4] = __uint_as_float(w.z << 16); f[5] = __uint_as_float(w.z & 0xffff0000u);
+    f[6] = __uint_as_float(w.w << 16); f[7] = __uint_as_float(w.w & 0xffff0000u);
+}
+
 // -infinity without math.h.
 __device__ __forceinline__ float neg_inf_f32() {
     return __uint_as_float(0xff800000u);

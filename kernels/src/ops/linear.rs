@@ -1,16 +1,25 @@
-//! Linear layers through cuBLAS (`cublasGemmEx`, bf16 in and out, f32 accumulation).
+//! Linear layers: bf16 in and out, f32 accumulation, through the runtime's GEMM backend
+//! ([`GemmBackend`]): cuBLAS (`cublasGemmEx`) or the built-in kernel (`cu/gemm.cu`).
 
-use cudagraph_runtime::{DType, Error, Result, Runtime, Tensor};
+use cudagraph_runtime::{DType, Error, GemmBackend, Result, Runtime, Tensor};
 
 use super::check;
 use super::elementwise::add_bias_impl;
-use crate::ffi::{self, GemmTn};
+use crate::ffi::{self, Arg, GemmTn};
+use crate::modules::{GEMM, names};
+
+/// Rows, outputs and warps of one block of the built-in GEMM (`GEMM_ROWS`, `GEMM_OUTS`,
+/// `GEMM_WARPS` in `cu/gemm.cu`).
+const BUILTIN_ROWS: usize = 4;
+const BUILTIN_OUTS_PER_BLOCK: usize = 4 * 8;
+const BUILTIN_THREADS: u32 = 32 * 8;
 
 /// `y = x @ w^T`: a linear layer without bias.
 ///
 /// `x`: bf16 `[..., in]` (usually `[n, in]`; leading dimensions are flattened into rows);
-/// `w`: bf16 `[out, in]`, row-major (PyTorch's layout). Returns bf16 `[..., out]`. Computed by
-/// cuBLAS with f32 accumulation, rounded once.
+/// `w`: bf16 `[out, in]`, row-major (PyTorch's layout). Returns bf16 `[..., out]`. Computed
+/// with f32 accumulation, rounded once, by the runtime's
+/// [`resolved_gemm_backend`](Runtime::resolved_gemm_backend): cuBLAS or the built-in kernel.
 #[track_caller]
 pub fn linear(rt: &Runtime, x: &Tensor, w: &Tensor) -> Result<Tensor> {
     const OP: &str = "linear";
@@ -70,13 +79,31 @@ fn linear_impl(rt: &Runtime, op: &'static str, x: &Tensor, w: &Tensor) -> Result
     if let Some(last) = dims.last_mut() {
         *last = out_features;
     }
-    // Column-major view: C (out x rows, ldc = out) = W (A = w stored in x out, transposed)
-    // times X^T (B = x stored in x rows, not transposed).
-    let m = check::to_i32(op, "out_features", out_features)?;
-    let n = check::to_i32(op, "rows", rows)?;
-    let k = check::to_i32(op, "in_features", in_features)?;
-
+    let sizes = GemmSizes {
+        rows: check::to_i32(op, "rows", rows)?,
+        outs: check::to_i32(op, "out_features", out_features)?,
+        ins: check::to_i32(op, "in_features", in_features)?,
+    };
     let y = rt.alloc(&dims, DType::BF16)?;
+    match rt.resolved_gemm_backend() {
+        GemmBackend::Builtin => builtin_gemm(rt, op, sizes, x, w, &y)?,
+        GemmBackend::Cublas | GemmBackend::Auto => cublas_gemm(rt, sizes, x, w, &y)?,
+    }
+    Ok(y)
+}
+
+/// The validated sizes of `y [rows, outs] = x [rows, ins] @ w [outs, ins]^T`.
+#[derive(Clone, Copy)]
+struct GemmSizes {
+    rows: i32,
+    outs: i32,
+    ins: i32,
+}
+
+/// `y = x @ w^T` by cuBLAS. Column-major view: C (out x rows, ldc = out) = W (A = w stored
+/// in x out, transposed) times X^T (B = x stored in x rows, not transposed).
+fn cublas_gemm(rt: &Runtime, sizes: GemmSizes, x: &Tensor, w: &Tensor, y: &Tensor) -> Result<()> {
+    let (m, n, k) = (sizes.outs, sizes.rows, sizes.ins);
     ffi::gemm_bf16_tn(
         rt,
         &GemmTn {
@@ -90,6 +117,47 @@ fn linear_impl(rt: &Runtime, op: &'static str, x: &Tensor, w: &Tensor) -> Result
             c: y.device_ptr(),
             ldc: m,
         },
+    )
+}
+
+/// `y = x @ w^T` by the built-in kernel (`linear_bf16`): blocks of 4 rows x 32 outputs, the
+/// row tiles along the grid's x.
+fn builtin_gemm(
+    rt: &Runtime,
+    op: &'static str,
+    sizes: GemmSizes,
+    x: &Tensor,
+    w: &Tensor,
+    y: &Tensor,
+) -> Result<()> {
+    // The sizes were checked to fit in an i32, so they are non-negative.
+    let [rows, out_features, in_features] =
+        [sizes.rows, sizes.outs, sizes.ins].map(|v| usize::try_from(v).unwrap_or(0));
+    let cfg = check::grid_2d(
+        op,
+        (rows.div_ceil(BUILTIN_ROWS), "row tiles (4 rows)"),
+        (
+            out_features.div_ceil(BUILTIN_OUTS_PER_BLOCK),
+            "output blocks (32 outputs)",
+        ),
+        BUILTIN_THREADS,
+        0,
     )?;
-    Ok(y)
+    // 16-byte loads when every row starts 16-byte aligned.
+    let vec = in_features % 8 == 0 && x.device_ptr() % 16 == 0 && w.device_ptr() % 16 == 0;
+    let func = rt.function(&GEMM, names::LINEAR_BF16)?;
+    ffi::launch(
+        rt,
+        &func,
+        cfg,
+        &[
+            Arg::Ptr(x.device_ptr()),
+            Arg::Ptr(w.device_ptr()),
+            Arg::Ptr(y.device_ptr()),
+            Arg::I32(sizes.rows),
+            Arg::I32(sizes.outs),
+            Arg::I32(sizes.ins),
+            Arg::I32(i32::from(vec)),
+        ],
+    )
 }
