@@ -480,16 +480,14 @@ impl VirtualMemory {
     /// While the stream is capturing it can't be waited for: the memory is then left mapped
     /// (and an error returned), never pulled from under queued work.
     pub(crate) fn unmap(&mut self) -> Result<(), DriverError> {
-        if self.handle.is_none() {
+        let Some(handle) = self.handle else {
             return Ok(());
-        }
+        };
         self.ctx.bind_to_thread()?;
         // cuMemUnmap does not wait for queued work: a graph launched just before its runner
         // was dropped would fault on unmapped memory.
         self.stream.synchronize()?;
-        let Some(handle) = self.handle.take() else {
-            return Ok(());
-        };
+        self.handle = None;
         // SAFETY: the range is mapped to `handle` (made by `map`); the only stream that uses it
         // has just been waited for.
         unsafe { sys::cuMemUnmap(self.va, self.size).result()? };

@@ -126,14 +126,21 @@ pub fn nccl_available() -> bool {
     unsafe { nccl_sys::is_culib_present() }
 }
 
+/// `Ok` when the NCCL library can be loaded, else [`Error::MissingLibrary`] with the fix.
+fn require_nccl() -> Result<()> {
+    if nccl_available() {
+        Ok(())
+    } else {
+        Err(Error::MissingLibrary {
+            library: NCCL_LIBRARY,
+        })
+    }
+}
+
 /// NCCL's version code (`major * 10000 + minor * 100 + patch` since 2.9, e.g. 22803), or
 /// [`Error::MissingLibrary`] without NCCL.
 pub fn nccl_version() -> Result<u32> {
-    if !nccl_available() {
-        return Err(Error::MissingLibrary {
-            library: NCCL_LIBRARY,
-        });
-    }
+    require_nccl()?;
     let version = nccl::get_nccl_version().map_err(|e| nccl_error("ncclGetVersion", e, None))?;
     Ok(version.max(0) as u32)
 }
@@ -184,11 +191,7 @@ impl NcclId {
     /// `NCCL_NVLS_ENABLE=0`; [`Error::MissingLibrary`] without NCCL.
     pub fn new() -> Result<Self> {
         check_nvls_disabled()?;
-        if !nccl_available() {
-            return Err(Error::MissingLibrary {
-                library: NCCL_LIBRARY,
-            });
-        }
+        require_nccl()?;
         let id = nccl::get_uniqueid().map_err(|e| nccl_error("ncclGetUniqueId", e, None))?;
         Ok(Self(id))
     }
@@ -274,11 +277,7 @@ impl NcclComm {
                 format!("devices {ordinals:?} repeat: one rank per device"),
             ));
         }
-        if !nccl_available() {
-            return Err(Error::MissingLibrary {
-                library: NCCL_LIBRARY,
-            });
-        }
+        require_nccl()?;
         let devices = ordinals
             .iter()
             .map(|&o| c_int::try_from(o))
@@ -327,11 +326,7 @@ impl NcclComm {
         if ordinal >= count {
             return Err(Error::NoDevice { ordinal, count });
         }
-        if !nccl_available() {
-            return Err(Error::MissingLibrary {
-                library: NCCL_LIBRARY,
-            });
-        }
+        require_nccl()?;
         let nranks = c_int::try_from(world).map_err(|_| Error::invalid(CALL, "too many ranks"))?;
         let rank_c = c_int::try_from(rank).map_err(|_| Error::invalid(CALL, "rank too large"))?;
         // NCCL binds the communicator to the calling thread's current device.

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use cudagraph::models::hf::synthetic::ScratchDir;
 use cudagraph::models::llama::LlamaConfig;
 use cudagraph::models::tp::{self, NcclId, Rank, TpLlama, run_rank_process, run_ranks};
 use cudagraph::models::weights::LlamaWeights;
@@ -149,8 +150,9 @@ fn rank_body(
 /// soon as one fails: it would wait forever in its next all-reduce) and reads their outputs.
 /// Panics (fails the test) on any failure, with the worker's exit status.
 fn run_processes(model: &Model<'_>, cases: &[Case]) -> Vec<RankOut> {
-    let dir = job_dir();
-    write_job(&dir, model, cases);
+    let scratch = ScratchDir::new("tp").expect("a job folder");
+    let dir = scratch.path();
+    write_job(dir, model, cases);
     let id = NcclId::new().expect("ncclGetUniqueId");
     let exe = std::env::current_exe().expect("the test binary's path");
     let mut children: Vec<Option<Child>> = (0..2)
@@ -158,7 +160,7 @@ fn run_processes(model: &Model<'_>, cases: &[Case]) -> Vec<RankOut> {
             let child = Command::new(&exe)
                 .args(["--exact", WORKER_TEST, "--ignored", "--nocapture"])
                 .args(["--test-threads=1"])
-                .env(WORKER_ENV, &dir)
+                .env(WORKER_ENV, dir)
                 .env(RANK_ENV, rank.to_string())
                 .env(ID_ENV, id.to_hex())
                 .spawn()
@@ -197,12 +199,9 @@ fn run_processes(model: &Model<'_>, cases: &[Case]) -> Vec<RankOut> {
         std::thread::sleep(Duration::from_millis(20));
     }
     if let Some(failure) = failure {
-        let _ = std::fs::remove_dir_all(&dir);
         panic!("{failure} (its output is above)");
     }
-    let outs = (0..2).map(|rank| read_out(&out_path(&dir, rank))).collect();
-    let _ = std::fs::remove_dir_all(&dir);
-    outs
+    (0..2).map(|rank| read_out(&out_path(dir, rank))).collect()
 }
 
 /// A worker: one rank of a test that runs its ranks as processes. Does nothing (and says so)
@@ -233,15 +232,6 @@ fn tp_rank_worker() -> Result<()> {
         out.outputs.len()
     );
     Ok(())
-}
-
-fn job_dir() -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let dir = std::env::temp_dir().join(format!("cudagraph-tp-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create the job folder");
-    dir
 }
 
 fn out_path(dir: &Path, rank: usize) -> PathBuf {
@@ -365,15 +355,15 @@ fn read_out(path: &Path) -> RankOut {
 
 #[test]
 fn rank_outputs_round_trip() {
-    let dir = job_dir();
+    let scratch = ScratchDir::new("tp-test").expect("a scratch folder");
+    let dir = scratch.path();
     let out = RankOut {
         sizes: vec![1, 2, 8],
         nodes_b1: 17,
         outputs: vec![(true, vec![1.5, -0.0, f32::NAN]), (false, vec![])],
     };
-    write_out(&out_path(&dir, 0), &out);
-    let back = read_out(&out_path(&dir, 0));
-    let _ = std::fs::remove_dir_all(&dir);
+    write_out(&out_path(dir, 0), &out);
+    let back = read_out(&out_path(dir, 0));
     assert_eq!((back.sizes.clone(), back.nodes_b1), (out.sizes.clone(), 17));
     assert_eq!(back.outputs.len(), 2);
     assert!(back.outputs[0].0 && !back.outputs[1].0);
