@@ -209,10 +209,10 @@ pub fn run(rt: &Runtime, opts: &Options, context_s: f64) -> Result<()> {
     Ok(())
 }
 
-fn host_time_of_run(
+fn host_time_of_run<const F: u64>(
     rt: &Runtime,
     cfg: &LlamaConfig,
-    graphs: &mut Runner<'_, 2>,
+    graphs: &mut Runner<'_, 2, (), F>,
     inputs: &mut Inputs,
 ) -> Result<f64> {
     let (tokens, positions) = inputs.draw(rt, cfg, 1)?;
@@ -302,10 +302,10 @@ fn compare_reclaim(rt: &Runtime, model: &Llama, report: &mut Report) -> Result<(
 
 /// Skewed synthetic traffic (mostly 1 to 4 sequences, some bursts around 40 and 100), then the
 /// size list that would have padded least with 8 graphs.
-fn size_advice(
+fn size_advice<const F: u64>(
     rt: &Runtime,
     cfg: &LlamaConfig,
-    graphs: &mut Runner<'_, 2>,
+    graphs: &mut Runner<'_, 2, (), F>,
     inputs: &mut Inputs,
 ) -> Result<()> {
     let before = graphs.stats().clone();

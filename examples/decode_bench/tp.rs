@@ -243,74 +243,81 @@ fn tensor_parallel(
     warm: &Batch,
     batches: &[Batch],
 ) -> Result<Vec<Measured>> {
-    run_ranks(world, |rank| {
-        let sync = rank.sync;
-        let lead = rank.rank == 0;
-        let rt = Runtime::new(rank.rank)?;
-        let model = TpLlama::from_weights(&rt, cfg.clone(), weights, &rank)?;
-        let (tokens, positions) = warm.upload(&rt)?;
-        sync.wait()?;
-        drop(model.forward(&rt, &tokens, &positions)?);
-        rt.synchronize()?;
-        sync.wait()?;
-        let started = Instant::now();
-        let mut graphs = model.forward_graphs(&rt, cfg.input_specs()?)?;
-        let capture_s = started.elapsed().as_secs_f64();
-        let mut rows = Vec::with_capacity(batches.len());
-        for batch in batches {
-            let (tokens, positions) = batch.upload(&rt)?;
+    // SAFETY: every rank runs this closure on the same configuration and weights' shapes: the
+    // same all-reduces when building its shard, one eager forward of `warm`, the same captured
+    // sizes, then the same `batches` in the same order (the same eager and replayed sizes the
+    // same number of times), with a barrier before each phase; only rank 0's extra work
+    // (downloads) is not a collective.
+    unsafe {
+        run_ranks(world, |rank| {
+            let sync = rank.sync;
+            let lead = rank.rank == 0;
+            let rt = Runtime::new(rank.rank)?;
+            let model = TpLlama::from_weights(&rt, cfg.clone(), weights, &rank)?;
+            let (tokens, positions) = warm.upload(&rt)?;
             sync.wait()?;
-            let eager = model.forward(&rt, &tokens, &positions)?;
-            let eager = lead.then(|| rt.download::<bf16>(&eager)).transpose()?;
+            drop(model.forward(&rt, &tokens, &positions)?);
             rt.synchronize()?;
             sync.wait()?;
-            let (replayed, graph) = {
-                let out = graphs.run([&tokens, &positions])?;
-                let graph = lead.then(|| rt.download::<bf16>(&out)).transpose()?;
-                (out.replayed(), graph)
-            };
-            rt.synchronize()?;
-            for _ in 0..WARMUP {
+            let started = Instant::now();
+            let mut graphs = model.forward_graphs(&rt, cfg.input_specs()?)?;
+            let capture_s = started.elapsed().as_secs_f64();
+            let mut rows = Vec::with_capacity(batches.len());
+            for batch in batches {
+                let (tokens, positions) = batch.upload(&rt)?;
                 sync.wait()?;
-                drop(model.forward(&rt, &tokens, &positions)?);
-                drop(graphs.run([&tokens, &positions])?);
-            }
-            rt.synchronize()?;
-            let (mut eager_s, mut graph_s) = (Vec::new(), Vec::new());
-            for _ in 0..opts.iters {
-                sync.wait()?;
-                let t = Instant::now();
-                drop(model.forward(&rt, &tokens, &positions)?);
+                let eager = model.forward(&rt, &tokens, &positions)?;
+                let eager = lead.then(|| rt.download::<bf16>(&eager)).transpose()?;
                 rt.synchronize()?;
-                eager_s.push(t.elapsed().as_secs_f64());
                 sync.wait()?;
-                let t = Instant::now();
-                drop(graphs.run([&tokens, &positions])?);
+                let (replayed, graph) = {
+                    let out = graphs.run([&tokens, &positions])?;
+                    let graph = lead.then(|| rt.download::<bf16>(&out)).transpose()?;
+                    (out.replayed(), graph)
+                };
                 rt.synchronize()?;
-                graph_s.push(t.elapsed().as_secs_f64());
+                for _ in 0..WARMUP {
+                    sync.wait()?;
+                    drop(model.forward(&rt, &tokens, &positions)?);
+                    drop(graphs.run([&tokens, &positions])?);
+                }
+                rt.synchronize()?;
+                let (mut eager_s, mut graph_s) = (Vec::new(), Vec::new());
+                for _ in 0..opts.iters {
+                    sync.wait()?;
+                    let t = Instant::now();
+                    drop(model.forward(&rt, &tokens, &positions)?);
+                    rt.synchronize()?;
+                    eager_s.push(t.elapsed().as_secs_f64());
+                    sync.wait()?;
+                    let t = Instant::now();
+                    drop(graphs.run([&tokens, &positions])?);
+                    rt.synchronize()?;
+                    graph_s.push(t.elapsed().as_secs_f64());
+                }
+                let graph_vs_eager = match (&graph, &eager) {
+                    (Some(g), Some(e)) => relative_error_bf16(g, e),
+                    _ => f64::NAN,
+                };
+                rows.push(Row {
+                    replayed,
+                    logits: graph,
+                    graph_vs_eager,
+                    eager_s,
+                    graph_s,
+                });
             }
-            let graph_vs_eager = match (&graph, &eager) {
-                (Some(g), Some(e)) => relative_error_bf16(g, e),
-                _ => f64::NAN,
-            };
-            rows.push(Row {
-                replayed,
-                logits: graph,
-                graph_vs_eager,
-                eager_s,
-                graph_s,
-            });
-        }
-        sync.wait()?;
-        let stats = graphs.stats();
-        Ok(Measured {
-            capture_s,
-            graphs: stats.sizes.len(),
-            nodes_b1: stats.sizes.first().map_or(0, |s| s.nodes),
-            pool_bytes: stats.pool_bytes,
-            rows,
+            sync.wait()?;
+            let stats = graphs.stats();
+            Ok(Measured {
+                capture_s,
+                graphs: stats.sizes.len(),
+                nodes_b1: stats.sizes.first().map_or(0, |s| s.nodes),
+                pool_bytes: stats.pool_bytes,
+                rows,
+            })
         })
-    })
+    }
 }
 
 /// Prints the capture summary and the per-batch table; writes `--json`. `Ok(false)` when a

@@ -45,7 +45,12 @@ pub(crate) fn launch(
     cfg: LaunchConfig,
     args: &[Arg],
 ) -> Result<()> {
-    let mut builder = rt.stream().launch_builder(func);
+    // SAFETY: the stream is used only to enqueue this kernel, ordered with the runtime's other
+    // work; every buffer it touches is a live tensor of this runtime (the launchers check them
+    // with `check_device`), and taking their addresses (`device_ptr`) records them into any
+    // graph being captured, which then keeps them alive.
+    let stream = unsafe { rt.stream() };
+    let mut builder = stream.launch_builder(func);
     for arg in args {
         // Each reference points into `args`, which outlives the launch call below (the driver
         // copies the parameter values when the launch is enqueued).
@@ -95,8 +100,8 @@ pub(crate) struct GemmTn {
 pub(crate) fn gemm_bf16_tn(rt: &Runtime, g: &GemmTn) -> Result<()> {
     let blas = rt.cublas()?;
     // cuBLAS runs in the current context of the calling thread: make it the runtime's.
-    rt.stream()
-        .context()
+    // SAFETY: the context is only made current on this thread; no buffer is touched.
+    unsafe { rt.context() }
         .bind_to_thread()
         .map_err(Error::driver("cuCtxSetCurrent"))?;
     let alpha: f32 = 1.0;

@@ -100,9 +100,18 @@ fn rows_of(xs: &[f32], len: usize, what: &str) -> usize {
     xs.len() / len
 }
 
-/// Position clamped into `[0, max_t - 1]`, as the kernels do.
-pub fn clamp_position(pos: i32, max_t: usize) -> usize {
-    (pos.max(0) as usize).min(max_t.saturating_sub(1))
+/// The cache position a row's `pos` writes and attends up to, as the kernels compute it:
+/// `None` for a negative `pos` (a padded row: it writes nothing, reads nothing and its output
+/// row is zero), else `pos` clamped to `max_t - 1`.
+pub fn cache_position(pos: i32, max_t: usize) -> Option<usize> {
+    let pos = usize::try_from(pos).ok()?;
+    Some(pos.min(max_t.saturating_sub(1)))
+}
+
+/// `cfg.q_width()`; panics (a test helper) when it overflows.
+fn q_width_of(cfg: &AttentionShape) -> usize {
+    cfg.q_width()
+        .unwrap_or_else(|| panic!("q_heads * head_dim overflows: {cfg:?}"))
 }
 
 /// Embedding lookup: `table` `[vocab, hidden]`, `ids` `[n]` (clamped to `vocab - 1`); returns
@@ -213,7 +222,9 @@ pub fn rope_ref(
 
 /// What [`rope_kv_write`](crate::ops::rope_kv_write) does, on the host: returns the rotated q
 /// (`[n, q_heads * head_dim]`) and writes the rotated k and the v of row `b` into
-/// `k_cache[b, pos, :, :]` and `v_cache[b, pos, :, :]` (`pos` clamped to `[0, max_t - 1]`).
+/// `k_cache[b, pos, :, :]` and `v_cache[b, pos, :, :]` (`pos >= max_t` clamped to `max_t - 1`,
+/// see [`cache_position`]). A row with a negative position is padding: it writes nothing to
+/// the caches and its q row is all zeros.
 ///
 /// `qkv`: `[n, (q_heads + 2 * kv_heads) * head_dim]`; caches: `[slots, max_t, kv_heads,
 /// head_dim]` with `slots >= n`. Values written are not rounded to bf16.
@@ -245,9 +256,13 @@ pub fn rope_kv_write_ref(
         "rope_kv_write_ref: {slots} cache slots for {n} rows"
     );
 
-    let mut q_out = Vec::with_capacity(n * cfg.q_width());
+    let q_width = q_width_of(cfg);
+    let mut q_out = Vec::with_capacity(n * q_width);
     for (b, (row, &pos)) in qkv.chunks_exact(width).zip(positions).enumerate() {
-        let pos = clamp_position(pos, max_t);
+        let Some(pos) = cache_position(pos, max_t) else {
+            q_out.extend(std::iter::repeat_n(0.0, q_width));
+            continue;
+        };
         let (q, rest) = row.split_at(cfg.q_heads * d);
         let (k, v) = rest.split_at(kv_row);
         for head in q.chunks_exact(d) {
@@ -298,8 +313,9 @@ pub fn rope_kv_write_qk_norm_ref(
 
 /// Decode attention, as [`attention_decode`](crate::ops::attention_decode): for row `b` and
 /// query head `h` (kv head `h / (q_heads / kv_heads)`), softmax over cache positions
-/// `0..=pos` (`pos = positions[b]` clamped to `[0, max_t - 1]`) of `q . k / sqrt(head_dim)`,
-/// then the weighted sum of the v rows; accumulated in f64.
+/// `0..=pos` (`pos = positions[b]`, clamped to `max_t - 1`) of `q . k / sqrt(head_dim)`,
+/// then the weighted sum of the v rows; accumulated in f64. A row with a negative position is
+/// padding: its output row is all zeros (and no cache is read for it).
 ///
 /// `q`: `[n, q_heads * head_dim]`; caches: `[slots, max_t, kv_heads, head_dim]`, slot `b`
 /// for row `b`. Returns `[n, q_heads * head_dim]`.
@@ -312,7 +328,8 @@ pub fn attention_ref(
     cfg: &AttentionShape,
 ) -> Vec<f32> {
     let d = cfg.head_dim;
-    let n = rows_of(q, cfg.q_width(), "attention_ref q");
+    let q_width = q_width_of(cfg);
+    let n = rows_of(q, q_width, "attention_ref q");
     assert_eq!(positions.len(), n, "attention_ref: one position per row");
     assert!(
         cfg.kv_heads > 0 && cfg.q_heads % cfg.kv_heads == 0,
@@ -329,8 +346,12 @@ pub fn attention_ref(
     let scale = 1.0 / (d as f64).sqrt();
 
     let mut out = Vec::with_capacity(q.len());
-    for (b, (q_row, &pos)) in q.chunks_exact(cfg.q_width()).zip(positions).enumerate() {
-        let len = clamp_position(pos, max_t) + 1;
+    for (b, (q_row, &pos)) in q.chunks_exact(q_width).zip(positions).enumerate() {
+        let Some(last) = cache_position(pos, max_t) else {
+            out.extend(std::iter::repeat_n(0.0, q_row.len()));
+            continue;
+        };
+        let len = last + 1;
         for (h, q_head) in q_row.chunks_exact(d).enumerate() {
             let kv_head = h / group;
             let at = |t: usize| (b * max_t + t) * kv_row + kv_head * d;
@@ -576,7 +597,7 @@ mod tests {
         let positions = [2, 99];
         let q = rope_kv_write_ref(&qkv, &positions, &mut k_cache, &mut v_cache, max_t, &cfg);
 
-        let q_width = cfg.q_width();
+        let q_width = q_width_of(&cfg);
         for (b, pos) in [(0usize, 2usize), (1, max_t - 1)] {
             let row = &qkv[b * width..(b + 1) * width];
             let expect_q = rope_ref(
@@ -601,6 +622,57 @@ mod tests {
         // Nothing else was written.
         let written = k_cache.iter().filter(|&&v| v != 0.0).count();
         assert_eq!(written, 2 * kv_row);
+    }
+
+    #[test]
+    fn rope_kv_write_skips_padded_rows() {
+        let cfg = AttentionShape {
+            q_heads: 4,
+            kv_heads: 2,
+            head_dim: 8,
+            rope_theta: 10_000.0,
+        };
+        let (slots, max_t, n) = (3, 5, 3);
+        let width = (cfg.q_heads + 2 * cfg.kv_heads) * cfg.head_dim;
+        let qkv = uniform_vec(8, n * width, -1.0, 1.0);
+        let kv_row = cfg.kv_heads * cfg.head_dim;
+        let cache_len = slots * max_t * kv_row;
+        let (k_before, v_before) = (
+            uniform_vec(9, cache_len, -1.0, 1.0),
+            uniform_vec(10, cache_len, -1.0, 1.0),
+        );
+        let (mut k_cache, mut v_cache) = (k_before.clone(), v_before.clone());
+        // Rows 0 and 2 are padding; row 1 writes position 3 of slot 1.
+        let positions = [-1, 3, i32::MIN];
+        let q = rope_kv_write_ref(&qkv, &positions, &mut k_cache, &mut v_cache, max_t, &cfg);
+
+        let q_width = q_width_of(&cfg);
+        assert_eq!(q.len(), n * q_width);
+        assert!(q[..q_width].iter().all(|&x| x == 0.0), "row 0's q is zero");
+        assert!(
+            q[2 * q_width..].iter().all(|&x| x == 0.0),
+            "row 2's q is zero"
+        );
+        let row = &qkv[width..2 * width];
+        let expect_q = rope_ref(&row[..q_width], &[3], cfg.q_heads, cfg.head_dim, 1e4);
+        assert_eq!(&q[q_width..2 * q_width], &expect_q[..]);
+        // Only slot 1, position 3 changed, in both caches.
+        let at = (max_t + 3) * kv_row;
+        for (i, ((&k, &kb), (&v, &vb))) in k_cache
+            .iter()
+            .zip(&k_before)
+            .zip(v_cache.iter().zip(&v_before))
+            .enumerate()
+        {
+            if !(at..at + kv_row).contains(&i) {
+                assert_eq!(
+                    (k.to_bits(), v.to_bits()),
+                    (kb.to_bits(), vb.to_bits()),
+                    "{i}"
+                );
+            }
+        }
+        assert_eq!(&v_cache[at..at + kv_row], &row[q_width + kv_row..]);
     }
 
     #[test]
@@ -647,7 +719,7 @@ mod tests {
         };
         let max_t = 6;
         let n = positions.len();
-        let q = uniform_vec(4, n * cfg.q_width(), -1.0, 1.0);
+        let q = uniform_vec(4, n * q_width_of(&cfg), -1.0, 1.0);
         let cache_len = n * max_t * cfg.kv_heads * cfg.head_dim;
         let k = uniform_vec(5, cache_len, -1.0, 1.0);
         let v = uniform_vec(6, cache_len, -1.0, 1.0);
@@ -674,19 +746,40 @@ mod tests {
 
     #[test]
     fn attention_with_equal_keys_averages_values() {
-        let positions = [3, -7]; // row 1 clamps to position 0
+        let positions = [3, 0, 99]; // row 2 clamps to position max_t - 1
         let (cfg, max_t, q, mut k, v) = attention_case(&positions);
         k.iter_mut().for_each(|x| *x = 0.25);
         let out = attention_ref(&q, &k, &v, &positions, max_t, &cfg);
         let (d, kv_row) = (cfg.head_dim, cfg.kv_heads * cfg.head_dim);
         let h = 3;
         let kv_head = h / 2;
+        let mean_over = |slot: usize, len: usize, i: usize| {
+            (0..len)
+                .map(|t| v[(slot * max_t + t) * kv_row + kv_head * d + i])
+                .sum::<f32>()
+                / len as f32
+        };
         for i in 0..d {
-            let mean = (0..4).map(|t| v[t * kv_row + kv_head * d + i]).sum::<f32>() / 4.0;
-            assert!(close(out[h * d + i], mean, 1e-5));
+            assert!(close(out[h * d + i], mean_over(0, 4, i), 1e-5));
             let only = v[max_t * kv_row + kv_head * d + i];
             assert!(close(out[(cfg.q_heads + h) * d + i], only, 1e-6));
+            let all = out[(2 * cfg.q_heads + h) * d + i];
+            assert!(close(all, mean_over(2, max_t, i), 1e-5));
         }
+    }
+
+    #[test]
+    fn attention_of_a_padded_row_is_zero() {
+        let positions = [2, -1, i32::MIN];
+        let (cfg, max_t, q, k, v) = attention_case(&positions);
+        let out = attention_ref(&q, &k, &v, &positions, max_t, &cfg);
+        let q_width = q_width_of(&cfg);
+        assert_eq!(out.len(), 3 * q_width);
+        assert!(out[..q_width].iter().any(|&x| x != 0.0));
+        assert!(out[q_width..].iter().all(|&x| x == 0.0), "padded rows");
+        // The other row's output does not depend on the padded rows.
+        let alone = attention_ref(&q[..q_width], &k, &v, &[2], max_t, &cfg);
+        assert_eq!(&out[..q_width], &alone[..]);
     }
 
     #[test]
@@ -696,7 +789,7 @@ mod tests {
         let d = cfg.head_dim;
         let kv_row = cfg.kv_heads * d;
         // q of head 0 is a large multiple of e0; only position 1's key (kv head 0) points there.
-        let mut q = vec![0.0; cfg.q_width()];
+        let mut q = vec![0.0; q_width_of(&cfg)];
         q[0] = 100.0;
         k.iter_mut().for_each(|x| *x = 0.0);
         k[kv_row] = 1.0;
@@ -731,8 +824,12 @@ mod tests {
             vec![20.0, 21.0, 0.0, 1.0, 20.0, 21.0]
         );
         assert_eq!(add_ref(&[1.0, 2.0], &[0.5, 0.5]), vec![1.5, 2.5]);
-        assert_eq!(clamp_position(-3, 8), 0);
-        assert_eq!(clamp_position(8, 8), 7);
-        assert_eq!(clamp_position(4, 8), 4);
+        assert_eq!(cache_position(-3, 8), None);
+        assert_eq!(cache_position(-1, 8), None);
+        assert_eq!(cache_position(i32::MIN, 8), None);
+        assert_eq!(cache_position(0, 8), Some(0));
+        assert_eq!(cache_position(8, 8), Some(7));
+        assert_eq!(cache_position(i32::MAX, 8), Some(7));
+        assert_eq!(cache_position(4, 8), Some(4));
     }
 }

@@ -24,6 +24,7 @@ pub fn cuda_graph(args: TokenStream, item: TokenStream) -> TokenStream {
 
 /// The generated sibling items, or every error found.
 fn generate(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    let salt = expand::function_salt(&args, &item);
     let (args, arg_error) = parse::parse_args(args);
     let mut errors = Errors::new();
     let func = match parse_item(item) {
@@ -36,7 +37,7 @@ fn generate(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     };
     errors.extend(arg_error);
     match validate::validate(&args, &func) {
-        Ok(plan) => errors.finish(expand::expand(&plan)),
+        Ok(plan) => errors.finish(expand::expand(&plan, salt)),
         Err(error) => {
             errors.push(error);
             errors.finish(TokenStream::new())
@@ -170,7 +171,43 @@ mod tests {
         assert!(text.contains("inputs : u32"), "{text}");
     }
 
-    /// A random token tree: identifiers that matter to the grammar, random
+    #[test]
+    fn statics_named_like_old_generated_consts() {
+        let out = cuda_graph(
+            tokens("sizes = [1, 2], static_args = [__CG_SIZES, __CG_LOOKUP]"),
+            tokens(
+                "fn f(&self, rt: &Runtime, x: &Tensor, __CG_SIZES: u32, __CG_LOOKUP: &[u16; 2]) -> Result<Tensor> { todo!() }",
+            ),
+        );
+        assert_eq!(compile_errors(&out), 0, "{out}");
+        assert!(!out.to_string().contains("const __CG"), "{out}");
+    }
+
+    #[test]
+    fn salt_depends_on_item_and_attribute() {
+        let id_of = |args: &str, item: &str| {
+            let out = cuda_graph(tokens(args), tokens(item)).to_string();
+            // `function_id (:: core :: module_path ! () , "forward" , SALTu64)`
+            out.split("function_id")
+                .nth(1)
+                .and_then(|rest| rest.split("u64").next())
+                .and_then(|rest| rest.rsplit(' ').next().map(str::to_owned))
+                .unwrap_or_default()
+        };
+        let a = id_of("sizes = [1]", METHOD);
+        assert!(a.parse::<u64>().is_ok(), "{a}");
+        assert_eq!(a, id_of("sizes = [1]", METHOD));
+        assert_ne!(a, id_of("sizes = [1, 2]", METHOD));
+        assert_ne!(
+            a,
+            id_of(
+                "sizes = [1]",
+                &METHOD.replace("Ok(x.clone())", "Ok(x.to_owned())")
+            )
+        );
+    }
+
+    /// A random token tree:    /// A random token tree: identifiers that matter to the grammar, random
     /// punctuation, literals of every kind and nested groups.
     fn token_tree() -> impl Strategy<Value = TokenTree> {
         let ident = prop::sample::select(vec![

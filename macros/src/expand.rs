@@ -10,7 +10,7 @@ use quote::{quote, quote_spanned};
 use syn::Ident;
 use syn::ext::IdentExt;
 
-use crate::parse::CaptureMode;
+use crate::parse::{CaptureMode, PadNumber};
 use crate::sizes;
 use crate::validate::{Plan, Role};
 
@@ -22,7 +22,8 @@ fn local(name: &str) -> Ident {
 
 /// The plan statements and the eager closure, shared by every generated item.
 struct Shared {
-    /// `const __CG_SIZES ...; const __CG_LOOKUP ...; let __cg_plan = ...;`
+    /// `let __cg_plan = GraphPlan::from_static(NAME, &[sizes], &[lookup], BATCH)?...;`
+    /// (the slices are promoted constants, so `&'static`).
     plan_stmts: TokenStream,
     /// The local the plan statements bind.
     graph_plan: Ident,
@@ -54,13 +55,22 @@ fn shared(plan: &Plan) -> Shared {
         CaptureMode::Lazy => quote!(.with_lazy_capture(true)),
         CaptureMode::Init => TokenStream::new(),
     };
+    let pads = plan.pads.iter().map(|(index, value)| {
+        let index = Literal::usize_unsuffixed(*index);
+        let value = pad_value(krate, *value);
+        quote!(.with_pad(#index, #value))
+    });
     let body = forward_call(plan, &closure_rt, &tensors, &statics);
 
+    // Inline literals rather than named consts: no generated item name can
+    // clash with (or shadow) a user's static argument or constant.
     let plan_stmts = quote! {
-        const __CG_SIZES: &[::core::primitive::usize] = &[#(#size_lits),*];
-        const __CG_LOOKUP: &[::core::primitive::u16] =
-            &[::core::primitive::u16::MAX #(, #lookup_lits)*];
-        let #graph_plan = #krate::GraphPlan::from_static(#name, __CG_SIZES, __CG_LOOKUP, #batch)?#lazy;
+        let #graph_plan = #krate::GraphPlan::from_static(
+            #name,
+            &[#(#size_lits),*],
+            &[::core::primitive::u16::MAX #(, #lookup_lits)*],
+            #batch
+        )?#lazy #(#pads)*;
     };
     let eager = quote! {
         move |#closure_rt: &#krate::Runtime,
@@ -76,6 +86,88 @@ fn shared(plan: &Plan) -> Shared {
     }
 }
 
+/// `PadValue::Int(-1i64)` / `PadValue::Float(0.5f64)`.
+fn pad_value(krate: &syn::Path, value: PadNumber) -> TokenStream {
+    match value {
+        PadNumber::Int(v) => {
+            let magnitude = match i64::try_from(v.unsigned_abs()) {
+                Ok(m) => Literal::i64_suffixed(m),
+                // Only `i64::MIN`: write it by name.
+                Err(_) => return quote!(#krate::PadValue::Int(::core::primitive::i64::MIN)),
+            };
+            let sign = (v < 0).then(|| quote!(-));
+            quote!(#krate::PadValue::Int(#sign #magnitude))
+        }
+        PadNumber::Float(v) => {
+            // The parser only accepts finite values; fall back to 0 defensively.
+            let magnitude = if v.is_finite() { v.abs() } else { 0.0 };
+            let magnitude = Literal::f64_suffixed(magnitude);
+            let sign = v.is_sign_negative().then(|| quote!(-));
+            quote!(#krate::PadValue::Float(#sign #magnitude))
+        }
+    }
+}
+
+/// The comparator the runner checks each run's statics with: floats (`f32`,
+/// `f64`, and references to them) by bits, so a NaN static matches itself;
+/// every other type with `PartialEq`. The choice is made per static at its
+/// concrete type by autoref specialization: `(&StaticCmp(&a, &b)).cg_same()`
+/// finds `ViaBits` (implemented for `StaticCmp<f32>`, ...) at the first
+/// probe, and `ViaPartialEq` (implemented for `&StaticCmp<T>`) only after an
+/// autoref.
+fn statics_eq(plan: &Plan, ident: &Ident) -> TokenStream {
+    let krate = &plan.krate;
+    let statics_ty = statics_ty(plan);
+    if plan.statics.is_empty() {
+        return quote! {
+            let #ident: fn(&#statics_ty, &#statics_ty) -> ::core::primitive::bool = |_, _| true;
+        };
+    }
+    let a = local("__cg_a");
+    let b = local("__cg_b");
+    let compares = (0..plan.statics.len()).map(|j| {
+        let index = syn::Index::from(j);
+        quote! {
+            (&#krate::__private::StaticCmp(&#a.#index, &#b.#index)).cg_same()
+        }
+    });
+    quote! {
+        let #ident: fn(&#statics_ty, &#statics_ty) -> ::core::primitive::bool = |#a, #b| {
+            #[allow(unused_imports)]
+            use #krate::__private::{ViaBits as _, ViaPartialEq as _};
+            #(#compares)&&*
+        };
+    }
+}
+
+/// The identity of the annotated function as a const generic argument:
+/// `{ function_id(module_path!(), "NAME", SALT) }`, identical in every
+/// generated signature of one expansion and different between functions.
+fn function_id(plan: &Plan, salt: u64) -> TokenStream {
+    let krate = &plan.krate;
+    let name = plan.fn_ident.unraw().to_string();
+    let salt = Literal::u64_suffixed(salt);
+    quote! {
+        { #krate::__private::function_id(::core::module_path!(), #name, #salt) }
+    }
+}
+
+/// The salt of [`function_id`]: 64-bit FNV-1a over the annotated item's
+/// tokens, a separator and the attribute's tokens (as strings), so two
+/// annotated functions of one module get different identities.
+pub fn function_salt(args: &TokenStream, item: &TokenStream) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let item = item.to_string();
+    let args = args.to_string();
+    item.bytes()
+        .chain([0xff])
+        .chain(args.bytes())
+        .fold(OFFSET, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+        })
+}
+
 /// The runner's statics type: the static arguments' types as a tuple.
 fn statics_ty(plan: &Plan) -> TokenStream {
     let static_tys = plan.statics.iter().map(|s| &s.ty);
@@ -83,8 +175,10 @@ fn statics_ty(plan: &Plan) -> TokenStream {
 }
 
 /// The generated items, emitted next to the original: `<fn>_graphs`,
-/// `<fn>_graph_memory` and `<fn>_graphs_refresh`.
-pub fn expand(plan: &Plan) -> TokenStream {
+/// `<fn>_graph_memory` and `<fn>_graphs_refresh`. `salt` (see
+/// [`function_salt`]) goes into the function identity that ties a runner to
+/// the function that captured it.
+pub fn expand(plan: &Plan, salt: u64) -> TokenStream {
     let krate = &plan.krate;
     let vis = &plan.vis;
     let cfg_attrs = &plan.cfg_attrs;
@@ -99,6 +193,12 @@ pub fn expand(plan: &Plan) -> TokenStream {
     let rt = local("rt");
     let inputs = local("inputs");
     let runner = local("runner");
+    let statics_eq_ident = local("__cg_statics_eq");
+    let new_runner = local("__cg_runner");
+    // The lifetime of the runner a refresh consumes (it comes back in the error, holding the
+    // statics, so every user lifetime outlives it too).
+    let old_lifetime = syn::Lifetime::new("'cg_old", Span::mixed_site());
+    let id = function_id(plan, salt);
 
     let static_idents: Vec<&Ident> = plan.statics.iter().map(|s| &s.ident).collect();
     let static_tys: Vec<&syn::Type> = plan.statics.iter().map(|s| &s.ty).collect();
@@ -118,6 +218,14 @@ pub fn expand(plan: &Plan) -> TokenStream {
             param
         })
         .collect();
+    let refresh_lifetimes: Vec<syn::LifetimeParam> = bounded_lifetimes
+        .iter()
+        .map(|param| {
+            let mut param = param.clone();
+            param.bounds.push(old_lifetime.clone());
+            param
+        })
+        .collect();
     // The estimate borrows nothing past the call: only the user's lifetimes.
     let memory_generics = if user_lifetimes.is_empty() {
         TokenStream::new()
@@ -132,6 +240,7 @@ pub fn expand(plan: &Plan) -> TokenStream {
         graph_plan,
         eager,
     } = shared(plan);
+    let statics_eq = statics_eq(plan, &statics_eq_ident);
 
     quote! {
         #(#cfg_attrs)*
@@ -141,10 +250,11 @@ pub fn expand(plan: &Plan) -> TokenStream {
             #rt: &#lifetime #krate::Runtime,
             #inputs: [#krate::InputSpec; #n],
             #(#static_idents: #static_tys,)*
-        ) -> ::core::result::Result<#krate::Runner<#lifetime, #n, #statics_ty>, #krate::Error>
+        ) -> ::core::result::Result<#krate::Runner<#lifetime, #n, #statics_ty, #id>, #krate::Error>
         #where_clause
         {
             #plan_stmts
+            #statics_eq
             #krate::Runner::capture(
                 #rt,
                 #graph_plan,
@@ -152,6 +262,11 @@ pub fn expand(plan: &Plan) -> TokenStream {
                 (#(#static_idents,)*),
                 #eager,
             )
+            .map(|#new_runner| {
+                #new_runner
+                    .with_statics_eq(#statics_eq_ident)
+                    .for_function::<#id>()
+            })
         }
 
         #(#cfg_attrs)*
@@ -176,13 +291,13 @@ pub fn expand(plan: &Plan) -> TokenStream {
 
         #(#cfg_attrs)*
         #(#[doc = #refresh_docs])*
-        #vis fn #refresh_ident<#lifetime #(, #bounded_lifetimes)*>(
+        #vis fn #refresh_ident<#lifetime, #old_lifetime #(, #refresh_lifetimes)*>(
             #receiver
             #rt: &#lifetime #krate::Runtime,
-            #runner: #krate::Runner<'_, #n, #statics_ty>,
+            #runner: #krate::Runner<#old_lifetime, #n, #statics_ty, #id>,
         ) -> ::core::result::Result<
-            (#krate::Runner<#lifetime, #n, #statics_ty>, #krate::RefreshReport),
-            #krate::Error,
+            (#krate::Runner<#lifetime, #n, #statics_ty, #id>, #krate::RefreshReport),
+            #krate::RefreshError<#old_lifetime, #n, #statics_ty, #id>,
         >
         #where_clause
         {
@@ -374,7 +489,7 @@ mod tests {
             Err(e) => panic!("{e}"),
         };
         match validate(&args, &func) {
-            Ok(plan) => expand(&plan).to_string(),
+            Ok(plan) => expand(&plan, 0x1234).to_string(),
             Err(e) => panic!("{e}"),
         }
     }
@@ -452,11 +567,11 @@ mod tests {
         );
         for needle in [
             "pub fn forward_graphs < 'cg > (& 'cg self , rt : & 'cg :: cudagraph :: Runtime , inputs : [:: cudagraph :: InputSpec ; 2] , cfg : Config , scale : f32 ,)",
-            "-> :: core :: result :: Result < :: cudagraph :: Runner < 'cg , 2 , (Config , f32 ,) > , :: cudagraph :: Error >",
-            "const __CG_SIZES : & [:: core :: primitive :: usize] = & [1 , 2 , 4] ;",
-            "const __CG_LOOKUP : & [:: core :: primitive :: u16] = & [:: core :: primitive :: u16 :: MAX , 0 , 1 , 2 , 2] ;",
-            "let __cg_plan = :: cudagraph :: GraphPlan :: from_static (\"forward\" , __CG_SIZES , __CG_LOOKUP , 1) ? ;",
+            "-> :: core :: result :: Result < :: cudagraph :: Runner < 'cg , 2 , (Config , f32 ,) , { :: cudagraph :: __private :: function_id (:: core :: module_path ! () , \"forward\" , 4660u64) } > , :: cudagraph :: Error >",
+            "let __cg_plan = :: cudagraph :: GraphPlan :: from_static (\"forward\" , & [1 , 2 , 4] , & [:: core :: primitive :: u16 :: MAX , 0 , 1 , 2 , 2] , 1) ? ;",
+            "let __cg_statics_eq : fn (& (Config , f32 ,) , & (Config , f32 ,)) -> :: core :: primitive :: bool = | __cg_a , __cg_b | { # [allow (unused_imports)] use :: cudagraph :: __private :: { ViaBits as _ , ViaPartialEq as _ } ; (& :: cudagraph :: __private :: StaticCmp (& __cg_a . 0 , & __cg_b . 0)) . cg_same () && (& :: cudagraph :: __private :: StaticCmp (& __cg_a . 1 , & __cg_b . 1)) . cg_same () } ;",
             ":: cudagraph :: Runner :: capture (rt , __cg_plan , inputs , (cfg , scale ,) , move | __cg_rt : & :: cudagraph :: Runtime , __cg_tensors : [& :: cudagraph :: Tensor ; 2] , __cg_statics : & (Config , f32 ,) |",
+            ". map (| __cg_runner | { __cg_runner . with_statics_eq (__cg_statics_eq) . for_function :: < { :: cudagraph :: __private :: function_id (:: core :: module_path ! () , \"forward\" , 4660u64) } > () })",
             ":: cudagraph :: forward_result (self . forward (__cg_rt , __cg_tensors [0] , __cg_tensors [1] , & __cg_statics . 0 , :: core :: clone :: Clone :: clone (& __cg_statics . 1)))",
         ] {
             assert!(has(&out, needle), "missing {needle}\nin {out}");
@@ -480,7 +595,20 @@ mod tests {
             ),
             "{out}"
         );
-        assert!(has(&out, ":: cg :: Runner < 'cg , 1 , () >"), "{out}");
+        assert!(
+            has(
+                &out,
+                ":: cg :: Runner < 'cg , 1 , () , { :: cg :: __private :: function_id (:: core :: module_path ! () , \"step\" , 4660u64) } >"
+            ),
+            "{out}"
+        );
+        assert!(
+            has(
+                &out,
+                "let __cg_statics_eq : fn (& () , & ()) -> :: core :: primitive :: bool = | _ , _ | true ;"
+            ),
+            "{out}"
+        );
         assert!(
             has(
                 &out,
@@ -531,8 +659,9 @@ mod tests {
         );
         let generics: Vec<usize> = items.iter().map(|f| f.sig.generics.params.len()).collect();
         // `'cg` + the user's `'a` (named by the where clause); the estimate
-        // borrows nothing past the call, so it has no `'cg`.
-        assert_eq!(generics, [2, 1, 2]);
+        // borrows nothing past the call, so it has no `'cg`; the refresh also
+        // names the old runner's lifetime (its error gives that runner back).
+        assert_eq!(generics, [2, 1, 3]);
         // The runner holds the statics for `'cg`: every user lifetime outlives it (not needed
         // by the estimate, which returns nothing borrowed).
         let bounds = |f: &syn::ImplItemFn| -> Vec<String> {
@@ -544,7 +673,7 @@ mod tests {
         };
         assert_eq!(bounds(&items[0]), ["'cg", "'a : 'cg"]);
         assert_eq!(bounds(&items[1]), ["'a"]);
-        assert_eq!(bounds(&items[2]), ["'cg", "'a : 'cg"]);
+        assert_eq!(bounds(&items[2]), ["'cg", "'cg_old", "'a : 'cg + 'cg_old"]);
         for item in &items {
             assert!(item.sig.generics.where_clause.is_some(), "{out}");
             assert!(item.attrs.iter().any(|a| a.path().is_ident("doc")), "{out}");
@@ -562,7 +691,7 @@ mod tests {
         assert!(
             has(
                 &lazy,
-                "let __cg_plan = :: cudagraph :: GraphPlan :: from_static (\"forward\" , __CG_SIZES , __CG_LOOKUP , 0) ? . with_lazy_capture (true) ;"
+                "let __cg_plan = :: cudagraph :: GraphPlan :: from_static (\"forward\" , & [1 , 2] , & [:: core :: primitive :: u16 :: MAX , 0 , 1] , 0) ? . with_lazy_capture (true) ;"
             ),
             "{lazy}"
         );
@@ -577,7 +706,7 @@ mod tests {
             assert!(
                 has(
                     &init,
-                    "let __cg_plan = :: cudagraph :: GraphPlan :: from_static (\"forward\" , __CG_SIZES , __CG_LOOKUP , 0) ? ;"
+                    "let __cg_plan = :: cudagraph :: GraphPlan :: from_static (\"forward\" , & [1 , 2] , & [:: core :: primitive :: u16 :: MAX , 0 , 1] , 0) ? ;"
                 ),
                 "{init}"
             );
@@ -626,15 +755,14 @@ mod tests {
         let items = impl_items(&out);
         assert_eq!(items.len(), 3, "{out}");
         let [graphs, memory, refresh] = [0, 1, 2].map(|i| items[i].to_token_stream().to_string());
-        let plan_stmt = "let __cg_plan = :: cudagraph :: GraphPlan :: from_static (\"forward\" , __CG_SIZES , __CG_LOOKUP , 1) ? ;";
+        let plan_stmt = "let __cg_plan = :: cudagraph :: GraphPlan :: from_static (\"forward\" , & [1 , 2 , 4] , & [:: core :: primitive :: u16 :: MAX , 0 , 1 , 2 , 2] , 1) ? ;";
+        let id = "{ :: cudagraph :: __private :: function_id (:: core :: module_path ! () , \"forward\" , 4660u64) }";
         let closure = "move | __cg_rt : & :: cudagraph :: Runtime , __cg_tensors : [& :: cudagraph :: Tensor ; 2] , __cg_statics : & (Config , f32 ,) | { :: cudagraph :: forward_result (self . forward (__cg_rt , __cg_tensors [0] , __cg_tensors [1] , & __cg_statics . 0 , :: core :: clone :: Clone :: clone (& __cg_statics . 1))) }";
 
         // `<fn>_graph_memory`: the same arguments and plan, `Runner::estimate`.
         for needle in [
             "pub fn forward_graph_memory (& self , rt : & :: cudagraph :: Runtime , inputs : [:: cudagraph :: InputSpec ; 2] , cfg : Config , scale : f32 ,)",
             "-> :: core :: result :: Result < :: cudagraph :: MemoryEstimate , :: cudagraph :: Error >",
-            "const __CG_SIZES : & [:: core :: primitive :: usize] = & [1 , 2 , 4] ;",
-            "const __CG_LOOKUP : & [:: core :: primitive :: u16] = & [:: core :: primitive :: u16 :: MAX , 0 , 1 , 2 , 2] ;",
             plan_stmt,
             ":: cudagraph :: Runner :: estimate (rt , __cg_plan , inputs , (cfg , scale ,) ,",
             closure,
@@ -643,11 +771,20 @@ mod tests {
         }
         assert!(!has(&memory, "'cg"), "{memory}");
         assert!(!has(&memory, "Runner :: capture"), "{memory}");
+        // The estimate keeps no runner: no comparator, no identity.
+        assert!(!has(&memory, "statics_eq"), "{memory}");
+        assert!(!has(&memory, "function_id"), "{memory}");
 
         // `<fn>_graphs_refresh`: takes a runner, no inputs or statics, `Runner::refresh`.
+        let refresh_sig = format!(
+            "pub fn forward_graphs_refresh < 'cg , 'cg_old > (& 'cg self , rt : & 'cg :: cudagraph :: Runtime , runner : :: cudagraph :: Runner < 'cg_old , 2 , (Config , f32 ,) , {id} > ,)"
+        );
+        let refresh_ret = format!(
+            "-> :: core :: result :: Result < (:: cudagraph :: Runner < 'cg , 2 , (Config , f32 ,) , {id} > , :: cudagraph :: RefreshReport) , :: cudagraph :: RefreshError < 'cg_old , 2 , (Config , f32 ,) , {id} > , >"
+        );
         for needle in [
-            "pub fn forward_graphs_refresh < 'cg > (& 'cg self , rt : & 'cg :: cudagraph :: Runtime , runner : :: cudagraph :: Runner < '_ , 2 , (Config , f32 ,) > ,)",
-            "-> :: core :: result :: Result < (:: cudagraph :: Runner < 'cg , 2 , (Config , f32 ,) > , :: cudagraph :: RefreshReport) , :: cudagraph :: Error , >",
+            refresh_sig.as_str(),
+            refresh_ret.as_str(),
             ":: cudagraph :: Runner :: refresh (runner , rt ,",
             closure,
         ] {
@@ -656,15 +793,25 @@ mod tests {
         for absent in [
             "inputs",
             "__cg_plan",
-            "__CG_SIZES",
+            "statics_eq",
             "Runner :: capture",
             "Runner :: estimate",
         ] {
             assert!(!has(&refresh, absent), "{absent} in {refresh}");
         }
 
-        // `<fn>_graphs` is unchanged, and the three share one closure.
+        // `<fn>_graphs` returns a runner of this function's identity, the same one
+        // `<fn>_graphs_refresh` takes and returns; the three share one closure.
         assert!(has(&graphs, plan_stmt), "{graphs}");
+        assert!(
+            has(
+                &graphs,
+                &format!("Runner < 'cg , 2 , (Config , f32 ,) , {id} > , :: cudagraph :: Error >")
+            ),
+            "{graphs}"
+        );
+        assert_eq!(graphs.matches("function_id").count(), 2, "{graphs}");
+        assert_eq!(refresh.matches("function_id").count(), 3, "{refresh}");
         assert!(
             has(
                 &graphs,
@@ -749,7 +896,7 @@ mod tests {
         assert!(
             has(
                 &refresh,
-                "step_graphs_refresh < 'cg > (rt : & 'cg :: cg :: Runtime , runner : :: cg :: Runner < '_ , 1 , (Cfg ,) > ,)"
+                "step_graphs_refresh < 'cg , 'cg_old > (rt : & 'cg :: cg :: Runtime , runner : :: cg :: Runner < 'cg_old , 1 , (Cfg ,) , { :: cg :: __private :: function_id (:: core :: module_path ! () , \"step\" , 4660u64) } > ,)"
             ),
             "{refresh}"
         );
@@ -787,11 +934,142 @@ mod tests {
         assert!(
             has(
                 &memory,
-                "from_static (\"forward\" , __CG_SIZES , __CG_LOOKUP , 0) ? . with_lazy_capture (true) ;"
+                "from_static (\"forward\" , & [1 , 2] , & [:: core :: primitive :: u16 :: MAX , 0 , 1] , 0) ? . with_lazy_capture (true) ;"
             ),
             "{memory}"
         );
         assert!(has(&memory, "Runner :: estimate"), "{memory}");
+    }
+
+    #[test]
+    fn pads_are_chained_after_the_plan_and_lazy_capture() {
+        let func = quote!(
+            fn forward(&self, rt: &Runtime, tokens: &Tensor, positions: &Tensor) -> Result<Tensor> {
+                todo!()
+            }
+        );
+        let out = expand_str(
+            quote!(sizes = [1, 2], pad = [positions = -1, tokens = 0.5]),
+            func.clone(),
+        );
+        let plan = "let __cg_plan = :: cudagraph :: GraphPlan :: from_static (\"forward\" , & [1 , 2] , & [:: core :: primitive :: u16 :: MAX , 0 , 1] , 0) ? . with_pad (1 , :: cudagraph :: PadValue :: Int (- 1i64)) . with_pad (0 , :: cudagraph :: PadValue :: Float (0.5f64)) ;";
+        // In `<fn>_graphs` and `<fn>_graph_memory`.
+        assert_eq!(out.matches(plan).count(), 2, "{out}");
+        let lazy = expand_str(
+            quote!(
+                sizes = [1, 2],
+                capture = lazy,
+                pad = [tokens = -2.25, positions = 7]
+            ),
+            func,
+        );
+        assert!(
+            has(
+                &lazy,
+                "? . with_lazy_capture (true) . with_pad (0 , :: cudagraph :: PadValue :: Float (- 2.25f64)) . with_pad (1 , :: cudagraph :: PadValue :: Int (7i64)) ;"
+            ),
+            "{lazy}"
+        );
+    }
+
+    #[test]
+    fn pad_values_at_the_edges() {
+        let krate: syn::Path = syn::parse_quote!(::cg);
+        let text = |v| pad_value(&krate, v).to_string();
+        assert_eq!(
+            text(PadNumber::Int(i64::MIN)),
+            ":: cg :: PadValue :: Int (:: core :: primitive :: i64 :: MIN)"
+        );
+        assert_eq!(
+            text(PadNumber::Int(i64::MAX)),
+            ":: cg :: PadValue :: Int (9223372036854775807i64)"
+        );
+        assert_eq!(text(PadNumber::Int(0)), ":: cg :: PadValue :: Int (0i64)");
+        assert_eq!(
+            text(PadNumber::Float(-0.0)),
+            ":: cg :: PadValue :: Float (- 0f64)"
+        );
+        assert_eq!(
+            text(PadNumber::Float(1e-9)),
+            ":: cg :: PadValue :: Float (0.000000001f64)"
+        );
+    }
+
+    #[test]
+    fn statics_comparator_covers_every_static() {
+        let out = expand_str(
+            quote!(sizes = [1], static_args = [a, b, c]),
+            quote!(
+                fn step(rt: &Runtime, x: &Tensor, a: f32, b: &Cfg, c: f64) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        let items = file_items(&out);
+        let graphs = items[0].to_token_stream().to_string();
+        for j in 0..3 {
+            let needle = format!(
+                "(& :: cudagraph :: __private :: StaticCmp (& __cg_a . {j} , & __cg_b . {j})) . cg_same ()"
+            );
+            assert!(has(&graphs, &needle), "missing {needle}\nin {graphs}");
+        }
+        assert!(
+            has(
+                &graphs,
+                "let __cg_statics_eq : fn (& (f32 , Cfg , f64 ,) , & (f32 , Cfg , f64 ,)) -> :: core :: primitive :: bool"
+            ),
+            "{graphs}"
+        );
+        assert_eq!(graphs.matches(" && ").count(), 2, "{graphs}");
+        assert!(
+            has(&graphs, ". with_statics_eq (__cg_statics_eq)"),
+            "{graphs}"
+        );
+    }
+
+    #[test]
+    fn function_salt_is_stable_and_tells_functions_apart() {
+        let args = quote!(sizes = [1]);
+        let a = quote!(
+            fn forward_a(rt: &Runtime, x: &Tensor) -> Result<Tensor> {
+                todo!()
+            }
+        );
+        let b = quote!(
+            fn forward_b(rt: &Runtime, x: &Tensor) -> Result<Tensor> {
+                todo!()
+            }
+        );
+        assert_eq!(function_salt(&args, &a), function_salt(&args, &a));
+        assert_ne!(function_salt(&args, &a), function_salt(&args, &b));
+        assert_ne!(
+            function_salt(&args, &a),
+            function_salt(&quote!(sizes = [2]), &a)
+        );
+        // FNV-1a of the empty input and the separator alone.
+        assert_eq!(
+            function_salt(&TokenStream::new(), &TokenStream::new()),
+            (0xcbf2_9ce4_8422_2325_u64 ^ 0xff).wrapping_mul(0x0000_0100_0000_01b3)
+        );
+    }
+
+    #[test]
+    fn no_generated_item_names_in_the_body() {
+        let out = expand_str(
+            quote!(sizes = [1, 2], static_args = [__CG_SIZES, __CG_LOOKUP]),
+            quote!(
+                fn forward(
+                    &self,
+                    rt: &Runtime,
+                    x: &Tensor,
+                    __CG_SIZES: u8,
+                    __CG_LOOKUP: &u16,
+                ) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        assert!(!out.split_whitespace().any(|w| w == "const"), "{out}");
     }
 
     #[test]

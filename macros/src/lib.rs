@@ -31,7 +31,8 @@ use proc_macro::TokenStream;
 ///   rebuilds every graph for this model (e.g. new weights of the same shapes
 ///   in new buffers), updating each executable graph in place
 ///   (`cuGraphExecUpdate`); the old runner is consumed and the new one keeps
-///   its static arguments.
+///   its static arguments. A runner built by another annotated function is a
+///   type error (see "Function identity" below).
 ///
 /// ```rust,ignore
 /// use cudagraph::{cuda_graph, InputSpec, Result, Runtime, Tensor};
@@ -56,23 +57,38 @@ use proc_macro::TokenStream;
 ///     sizes = [ELEM, ...],          // required
 ///     batch = PARAM,                // optional, default: the first `&Tensor` parameter
 ///     static_args = [PARAM, ...],   // optional
+///     pad = [PARAM = NUM, ...],     // optional
 ///     capture = lazy | init,        // optional, default: init
 ///     crate = "PATH",               // optional, default: "::cudagraph"
 /// )]
 /// ELEM := INT | INT..=INT | INT..=INT step INT
+/// NUM  := [-]INT | [-]FLOAT         // unsuffixed literals
 /// ```
 ///
 /// - `sizes`: the batch sizes to capture. Each element is an integer literal
 ///   (unsuffixed or `usize`), or an inclusive range with an optional `step`
 ///   (`8..=256 step 8` is 8, 16, ..., 256; without `step` the step is 1).
 ///   The set is sorted; it must be non-empty, every size must be in
-///   `1..=65535`, and no size may be listed twice (also not by two
-///   overlapping ranges).
+///   `1..=65535` (`u16::MAX`: the dispatch table stores slot indices, and
+///   with at most 65535 sizes the index `u16::MAX`, "no slot", is never a real
+///   one), and no size may be listed twice (also not by two overlapping
+///   ranges).
 /// - `batch`: the `&Tensor` parameter whose leading dimension is the batch
 ///   size.
 /// - `static_args`: host-value parameters that are baked into the graphs.
 ///   The runner keeps the values given to `<name>_graphs` and checks each run
-///   against them.
+///   against them: `f32` and `f64` statics (and references to them) by their
+///   bits, so a NaN static matches itself (and `0.0` differs from `-0.0`),
+///   every other type with `PartialEq`.
+/// - `pad`: the value each listed `&Tensor` input is padded with. A batch of
+///   `n` rows runs the graph of the smallest size `size >= n`; rows `n..size`
+///   of that input's static buffer are filled with the value on every
+///   replay, and the whole static buffer before every warm-up run. The value
+///   is an integer or float literal, possibly negative, converted to the
+///   input's element type by the runtime. E.g. `pad = [positions = -1]`
+///   makes a decoder's KV-cache write and attention kernels skip the padded
+///   rows (and the warm-ups) instead of writing garbage at position 0. Inputs
+///   not listed keep whatever their padded rows held.
 /// - `capture`: when the graphs are captured. `init` (the default) captures
 ///   every size when `<name>_graphs` builds the runner, so it fails early and
 ///   every run replays; `lazy` captures each size on its first use (the
@@ -86,8 +102,12 @@ use proc_macro::TokenStream;
 /// Each parameter is classified by its type:
 /// - `&Runtime` (any path ending in `Runtime`): the runtime; exactly one.
 /// - `&Tensor` (any path ending in `Tensor`): a graph input; at least one.
-///   Their number `N` and order define the runner's inputs.
+///   Their number `N` and order define the runner's inputs. The macro
+///   recognises them by the type *name*: a type alias of `Tensor`
+///   (`h: &Activations`) is a host value; write `&Tensor`.
 /// - anything else: a host value, which must be listed in `static_args`.
+///   `impl Trait` arguments (`x: &impl AsRef<Tensor>`, `f: impl Fn()`) are
+///   not supported: take `&Tensor`, or a concrete static type.
 ///
 /// The receiver, if any, must be `&self`: the runner borrows the model while
 /// its graphs hold pointers into the model's weights. The function may not
@@ -99,6 +119,12 @@ use proc_macro::TokenStream;
 /// free function. (An associated function without `self` is treated as a
 /// free function and does not work: the generated code calls it by its bare
 /// name.)
+///
+/// Put `#[cuda_graph]` on an inherent method; to graph a trait method, call
+/// an inherent method from it. The macro sees only the method, not the `impl`
+/// around it, so on a method of a trait impl the generated siblings are not
+/// members of the trait: the compiler reports E0407 ("method
+/// `forward_graphs` is not a member of trait ...") at the attribute.
 ///
 /// # What is generated
 ///
@@ -112,14 +138,21 @@ use proc_macro::TokenStream;
 ///     rt: &'cg ::cudagraph::Runtime,
 ///     inputs: [::cudagraph::InputSpec; 2],
 ///     cfg: Config, // each static argument, reference stripped
-/// ) -> ::core::result::Result<::cudagraph::Runner<'cg, 2, (Config,)>, ::cudagraph::Error> {
-///     const __CG_SIZES: &[usize] = &[1, 2, 4];
-///     const __CG_LOOKUP: &[u16] = &[u16::MAX, 0, 1, 2, 2]; // smallest size >= n
-///     let __cg_plan = ::cudagraph::GraphPlan::from_static("forward", __CG_SIZES, __CG_LOOKUP, 0)?;
+/// ) -> ::core::result::Result<::cudagraph::Runner<'cg, 2, (Config,), { ID }>, ::cudagraph::Error> {
+///     // The slices are promoted constants (`&'static`); the lookup table maps
+///     // a batch size n to the index of the smallest size >= n.
+///     let __cg_plan = ::cudagraph::GraphPlan::from_static(
+///         "forward", &[1, 2, 4], &[::core::primitive::u16::MAX, 0, 1, 2, 2], 0)?;
+///     // Floats by bits, everything else by `PartialEq` (autoref specialization).
+///     let __cg_statics_eq: fn(&(Config,), &(Config,)) -> bool = |a, b| {
+///         use ::cudagraph::__private::{ViaBits as _, ViaPartialEq as _};
+///         (&::cudagraph::__private::StaticCmp(&a.0)).cg_same(&&::cudagraph::__private::StaticCmp(&b.0))
+///     };
 ///     ::cudagraph::Runner::capture(rt, __cg_plan, inputs, (cfg,),
 ///         move |__cg_rt: &::cudagraph::Runtime, __cg_tensors: [&::cudagraph::Tensor; 2], __cg_statics: &(Config,)| {
 ///             ::cudagraph::forward_result(self.forward(__cg_rt, __cg_tensors[0], __cg_tensors[1], &__cg_statics.0))
 ///         })
+///         .map(|r| r.with_statics_eq(__cg_statics_eq).for_function::<{ ID }>())
 /// }
 ///
 /// /// What `forward_graphs` would hold on the device (graph pool + static inputs), ...
@@ -129,7 +162,7 @@ use proc_macro::TokenStream;
 ///     inputs: [::cudagraph::InputSpec; 2],
 ///     cfg: Config,
 /// ) -> ::core::result::Result<::cudagraph::MemoryEstimate, ::cudagraph::Error> {
-///     // ... the same `__CG_SIZES`, `__CG_LOOKUP` and `__cg_plan` ...
+///     // ... the same `__cg_plan` ...
 ///     ::cudagraph::Runner::estimate(rt, __cg_plan, inputs, (cfg,), /* the same closure */)
 /// }
 ///
@@ -137,14 +170,18 @@ use proc_macro::TokenStream;
 /// pub fn forward_graphs_refresh<'cg>(
 ///     &'cg self,
 ///     rt: &'cg ::cudagraph::Runtime,
-///     runner: ::cudagraph::Runner<'_, 2, (Config,)>,
+///     runner: ::cudagraph::Runner<'_, 2, (Config,), { ID }>,
 /// ) -> ::core::result::Result<
-///     (::cudagraph::Runner<'cg, 2, (Config,)>, ::cudagraph::RefreshReport),
+///     (::cudagraph::Runner<'cg, 2, (Config,), { ID }>, ::cudagraph::RefreshReport),
 ///     ::cudagraph::Error,
 /// > {
 ///     ::cudagraph::Runner::refresh(runner, rt, /* the same closure */)
+///         .map(|(r, report)| (r.for_function::<{ ID }>(), report))
 /// }
 /// ```
+///
+/// where `{ ID }` is
+/// `{ ::cudagraph::__private::function_id(::core::module_path!(), "forward", SALTu64) }`.
 ///
 /// The three share one plan and one closure: the refreshed runner keeps the
 /// statics captured in `runner` (the closure reads them from `__cg_statics`),
@@ -155,13 +192,33 @@ use proc_macro::TokenStream;
 /// `let __cg_plan = ::cudagraph::GraphPlan::from_static(...)?.with_lazy_capture(true);`
 /// (in `<name>_graph_memory` too, where it changes nothing: the estimate
 /// captures the largest size either way) and the documentation says the
-/// graphs are captured on first use.
+/// graphs are captured on first use. Each `pad` entry appends
+/// `.with_pad(INDEX, ::cudagraph::PadValue::Int(-1i64))` (or
+/// `PadValue::Float(0.5f64)`), INDEX being the input's position among the
+/// `&Tensor` parameters, in the attribute's order.
+///
+/// The generated code declares no items of its own inside the generated
+/// functions (no `const`s), so any name of the user's, a static argument
+/// named `__CG_SIZES` included, is fine.
+///
+/// # Function identity
+///
+/// The runner type carries a fourth parameter, the identity of the function
+/// that captured it: `<name>_graphs` returns and `<name>_graphs_refresh` takes
+/// and returns `Runner<'_, N, S, { ID }>`. `ID` is a `const fn` hash of the
+/// module path, the function name and a salt the macro computes (64-bit
+/// FNV-1a of the annotated item's tokens and the attribute's tokens), so
+/// passing a runner of `forward_a` to `forward_b_graphs_refresh` is a
+/// compile error even when arity and statics match. (Two byte-identical
+/// annotated methods with identical attributes in one module, on different
+/// types, get the same identity.) Code that names the runner's type has to
+/// leave the identity inferred, e.g. `let runner = model.forward_graphs(...)?`.
 ///
 /// A static parameter taken by value (`cfg: Config`) is passed to each call as
 /// `Clone::clone(&statics.j)`, so its type must be `Clone`. For a free
 /// function there is no receiver (the three are free functions too) and the
-/// closure calls `forward(...)`. `#[cfg(...)]` attributes of the function are
-/// copied onto the generated ones.
+/// closure calls `forward(...)`. `#[cfg(...)]` and `#[allow(...)]`
+/// attributes of the function are copied onto the generated ones.
 ///
 /// # Errors
 ///
@@ -184,9 +241,15 @@ use proc_macro::TokenStream;
 /// - `batch` naming no parameter, or a parameter that is not a `&Tensor`;
 /// - `static_args` naming no parameter, the `&Runtime` or a `&Tensor`
 ///   parameter, a name twice, or a parameter whose type can't be owned by the
-///   runner (`&mut T`, `[T]`, `str`, `dyn Trait`, `impl Trait`);
+///   runner (`&mut T`, `[T]`, `str`, `dyn Trait`);
+/// - `pad` not a bracketed list, an entry naming no parameter, a parameter
+///   that is not a `&Tensor` (a static argument, a host value, the runtime),
+///   a name listed twice, or a value that is not an unsuffixed integer or
+///   float literal (or does not fit an `i64` / `f64`);
 /// - a host-value parameter not listed in `static_args` (a graph would
-///   silently replay its captured value);
+///   silently replay its captured value); for `&T` with `T` a path, the
+///   message adds that a type alias of `Tensor` must be written `&Tensor`;
+/// - an `impl Trait` argument (anywhere in its type);
 /// - no `&Runtime` parameter, or more than one; no `&Tensor` parameter;
 ///   `&mut Runtime` / `&mut Tensor`; `Runtime` / `Tensor` taken by value;
 /// - a parameter that is a pattern rather than a plain name;

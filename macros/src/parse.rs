@@ -1,6 +1,6 @@
 //! Parsing of the attribute arguments:
-//! `sizes = [...], batch = ident, static_args = [ident, ...], capture = lazy | init,
-//! crate = "path"`.
+//! `sizes = [...], batch = ident, static_args = [ident, ...],
+//! pad = [ident = number, ...], capture = lazy | init, crate = "path"`.
 //!
 //! Parsing is lenient: a bad option is reported and skipped up to the next
 //! top-level `,`, so one compilation shows every mistake in the attribute.
@@ -22,6 +22,7 @@ mod kw {
     syn::custom_keyword!(sizes);
     syn::custom_keyword!(batch);
     syn::custom_keyword!(static_args);
+    syn::custom_keyword!(pad);
     syn::custom_keyword!(capture);
     syn::custom_keyword!(lazy);
     syn::custom_keyword!(init);
@@ -29,7 +30,7 @@ mod kw {
 }
 
 /// The option names, in the order they are listed in messages.
-pub const OPTIONS: [&str; 5] = ["sizes", "batch", "static_args", "capture", "crate"];
+pub const OPTIONS: [&str; 6] = ["sizes", "batch", "static_args", "pad", "capture", "crate"];
 
 /// The error for a `capture` value other than `lazy` or `init`.
 const CAPTURE_VALUES: &str = "`capture` takes `lazy` (capture each size on first use) or `init` (capture all sizes when the runner is built, the default)";
@@ -85,6 +86,32 @@ pub struct StaticArgs {
     pub names: Vec<Ident>,
 }
 
+/// A number of `pad = [name = value]`: what rows `n..size` of that input
+/// are filled with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PadNumber {
+    /// An integer literal, e.g. `-1`.
+    Int(i64),
+    /// A float literal, e.g. `0.5` or `-1e9`; always finite.
+    Float(f64),
+}
+
+/// One `name = value` entry of `pad = [...]`.
+#[derive(Debug, Clone)]
+pub struct PadEntry {
+    /// The input parameter it applies to (with its span).
+    pub name: Ident,
+    /// The fill value.
+    pub value: PadNumber,
+}
+
+/// The value of `pad = [...]`.
+#[derive(Debug, Clone)]
+pub struct Pads {
+    /// The entries, in source order, without repeated names.
+    pub entries: Vec<PadEntry>,
+}
+
 /// The value of `capture = lazy | init`: when the runner captures its graphs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum CaptureMode {
@@ -114,6 +141,8 @@ pub struct Args {
     pub batch: Option<Ident>,
     /// `static_args = [ident, ...]`.
     pub static_args: Option<StaticArgs>,
+    /// `pad = [ident = number, ...]`.
+    pub pad: Option<Pads>,
     /// `capture = lazy | init`.
     pub capture: Option<CaptureMode>,
     /// `crate = "path"`.
@@ -209,6 +238,11 @@ fn parse_option(input: ParseStream, args: &mut Args, errors: &mut Errors) -> syn
             key.span,
             errors,
         );
+    } else if input.peek(kw::pad) {
+        let key: kw::pad = input.parse()?;
+        expect_eq(input, "pad", "[positions = -1]")?;
+        let pads = parse_pads(input, errors)?;
+        set_once(&mut args.pad, pads, "pad", key.span, errors);
     } else if input.peek(kw::capture) {
         let key: kw::capture = input.parse()?;
         expect_eq(input, "capture", "lazy")?;
@@ -296,6 +330,9 @@ pub fn suggest_option(name: &str) -> Option<&'static str> {
         "batch_size" | "batch_arg" | "batch_input" | "batch_dim" | "batch_tensor" => Some("batch"),
         "static" | "statics" | "static_arg" | "static_params" | "host_args" | "consts" => {
             Some("static_args")
+        }
+        "padding" | "pads" | "pad_value" | "pad_values" | "fill" | "fill_value" | "padded" => {
+            Some("pad")
         }
         "krate" | "crate_path" | "path" | "cudagraph" => Some("crate"),
         "lazy"
@@ -565,6 +602,139 @@ fn parse_static_args(input: ParseStream, errors: &mut Errors) -> syn::Result<Sta
     Ok(StaticArgs { names })
 }
 
+/// An example of `pad`, for messages.
+const PAD_EXAMPLE: &str = "`pad = [positions = -1]`";
+
+/// Parses `[name = number, ...]` for `pad`. A bad entry is reported and
+/// skipped; a name listed twice is reported at the second one.
+fn parse_pads(input: ParseStream, errors: &mut Errors) -> syn::Result<Pads> {
+    if !input.peek(syn::token::Bracket) {
+        return Err(input.error(format!(
+            "`pad` takes a bracketed list of `input = value` entries: write e.g. {PAD_EXAMPLE}"
+        )));
+    }
+    let content;
+    syn::bracketed!(content in input);
+    let mut entries: Vec<PadEntry> = Vec::new();
+    while !content.is_empty() {
+        match parse_pad_entry(&content) {
+            Ok(entry) => {
+                if entries.iter().any(|e| e.name == entry.name) {
+                    errors.at(
+                        entry.name.span(),
+                        format!("`{}` is listed twice in `pad`; keep one value", entry.name),
+                    );
+                } else {
+                    entries.push(entry);
+                }
+            }
+            Err(error) => {
+                errors.push(error);
+                skip_to_comma(&content);
+            }
+        }
+        if content.is_empty() {
+            break;
+        }
+        if content.parse::<Token![,]>().is_err() {
+            errors.push(content.error("expected `,` between `pad` entries"));
+            skip_to_comma(&content);
+            let _ = content.parse::<Option<Token![,]>>();
+        }
+    }
+    Ok(Pads { entries })
+}
+
+/// Parses one `name = number` entry of `pad`.
+fn parse_pad_entry(input: ParseStream) -> syn::Result<PadEntry> {
+    if !input.peek(Ident) {
+        return Err(input.error(format!(
+            "expected the name of a `&Tensor` argument, e.g. {PAD_EXAMPLE}"
+        )));
+    }
+    let name: Ident = input.parse()?;
+    if !input.peek(Token![=]) {
+        return Err(input.error(format!(
+            "expected `=` after `{name}`: write `{name} = -1` (the value rows past the batch are filled with)"
+        )));
+    }
+    input.parse::<Token![=]>()?;
+    let value = parse_pad_number(input, &name)?;
+    Ok(PadEntry { name, value })
+}
+
+/// Parses an optionally negated integer or float literal.
+fn parse_pad_number(input: ParseStream, name: &Ident) -> syn::Result<PadNumber> {
+    let not_a_number = |tokens: &dyn ToTokens| {
+        syn::Error::new_spanned(
+            tokens,
+            format!(
+                "the value of `{name}` in `pad` must be an integer or float literal, e.g. `{name} = -1` or `{name} = 0.0`"
+            ),
+        )
+    };
+    let minus: Option<Token![-]> = input.parse()?;
+    let negative = minus.is_some();
+    if input.is_empty() || input.peek(Token![,]) {
+        return Err(match minus {
+            Some(minus) => not_a_number(&minus),
+            None => input.error(format!(
+                "expected the value for `{name}`, e.g. `{name} = -1` or `{name} = 0.0`"
+            )),
+        });
+    }
+    let tree: TokenTree = input.parse()?;
+    let tokens = quote::quote!(#minus #tree);
+    let TokenTree::Literal(literal) = &tree else {
+        return Err(not_a_number(&tokens));
+    };
+    let sign = if negative { "-" } else { "" };
+    let suffix_error = |suffix: &str, digits: &str| {
+        syn::Error::new_spanned(
+            &tokens,
+            format!(
+                "write `{sign}{digits}` without the `{suffix}` suffix: the runtime converts the value to the input's element type"
+            ),
+        )
+    };
+    let too_large = |what: &str| {
+        syn::Error::new_spanned(
+            &tokens,
+            format!("this `pad` value does not fit in an `{what}`"),
+        )
+    };
+    match Lit::new(literal.clone()) {
+        Lit::Int(int) => {
+            if !int.suffix().is_empty() {
+                return Err(suffix_error(int.suffix(), int.base10_digits()));
+            }
+            let magnitude = int
+                .base10_parse::<u64>()
+                .map(i128::from)
+                .map_err(|_| too_large("i64"))?;
+            let value = if negative { -magnitude } else { magnitude };
+            i64::try_from(value)
+                .map(PadNumber::Int)
+                .map_err(|_| too_large("i64"))
+        }
+        Lit::Float(float) => {
+            if !float.suffix().is_empty() {
+                return Err(suffix_error(float.suffix(), float.base10_digits()));
+            }
+            let magnitude: f64 = float.base10_parse().map_err(|_| too_large("f64"))?;
+            if !magnitude.is_finite() {
+                return Err(too_large("f64"));
+            }
+            Ok(PadNumber::Float(if negative {
+                -magnitude
+            } else {
+                magnitude
+            }))
+        }
+        _ => Err(not_a_number(&tokens)),
+    }
+}
+
 /// Parses the value of `capture = lazy | init`; anything else is reported at
 /// the value's token.
 fn parse_capture(input: ParseStream) -> syn::Result<CaptureMode> {
@@ -784,7 +954,7 @@ mod tests {
             bogus = 1
         ));
         assert_eq!(errors.len(), 5, "{errors:?}");
-        let expected = "unknown option `size`; expected one of `sizes`, `batch`, `static_args`, `capture`, `crate`; did you mean `sizes`?";
+        let expected = "unknown option `size`; expected one of `sizes`, `batch`, `static_args`, `pad`, `capture`, `crate`; did you mean `sizes`?";
         assert_eq!(errors[0], expected);
         assert!(errors[1].ends_with("did you mean `batch`?"));
         assert!(errors[2].ends_with("did you mean `static_args`?"));
@@ -806,7 +976,7 @@ mod tests {
         assert_eq!(errors.len(), 7, "{errors:?}");
         assert_eq!(
             errors[0],
-            "unknown option `lazy`; expected one of `sizes`, `batch`, `static_args`, `capture`, `crate`; did you mean `capture = lazy`?"
+            "unknown option `lazy`; expected one of `sizes`, `batch`, `static_args`, `pad`, `capture`, `crate`; did you mean `capture = lazy`?"
         );
         assert!(
             errors[1].ends_with("did you mean `capture = lazy`?"),
@@ -913,6 +1083,97 @@ mod tests {
         assert!(errors[0].contains("must be a path"), "{errors:?}");
         let args = parse_ok(quote!(sizes = [1], crate = "crate"));
         assert!(args.krate.is_some());
+    }
+
+    fn pads(tokens: TokenStream) -> Vec<(String, PadNumber)> {
+        parse_ok(tokens)
+            .pad
+            .map(|p| {
+                p.entries
+                    .into_iter()
+                    .map(|e| (e.name.to_string(), e.value))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn pad_values_parse_with_sign() {
+        assert_eq!(
+            pads(quote!(
+                sizes = [1],
+                pad = [positions = -1, tokens = 0, mask = -0.5, x = 2.5e3,]
+            )),
+            vec![
+                ("positions".to_owned(), PadNumber::Int(-1)),
+                ("tokens".to_owned(), PadNumber::Int(0)),
+                ("mask".to_owned(), PadNumber::Float(-0.5)),
+                ("x".to_owned(), PadNumber::Float(2500.0)),
+            ]
+        );
+        assert_eq!(
+            pads(quote!(
+                pad = [a = -9223372036854775808, b = 9223372036854775807]
+            )),
+            vec![
+                ("a".to_owned(), PadNumber::Int(i64::MIN)),
+                ("b".to_owned(), PadNumber::Int(i64::MAX)),
+            ]
+        );
+        assert!(pads(quote!(pad = [])).is_empty());
+    }
+
+    #[test]
+    fn bad_pad_entries_are_all_reported() {
+        let errors = messages(quote!(
+            sizes = [1],
+            pad = [a = x, b = "1", c = -, d, e = 1u8, f = 9223372036854775808, k = 1, k = 2, g = 1.0f32, h = 1e999]
+        ));
+        assert_eq!(errors.len(), 9, "{errors:?}");
+        assert_eq!(
+            errors[0],
+            "the value of `a` in `pad` must be an integer or float literal, e.g. `a = -1` or `a = 0.0`"
+        );
+        assert!(
+            errors[1].starts_with("the value of `b` in `pad`"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[2].starts_with("the value of `c` in `pad`"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[3].starts_with("expected `=` after `d`"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[4].starts_with("write `1` without the `u8` suffix"),
+            "{errors:?}"
+        );
+        assert!(errors[5].contains("does not fit in an `i64`"), "{errors:?}");
+        assert_eq!(errors[6], "`k` is listed twice in `pad`; keep one value");
+        assert!(
+            errors[7].starts_with("write `1.0` without the `f32` suffix"),
+            "{errors:?}"
+        );
+        assert_eq!(errors[8], "this `pad` value does not fit in an `f64`");
+    }
+
+    #[test]
+    fn pad_needs_a_bracketed_list_and_once() {
+        let errors = messages(quote!(sizes = [1], pad = positions));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("`pad = [positions = -1]`"), "{errors:?}");
+        let (args, error) = parse_args(quote!(sizes = [1], pad = [x = 1], pad = [x = 2]));
+        let errors: Vec<String> = error
+            .into_iter()
+            .flat_map(|e| e.into_iter().map(|m| m.to_string()))
+            .collect();
+        assert_eq!(errors, vec!["`pad` is given twice; remove this one"]);
+        let kept = args.pad.map(|p| p.entries[0].value);
+        assert_eq!(kept, Some(PadNumber::Int(1)));
+        let errors = messages(quote!(padding = [x = 1]));
+        assert!(errors[0].ends_with("did you mean `pad`?"), "{errors:?}");
     }
 
     #[test]

@@ -264,6 +264,41 @@ mod tests {
     }
 
     #[test]
+    fn size_limit_is_exactly_u16_max() {
+        // The runtime accepts sizes up to `u16::MAX`: the table stores slot
+        // indices, at most 65535 sizes exist, so index 65535 (no slot) is
+        // never a real one.
+        assert_eq!(MAX_SIZE, 65535);
+        assert_eq!(resolve_tokens(quote!(sizes = [65535])), Ok(vec![65535]));
+        assert_eq!(
+            resolve_tokens(quote!(sizes = [65534..=65535])),
+            Ok(vec![65534, 65535])
+        );
+        assert_eq!(
+            resolve_tokens(quote!(sizes = [65536])),
+            Err(vec![
+                "size 65536 is too large: the largest batch size is 65535".to_owned()
+            ])
+        );
+        assert_eq!(
+            resolve_tokens(quote!(sizes = [65530..=65536])),
+            Err(vec![
+                "size 65536 is too large: the largest batch size is 65535".to_owned()
+            ])
+        );
+    }
+
+    #[test]
+    fn every_size_up_to_the_limit_has_a_real_slot() {
+        let sizes: Vec<usize> = (1..=65535).collect();
+        let table = lookup_table(&sizes);
+        assert_eq!(table.len(), 65536);
+        assert_eq!(table[0], u16::MAX);
+        assert_eq!(table[65535], 65534);
+        assert!(table[1..].iter().all(|&i| i != u16::MAX));
+    }
+
+    #[test]
     fn lookup_table_matches_spec_example() {
         let table = lookup_table(&[1, 2, 4, 8]);
         assert_eq!(table, vec![u16::MAX, 0, 1, 2, 2, 3, 3, 3, 3]);

@@ -13,7 +13,7 @@ use syn::{
 };
 
 use crate::diag::Errors;
-use crate::parse::{Args, CaptureMode};
+use crate::parse::{Args, CaptureMode, PadNumber};
 use crate::sizes;
 
 /// What a parameter of the user's function is, in declaration order.
@@ -46,7 +46,10 @@ pub struct Plan {
     /// Visibility of the user's function, reused for the generated one.
     pub vis: Visibility,
     /// `#[cfg(...)]` attributes of the user's function, copied over so the
-    /// generated function exists exactly when the original does.
+    /// generated function exists exactly when the original does, and its
+    /// `#[allow(...)]` attributes (the generated functions reuse the user's
+    /// parameter names, e.g. a static named `__CG_SIZES` under
+    /// `#[allow(non_snake_case)]`).
     pub cfg_attrs: Vec<Attribute>,
     /// Name of the user's function.
     pub fn_ident: Ident,
@@ -78,6 +81,9 @@ pub struct Plan {
     pub batch_index: usize,
     /// The static arguments, in declaration order.
     pub statics: Vec<StaticArg>,
+    /// `pad = [...]`: (index among the tensors, fill value), in the
+    /// attribute's order, each tensor at most once.
+    pub pads: Vec<(usize, PadNumber)>,
     /// When the runner captures its graphs (`capture = ...`, default `init`).
     pub capture: CaptureMode,
     /// Span of the user's return type, for errors about it.
@@ -99,7 +105,8 @@ enum Kind {
         /// Whether that reference was `&mut` (not allowed for statics).
         by_mut: bool,
     },
-    /// `Tensor` or `Runtime` (the name) taken by value: already reported.
+    /// `Tensor` or `Runtime` (the name) taken by value, or an `impl Trait`
+    /// argument (`"impl"`): already reported.
     Misdeclared(&'static str),
 }
 
@@ -157,7 +164,7 @@ pub fn validate(args: &Args, func: &ImplItemFn) -> syn::Result<Plan> {
         .filter(|p| matches!(p.kind, Kind::Tensor))
         .map(|p| p.name.clone().unwrap_or_else(|| format_ident!("_")))
         .collect();
-    if tensors.is_empty() && !misdeclared("Tensor") {
+    if tensors.is_empty() && !misdeclared("Tensor") && !misdeclared("impl") {
         errors.at(
             sig.ident.span(),
             "`#[cuda_graph]` needs at least one `&Tensor` argument: the batch input",
@@ -166,6 +173,7 @@ pub fn validate(args: &Args, func: &ImplItemFn) -> syn::Result<Plan> {
 
     let batch_index = batch_index(args, &params, &fn_name, &mut errors);
     let (roles, statics) = assign_roles(args, &params, &fn_name, &mut errors);
+    let pads = pad_indices(args, &params, &fn_name, &mut errors);
 
     // Sizes.
     let sizes = match &args.sizes {
@@ -211,13 +219,16 @@ pub fn validate(args: &Args, func: &ImplItemFn) -> syn::Result<Plan> {
         cfg_attrs: func
             .attrs
             .iter()
-            .filter(|a| a.path().is_ident("cfg"))
+            .filter(|a| a.path().is_ident("cfg") || a.path().is_ident("allow"))
             .cloned()
             .collect(),
         fn_ident: sig.ident.clone(),
-        graphs_ident: Ident::new(&format!("{fn_name}_graphs"), sig.ident.span()),
-        memory_ident: Ident::new(&format!("{fn_name}_graph_memory"), sig.ident.span()),
-        refresh_ident: Ident::new(&format!("{fn_name}_graphs_refresh"), sig.ident.span()),
+        // At the attribute: an error about a generated item as a whole (such as
+        // E0407 "not a member of trait" when the attribute is on a method of a
+        // trait impl) then points at `#[cuda_graph]`, not at the user's code.
+        graphs_ident: Ident::new(&format!("{fn_name}_graphs"), Span::call_site()),
+        memory_ident: Ident::new(&format!("{fn_name}_graph_memory"), Span::call_site()),
+        refresh_ident: Ident::new(&format!("{fn_name}_graphs_refresh"), Span::call_site()),
         method,
         lifetime,
         lifetimes,
@@ -228,6 +239,7 @@ pub fn validate(args: &Args, func: &ImplItemFn) -> syn::Result<Plan> {
         tensors,
         batch_index,
         statics,
+        pads,
         capture: args.capture.unwrap_or_default(),
         output_span,
     };
@@ -335,6 +347,31 @@ fn last_segment(ty: &Type) -> Option<String> {
     }
 }
 
+/// Whether a type's tokens contain `impl` (an `impl Trait` anywhere in it:
+/// the keyword can appear in a type in no other way).
+fn mentions_impl_trait(tokens: proc_macro2::TokenStream) -> bool {
+    tokens.into_iter().any(|tree| match tree {
+        proc_macro2::TokenTree::Ident(ident) => ident == "impl",
+        proc_macro2::TokenTree::Group(group) => mentions_impl_trait(group.stream()),
+        _ => false,
+    })
+}
+
+/// For `&T` with `T` a path other than a primitive: the hint that a type
+/// alias of `Tensor` is not recognised (empty otherwise).
+fn alias_hint(ty: &Type, by_ref: bool) -> String {
+    const PRIMITIVES: [&str; 17] = [
+        "bool", "char", "str", "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32",
+        "i64", "i128", "isize", "f32", "f64",
+    ];
+    match last_segment(ty) {
+        Some(name) if by_ref && !PRIMITIVES.contains(&name.as_str()) => format!(
+            "; if `{name}` is an alias of `Tensor`, write `&Tensor` (the macro recognises tensor arguments by the type name `Tensor`)"
+        ),
+        _ => String::new(),
+    }
+}
+
 /// First pass over typed parameters: names and what their types say.
 fn classify_params(func: &ImplItemFn, errors: &mut Errors) -> Vec<Param> {
     let mut params = Vec::new();
@@ -356,6 +393,18 @@ fn classify_params(func: &ImplItemFn, errors: &mut Errors) -> Vec<Param> {
             .as_ref()
             .map_or_else(|| "_".to_owned(), |n| n.unraw().to_string());
         let ty = &*pat_type.ty;
+        if mentions_impl_trait(ty.to_token_stream()) {
+            errors.spanned(
+                pat_type,
+                "`impl Trait` arguments are not supported by #[cuda_graph]: take `&Tensor` for a batch input, or list a concrete type in `static_args`",
+            );
+            params.push(Param {
+                name,
+                kind: Kind::Misdeclared("impl"),
+                span_tokens: pat_type.to_token_stream(),
+            });
+            continue;
+        }
         let kind = match peel(ty) {
             Type::Reference(r) => {
                 let segment = last_segment(&r.elem);
@@ -504,8 +553,9 @@ fn assign_roles(
                         errors.spanned(
                             &param.span_tokens,
                             format!(
-                                "argument `{name}` is a host value: a CUDA graph bakes it in at capture time and would silently replay the stale value. Pass it as a device `&Tensor`, or list it in `static_args = [{}]` so each run checks it against the captured value",
-                                suggestion.join(", ")
+                                "argument `{name}` is a host value: a CUDA graph bakes it in at capture time and would silently replay the stale value. Pass it as a device `&Tensor`, or list it in `static_args = [{}]` so each run checks it against the captured value{}",
+                                suggestion.join(", "),
+                                alias_hint(ty, *by_ref)
                             ),
                         );
                     }
@@ -553,6 +603,74 @@ fn assign_roles(
     (roles, statics)
 }
 
+/// Resolves `pad = [name = value, ...]` to (tensor index, value); reports
+/// names that are not `&Tensor` parameters.
+fn pad_indices(
+    args: &Args,
+    params: &[Param],
+    fn_name: &str,
+    errors: &mut Errors,
+) -> Vec<(usize, PadNumber)> {
+    let Some(pad) = &args.pad else {
+        return Vec::new();
+    };
+    let tensor_names: Vec<String> = params
+        .iter()
+        .filter(|p| matches!(p.kind, Kind::Tensor))
+        .filter_map(|p| p.name.as_ref().map(|n| format!("`{n}`")))
+        .collect();
+    let hint = if tensor_names.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; `pad` must name one of its `&Tensor` arguments: {}",
+            tensor_names.join(", ")
+        )
+    };
+    let mut pads = Vec::new();
+    for entry in &pad.entries {
+        let name = &entry.name;
+        let mut tensor_index = 0;
+        let mut found = None;
+        for param in params {
+            if param.name.as_ref() == Some(name) {
+                found = Some((&param.kind, tensor_index));
+                break;
+            }
+            if matches!(param.kind, Kind::Tensor) {
+                tensor_index += 1;
+            }
+        }
+        match found {
+            Some((Kind::Tensor, index)) => pads.push((index, entry.value)),
+            // Already reported at the parameter.
+            Some((Kind::Misdeclared(_), _)) => {}
+            Some((kind, _)) => {
+                let what = match kind {
+                    Kind::Runtime => "the runtime",
+                    _ if args
+                        .static_args
+                        .as_ref()
+                        .is_some_and(|s| s.names.contains(name)) =>
+                    {
+                        "a static argument"
+                    }
+                    _ => "a host value",
+                };
+                errors.at(
+                    name.span(),
+                    format!("`pad` fills rows of a graph input, but `{name}` is {what}{hint}"),
+                );
+            }
+            None => errors.at(
+                name.span(),
+                format!("`pad` names `{name}`, but `{fn_name}` has no argument `{name}`{hint}"),
+            ),
+        }
+    }
+    pads
+}
+
 /// Rejects static types the generated code can't hold by value.
 fn check_static_type(
     name: &Ident,
@@ -573,10 +691,6 @@ fn check_static_type(
         Type::Slice(_) | Type::TraitObject(_) => errors.spanned(
             span_tokens,
             format!("static argument `{name}` must have a sized type the runner can own, e.g. `Vec<T>` instead of `[T]`"),
-        ),
-        Type::ImplTrait(_) => errors.spanned(
-            span_tokens,
-            format!("static argument `{name}` can't be `impl Trait` (a generic parameter in disguise): name a concrete type"),
         ),
         Type::Path(p) if p.qself.is_none() && p.path.is_ident("str") => errors.spanned(
             span_tokens,
@@ -658,6 +772,7 @@ fn pick_lifetime(existing: &[LifetimeParam]) -> Lifetime {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::parse::PadNumber;
     use proc_macro2::TokenStream;
     use quote::quote;
 
@@ -859,13 +974,23 @@ mod tests {
             quote!(
                 #[cfg(feature = "gpu")]
                 #[inline]
+                #[allow(non_snake_case)]
+                #[expect(unused)]
                 fn f(rt: &Runtime, x: &Tensor) -> Result<Tensor> {
                     todo!()
                 }
             ),
         )
         .unwrap_or_else(|e| panic!("{e:?}"));
-        assert_eq!(plan.cfg_attrs.len(), 1);
+        let kept: Vec<String> = plan
+            .cfg_attrs
+            .iter()
+            .map(|a| a.to_token_stream().to_string())
+            .collect();
+        assert_eq!(
+            kept,
+            ["# [cfg (feature = \"gpu\")]", "# [allow (non_snake_case)]"]
+        );
     }
 
     const GOOD: &str = "fn forward(&self, rt: &Runtime, x: &Tensor) -> Result<Tensor> { todo!() }";
@@ -1152,11 +1277,13 @@ mod tests {
                 }
             ),
         );
+        // The `impl Trait` argument is reported when the parameters are
+        // classified, before the static types are checked.
         assert_eq!(errors.len(), 4, "{errors:?}");
-        assert!(errors[0].contains("`&mut`"));
-        assert!(errors[1].contains("`Vec<T>`"));
-        assert!(errors[2].contains("`String`"));
-        assert!(errors[3].contains("`impl Trait`"));
+        assert!(errors[0].starts_with("`impl Trait` arguments are not supported"));
+        assert!(errors[1].contains("`&mut`"));
+        assert!(errors[2].contains("`Vec<T>`"));
+        assert!(errors[3].contains("`String`"));
     }
 
     #[test]
@@ -1180,6 +1307,132 @@ mod tests {
             ),
         );
         assert_one(&errors, "but `n` is a host value");
+    }
+
+    const TWO_INPUTS: &str = "fn forward(&self, rt: &Runtime, tokens: &Tensor, positions: &Tensor, cfg: u32, n: usize) -> Result<Tensor> { todo!() }";
+
+    fn two_inputs() -> TokenStream {
+        TWO_INPUTS.parse().unwrap_or_default()
+    }
+
+    #[test]
+    fn pad_resolves_to_tensor_indices_in_attribute_order() {
+        let plan = run(
+            quote!(
+                sizes = [1],
+                static_args = [cfg, n],
+                pad = [positions = -1, tokens = 0.5]
+            ),
+            two_inputs(),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            plan.pads,
+            vec![(1, PadNumber::Int(-1)), (0, PadNumber::Float(0.5))]
+        );
+        let plan = run(quote!(sizes = [1], static_args = [cfg, n]), two_inputs())
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(plan.pads.is_empty());
+    }
+
+    #[test]
+    fn pad_names_must_be_tensor_arguments() {
+        let errors = errors_of(
+            quote!(
+                sizes = [1],
+                static_args = [cfg, n],
+                pad = [cfg = 0, rt = 1, nope = 2, positions = -1]
+            ),
+            two_inputs(),
+        );
+        assert_eq!(
+            errors,
+            vec![
+                "`pad` fills rows of a graph input, but `cfg` is a static argument; `pad` must name one of its `&Tensor` arguments: `tokens`, `positions`",
+                "`pad` fills rows of a graph input, but `rt` is the runtime; `pad` must name one of its `&Tensor` arguments: `tokens`, `positions`",
+                "`pad` names `nope`, but `forward` has no argument `nope`; `pad` must name one of its `&Tensor` arguments: `tokens`, `positions`",
+            ]
+        );
+        // A name listed twice is reported by the parser, once.
+        let errors = errors_of(
+            quote!(
+                sizes = [1],
+                static_args = [cfg, n],
+                pad = [tokens = 0, tokens = 1]
+            ),
+            two_inputs(),
+        );
+        assert_eq!(
+            errors,
+            vec!["`tokens` is listed twice in `pad`; keep one value"]
+        );
+    }
+
+    #[test]
+    fn impl_trait_arguments_get_one_clear_error() {
+        let expected = "`impl Trait` arguments are not supported by #[cuda_graph]: take `&Tensor` for a batch input, or list a concrete type in `static_args`";
+        let errors = errors_of(
+            quote!(sizes = [1], static_args = [g]),
+            quote!(
+                fn forward(
+                    &self,
+                    rt: &Runtime,
+                    x: &impl AsRef<Tensor>,
+                    f: impl Fn(),
+                    g: Vec<impl Copy>,
+                ) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        // No "needs a `&Tensor`" or "host value" echoes.
+        assert_eq!(errors, vec![expected; 3], "{errors:?}");
+    }
+
+    #[test]
+    fn reference_to_other_path_hints_at_tensor_aliases() {
+        let errors = errors_of(
+            quote!(sizes = [1]),
+            quote!(
+                fn forward(
+                    &self,
+                    rt: &Runtime,
+                    x: &Tensor,
+                    y: &MyTensor,
+                    z: &u32,
+                    w: Cfg,
+                ) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert_eq!(
+            errors[0],
+            "argument `y` is a host value: a CUDA graph bakes it in at capture time and would silently replay the stale value. Pass it as a device `&Tensor`, or list it in `static_args = [y]` so each run checks it against the captured value; if `MyTensor` is an alias of `Tensor`, write `&Tensor` (the macro recognises tensor arguments by the type name `Tensor`)"
+        );
+        // Primitives and by-value types get the plain message.
+        assert!(!errors[1].contains("alias"), "{errors:?}");
+        assert!(
+            errors[1].starts_with("argument `z` is a host value"),
+            "{errors:?}"
+        );
+        assert!(!errors[2].contains("alias"), "{errors:?}");
+        assert!(
+            errors[2].ends_with("against the captured value"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn generated_names_are_spanned_at_the_attribute() {
+        // `Span::call_site()` is the `#[cuda_graph(...)]` attribute, so errors
+        // about a generated item as a whole (E0407 in a trait impl) point there.
+        let plan = run(quote!(sizes = [1]), good()).unwrap_or_else(|e| panic!("{e:?}"));
+        let call_site = format!("{:?}", Span::call_site());
+        for ident in [&plan.graphs_ident, &plan.memory_ident, &plan.refresh_ident] {
+            assert_eq!(format!("{:?}", ident.span()), call_site);
+        }
     }
 
     #[test]

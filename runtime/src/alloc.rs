@@ -9,8 +9,15 @@
 //! A driver buffer dropped while a capture is under way is parked, not freed: `cuMemFreeAsync`
 //! on memory the graph did not allocate is illegal during capture. Parked buffers are released
 //! when the capture (or the [freeze scope](crate::freeze)) ends.
+//!
+//! While a capture records, every driver buffer whose address a kernel argument takes
+//! ([`Tensor::device_ptr`](crate::Tensor::device_ptr)) is noted in [`AllocState::kept`]; the
+//! graph then owns a reference to it ([`KeepAlive`]), so nothing a graph reads is freed while
+//! the graph can replay. Pool blocks are not noted: the graph holds their whole chunk.
 
+use std::collections::HashSet;
 use std::mem::ManuallyDrop;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cudarc::driver::CudaSlice;
@@ -46,12 +53,31 @@ pub(crate) struct AllocState {
     pub(crate) capturing: bool,
     /// Set when a capture-time allocation found the pool chunk full.
     pub(crate) pool_exhausted: bool,
+    /// Driver buffers the capture under way read or wrote (see the module docs).
+    pub(crate) kept: KeepAlive,
+}
+
+/// Driver buffers a graph reads or writes, owned by the graph so that they outlive it.
+#[derive(Debug, Default)]
+pub(crate) struct KeepAlive {
+    buffers: Vec<Arc<Storage>>,
+    seen: HashSet<usize>,
+}
+
+impl KeepAlive {
+    fn note(&mut self, storage: &Arc<Storage>) {
+        if self.seen.insert(Arc::as_ptr(storage) as usize) {
+            self.buffers.push(storage.clone());
+        }
+    }
 }
 
 /// Allocation state shared by a runtime and every buffer it handed out.
 #[derive(Debug, Default)]
 pub(crate) struct AllocShared {
     state: Mutex<AllocState>,
+    /// Whether a capture records now: read without the lock by every `device_ptr`.
+    recording: AtomicBool,
 }
 
 impl AllocShared {
@@ -72,7 +98,20 @@ impl AllocShared {
     pub(crate) fn take_parked(&self) -> Vec<CudaSlice<u8>> {
         std::mem::take(&mut self.lock().parked)
     }
+
+    /// Starts or stops noting the buffers kernels use (see the module docs).
+    pub(crate) fn set_recording(&self, on: bool) {
+        self.recording.store(on, Ordering::Release);
+    }
+
+    /// The buffers noted since recording started, for the graph to own.
+    pub(crate) fn take_kept(&self) -> KeepAlive {
+        std::mem::take(&mut self.lock().kept)
+    }
 }
+
+/// The epoch of pool storages no arena placed (views of a graph's output): never current.
+pub(crate) const NO_EPOCH: u64 = u64::MAX;
 
 /// Device bytes behind a tensor.
 #[derive(Debug)]
@@ -95,6 +134,24 @@ pub(crate) enum Storage {
 }
 
 impl Storage {
+    /// A block of `chunk` at `offset`, counted among the chunk's live tensors until dropped.
+    /// `epoch` is the allocation epoch whose arena placed it (`NO_EPOCH` for a view of a
+    /// graph's output, which no arena frees).
+    pub(crate) fn pool(
+        chunk: Arc<PoolChunk>,
+        offset: usize,
+        home: Arc<AllocShared>,
+        epoch: u64,
+    ) -> Self {
+        chunk.tensor_created();
+        Storage::Pool {
+            chunk,
+            offset,
+            home,
+            epoch,
+        }
+    }
+
     /// The device address of the first byte.
     pub(crate) fn device_ptr(&self) -> u64 {
         match self {
@@ -106,6 +163,22 @@ impl Storage {
     /// Whether the bytes live in a graph pool.
     pub(crate) fn is_pool(&self) -> bool {
         matches!(self, Storage::Pool { .. })
+    }
+
+    /// The allocation state of the runtime these bytes belong to.
+    pub(crate) fn home(&self) -> &Arc<AllocShared> {
+        match self {
+            Storage::Driver { home, .. } | Storage::Pool { home, .. } => home,
+        }
+    }
+
+    /// Notes `this` (which is `self`) as used by the capture its runtime records, if any.
+    pub(crate) fn note_use(&self, this: &Arc<Storage>) {
+        if let Storage::Driver { home, .. } = self {
+            if home.recording.load(Ordering::Acquire) {
+                home.lock().kept.note(this);
+            }
+        }
     }
 }
 
@@ -141,6 +214,7 @@ impl Drop for Storage {
                 epoch,
                 chunk,
             } => {
+                chunk.tensor_dropped();
                 let mut state = home.lock();
                 let current = state.epoch;
                 if let Mode::Capture {

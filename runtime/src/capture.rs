@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::alloc::Mode;
+use crate::alloc::{KeepAlive, Mode};
 use crate::arena::Arena;
 use crate::context::Runtime;
 use crate::error::{Error, OpSite, Result};
@@ -49,6 +49,8 @@ impl CaptureTiming {
 pub(crate) struct Captured<T> {
     pub(crate) exec: ExecGraph,
     pub(crate) chunk: Arc<PoolChunk>,
+    /// The driver buffers the graph reads or writes (weights, caches, static inputs).
+    pub(crate) kept: KeepAlive,
     pub(crate) value: T,
     pub(crate) timing: CaptureTiming,
     /// Pool bytes this graph needs (its high-water mark).
@@ -91,8 +93,12 @@ struct ModeGuard<'rt> {
 impl Drop for ModeGuard<'_> {
     fn drop(&mut self) {
         let shared = self.rt.alloc_shared();
+        shared.set_recording(false);
         shared.set_mode(Mode::Eager);
         shared.lock().capturing = false;
+        // Buffers noted by a capture that did not finish (an error or a panic): released
+        // now, outside the capture (the stream has left capture mode: its guard dropped first).
+        drop(shared.take_kept());
     }
 }
 
@@ -131,17 +137,22 @@ fn warm_up<T>(rt: &Runtime, f: &mut dyn FnMut(&Runtime) -> Result<T>) -> Result<
     Ok(need)
 }
 
+/// What [`record`] returns: `end`'s result, `f`'s value, the pool bytes used, the record and
+/// end times, and the driver buffers the graph uses.
+type Recorded<E, T> = (E, T, usize, Duration, Duration, KeepAlive);
+
 /// Records `f` into a graph with allocations served from `chunk`, then ends the capture with
-/// `end` (instantiate, or update an executable). Returns `end`'s result, `f`'s value, the pool
-/// bytes used, and the record/end times.
+/// `end` (instantiate, or update an executable). If `f` panics, the capture is ended and its
+/// graph discarded while unwinding (the stream is usable afterwards) and the allocation mode
+/// restored.
 fn record<T, E>(
     rt: &Runtime,
     chunk: &Arc<PoolChunk>,
     f: &mut dyn FnMut(&Runtime) -> Result<T>,
     end: impl FnOnce(&Arc<cudarc::driver::CudaStream>) -> Result<E, EndCaptureError>,
-) -> Result<(E, T, usize, Duration, Duration), Failed> {
+) -> Result<Recorded<E, T>, Failed> {
     let started = Instant::now();
-    let (recorded, ended, used, exhausted, record, last_site) = {
+    let (recorded, ended, used, exhausted, record, last_site, kept) = {
         let _guard = ModeGuard { rt };
         {
             let shared = rt.alloc_shared();
@@ -154,16 +165,20 @@ fn record<T, E>(
             state.pool_exhausted = false;
         }
         rt.clear_op();
-        ffi::begin_capture(rt.stream()).map_err(|e| Failed {
+        let capture = ffi::begin_capture(rt.raw_stream()).map_err(|e| Failed {
             error: Error::driver("cuStreamBeginCapture")(e),
             site: None,
             pool_exhausted: false,
         })?;
+        rt.alloc_shared().set_recording(true);
         let recorded = f(rt);
+        rt.alloc_shared().set_recording(false);
+        let kept = rt.alloc_shared().take_kept();
         let site = rt.current_op();
         let record = started.elapsed();
         let ended_at = Instant::now();
-        let ended = end(rt.stream()).map(|exec| (exec, ended_at.elapsed()));
+        capture.disarm();
+        let ended = end(rt.raw_stream()).map(|exec| (exec, ended_at.elapsed()));
         let (used, exhausted) = {
             let state = rt.alloc_shared().lock();
             let used = match &state.mode {
@@ -179,6 +194,7 @@ fn record<T, E>(
             exhausted,
             record,
             site,
+            kept,
         )
     };
     // Parked drops happened under capture; free them now that it ended.
@@ -211,7 +227,32 @@ fn record<T, E>(
         site,
         pool_exhausted: exhausted,
     })?;
-    Ok((exec, value, used, record, instantiate))
+    Ok((exec, value, used, record, instantiate, kept))
+}
+
+/// An error unless exactly `expected` tensors live in `chunk` now that its capture ended (the
+/// graph's output, if it kept one): a tensor the forward stored elsewhere (a `RefCell` of the
+/// model, a static) would alias memory every replay rewrites.
+pub(crate) fn check_no_escape(
+    function: &'static str,
+    size: usize,
+    chunk: &PoolChunk,
+    expected: usize,
+) -> Result<()> {
+    let live = chunk.live_tensors();
+    if live == expected {
+        return Ok(());
+    }
+    Err(Error::Capture {
+        function,
+        size,
+        site: None,
+        source: Box::new(Error::PoolTensorsAlive {
+            function,
+            count: live.saturating_sub(expected),
+            during: "after the capture (the forward kept tensors it allocated)",
+        }),
+    })
 }
 
 /// Captures `f` with allocations from `pool`, warming up first as `warmup` says. `function` and
@@ -259,7 +300,7 @@ pub(crate) fn capture_one<T>(
     let started = Instant::now();
     let need = warm_up(rt, f).map_err(wrap)?;
     timing.warmup = started.elapsed();
-    let chunk = pool.chunk_for(rt.stream(), need).map_err(|error| {
+    let chunk = pool.chunk_for(rt.raw_stream(), need).map_err(|error| {
         wrap(Failed {
             error,
             site: None,
@@ -270,30 +311,56 @@ pub(crate) fn capture_one<T>(
     finish(recorded, chunk, timing).map_err(wrap)
 }
 
-/// Re-records `f` into `chunk` and updates `exec` to replay it (in place when the driver
-/// accepts, else re-instantiated). Returns `f`'s value and whether the update was in place.
+/// What [`rerecord`] produced: `f`'s value, whether the update was in place, the chunk the
+/// graph now uses (a larger one when the old ran out) and the buffers it reads.
+pub(crate) struct Rerecorded<T> {
+    pub(crate) value: T,
+    pub(crate) in_place: bool,
+    pub(crate) chunk: Arc<PoolChunk>,
+    pub(crate) kept: KeepAlive,
+}
+
+/// Re-records `f` and updates `exec` to replay it (in place when the driver accepts, else
+/// re-instantiated), into `chunk`; when the new forward needs more pool memory than `chunk`
+/// has, it is warmed up to measure, and recorded into a chunk of `pool` large enough. On error
+/// `exec` still replays what it replayed before.
 pub(crate) fn rerecord<T>(
     rt: &Runtime,
+    pool: &mut GraphPool,
     chunk: &Arc<PoolChunk>,
     exec: &mut ExecGraph,
     function: &'static str,
     size: usize,
     f: &mut dyn FnMut(&Runtime) -> Result<T>,
-) -> Result<(T, bool)> {
-    let (in_place, value, ..) = record(rt, chunk, f, |stream| exec.update_from_capture(stream))
-        .map_err(|failed| Error::Capture {
-            function,
-            size,
-            site: failed.site,
-            source: Box::new(failed.error),
-        })?;
+) -> Result<Rerecorded<T>> {
+    let wrap = |failed: Failed| Error::Capture {
+        function,
+        size,
+        site: failed.site,
+        source: Box::new(failed.error),
+    };
+    let mut chunk = chunk.clone();
+    let recorded = match record(rt, &chunk, f, |stream| exec.update_from_capture(stream)) {
+        Err(failed) if failed.pool_exhausted => {
+            let need = warm_up(rt, f).map_err(wrap)?;
+            chunk = pool.chunk_for(rt.raw_stream(), need)?;
+            record(rt, &chunk, f, |stream| exec.update_from_capture(stream))
+        }
+        other => other,
+    };
+    let (in_place, value, _, _, _, kept) = recorded.map_err(wrap)?;
     exec.upload().map_err(Error::driver("cuGraphUpload"))?;
-    Ok((value, in_place))
+    Ok(Rerecorded {
+        value,
+        in_place,
+        chunk,
+        kept,
+    })
 }
 
 /// Uploads a recorded graph and assembles its [`Captured`].
 fn finish<T>(
-    (exec, value, used, record, instantiate): (ExecGraph, T, usize, Duration, Duration),
+    (exec, value, used, record, instantiate, kept): Recorded<ExecGraph, T>,
     chunk: Arc<PoolChunk>,
     mut timing: CaptureTiming,
 ) -> Result<Captured<T>, Failed> {
@@ -309,6 +376,7 @@ fn finish<T>(
     Ok(Captured {
         exec,
         chunk,
+        kept,
         value,
         timing,
         pool_need: used,
@@ -320,13 +388,17 @@ type CaptureBody<'a> = Box<dyn FnMut(&Runtime) -> Result<()> + 'a>;
 
 /// A captured graph with its own pool, from [`Runtime::capture`].
 ///
-/// The closure that was captured is kept inside: whatever device memory it borrowed stays
-/// borrowed (and whatever it owns stays alive) as long as the graph can replay it.
+/// It borrows the runtime (its stream, cuBLAS workspace and kernel modules), keeps the closure
+/// that was captured (whatever device memory it borrowed stays borrowed, whatever it owns
+/// stays alive), and owns a reference to every buffer its kernels read or write, noted during
+/// the capture: nothing the graph launches or reads can be freed while it can replay.
 pub struct Graph<'a> {
     exec: ExecGraph,
     _chunk: Arc<PoolChunk>,
+    _kept: KeepAlive,
     _pool: GraphPool,
     _body: CaptureBody<'a>,
+    _rt: &'a Runtime,
     timing: CaptureTiming,
 }
 
@@ -353,7 +425,9 @@ impl Runtime {
     /// `body` runs twice: once eagerly (warm-up: lazy initialisation of kernels and cuBLAS, and
     /// measurement of the memory it allocates) and once under capture, where the tensors it
     /// allocates come from a pool the graph owns. Keep results the body writes in tensors it
-    /// borrows or owns: the graph replays into the same memory.
+    /// borrows or owns: the graph replays into the same memory. Tensors the body allocates
+    /// live in the graph's pool and must not outlive the body (the capture fails otherwise).
+    /// The graph borrows the runtime and keeps every buffer its kernels use alive.
     ///
     /// ```no_run
     /// # fn main() -> cudagraph_runtime::Result<()> {
@@ -367,7 +441,7 @@ impl Runtime {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn capture<'a, F>(&self, body: F) -> Result<Graph<'a>>
+    pub fn capture<'a, F>(&'a self, body: F) -> Result<Graph<'a>>
     where
         F: FnMut(&Runtime) -> Result<()> + 'a,
     {
@@ -383,11 +457,14 @@ impl Runtime {
             &mut *body,
         )?;
         scope.exit()?;
+        check_no_escape("Runtime::capture", 0, &captured.chunk, 0)?;
         Ok(Graph {
             exec: captured.exec,
             _chunk: captured.chunk,
+            _kept: captured.kept,
             _pool: pool,
             _body: body,
+            _rt: self,
             timing: captured.timing,
         })
     }

@@ -97,14 +97,38 @@ impl Runtime {
         self.ctx.name().map_err(Error::driver("cuDeviceGetName"))
     }
 
-    /// The CUDA context (shared with other users of the device's primary context).
-    pub fn context(&self) -> &Arc<CudaContext> {
+    /// The raw CUDA context (the device's primary context).
+    ///
+    /// # Safety
+    ///
+    /// The runtime turns cudarc's per-buffer event tracking off on this context (events
+    /// recorded outside a capture break it), so cudarc's safe API no longer orders buffers
+    /// across streams here. The caller must not use this context's buffers on more than one
+    /// stream without ordering that work itself, and must not free, through cudarc, memory
+    /// that queued work or a captured graph of this runtime still reads.
+    pub unsafe fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
     }
 
-    /// The runtime's stream: every op and every graph runs on it.
-    pub fn stream(&self) -> &Arc<CudaStream> {
+    /// The raw stream every op and graph of this runtime runs on.
+    ///
+    /// # Safety
+    ///
+    /// As for [`context`](Self::context); in addition, work the caller enqueues on this stream
+    /// while the runtime captures is recorded into the graph, and the caller must keep alive
+    /// whatever such work reads or writes for as long as the graph can replay.
+    pub unsafe fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    /// The stream, for this crate's own calls (which uphold the rules above).
+    pub(crate) fn raw_stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The context, for this crate's own calls.
+    pub(crate) fn raw_context(&self) -> &Arc<CudaContext> {
+        &self.ctx
     }
 
     /// The cuBLAS handle bound to the runtime's stream, with its own workspace.
@@ -191,6 +215,7 @@ impl Runtime {
     /// otherwise from the driver's stream-ordered allocator.
     pub fn alloc(&self, dims: &[usize], dtype: DType) -> Result<Tensor> {
         let shape = Shape::new(dims)?;
+        // `Shape::new` bounds the bytes of the widest dtype: no overflow.
         let bytes = shape.numel() * dtype.size_in_bytes();
         let mut state = self.alloc.lock();
         let epoch = state.epoch;
@@ -206,12 +231,7 @@ impl Runtime {
                         capacity,
                     });
                 };
-                Storage::Pool {
-                    chunk: chunk.clone(),
-                    offset,
-                    home: self.alloc.clone(),
-                    epoch,
-                }
+                Storage::pool(chunk.clone(), offset, self.alloc.clone(), epoch)
             }
             mode => {
                 let measured = match mode {
@@ -345,20 +365,51 @@ impl Runtime {
         ffi::mem_info(&self.ctx).map_err(Error::driver("cuMemGetInfo"))
     }
 
-    /// An error naming `op` if `t` lives on another device.
+    /// An error naming `op` unless this runtime allocated `t`: a tensor of another device, or
+    /// of another runtime on the same device (another stream, not ordered with this one: a
+    /// kernel here could read it while its own stream frees it), is refused.
+    ///
+    /// To move data between runtimes, download it and upload it again, or use
+    /// [`copy_from`](Self::copy_from), which orders both streams.
     pub fn check_device(&self, op: &'static str, t: &Tensor) -> Result<()> {
-        if t.ordinal() == self.ordinal() {
-            Ok(())
-        } else {
-            Err(Error::invalid(
+        if t.ordinal() != self.ordinal() {
+            return Err(Error::ForeignTensor {
                 op,
-                format!(
-                    "tensor is on device {}, runtime on device {}",
+                reason: format!(
+                    "it is on device {}, this runtime on device {}",
                     t.ordinal(),
                     self.ordinal()
                 ),
-            ))
+            });
         }
+        if !t.belongs_to(&self.alloc) {
+            return Err(Error::ForeignTensor {
+                op,
+                reason: format!(
+                    "it belongs to another runtime on device {} (another stream)",
+                    t.ordinal()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// A new tensor of this runtime holding a copy of `src`, a tensor of `other` (another
+    /// runtime, another stream, possibly another device): `other`'s queued work on `src` is
+    /// waited for, then the copy runs, then `src` is free to be dropped or rewritten (both
+    /// streams are synchronized). Illegal while either runtime captures.
+    #[track_caller]
+    pub fn copy_from(&self, other: &Runtime, src: &Tensor) -> Result<Tensor> {
+        self.enter_op("copy_from");
+        self.forbid_during_capture("a copy from another runtime")?;
+        other.forbid_during_capture("a copy from another runtime")?;
+        other.check_device("copy_from", src)?;
+        let dst = self.alloc(src.shape(), src.dtype())?;
+        other.synchronize()?;
+        ffi::copy_peer(&self.stream, range(&dst), &other.stream, range(src))
+            .map_err(Error::driver("cuMemcpyPeerAsync"))?;
+        self.synchronize()?;
+        Ok(dst)
     }
 }
 

@@ -7,11 +7,12 @@ use crate::capture::Warmup;
 use crate::context::Runtime;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ffi::{self, DeviceRange};
+use crate::ffi::{self, DeviceRange, PadJob};
 use crate::tensor::{Shape, Tensor};
 
-/// Largest captured size the `u16` lookup table can address.
-pub const MAX_CAPTURE_SIZE: usize = u16::MAX as usize - 1;
+/// Largest captured size: the lookup table stores slot *indices* as `u16`, and with at most
+/// 65535 distinct sizes the largest index is 65534, so [`NO_SLOT`] is never a real slot.
+pub const MAX_CAPTURE_SIZE: usize = u16::MAX as usize;
 
 /// Marks "no captured size" in a lookup table (index 0, and nothing else).
 pub const NO_SLOT: u16 = u16::MAX;
@@ -131,6 +132,49 @@ pub enum OnCaptureError {
     Eager,
 }
 
+/// The value padded rows of one input hold (`#[cuda_graph(pad = [positions = -1])]`): written
+/// into rows `n..size` of its static buffer on every replay of a batch of `n` rows, and into
+/// the whole buffer before every warm-up and capture. Converted to the input's dtype (an
+/// integer for `u32`/`i32` inputs, which must be in range; any number for `bf16`/`f32`).
+///
+/// A decoder gives its positions `-1`: the KV-write and attention kernels skip a row whose
+/// position is negative (vLLM's `PAD_SLOT_ID`), so padded rows and warm-ups write no cache.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PadValue {
+    /// An integer.
+    Int(i64),
+    /// A floating-point number.
+    Float(f64),
+}
+
+impl PadValue {
+    /// The value's bytes in `dtype`, repeated to 32 bits, or an error naming `input`.
+    pub(crate) fn pattern(self, dtype: DType, input: usize) -> Result<u32> {
+        let out_of_range = || {
+            Error::invalid(
+                "pad",
+                format!("pad value {self:?} of input {input} is not a valid {dtype} value"),
+            )
+        };
+        let bits = match (dtype, self) {
+            (DType::I32, PadValue::Int(v)) => i32::try_from(v).map_err(|_| out_of_range())? as u32,
+            (DType::U32, PadValue::Int(v)) => u32::try_from(v).map_err(|_| out_of_range())?,
+            (DType::F32, PadValue::Int(v)) => (v as f32).to_bits(),
+            (DType::F32, PadValue::Float(v)) => (v as f32).to_bits(),
+            (DType::BF16, PadValue::Int(v)) => {
+                let h = u32::from(half::bf16::from_f64(v as f64).to_bits());
+                h | (h << 16)
+            }
+            (DType::BF16, PadValue::Float(v)) => {
+                let h = u32::from(half::bf16::from_f64(v).to_bits());
+                h | (h << 16)
+            }
+            (DType::I32 | DType::U32, PadValue::Float(_)) => return Err(out_of_range()),
+        };
+        Ok(bits)
+    }
+}
+
 /// What a runner captures: the function's name, its sizes, and which input carries the batch.
 #[derive(Debug, Clone)]
 pub struct GraphPlan {
@@ -146,6 +190,9 @@ pub struct GraphPlan {
     pub warmup: Warmup,
     /// What to do when a size fails to capture.
     pub on_capture_error: OnCaptureError,
+    /// Pad values by input index (see [`PadValue`]); inputs not listed keep whatever an earlier
+    /// call left in their padded rows (zeros at first).
+    pub pads: Vec<(usize, PadValue)>,
 }
 
 impl GraphPlan {
@@ -158,6 +205,7 @@ impl GraphPlan {
             lazy: false,
             warmup: Warmup::from_env(),
             on_capture_error: OnCaptureError::Abort,
+            pads: Vec::new(),
         })
     }
 
@@ -175,6 +223,7 @@ impl GraphPlan {
             lazy: false,
             warmup: Warmup::from_env(),
             on_capture_error: OnCaptureError::Abort,
+            pads: Vec::new(),
         })
     }
 
@@ -197,6 +246,15 @@ impl GraphPlan {
         self.warmup = warmup;
         self
     }
+
+    /// Pads input `input` (its index among the tensor inputs) with `value` (see [`PadValue`]);
+    /// a second value for the same input replaces the first. Checked against the input's
+    /// dtype when the runner is built.
+    pub fn with_pad(mut self, input: usize, value: PadValue) -> Self {
+        self.pads.retain(|&(i, _)| i != input);
+        self.pads.push((input, value));
+        self
+    }
 }
 
 /// Dtype and trailing dimensions (all but the batch) of one graph input.
@@ -212,6 +270,7 @@ impl InputSpec {
         if trailing.len() + 1 > crate::tensor::MAX_RANK {
             return Err(Error::invalid("InputSpec", "too many dimensions"));
         }
+        // Checked for overflow here and again, with the rows, when its buffer is allocated.
         Ok(Self {
             dtype,
             trailing: Shape::new(trailing)?,
@@ -257,6 +316,8 @@ impl InputSpec {
 #[derive(Debug)]
 pub(crate) struct StaticInputs<const N: usize> {
     buffers: [Tensor; N],
+    /// Each input's pad value as a 32-bit pattern of its dtype (see [`PadValue`]).
+    pads: [Option<u32>; N],
     /// The runtime's one-launch copy kernel, when it loaded (else one memcpy per input).
     pad_copy: Option<cudarc::driver::CudaFunction>,
 }
@@ -269,7 +330,22 @@ static PAD_COPY: crate::KernelModule = crate::KernelModule {
 };
 
 impl<const N: usize> StaticInputs<N> {
-    pub(crate) fn new(rt: &Runtime, specs: &[InputSpec; N], rows: usize) -> Result<Self> {
+    pub(crate) fn new(
+        rt: &Runtime,
+        specs: &[InputSpec; N],
+        rows: usize,
+        pads: &[(usize, PadValue)],
+    ) -> Result<Self> {
+        let mut patterns = [None; N];
+        for &(input, value) in pads {
+            let Some(spec) = specs.get(input) else {
+                return Err(Error::invalid(
+                    "pad",
+                    format!("pad for input {input}, but the function has {N} tensor inputs"),
+                ));
+            };
+            patterns[input] = Some(value.pattern(spec.dtype, input)?);
+        }
         let mut buffers = Vec::with_capacity(N);
         for spec in specs {
             buffers.push(rt.zeros(&spec.full_shape(rows), spec.dtype)?);
@@ -286,54 +362,84 @@ impl<const N: usize> StaticInputs<N> {
         } else {
             None
         };
-        Ok(Self { buffers, pad_copy })
+        Ok(Self {
+            buffers,
+            pads: patterns,
+            pad_copy,
+        })
     }
 
     /// Views of the first `rows` rows of every buffer (what the graph of that size reads).
     pub(crate) fn views(&self, rows: usize) -> Result<[Tensor; N]> {
         let mut views = Vec::with_capacity(N);
         for b in &self.buffers {
-            views.push(b.narrow_rows(0, rows)?);
+            views.push(b.narrowed(0, rows)?);
         }
         views
             .try_into()
             .map_err(|_| Error::invalid("StaticInputs", "input count mismatch"))
     }
 
-    /// Copies each input into the first rows of its buffer. Rows past the input keep earlier
-    /// contents (valid values of an earlier call or zeros): rows are independent in the models
-    /// graphs capture, and callers only ever see the first `n` output rows.
+    /// Fills every padded input's whole buffer with its pad value: before a warm-up or a
+    /// capture, so that what they run on every row is a padded row.
+    pub(crate) fn fill_pads(&self, rt: &Runtime) -> Result<()> {
+        for (buf, pad) in self.buffers.iter().zip(&self.pads) {
+            if let Some(pattern) = *pad {
+                fill_tail(rt, buf, 0, pattern)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies each input into the first rows of its buffer and fills the rows after it with
+    /// the input's pad value; an input without one keeps earlier contents there (valid values
+    /// of an earlier call, or zeros). Callers only ever see the first `n` output rows.
     ///
     /// Callers have checked each input against its [`InputSpec`] and its rows against the
     /// buffer's; all copies go in one kernel launch when the copy kernel is available.
     pub(crate) fn fill(&self, rt: &Runtime, inputs: &[&Tensor; N]) -> Result<()> {
-        if let Some(f) = &self.pad_copy {
-            let mut jobs = [(DeviceRange::EMPTY, DeviceRange::EMPTY); 4];
-            for ((job, buf), input) in jobs.iter_mut().zip(&self.buffers).zip(inputs) {
-                let bytes = input.size_in_bytes();
-                if input.rows() > buf.rows() || input.row_bytes() != buf.row_bytes() {
-                    return Err(Error::invalid(
-                        "pad_copy",
-                        "input larger than its static buffer",
-                    ));
-                }
-                *job = (
-                    DeviceRange {
-                        ptr: buf.device_ptr(),
-                        bytes,
-                    },
-                    DeviceRange {
-                        ptr: input.device_ptr(),
-                        bytes,
-                    },
-                );
+        for (buf, input) in self.buffers.iter().zip(inputs) {
+            if input.rows() > buf.rows() || input.row_bytes() != buf.row_bytes() {
+                return Err(Error::invalid(
+                    "pad_copy",
+                    "input larger than its static buffer",
+                ));
             }
-            return ffi::launch_pad_copy(rt.stream(), f, &jobs[..N])
+        }
+        if let Some(f) = &self.pad_copy {
+            let empty = PadJob {
+                dst: DeviceRange::EMPTY,
+                src: DeviceRange::EMPTY,
+                pattern: None,
+            };
+            let mut jobs = [empty; 4];
+            for (((job, buf), input), pad) in jobs
+                .iter_mut()
+                .zip(&self.buffers)
+                .zip(inputs)
+                .zip(&self.pads)
+            {
+                *job = PadJob {
+                    dst: DeviceRange {
+                        ptr: buf.device_ptr(),
+                        bytes: buf.size_in_bytes(),
+                    },
+                    src: DeviceRange {
+                        ptr: input.device_ptr(),
+                        bytes: input.size_in_bytes(),
+                    },
+                    pattern: *pad,
+                };
+            }
+            return ffi::launch_pad_copy(rt.raw_stream(), f, &jobs[..N])
                 .map_err(Error::driver("pad_copy"));
         }
-        for (buf, input) in self.buffers.iter().zip(inputs) {
-            let dst = buf.narrow_rows(0, input.rows())?;
+        for ((buf, input), pad) in self.buffers.iter().zip(inputs).zip(&self.pads) {
+            let dst = buf.narrowed(0, input.rows())?;
             rt.copy(input, &dst)?;
+            if let Some(pattern) = *pad {
+                fill_tail(rt, buf, input.size_in_bytes(), pattern)?;
+            }
         }
         Ok(())
     }
@@ -342,6 +448,21 @@ impl<const N: usize> StaticInputs<N> {
     pub(crate) fn bytes(&self) -> usize {
         self.buffers.iter().map(Tensor::size_in_bytes).sum()
     }
+}
+
+/// Fills the bytes of `buf` from `from` (a multiple of the element size) to its end with
+/// `pattern` (see [`PadValue`]).
+fn fill_tail(rt: &Runtime, buf: &Tensor, from: usize, pattern: u32) -> Result<()> {
+    let bytes = buf.size_in_bytes().saturating_sub(from);
+    if bytes == 0 {
+        return Ok(());
+    }
+    let range = DeviceRange {
+        ptr: buf.device_ptr() + from as u64,
+        bytes,
+    };
+    ffi::fill_pattern(rt.raw_stream(), range, pattern, buf.dtype().size_in_bytes())
+        .map_err(Error::driver("cuMemsetD32Async"))
 }
 
 #[cfg(test)]
@@ -366,6 +487,10 @@ mod tests {
         assert!(SizeTable::new(&[0, 1]).is_err());
         assert!(SizeTable::new(&[2, 2]).is_err());
         assert!(SizeTable::new(&[MAX_CAPTURE_SIZE + 1]).is_err());
+        // The macro accepts 65535, and so does the runtime.
+        let t = SizeTable::new(&[1, 65_535]).unwrap();
+        assert_eq!(t.slot(65_535), Some(1));
+        assert_eq!(t.slot(2), Some(1));
         assert!(
             SizeTable::new(&[4, 1, 2]).is_ok(),
             "unsorted input is sorted"
@@ -379,6 +504,20 @@ mod tests {
         static BAD: [u16; 5] = [NO_SLOT, 0, 1, 1, 2];
         assert!(SizeTable::from_static(&SIZES, &GOOD).is_ok());
         assert!(SizeTable::from_static(&SIZES, &BAD).is_err());
+    }
+
+    #[test]
+    fn pad_values_convert_to_each_dtype() {
+        assert_eq!(PadValue::Int(-1).pattern(DType::I32, 0).unwrap(), u32::MAX);
+        assert!(PadValue::Int(-1).pattern(DType::U32, 0).is_err());
+        assert!(PadValue::Int(1 << 40).pattern(DType::I32, 0).is_err());
+        assert!(PadValue::Float(0.5).pattern(DType::I32, 0).is_err());
+        assert_eq!(
+            PadValue::Float(1.0).pattern(DType::F32, 0).unwrap(),
+            1.0f32.to_bits()
+        );
+        let bf = PadValue::Int(1).pattern(DType::BF16, 0).unwrap();
+        assert_eq!(bf, 0x3F80_3F80, "bf16 1.0 twice");
     }
 
     proptest! {

@@ -123,6 +123,38 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// A tensor of another runtime (another stream or device) was given to this one.
+    #[error("{op}: the tensor is not this runtime's: {reason}; copy it with `Runtime::copy_from`")]
+    ForeignTensor {
+        /// The op or API that refused it.
+        op: &'static str,
+        /// Where the tensor lives instead.
+        reason: String,
+    },
+    /// Tensors allocated during a capture outlived it (the forward stored them outside itself),
+    /// or graph-pool memory is still in use where it must not be.
+    #[error(
+        "`{function}`: {count} tensor(s) in graph-pool memory are still alive {during}; a capture's tensors are rewritten by every replay and unmapped by `release_memory`, so they must not outlive the forward (copy what you keep with `Runtime::duplicate`)"
+    )]
+    PoolTensorsAlive {
+        /// The captured function.
+        function: &'static str,
+        /// How many are alive.
+        count: usize,
+        /// When the check ran (`"after the capture"`, `"at release_memory"`).
+        during: &'static str,
+    },
+    /// A size of a lazily captured runner failed to capture earlier (under
+    /// [`OnCaptureError::Abort`](crate::OnCaptureError::Abort)); it is not retried.
+    #[error("capturing `{function}` at size {size} failed earlier and is not retried: {message}")]
+    CaptureFailedEarlier {
+        /// The captured function.
+        function: &'static str,
+        /// The size.
+        size: usize,
+        /// The first failure.
+        message: String,
+    },
     /// A runner's memory is released: call `resume()` before `run()`.
     #[error(
         "the graphs of `{function}` have their memory released: call `resume()` before `run()`"
@@ -182,8 +214,11 @@ impl Error {
                 )
             }
             Error::Driver { call, source } => {
+                // A drop records its error for a later call; only a capture refusal recorded
+                // that way is a free under capture (another deferred error, an out-of-memory
+                // say, has another cause, named by the driver's message).
                 let deferred = call.starts_with("deferred");
-                if !(deferred || is_capture_refusal(source)) {
+                if !is_capture_refusal(source) {
                     return None;
                 }
                 Some(if deferred || call.contains("Free") {
@@ -250,4 +285,29 @@ impl<E: Into<BoxError>> ForwardResult for std::result::Result<crate::Tensor, E> 
 /// Converts a forward function's result into the runtime's (see [`ForwardResult`]).
 pub fn forward_result<R: ForwardResult>(result: R) -> Result<crate::Tensor> {
     result.into_forward_result()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cudarc::driver::sys::CUresult;
+
+    /// Only a capture refusal recorded by a drop is blamed on a free during capture.
+    #[test]
+    fn deferred_errors_are_blamed_by_their_code() {
+        let deferred = |code| Error::Driver {
+            call: "deferred (recorded by a drop)",
+            source: DriverError(code),
+        };
+        assert_eq!(
+            deferred(CUresult::CUDA_ERROR_OUT_OF_MEMORY).capture_cause(),
+            None
+        );
+        assert_eq!(
+            deferred(CUresult::CUDA_ERROR_ILLEGAL_ADDRESS).capture_cause(),
+            None
+        );
+        let free = deferred(CUresult::CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED).capture_cause();
+        assert!(free.is_some_and(|c| c.contains("free")), "{free:?}");
+    }
 }

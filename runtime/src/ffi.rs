@@ -57,6 +57,59 @@ pub(crate) fn copy_d2d(
     unsafe { result::memcpy_dtod_async(dst.ptr, src.ptr, dst.bytes, stream.cu_stream()) }
 }
 
+/// Copies `src` (ordered on `src_stream`, possibly another device) into `dst` (on `stream`):
+/// the copy is enqueued on `stream`; the caller has synchronized `src_stream` before and
+/// synchronizes `stream` after, so neither side's later work or frees overlap the copy.
+pub(crate) fn copy_peer(
+    stream: &CudaStream,
+    dst: DeviceRange,
+    src_stream: &CudaStream,
+    src: DeviceRange,
+) -> Result<(), DriverError> {
+    debug_assert_eq!(dst.bytes, src.bytes);
+    stream.context().bind_to_thread()?;
+    // SAFETY: both ranges are live allocations of `bytes` bytes held by the caller across the
+    // call (and until `stream` is synchronized); each context is the one its range belongs to.
+    unsafe {
+        sys::cuMemcpyPeerAsync(
+            dst.ptr,
+            stream.context().cu_ctx(),
+            src.ptr,
+            src_stream.context().cu_ctx(),
+            dst.bytes,
+            stream.cu_stream(),
+        )
+        .result()
+    }
+}
+
+/// Enqueues a fill of `dst` with a 16-bit (`width` 2) or 32-bit (`width` 4) `pattern` on
+/// `stream`; `dst.ptr` and `dst.bytes` are multiples of `width`.
+pub(crate) fn fill_pattern(
+    stream: &CudaStream,
+    dst: DeviceRange,
+    pattern: u32,
+    width: usize,
+) -> Result<(), DriverError> {
+    stream.context().bind_to_thread()?;
+    match width {
+        2 => {
+            // SAFETY: `dst` is a live allocation of `bytes` bytes held by the caller, 2-byte
+            // aligned (checked by the caller).
+            unsafe {
+                sys::cuMemsetD16Async(dst.ptr, pattern as u16, dst.bytes / 2, stream.cu_stream())
+                    .result()
+            }
+        }
+        _ => {
+            // SAFETY: as above, 4-byte aligned.
+            unsafe {
+                sys::cuMemsetD32Async(dst.ptr, pattern, dst.bytes / 4, stream.cu_stream()).result()
+            }
+        }
+    }
+}
+
 /// Enqueues a byte fill of `dst` on `stream`.
 pub(crate) fn fill_bytes(
     stream: &CudaStream,
@@ -165,9 +218,53 @@ pub(crate) fn graph_mem_trim(ctx: &CudaContext) -> Result<(), DriverError> {
 }
 
 /// Starts capturing `stream` in thread-local mode: unsafe calls (sync, host copies, driver
-/// allocations) from this thread fail instead of corrupting the capture.
-pub(crate) fn begin_capture(stream: &CudaStream) -> Result<(), DriverError> {
-    stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+/// allocations) from this thread fail instead of corrupting the capture. The returned guard
+/// ends the capture (discarding what it recorded) if it is dropped before
+/// [`CaptureGuard::disarm`]: on a panic in the forward, or any early return.
+pub(crate) fn begin_capture(stream: &Arc<CudaStream>) -> Result<CaptureGuard, DriverError> {
+    stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+    Ok(CaptureGuard {
+        stream: Some(stream.clone()),
+    })
+}
+
+/// Ends a capture that nobody else will end (see [`begin_capture`]).
+#[derive(Debug)]
+pub(crate) struct CaptureGuard {
+    stream: Option<Arc<CudaStream>>,
+}
+
+impl CaptureGuard {
+    /// The capture is ended by its owner from now on.
+    pub(crate) fn disarm(mut self) {
+        self.stream = None;
+    }
+}
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        let Some(stream) = self.stream.take() else {
+            return;
+        };
+        let ctx = stream.context();
+        if let Err(e) = bind_quietly(ctx) {
+            ctx.record_err(Err::<(), _>(e));
+            return;
+        }
+        // SAFETY: `stream` is live and capturing (begun by `begin_capture`, not ended since:
+        // the guard is disarmed by whoever ends it). Ending an invalidated capture returns an
+        // error and still leaves the stream out of capture mode.
+        match unsafe { result::stream::end_capture(stream.cu_stream()) } {
+            Ok(graph) if !graph.is_null() => {
+                // SAFETY: the graph was just returned to us and is used by nobody else.
+                let _ = unsafe { result::graph::destroy(graph) };
+            }
+            _ => {}
+        }
+        tracing::warn!(
+            "a capture was abandoned (the forward panicked or returned early); the stream left capture mode"
+        );
+    }
 }
 
 /// Makes `ctx` current on this thread without looking at errors recorded for later calls.
@@ -221,6 +318,25 @@ fn count_nodes_of_type(
     Ok(matching)
 }
 
+/// A graph template owned until handed on with [`into_raw`](Self::into_raw); destroyed on
+/// drop (every error path of an update).
+struct OwnedGraph(sys::CUgraph);
+
+impl OwnedGraph {
+    fn into_raw(self) -> sys::CUgraph {
+        let graph = self.0;
+        std::mem::forget(self);
+        graph
+    }
+}
+
+impl Drop for OwnedGraph {
+    fn drop(&mut self) {
+        // SAFETY: the template is owned here and destroyed exactly once.
+        let _ = unsafe { result::graph::destroy(self.0) };
+    }
+}
+
 /// An owned, instantiated CUDA graph: the template and its executable, destroyed on drop.
 #[derive(Debug)]
 pub(crate) struct ExecGraph {
@@ -265,36 +381,27 @@ impl ExecGraph {
         &mut self,
         stream: &Arc<CudaStream>,
     ) -> Result<bool, EndCaptureError> {
-        let fresh = Self::end_capture_raw(stream)?;
-        let mut info = std::mem::MaybeUninit::<sys::CUgraphExecUpdateResultInfo>::uninit();
-        // SAFETY: `self.exec` and `fresh` are live graphs owned here; `info` receives the result.
-        let updated = unsafe { sys::cuGraphExecUpdate_v2(self.exec, fresh, info.as_mut_ptr()) }
-            .result()
-            .is_ok();
-        let old_graph = std::mem::replace(&mut self.graph, fresh);
+        let fresh = OwnedGraph(Self::end_capture_raw(stream)?);
         let mut nodes = 0usize;
         // SAFETY: `fresh` is live; a null node array asks for the count.
-        unsafe { sys::cuGraphGetNodes(fresh, ptr::null_mut(), &mut nodes) }.result()?;
-        self.nodes = nodes;
+        unsafe { sys::cuGraphGetNodes(fresh.0, ptr::null_mut(), &mut nodes) }.result()?;
+        let mut info = std::mem::MaybeUninit::<sys::CUgraphExecUpdateResultInfo>::uninit();
+        // SAFETY: `self.exec` and `fresh` are live graphs owned here; `info` receives the result.
+        let updated = unsafe { sys::cuGraphExecUpdate_v2(self.exec, fresh.0, info.as_mut_ptr()) }
+            .result()
+            .is_ok();
         if !updated {
-            // SAFETY: `fresh` is a valid graph; instantiation reads it.
+            // SAFETY: `fresh` is a valid graph; instantiation reads it. On error `fresh` is
+            // destroyed by its owner and `self` is unchanged.
             let exec =
-                unsafe { result::graph::instantiate(fresh, sys::CUgraphInstantiate_flags(0)) };
-            match exec {
-                Ok(exec) => {
-                    // SAFETY: the old executable is owned here and replaced; destroyed once.
-                    let _ = unsafe { result::graph::exec_destroy(self.exec) };
-                    self.exec = exec;
-                }
-                Err(e) => {
-                    self.graph = old_graph;
-                    // SAFETY: `fresh` is owned here and unused from now on.
-                    let _ = unsafe { result::graph::destroy(fresh) };
-                    return Err(e.into());
-                }
-            }
+                unsafe { result::graph::instantiate(fresh.0, sys::CUgraphInstantiate_flags(0)) }?;
+            // SAFETY: the old executable is owned here and replaced; destroyed once.
+            let _ = unsafe { result::graph::exec_destroy(self.exec) };
+            self.exec = exec;
         }
-        // SAFETY: the old template is replaced by `fresh` and destroyed exactly once.
+        let old_graph = std::mem::replace(&mut self.graph, fresh.into_raw());
+        self.nodes = nodes;
+        // SAFETY: the old template is replaced and destroyed exactly once.
         let _ = unsafe { result::graph::destroy(old_graph) };
         Ok(updated)
     }
@@ -531,22 +638,43 @@ impl Drop for VirtualMemory {
     }
 }
 
-/// Launches the runtime's `pad_copy` kernel: up to four `(dst, src)` copies of equal sizes in
-/// one launch (see `cu/pad_copy.cu`).
+/// One job of [`launch_pad_copy`]: copy `src` into the start of `dst`, then fill the rest of
+/// `dst` (when `pattern` is set) with the 32-bit pattern.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PadJob {
+    /// The whole static buffer (`bytes` = its capacity, the fill's end).
+    pub(crate) dst: DeviceRange,
+    /// The input (`bytes` <= `dst.bytes`).
+    pub(crate) src: DeviceRange,
+    /// The pad value's bytes, repeated to 32 bits; `None`: the rows after the input are left.
+    pub(crate) pattern: Option<u32>,
+}
+
+/// Launches the runtime's `pad_copy` kernel: up to four [`PadJob`]s in one launch (see
+/// `cu/pad_copy.cu`).
 pub(crate) fn launch_pad_copy(
     stream: &CudaStream,
     function: &cudarc::driver::CudaFunction,
-    jobs: &[(DeviceRange, DeviceRange)],
+    jobs: &[PadJob],
 ) -> Result<(), DriverError> {
     use cudarc::driver::{LaunchConfig, PushKernelArg};
-    debug_assert!(jobs.len() <= 4 && jobs.iter().all(|(d, s)| d.bytes == s.bytes));
-    let mut args = [0u64; 12];
-    for (i, (dst, src)) in jobs.iter().take(4).enumerate() {
-        args[3 * i] = dst.ptr;
-        args[3 * i + 1] = src.ptr;
-        args[3 * i + 2] = dst.bytes as u64;
+    debug_assert!(jobs.len() <= 4 && jobs.iter().all(|j| j.src.bytes <= j.dst.bytes));
+    let mut args = [0u64; 20];
+    let mut largest = 0usize;
+    for (i, job) in jobs.iter().take(4).enumerate() {
+        let copy = job.src.bytes.min(job.dst.bytes);
+        let total = if job.pattern.is_some() {
+            job.dst.bytes
+        } else {
+            copy
+        };
+        args[5 * i] = job.dst.ptr;
+        args[5 * i + 1] = job.src.ptr;
+        args[5 * i + 2] = copy as u64;
+        args[5 * i + 3] = total as u64;
+        args[5 * i + 4] = u64::from(job.pattern.unwrap_or(0));
+        largest = largest.max(total);
     }
-    let largest = jobs.iter().map(|(d, _)| d.bytes).max().unwrap_or(0);
     let blocks = largest.div_ceil(16 * 256).clamp(1, 1024) as u32;
     let cfg = LaunchConfig {
         grid_dim: (blocks, jobs.len().clamp(1, 4) as u32, 1),
@@ -557,8 +685,8 @@ pub(crate) fn launch_pad_copy(
     for arg in &args {
         builder.arg(arg);
     }
-    // SAFETY: `pad_copy` takes twelve u64 (dst, src, bytes per job); each pair is a live range
-    // of `bytes` bytes held by the caller across the call (stream-ordered); unused jobs have 0
-    // bytes and are never dereferenced.
+    // SAFETY: `pad_copy` takes twenty u64 (dst, src, bytes, total, pattern per job); each job's
+    // `dst` is a live range of `total` bytes and its `src` of `bytes` bytes, held by the caller
+    // across the call (stream-ordered); unused jobs have 0 bytes and are never dereferenced.
     unsafe { builder.launch(cfg) }.map(|_| ())
 }

@@ -66,7 +66,8 @@ impl<'rt> FreezeScope<'rt> {
     /// Enters the scope: one reclamation, then the pool keeps what is freed inside.
     pub fn enter(rt: &'rt Runtime, policy: ReclaimPolicy) -> Result<Self> {
         rt.forbid_during_capture("entering a freeze scope")?;
-        let pool = MemPool::of_device(rt.context()).map_err(Error::driver("cuDeviceGetMemPool"))?;
+        let pool =
+            MemPool::of_device(rt.raw_context()).map_err(Error::driver("cuDeviceGetMemPool"))?;
         let mut scope = Self {
             rt,
             pool,
@@ -144,7 +145,8 @@ impl<'rt> FreezeScope<'rt> {
         self.pool
             .trim_to(0)
             .map_err(Error::driver("cuMemPoolTrimTo"))?;
-        ffi::graph_mem_trim(self.rt.context()).map_err(Error::driver("cuDeviceGraphMemTrim"))?;
+        ffi::graph_mem_trim(self.rt.raw_context())
+            .map_err(Error::driver("cuDeviceGraphMemTrim"))?;
         self.reclaims += 1;
         self.reclaim_time += started.elapsed();
         Ok(())

@@ -23,7 +23,9 @@ mod error;
 mod ffi;
 pub mod freeze;
 pub mod gemm;
+mod generated;
 mod kernel_cache;
+pub mod nccl;
 mod nvrtc;
 pub mod pool;
 mod runner;
@@ -34,16 +36,22 @@ pub mod testing;
 pub use advice::{SizeAdvice, advise_sizes};
 pub use capture::{CaptureTiming, Graph, Warmup};
 pub use context::{CUBLAS_WORKSPACE_BYTES, Runtime};
-pub use dispatch::{GraphPlan, InputSpec, OnCaptureError, SizeTable};
+pub use dispatch::{GraphPlan, InputSpec, OnCaptureError, PadValue, SizeTable};
 pub use dtype::{DType, Element};
 pub use error::{BoxError, Error, ForwardResult, OpSite, Result, forward_result};
 pub use freeze::{FreezeScope, ReclaimPolicy};
 pub use gemm::{GEMM_ENV, GemmBackend};
 pub use kernel_cache::{KernelCacheStats, KernelModule};
 pub use pool::GraphPool;
-pub use runner::{EagerFn, MemoryEstimate, Output, RefreshReport, Runner};
+pub use runner::{EagerFn, MemoryEstimate, Output, RefreshError, RefreshReport, Runner};
 pub use stats::{FallbackReason, RunnerStats, SizeStats};
-pub use tensor::{MAX_RANK, Shape, Tensor};
+pub use tensor::{MAX_RANK, MAX_TENSOR_BYTES, Shape, Tensor, TensorView};
+
+/// What the code `#[cuda_graph]` generates calls and users don't.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::generated::{StaticCmp, ViaBits, ViaPartialEq, function_id};
+}
 
 /// cudarc, re-exported for kernel launchers (`LaunchConfig`, `PushKernelArg`, ...).
 pub use cudarc;

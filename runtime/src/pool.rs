@@ -8,6 +8,7 @@
 //! gets a chunk of its own. Reading a graph's output after another graph replayed is what
 //! [`Output`](crate::Output)'s borrow of the runner forbids.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::CudaStream;
@@ -23,6 +24,8 @@ pub struct PoolChunk {
     memory: Mutex<VirtualMemory>,
     ptr: u64,
     len: usize,
+    /// Tensors alive in the chunk (allocated by a capture, or a view of a graph's output).
+    live: AtomicUsize,
 }
 
 impl PoolChunk {
@@ -33,7 +36,21 @@ impl PoolChunk {
             ptr: memory.device_ptr(),
             len: memory.len(),
             memory: Mutex::new(memory),
+            live: AtomicUsize::new(0),
         })
+    }
+
+    pub(crate) fn tensor_created(&self) {
+        self.live.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn tensor_dropped(&self) {
+        self.live.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Tensors alive in the chunk now: a capture's tensors that outlived it, or an output.
+    pub fn live_tensors(&self) -> usize {
+        self.live.load(Ordering::Acquire)
     }
 
     fn memory(&self) -> std::sync::MutexGuard<'_, VirtualMemory> {
@@ -138,6 +155,11 @@ impl GraphPool {
     pub fn is_resident(&self) -> bool {
         self.chunks.iter().all(|c| c.is_resident())
     }
+
+    /// Tensors alive in any chunk (see [`PoolChunk::live_tensors`]).
+    pub fn live_tensors(&self) -> usize {
+        self.chunks.iter().map(|c| c.live_tensors()).sum()
+    }
 }
 
 impl GraphPool {
@@ -145,7 +167,7 @@ impl GraphPool {
     pub(crate) fn poison(&self, rt: &crate::Runtime) -> Result<()> {
         for chunk in &self.chunks {
             crate::ffi::fill_bytes(
-                rt.stream(),
+                rt.raw_stream(),
                 crate::ffi::DeviceRange {
                     ptr: chunk.device_ptr(),
                     bytes: chunk.len(),

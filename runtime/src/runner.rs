@@ -1,21 +1,22 @@
 //! [`Runner`]: capture-at-init over every size, `run()` with dispatch, padding and replay, eager
 //! fallback, and [`Output`] borrowing the runner.
 
-use std::marker::PhantomData;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::capture::{Warmup, capture_one, rerecord};
+use crate::alloc::KeepAlive;
+use crate::capture::{Warmup, capture_one, check_no_escape, rerecord};
 use crate::context::Runtime;
 use crate::dispatch::OnCaptureError;
 use crate::dispatch::{GraphPlan, InputSpec, StaticInputs};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ffi::ExecGraph;
 use crate::freeze::FreezeScope;
 use crate::pool::{GraphPool, PoolChunk};
 use crate::stats::{FALLBACK_REASONS, FallbackReason, RunnerStats, SizeStats};
-use crate::tensor::Tensor;
+use crate::tensor::{Shape, Tensor};
 
 /// What [`Runner::refresh`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -28,34 +29,101 @@ pub struct RefreshReport {
     pub time: std::time::Duration,
 }
 
+/// A failed [`Runner::refresh`]: the error, and the runner it was given, still usable with its
+/// old forward. Sizes the refresh had already rebuilt for the new forward are dropped from it
+/// (they pointed at the new model) and are captured again, with the old forward, on their next
+/// use.
+pub struct RefreshError<'m, const N: usize, S = (), const F: u64 = 0> {
+    /// Why the refresh failed.
+    pub error: Error,
+    /// The runner, as described above (boxed: a runner is large).
+    pub runner: Box<Runner<'m, N, S, F>>,
+}
+
+impl<const N: usize, S, const F: u64> std::fmt::Debug for RefreshError<'_, N, S, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshError")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<const N: usize, S, const F: u64> std::fmt::Display for RefreshError<'_, N, S, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "refresh failed (the old runner is returned): {}",
+            self.error
+        )
+    }
+}
+
+impl<const N: usize, S, const F: u64> std::error::Error for RefreshError<'_, N, S, F> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl<const N: usize, S, const F: u64> From<RefreshError<'_, N, S, F>> for Error {
+    /// The error alone (the returned runner is dropped).
+    fn from(e: RefreshError<'_, N, S, F>) -> Error {
+        e.error
+    }
+}
+
 /// The eager forward a runner captures and falls back to.
 pub type EagerFn<'m, const N: usize, S> =
     Box<dyn Fn(&Runtime, [&Tensor; N], &S) -> Result<Tensor> + 'm>;
+
+/// Where a graph's output lies in its pool chunk (a fresh view of it is made per replay).
+#[derive(Debug, Clone, Copy)]
+struct OutputSlot {
+    offset: usize,
+    shape: Shape,
+    dtype: DType,
+}
 
 /// One captured size.
 struct SizeGraph {
     exec: ExecGraph,
     /// Pool memory the graph reads and writes; kept alive with it.
     chunk: Arc<PoolChunk>,
+    /// Driver buffers the graph reads and writes (noted during its capture); kept alive with it.
+    _kept: KeepAlive,
     /// The graph's output, `size` rows, in the pool.
-    output: Tensor,
+    output: OutputSlot,
 }
 
 /// The result of [`Runner::run`]: the first `n` rows of the output.
 ///
-/// It borrows the runner: the next `run` replays into the same memory, so holding an `Output`
-/// across it is a compile error. To keep a result, copy it (`rt.duplicate(&out)`) or download it.
-#[derive(Debug)]
+/// It borrows the runner: the next `run` replays into the same memory and `release_memory`
+/// unmaps it, so holding an `Output` (or a view of it) across either is a compile error
+/// (E0499: the runner is borrowed mutably twice). It derefs to [`Tensor`], so ops take it as
+/// input, but it is not `Clone` and neither is `Tensor`: to keep a result past the next run,
+/// copy it ([`to_owned`](Self::to_owned)) or download it.
 pub struct Output<'r> {
     tensor: Tensor,
     replayed: bool,
-    _runner: PhantomData<&'r ()>,
+    size: Option<usize>,
+    rt: &'r Runtime,
 }
 
 impl Output<'_> {
     /// Whether a graph produced it (`false`: the eager fallback ran).
     pub fn replayed(&self) -> bool {
         self.replayed
+    }
+
+    /// The captured size whose graph produced it (`None`: the eager fallback ran).
+    pub fn size(&self) -> Option<usize> {
+        self.size
+    }
+
+    /// A copy in a new tensor of the runner's runtime, which outlives the output (and the
+    /// runner): what to keep past the next `run`.
+    #[track_caller]
+    pub fn to_owned(&self) -> Result<Tensor> {
+        self.rt.duplicate(&self.tensor)
     }
 }
 
@@ -67,16 +135,30 @@ impl Deref for Output<'_> {
     }
 }
 
+impl std::fmt::Debug for Output<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Output")
+            .field("tensor", &self.tensor)
+            .field("replayed", &self.replayed)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
 /// Graphs of one function for every captured size, with dispatch and eager fallback.
 ///
 /// Built by the `<fn>_graphs` constructor that `#[cuda_graph]` generates, or by
 /// [`Runner::capture`] directly. `'m` is the borrow of the model and runtime: the graphs hold
-/// pointers to the model's weights, so they can't move or drop while the runner lives.
-pub struct Runner<'m, const N: usize, S = ()> {
+/// pointers to the model's weights, so they can't move or drop while the runner lives (and
+/// every driver buffer a graph reads is also kept alive by the graph itself). `F` identifies the
+/// function (the macro gives each annotated function its own), so a runner of one function
+/// can't be refreshed with another's forward.
+pub struct Runner<'m, const N: usize, S = (), const F: u64 = 0> {
     rt: &'m Runtime,
     plan: GraphPlan,
     specs: [InputSpec; N],
     statics: S,
+    statics_eq: fn(&S, &S) -> bool,
     eager: EagerFn<'m, N, S>,
     inputs: StaticInputs<N>,
     /// Indexed like `plan.table.sizes()`; `None` until captured (lazy mode).
@@ -87,7 +169,7 @@ pub struct Runner<'m, const N: usize, S = ()> {
     released: bool,
 }
 
-impl<const N: usize, S> std::fmt::Debug for Runner<'_, N, S> {
+impl<const N: usize, S, const F: u64> std::fmt::Debug for Runner<'_, N, S, F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runner")
             .field("function", &self.plan.function)
@@ -102,16 +184,36 @@ impl<'m, const N: usize, S: PartialEq + 'm> Runner<'m, N, S> {
     /// pool the graphs will share), the others straight into that pool, warming up only when one
     /// would not fit (see [`Warmup`]; `CUDAGRAPH_CAPTURE_WARMUP=each` warms up every size). With
     /// a lazy plan nothing is captured here: each size on its first use. `statics` are the host
-    /// values baked into every graph.
+    /// values baked into every graph, compared with `==` at every call (see
+    /// [`with_statics_eq`](Self::with_statics_eq)).
+    ///
+    /// What a warm-up runs: `eager` on the runner's static input buffers, `size` rows, whose
+    /// padded inputs (the plan's [`PadValue`](crate::PadValue)s) hold their pad value in every
+    /// row, and whose other inputs hold zeros or the rows of an earlier call. Whatever the
+    /// forward writes outside its outputs (a KV cache) it writes then too, unless a pad value
+    /// tells its kernels to skip the row.
     ///
     /// On error nothing is kept: graphs captured so far and the pool are freed, and the stream
-    /// is out of capture mode.
+    /// is out of capture mode (also when the forward panics: the panic then continues).
     pub fn capture(
         rt: &'m Runtime,
         plan: GraphPlan,
         specs: [InputSpec; N],
         statics: S,
         eager: impl Fn(&Runtime, [&Tensor; N], &S) -> Result<Tensor> + 'm,
+    ) -> Result<Self> {
+        Self::build(rt, plan, specs, statics, |a, b| a == b, Box::new(eager))
+    }
+}
+
+impl<'m, const N: usize, S: 'm> Runner<'m, N, S> {
+    fn build(
+        rt: &'m Runtime,
+        plan: GraphPlan,
+        specs: [InputSpec; N],
+        statics: S,
+        statics_eq: fn(&S, &S) -> bool,
+        eager: EagerFn<'m, N, S>,
     ) -> Result<Self> {
         if N == 0 {
             return Err(Error::invalid(
@@ -126,7 +228,7 @@ impl<'m, const N: usize, S: PartialEq + 'm> Runner<'m, N, S> {
             ));
         }
         let started = Instant::now();
-        let inputs = StaticInputs::new(rt, &specs, plan.table.max())?;
+        let inputs = StaticInputs::new(rt, &specs, plan.table.max(), &plan.pads)?;
         let sizes = plan.table.sizes().to_vec();
         let stats = RunnerStats {
             function: plan.function,
@@ -147,7 +249,8 @@ impl<'m, const N: usize, S: PartialEq + 'm> Runner<'m, N, S> {
             plan,
             specs,
             statics,
-            eager: Box::new(eager),
+            statics_eq,
+            eager,
             inputs,
             pool: GraphPool::new(),
             stats,
@@ -173,23 +276,77 @@ impl<'m, const N: usize, S: PartialEq + 'm> Runner<'m, N, S> {
         tracing::info!(target: "cudagraph", "{}", runner.stats);
         Ok(runner)
     }
+}
+
+impl<'m, const N: usize, S: 'm, const F: u64> Runner<'m, N, S, F> {
+    /// Compares static arguments with `eq` instead of `==` (the code `#[cuda_graph]` generates
+    /// compares floats by their bits, so that a NaN static matches itself).
+    pub fn with_statics_eq(mut self, eq: fn(&S, &S) -> bool) -> Self {
+        self.statics_eq = eq;
+        self
+    }
+
+    /// The same runner without its function's identity (`F = 0`): a type one can write, for a
+    /// struct field or a helper's signature (`Runner<'m, N, S>`). The generated
+    /// `<fn>_graphs_refresh` no longer accepts it; [`refresh`](Self::refresh) still does.
+    pub fn into_untyped(self) -> Runner<'m, N, S> {
+        self.for_function::<0>()
+    }
+
+    /// The same runner, typed as the runner of function `G` (used by the code `#[cuda_graph]`
+    /// generates, which gives every annotated function its own identity).
+    #[doc(hidden)]
+    pub fn for_function<const G: u64>(self) -> Runner<'m, N, S, G> {
+        let Runner {
+            rt,
+            plan,
+            specs,
+            statics,
+            statics_eq,
+            eager,
+            inputs,
+            graphs,
+            pool,
+            stats,
+            warned,
+            released,
+        } = self;
+        Runner {
+            rt,
+            plan,
+            specs,
+            statics,
+            statics_eq,
+            eager,
+            inputs,
+            graphs,
+            pool,
+            stats,
+            warned,
+            released,
+        }
+    }
 
     /// Captures `slot`; on failure, under [`OnCaptureError::Eager`], records the error and marks
-    /// the size for eager execution instead of failing.
+    /// the size for eager execution instead of failing. Under [`OnCaptureError::Abort`] the
+    /// error is recorded too (a lazy size that failed is not captured again) and returned.
     fn capture_or_mark(&mut self, slot: usize) -> Result<()> {
         match self.capture_slot(slot) {
             Ok(()) => Ok(()),
-            Err(e) if self.plan.on_capture_error == OnCaptureError::Eager => {
-                tracing::warn!(target: "cudagraph", "{e}; this size will run eagerly");
+            Err(e) => {
                 self.stats.sizes[slot].capture_error = Some(e.to_string());
-                Ok(())
+                if self.plan.on_capture_error == OnCaptureError::Eager {
+                    tracing::warn!(target: "cudagraph", "{e}; this size will run eagerly");
+                    Ok(())
+                } else {
+                    Err(e)
+                }
             }
-            Err(e) => Err(e),
         }
     }
 
     /// Captures the graph of size index `slot`: the first capture warms up, later ones follow
-    /// the plan's [`Warmup`] policy.
+    /// the plan's [`Warmup`] policy. Padded inputs are filled with their pad value first.
     fn capture_slot(&mut self, slot: usize) -> Result<()> {
         let size = self.plan.table.sizes()[slot];
         let warmup = if self.pool.chunk_count() == 0 {
@@ -197,6 +354,7 @@ impl<'m, const N: usize, S: PartialEq + 'm> Runner<'m, N, S> {
         } else {
             self.plan.warmup
         };
+        self.inputs.fill_pads(self.rt)?;
         let views = self.inputs.views(size)?;
         let (eager, statics) = (&self.eager, &self.statics);
         let mut body = |rt: &Runtime| {
@@ -205,22 +363,12 @@ impl<'m, const N: usize, S: PartialEq + 'm> Runner<'m, N, S> {
         };
         let function = self.plan.function;
         let c = capture_one(self.rt, &mut self.pool, function, size, warmup, &mut body)?;
-        if c.value.rank() == 0 || c.value.rows() != size {
-            return Err(Error::Capture {
-                function,
-                size,
-                site: None,
-                source: Box::new(Error::invalid(
-                    function,
-                    format!(
-                        "the output's leading dimension must be the batch ({size}), got shape {:?}",
-                        c.value.shape()
-                    ),
-                )),
-            });
-        }
+        let output = output_slot(function, size, &c.value, &c.chunk)?;
+        drop(c.value);
+        check_no_escape(function, size, &c.chunk, 0)?;
         let s = &mut self.stats.sizes[slot];
         s.captured = true;
+        s.capture_error = None;
         s.nodes = c.exec.node_count();
         s.pool_need = c.pool_need;
         s.capture = c.timing;
@@ -228,7 +376,8 @@ impl<'m, const N: usize, S: PartialEq + 'm> Runner<'m, N, S> {
         self.graphs[slot] = Some(SizeGraph {
             exec: c.exec,
             chunk: c.chunk,
-            output: c.value,
+            _kept: c.kept,
+            output,
         });
         Ok(())
     }
@@ -237,8 +386,9 @@ impl<'m, const N: usize, S: PartialEq + 'm> Runner<'m, N, S> {
     /// the batch (inputs copied into its static buffers, padded), or runs it eagerly when no
     /// graph applies (counted in [`stats`](Self::stats), logged once per reason).
     ///
-    /// Errors: an empty batch, inputs whose leading dimensions differ, a tensor on another
-    /// device, or any error of the replay or the eager function.
+    /// Errors: an empty batch, inputs whose leading dimensions differ, a tensor of another
+    /// runtime, a size whose lazy capture failed earlier under [`OnCaptureError::Abort`], or
+    /// any error of the replay or the eager function.
     pub fn run_with(&mut self, inputs: [&Tensor; N], statics: &S) -> Result<Output<'_>> {
         let function = self.plan.function;
         if self.released {
@@ -273,15 +423,24 @@ impl<'m, const N: usize, S: PartialEq + 'm> Runner<'m, N, S> {
         }
         let slot = self.plan.table.slot(n);
         let shapes_match = self.specs.iter().zip(&inputs).all(|(s, t)| s.matches(t));
-        let statics_match = *statics == self.statics;
+        let statics_match = (self.statics_eq)(statics, &self.statics);
         if let Some(slot) = slot {
-            // Lazy capture: the first call that would replay this size captures it.
-            let pending =
-                self.graphs[slot].is_none() && self.stats.sizes[slot].capture_error.is_none();
-            if pending && shapes_match && statics_match {
-                let started = Instant::now();
-                self.capture_or_mark(slot)?;
-                self.stats.capture_wall += started.elapsed();
+            let failed = self.stats.sizes[slot].capture_error.clone();
+            match failed {
+                // Lazy capture: the first call that would replay this size captures it.
+                None if self.graphs[slot].is_none() && shapes_match && statics_match => {
+                    let started = Instant::now();
+                    self.capture_or_mark(slot)?;
+                    self.stats.capture_wall += started.elapsed();
+                }
+                Some(message) if self.plan.on_capture_error == OnCaptureError::Abort => {
+                    return Err(Error::CaptureFailedEarlier {
+                        function,
+                        size: self.plan.table.sizes()[slot],
+                        message,
+                    });
+                }
+                _ => {}
             }
         }
         let reason = match slot {
@@ -318,10 +477,20 @@ impl<'m, const N: usize, S: PartialEq + 'm> Runner<'m, N, S> {
         s.replays += 1;
         s.rows += n as u64;
         s.padded_rows += (s.size - n) as u64;
+        let out = graph.output;
+        let tensor = Tensor::pool_view(
+            graph.chunk.clone(),
+            out.offset,
+            out.shape.with_rows(n)?,
+            out.dtype,
+            self.rt.alloc_shared().clone(),
+            self.rt.ordinal(),
+        );
         Ok(Output {
-            tensor: graph.output.narrow_rows(0, n)?,
+            tensor,
             replayed: true,
-            _runner: PhantomData,
+            size: Some(s.size),
+            rt: self.rt,
         })
     }
 
@@ -346,80 +515,115 @@ impl<'m, const N: usize, S: PartialEq + 'm> Runner<'m, N, S> {
         Ok(Output {
             tensor,
             replayed: false,
-            _runner: PhantomData,
+            size: None,
+            rt: self.rt,
         })
     }
 
     /// Rebuilds every captured graph for a new eager function, typically the same model's
     /// forward after its weights moved (a new checkpoint of the same shapes in new buffers): each
     /// size is re-recorded and its executable graph updated in place with `cuGraphExecUpdate`,
-    /// or re-instantiated where the driver refuses the update. Much cheaper than a new capture,
-    /// which is mostly instantiation. The old runner is consumed, so nothing can replay graphs
-    /// that still point at the old weights; the new one borrows what `eager` borrows.
+    /// or re-instantiated where the driver refuses the update; a size whose new forward needs
+    /// more pool memory is warmed up and moved to a larger chunk. Much cheaper than a new
+    /// capture, which is mostly instantiation. The old runner is consumed, so nothing can replay
+    /// graphs that still point at the old weights; the new one borrows what `eager` borrows.
     ///
-    /// `rt` must be the runtime the runner was captured on.
+    /// `rt` must be the runtime the runner was captured on. On error the old runner comes back
+    /// in the [`RefreshError`], usable with its old forward.
     pub fn refresh<'n>(
         self,
         rt: &'n Runtime,
         eager: impl Fn(&Runtime, [&Tensor; N], &S) -> Result<Tensor> + 'n,
-    ) -> Result<(Runner<'n, N, S>, RefreshReport)>
+    ) -> std::result::Result<(Runner<'n, N, S, F>, RefreshReport), RefreshError<'m, N, S, F>>
     where
         S: 'n,
     {
-        if !Arc::ptr_eq(rt.stream(), self.rt.stream()) {
-            return Err(Error::invalid(
-                self.plan.function,
-                "refresh needs the runtime the graphs were captured on",
-            ));
+        let function = self.plan.function;
+        if !Arc::ptr_eq(rt.raw_stream(), self.rt.raw_stream()) {
+            return Err(RefreshError {
+                error: Error::invalid(
+                    function,
+                    "refresh needs the runtime the graphs were captured on",
+                ),
+                runner: Box::new(self),
+            });
         }
         if self.released {
-            return Err(Error::Released {
-                function: self.plan.function,
+            return Err(RefreshError {
+                error: Error::Released { function },
+                runner: Box::new(self),
             });
         }
         let started = Instant::now();
+        let mut old = self;
+        let eager: EagerFn<'n, N, S> = Box::new(eager);
+        let mut report = RefreshReport::default();
+        // Graphs rebuilt for `eager`, by slot; moved into the new runner once all succeeded.
+        let mut rebuilt: Vec<Option<SizeGraph>> = old.graphs.iter().map(|_| None).collect();
+        let mut failure = None;
+        if let Err(error) = old.inputs.fill_pads(rt) {
+            failure = Some(error);
+        }
+        for slot in (0..old.graphs.len()).rev() {
+            if failure.is_some() {
+                break;
+            }
+            let Some(graph) = old.graphs[slot].take() else {
+                continue;
+            };
+            let size = old.plan.table.sizes()[slot];
+            match refresh_slot(&mut old, rt, &eager, graph, size) {
+                Ok((graph, in_place)) => {
+                    old.stats.sizes[slot].nodes = graph.exec.node_count();
+                    rebuilt[slot] = Some(graph);
+                    if in_place {
+                        report.updated_in_place += 1;
+                    } else {
+                        report.reinstantiated += 1;
+                    }
+                }
+                Err((graph, error)) => {
+                    old.graphs[slot] = graph;
+                    failure = Some(error);
+                }
+            }
+        }
+        if let Some(error) = failure {
+            // Sizes already rebuilt point at the new model: dropped, captured again on use.
+            for (slot, graph) in rebuilt.iter_mut().enumerate() {
+                if graph.take().is_some() {
+                    old.stats.sizes[slot].captured = false;
+                }
+            }
+            old.stats.pool_bytes = old.pool.bytes();
+            return Err(RefreshError {
+                error,
+                runner: Box::new(old),
+            });
+        }
+        report.time = started.elapsed();
         let Runner {
             plan,
             specs,
             statics,
+            statics_eq,
             inputs,
-            mut graphs,
             pool,
             mut stats,
             warned,
             ..
-        } = self;
-        let eager: EagerFn<'n, N, S> = Box::new(eager);
-        let mut report = RefreshReport::default();
-        for (slot, graph) in graphs.iter_mut().enumerate().rev() {
-            let Some(graph) = graph else { continue };
-            let size = plan.table.sizes()[slot];
-            let views = inputs.views(size)?;
-            let mut body = |rt: &Runtime| {
-                let refs: [&Tensor; N] = std::array::from_fn(|i| &views[i]);
-                eager(rt, refs, &statics)
-            };
-            let chunk = graph.chunk.clone();
-            let (output, in_place) =
-                rerecord(rt, &chunk, &mut graph.exec, plan.function, size, &mut body)?;
-            graph.output = output;
-            stats.sizes[slot].nodes = graph.exec.node_count();
-            if in_place {
-                report.updated_in_place += 1;
-            } else {
-                report.reinstantiated += 1;
-            }
-        }
-        report.time = started.elapsed();
+        } = old;
+        stats.pool_bytes = pool.bytes();
         Ok((
             Runner {
                 rt,
                 plan,
                 specs,
                 statics,
+                statics_eq,
                 eager,
                 inputs,
-                graphs,
+                graphs: rebuilt,
                 pool,
                 stats,
                 warned,
@@ -461,11 +665,93 @@ impl<'m, const N: usize, S: PartialEq + 'm> Runner<'m, N, S> {
     }
 }
 
-impl<const N: usize> Runner<'_, N, ()> {
+impl<const N: usize, const F: u64> Runner<'_, N, (), F> {
     /// [`run_with`](Self::run_with) for a function without static arguments.
     pub fn run(&mut self, inputs: [&Tensor; N]) -> Result<Output<'_>> {
         self.run_with(inputs, &())
     }
+}
+
+/// Where `value`, a capture's output, lies in `chunk`, after checking that it is a tensor the
+/// forward allocated there with the batch as its leading dimension.
+fn output_slot(
+    function: &'static str,
+    size: usize,
+    value: &Tensor,
+    chunk: &Arc<PoolChunk>,
+) -> Result<OutputSlot> {
+    let fail = |message: String| Error::Capture {
+        function,
+        size,
+        site: None,
+        source: Box::new(Error::invalid(function, message)),
+    };
+    if value.rank() == 0 || value.rows() != size {
+        return Err(fail(format!(
+            "the output's leading dimension must be the batch ({size}), got shape {:?}",
+            value.shape()
+        )));
+    }
+    match value.pool_location() {
+        Some((c, offset)) if Arc::ptr_eq(&c, chunk) => Ok(OutputSlot {
+            offset,
+            shape: value.shape_value(),
+            dtype: value.dtype(),
+        }),
+        _ => Err(fail(
+            "the output must be a tensor the forward allocates (through `Runtime::alloc` or an op); \
+             return a copy (`rt.duplicate(&t)`) of a tensor it only reads"
+                .to_owned(),
+        )),
+    }
+}
+
+/// Re-records one size of `runner` with `eager` (see [`Runner::refresh`]). On error the graph
+/// comes back unchanged, with the error (a cold path: the size of the error doesn't matter).
+#[allow(clippy::type_complexity, clippy::result_large_err)]
+fn refresh_slot<const N: usize, S, const F: u64>(
+    runner: &mut Runner<'_, N, S, F>,
+    rt: &Runtime,
+    eager: &EagerFn<'_, N, S>,
+    mut graph: SizeGraph,
+    size: usize,
+) -> std::result::Result<(SizeGraph, bool), (Option<SizeGraph>, Error)> {
+    let function = runner.plan.function;
+    let views = match runner.inputs.views(size) {
+        Ok(views) => views,
+        Err(e) => return Err((Some(graph), e)),
+    };
+    let statics = &runner.statics;
+    let mut body = |rt: &Runtime| {
+        let refs: [&Tensor; N] = std::array::from_fn(|i| &views[i]);
+        eager(rt, refs, statics)
+    };
+    let chunk = graph.chunk.clone();
+    let done = match rerecord(
+        rt,
+        &mut runner.pool,
+        &chunk,
+        &mut graph.exec,
+        function,
+        size,
+        &mut body,
+    ) {
+        Ok(done) => done,
+        Err(e) => return Err((Some(graph), e)),
+    };
+    let output = match output_slot(function, size, &done.value, &done.chunk) {
+        Ok(output) => output,
+        // The executable already replays the new forward: it can't go back to the old runner.
+        Err(e) => return Err((None, e)),
+    };
+    drop(done.value);
+    if let Err(e) = check_no_escape(function, size, &done.chunk, 0) {
+        return Err((None, e));
+    }
+    graph.chunk = done.chunk;
+    graph._kept = done.kept;
+    graph.output = output;
+    Ok((graph, done.in_place))
 }
 
 fn progress_bar(function: &str, len: usize) -> indicatif::ProgressBar {
@@ -479,19 +765,31 @@ fn progress_bar(function: &str, len: usize) -> indicatif::ProgressBar {
     bar
 }
 
-impl<const N: usize, S> Runner<'_, N, S> {
+impl<const N: usize, S, const F: u64> Runner<'_, N, S, F> {
     /// Gives the graph pool's physical memory back to the driver (and trims what the
     /// stream-ordered allocator and graph memory nodes cache), keeping every graph defined:
     /// the pool's virtual addresses stay reserved, so [`resume`](Self::resume) maps new memory
     /// at the same addresses and the graphs replay without re-capture. `run` fails with
     /// [`Error::Released`] in between. Returns the bytes of pool memory released.
+    ///
+    /// Refused while a tensor in pool memory is alive. If the release fails halfway, the runner
+    /// counts as released (some memory is unmapped) and `resume` maps what is missing.
     pub fn release_memory(&mut self) -> Result<usize> {
         if self.released {
             return Ok(0);
         }
+        let live = self.pool.live_tensors();
+        if live > 0 {
+            return Err(Error::PoolTensorsAlive {
+                function: self.plan.function,
+                count: live,
+                during: "at release_memory",
+            });
+        }
         self.rt.synchronize()?;
-        self.pool.release()?;
-        self.released = true;
+        let released = self.pool.release();
+        self.released = !self.pool.is_resident();
+        released?;
         self.rt.release_cached_memory()?;
         Ok(self.pool.bytes())
     }

@@ -1,14 +1,32 @@
-//! [`Tensor`]: device bytes, a shape and a dtype; row-narrowed views share the bytes.
+//! [`Tensor`]: device bytes, a shape and a dtype; [`TensorView`]s of its rows or of another
+//! shape borrow it.
+//!
+//! A `Tensor` is not `Clone`: whoever holds one owns its bytes (or, for a tensor a capture
+//! allocated, a block of a graph pool that the next replay rewrites). Views borrow the tensor
+//! they come from, so nothing outlives what it points into; a copy is an explicit call that
+//! allocates ([`Runtime::duplicate`](crate::Runtime::duplicate)).
 
 use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Deref;
 use std::sync::Arc;
 
-use crate::alloc::Storage;
+use crate::alloc::{AllocShared, Storage};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::pool::PoolChunk;
 
 /// The most dimensions a tensor can have.
 pub const MAX_RANK: usize = 6;
+
+/// The largest number of bytes a tensor may span: `isize::MAX`, Rust's bound on one object,
+/// so that element counts times element sizes, and every offset inside a tensor, fit in
+/// `usize` and `isize` without overflow.
+pub const MAX_TENSOR_BYTES: usize = isize::MAX as usize;
+
+/// The widest element type, in bytes: shapes are checked against it, so any dtype's byte size
+/// of a valid shape is computed without overflow.
+const WIDEST_ELEMENT: usize = 4;
 
 /// A tensor's dimensions, stored inline (no heap allocation per view).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -18,12 +36,25 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// A shape from its dimensions; at most [`MAX_RANK`].
+    /// A shape from its dimensions; at most [`MAX_RANK`], and at most
+    /// [`MAX_TENSOR_BYTES`] bytes for the widest dtype: an error, never a wrapped count.
     pub fn new(dims: &[usize]) -> Result<Self> {
         if dims.len() > MAX_RANK {
             return Err(Error::invalid(
                 "shape",
                 format!("rank {} exceeds the maximum of {MAX_RANK}", dims.len()),
+            ));
+        }
+        // Zero dimensions count as 1, so every partial product (a row's bytes, an offset) is
+        // bounded too, not only the total.
+        let bytes = dims
+            .iter()
+            .try_fold(WIDEST_ELEMENT, |acc, &d| acc.checked_mul(d.max(1)))
+            .filter(|&b| b <= MAX_TENSOR_BYTES);
+        if bytes.is_none() {
+            return Err(Error::invalid(
+                "shape",
+                format!("{dims:?} has more elements than a tensor can address"),
             ));
         }
         let mut inline = [0; MAX_RANK];
@@ -39,18 +70,18 @@ impl Shape {
         &self.dims[..self.rank as usize]
     }
 
-    /// Number of elements (1 for a rank-0 shape).
+    /// Number of elements (1 for a rank-0 shape). Never overflows: [`Shape::new`] checked it.
     pub fn numel(&self) -> usize {
         self.dims().iter().product()
     }
 
-    /// The same shape with a new leading dimension.
-    pub fn with_rows(&self, rows: usize) -> Self {
-        let mut out = *self;
-        if out.rank > 0 {
-            out.dims[0] = rows;
+    /// The same shape with a new leading dimension (checked like [`Shape::new`]).
+    pub fn with_rows(&self, rows: usize) -> Result<Self> {
+        let mut dims = *self;
+        if dims.rank > 0 {
+            dims.dims[0] = rows;
         }
-        out
+        Shape::new(dims.dims())
     }
 }
 
@@ -60,12 +91,16 @@ impl fmt::Debug for Shape {
     }
 }
 
-/// A contiguous, row-major tensor in device memory.
+/// A contiguous, row-major tensor in device memory, ordered on the stream of the
+/// [`Runtime`](crate::Runtime) that allocated it.
 ///
-/// Cloning is cheap (the bytes are shared). Device contents are written by kernels through
-/// shared references: the host never dereferences device memory, so this is outside Rust's
-/// aliasing rules; what orders reads and writes is the stream.
-#[derive(Clone)]
+/// Not `Clone`: [`narrow_rows`](Self::narrow_rows) and [`reshape`](Self::reshape) return
+/// [`TensorView`]s that borrow it, and a copy is explicit
+/// ([`Runtime::duplicate`](crate::Runtime::duplicate)). Device contents are written by kernels
+/// through shared references: the host never dereferences device memory, so this is outside
+/// Rust's aliasing rules; what orders reads and writes is the stream. Only the runtime that
+/// allocated a tensor accepts it (another runtime's stream is not ordered with this one's):
+/// [`Runtime::check_device`](crate::Runtime::check_device).
 pub struct Tensor {
     storage: Arc<Storage>,
     /// Byte offset of the first element within `storage`.
@@ -159,7 +194,12 @@ impl Tensor {
     }
 
     /// The device address of the first element, for kernel arguments.
+    ///
+    /// While the tensor's runtime captures a graph, the tensor's bytes are recorded as read by
+    /// that graph, which keeps them alive as long as it can replay (dropping the tensor, or
+    /// swapping it out of a `RefCell`, then frees nothing the graph reads).
     pub fn device_ptr(&self) -> u64 {
+        self.storage.note_use(&self.storage);
         self.storage.device_ptr() + self.offset as u64
     }
 
@@ -168,8 +208,64 @@ impl Tensor {
         self.storage.is_pool()
     }
 
-    /// A view of rows `start..start + len` (no copy).
-    pub fn narrow_rows(&self, start: usize, len: usize) -> Result<Tensor> {
+    /// Whether `home` is the allocation state of the runtime that allocated this tensor.
+    pub(crate) fn belongs_to(&self, home: &Arc<AllocShared>) -> bool {
+        Arc::ptr_eq(self.storage.home(), home)
+    }
+
+    /// Where the bytes lie when they are a block of a graph-pool chunk: the chunk and the byte
+    /// offset of the first element in it.
+    pub(crate) fn pool_location(&self) -> Option<(Arc<PoolChunk>, usize)> {
+        match &*self.storage {
+            Storage::Pool { chunk, offset, .. } => Some((chunk.clone(), offset + self.offset)),
+            Storage::Driver { .. } => None,
+        }
+    }
+
+    /// A tensor over `shape` at byte `offset` of `chunk` (a graph's output, rewritten by every
+    /// replay): counted among the chunk's live tensors while it exists.
+    pub(crate) fn pool_view(
+        chunk: Arc<PoolChunk>,
+        offset: usize,
+        shape: Shape,
+        dtype: DType,
+        home: Arc<AllocShared>,
+        ordinal: usize,
+    ) -> Tensor {
+        Tensor::from_storage(
+            Storage::pool(chunk, offset, home, crate::alloc::NO_EPOCH),
+            shape,
+            dtype,
+            ordinal,
+        )
+    }
+
+    /// Another handle to the same bytes, for the runtime's own views (static input buffers);
+    /// never handed to users as an owned tensor of pool memory.
+    pub(crate) fn share(&self) -> Tensor {
+        Tensor {
+            storage: self.storage.clone(),
+            offset: self.offset,
+            shape: self.shape,
+            dtype: self.dtype,
+            ordinal: self.ordinal,
+        }
+    }
+
+    /// A view of rows `start..start + len` (no copy), borrowing this tensor.
+    pub fn narrow_rows(&self, start: usize, len: usize) -> Result<TensorView<'_>> {
+        self.narrowed(start, len).map(TensorView::new)
+    }
+
+    /// The same bytes with another shape of the same number of elements (no copy), borrowing
+    /// this tensor.
+    pub fn reshape(&self, dims: &[usize]) -> Result<TensorView<'_>> {
+        self.reshaped(dims).map(TensorView::new)
+    }
+
+    /// Rows `start..start + len` as a handle to the same bytes (crate-internal; see
+    /// [`narrow_rows`](Self::narrow_rows)).
+    pub(crate) fn narrowed(&self, start: usize, len: usize) -> Result<Tensor> {
         if self.rank() == 0 {
             return Err(Error::invalid("narrow_rows", "a rank-0 tensor has no rows"));
         }
@@ -183,17 +279,19 @@ impl Tensor {
                 ),
             ));
         }
+        // `start + len <= rows`, so the offset lies inside the tensor, whose bytes fit
+        // `MAX_TENSOR_BYTES`: no overflow.
         Ok(Tensor {
             storage: self.storage.clone(),
             offset: self.offset + start * self.row_bytes(),
-            shape: self.shape.with_rows(len),
+            shape: self.shape.with_rows(len)?,
             dtype: self.dtype,
             ordinal: self.ordinal,
         })
     }
 
-    /// The same bytes with another shape of the same number of elements (no copy).
-    pub fn reshape(&self, dims: &[usize]) -> Result<Tensor> {
+    /// The same bytes with another shape (crate-internal; see [`reshape`](Self::reshape)).
+    pub(crate) fn reshaped(&self, dims: &[usize]) -> Result<Tensor> {
         let shape = Shape::new(dims)?;
         if shape.numel() != self.numel() {
             return Err(Error::invalid(
@@ -208,7 +306,7 @@ impl Tensor {
         }
         Ok(Tensor {
             shape,
-            ..self.clone()
+            ..self.share()
         })
     }
 
@@ -237,9 +335,74 @@ impl Tensor {
     }
 }
 
+/// A view of a [`Tensor`]'s bytes (some of its rows, or another shape), borrowing it for `'a`.
+///
+/// It derefs to [`Tensor`], so every op takes it where it takes a tensor, but it is not an
+/// owned tensor: it can't outlive what it views (an [`Output`](crate::Output) of a replay, say,
+/// which the next replay rewrites). Views of a view borrow the same tensor.
+pub struct TensorView<'a> {
+    tensor: Tensor,
+    _borrow: PhantomData<&'a Tensor>,
+}
+
+impl<'a> TensorView<'a> {
+    pub(crate) fn new(tensor: Tensor) -> Self {
+        Self {
+            tensor,
+            _borrow: PhantomData,
+        }
+    }
+
+    /// Rows `start..start + len` of this view, borrowing the same tensor.
+    pub fn narrow_rows(&self, start: usize, len: usize) -> Result<TensorView<'a>> {
+        self.tensor.narrowed(start, len).map(TensorView::new)
+    }
+
+    /// This view with another shape of the same number of elements, borrowing the same tensor.
+    pub fn reshape(&self, dims: &[usize]) -> Result<TensorView<'a>> {
+        self.tensor.reshaped(dims).map(TensorView::new)
+    }
+}
+
+impl Deref for TensorView<'_> {
+    type Target = Tensor;
+
+    fn deref(&self) -> &Tensor {
+        &self.tensor
+    }
+}
+
+impl fmt::Debug for TensorView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("TensorView").field(&self.tensor).finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Element counts never wrap: the review's `[2^63 + 1, 2]` (2 elements after wrapping in
+    /// release) and every shape past `isize::MAX` bytes are errors.
+    #[test]
+    fn overflowing_shapes_are_errors() {
+        assert!(Shape::new(&[(1 << 63) + 1, 2]).is_err());
+        assert!(Shape::new(&[usize::MAX]).is_err());
+        assert!(Shape::new(&[1 << 31, 1 << 31]).is_err());
+        assert!(Shape::new(&[1 << 21, 1 << 20, 1 << 20]).is_err());
+        assert!(
+            Shape::new(&[1 << 20, 1 << 20, 1 << 20]).is_ok(),
+            "2^62 bytes fit"
+        );
+        assert!(
+            Shape::new(&[0, usize::MAX]).is_err(),
+            "its rows would still overflow"
+        );
+        assert_eq!(Shape::new(&[0, 7]).unwrap().numel(), 0);
+        let ok = Shape::new(&[1 << 20, 1 << 20]).unwrap();
+        assert_eq!(ok.numel(), 1 << 40);
+        assert!(ok.with_rows(usize::MAX).is_err());
+    }
 
     #[test]
     fn shape_rank_limit() {
@@ -247,6 +410,9 @@ mod tests {
         assert!(Shape::new(&[1; MAX_RANK + 1]).is_err());
         assert_eq!(Shape::new(&[2, 3, 4]).unwrap().numel(), 24);
         assert_eq!(Shape::new(&[]).unwrap().numel(), 1);
-        assert_eq!(Shape::new(&[5, 3]).unwrap().with_rows(2).dims(), &[2, 3]);
+        assert_eq!(
+            Shape::new(&[5, 3]).unwrap().with_rows(2).unwrap().dims(),
+            &[2, 3]
+        );
     }
 }

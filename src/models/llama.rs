@@ -107,12 +107,17 @@ impl LlamaConfig {
     }
 
     /// Width of the fused q/k/v projection: `(q_heads + 2 kv_heads) head_dim`.
+    ///
+    /// Unchecked arithmetic: call it on a configuration that passed [`validate`](Self::validate),
+    /// which rejects every configuration whose derived sizes overflow (this one fits an `i32`).
     pub fn qkv_width(&self) -> usize {
         (self.q_heads + 2 * self.kv_heads) * self.head_dim
     }
 
     /// Width of the attention output (the output projection's input): `q_heads head_dim`, which
     /// need not equal `hidden` (Qwen3).
+    ///
+    /// Unchecked arithmetic: safe after [`validate`](Self::validate) (it then fits an `i32`).
     pub fn q_width(&self) -> usize {
         self.q_heads * self.head_dim
     }
@@ -120,6 +125,15 @@ impl LlamaConfig {
     /// Checks what the kernels need: every size > 0, `q_heads` a multiple of `kv_heads`,
     /// `head_dim` a multiple of 8 and at most 256, a finite positive RoPE base, a finite
     /// `rms_eps >= 0`, and a KV cache the attention kernel can hold.
+    ///
+    /// It also rejects any configuration whose sizes do not fit, with an error naming the field
+    /// at fault: each size must fit the kernels' 32-bit `int` (so must the row widths
+    /// [`qkv_width`](Self::qkv_width), [`q_width`](Self::q_width) and `2 * intermediate`), and
+    /// every derived element count and byte size must fit a `usize`: each weight's, the
+    /// KV cache's ([`kv_cache_shape`](Self::kv_cache_shape)) and the whole model's. After it
+    /// succeeds the unchecked helpers ([`qkv_width`](Self::qkv_width),
+    /// [`q_width`](Self::q_width), [`kv_cache_shape`](Self::kv_cache_shape)) and products of
+    /// these sizes such as `vocab * hidden` cannot overflow.
     pub fn validate(&self) -> Result<()> {
         let sizes = [
             ("vocab", self.vocab),
@@ -135,6 +149,12 @@ impl LlamaConfig {
                 format!("`{name}` must be > 0"),
             ));
         }
+        self.check_sizes().map_err(|e| {
+            Error::invalid(
+                "LlamaConfig",
+                format!("`{}` ({}): {}", e.field, e.value, e.message),
+            )
+        })?;
         self.attention().validate("LlamaConfig")?;
         if !(self.rms_eps.is_finite() && self.rms_eps >= 0.0) {
             return Err(Error::invalid(
@@ -164,9 +184,207 @@ impl LlamaConfig {
     }
 }
 
+/// A size of a [`LlamaConfig`] that does not fit: the field to blame (the largest of the
+/// fields the size is made of), its value, and what overflows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SizeError {
+    /// The [`LlamaConfig`] field (`vocab`, `hidden`, ...).
+    pub(crate) field: &'static str,
+    /// Its value.
+    pub(crate) value: usize,
+    /// What does not fit, with its formula and values.
+    pub(crate) message: String,
+}
+
+/// The largest size the kernels take as a 32-bit `int`.
+const KERNEL_INT_MAX: usize = i32::MAX as usize;
+
+/// A size derived from [`LlamaConfig`] fields with checked arithmetic: `None` once it
+/// overflowed, with the fields it is made of and its formula (in names and in values).
+#[derive(Debug, Clone)]
+struct Size {
+    value: Option<usize>,
+    fields: Vec<(&'static str, usize)>,
+    formula: String,
+    values: String,
+}
+
+impl Size {
+    fn field(name: &'static str, value: usize) -> Self {
+        Self {
+            value: Some(value),
+            fields: vec![(name, value)],
+            formula: name.to_string(),
+            values: value.to_string(),
+        }
+    }
+
+    fn constant(value: usize) -> Self {
+        Self {
+            value: Some(value),
+            fields: Vec::new(),
+            formula: value.to_string(),
+            values: value.to_string(),
+        }
+    }
+
+    fn combine(&self, other: &Self, value: Option<usize>, op: &str, parens: bool) -> Self {
+        let wrap = |a: &str, b: &str| match parens {
+            true => format!("({a} {op} {b})"),
+            false => format!("{a} {op} {b}"),
+        };
+        Self {
+            value,
+            fields: [&self.fields[..], &other.fields[..]].concat(),
+            formula: wrap(&self.formula, &other.formula),
+            values: wrap(&self.values, &other.values),
+        }
+    }
+
+    fn times(&self, other: &Self) -> Self {
+        let value = self
+            .value
+            .zip(other.value)
+            .and_then(|(a, b)| a.checked_mul(b));
+        self.combine(other, value, "*", false)
+    }
+
+    fn plus(&self, other: &Self) -> Self {
+        let value = self
+            .value
+            .zip(other.value)
+            .and_then(|(a, b)| a.checked_add(b));
+        self.combine(other, value, "+", true)
+    }
+
+    /// The value when it fits `limit`; else an error for `what`, blaming `blame` or (when
+    /// `None`) the largest field the size is made of (the first of equals).
+    fn check(
+        &self,
+        what: &str,
+        limit: usize,
+        blame: Option<(&'static str, usize)>,
+    ) -> std::result::Result<usize, SizeError> {
+        if let Some(v) = self.value.filter(|&v| v <= limit) {
+            return Ok(v);
+        }
+        let largest = self
+            .fields
+            .iter()
+            .copied()
+            .reduce(|best, f| if f.1 > best.1 { f } else { best });
+        let (field, value) = blame.or(largest).unwrap_or(("(none)", 0));
+        let limit = match limit {
+            KERNEL_INT_MAX => format!("exceeds the kernels' 32-bit int ({KERNEL_INT_MAX})"),
+            _ => "overflows usize".to_string(),
+        };
+        Err(SizeError {
+            field,
+            value,
+            message: format!("{what} {} = {} {limit}", self.formula, self.values),
+        })
+    }
+}
+
 impl LlamaConfig {
+    /// Checks that every size fits (see [`validate`](Self::validate)); the error names the
+    /// field to blame. Needs no other invariant: it runs on any configuration.
+    pub(crate) fn check_sizes(&self) -> std::result::Result<(), SizeError> {
+        let fields = [
+            ("vocab", self.vocab),
+            ("hidden", self.hidden),
+            ("layers", self.layers),
+            ("q_heads", self.q_heads),
+            ("kv_heads", self.kv_heads),
+            ("head_dim", self.head_dim),
+            ("intermediate", self.intermediate),
+            ("cache_slots", self.cache_slots),
+            ("cache_tokens", self.cache_tokens),
+        ];
+        // Every size is passed to some kernel as an int (layers: bounded all the same).
+        if let Some(&(field, value)) = fields.iter().find(|f| f.1 > KERNEL_INT_MAX) {
+            return Err(SizeError {
+                field,
+                value,
+                message: format!("exceeds the kernels' 32-bit int ({KERNEL_INT_MAX})"),
+            });
+        }
+        let [
+            vocab,
+            hidden,
+            _layers,
+            q_heads,
+            kv_heads,
+            head_dim,
+            intermediate,
+            cache_slots,
+            cache_tokens,
+        ] = fields.map(|(name, value)| Size::field(name, value));
+        let (two, int, max) = (Size::constant(2), KERNEL_INT_MAX, usize::MAX);
+
+        // Row widths the kernels take as ints.
+        let qkv = q_heads.plus(&two.times(&kv_heads)).times(&head_dim);
+        qkv.check("the qkv projection's width", int, None)?;
+        let q = q_heads.times(&head_dim);
+        q.check("the attention output's width", int, None)?;
+        let gate_up = two.times(&intermediate);
+        gate_up.check("the gate/up projection's rows", int, None)?;
+
+        // Each tensor's element count and bf16 bytes, and how many of it a layer holds.
+        let embed = vocab.times(&hidden);
+        let kv_cache = cache_slots
+            .times(&cache_tokens)
+            .times(&kv_heads)
+            .times(&head_dim);
+        let per_layer = [
+            ("attn_norm and mlp_norm", hidden.clone(), 2),
+            ("qkv weight", qkv.times(&hidden), 1),
+            ("qkv bias", qkv.clone(), usize::from(self.qkv_bias)),
+            ("q/k norm", head_dim.clone(), 2 * usize::from(self.qk_norm)),
+            ("o_proj weight", hidden.times(&q), 1),
+            ("o_proj bias", hidden.clone(), usize::from(self.o_bias)),
+            ("gate_up weight", gate_up.times(&hidden), 1),
+            ("down weight", hidden.times(&intermediate), 1),
+            ("KV cache", kv_cache, 2),
+        ];
+        let mut layer_bytes = Some(0usize);
+        for (name, elements, copies) in &per_layer {
+            elements.check(&format!("the {name}'s element count"), max, None)?;
+            let bytes = elements.times(&two);
+            let bytes = bytes.check(&format!("the {name}'s bytes"), max, None)?;
+            layer_bytes =
+                layer_bytes.and_then(|total| total.checked_add(bytes.checked_mul(*copies)?));
+        }
+        embed.check("the embedding's element count", max, None)?;
+        let embed_bytes = embed
+            .times(&two)
+            .check("the embedding's bytes", max, None)?;
+        // Every layer, the embedding (twice when the LM head is untied) and the final norm.
+        let embed_copies = if self.tie_embeddings { 1 } else { 2 };
+        let total = layer_bytes
+            .and_then(|b| b.checked_mul(self.layers))
+            .and_then(|b| b.checked_add(embed_bytes.checked_mul(embed_copies)?))
+            .and_then(|b| b.checked_add(self.hidden.checked_mul(2)?));
+        let total = Size {
+            value: total,
+            fields: vec![("layers", self.layers)],
+            formula: "layers * (the bytes of one layer) + the embedding and LM head".into(),
+            values: match layer_bytes {
+                Some(b) => format!("{} * {b} + ...", self.layers),
+                None => format!("{} * (more than usize) + ...", self.layers),
+            },
+        };
+        total.check(
+            "the model's bytes (weights and KV caches)",
+            max,
+            Some(("layers", self.layers)),
+        )?;
+        Ok(())
+    }
+
     /// Shape of one layer's key (or value) cache: `[cache_slots, cache_tokens, kv_heads,
-    /// head_dim]`.
+    /// head_dim]` (its element count and bytes fit a `usize` after
+    /// [`validate`](Self::validate)).
     pub fn kv_cache_shape(&self) -> [usize; 4] {
         [
             self.cache_slots,
@@ -325,7 +543,8 @@ impl Llama {
         let h = cfg.hidden;
         let w = |fan_in: usize| 1.0 / (fan_in as f32).sqrt();
         let embed = tensor(&[cfg.vocab, h], 1.0)?;
-        let mut layers = Vec::with_capacity(cfg.layers);
+        // Grown as layers are allocated (a huge `layers` fails on the device, not here).
+        let mut layers = Vec::new();
         let cache = cfg.kv_cache_shape();
         for _ in 0..cfg.layers {
             layers.push(LlamaLayer {
@@ -391,7 +610,7 @@ impl Llama {
         let up = |t: &HostTensor| rt.upload(&t.data, &t.dims);
         let up_opt = |t: &Option<HostTensor>| t.as_ref().map(up).transpose();
         let cache = cfg.kv_cache_shape();
-        let mut layers = Vec::with_capacity(cfg.layers);
+        let mut layers = Vec::with_capacity(weights.layers.len());
         for l in &weights.layers {
             layers.push(LlamaLayer::upload(rt, l, cache)?);
         }
@@ -411,10 +630,19 @@ impl Llama {
         &self.cfg
     }
 
+    /// Each layer's key and value caches (`[cache_slots, cache_tokens, kv_heads, head_dim]`
+    /// bf16), for inspection.
+    pub fn kv_caches(&self) -> impl Iterator<Item = (&Tensor, &Tensor)> {
+        self.layers.iter().map(|l| (&l.k_cache, &l.v_cache))
+    }
+
     /// One decode step: the logits (`[n, vocab]` bf16) of the next token of `n` sequences,
     /// given each one's new token (`[n]` u32) and its position (`[n]` i32). Writes the new keys
     /// and values into the KV cache.
-    #[cuda_graph(sizes = [1, 2, 4, 8..=256 step 8])]
+    ///
+    /// Padded rows and warm-ups run with position `-1` (`pad = [positions = -1]`): the
+    /// KV-write and attention kernels skip them, so only the `n` real rows write the cache.
+    #[cuda_graph(sizes = [1, 2, 4, 8..=256 step 8], pad = [positions = -1])]
     pub fn forward(&self, rt: &Runtime, tokens: &Tensor, positions: &Tensor) -> Result<Tensor> {
         let parts = DecodeParts {
             cfg: &self.cfg,
@@ -424,5 +652,156 @@ impl Llama {
             lm_head: self.lm_head.as_ref(),
         };
         decode_step(rt, &parts, tokens, positions, &|_, t| Ok(t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `cfg` is rejected by `validate` with an `InvalidArgument` naming `` `field` ``.
+    #[track_caller]
+    fn rejected(cfg: &LlamaConfig, field: &str) -> String {
+        match cfg.validate() {
+            Err(e @ Error::InvalidArgument { .. }) => {
+                let message = e.to_string();
+                assert!(
+                    message.contains(&format!("`{field}`")),
+                    "the error should name `{field}`: {message}"
+                );
+                message
+            }
+            other => panic!("expected an InvalidArgument naming `{field}`, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn presets_validate() {
+        LlamaConfig::tiny().validate().unwrap();
+        LlamaConfig::qwen3_0_6b_shaped().validate().unwrap();
+    }
+
+    #[test]
+    fn huge_sizes_are_rejected_naming_the_field() {
+        let tiny = LlamaConfig::tiny();
+        let cases = [
+            (
+                LlamaConfig {
+                    vocab: usize::MAX / 2,
+                    ..tiny.clone()
+                },
+                "vocab",
+            ),
+            (
+                LlamaConfig {
+                    hidden: 1 << 40,
+                    ..tiny.clone()
+                },
+                "hidden",
+            ),
+            // 2 * intermediate wraps to 0 in a release build.
+            (
+                LlamaConfig {
+                    intermediate: usize::MAX / 2 + 1,
+                    ..tiny.clone()
+                },
+                "intermediate",
+            ),
+            // Fits an int, but the gate/up projection's 2 * intermediate rows do not.
+            (
+                LlamaConfig {
+                    intermediate: 1 << 30,
+                    ..tiny.clone()
+                },
+                "intermediate",
+            ),
+            (
+                LlamaConfig {
+                    cache_slots: usize::MAX / 4,
+                    ..tiny.clone()
+                },
+                "cache_slots",
+            ),
+            (
+                LlamaConfig {
+                    layers: usize::MAX,
+                    ..tiny.clone()
+                },
+                "layers",
+            ),
+            (
+                LlamaConfig {
+                    q_heads: usize::MAX / 64,
+                    kv_heads: usize::MAX / 64,
+                    ..tiny.clone()
+                },
+                "q_heads",
+            ),
+            // Each head count fits an int, the qkv width (q_heads + 2 * kv_heads) * head_dim
+            // does not.
+            (
+                LlamaConfig {
+                    q_heads: 1 << 28,
+                    kv_heads: 1 << 28,
+                    ..tiny.clone()
+                },
+                "q_heads",
+            ),
+            (
+                LlamaConfig {
+                    q_heads: 1 << 10,
+                    kv_heads: 1 << 29,
+                    ..tiny.clone()
+                },
+                "kv_heads",
+            ),
+        ];
+        for (cfg, field) in &cases {
+            rejected(cfg, field);
+        }
+    }
+
+    #[test]
+    fn a_kv_cache_too_large_to_address_is_rejected() {
+        // Every dimension fits the kernels' int, the product of the four does not fit 64 bits.
+        let cfg = LlamaConfig {
+            cache_slots: i32::MAX as usize,
+            cache_tokens: ops::MAX_ATTENTION_CONTEXT,
+            q_heads: 1 << 20,
+            kv_heads: 1 << 20,
+            head_dim: 256,
+            hidden: 1,
+            ..LlamaConfig::tiny()
+        };
+        let message = rejected(&cfg, "cache_slots");
+        assert!(message.contains("KV cache"), "{message}");
+        assert!(message.contains("overflows usize"), "{message}");
+        // Each layer's pieces fit; all of them together do not.
+        let cfg = LlamaConfig {
+            layers: i32::MAX as usize,
+            cache_slots: 1 << 20,
+            cache_tokens: 1 << 13,
+            q_heads: 1 << 10,
+            kv_heads: 1 << 10,
+            head_dim: 256,
+            ..LlamaConfig::tiny()
+        };
+        let message = rejected(&cfg, "layers");
+        assert!(message.contains("model's bytes"), "{message}");
+    }
+
+    #[test]
+    fn sizes_that_fit_are_accepted() {
+        // Large but addressable: every derived size fits.
+        let cfg = LlamaConfig {
+            vocab: 1 << 20,
+            hidden: 1 << 16,
+            intermediate: (1 << 30) - 1,
+            cache_slots: 1 << 16,
+            ..LlamaConfig::tiny()
+        };
+        cfg.validate().unwrap();
+        assert_eq!(cfg.qkv_width(), (4 + 2 * 2) * 64);
+        assert_eq!(cfg.q_width(), 4 * 64);
     }
 }

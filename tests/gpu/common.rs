@@ -108,3 +108,56 @@ pub fn draw_decode_inputs(
     let positions: Vec<i32> = (0..n).map(|_| rng.below(cfg.cache_tokens) as i32).collect();
     Ok((rt.upload(&tokens, &[n])?, rt.upload(&positions, &[n])?))
 }
+
+/// Graph output `got` against the eager output `eager` (`rows` rows): bit for bit when the graph
+/// ran the eager kernels on the same shapes (`exact`: the batch is a captured size), otherwise
+/// within a per-row bound: every row's largest difference at most 5 % of that row's largest
+/// eager value (a padded graph's GEMMs may pick another algorithm for the larger `m`). NaN
+/// (an unwritten, poisoned element) fails both. Returns the largest per-row ratio seen.
+pub fn assert_graph_matches_eager(
+    what: &str,
+    got: &[f32],
+    eager: &[f32],
+    rows: usize,
+    exact: bool,
+) -> f64 {
+    assert_eq!(got.len(), eager.len(), "{what}: lengths differ");
+    assert!(rows > 0 && got.len() % rows == 0, "{what}: bad row count");
+    if exact {
+        let first = got
+            .iter()
+            .zip(eager)
+            .position(|(a, b)| a.to_bits() != b.to_bits());
+        if let Some(i) = first {
+            panic!(
+                "{what}: graph and eager ran the same kernels but differ at element {i}: {} vs {}",
+                got[i], eager[i]
+            );
+        }
+        return 0.0;
+    }
+    let cols = got.len() / rows;
+    let mut worst = 0f64;
+    for (r, (g, e)) in got.chunks(cols).zip(eager.chunks(cols)).enumerate() {
+        let scale = e
+            .iter()
+            .fold(0f64, |m, &v| m.max((v as f64).abs()))
+            .max(1e-3);
+        let mut diff = 0f64;
+        for (&a, &b) in g.iter().zip(e) {
+            let d = (a as f64 - b as f64).abs();
+            diff = if d.is_nan() {
+                f64::INFINITY
+            } else {
+                diff.max(d)
+            };
+        }
+        let ratio = diff / scale;
+        assert!(
+            ratio <= 0.05,
+            "{what}: row {r}: max |graph - eager| = {diff:.3e} is {ratio:.3e} of the row's largest value (bound 0.05; inf: NaN)"
+        );
+        worst = worst.max(ratio);
+    }
+    worst
+}

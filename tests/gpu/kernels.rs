@@ -2,8 +2,9 @@
 
 use cudagraph::kernels::modules::ALL_MODULES;
 use cudagraph::kernels::reference as r;
-use cudagraph::ops::{self, AttentionShape};
-use cudagraph::{DType, GemmBackend, Result, Runtime};
+use cudagraph::ops::{self, AttentionShape, QkNorm};
+use cudagraph::{DType, GemmBackend, Result, Runtime, Tensor};
+use half::bf16;
 
 use crate::common::{Rng, assert_close, download_f32, fresh_seed, gpu, upload_bf16};
 
@@ -233,7 +234,8 @@ fn rope_and_attention_match_reference() -> Result<()> {
         let (k_cache, mut k_ref) = upload_bf16(&rt, &rng.vec(cache_len, -1.0, 1.0), &cache_dims)?;
         let (v_cache, mut v_ref) = upload_bf16(&rt, &rng.vec(cache_len, -1.0, 1.0), &cache_dims)?;
         let (qkv, qkv_r) = upload_bf16(&rt, &rng.vec(n * width, -1.0, 1.0), &[n, width])?;
-        // One position out of range on each side: the kernels clamp.
+        // Row 0 is padding (a negative position: skipped, its q and output rows zero); row 1
+        // is past the cache (clamped to its last position).
         let positions: Vec<i32> = (0..n)
             .map(|i| match i {
                 0 => -5,
@@ -263,6 +265,222 @@ fn rope_and_attention_match_reference() -> Result<()> {
             KERNEL_TOL,
         );
         rt.set_poison_allocations(false);
+    }
+    Ok(())
+}
+
+/// A bf16 tensor's raw bits, for bit-exact comparisons.
+fn bf16_bits(rt: &Runtime, t: &Tensor) -> Result<Vec<u16>> {
+    Ok(rt
+        .download::<bf16>(t)?
+        .iter()
+        .map(|v| v.to_bits())
+        .collect())
+}
+
+/// Positions of a batch of `n` rows over a cache of `tokens`: every third row is padding
+/// (`-1`, and `i32::MIN` once), row 1 is past the cache (clamped), the others are drawn.
+fn padded_positions(rng: &mut Rng, n: usize, tokens: usize) -> Vec<i32> {
+    (0..n)
+        .map(|i| match i {
+            3 => i32::MIN,
+            _ if i % 3 == 0 => -1,
+            1 => tokens as i32 + 9,
+            _ => rng.below(tokens) as i32,
+        })
+        .collect()
+}
+
+/// Padded rows (a negative position, vLLM's PAD_SLOT_ID) write nothing into the KV cache: the
+/// whole cache is bit-identical to before except at `[b, pos[b]]` of the other rows, which hold
+/// exactly what the reference wrote there. Padded rows' q rows are zero (the output is
+/// poisoned first). Both launchers: plain and with Qwen3's q/k norm.
+#[test]
+fn rope_kv_write_skips_padded_rows() -> Result<()> {
+    let Some(rt) = gpu("rope_kv_write_skips_padded_rows") else {
+        return Ok(());
+    };
+    let mut rng = Rng(fresh_seed("rope_kv_write_skips_padded_rows"));
+    let mut padded_rows = 0;
+    for (q_heads, kv_heads, head_dim, slots, tokens, n, qk_norm) in [
+        (16, 8, 64, 40, 256, 33, false),
+        (8, 2, 128, 6, 100, 5, false),
+        (16, 8, 128, 12, 64, 10, true),
+    ] {
+        let cfg = AttentionShape {
+            q_heads,
+            kv_heads,
+            head_dim,
+            rope_theta: 10_000.0,
+        };
+        let (width, q_width, kv_row) = (
+            (q_heads + 2 * kv_heads) * head_dim,
+            q_heads * head_dim,
+            kv_heads * head_dim,
+        );
+        let cache_len = slots * tokens * kv_row;
+        let cache_dims = [slots, tokens, kv_heads, head_dim];
+        let (k_cache, mut k_ref) = upload_bf16(&rt, &rng.vec(cache_len, -1.0, 1.0), &cache_dims)?;
+        let (v_cache, mut v_ref) = upload_bf16(&rt, &rng.vec(cache_len, -1.0, 1.0), &cache_dims)?;
+        let (k_before, v_before) = (bf16_bits(&rt, &k_cache)?, bf16_bits(&rt, &v_cache)?);
+        let (qkv, qkv_r) = upload_bf16(&rt, &rng.vec(n * width, -1.0, 1.0), &[n, width])?;
+        let positions = padded_positions(&mut rng, n, tokens);
+        let pos = rt.upload(&positions, &[n])?;
+        let (q, q_ref) = if qk_norm {
+            let (qw, qw_r) = upload_bf16(&rt, &rng.vec(head_dim, 0.5, 1.5), &[head_dim])?;
+            let (kw, kw_r) = upload_bf16(&rt, &rng.vec(head_dim, 0.5, 1.5), &[head_dim])?;
+            let norm = QkNorm {
+                q_weight: &qw,
+                k_weight: &kw,
+                eps: 1e-6,
+            };
+            let q = ops::rope_kv_write_qk_norm(
+                poisoned(&rt),
+                &qkv,
+                &pos,
+                &k_cache,
+                &v_cache,
+                &cfg,
+                &norm,
+            )?;
+            let q_ref = r::rope_kv_write_qk_norm_ref(
+                &qkv_r,
+                &positions,
+                &mut k_ref,
+                &mut v_ref,
+                tokens,
+                &cfg,
+                (&qw_r, &kw_r),
+                1e-6,
+            );
+            (q, q_ref)
+        } else {
+            let q = ops::rope_kv_write(poisoned(&rt), &qkv, &pos, &k_cache, &v_cache, &cfg)?;
+            let q_ref =
+                r::rope_kv_write_ref(&qkv_r, &positions, &mut k_ref, &mut v_ref, tokens, &cfg);
+            (q, q_ref)
+        };
+        rt.set_poison_allocations(false);
+
+        let q_bits = bf16_bits(&rt, &q)?;
+        let (k_after, v_after) = (bf16_bits(&rt, &k_cache)?, bf16_bits(&rt, &v_cache)?);
+        let written: Vec<Option<usize>> = positions
+            .iter()
+            .map(|&p| r::cache_position(p, tokens))
+            .collect();
+        for (b, wrote) in written.iter().enumerate() {
+            let row = b * q_width..(b + 1) * q_width;
+            if wrote.is_none() {
+                padded_rows += 1;
+                assert!(
+                    q_bits[row].iter().all(|&x| x == 0),
+                    "row {b} (position {}) is padding: its q row must be zero",
+                    positions[b]
+                );
+            }
+        }
+        assert_close("rope q", &download_f32(&rt, &q)?, &q_ref, KERNEL_TOL);
+        for slot in 0..slots {
+            let wrote = written.get(slot).copied().flatten();
+            for t in 0..tokens {
+                let at = (slot * tokens + t) * kv_row;
+                let range = at..at + kv_row;
+                if wrote == Some(t) {
+                    let v_expect: Vec<u16> = v_ref[range.clone()]
+                        .iter()
+                        .map(|&x| r::f32_to_bf16_bits(x))
+                        .collect();
+                    assert_eq!(
+                        v_after[range.clone()],
+                        v_expect[..],
+                        "slot {slot} position {t}: v is the row's v, bit for bit"
+                    );
+                    let k_got: Vec<f32> = k_after[range.clone()]
+                        .iter()
+                        .map(|&x| r::bf16_bits_to_f32(x))
+                        .collect();
+                    assert_close(
+                        &format!("slot {slot} position {t}: rotated k"),
+                        &k_got,
+                        &k_ref[range],
+                        KERNEL_TOL,
+                    );
+                } else {
+                    assert_eq!(
+                        k_after[range.clone()],
+                        k_before[range.clone()],
+                        "slot {slot} position {t}: k_cache must be untouched"
+                    );
+                    assert_eq!(
+                        v_after[range.clone()],
+                        v_before[range],
+                        "slot {slot} position {t}: v_cache must be untouched"
+                    );
+                }
+            }
+        }
+    }
+    println!("rope_kv_write_skips_padded_rows: {padded_rows} padded rows left the cache untouched");
+    Ok(())
+}
+
+/// Decode attention: the output rows of padded rows (negative positions) are exactly zero
+/// (the output is poisoned first); the other rows match the reference. The padded rows' cache
+/// slots hold NaN, so a row reading another row's slot would show.
+#[test]
+fn attention_decode_zeroes_padded_rows() -> Result<()> {
+    let Some(rt) = gpu("attention_decode_zeroes_padded_rows") else {
+        return Ok(());
+    };
+    let mut rng = Rng(fresh_seed("attention_decode_zeroes_padded_rows"));
+    for (q_heads, kv_heads, head_dim, slots, tokens, n) in [
+        (16, 8, 64, 40, 256, 33),
+        (4, 4, 128, 8, 100, 5),
+        (8, 2, 64, 4, 1024, 4),
+    ] {
+        let cfg = AttentionShape {
+            q_heads,
+            kv_heads,
+            head_dim,
+            rope_theta: 10_000.0,
+        };
+        let (q_width, kv_row) = (q_heads * head_dim, kv_heads * head_dim);
+        let positions = padded_positions(&mut rng, n, tokens);
+        let slot_len = tokens * kv_row;
+        let cache = |rng: &mut Rng| {
+            let mut values = rng.vec(slots * slot_len, -1.0, 1.0);
+            for (b, &p) in positions.iter().enumerate() {
+                if p < 0 {
+                    values[b * slot_len..(b + 1) * slot_len].fill(f32::NAN);
+                }
+            }
+            values
+        };
+        let cache_dims = [slots, tokens, kv_heads, head_dim];
+        let (k_cache, k_ref) = upload_bf16(&rt, &cache(&mut rng), &cache_dims)?;
+        let (v_cache, v_ref) = upload_bf16(&rt, &cache(&mut rng), &cache_dims)?;
+        let (q, q_r) = upload_bf16(&rt, &rng.vec(n * q_width, -1.0, 1.0), &[n, q_width])?;
+        let pos = rt.upload(&positions, &[n])?;
+        let out = ops::attention_decode(poisoned(&rt), &q, &k_cache, &v_cache, &pos, &cfg)?;
+        rt.set_poison_allocations(false);
+        let out_bits = bf16_bits(&rt, &out)?;
+        for (b, &p) in positions.iter().enumerate() {
+            if p < 0 {
+                assert!(
+                    out_bits[b * q_width..(b + 1) * q_width]
+                        .iter()
+                        .all(|&x| x == 0),
+                    "row {b} (position {p}) is padding: its output row must be zero"
+                );
+            }
+        }
+        let out_ref = r::attention_ref(&q_r, &k_ref, &v_ref, &positions, tokens, &cfg);
+        assert_close(
+            "attention_decode with padded rows",
+            &download_f32(&rt, &out)?,
+            &out_ref,
+            KERNEL_TOL,
+        );
     }
     Ok(())
 }

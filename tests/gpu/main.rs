@@ -6,11 +6,13 @@
 
 mod capture;
 mod common;
+mod coverage;
 mod features;
 mod hf;
 mod kernels;
 mod memory;
 mod reliability;
 mod runner;
+mod soundness;
 mod tp;
 mod tp_launch;

@@ -145,8 +145,11 @@ fn free_of_outside_memory_during_capture_is_named() -> Result<()> {
     };
     let mut rng = Rng(fresh_seed("free_of_outside_memory_during_capture_is_named"));
     // A cudarc buffer allocated before the capture, dropped by the forward while it records.
+    // SAFETY: the buffer is used on the runtime's stream only; the test drops it inside the
+    // capture on purpose, which the capture must refuse (the point of the test).
+    let stream = unsafe { rt.stream() };
     let outside: RefCell<Option<CudaSlice<u8>>> = RefCell::new(Some(
-        rt.stream()
+        stream
             .alloc_zeros::<u8>(1 << 20)
             .map_err(Error::driver("alloc"))?,
     ));

@@ -226,7 +226,9 @@ fn tp_errors_are_errors() -> Result<()> {
         return Ok(());
     };
     let count = Runtime::device_count()?;
-    let too_many = run_ranks(count + 1, |_| Ok(()));
+    // SAFETY: the ranks' closure issues no collective (and with too few devices no
+    // communicator is created).
+    let too_many = unsafe { run_ranks(count + 1, |_| Ok(())) };
     assert!(too_many.is_err(), "{} ranks on {count} GPUs", count + 1);
     let odd = LlamaConfig {
         kv_heads: 1,
@@ -236,19 +238,27 @@ fn tp_errors_are_errors() -> Result<()> {
     assert!(tp::shard_config(&odd, 2).is_err());
     // One process per rank: a rank out of range, a device that does not exist, a bad id.
     let id = NcclId::new()?;
-    assert!(NcclComm::init_rank(&id, 2, 2, 0).is_err(), "rank 2 of 2");
-    assert!(
-        NcclComm::init_rank(&id, 2, 0, count).is_err(),
-        "device {count}"
-    );
+    // SAFETY: both calls fail their argument checks before creating a communicator, so no
+    // collective is ever issued on one.
+    unsafe {
+        assert!(NcclComm::init_rank(&id, 2, 2, 0).is_err(), "rank 2 of 2");
+        assert!(
+            NcclComm::init_rank(&id, 2, 0, count).is_err(),
+            "device {count}"
+        );
+    }
     assert!(NcclId::from_hex(&id.to_hex()[1..]).is_err());
     // A failing rank stops the other at its next barrier instead of hanging it.
-    let failed = run_ranks(2, |rank| {
-        if rank.rank == 1 {
-            return Err(cudagraph::Error::invalid("test", "rank 1 fails on purpose"));
-        }
-        rank.sync.wait()
-    });
+    // SAFETY: neither rank issues a collective: rank 1 returns at once, rank 0 only waits at
+    // the barrier.
+    let failed = unsafe {
+        run_ranks(2, |rank| {
+            if rank.rank == 1 {
+                return Err(cudagraph::Error::invalid("test", "rank 1 fails on purpose"));
+            }
+            rank.sync.wait()
+        })
+    };
     let message = failed.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(
         message.contains("on purpose"),

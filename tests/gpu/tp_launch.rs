@@ -102,7 +102,12 @@ pub struct Model<'a> {
 pub fn run_tp2(launch: Launch, model: &Model<'_>, cases: &[Case]) -> Result<Vec<RankOut>> {
     let cfg = config(model.config);
     match launch {
-        Launch::Threads => run_ranks(2, |rank| rank_body(&rank, &cfg, model.weights, cases)),
+        // SAFETY: both ranks run `rank_body` on the same configuration, weights and cases:
+        // the same all-reduces when building the shard, the same captured sizes, then the
+        // same batch sizes in the same order, in lockstep (a barrier before every case).
+        Launch::Threads => unsafe {
+            run_ranks(2, |rank| rank_body(&rank, &cfg, model.weights, cases))
+        },
         Launch::Processes => Ok(run_processes(model, cases)),
     }
 }
@@ -222,7 +227,10 @@ fn tp_rank_worker() -> Result<()> {
     let (config_name, seed, cases) = read_job(&dir);
     let cfg = config(&config_name);
     let weights = tp::random_weights(&cfg, seed)?;
-    let out = run_rank_process(&id, 2, rank, |r| rank_body(&r, &cfg, &weights, &cases))?;
+    // SAFETY: both workers read the same job (configuration, seed, cases) and run `rank_body`
+    // on it: the same all-reduces when building the shard, the same captured sizes, then the
+    // same batch sizes in the same order.
+    let out = unsafe { run_rank_process(&id, 2, rank, |r| rank_body(&r, &cfg, &weights, &cases)) }?;
     let path = out_path(&dir, rank);
     let tmp = path.with_extension("tmp");
     write_out(&tmp, &out);

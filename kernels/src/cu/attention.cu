@@ -3,8 +3,9 @@
 // Layouts (row-major):
 //   q        [n, q_heads * head_dim]
 //   k_cache, v_cache [batch_slots, max_t, kv_heads, head_dim]; row b reads slot b
-//   positions[n] (int32): row b attends over cache positions 0..=pos, pos clamped to
-//            [0, max_t - 1]
+//   positions[n] (int32): row b attends over cache positions 0..=pos; pos >= max_t is
+//            clamped to max_t - 1. A negative pos marks a padded row (vLLM's PAD_SLOT_ID):
+//            its output row is all zeros and it reads no cache.
 //   out      [n, q_heads * head_dim]
 //
 // Grid: (q_heads, n); one block per (head, row). blockDim.x: a multiple of 32, at most 1024,
@@ -41,8 +42,18 @@ extern "C" __global__ void attention_decode_bf16(
     const int group_size = q_heads / kv_heads;
     const int kv_head = head / group_size;
 
+    const unsigned long long d = (unsigned long long)head_dim;
+    bf16_t* out_row = out + ((unsigned long long)b * (unsigned long long)q_heads
+                             + (unsigned long long)head) * d;
+
     int pos = positions[b];
-    pos = pos < 0 ? 0 : pos;
+    if (pos < 0) {
+        // A padded row: zeros, no cache read. Uniform over the block (b is the block's row).
+        for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+            out_row[i] = (bf16_t)0;
+        }
+        return;
+    }
     pos = pos > max_t - 1 ? max_t - 1 : pos;
     const int len = pos + 1;
 
@@ -50,7 +61,6 @@ extern "C" __global__ void attention_decode_bf16(
     float* scores = smem + head_dim;
     float* partial = scores + max_t;
 
-    const unsigned long long d = (unsigned long long)head_dim;
     const bf16_t* q_row = q + ((unsigned long long)b * (unsigned long long)q_heads
                                + (unsigned long long)head) * d;
     // Element (t, i) of this row's cache slot and kv head: base + t * t_stride + i.
@@ -128,8 +138,6 @@ extern "C" __global__ void attention_decode_bf16(
     __syncthreads();
 
     const float inv_sum = 1.0f / sum;
-    bf16_t* out_row = out + ((unsigned long long)b * (unsigned long long)q_heads
-                             + (unsigned long long)head) * d;
     for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
         float acc = 0.0f;
         for (int k = 0; k < groups; ++k) {

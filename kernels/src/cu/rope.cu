@@ -4,7 +4,8 @@
 //
 // Layouts (row-major):
 //   qkv      [n, (q_heads + 2 * kv_heads) * head_dim]: q heads, then k heads, then v heads
-//   positions[n] (int32), clamped into [0, max_t - 1]
+//   positions[n] (int32): a negative position marks a padded row (see below); a position
+//            >= max_t is clamped to max_t - 1 (never an out-of-bounds write)
 //   k_cache, v_cache [batch_slots, max_t, kv_heads, head_dim]; row b uses slot b
 //   q_out    [n, q_heads * head_dim]
 //   q_norm, k_norm [head_dim] or null (both null: no norm)
@@ -18,6 +19,10 @@
 //   inv_freq = 1 / theta^(2i / head_dim), angle = pos * inv_freq,
 //   out[i]            = x[i] * cos - x[i + half] * sin
 //   out[i + half]     = x[i + half] * cos + x[i] * sin
+//
+// Padded rows (vLLM's PAD_SLOT_ID): a row whose position is negative writes nothing into
+// k_cache or v_cache, and its q_out row is all zeros (so what reads it downstream is
+// deterministic). The position is uniform over the block, so its blocks return as a whole.
 extern "C" __global__ void rope_kv_write_bf16(
     const bf16_t* __restrict__ qkv,
     const int* __restrict__ positions,
@@ -42,10 +47,20 @@ extern "C" __global__ void rope_kv_write_bf16(
         return;
     }
     int pos = positions[b];
-    pos = pos < 0 ? 0 : pos;
+    const unsigned long long d = (unsigned long long)head_dim;
+    if (pos < 0) {
+        // A padded row: zeros for its q heads, and no cache write for its k and v heads.
+        if (head < q_heads) {
+            bf16_t* dst = q_out + ((unsigned long long)b * (unsigned long long)q_heads
+                                   + (unsigned long long)head) * d;
+            for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+                dst[i] = (bf16_t)0;
+            }
+        }
+        return;
+    }
     pos = pos > max_t - 1 ? max_t - 1 : pos;
 
-    const unsigned long long d = (unsigned long long)head_dim;
     const bf16_t* src = qkv + ((unsigned long long)b * (unsigned long long)total_heads
                                + (unsigned long long)head) * d;
 

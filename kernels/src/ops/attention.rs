@@ -68,19 +68,22 @@ impl AttentionShape {
                 format!("rope_theta ({rope_theta}) must be finite and > 0"),
             ));
         }
-        // The widest row (q, k and v heads together) must fit the kernels' int arithmetic.
-        self.qkv_width()
-            .filter(|&w| i32::try_from(w).is_ok())
-            .ok_or_else(|| {
-                Error::invalid(
-                    op,
-                    "(q_heads + 2 * kv_heads) * head_dim overflows a 32-bit int",
-                )
-            })?;
+        // The widest row (q, k and v heads together) must fit the kernels' int arithmetic;
+        // the q row is narrower, checked too so that `q_width` is `Some` after this.
+        let fits = |w: Option<usize>| w.filter(|&w| i32::try_from(w).is_ok()).is_some();
+        if !fits(self.qkv_width()) || !fits(self.q_width()) {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "(q_heads {q_heads} + 2 * kv_heads {kv_heads}) * head_dim {head_dim} overflows a 32-bit int"
+                ),
+            ));
+        }
         Ok(())
     }
 
-    /// Width of a fused qkv row: `(q_heads + 2 * kv_heads) * head_dim` (`None` on overflow).
+    /// Width of a fused qkv row: `(q_heads + 2 * kv_heads) * head_dim` (`None` on overflow;
+    /// after [`validate`](Self::validate) it is `Some` and fits an `i32`).
     pub fn qkv_width(&self) -> Option<usize> {
         self.kv_heads
             .checked_mul(2)?
@@ -88,9 +91,25 @@ impl AttentionShape {
             .checked_mul(self.head_dim)
     }
 
-    /// Width of a query (or attention output) row: `q_heads * head_dim`.
-    pub fn q_width(&self) -> usize {
-        self.q_heads * self.head_dim
+    /// Width of a query (or attention output) row: `q_heads * head_dim` (`None` on overflow;
+    /// after [`validate`](Self::validate) it is `Some` and fits an `i32`).
+    pub fn q_width(&self) -> Option<usize> {
+        self.q_heads.checked_mul(self.head_dim)
+    }
+
+    /// The row widths of a validated shape: `(qkv_width, q_width)`, or an error naming `op`
+    /// when either overflows (which [`validate`](Self::validate) rules out).
+    pub(crate) fn widths(&self, op: &'static str) -> Result<(usize, usize)> {
+        match (self.qkv_width(), self.q_width()) {
+            (Some(qkv), Some(q)) => Ok((qkv, q)),
+            _ => Err(Error::invalid(
+                op,
+                format!(
+                    "(q_heads {} + 2 * kv_heads {}) * head_dim {} overflows",
+                    self.q_heads, self.kv_heads, self.head_dim
+                ),
+            )),
+        }
     }
 }
 
@@ -182,8 +201,12 @@ fn attention_shared_bytes(head_dim: usize, max_t: usize) -> Option<usize> {
 
 /// Decode attention over the KV cache: for row `b` and query head `h` (kv head
 /// `h / (q_heads / kv_heads)`), attends over cache positions `0..=pos[b]` of slot `b`
-/// (`pos` clamped to `[0, max_t - 1]`), scale `1 / sqrt(head_dim)`, softmax in f32 with max
-/// subtraction. Everything is accumulated in f32 and rounded once.
+/// (a `pos >= max_t` is clamped to `max_t - 1`), scale `1 / sqrt(head_dim)`, softmax in f32
+/// with max subtraction. Everything is accumulated in f32 and rounded once.
+///
+/// A negative position marks a padded row: nothing is written to the cache (by
+/// [`rope_kv_write`](super::rope_kv_write)) and the output row is zero; this op reads no cache
+/// for it.
 ///
 /// `q`: bf16 `[n, q_heads * head_dim]`; `k_cache`, `v_cache`: bf16
 /// `[slots, max_t, kv_heads, head_dim]` with `slots >= n` and `max_t <=`
@@ -202,7 +225,7 @@ pub fn attention_decode(
     rt.enter_op(OP);
     cfg.validate(OP)?;
     check::tensor(rt, OP, "q", q, DType::BF16)?;
-    let q_width = cfg.q_width();
+    let (_, q_width) = cfg.widths(OP)?;
     check::rank(OP, "q", q, 2, &format!("[n, {q_width}]"))?;
     let n = q.rows();
     if q.shape()[1] != q_width {
@@ -290,6 +313,13 @@ mod tests {
         assert!(shape(4, 2, 0).validate("t").is_err());
         assert!(shape(4, 2, 258).validate("t").is_err());
         assert!(shape(usize::MAX, 1, 2).validate("t").is_err());
+        // Wraps in usize: (2^62 + 2 * 2^62) * 8.
+        assert!(shape(1 << 62, 1 << 62, 8).validate("t").is_err());
+        // Fits usize, not an i32: 2^28 * 8 = 2^31.
+        let err = shape(1 << 28, 1 << 28, 8).validate("t").unwrap_err();
+        assert!(err.to_string().contains("overflows"), "{err}");
+        // The largest q row that fits.
+        assert!(shape((1 << 28) - 24, 8, 8).validate("t").is_ok());
         let mut bad_theta = shape(4, 2, 64);
         bad_theta.rope_theta = f32::NAN;
         assert!(bad_theta.validate("t").is_err());
@@ -301,7 +331,13 @@ mod tests {
     fn widths() {
         let s = shape(32, 8, 128);
         assert_eq!(s.qkv_width(), Some((32 + 16) * 128));
-        assert_eq!(s.q_width(), 32 * 128);
+        assert_eq!(s.q_width(), Some(32 * 128));
+        assert_eq!(s.widths("t").unwrap(), ((32 + 16) * 128, 32 * 128));
+        let huge = shape(usize::MAX, 1, 2);
+        assert_eq!(huge.q_width(), None);
+        assert_eq!(huge.qkv_width(), None);
+        let err = huge.widths("t").unwrap_err();
+        assert!(err.to_string().contains("overflows"), "{err}");
     }
 
     #[test]

@@ -86,6 +86,13 @@ pub(crate) fn nonempty(op: &'static str, rows: usize) -> Result<()> {
     }
 }
 
+/// `a * b` for sizes derived from user shapes, or an error naming `what` when it overflows
+/// (never a wrap, never a panic).
+pub(crate) fn product(op: &'static str, what: &str, a: usize, b: usize) -> Result<usize> {
+    a.checked_mul(b)
+        .ok_or_else(|| Error::invalid(op, format!("{what} = {a} * {b} overflows usize")))
+}
+
 /// `v` as a kernel `int`, or an error naming it.
 pub(crate) fn to_i32(op: &'static str, what: &str, v: usize) -> Result<i32> {
     i32::try_from(v)
@@ -202,5 +209,17 @@ mod tests {
         assert_eq!(to_u64("t", "n", 7).unwrap(), 7);
         assert!(nonempty("t", 0).is_err());
         assert!(nonempty("t", 1).is_ok());
+    }
+
+    #[test]
+    fn products_are_checked() {
+        assert_eq!(product("t", "rows * cols", 3, 7).unwrap(), 21);
+        assert_eq!(product("t", "rows * cols", 0, usize::MAX).unwrap(), 0);
+        let err = product("t", "rows * cols", usize::MAX / 2 + 1, 2).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("rows * cols") && message.contains("overflows"),
+            "{message}"
+        );
     }
 }

@@ -73,7 +73,10 @@ pub fn silu_mul(rt: &Runtime, gate_up: &Tensor) -> Result<Tensor> {
     if let Some(last) = dims.last_mut() {
         *last = inter;
     }
-    let cfg = check::grid_stride(OP, rows * inter)?;
+    let cfg = check::grid_stride(
+        OP,
+        check::product(OP, "rows * intermediate size", rows, inter)?,
+    )?;
 
     let func = rt.function(&ELEMENTWISE, names::SILU_MUL_BF16)?;
     let out = rt.alloc(&dims, DType::BF16)?;
@@ -155,7 +158,7 @@ pub(crate) fn add_bias_impl(
         ));
     }
     check::nonempty(op, rows)?;
-    let cfg = check::grid_stride(op, rows * cols)?;
+    let cfg = check::grid_stride(op, check::product(op, "rows * cols", rows, cols)?)?;
 
     let func = rt.function(&ELEMENTWISE, names::ADD_BIAS_BF16)?;
     let out = rt.alloc(x.shape(), DType::BF16)?;

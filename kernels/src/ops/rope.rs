@@ -28,12 +28,14 @@ pub struct QkNorm<'a> {
 ///
 /// * `qkv`: bf16 `[n, (q_heads + 2 * kv_heads) * head_dim]`: the q heads, then the k heads,
 ///   then the v heads of each row;
-/// * `positions`: i32 `[n]`, each clamped into `[0, max_t - 1]` (so stale or padded rows can
-///   never write out of bounds);
+/// * `positions`: i32 `[n]`. A negative position marks a padded row: nothing is written to the
+///   cache and the output row is zero (vLLM's `PAD_SLOT_ID`; padded batch rows and warm-ups
+///   leave every slot's state as it was). A position `>= max_t` is clamped to `max_t - 1`, so
+///   a stale row can never write out of bounds (it overwrites its slot's last position);
 /// * `k_cache`, `v_cache`: bf16 `[slots, max_t, kv_heads, head_dim]`, `slots >= n`; row `b`
 ///   writes its rotated k and its (unrotated) v at `[b, pos[b], :, :]`.
 ///
-/// Returns bf16 `[n, q_heads * head_dim]`.
+/// Returns bf16 `[n, q_heads * head_dim]` (all zeros in a padded row).
 ///
 /// Rotation (Llama / Hugging Face "rotate_half" convention), in f32: for `i < head_dim / 2`,
 /// `inv_freq = 1 / theta^(2i / head_dim)`, `angle = pos * inv_freq`,
@@ -61,7 +63,8 @@ pub fn rope_kv_write(
 /// Each element of a q head becomes `bf16(x * rsqrt(mean(x^2) + eps) * q_weight[i])` (the
 /// mean over the head's `head_dim` elements, in f32; k heads likewise with `k_weight`) and is
 /// then rotated; v is written unchanged. `norm`'s weights: bf16 `[head_dim]`. Shapes and
-/// result otherwise as [`rope_kv_write`]; the norm adds no kernel launch.
+/// result otherwise as [`rope_kv_write`]; the norm adds no kernel launch. As there, a negative
+/// position marks a padded row: nothing is written to the cache and the output row is zero.
 #[track_caller]
 pub fn rope_kv_write_qk_norm(
     rt: &Runtime,
@@ -116,8 +119,8 @@ fn rope_kv_write_impl(
 ) -> Result<Tensor> {
     cfg.validate(op)?;
     check::tensor(rt, op, "qkv", qkv, DType::BF16)?;
-    // `validate` checked that the width does not overflow.
-    let width = cfg.qkv_width().unwrap_or(usize::MAX);
+    // `validate` checked that neither width overflows (nor exceeds an i32).
+    let (width, q_width) = cfg.widths(op)?;
     let layout = format!("[n, {width}] ((q_heads + 2 * kv_heads) * head_dim)");
     check::rank(op, "qkv", qkv, 2, &layout)?;
     if qkv.shape()[1] != width {
@@ -150,7 +153,12 @@ fn rope_kv_write_impl(
         // Null pointers: the kernel skips the norm.
         None => (0, 0, 0.0),
     };
-    let total_heads = cfg.q_heads + 2 * cfg.kv_heads;
+    // At most the qkv width (head_dim >= 8), which `validate` bounded: no overflow.
+    let total_heads = cfg
+        .kv_heads
+        .checked_mul(2)
+        .and_then(|kv| kv.checked_add(cfg.q_heads))
+        .ok_or_else(|| Error::invalid(op, "q_heads + 2 * kv_heads overflows"))?;
     let launch_cfg = check::grid_2d(
         op,
         (n, "batch rows"),
@@ -160,7 +168,7 @@ fn rope_kv_write_impl(
     )?;
 
     let func = rt.function(&ROPE, names::ROPE_KV_WRITE_BF16)?;
-    let q_out = rt.alloc(&[n, cfg.q_width()], DType::BF16)?;
+    let q_out = rt.alloc(&[n, q_width], DType::BF16)?;
     ffi::launch(
         rt,
         &func,

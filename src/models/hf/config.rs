@@ -221,6 +221,14 @@ pub fn parse_config(path: &Path, text: &str, opts: &LoadOptions) -> Result<HfCon
         qk_norm: family == Family::Qwen3,
         tie_embeddings: f.bool_opt("tie_word_embeddings")?.unwrap_or(false),
     };
+    // Sizes first, so that a hostile config with huge numbers is named by its field (every
+    // derived size is checked, nothing wraps).
+    model.check_sizes().map_err(|e| {
+        f.err(
+            config_field(e.field),
+            format!("{} ({}): {}", e.field, e.value, e.message),
+        )
+    })?;
     sliding_window(&f, family, &model)?;
     model
         .validate()
@@ -231,6 +239,23 @@ pub fn parse_config(path: &Path, text: &str, opts: &LoadOptions) -> Result<HfCon
         dtype: dtype(&f)?,
         max_position_embeddings: f.usize_opt("max_position_embeddings")?,
     })
+}
+
+/// The `config.json` field a [`LlamaConfig`] field is read from (the KV-cache sizes come from
+/// the [`LoadOptions`]).
+fn config_field(model_field: &str) -> &'static str {
+    match model_field {
+        "vocab" => "vocab_size",
+        "hidden" => "hidden_size",
+        "layers" => "num_hidden_layers",
+        "q_heads" => "num_attention_heads",
+        "kv_heads" => "num_key_value_heads",
+        "head_dim" => "head_dim",
+        "intermediate" => "intermediate_size",
+        "cache_slots" => "(load options) cache_slots",
+        "cache_tokens" => "(load options) cache_tokens",
+        _ => "(model shape)",
+    }
 }
 
 /// The family, from `architectures` (else `model_type`); `model_type` must agree.
@@ -424,4 +449,75 @@ fn dtype(f: &Fields<'_>) -> Result<Option<ConfigDtype>, LoadError> {
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn qwen3_json() -> Value {
+        json!({
+            "architectures": ["Qwen3ForCausalLM"],
+            "model_type": "qwen3",
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "num_hidden_layers": 2,
+            "vocab_size": 100,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 10000.0,
+            "tie_word_embeddings": true,
+            "torch_dtype": "bfloat16",
+        })
+    }
+
+    fn parse(config: &Value) -> Result<HfConfig, LoadError> {
+        let opts = LoadOptions::default();
+        parse_config(Path::new("config.json"), &config.to_string(), &opts)
+    }
+
+    /// The field a config error names (panics on success or another error).
+    #[track_caller]
+    fn field_of(config: &Value) -> String {
+        match parse(config) {
+            Err(LoadError::Config { field, message, .. }) => {
+                assert!(
+                    message.contains("overflow") || message.contains("32-bit"),
+                    "{message}"
+                );
+                field
+            }
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_base_config_parses() {
+        let cfg = parse(&qwen3_json()).unwrap();
+        assert_eq!(cfg.model.intermediate, 128);
+    }
+
+    #[test]
+    fn huge_sizes_are_rejected_naming_the_field() {
+        for (field, value) in [
+            ("intermediate_size", json!(u64::MAX / 2 + 1)),
+            ("intermediate_size", json!(1u64 << 40)),
+            ("vocab_size", json!(u64::MAX / 2)),
+            ("hidden_size", json!(1u64 << 40)),
+            ("num_hidden_layers", json!(u64::MAX)),
+        ] {
+            let mut config = qwen3_json();
+            config[field] = value.clone();
+            assert_eq!(field_of(&config), field, "{field} = {value}");
+        }
+        // Heads: (q_heads + 2 * kv_heads) * head_dim wraps.
+        let mut config = qwen3_json();
+        config["num_attention_heads"] = json!(u64::MAX / 64);
+        config["num_key_value_heads"] = json!(u64::MAX / 64);
+        assert_eq!(field_of(&config), "num_attention_heads");
+    }
 }

@@ -6,7 +6,7 @@ impl M {
     #[cuda_graph(sizes = [1..=8, 4..=16 step 4])]
     fn forward(&self, rt: &Runtime, x: &Tensor) -> Result<Tensor> {
         let _ = rt;
-        Ok(x.clone())
+        rt.duplicate(x)
     }
 }
 

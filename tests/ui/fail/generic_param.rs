@@ -6,7 +6,7 @@ impl M {
     #[cuda_graph(sizes = [1, 2, 4])]
     fn forward<T: Clone>(&self, rt: &Runtime, x: &Tensor) -> Result<Tensor> {
         let _ = rt;
-        Ok(x.clone())
+        rt.duplicate(x)
     }
 }
 

@@ -6,7 +6,7 @@ impl M {
     #[cuda_graph(sizes = [1, 2, 4])]
     fn forward(&self, rt: &Runtime, x: &Tensor, n: usize) -> Result<Tensor> {
         let _ = (rt, n);
-        Ok(x.clone())
+        rt.duplicate(x)
     }
 }
 

@@ -5,7 +5,7 @@ struct M;
 impl M {
     #[cuda_graph(sizes = [1, 2, 4])]
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.clone())
+        unimplemented!("{:?}", x.shape())
     }
 }
 

@@ -9,12 +9,12 @@ impl M {
     #[cg::cuda_graph(sizes = [1, 2], crate = "::cg")]
     fn forward<'a>(&'a self, rt: &'a Runtime, x: &'a Tensor) -> Result<Tensor> {
         let _ = rt;
-        Ok(x.clone())
+        rt.duplicate(x)
     }
 }
 
 fn build<'m>(m: &'m M, rt: &'m Runtime, specs: [InputSpec; 1]) -> Result<cg::Runner<'m, 1, ()>> {
-    m.forward_graphs(rt, specs)
+    m.forward_graphs(rt, specs).map(cg::Runner::into_untyped)
 }
 
 fn main() {

@@ -43,16 +43,19 @@ fn estimate(m: &M, rt: &Runtime, specs: [InputSpec; 1], cfg: Config) -> Result<u
 // The refreshed runner borrows the new model, not the one `runner` was captured from; it keeps
 // the statics captured in `runner`.
 fn refresh<'n>(
+    m: &M,
     m2: &'n M,
     rt: &'n Runtime,
-    runner: Runner<'_, 1, ()>,
-    decode: Runner<'_, 1, (Config,)>,
-    stepper: Runner<'_, 1, ()>,
+    specs: [InputSpec; 1],
 ) -> Result<(Runner<'n, 1, ()>, Runner<'n, 1, (Config,)>, RefreshReport)> {
+    let runner = m.forward_graphs(rt, specs)?;
+    let decode = m.decode_graphs(rt, specs, Config { scale: 2 })?;
+    let stepper = step_graphs(rt, specs)?;
     let (runner, report) = m2.forward_graphs_refresh(rt, runner)?;
     let (decode, _): (_, RefreshReport) = m2.decode_graphs_refresh(rt, decode)?;
-    let (_, _): (Runner<'n, 1, ()>, _) = step_graphs_refresh(rt, stepper)?;
-    Ok((runner, decode, report))
+    let (stepper, _) = step_graphs_refresh(rt, stepper)?;
+    let _: Runner<'n, 1, ()> = stepper.into_untyped();
+    Ok((runner.into_untyped(), decode.into_untyped(), report))
 }
 
 fn main() -> Result<()> {

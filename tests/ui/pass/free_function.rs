@@ -4,11 +4,11 @@ use cudagraph::{InputSpec, Result, Runner, Runtime, Tensor, cuda_graph};
 #[cuda_graph(sizes = [1, 2, 4])]
 pub fn step(rt: &Runtime, hidden: &Tensor, bias: &Tensor) -> Result<Tensor> {
     let _ = (rt, bias);
-    Ok(hidden.clone())
+    rt.duplicate(hidden)
 }
 
 fn build(rt: &Runtime, inputs: [InputSpec; 2]) -> Result<Runner<'_, 2, ()>> {
-    step_graphs(rt, inputs)
+    step_graphs(rt, inputs).map(Runner::into_untyped)
 }
 
 fn main() {

@@ -17,7 +17,7 @@ impl M {
         runner: i8,
     ) -> Result<Tensor> {
         let _ = (runtime, rt, inputs, plan, SIZES, runner);
-        Ok(x.clone())
+        runtime.duplicate(x)
     }
 }
 
@@ -27,6 +27,7 @@ fn build<'m>(
     specs: [InputSpec; 1],
 ) -> Result<Runner<'m, 1, (u8, u16, u32, u64, i8)>> {
     m.forward_graphs(runtime, specs, 1, 2, 3, 4, 5)
+        .map(Runner::into_untyped)
 }
 
 fn estimate(m: &M, runtime: &Runtime, specs: [InputSpec; 1]) -> Result<usize> {
@@ -39,9 +40,10 @@ type Statics = (u8, u16, u32, u64, i8);
 fn refresh<'m>(
     m: &'m M,
     runtime: &'m Runtime,
-    old: Runner<'_, 1, Statics>,
+    specs: [InputSpec; 1],
 ) -> Result<Runner<'m, 1, Statics>> {
-    Ok(m.forward_graphs_refresh(runtime, old)?.0)
+    let old = m.forward_graphs(runtime, specs, 1, 2, 3, 4, 5)?;
+    Ok(m.forward_graphs_refresh(runtime, old)?.0.into_untyped())
 }
 
 fn main() {

@@ -12,7 +12,7 @@ impl M {
     #[cuda_graph(sizes = [1, 2, 4, 8..=64 step 8], static_args = [cfg], capture = lazy)]
     pub fn forward(&self, rt: &Runtime, x: &Tensor, cfg: &Config) -> Result<Tensor> {
         let _ = (rt, cfg.scale);
-        Ok(x.clone())
+        rt.duplicate(x)
     }
 }
 
@@ -20,7 +20,7 @@ impl M {
 #[cuda_graph(capture = init, sizes = [1, 2])]
 pub fn step(rt: &Runtime, hidden: &Tensor) -> Result<Tensor> {
     let _ = rt;
-    Ok(hidden.clone())
+    rt.duplicate(hidden)
 }
 
 // Type-checks the generated API without running anything on a GPU.
@@ -30,11 +30,11 @@ fn build<'m>(
     inputs: [InputSpec; 1],
     cfg: Config,
 ) -> Result<Runner<'m, 1, (Config,)>> {
-    m.forward_graphs(rt, inputs, cfg)
+    m.forward_graphs(rt, inputs, cfg).map(Runner::into_untyped)
 }
 
 fn build_step(rt: &Runtime, inputs: [InputSpec; 1]) -> Result<Runner<'_, 1, ()>> {
-    step_graphs(rt, inputs)
+    step_graphs(rt, inputs).map(Runner::into_untyped)
 }
 
 fn main() {

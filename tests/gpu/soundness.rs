@@ -1,0 +1,339 @@
+//! Issue 13's holes, each closed: overflowing shapes, graphs outliving what they read, outputs
+//! that escape, tensors of another runtime, padded rows and warm-ups writing model state, and
+//! panics during capture.
+
+use std::cell::RefCell;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use cudagraph::models::llama::{Llama, LlamaConfig};
+use cudagraph::{
+    DType, Error, GraphPlan, InputSpec, PadValue, Result, Runner, Runtime, Tensor, cuda_graph, ops,
+};
+use half::bf16;
+
+use crate::common::{Rng, download_f32, draw_decode_inputs as draw, fresh_seed, gpu, upload_bf16};
+
+/// The review's overflow: a 2-element tensor reshaped to `[2^63 + 1, 2]` (2 elements once the
+/// product wraps) and a row view 2^39 bytes past the allocation are errors, not views.
+#[test]
+fn overflowing_shapes_are_errors() -> Result<()> {
+    let Some(rt) = gpu("overflowing_shapes_are_errors") else {
+        return Ok(());
+    };
+    let t = rt.upload(&[1.0f32, 2.0], &[2])?;
+    assert!(t.reshape(&[(1 << 63) + 1, 2]).is_err());
+    assert!(t.reshape(&[1 << 62, 4]).is_err());
+    assert!(t.narrow_rows(1 << 37, 1).is_err());
+    assert!(t.narrow_rows(usize::MAX, 2).is_err());
+    assert!(rt.alloc(&[1 << 62, 4], DType::F32).is_err());
+    assert!(rt.alloc(&[(1 << 63) + 1, 2], DType::BF16).is_err());
+    assert!(InputSpec::new(DType::F32, &[1 << 40, 1 << 40]).is_err());
+    let ok = t.reshape(&[1, 2])?;
+    assert_eq!(rt.download::<f32>(&ok)?, [1.0, 2.0]);
+    Ok(())
+}
+
+/// A graph keeps every buffer its kernels read: a weight swapped out of a `RefCell` after the
+/// capture (the old one dropped, the driver's cache trimmed) is still what the graph reads.
+#[test]
+fn graph_keeps_a_swapped_weight_alive() -> Result<()> {
+    let Some(rt) = gpu("graph_keeps_a_swapped_weight_alive") else {
+        return Ok(());
+    };
+    let mut rng = Rng(fresh_seed("graph_keeps_a_swapped_weight_alive"));
+    let old = rng.vec(4096, -1.0, 1.0);
+    let new = rng.vec(4096, -1.0, 1.0);
+    let weight = RefCell::new(rt.upload(&old, &[4096])?);
+    let dst = rt.zeros(&[4096], DType::F32)?;
+    let graph = rt.capture(|rt| rt.copy(&weight.borrow(), &dst))?;
+    *weight.borrow_mut() = rt.upload(&new, &[4096])?;
+    // Give freed memory back to the driver: a use after free would now fault (or read
+    // whatever the driver maps there next).
+    rt.release_cached_memory()?;
+    let scratch = rt.upload(&new, &[4096])?;
+    rt.fill_bytes(&dst, 0xFF)?;
+    graph.replay()?;
+    assert_eq!(
+        rt.download::<f32>(&dst)?,
+        old,
+        "the graph reads the old weight"
+    );
+    drop(scratch);
+    Ok(())
+}
+
+struct Swappable {
+    w: RefCell<Tensor>,
+}
+
+impl Swappable {
+    #[cuda_graph(sizes = [1, 2, 4])]
+    fn forward(&self, rt: &Runtime, x: &Tensor) -> Result<Tensor> {
+        ops::linear(rt, x, &self.w.borrow())
+    }
+}
+
+/// The same through a runner: the weight swapped behind the runner's back stays alive, and the
+/// replay equals, bit for bit, the eager forward on the old weight.
+#[test]
+fn runner_keeps_a_swapped_weight_alive() -> Result<()> {
+    let Some(rt) = gpu("runner_keeps_a_swapped_weight_alive") else {
+        return Ok(());
+    };
+    let mut rng = Rng(fresh_seed("runner_keeps_a_swapped_weight_alive"));
+    let (w, _) = upload_bf16(&rt, &rng.vec(64 * 128, -0.1, 0.1), &[64, 128])?;
+    let model = Swappable { w: RefCell::new(w) };
+    let (x, _) = upload_bf16(&rt, &rng.vec(4 * 128, -1.0, 1.0), &[4, 128])?;
+    let eager = download_f32(&rt, &model.forward(&rt, &x)?)?;
+    let mut graphs = model.forward_graphs(&rt, [InputSpec::like(&x)?])?;
+    let (w2, _) = upload_bf16(&rt, &rng.vec(64 * 128, -0.1, 0.1), &[64, 128])?;
+    *model.w.borrow_mut() = w2;
+    rt.release_cached_memory()?;
+    graphs.poison_pool()?;
+    let out = graphs.run([&x])?;
+    assert!(out.replayed());
+    assert_eq!(
+        download_f32(&rt, &out)?,
+        eager,
+        "bit-exact on the old weight"
+    );
+    Ok(())
+}
+
+/// A tensor of another runtime (another stream on the same device) is refused by the runtime,
+/// the ops and the runner; `copy_from` brings it over with both streams ordered.
+#[test]
+fn tensors_of_another_runtime_are_refused() -> Result<()> {
+    let Some(a) = gpu("tensors_of_another_runtime_are_refused") else {
+        return Ok(());
+    };
+    let b = Runtime::new(0)?;
+    let mut rng = Rng(fresh_seed("tensors_of_another_runtime_are_refused"));
+    let values = rng.vec(256, -1.0, 1.0);
+    let ta = a.upload(&values, &[2, 128])?;
+    let tb = b.zeros(&[2, 128], DType::F32)?;
+    let foreign = |r: Result<()>| matches!(r, Err(Error::ForeignTensor { .. }));
+    assert!(foreign(b.download::<f32>(&ta).map(drop)));
+    assert!(foreign(b.copy(&ta, &tb)));
+    assert!(foreign(b.fill_bytes(&ta, 0)));
+    let (xa, _) = upload_bf16(&a, &values, &[2, 128])?;
+    let (xb, _) = upload_bf16(&b, &values, &[2, 128])?;
+    assert!(foreign(ops::add(&b, &xa, &xb).map(drop)));
+    let plan = GraphPlan::new("copy", &[2], 0)?;
+    let mut graphs = Runner::capture(&b, plan, [InputSpec::like(&xb)?], (), |rt, [x], ()| {
+        rt.duplicate(x)
+    })?;
+    assert!(foreign(graphs.run([&xa]).map(drop)));
+    let moved = b.copy_from(&a, &ta)?;
+    assert_eq!(b.download::<f32>(&moved)?, values);
+    Ok(())
+}
+
+/// A forward that keeps a tensor it allocated during the capture (in a `RefCell` outside it)
+/// would alias memory every replay rewrites: the capture fails, naming it, and nothing leaks.
+#[test]
+fn a_tensor_escaping_the_capture_is_an_error() -> Result<()> {
+    let Some(rt) = gpu("a_tensor_escaping_the_capture_is_an_error") else {
+        return Ok(());
+    };
+    let stash: RefCell<Option<Tensor>> = RefCell::new(None);
+    let x = rt.upload(&[1.0f32; 8], &[2, 4])?;
+    let plan = GraphPlan::new("stash", &[2], 0)?;
+    let err = Runner::capture(&rt, plan, [InputSpec::like(&x)?], (), |rt, [x], ()| {
+        if rt.is_capturing() {
+            *stash.borrow_mut() = Some(rt.duplicate(x)?);
+        }
+        rt.duplicate(x)
+    })
+    .map(drop)
+    .expect_err("the capture must fail");
+    let message = err.to_string();
+    assert!(message.contains("still alive"), "{message}");
+    drop(stash.take());
+    let err = rt
+        .capture(|rt| {
+            *stash.borrow_mut() = Some(rt.zeros(&[4], DType::F32)?);
+            Ok(())
+        })
+        .map(drop)
+        .expect_err("Runtime::capture checks too");
+    assert!(err.to_string().contains("still alive"), "{err}");
+    drop(stash.take());
+    assert!(!rt.is_capturing());
+    assert_eq!(rt.download::<f32>(&rt.duplicate(&x)?)?, [1.0; 8]);
+    Ok(())
+}
+
+/// `to_owned` is the real copy of an output: it survives the next run; `size` says which graph
+/// served a call.
+#[test]
+fn owned_copies_survive_the_next_run() -> Result<()> {
+    let Some(rt) = gpu("owned_copies_survive_the_next_run") else {
+        return Ok(());
+    };
+    let plan = GraphPlan::new("copy", &[1, 2, 4], 0)?;
+    let spec = InputSpec::new(DType::F32, &[4])?;
+    let mut graphs = Runner::capture(&rt, plan, [spec], (), |rt, [x], ()| rt.duplicate(x))?;
+    let first = rt.upload(&[1.0f32; 12], &[3, 4])?;
+    let second = rt.upload(&[2.0f32; 12], &[3, 4])?;
+    let out = graphs.run([&first])?;
+    assert_eq!(out.size(), Some(4));
+    let kept = out.to_owned()?;
+    let out = graphs.run([&second])?;
+    assert_eq!(rt.download::<f32>(&out)?, [2.0; 12]);
+    assert_eq!(rt.download::<f32>(&kept)?, [1.0; 12]);
+    let big = rt.upload(&[3.0f32; 20], &[5, 4])?;
+    let out = graphs.run([&big])?;
+    assert_eq!((out.replayed(), out.size()), (false, None));
+    Ok(())
+}
+
+/// Every KV-cache row as raw bf16 bits, per layer and per cache (k then v).
+fn caches(rt: &Runtime, model: &Llama) -> Result<Vec<Vec<u16>>> {
+    let mut out = Vec::new();
+    for (k, v) in model.kv_caches() {
+        for cache in [k, v] {
+            out.push(
+                rt.download::<bf16>(cache)?
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect(),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Asserts that `after` equals `before` except the cache rows `(slot, position)` in `written`.
+fn only_rows_written(
+    what: &str,
+    cfg: &LlamaConfig,
+    before: &[Vec<u16>],
+    after: &[Vec<u16>],
+    written: &[(usize, usize)],
+) {
+    let row = cfg.kv_heads * cfg.head_dim;
+    for (c, (b, a)) in before.iter().zip(after).enumerate() {
+        for slot in 0..cfg.cache_slots {
+            for t in 0..cfg.cache_tokens {
+                let at = (slot * cfg.cache_tokens + t) * row;
+                if written.contains(&(slot, t)) {
+                    continue;
+                }
+                assert!(
+                    b[at..at + row] == a[at..at + row],
+                    "{what}: cache {c} slot {slot} position {t} changed"
+                );
+            }
+        }
+    }
+}
+
+/// Padded rows and warm-ups write no cache: capturing 35 sizes leaves every cache byte as it
+/// was, and a replay of `n < size` rows writes exactly its `n` rows' positions.
+#[test]
+fn padded_rows_and_warm_ups_leave_the_cache_alone() -> Result<()> {
+    let Some(rt) = gpu("padded_rows_and_warm_ups_leave_the_cache_alone") else {
+        return Ok(());
+    };
+    let mut rng = Rng(fresh_seed("padded_rows_and_warm_ups_leave_the_cache_alone"));
+    let model = Llama::random(&rt, LlamaConfig::tiny(), rng.next_u64())?;
+    let cfg = model.config().clone();
+    let before = caches(&rt, &model)?;
+    let mut graphs = model.forward_graphs(&rt, cfg.input_specs()?)?;
+    let captured = caches(&rt, &model)?;
+    only_rows_written("after capturing 35 sizes", &cfg, &before, &captured, &[]);
+    for n in [5, 13, 3] {
+        let tokens: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab) as u32).collect();
+        let positions: Vec<i32> = (0..n).map(|_| rng.below(cfg.cache_tokens) as i32).collect();
+        let (t, p) = (rt.upload(&tokens, &[n])?, rt.upload(&positions, &[n])?);
+        let start = caches(&rt, &model)?;
+        let out = graphs.run([&t, &p])?;
+        assert!(out.replayed() && out.size() > Some(n), "n = {n} is padded");
+        drop(out);
+        let end = caches(&rt, &model)?;
+        let written: Vec<(usize, usize)> = positions
+            .iter()
+            .enumerate()
+            .map(|(s, &p)| (s, p as usize))
+            .collect();
+        only_rows_written(&format!("replay of n = {n}"), &cfg, &start, &end, &written);
+        assert_ne!(start, end, "the real rows wrote the cache");
+    }
+    // Lazy capture at run time: its warm-up runs before this call's inputs are copied in; with
+    // the pad value it writes nothing either.
+    let plan = GraphPlan::new("forward", &[8], 0)?
+        .with_lazy_capture(true)
+        .with_pad(1, PadValue::Int(-1));
+    let mut lazy = Runner::capture(&rt, plan, cfg.input_specs()?, (), |rt, [t, p], ()| {
+        model.forward(rt, t, p)
+    })?;
+    let (t, p) = draw(&rt, &mut rng, &cfg, 3)?;
+    let positions = rt.download::<i32>(&p)?;
+    let start = caches(&rt, &model)?;
+    assert!(lazy.run([&t, &p])?.replayed());
+    let end = caches(&rt, &model)?;
+    let written: Vec<(usize, usize)> = positions
+        .iter()
+        .enumerate()
+        .map(|(s, &p)| (s, p as usize))
+        .collect();
+    only_rows_written(
+        "lazy capture and replay of n = 3",
+        &cfg,
+        &start,
+        &end,
+        &written,
+    );
+    Ok(())
+}
+
+/// A panic in the forward during capture ends the capture and frees the partial graph; the
+/// runtime then runs eager and captured forwards correctly.
+#[test]
+fn a_panic_during_capture_leaves_the_runtime_usable() -> Result<()> {
+    let Some(rt) = gpu("a_panic_during_capture_leaves_the_runtime_usable") else {
+        return Ok(());
+    };
+    let x = rt.upload(&[1.5f32; 8], &[2, 4])?;
+    let spec = InputSpec::like(&x)?;
+    let (free_before, _) = rt.mem_info()?;
+    for _ in 0..3 {
+        let plan = GraphPlan::new("panics", &[1, 2], 0)?;
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            Runner::capture(&rt, plan, [spec], (), |rt, [x], ()| {
+                let y = rt.duplicate(x)?;
+                if rt.is_capturing() {
+                    panic!("the forward panics while it is captured");
+                }
+                Ok(y)
+            })
+            .map(drop)
+        }));
+        assert!(caught.is_err(), "the panic propagates");
+        assert!(!rt.is_capturing());
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            rt.capture(|rt| {
+                if rt.is_capturing() {
+                    panic!("Runtime::capture's body panics");
+                }
+                Ok(())
+            })
+            .map(drop)
+        }));
+        assert!(caught.is_err());
+    }
+    rt.release_cached_memory()?;
+    let (free_after, _) = rt.mem_info()?;
+    assert!(
+        free_after + (64 << 20) >= free_before,
+        "the abandoned captures' pools were freed ({free_before} -> {free_after} bytes free)"
+    );
+    assert_eq!(rt.download::<f32>(&rt.duplicate(&x)?)?, [1.5; 8]);
+    let plan = GraphPlan::new("copy", &[1, 2], 0)?;
+    let mut graphs = Runner::capture(&rt, plan, [spec], (), |rt, [x], ()| rt.duplicate(x))?;
+    let out = graphs.run([&x])?;
+    assert!(out.replayed());
+    assert_eq!(rt.download::<f32>(&out)?, [1.5; 8]);
+    Ok(())
+}
