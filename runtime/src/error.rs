@@ -214,11 +214,14 @@ impl Error {
                 )
             }
             Error::Driver { call, source } => {
-                // A drop records its error for a later call; only a capture refusal recorded
-                // that way is a free under capture (another deferred error, an out-of-memory
-                // say, has another cause, named by the driver's message).
+                // A drop records its error for a later call. During a capture the drop that
+                // fails is a free of memory allocated outside it, which the driver refuses as an
+                // invalid value or a capture refusal; any other deferred error (an
+                // out-of-memory, an illegal address) has another cause, named by the driver.
                 let deferred = call.starts_with("deferred");
-                if !is_capture_refusal(source) {
+                let refused_free = deferred
+                    && source.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_INVALID_VALUE;
+                if !(refused_free || is_capture_refusal(source)) {
                     return None;
                 }
                 Some(if deferred || call.contains("Free") {
@@ -307,7 +310,13 @@ mod tests {
             deferred(CUresult::CUDA_ERROR_ILLEGAL_ADDRESS).capture_cause(),
             None
         );
-        let free = deferred(CUresult::CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED).capture_cause();
-        assert!(free.is_some_and(|c| c.contains("free")), "{free:?}");
+        for code in [
+            CUresult::CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+            // What the H200's driver records for a cuMemFreeAsync of outside memory (run 29).
+            CUresult::CUDA_ERROR_INVALID_VALUE,
+        ] {
+            let free = deferred(code).capture_cause();
+            assert!(free.is_some_and(|c| c.contains("free")), "{free:?}");
+        }
     }
 }

@@ -13,8 +13,10 @@ struct Norm {
 }
 
 impl Norm {
+    /// `eps` NaN means "the default" (1e-6): a NaN static the graphs must match by its bits.
     #[cuda_graph(sizes = [1, 2, 4, 8], static_args = [eps])]
     fn forward(&self, rt: &Runtime, x: &Tensor, eps: f32) -> Result<Tensor> {
+        let eps = if eps.is_nan() { 1e-6 } else { eps };
         ops::rms_norm(rt, x, &self.w, eps)
     }
 
