@@ -204,8 +204,10 @@ impl Drop for Storage {
                 if state.capturing {
                     state.parked.push(slice);
                 } else {
-                    drop(state);
+                    // Freed under the lock: a capture can't begin between the check above and
+                    // the free (a tensor may be dropped on another thread than its runtime's).
                     drop(slice);
+                    drop(state);
                 }
             }
             Storage::Pool {

@@ -219,8 +219,8 @@ impl Error {
                 // invalid value or a capture refusal; any other deferred error (an
                 // out-of-memory, an illegal address) has another cause, named by the driver.
                 let deferred = call.starts_with("deferred");
-                let refused_free = deferred
-                    && source.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_INVALID_VALUE;
+                let refused_free =
+                    deferred && source.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_INVALID_VALUE;
                 if !(refused_free || is_capture_refusal(source)) {
                     return None;
                 }

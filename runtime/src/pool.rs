@@ -17,8 +17,8 @@ use crate::error::{Error, Result};
 use crate::ffi::VirtualMemory;
 
 /// One contiguous range of device memory of the pool: reserved virtual addresses with physical
-/// memory mapped in, so [`GraphPool::release`] can give the physical memory back while the
-/// addresses the graphs point to stay valid for [`GraphPool::resume`].
+/// memory mapped in, so a release (`Runner::release_memory`) can give the physical memory back while the
+/// addresses the graphs point to stay valid for the resume (`Runner::resume`).
 #[derive(Debug)]
 pub struct PoolChunk {
     memory: Mutex<VirtualMemory>,

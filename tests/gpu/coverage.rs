@@ -3,7 +3,8 @@
 //! more than four inputs, and the retry when the pool is exhausted.
 
 use cudagraph::{
-    DType, FallbackReason, GraphPlan, InputSpec, Result, Runner, Runtime, Tensor, cuda_graph, ops,
+    DType, Error, FallbackReason, GraphPlan, InputSpec, Result, Runner, Runtime, Tensor,
+    cuda_graph, ops,
 };
 
 use crate::common::{Rng, download_f32, fresh_seed, gpu, upload_bf16};
@@ -185,5 +186,98 @@ fn pool_exhaustion_is_retried_with_a_larger_chunk() -> Result<()> {
         assert!(out.replayed());
         assert_eq!(rt.download::<f32>(&out)?, values);
     }
+    Ok(())
+}
+
+/// `refresh` moves a size to a larger chunk when the new forward needs more pool memory, and
+/// when the new forward fails it gives the old runner back, still correct: the size it had
+/// already rebuilt for the new forward is dropped and captured again, with the old one, on use.
+#[test]
+fn refresh_grows_the_pool_and_returns_the_runner_on_error() -> Result<()> {
+    let Some(rt) = gpu("refresh_grows_the_pool_and_returns_the_runner_on_error") else {
+        return Ok(());
+    };
+    let plan = GraphPlan::new("refreshed", &[2, 4], 0)?;
+    let spec = InputSpec::new(DType::F32, &[16])?;
+    let graphs = Runner::capture(&rt, plan, [spec], (), |rt, [x], ()| rt.duplicate(x))?;
+    let before = graphs.pool_bytes();
+    let (graphs, report) = graphs
+        .refresh(&rt, |rt, [x], ()| {
+            drop(rt.zeros(&[4 << 20], DType::U32)?); // 16 MiB of scratch
+            rt.duplicate(x)
+        })
+        .map_err(Error::from)?;
+    assert_eq!(report.updated_in_place + report.reinstantiated, 2);
+    assert!(graphs.pool_bytes() > before, "a larger chunk was added");
+    let check = |graphs: &mut Runner<'_, 1>, n: usize| -> Result<()> {
+        let values: Vec<f32> = (0..n * 16).map(|i| (i * 7) as f32).collect();
+        let x = rt.upload(&values, &[n, 16])?;
+        let out = graphs.run([&x])?;
+        assert!(out.replayed(), "n = {n}");
+        assert_eq!(rt.download::<f32>(&out)?, values, "n = {n}");
+        Ok(())
+    };
+    let mut graphs = graphs;
+    for n in [2, 4, 3] {
+        check(&mut graphs, n)?;
+    }
+    // Size 4 is rebuilt first (largest first), then size 2 fails.
+    let failed = graphs
+        .refresh(&rt, |rt, [x], ()| {
+            if rt.is_capturing() && x.rows() == 2 {
+                return Err(Error::invalid(
+                    "refresh test",
+                    "this forward can't be captured",
+                ));
+            }
+            rt.duplicate(x)
+        })
+        .map(drop)
+        .expect_err("the refresh fails at size 2");
+    assert!(
+        failed.error.to_string().contains("can't be captured"),
+        "{failed}"
+    );
+    let mut graphs = *failed.runner;
+    let captured: Vec<bool> = graphs.stats().sizes.iter().map(|s| s.captured).collect();
+    assert_eq!(captured, [true, false], "size 4 was dropped, size 2 kept");
+    for n in [2, 4, 3, 1] {
+        check(&mut graphs, n)?;
+    }
+    Ok(())
+}
+
+/// A lazy size whose capture failed under `OnCaptureError::Abort` reports the error once and
+/// is not captured again on every later call.
+#[test]
+fn a_failed_lazy_size_is_not_recaptured() -> Result<()> {
+    let Some(rt) = gpu("a_failed_lazy_size_is_not_recaptured") else {
+        return Ok(());
+    };
+    let attempts = std::cell::Cell::new(0);
+    let plan = GraphPlan::new("fails", &[2, 4], 0)?.with_lazy_capture(true);
+    let spec = InputSpec::new(DType::F32, &[16])?;
+    let mut graphs = Runner::capture(&rt, plan, [spec], (), |rt, [x], ()| {
+        if rt.is_capturing() {
+            attempts.set(attempts.get() + 1);
+            return Err(Error::invalid(
+                "lazy test",
+                "this forward can't be captured",
+            ));
+        }
+        rt.duplicate(x)
+    })?;
+    let x = rt.zeros(&[2, 16], DType::F32)?;
+    let first = graphs.run([&x]).map(drop).expect_err("the capture fails");
+    assert!(matches!(first, Error::Capture { .. }), "{first}");
+    assert_eq!(attempts.get(), 1);
+    for _ in 0..3 {
+        let again = graphs.run([&x]).map(drop).expect_err("still failed");
+        assert!(
+            matches!(again, Error::CaptureFailedEarlier { size: 2, .. }),
+            "{again}"
+        );
+    }
+    assert_eq!(attempts.get(), 1, "not captured again");
     Ok(())
 }

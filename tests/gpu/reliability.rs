@@ -13,7 +13,7 @@ use cudagraph::{
 };
 
 use crate::common::{
-    BF16_TOL, Rng, assert_close, download_f32, fresh_seed, gpu, rel_error, upload_bf16,
+    Rng, assert_close, assert_graph_matches_eager, download_f32, fresh_seed, gpu, upload_bf16,
 };
 
 const HIDDEN: usize = 64;
@@ -352,7 +352,15 @@ fn two_runners_in_two_threads() -> Result<()> {
             let eager = download_f32(&rt, &model.forward(&rt, &t, &p)?)?;
             let out = graphs.run([&t, &p])?;
             assert!(out.replayed());
-            worst = worst.max(rel_error(&download_f32(&rt, &out)?, &eager));
+            let exact = out.size() == Some(n);
+            let got = download_f32(&rt, &out)?;
+            worst = worst.max(assert_graph_matches_eager(
+                "two threads",
+                &got,
+                &eager,
+                n,
+                exact,
+            ));
         }
         Ok(worst)
     };
@@ -365,8 +373,8 @@ fn two_runners_in_two_threads() -> Result<()> {
         a.expect("thread 1 panicked")?,
         b.expect("thread 2 panicked")?,
     );
-    println!("two_runners_in_two_threads: worst relative errors {a:.3e}, {b:.3e}");
-    assert!(a <= BF16_TOL && b <= BF16_TOL);
+    // Each replay was checked in its thread: bit-exact at captured sizes, per-row elsewhere.
+    println!("two_runners_in_two_threads: worst padded per-row ratios {a:.3e}, {b:.3e}");
     Ok(())
 }
 
