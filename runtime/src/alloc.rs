@@ -57,11 +57,22 @@ pub(crate) struct AllocState {
     pub(crate) kept: KeepAlive,
 }
 
-/// Driver buffers a graph reads or writes, owned by the graph so that they outlive it.
-#[derive(Debug, Default)]
+/// Buffers a graph reads or writes (and other resources its nodes use, such as an NCCL
+/// communicator), owned by the graph so that they outlive it.
+#[derive(Default)]
 pub(crate) struct KeepAlive {
     buffers: Vec<Arc<Storage>>,
     seen: HashSet<usize>,
+    others: Vec<Arc<dyn Send + Sync>>,
+}
+
+impl std::fmt::Debug for KeepAlive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeepAlive")
+            .field("buffers", &self.buffers.len())
+            .field("others", &self.others.len())
+            .finish()
+    }
 }
 
 impl KeepAlive {
@@ -102,6 +113,14 @@ impl AllocShared {
     /// Starts or stops noting the buffers kernels use (see the module docs).
     pub(crate) fn set_recording(&self, on: bool) {
         self.recording.store(on, Ordering::Release);
+    }
+
+    /// Keeps `resource` alive as long as the graph being recorded, if one is (an NCCL
+    /// communicator whose collective the graph recorded, say).
+    pub(crate) fn keep_while_recorded(&self, resource: Arc<dyn Send + Sync>) {
+        if self.recording.load(Ordering::Acquire) {
+            self.lock().kept.others.push(resource);
+        }
     }
 
     /// The buffers noted since recording started, for the graph to own.
@@ -172,13 +191,25 @@ impl Storage {
         }
     }
 
-    /// Notes `this` (which is `self`) as used by the capture its runtime records, if any.
+    /// Notes `this` (which is `self`) as used by the capture its runtime records, if any: a
+    /// driver buffer, or a block of another chunk than the one the capture allocates from (a
+    /// tensor that outlived an earlier capture, an output of another runner). Blocks of the
+    /// capture's own chunk are not noted: the graph holds the chunk, and noting them would
+    /// keep the capture's arena from reusing them.
     pub(crate) fn note_use(&self, this: &Arc<Storage>) {
-        if let Storage::Driver { home, .. } = self {
-            if home.recording.load(Ordering::Acquire) {
-                home.lock().kept.note(this);
+        let home = self.home();
+        if !home.recording.load(Ordering::Acquire) {
+            return;
+        }
+        let mut state = home.lock();
+        if let (Storage::Pool { chunk, .. }, Mode::Capture { chunk: active, .. }) =
+            (self, &state.mode)
+        {
+            if Arc::ptr_eq(chunk, active) {
+                return;
             }
         }
+        state.kept.note(this);
     }
 }
 

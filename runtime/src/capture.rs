@@ -109,9 +109,28 @@ struct Failed {
     pool_exhausted: bool,
 }
 
+/// An error unless the runtime allocates eagerly now: a warm-up or a capture never starts
+/// inside another (a refresh or a run called from a captured body, say), whose allocation mode
+/// and kept buffers it would overwrite.
+fn not_nested(rt: &Runtime) -> Result<(), Failed> {
+    let eager = matches!(rt.alloc_shared().lock().mode, Mode::Eager);
+    if eager && !rt.is_capturing() {
+        return Ok(());
+    }
+    Err(Failed {
+        error: Error::IllegalDuringCapture {
+            what: "a nested capture or warm-up",
+            site: rt.current_op(),
+        },
+        site: rt.current_op(),
+        pool_exhausted: false,
+    })
+}
+
 /// Runs `f` eagerly on driver memory, measuring the pool memory the same sequence of
 /// allocations needs under capture.
 fn warm_up<T>(rt: &Runtime, f: &mut dyn FnMut(&Runtime) -> Result<T>) -> Result<usize, Failed> {
+    not_nested(rt)?;
     let guard = ModeGuard { rt };
     guard
         .rt
@@ -151,6 +170,7 @@ fn record<T, E>(
     f: &mut dyn FnMut(&Runtime) -> Result<T>,
     end: impl FnOnce(&Arc<cudarc::driver::CudaStream>) -> Result<E, EndCaptureError>,
 ) -> Result<Recorded<E, T>, Failed> {
+    not_nested(rt)?;
     let started = Instant::now();
     let (recorded, ended, used, exhausted, record, last_site, kept) = {
         let _guard = ModeGuard { rt };
@@ -177,8 +197,16 @@ fn record<T, E>(
         let site = rt.current_op();
         let record = started.elapsed();
         let ended_at = Instant::now();
-        capture.disarm();
-        let ended = end(rt.raw_stream()).map(|exec| (exec, ended_at.elapsed()));
+        // A forward that failed leaves nothing to instantiate or update: its capture is ended
+        // and discarded by the guard (an executable being refreshed keeps replaying what it
+        // replayed, with the buffers it keeps).
+        let ended = if recorded.is_ok() {
+            capture.disarm();
+            end(rt.raw_stream()).map(|exec| Some((exec, ended_at.elapsed())))
+        } else {
+            drop(capture);
+            Ok(None)
+        };
         let (used, exhausted) = {
             let state = rt.alloc_shared().lock();
             let used = match &state.mode {
@@ -216,7 +244,7 @@ fn record<T, E>(
         site,
         pool_exhausted: exhausted,
     })?;
-    let (exec, instantiate) = ended.map_err(|(e, site)| Failed {
+    let ended = ended.map_err(|(e, site)| Failed {
         error: match e {
             EndCaptureError::Driver(e) => Error::driver("cuStreamEndCapture/cuGraphInstantiate")(e),
             EndCaptureError::ForeignFree => Error::IllegalDuringCapture {
@@ -227,6 +255,14 @@ fn record<T, E>(
         site,
         pool_exhausted: exhausted,
     })?;
+    let Some((exec, instantiate)) = ended else {
+        // Unreachable: `recorded` was an error, returned above.
+        return Err(Failed {
+            error: Error::invalid("capture", "no graph was recorded"),
+            site,
+            pool_exhausted: exhausted,
+        });
+    };
     Ok((exec, value, used, record, instantiate, kept))
 }
 
@@ -322,8 +358,9 @@ pub(crate) struct Rerecorded<T> {
 
 /// Re-records `f` and updates `exec` to replay it (in place when the driver accepts, else
 /// re-instantiated), into `chunk`; when the new forward needs more pool memory than `chunk`
-/// has, it is warmed up to measure, and recorded into a chunk of `pool` large enough. On error
-/// `exec` still replays what it replayed before.
+/// has, it is warmed up to measure, and recorded into a chunk of `pool` large enough. On error,
+/// whether `exec` was changed (updated, then an error found: it no longer replays what it
+/// replayed before) comes with the error.
 pub(crate) fn rerecord<T>(
     rt: &Runtime,
     pool: &mut GraphPool,
@@ -332,7 +369,9 @@ pub(crate) fn rerecord<T>(
     function: &'static str,
     size: usize,
     f: &mut dyn FnMut(&Runtime) -> Result<T>,
-) -> Result<Rerecorded<T>> {
+) -> Result<Rerecorded<T>, (Error, bool)> {
+    let before = exec.generation();
+    let changed = |exec: &ExecGraph| exec.generation() != before;
     let wrap = |failed: Failed| Error::Capture {
         function,
         size,
@@ -341,15 +380,19 @@ pub(crate) fn rerecord<T>(
     };
     let mut chunk = chunk.clone();
     let recorded = match record(rt, &chunk, f, |stream| exec.update_from_capture(stream)) {
-        Err(failed) if failed.pool_exhausted => {
-            let need = warm_up(rt, f).map_err(wrap)?;
-            chunk = pool.chunk_for(rt.raw_stream(), need)?;
+        Err(failed) if failed.pool_exhausted && !changed(exec) => {
+            let need = warm_up(rt, f).map_err(|failed| (wrap(failed), changed(exec)))?;
+            chunk = pool
+                .chunk_for(rt.raw_stream(), need)
+                .map_err(|e| (e, changed(exec)))?;
             record(rt, &chunk, f, |stream| exec.update_from_capture(stream))
         }
         other => other,
     };
-    let (in_place, value, _, _, _, kept) = recorded.map_err(wrap)?;
-    exec.upload().map_err(Error::driver("cuGraphUpload"))?;
+    let (in_place, value, _, _, _, kept) =
+        recorded.map_err(|failed| (wrap(failed), changed(exec)))?;
+    exec.upload()
+        .map_err(|e| (Error::driver("cuGraphUpload")(e), true))?;
     Ok(Rerecorded {
         value,
         in_place,

@@ -199,6 +199,11 @@ impl Runtime {
         &self.alloc
     }
 
+    /// Keeps `resource` alive as long as the graph this runtime records now, if any.
+    pub(crate) fn keep_while_recorded(&self, resource: Arc<dyn Send + Sync>) {
+        self.alloc.keep_while_recorded(resource);
+    }
+
     /// An error if a capture is under way: for operations a capture cannot record.
     pub fn forbid_during_capture(&self, what: &'static str) -> Result<()> {
         if self.is_capturing() {

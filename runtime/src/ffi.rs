@@ -261,9 +261,15 @@ impl Drop for CaptureGuard {
             }
             _ => {}
         }
-        tracing::warn!(
-            "a capture was abandoned (the forward panicked or returned early); the stream left capture mode"
-        );
+        if std::thread::panicking() {
+            tracing::warn!(
+                "a capture was abandoned (the forward panicked); the stream left capture mode"
+            );
+        } else {
+            tracing::debug!(
+                "a capture was discarded (the forward failed); the stream left capture mode"
+            );
+        }
     }
 }
 
@@ -344,6 +350,8 @@ pub(crate) struct ExecGraph {
     exec: sys::CUgraphExec,
     stream: Arc<CudaStream>,
     nodes: usize,
+    /// Bumped by every successful [`update_from_capture`](Self::update_from_capture).
+    generation: u64,
 }
 
 impl ExecGraph {
@@ -364,6 +372,7 @@ impl ExecGraph {
                 exec,
                 stream: stream.clone(),
                 nodes,
+                generation: 0,
             }),
             Err(e) => {
                 // SAFETY: `graph` is owned here and not used after.
@@ -401,6 +410,7 @@ impl ExecGraph {
         }
         let old_graph = std::mem::replace(&mut self.graph, fresh.into_raw());
         self.nodes = nodes;
+        self.generation += 1;
         // SAFETY: the old template is replaced and destroyed exactly once.
         let _ = unsafe { result::graph::destroy(old_graph) };
         Ok(updated)
@@ -431,6 +441,12 @@ impl ExecGraph {
                 }
             }
         }
+    }
+
+    /// How many times [`update_from_capture`](Self::update_from_capture) changed what this
+    /// executable replays.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Uploads the executable so the first launch pays no setup.

@@ -38,12 +38,19 @@ pub struct KernelCacheStats {
     pub time: Duration,
 }
 
-/// Compiled modules and loaded functions of one runtime.
+/// Compiled modules and loaded functions of one runtime, keyed by the address of the module's
+/// `static` (not its name: a user's module named like a built-in one must not replace the
+/// kernel a built-in launcher launches with its own argument list).
 #[derive(Debug, Default)]
 pub(crate) struct KernelCache {
-    modules: RefCell<HashMap<&'static str, Arc<CudaModule>>>,
-    functions: RefCell<HashMap<(&'static str, &'static str), CudaFunction>>,
+    modules: RefCell<HashMap<usize, Arc<CudaModule>>>,
+    functions: RefCell<HashMap<(usize, &'static str), CudaFunction>>,
     stats: RefCell<KernelCacheStats>,
+}
+
+/// The cache key of a module: the address of its `static`.
+fn key(module: &'static KernelModule) -> usize {
+    std::ptr::from_ref(module) as usize
 }
 
 impl KernelCache {
@@ -54,7 +61,7 @@ impl KernelCache {
         module: &'static KernelModule,
         name: &'static str,
     ) -> Result<CudaFunction> {
-        if let Some(f) = self.functions.borrow().get(&(module.name, name)) {
+        if let Some(f) = self.functions.borrow().get(&(key(module), name)) {
             return Ok(f.clone());
         }
         let loaded = self.module(ctx, module)?;
@@ -63,7 +70,7 @@ impl KernelCache {
             .map_err(Error::driver("cuModuleGetFunction"))?;
         self.functions
             .borrow_mut()
-            .insert((module.name, name), f.clone());
+            .insert((key(module), name), f.clone());
         Ok(f)
     }
 
@@ -72,7 +79,7 @@ impl KernelCache {
         ctx: &Arc<CudaContext>,
         module: &'static KernelModule,
     ) -> Result<Arc<CudaModule>> {
-        if let Some(m) = self.modules.borrow().get(module.name) {
+        if let Some(m) = self.modules.borrow().get(&key(module)) {
             return Ok(m.clone());
         }
         let started = Instant::now();
@@ -104,7 +111,7 @@ impl KernelCache {
         );
         self.modules
             .borrow_mut()
-            .insert(module.name, loaded.clone());
+            .insert(key(module), loaded.clone());
         Ok(loaded)
     }
 

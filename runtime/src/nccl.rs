@@ -48,7 +48,10 @@
 //! but not `libnccl.so.2`): where only `libnccl.so.2` is installed, a `libnccl.so` link to it in
 //! a folder on `LD_LIBRARY_PATH` makes it found.
 
+use std::cell::Cell;
 use std::ffi::{CStr, c_char, c_int, c_void};
+use std::marker::PhantomData;
+use std::sync::Arc;
 
 use cudarc::driver::CudaContext;
 use cudarc::nccl::{result as nccl, sys};
@@ -210,21 +213,40 @@ impl std::fmt::Debug for NcclId {
 /// [`all_reduce_sum`] sound.
 ///
 /// `Send` (it moves into its rank's thread) but not `Sync`: NCCL allows a communicator to be
-/// used from any thread, never from two at once. Dropping it destroys the communicator
-/// (`ncclCommDestroy`, which waits until every graph that recorded its collectives is
-/// destroyed: the facade's `TpLlama` borrows the communicator and a runner borrows the model,
-/// so the borrow checker sees to the order).
+/// used from any thread, never from two at once. The communicator is destroyed
+/// (`ncclCommDestroy`) when the last of this value and the graphs that recorded its
+/// collectives is gone: a graph keeps the communicator it all-reduces over.
 #[derive(Debug)]
 pub struct NcclComm {
-    raw: sys::ncclComm_t,
+    raw: Arc<RawComm>,
     rank: usize,
     world: usize,
     ordinal: usize,
+    /// Not `Sync`: calls on a communicator must not overlap.
+    _not_sync: PhantomData<Cell<()>>,
 }
 
-// SAFETY: an NCCL communicator is a handle NCCL lets any thread use, provided calls on it do
-// not overlap; `NcclComm` is not `Sync` (raw pointer field), so only its owner thread uses it.
-unsafe impl Send for NcclComm {}
+/// The NCCL handle, destroyed when its last owner (the [`NcclComm`], or a graph that recorded
+/// one of its collectives) drops it.
+#[derive(Debug)]
+struct RawComm(sys::ncclComm_t);
+
+// SAFETY: the handle is used (for collectives) only through an `NcclComm`, which is not `Sync`,
+// so calls never overlap; graphs hold an `Arc<RawComm>` only to destroy it last, and
+// `ncclCommDestroy` may run on any thread.
+unsafe impl Send for RawComm {}
+// SAFETY: as above: no method of `RawComm` uses the handle through a shared reference.
+unsafe impl Sync for RawComm {}
+
+impl Drop for RawComm {
+    fn drop(&mut self) {
+        // SAFETY: the handle is live and this is its last owner: every graph that recorded a
+        // collective on it held a reference and is gone.
+        if let Err(e) = unsafe { nccl::comm_destroy(self.0) } {
+            tracing::warn!(code = ?e.0, "ncclCommDestroy failed");
+        }
+    }
+}
 
 impl NcclComm {
     /// One communicator per device of `ordinals` (rank `i` on device `ordinals[i]`), from a
@@ -277,7 +299,8 @@ impl NcclComm {
             .zip(ordinals)
             .enumerate()
             .map(|(rank, (raw, &ordinal))| NcclComm {
-                raw,
+                raw: Arc::new(RawComm(raw)),
+                _not_sync: PhantomData,
                 rank,
                 world: ordinals.len(),
                 ordinal,
@@ -333,10 +356,11 @@ impl NcclComm {
         unsafe { nccl::comm_init_rank(&mut raw, nranks, id.0, rank_c) }
             .map_err(|e| nccl_error(CALL, e, None))?;
         let comm = NcclComm {
-            raw,
+            raw: Arc::new(RawComm(raw)),
             rank,
             world,
             ordinal,
+            _not_sync: PhantomData,
         };
         comm.check_device(CALL)?;
         Ok(comm)
@@ -346,9 +370,9 @@ impl NcclComm {
     fn check_device(&self, call: &'static str) -> Result<()> {
         let mut device: c_int = -1;
         // SAFETY: `self.raw` is a live communicator; NCCL writes one int.
-        unsafe { sys::ncclCommCuDevice(self.raw, &mut device) }
+        unsafe { sys::ncclCommCuDevice(self.raw.0, &mut device) }
             .result()
-            .map_err(|e| nccl_error("ncclCommCuDevice", e, Some(self.raw)))?;
+            .map_err(|e| nccl_error("ncclCommCuDevice", e, Some(self.raw.0)))?;
         if usize::try_from(device).ok() != Some(self.ordinal) {
             return Err(Error::invalid(
                 call,
@@ -380,16 +404,6 @@ impl NcclComm {
     #[track_caller]
     pub fn all_reduce_sum(&self, rt: &Runtime, x: &Tensor) -> Result<Tensor> {
         all_reduce_sum(rt, self, x)
-    }
-}
-
-impl Drop for NcclComm {
-    fn drop(&mut self) {
-        // SAFETY: `raw` is a live communicator owned by this value and used by no other thread;
-        // every graph that recorded its collectives was dropped before (see the type's docs).
-        if let Err(e) = unsafe { nccl::comm_destroy(self.raw) } {
-            tracing::warn!(rank = self.rank, code = ?e.0, "ncclCommDestroy failed");
-        }
     }
 }
 
@@ -464,11 +478,13 @@ pub fn all_reduce_sum(rt: &Runtime, comm: &NcclComm, x: &Tensor) -> Result<Tenso
             count,
             sys::ncclDataType_t::ncclBfloat16,
             sys::ncclRedOp_t::ncclSum,
-            comm.raw,
+            comm.raw.0,
             stream,
         )
     }
-    .map_err(|e| nccl_error("ncclAllReduce", e, Some(comm.raw)))?;
+    .map_err(|e| nccl_error("ncclAllReduce", e, Some(comm.raw.0)))?;
+    // A graph that recorded this all-reduce keeps the communicator until it is destroyed.
+    rt.keep_while_recorded(comm.raw.clone());
     Ok(y)
 }
 

@@ -111,6 +111,12 @@ impl GraphPool {
         Ok(chunk)
     }
 
+    /// Drops the pool's reference to `chunk` (its memory lives as long as other references:
+    /// see `Runner::quarantine`).
+    pub(crate) fn forget(&mut self, chunk: &Arc<PoolChunk>) {
+        self.chunks.retain(|c| !Arc::ptr_eq(c, chunk));
+    }
+
     /// The largest chunk, if any.
     pub(crate) fn largest_chunk(&self) -> Option<Arc<PoolChunk>> {
         self.chunks.iter().max_by_key(|c| c.len()).cloned()

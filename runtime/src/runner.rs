@@ -363,9 +363,13 @@ impl<'m, const N: usize, S: 'm, const F: u64> Runner<'m, N, S, F> {
         };
         let function = self.plan.function;
         let c = capture_one(self.rt, &mut self.pool, function, size, warmup, &mut body)?;
-        let output = output_slot(function, size, &c.value, &c.chunk)?;
+        let output = output_slot(function, size, &c.value, &c.chunk);
         drop(c.value);
-        check_no_escape(function, size, &c.chunk, 0)?;
+        if let Err(e) = check_no_escape(function, size, &c.chunk, 0) {
+            self.quarantine(&c.chunk);
+            return Err(e);
+        }
+        let output = output?;
         let s = &mut self.stats.sizes[slot];
         s.captured = true;
         s.capture_error = None;
@@ -382,6 +386,20 @@ impl<'m, const N: usize, S: 'm, const F: u64> Runner<'m, N, S, F> {
         Ok(())
     }
 
+    /// Stops using `chunk`, in which a tensor the forward kept outlived its capture: every graph
+    /// that writes there is dropped (captured again, into another chunk, on its next use) and
+    /// the pool forgets the chunk, which lives on only as long as that tensor.
+    fn quarantine(&mut self, chunk: &Arc<PoolChunk>) {
+        for (slot, graph) in self.graphs.iter_mut().enumerate() {
+            if graph.as_ref().is_some_and(|g| Arc::ptr_eq(&g.chunk, chunk)) {
+                *graph = None;
+                self.stats.sizes[slot].captured = false;
+            }
+        }
+        self.pool.forget(chunk);
+        self.stats.pool_bytes = self.pool.bytes();
+    }
+
     /// Runs the function on `inputs`: replays the graph of the smallest captured size that fits
     /// the batch (inputs copied into its static buffers, padded), or runs it eagerly when no
     /// graph applies (counted in [`stats`](Self::stats), logged once per reason).
@@ -394,6 +412,9 @@ impl<'m, const N: usize, S: 'm, const F: u64> Runner<'m, N, S, F> {
         if self.released {
             return Err(Error::Released { function });
         }
+        // A replay inside another capture would record this runner's graph into a graph that
+        // keeps none of its memory.
+        self.rt.forbid_during_capture("running a runner")?;
         let batch = inputs[self.plan.batch_input];
         if batch.rank() == 0 {
             return Err(Error::invalid(
@@ -554,6 +575,12 @@ impl<'m, const N: usize, S: 'm, const F: u64> Runner<'m, N, S, F> {
                 runner: Box::new(self),
             });
         }
+        if let Err(error) = rt.forbid_during_capture("a refresh") {
+            return Err(RefreshError {
+                error,
+                runner: Box::new(self),
+            });
+        }
         let started = Instant::now();
         let mut old = self;
         let eager: EagerFn<'n, N, S> = Box::new(eager);
@@ -583,6 +610,7 @@ impl<'m, const N: usize, S: 'm, const F: u64> Runner<'m, N, S, F> {
                     }
                 }
                 Err((graph, error)) => {
+                    old.stats.sizes[slot].captured = graph.is_some();
                     old.graphs[slot] = graph;
                     failure = Some(error);
                 }
@@ -709,8 +737,8 @@ fn output_slot(
 /// Re-records one size of `runner` with `eager` (see [`Runner::refresh`]). On error the graph
 /// comes back unchanged, with the error (a cold path: the size of the error doesn't matter).
 #[allow(clippy::type_complexity, clippy::result_large_err)]
-fn refresh_slot<const N: usize, S, const F: u64>(
-    runner: &mut Runner<'_, N, S, F>,
+fn refresh_slot<'m, const N: usize, S: 'm, const F: u64>(
+    runner: &mut Runner<'m, N, S, F>,
     rt: &Runtime,
     eager: &EagerFn<'_, N, S>,
     mut graph: SizeGraph,
@@ -737,7 +765,9 @@ fn refresh_slot<const N: usize, S, const F: u64>(
         &mut body,
     ) {
         Ok(done) => done,
-        Err(e) => return Err((Some(graph), e)),
+        // An executable already updated to the new forward (an error found after the update,
+        // a deferred one say) must not go back to the old runner; an untouched one does.
+        Err((e, changed)) => return Err((if changed { None } else { Some(graph) }, e)),
     };
     let output = match output_slot(function, size, &done.value, &done.chunk) {
         Ok(output) => output,
@@ -746,6 +776,7 @@ fn refresh_slot<const N: usize, S, const F: u64>(
     };
     drop(done.value);
     if let Err(e) = check_no_escape(function, size, &done.chunk, 0) {
+        runner.quarantine(&done.chunk);
         return Err((None, e));
     }
     graph.chunk = done.chunk;
@@ -778,6 +809,8 @@ impl<const N: usize, S, const F: u64> Runner<'_, N, S, F> {
         if self.released {
             return Ok(0);
         }
+        self.rt
+            .forbid_during_capture("releasing a runner's memory")?;
         let live = self.pool.live_tensors();
         if live > 0 {
             return Err(Error::PoolTensorsAlive {
@@ -797,6 +830,8 @@ impl<const N: usize, S, const F: u64> Runner<'_, N, S, F> {
     /// Maps the pool's memory back after [`release_memory`](Self::release_memory); the graphs
     /// replay with the same results as before.
     pub fn resume(&mut self) -> Result<()> {
+        self.rt
+            .forbid_during_capture("resuming a runner's memory")?;
         if self.released {
             self.pool.resume()?;
             self.released = false;
@@ -811,7 +846,16 @@ impl<const N: usize, S, const F: u64> Runner<'_, N, S, F> {
 
     /// Test aid: fills the whole graph pool with `0xFF` bytes (NaN in bf16 and f32), so a replay
     /// that leaves an output element unwritten shows up as NaN.
+    ///
+    /// Refused while released (nothing is mapped) and during a capture (the fill would be
+    /// recorded into a graph that keeps none of this pool).
     pub fn poison_pool(&self) -> Result<()> {
+        if self.released {
+            return Err(Error::Released {
+                function: self.plan.function,
+            });
+        }
+        self.rt.forbid_during_capture("poison_pool")?;
         self.pool.poison(self.rt)
     }
 }

@@ -85,9 +85,13 @@ fn replays_see_new_inputs() -> Result<()> {
     for n in [1, 8, 24] {
         let (_, _, first) = check_size(&rt, &model, &mut graphs, &mut rng, n)?;
         let (_, _, second) = check_size(&rt, &model, &mut graphs, &mut rng, n)?;
+        // Each replay already equals the eager forward of its own inputs (bit for bit at these
+        // captured sizes); a stale replay would also equal the first result exactly. (A bound
+        // on the size of the difference was flaky: two random draws of the tiny model's
+        // logits at n = 1 differed by only 2.1 % once, run 33.)
         let differs = rel_error(&first, &second);
         assert!(
-            differs > 0.05,
+            first != second,
             "n = {n}: a replay on new inputs returned the old result ({differs:.3e})"
         );
     }

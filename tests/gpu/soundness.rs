@@ -337,3 +337,234 @@ fn a_panic_during_capture_leaves_the_runtime_usable() -> Result<()> {
     assert_eq!(rt.download::<f32>(&out)?, [1.5; 8]);
     Ok(())
 }
+
+/// A user's kernel module named like a built-in one (same module and kernel names) does not
+/// replace the kernel the built-in launcher launches (its argument list is the launcher's).
+#[test]
+fn a_user_module_named_like_a_builtin_one_is_its_own() -> Result<()> {
+    static IMPOSTOR: cudagraph::KernelModule = cudagraph::KernelModule {
+        name: "elementwise",
+        source: r#"extern "C" __global__ void add_bf16(const unsigned short* a, const unsigned short* b, unsigned short* out, unsigned long long n) { if (n > 0 && threadIdx.x == 0 && blockIdx.x == 0) { out[0] = 0; } }"#,
+        functions: &["add_bf16"],
+    };
+    let Some(rt) = gpu("a_user_module_named_like_a_builtin_one_is_its_own") else {
+        return Ok(());
+    };
+    rt.function(&IMPOSTOR, "add_bf16")?;
+    let mut rng = Rng(fresh_seed(
+        "a_user_module_named_like_a_builtin_one_is_its_own",
+    ));
+    let (a, ha) = upload_bf16(&rt, &rng.vec(512, 1.0, 2.0), &[512])?;
+    let (b, hb) = upload_bf16(&rt, &rng.vec(512, 1.0, 2.0), &[512])?;
+    let sum = download_f32(&rt, &ops::add(&rt, &a, &b)?)?;
+    for i in 0..512 {
+        let expect = bf16::from_f32(ha[i] + hb[i]).to_f32();
+        assert_eq!(sum[i], expect, "element {i}: the built-in add ran");
+    }
+    Ok(())
+}
+
+/// A failed refresh hands back a runner that replays the *old* forward: no graph of it still
+/// points at what the failed forward read (here a bias dropped right after the refresh).
+#[test]
+fn a_failed_refresh_keeps_the_old_graphs() -> Result<()> {
+    let Some(rt) = gpu("a_failed_refresh_keeps_the_old_graphs") else {
+        return Ok(());
+    };
+    let mut rng = Rng(fresh_seed("a_failed_refresh_keeps_the_old_graphs"));
+    let (x, _) = upload_bf16(&rt, &rng.vec(4 * 64, -1.0, 1.0), &[4, 64])?;
+    let plan = GraphPlan::new("copy", &[2, 4], 0)?;
+    let runner = Runner::capture(&rt, plan, [InputSpec::like(&x)?], (), |rt, [x], ()| {
+        rt.duplicate(x)
+    })?;
+    let failed = {
+        let (bias, _) = upload_bf16(&rt, &rng.vec(64, 1.0, 2.0), &[64])?;
+        runner
+            .refresh(&rt, |rt, [x], ()| {
+                let y = ops::add_bias(rt, x, &bias)?;
+                if rt.is_capturing() {
+                    return Err(Error::invalid("test", "this forward can't be captured"));
+                }
+                Ok(y)
+            })
+            .map(drop)
+            .expect_err("the refresh fails")
+    };
+    rt.release_cached_memory()?;
+    let mut runner = *failed.runner;
+    let out = runner.run([&x])?;
+    assert!(out.replayed());
+    assert_eq!(
+        download_f32(&rt, &out)?,
+        download_f32(&rt, &x)?,
+        "the old forward"
+    );
+    Ok(())
+}
+
+/// After a capture failed because the forward kept a pool tensor, no graph of the runner
+/// writes where that tensor lives: its chunk is quarantined, and the sizes that used it are
+/// captured again elsewhere.
+#[test]
+fn an_escaped_tensor_is_never_rewritten() -> Result<()> {
+    let Some(rt) = gpu("an_escaped_tensor_is_never_rewritten") else {
+        return Ok(());
+    };
+    let stash: RefCell<Option<Tensor>> = RefCell::new(None);
+    let plan = GraphPlan::new("stash", &[4, 8], 0)?.with_lazy_capture(true);
+    let spec = InputSpec::new(DType::F32, &[16])?;
+    let mut runner = Runner::capture(&rt, plan, [spec], (), |rt, [x], ()| {
+        if rt.is_capturing() && x.rows() == 4 {
+            *stash.borrow_mut() = Some(rt.duplicate(x)?);
+        }
+        rt.duplicate(x)
+    })?;
+    let fill = |n: usize, v: f32| rt.upload(&vec![v; n * 16], &[n, 16]);
+    assert!(runner.run([&fill(8, 1.0)?])?.replayed()); // size 8 captured into the pool
+    let err = runner
+        .run([&fill(4, 2.0)?])
+        .map(drop)
+        .expect_err("size 4 keeps a tensor");
+    assert!(err.to_string().contains("still alive"), "{err}");
+    let kept = stash
+        .borrow()
+        .as_ref()
+        .map(|t| rt.download::<f32>(t))
+        .transpose()?;
+    for v in [3.0, 4.0] {
+        let out = runner.run([&fill(8, v)?])?;
+        assert!(out.replayed());
+        assert_eq!(rt.download::<f32>(&out)?, vec![v; 128]);
+    }
+    let now = stash
+        .borrow()
+        .as_ref()
+        .map(|t| rt.download::<f32>(t))
+        .transpose()?;
+    assert_eq!(now, kept, "no replay rewrote the escaped tensor");
+    // A graph that reads an escaped tensor keeps its memory alive.
+    drop(runner);
+    let dst = rt.zeros(&[64], DType::F32)?;
+    let graph = {
+        let err = rt
+            .capture(|rt| {
+                *stash.borrow_mut() = Some(rt.upload(&[7.0f32; 64], &[64]).or_else(|_| {
+                    let t = rt.zeros(&[64], DType::F32)?;
+                    Ok::<_, Error>(t)
+                })?);
+                Ok(())
+            })
+            .map(drop);
+        // The upload is refused under capture; the zeros escape.
+        assert!(err.is_err());
+        rt.capture(|rt| rt.copy(stash.borrow().as_ref().expect("stashed"), &dst))?
+    };
+    drop(stash.take());
+    rt.release_cached_memory()?;
+    rt.fill_bytes(&dst, 0xFF)?;
+    graph.replay()?;
+    assert_eq!(rt.download::<f32>(&dst)?, [0.0; 64]);
+    Ok(())
+}
+
+/// Runner calls inside another capture are refused (the outer graph would keep none of the
+/// runner's memory), and so is poisoning a released pool.
+#[test]
+fn runner_calls_inside_a_capture_are_refused() -> Result<()> {
+    let Some(rt) = gpu("runner_calls_inside_a_capture_are_refused") else {
+        return Ok(());
+    };
+    let x = rt.upload(&[1.0f32; 32], &[2, 16])?;
+    let plan = GraphPlan::new("copy", &[2], 0)?;
+    let spec = InputSpec::like(&x)?;
+    let runner = RefCell::new(Some(Runner::capture(
+        &rt,
+        plan,
+        [spec],
+        (),
+        |rt, [x], ()| rt.duplicate(x),
+    )?));
+    let dst = rt.zeros(&[2, 16], DType::F32)?;
+    let err = rt
+        .capture(|rt| {
+            let mut cell = runner.borrow_mut();
+            let r = cell.as_mut().expect("runner");
+            let out = r.run([&x])?;
+            rt.copy(&out, &dst)
+        })
+        .map(drop)
+        .expect_err("run inside a capture");
+    assert!(matches!(err, Error::Capture { .. }), "{err}");
+    let err = rt
+        .capture(|_| runner.borrow().as_ref().expect("runner").poison_pool())
+        .map(drop)
+        .expect_err("poison inside a capture");
+    assert!(
+        err.to_string().contains("not allowed while capturing"),
+        "{err}"
+    );
+    let mut r = runner.take().expect("runner");
+    r.release_memory()?;
+    assert!(matches!(r.poison_pool(), Err(Error::Released { .. })));
+    r.resume()?;
+    let out = r.run([&x])?;
+    assert_eq!(rt.download::<f32>(&out)?, [1.0; 32]);
+    Ok(())
+}
+
+/// Attention reads its caches in 16-byte loads: a cache view at an odd offset is refused.
+#[test]
+fn a_misaligned_kv_cache_is_refused() -> Result<()> {
+    let Some(rt) = gpu("a_misaligned_kv_cache_is_refused") else {
+        return Ok(());
+    };
+    let shape = ops::AttentionShape {
+        q_heads: 1,
+        kv_heads: 1,
+        head_dim: 8,
+        rope_theta: 1e4,
+    };
+    let buf = rt.zeros(&[9], DType::BF16)?;
+    let rows = buf.narrow_rows(1, 8)?;
+    let k = rows.reshape(&[1, 1, 1, 8])?;
+    let v = rt.zeros(&[1, 1, 1, 8], DType::BF16)?;
+    let q = rt.zeros(&[1, 8], DType::BF16)?;
+    let pos = rt.upload(&[0i32], &[1])?;
+    let err = ops::attention_decode(&rt, &q, &k, &v, &pos, &shape).expect_err("misaligned");
+    assert!(err.to_string().contains("16-byte"), "{err}");
+    Ok(())
+}
+
+/// A graph that recorded an all-reduce keeps its communicator: dropping the communicator
+/// before the graph neither hangs nor frees what the replay uses (one rank on one GPU).
+#[test]
+fn a_graph_keeps_its_communicator() -> Result<()> {
+    let Some(rt) = gpu("a_graph_keeps_its_communicator") else {
+        return Ok(());
+    };
+    if !cudagraph::nccl::nccl_available() {
+        println!("skipped a_graph_keeps_its_communicator: NCCL not installed");
+        return Ok(());
+    }
+    // SAFETY: one rank: every collective trivially matches its peers'.
+    let comm = RefCell::new(Some(
+        unsafe { cudagraph::nccl::NcclComm::init_all(&[0]) }?.remove(0),
+    ));
+    let values: Vec<f32> = (0..256).map(|i| i as f32 / 8.0).collect();
+    let (x, _) = upload_bf16(&rt, &values, &[256])?;
+    let dst = rt.zeros(&[256], DType::BF16)?;
+    let reduce = |rt: &Runtime| -> Result<Tensor> {
+        let borrowed = comm.borrow();
+        let c = borrowed
+            .as_ref()
+            .ok_or_else(|| Error::invalid("test", "no communicator"))?;
+        cudagraph::nccl::all_reduce_sum(rt, c, &x)
+    };
+    reduce(&rt)?; // NCCL connects outside the capture
+    rt.synchronize()?;
+    let graph = rt.capture(|rt| rt.copy(&reduce(rt)?, &dst))?;
+    drop(comm.take());
+    graph.replay()?;
+    assert_eq!(download_f32(&rt, &dst)?, download_f32(&rt, &x)?);
+    Ok(())
+}

@@ -148,6 +148,16 @@ pub(crate) fn check_caches(
             "`k_cache` and `v_cache` are the same memory",
         ));
     }
+    // The attention kernel reads cache rows in 16-byte loads (`head_dim` is a multiple of 8, so
+    // every row starts on 16 bytes when the cache does): a view at another offset is refused.
+    for (what, cache) in [("k_cache", k_cache), ("v_cache", v_cache)] {
+        if cache.device_ptr() % 16 != 0 {
+            return Err(Error::invalid(
+                op,
+                format!("`{what}` must start on a 16-byte boundary (a view at an offset?)"),
+            ));
+        }
+    }
     let (slots, max_t) = (shape[0], shape[1]);
     if slots == 0 || max_t == 0 {
         return Err(Error::invalid(
