@@ -98,7 +98,9 @@ pub(crate) struct GemmTn {
 /// Contract (upheld by [`linear`](crate::ops::linear)): the three addresses are live bf16
 /// tensors at least as large as [`GemmTn`]'s fields document, and `C` overlaps neither input.
 pub(crate) fn gemm_bf16_tn(rt: &Runtime, g: &GemmTn) -> Result<()> {
-    let blas = rt.cublas()?;
+    // SAFETY: the handle only enqueues this GEMM (see the contract above); its stream and
+    // workspace are left as the runtime set them.
+    let blas = unsafe { rt.cublas() }?;
     // cuBLAS runs in the current context of the calling thread: make it the runtime's.
     // SAFETY: the context is only made current on this thread; no buffer is touched.
     unsafe { rt.context() }

@@ -131,8 +131,15 @@ impl Runtime {
         &self.ctx
     }
 
-    /// The cuBLAS handle bound to the runtime's stream, with its own workspace.
-    pub fn cublas(&self) -> Result<&CudaBlas> {
+    /// The raw cuBLAS handle bound to the runtime's stream, with its own workspace (created at
+    /// first use).
+    ///
+    /// # Safety
+    ///
+    /// As for [`stream`](Self::stream): work the caller enqueues through the handle is ordered
+    /// on the runtime's stream and, during a capture, recorded into the graph; the caller keeps
+    /// alive whatever it reads or writes, and must not change the handle's stream or workspace.
+    pub unsafe fn cublas(&self) -> Result<&CudaBlas> {
         if let Some((blas, _)) = self.blas.get() {
             return Ok(blas);
         }

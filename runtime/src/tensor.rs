@@ -340,6 +340,10 @@ impl Tensor {
 /// It derefs to [`Tensor`], so every op takes it where it takes a tensor, but it is not an
 /// owned tensor: it can't outlive what it views (an [`Output`](crate::Output) of a replay, say,
 /// which the next replay rewrites). Views of a view borrow the same tensor.
+///
+/// Bind a view before passing it (`let rows = x.narrow_rows(0, n)?; ops::add(rt, &rows, y)`)
+/// or write `&*x.narrow_rows(0, n)?`: inside `&(...)?` the compiler expects a `Tensor` from the
+/// `?` and does not apply the deref.
 pub struct TensorView<'a> {
     tensor: Tensor,
     _borrow: PhantomData<&'a Tensor>,

@@ -281,3 +281,34 @@ fn a_failed_lazy_size_is_not_recaptured() -> Result<()> {
     assert_eq!(attempts.get(), 1, "not captured again");
     Ok(())
 }
+
+/// `refresh` checks the new forward's output like a capture does: one that does not return
+/// the batch as its leading dimension fails, and the runner comes back, still correct.
+#[test]
+fn refresh_checks_the_output_rows() -> Result<()> {
+    let Some(rt) = gpu("refresh_checks_the_output_rows") else {
+        return Ok(());
+    };
+    let plan = GraphPlan::new("rows", &[2, 4], 0)?;
+    let spec = InputSpec::new(DType::F32, &[16])?;
+    let runner = Runner::capture(&rt, plan, [spec], (), |rt, [x], ()| rt.duplicate(x))?;
+    let failed = runner
+        .refresh(&rt, |rt, [x], ()| {
+            let first = x.narrow_rows(0, 1)?;
+            rt.duplicate(&first)
+        })
+        .map(drop)
+        .expect_err("one row for a batch of 4");
+    let message = failed.error.to_string();
+    assert!(
+        message.contains("leading dimension must be the batch"),
+        "{message}"
+    );
+    let mut runner = *failed.runner;
+    let values: Vec<f32> = (0..64).map(|i| i as f32).collect();
+    let x = rt.upload(&values, &[4, 16])?;
+    let out = runner.run([&x])?;
+    assert!(out.replayed());
+    assert_eq!(rt.download::<f32>(&out)?, values);
+    Ok(())
+}
