@@ -11,6 +11,7 @@ use crate::context::Runtime;
 use crate::error::{Error, OpSite, Result};
 use crate::ffi::{self, EndCaptureError, ExecGraph};
 use crate::freeze::FreezeScope;
+pub use crate::policy::{WARMUP_ENV, Warmup};
 use crate::pool::{GraphPool, PoolChunk};
 
 /// Where the time of one capture went.
@@ -24,18 +25,6 @@ pub struct CaptureTiming {
     pub instantiate: Duration,
     /// `cuGraphUpload`.
     pub upload: Duration,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Warmup;
-
-    #[test]
-    fn warmup_parsing() {
-        assert_eq!(Warmup::parse(Some("each")), Warmup::Always);
-        assert_eq!(Warmup::parse(Some("first")), Warmup::IfNeeded);
-        assert_eq!(Warmup::parse(None), Warmup::IfNeeded);
-    }
 }
 
 impl CaptureTiming {
@@ -55,34 +44,6 @@ pub(crate) struct Captured<T> {
     pub(crate) timing: CaptureTiming,
     /// Pool bytes this graph needs (its high-water mark).
     pub(crate) pool_need: usize,
-}
-
-/// Whether a capture starts with an eager warm-up run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Warmup {
-    /// Always warm up (lazy initialisation, and measurement of the pool memory needed).
-    Always,
-    /// Capture straight into the pool's largest chunk; warm up and retry only if the capture
-    /// needs more memory than that chunk has, or if the pool has no chunk yet.
-    IfNeeded,
-}
-
-/// The environment variable that forces a warm-up before every capture (`each`).
-pub const WARMUP_ENV: &str = "CUDAGRAPH_CAPTURE_WARMUP";
-
-impl Warmup {
-    /// [`Warmup::Always`] when `CUDAGRAPH_CAPTURE_WARMUP=each`, else [`Warmup::IfNeeded`].
-    pub fn from_env() -> Self {
-        Self::parse(std::env::var(WARMUP_ENV).ok().as_deref())
-    }
-
-    /// Parses the variable's value (see [`from_env`](Self::from_env)).
-    pub fn parse(value: Option<&str>) -> Self {
-        match value {
-            Some(v) if v.trim().eq_ignore_ascii_case("each") => Warmup::Always,
-            _ => Warmup::IfNeeded,
-        }
-    }
 }
 
 /// Restores eager allocation when dropped, whatever path leaves a warm-up or a capture.

@@ -13,9 +13,9 @@ use crate::alloc::{AllocShared, Mode, Storage};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, OpSite, Result};
 use crate::ffi::{self, DeviceRange};
-use crate::freeze::ReclaimPolicy;
 use crate::gemm::GemmBackend;
 use crate::kernel_cache::{KernelCache, KernelModule};
+use crate::policy::ReclaimPolicy;
 use crate::tensor::{Shape, Tensor};
 
 /// Bytes of the cuBLAS workspace a runtime owns. A workspace set up front means cuBLAS never

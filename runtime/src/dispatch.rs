@@ -3,11 +3,12 @@
 
 use std::borrow::Cow;
 
-use crate::capture::Warmup;
 use crate::context::Runtime;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ffi::{self, DeviceRange, PadJob};
+pub use crate::policy::OnCaptureError;
+use crate::policy::Warmup;
 use crate::tensor::{Shape, Tensor};
 
 /// Largest captured size: the lookup table stores slot *indices* as `u16`, and with at most
@@ -119,17 +120,6 @@ impl SizeTable {
     pub fn max(&self) -> usize {
         self.sizes.last().copied().unwrap_or(0)
     }
-}
-
-/// What a runner does when capturing a size fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OnCaptureError {
-    /// Fail the whole construction with the capture's error; nothing is kept (the default).
-    #[default]
-    Abort,
-    /// Keep the other sizes; calls that would use a failed size run the eager function
-    /// (counted as [`FallbackReason::CaptureFailed`](crate::FallbackReason::CaptureFailed)).
-    Eager,
 }
 
 /// The value padded rows of one input hold (`#[cuda_graph(pad = [positions = -1])]`): written

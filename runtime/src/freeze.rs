@@ -17,34 +17,7 @@ use std::time::{Duration, Instant};
 use crate::context::Runtime;
 use crate::error::{Error, Result};
 use crate::ffi::{self, MemPool};
-
-/// The environment variable that selects the [`ReclaimPolicy`].
-pub const RECLAIM_ENV: &str = "CUDAGRAPH_CAPTURE_RECLAIM";
-
-/// When a batch of captures gives memory back to the driver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReclaimPolicy {
-    /// Once before and once after the batch (the default).
-    Once,
-    /// Also after every graph (debugging; slower).
-    Each,
-}
-
-impl ReclaimPolicy {
-    /// Reads [`RECLAIM_ENV`]: `each` selects [`ReclaimPolicy::Each`]; anything else, or unset,
-    /// [`ReclaimPolicy::Once`].
-    pub fn from_env() -> Self {
-        Self::parse(std::env::var(RECLAIM_ENV).ok().as_deref())
-    }
-
-    /// Parses the variable's value (see [`from_env`](Self::from_env)).
-    pub fn parse(value: Option<&str>) -> Self {
-        match value {
-            Some(v) if v.trim().eq_ignore_ascii_case("each") => ReclaimPolicy::Each,
-            _ => ReclaimPolicy::Once,
-        }
-    }
-}
+pub use crate::policy::{RECLAIM_ENV, ReclaimPolicy};
 
 /// Per device: open scopes in this process and the release threshold the first one found. The
 /// pool's threshold is device state, so with runtimes capturing on several threads the first
@@ -160,19 +133,5 @@ impl Drop for FreezeScope<'_> {
         if let Err(e) = self.close() {
             tracing::warn!(error = %e, "freeze scope: reclamation on exit failed");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn policy_parsing() {
-        assert_eq!(ReclaimPolicy::parse(Some("each")), ReclaimPolicy::Each);
-        assert_eq!(ReclaimPolicy::parse(Some(" EACH ")), ReclaimPolicy::Each);
-        assert_eq!(ReclaimPolicy::parse(Some("once")), ReclaimPolicy::Once);
-        assert_eq!(ReclaimPolicy::parse(Some("")), ReclaimPolicy::Once);
-        assert_eq!(ReclaimPolicy::parse(None), ReclaimPolicy::Once);
     }
 }

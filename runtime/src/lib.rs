@@ -27,6 +27,7 @@ mod generated;
 mod kernel_cache;
 pub mod nccl;
 mod nvrtc;
+pub mod policy;
 pub mod pool;
 mod runner;
 pub mod stats;
