@@ -16,6 +16,7 @@
 mod bench;
 mod common;
 mod generate;
+#[cfg(feature = "nccl")]
 mod tp;
 
 use std::path::PathBuf;
@@ -97,7 +98,13 @@ fn main() -> ExitCode {
     };
     if opts.tp > 1 {
         // Before anything else: it sets the environment while this is the only thread.
+        #[cfg(feature = "nccl")]
         return tp::main(&opts);
+        #[cfg(not(feature = "nccl"))]
+        {
+            eprintln!("decode_bench: --tp needs the `nccl` feature (on by default)");
+            return ExitCode::from(2);
+        }
     }
     let started = Instant::now();
     let rt = match Runtime::new(0) {

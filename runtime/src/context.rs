@@ -206,8 +206,10 @@ impl Runtime {
         &self.alloc
     }
 
-    /// Keeps `resource` alive as long as the graph this runtime records now, if any.
-    pub(crate) fn keep_while_recorded(&self, resource: Arc<dyn Send + Sync>) {
+    /// Keeps `resource` alive as long as the graph this runtime records now, if any (nothing
+    /// happens outside a capture): for what a captured node uses that is not a tensor, such as
+    /// a buffer or a handle of the caller's own that a kernel it launched reads.
+    pub fn keep_while_recorded(&self, resource: Arc<dyn Send + Sync>) {
         self.alloc.keep_while_recorded(resource);
     }
 

@@ -25,6 +25,7 @@ pub mod freeze;
 pub mod gemm;
 mod generated;
 mod kernel_cache;
+#[cfg(feature = "nccl")]
 pub mod nccl;
 mod nvrtc;
 pub mod policy;

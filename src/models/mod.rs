@@ -11,5 +11,6 @@
 pub mod hf;
 pub mod llama;
 pub mod reference;
+#[cfg(feature = "nccl")]
 pub mod tp;
 pub mod weights;

@@ -14,5 +14,7 @@ mod memory;
 mod reliability;
 mod runner;
 mod soundness;
+#[cfg(feature = "nccl")]
 mod tp;
+#[cfg(feature = "nccl")]
 mod tp_launch;

@@ -537,6 +537,7 @@ fn a_misaligned_kv_cache_is_refused() -> Result<()> {
 
 /// A graph that recorded an all-reduce keeps its communicator: dropping the communicator
 /// before the graph neither hangs nor frees what the replay uses (one rank on one GPU).
+#[cfg(feature = "nccl")]
 #[test]
 fn a_graph_keeps_its_communicator() -> Result<()> {
     let Some(rt) = gpu("a_graph_keeps_its_communicator") else {
