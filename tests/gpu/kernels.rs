@@ -211,17 +211,21 @@ fn builtin_gemm_matches_reference_and_cublas() -> Result<()> {
     Ok(())
 }
 
+/// The attention geometries the rope and attention tests run: `(q_heads, kv_heads, head_dim,
+/// cache slots, cache tokens, batch rows)`.
+const ATTENTION_CASES: [(usize, usize, usize, usize, usize, usize); 3] = [
+    (16, 8, 64, 40, 256, 33),
+    (4, 4, 128, 8, 100, 5),
+    (8, 2, 64, 4, 1024, 4),
+];
+
 #[test]
 fn rope_and_attention_match_reference() -> Result<()> {
     let Some(rt) = gpu("rope_and_attention_match_reference") else {
         return Ok(());
     };
     let mut rng = Rng(fresh_seed("rope_and_attention_match_reference"));
-    for (q_heads, kv_heads, head_dim, slots, tokens, n) in [
-        (16, 8, 64, 40, 256, 33),
-        (4, 4, 128, 8, 100, 5),
-        (8, 2, 64, 4, 1024, 4),
-    ] {
+    for (q_heads, kv_heads, head_dim, slots, tokens, n) in ATTENTION_CASES {
         let cfg = AttentionShape {
             q_heads,
             kv_heads,
@@ -433,11 +437,7 @@ fn attention_decode_zeroes_padded_rows() -> Result<()> {
         return Ok(());
     };
     let mut rng = Rng(fresh_seed("attention_decode_zeroes_padded_rows"));
-    for (q_heads, kv_heads, head_dim, slots, tokens, n) in [
-        (16, 8, 64, 40, 256, 33),
-        (4, 4, 128, 8, 100, 5),
-        (8, 2, 64, 4, 1024, 4),
-    ] {
+    for (q_heads, kv_heads, head_dim, slots, tokens, n) in ATTENTION_CASES {
         let cfg = AttentionShape {
             q_heads,
             kv_heads,
