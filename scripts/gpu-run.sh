@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (no Rust there): the GPU test suite, the decode benchmark, and the
 # suite under compute-sanitizer. Logs go to $OUT (the device tool's output folder) or ./gpu-out.
-#   bash gpu-bundle/run.sh [tests|bench|sanitize|memcheck|racecheck|all|hf|tp] [TEST FILTER...]
+#   bash gpu-bundle/run.sh [tests|candle|bench|sanitize|memcheck|racecheck|all|hf|tp] [TEST FILTER...]
 # `hf` (not part of `all`: it needs PyTorch and transformers) checks the Hugging Face loader
 # against transformers with hf_check.py. `tp` (not part of `all`: it needs 2 GPUs) runs the
 # tensor-parallel GPU tests and `decode_bench --tp 2` (NCCL all-reduces inside the graphs).
@@ -39,6 +39,19 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
   # (TESTS_TAG names the log, e.g. when CUDAGRAPH_GEMM=builtin runs the suite a second time.)
   "$here/gpu-tests" --test-threads=1 --nocapture "${@:2}" 2>&1 | tee "$out/${TESTS_TAG:-tests}.log"
   status=$((status | PIPESTATUS[0]))
+fi
+if [ "$what" = candle ] || [ "$what" = all ]; then
+  # The candle backend's tests (a binary linked against libcuda, libcublas, libcurand and
+  # libcudart of CUDA 13; `candle [FILTER...]`, default: the candle and cudarc tests, and the
+  # candle decoder's latency table).
+  [ -f "$here/gpu-tests-candle.xz" ] && xz -dkf "$here/gpu-tests-candle.xz" && chmod +x "$here/gpu-tests-candle"
+  if [ -x "$here/gpu-tests-candle" ]; then
+    filter=("${@:2}"); [ ${#filter[@]} -eq 0 ] && filter=(candle_backend::)
+    "$here/gpu-tests-candle" --test-threads=1 --nocapture --include-ignored "${filter[@]}" 2>&1 | tee "$out/candle-tests.log"
+    status=$((status | PIPESTATUS[0]))
+  else
+    echo "no candle test binary in the bundle (built with CUDAGRAPH_SKIP_CANDLE=1?)" | tee "$out/candle-tests.log"
+  fi
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   # (bench [ARGS...]: arguments for decode_bench, e.g. --iters 10; BENCH_TAG names the log.)

@@ -20,10 +20,31 @@ for line in sys.stdin:
         print(m["executable"])')
 [ -n "$test_bin" ] || { echo "no GPU test binary built" >&2; exit 1; }
 cp "$test_bin" "$bundle/gpu-tests"
-for ex in decode_bench driver_floor; do cp "target/release/examples/$ex" "$bundle/"; done
+for ex in decode_bench driver_floor cudarc_mlp; do cp "target/release/examples/$ex" "$bundle/"; done
 [ -d benches/peer ] && cp -r benches/peer "$bundle/" || true
 cp scripts/gpu-run.sh "$bundle/run.sh"
 cp scripts/hf_check.py "$bundle/"
-strip "$bundle"/gpu-tests "$bundle"/decode_bench "$bundle"/driver_floor 2>/dev/null || true
+strip "$bundle"/gpu-tests "$bundle"/decode_bench "$bundle"/driver_floor "$bundle"/cudarc_mlp 2>/dev/null || true
+# The candle backend's GPU tests: a second test binary built with candle's `cuda` feature (nvcc
+# from scripts/cuda-toolchain.sh), compressed (candle's kernels make it ~45 MB). Skipped with
+# CUDAGRAPH_SKIP_CANDLE=1.
+if [ "${CUDAGRAPH_SKIP_CANDLE:-0}" != 1 ]; then
+  echo "building the candle GPU tests (first build: ~10 min of nvcc) ..." >&2
+  (
+    eval "$(scripts/cuda-toolchain.sh)"
+    cargo test --release --no-default-features --features cuda-13000,candle-transformers \
+      --target-dir target/candle --test gpu --no-run --message-format=json 2>/dev/null |
+      python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "gpu" and m.get("executable"):
+        print(m["executable"])' >target/candle/gpu-test-path
+  )
+  candle_bin=$(cat target/candle/gpu-test-path)
+  [ -n "$candle_bin" ] || { echo "no candle GPU test binary built" >&2; exit 1; }
+  cp "$candle_bin" "$bundle/gpu-tests-candle"
+  strip "$bundle/gpu-tests-candle" 2>/dev/null || true
+  xz -T0 -6 "$bundle/gpu-tests-candle"
+fi
 du -sh "$bundle" >&2
 echo "bundle ready: on the GPU machine run: bash $bundle/run.sh all" >&2

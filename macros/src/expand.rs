@@ -72,9 +72,11 @@ fn shared(plan: &Plan) -> Shared {
             #batch
         )?#lazy #(#pads)*;
     };
+    let types = BackendTypes::of(plan);
+    let (dev_ty, tensor_ty) = (&types.device, &types.tensor);
     let eager = quote! {
-        move |#closure_rt: &#krate::Runtime,
-              #tensors: [&#krate::Tensor; #n],
+        move |#closure_rt: &#dev_ty,
+              #tensors: [&#tensor_ty; #n],
               #statics: &#statics_ty| {
             #body
         }
@@ -168,6 +170,51 @@ pub fn function_salt(args: &TokenStream, item: &TokenStream) -> u64 {
         })
 }
 
+/// The types the generated code names for the function's backend: cudagraph's own
+/// (`Runtime`, `Tensor`) or, for a forward on another backend's device type `D` (candle's
+/// `CudaDevice`, plain cudarc's `Arc<CudaStream>`), those of `<D as Device>::Backend`.
+struct BackendTypes {
+    /// The device argument's type.
+    device: TokenStream,
+    /// The tensor inputs' type.
+    tensor: TokenStream,
+    /// The input spec type.
+    spec: TokenStream,
+    /// `, Backend` after the runner's other parameters (empty for the default).
+    runner_param: TokenStream,
+    /// `Runner::capture` / `Runner::capture_on`.
+    capture: TokenStream,
+    /// `Runner::estimate` / `Runner::estimate_on`.
+    estimate: TokenStream,
+}
+
+impl BackendTypes {
+    fn of(plan: &Plan) -> Self {
+        let krate = &plan.krate;
+        match &plan.device_ty {
+            None => Self {
+                device: quote!(#krate::Runtime),
+                tensor: quote!(#krate::Tensor),
+                spec: quote!(#krate::InputSpec),
+                runner_param: TokenStream::new(),
+                capture: quote!(capture),
+                estimate: quote!(estimate),
+            },
+            Some(device) => {
+                let backend = quote!(<#device as #krate::Device>::Backend);
+                Self {
+                    device: quote!(#device),
+                    tensor: quote!(<#backend as #krate::Backend>::Tensor),
+                    spec: quote!(#krate::InputSpec<<#backend as #krate::Backend>::DType>),
+                    runner_param: quote!(, #backend),
+                    capture: quote!(capture_on),
+                    estimate: quote!(estimate_on),
+                }
+            }
+        }
+    }
+}
+
 /// The runner's statics type: the static arguments' types as a tuple.
 fn statics_ty(plan: &Plan) -> TokenStream {
     let static_tys = plan.statics.iter().map(|s| &s.ty);
@@ -242,20 +289,29 @@ pub fn expand(plan: &Plan, salt: u64) -> TokenStream {
     } = shared(plan);
     let statics_eq = statics_eq(plan, &statics_eq_ident);
 
+    let BackendTypes {
+        device,
+        spec,
+        runner_param,
+        capture,
+        estimate,
+        ..
+    } = BackendTypes::of(plan);
+
     quote! {
         #(#cfg_attrs)*
         #(#[doc = #graphs_docs])*
         #vis fn #graphs_ident<#lifetime #(, #bounded_lifetimes)*>(
             #receiver
-            #rt: &#lifetime #krate::Runtime,
-            #inputs: [#krate::InputSpec; #n],
+            #rt: &#lifetime #device,
+            #inputs: [#spec; #n],
             #(#static_idents: #static_tys,)*
-        ) -> ::core::result::Result<#krate::Runner<#lifetime, #n, #statics_ty, #id>, #krate::Error>
+        ) -> ::core::result::Result<#krate::Runner<#lifetime, #n, #statics_ty, #id #runner_param>, #krate::Error>
         #where_clause
         {
             #plan_stmts
             #statics_eq
-            #krate::Runner::capture(
+            #krate::Runner::#capture(
                 #rt,
                 #graph_plan,
                 #inputs,
@@ -273,14 +329,14 @@ pub fn expand(plan: &Plan, salt: u64) -> TokenStream {
         #(#[doc = #memory_docs])*
         #vis fn #memory_ident #memory_generics(
             #plain_receiver
-            #rt: &#krate::Runtime,
-            #inputs: [#krate::InputSpec; #n],
+            #rt: &#device,
+            #inputs: [#spec; #n],
             #(#static_idents: #static_tys,)*
         ) -> ::core::result::Result<#krate::MemoryEstimate, #krate::Error>
         #where_clause
         {
             #plan_stmts
-            #krate::Runner::estimate(
+            #krate::Runner::#estimate(
                 #rt,
                 #graph_plan,
                 #inputs,
@@ -293,11 +349,11 @@ pub fn expand(plan: &Plan, salt: u64) -> TokenStream {
         #(#[doc = #refresh_docs])*
         #vis fn #refresh_ident<#lifetime, #old_lifetime #(, #refresh_lifetimes)*>(
             #receiver
-            #rt: &#lifetime #krate::Runtime,
-            #runner: #krate::Runner<#old_lifetime, #n, #statics_ty, #id>,
+            #rt: &#lifetime #device,
+            #runner: #krate::Runner<#old_lifetime, #n, #statics_ty, #id #runner_param>,
         ) -> ::core::result::Result<
-            (#krate::Runner<#lifetime, #n, #statics_ty, #id>, #krate::RefreshReport),
-            #krate::RefreshError<#old_lifetime, #n, #statics_ty, #id>,
+            (#krate::Runner<#lifetime, #n, #statics_ty, #id #runner_param>, #krate::RefreshReport),
+            #krate::RefreshError<#old_lifetime, #n, #statics_ty, #id #runner_param>,
         >
         #where_clause
         {
@@ -542,6 +598,59 @@ mod tests {
     fn has(haystack: &str, needle: &str) -> bool {
         let squash = |s: &str| s.split_whitespace().collect::<String>();
         squash(haystack).contains(&squash(needle))
+    }
+
+    /// A forward on another backend's device type (candle's `CudaDevice`, plain cudarc's
+    /// `Arc<CudaStream>` with `CudaTensor`s) names its backend through `Device` and is built
+    /// with `capture_on` / `estimate_on`; the native spelling stays as it was.
+    #[test]
+    fn foreign_device_types_name_their_backend() {
+        for (device, tensor) in [
+            (quote!(&CudaDevice), quote!(&Tensor)),
+            (
+                quote!(&candle_core::CudaDevice),
+                quote!(&candle_core::Tensor),
+            ),
+            (quote!(&Arc<CudaStream>), quote!(&CudaTensor)),
+        ] {
+            let out = expand_str(
+                quote!(sizes = [1, 2]),
+                quote!(
+                    fn forward(&self, dev: #device, x: #tensor) -> Result<Tensor> {
+                        todo!()
+                    }
+                ),
+            );
+            let device = device.to_string().trim_start_matches('&').trim().to_owned();
+            let backend = format!("< {device} as :: cudagraph :: Device > :: Backend");
+            assert!(has(&out, &format!("rt : & 'cg {device}")), "{out}");
+            assert!(has(&out, &backend), "{out}");
+            assert!(has(&out, ":: cudagraph :: Runner :: capture_on ("), "{out}");
+            assert!(
+                has(&out, ":: cudagraph :: Runner :: estimate_on ("),
+                "{out}"
+            );
+            assert!(
+                has(
+                    &out,
+                    &format!(
+                        "[:: cudagraph :: InputSpec < < {backend} as :: cudagraph :: Backend > :: DType > ; 1]"
+                    )
+                ),
+                "{out}"
+            );
+            impl_items(&out);
+        }
+        let native = expand_str(
+            quote!(sizes = [1, 2]),
+            quote!(
+                fn forward(&self, rt: &Runtime, x: &Tensor) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        assert!(!has(&native, "capture_on"), "{native}");
+        assert!(!has(&native, ":: cudagraph :: Device"), "{native}");
     }
 
     #[test]

@@ -73,6 +73,9 @@ pub struct Plan {
     pub sizes: Vec<usize>,
     /// Dispatch table, see [`sizes::lookup_table`].
     pub lookup: Vec<u16>,
+    /// The device type of a foreign backend's forward (`CudaDevice`, `Arc<CudaStream>`), as
+    /// written; `None` for `&Runtime` (cudagraph's own tensors).
+    pub device_ty: Option<Type>,
     /// Role of each typed parameter, in declaration order.
     pub roles: Vec<Role>,
     /// Names of the tensor parameters, in order (index = input index).
@@ -92,8 +95,9 @@ pub struct Plan {
 
 /// What a typed parameter's type says it is, before `static_args` is applied.
 enum Kind {
-    /// `&Runtime` (or `&mut Runtime`, reported).
-    Runtime,
+    /// `&Runtime` (or `&mut Runtime`, reported), or the device of another backend:
+    /// `&CudaDevice` (candle), `&Arc<CudaStream>` (plain cudarc), whose type is kept.
+    Runtime(Option<Box<Type>>),
     /// `&Tensor` (or `&mut Tensor`, reported).
     Tensor,
     /// Anything else: must be listed in `static_args`.
@@ -135,7 +139,7 @@ pub fn validate(args: &Args, func: &ImplItemFn) -> syn::Result<Plan> {
     // Runtime parameter: exactly one.
     let runtimes: Vec<&Param> = params
         .iter()
-        .filter(|p| matches!(p.kind, Kind::Runtime))
+        .filter(|p| matches!(p.kind, Kind::Runtime(_)))
         .collect();
     let misdeclared = |what: &str| {
         params
@@ -153,7 +157,7 @@ pub fn validate(args: &Args, func: &ImplItemFn) -> syn::Result<Plan> {
         [_] => {}
         [_, extra @ ..] => {
             for param in extra {
-                errors.spanned(&param.span_tokens, "only one `&Runtime` argument is allowed");
+                errors.spanned(&param.span_tokens, "only one `&Runtime` (device) argument is allowed");
             }
         }
     }
@@ -212,8 +216,13 @@ pub fn validate(args: &Args, func: &ImplItemFn) -> syn::Result<Plan> {
         .map(|k| k.path.clone())
         .unwrap_or_else(|| syn::parse_quote!(::cudagraph));
 
+    let device_ty = runtimes.first().and_then(|p| match &p.kind {
+        Kind::Runtime(foreign) => foreign.as_deref().cloned(),
+        _ => None,
+    });
     let sizes = sizes.unwrap_or_default();
     let plan = Plan {
+        device_ty,
         krate,
         vis: func.vis.clone(),
         cfg_attrs: func
@@ -347,6 +356,32 @@ fn last_segment(ty: &Type) -> Option<String> {
     }
 }
 
+/// The role a foreign backend's type plays: `CudaDevice` (candle), `CudaStream` or
+/// `Arc<CudaStream>` (plain cudarc) are the device (`"Runtime"`); `CudaTensor` (plain
+/// cudarc) is a tensor (`"Tensor"`).
+fn foreign_role(ty: &Type) -> Option<&'static str> {
+    let Type::Path(p) = peel(ty) else {
+        return None;
+    };
+    let last = p.path.segments.last()?;
+    match last.ident.to_string().as_str() {
+        "CudaDevice" | "CudaStream" => Some("Runtime"),
+        "CudaTensor" => Some("Tensor"),
+        "Arc" => match &last.arguments {
+            syn::PathArguments::AngleBracketed(args) => match args.args.first()? {
+                syn::GenericArgument::Type(inner)
+                    if last_segment(inner).as_deref() == Some("CudaStream") =>
+                {
+                    Some("Runtime")
+                }
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// Whether a type's tokens contain `impl` (an `impl Trait` anywhere in it:
 /// the keyword can appear in a type in no other way).
 fn mentions_impl_trait(tokens: proc_macro2::TokenStream) -> bool {
@@ -408,7 +443,8 @@ fn classify_params(func: &ImplItemFn, errors: &mut Errors) -> Vec<Param> {
         let kind = match peel(ty) {
             Type::Reference(r) => {
                 let segment = last_segment(&r.elem);
-                match segment.as_deref() {
+                let foreign = foreign_role(&r.elem);
+                match foreign.or(segment.as_deref()) {
                     Some(s @ ("Runtime" | "Tensor")) => {
                         if let Some(token) = &r.mutability {
                             errors.at(
@@ -417,7 +453,7 @@ fn classify_params(func: &ImplItemFn, errors: &mut Errors) -> Vec<Param> {
                             );
                         }
                         if s == "Runtime" {
-                            Kind::Runtime
+                            Kind::Runtime(foreign.map(|_| r.elem.clone()))
                         } else {
                             Kind::Tensor
                         }
@@ -462,7 +498,7 @@ fn batch_index(args: &Args, params: &[Param], fn_name: &str, errors: &mut Errors
                 return tensor_index;
             }
             let what = match param.kind {
-                Kind::Runtime => "the runtime",
+                Kind::Runtime(_) => "the runtime",
                 Kind::Misdeclared(_) => return 0,
                 _ => "a host value",
             };
@@ -524,7 +560,7 @@ fn assign_roles(
     let mut tensor_index = 0;
     for param in params {
         match &param.kind {
-            Kind::Runtime => roles.push(Role::Runtime),
+            Kind::Runtime(_) => roles.push(Role::Runtime),
             // Already reported; the placeholder role is never expanded.
             Kind::Misdeclared(_) => roles.push(Role::Static(statics.len())),
             Kind::Tensor => {
@@ -572,7 +608,7 @@ fn assign_roles(
                 ..
             }) => {}
             Some(Param { kind, .. }) => {
-                let what = if matches!(kind, Kind::Runtime) {
+                let what = if matches!(kind, Kind::Runtime(_)) {
                     "the `&Runtime` argument"
                 } else {
                     "a `&Tensor` argument: it is already a graph input"
@@ -647,7 +683,7 @@ fn pad_indices(
             Some((Kind::Misdeclared(_), _)) => {}
             Some((kind, _)) => {
                 let what = match kind {
-                    Kind::Runtime => "the runtime",
+                    Kind::Runtime(_) => "the runtime",
                     _ if args
                         .static_args
                         .as_ref()

@@ -9,7 +9,7 @@ use crate::alloc::{KeepAlive, Mode};
 use crate::arena::Arena;
 use crate::context::Runtime;
 use crate::error::{Error, OpSite, Result};
-use crate::ffi::{self, EndCaptureError, ExecGraph};
+use crate::ffi::{self, EndCaptureError, ExecGraph, MemoryNodes};
 use crate::freeze::FreezeScope;
 pub use crate::policy::{WARMUP_ENV, Warmup};
 use crate::pool::{GraphPool, PoolChunk};
@@ -212,6 +212,12 @@ fn record<T, E>(
                 what: "a free of memory allocated outside the capture",
                 site,
             },
+            // Pool mode checks no allocation node (the driver's own, from user code calling
+            // cudarc directly, end up in the graph); unreachable here.
+            EndCaptureError::Escaped { .. } => Error::IllegalDuringCapture {
+                what: "a driver allocation kept past the capture",
+                site,
+            },
         },
         site,
         pool_exhausted: exhausted,
@@ -281,7 +287,9 @@ pub(crate) fn capture_one<T>(
 
     // Straight into the largest chunk, when allowed and there is one.
     if let (Warmup::IfNeeded, Some(chunk)) = (warmup, pool.largest_chunk()) {
-        match record(rt, &chunk, f, ExecGraph::end_capture) {
+        match record(rt, &chunk, f, |s| {
+            ExecGraph::end_capture(s, MemoryNodes::Forbidden)
+        }) {
             Ok(recorded) => return finish(recorded, chunk, timing).map_err(wrap),
             Err(failed) if failed.pool_exhausted => {
                 tracing::debug!(
@@ -304,7 +312,10 @@ pub(crate) fn capture_one<T>(
             pool_exhausted: false,
         })
     })?;
-    let recorded = record(rt, &chunk, f, ExecGraph::end_capture).map_err(wrap)?;
+    let recorded = record(rt, &chunk, f, |s| {
+        ExecGraph::end_capture(s, MemoryNodes::Forbidden)
+    })
+    .map_err(wrap)?;
     finish(recorded, chunk, timing).map_err(wrap)
 }
 

@@ -16,7 +16,8 @@ use crate::ffi::{self, DeviceRange};
 use crate::gemm::GemmBackend;
 use crate::kernel_cache::{KernelCache, KernelModule};
 use crate::policy::ReclaimPolicy;
-use crate::tensor::{Shape, Tensor};
+use crate::shape::Shape;
+use crate::tensor::Tensor;
 
 /// Bytes of the cuBLAS workspace a runtime owns. A workspace set up front means cuBLAS never
 /// allocates from the driver, which would be illegal during capture.
@@ -83,7 +84,16 @@ impl Runtime {
                 "libcuda.so could not be loaded (no NVIDIA driver on this machine)".into(),
             ));
         }
-        let count = CudaContext::device_count().map_err(Error::driver("cuDeviceGetCount"))?;
+        let count = CudaContext::device_count().map_err(|e| {
+            use cudarc::driver::sys::CUresult::*;
+            match e.0 {
+                // A stub libcuda (linked where no driver is installed) or no usable device.
+                CUDA_ERROR_STUB_LIBRARY | CUDA_ERROR_NO_DEVICE | CUDA_ERROR_NOT_INITIALIZED => {
+                    Error::NoDriver(format!("no usable NVIDIA driver ({e:?})"))
+                }
+                _ => Error::driver("cuDeviceGetCount")(e),
+            }
+        })?;
         Ok(count.max(0) as usize)
     }
 
@@ -127,6 +137,7 @@ impl Runtime {
     }
 
     /// The context, for this crate's own calls.
+    #[cfg_attr(not(feature = "nccl"), allow(dead_code))]
     pub(crate) fn raw_context(&self) -> &Arc<CudaContext> {
         &self.ctx
     }

@@ -1,15 +1,14 @@
-//! Dispatch: batch size n -> captured size (a table lookup), and the static input buffers that
-//! each call's inputs are copied into, padded to the captured size.
+//! Dispatch: batch size n -> captured size (a table lookup), the plan of a runner (sizes,
+//! batch input, pads, policies) and the spec of each input. The buffers inputs are copied
+//! into are in `static_inputs.rs`.
 
 use std::borrow::Cow;
 
-use crate::context::Runtime;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ffi::{self, DeviceRange, PadJob};
 pub use crate::policy::OnCaptureError;
 use crate::policy::Warmup;
-use crate::tensor::{Shape, Tensor};
+use crate::shape::Shape;
 
 /// Largest captured size: the lookup table stores slot *indices* as `u16`, and with at most
 /// 65535 distinct sizes the largest index is 65534, so [`NO_SLOT`] is never a real slot.
@@ -248,16 +247,19 @@ impl GraphPlan {
 }
 
 /// Dtype and trailing dimensions (all but the batch) of one graph input.
+///
+/// `D` is the backend's dtype: cudagraph's [`DType`] by default, candle's `DType` for a candle
+/// forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InputSpec {
-    dtype: DType,
+pub struct InputSpec<D = DType> {
+    dtype: D,
     trailing: Shape,
 }
 
-impl InputSpec {
+impl<D: Copy> InputSpec<D> {
     /// An input of `dtype` whose rows have shape `trailing` (empty for a vector of scalars).
-    pub fn new(dtype: DType, trailing: &[usize]) -> Result<Self> {
-        if trailing.len() + 1 > crate::tensor::MAX_RANK {
+    pub fn new(dtype: D, trailing: &[usize]) -> Result<Self> {
+        if trailing.len() + 1 > crate::shape::MAX_RANK {
             return Err(Error::invalid("InputSpec", "too many dimensions"));
         }
         // Checked for overflow here and again, with the rows, when its buffer is allocated.
@@ -267,19 +269,8 @@ impl InputSpec {
         })
     }
 
-    /// The spec of an example tensor (its leading dimension is the batch and is ignored).
-    pub fn like(t: &Tensor) -> Result<Self> {
-        if t.rank() == 0 {
-            return Err(Error::invalid(
-                "InputSpec::like",
-                "a graph input needs a batch dimension",
-            ));
-        }
-        Self::new(t.dtype(), &t.shape()[1..])
-    }
-
     /// The dtype.
-    pub fn dtype(&self) -> DType {
+    pub fn dtype(&self) -> D {
         self.dtype
     }
 
@@ -288,12 +279,8 @@ impl InputSpec {
         self.trailing.dims()
     }
 
-    /// Whether `t` has this dtype and these trailing dimensions.
-    pub fn matches(&self, t: &Tensor) -> bool {
-        t.dtype() == self.dtype && t.rank() >= 1 && &t.shape()[1..] == self.trailing()
-    }
-
-    fn full_shape(&self, rows: usize) -> Vec<usize> {
+    /// The dimensions of a tensor of this spec with `rows` rows.
+    pub fn full_shape(&self, rows: usize) -> Vec<usize> {
         let mut dims = Vec::with_capacity(self.trailing().len() + 1);
         dims.push(rows);
         dims.extend_from_slice(self.trailing());
@@ -301,158 +288,12 @@ impl InputSpec {
     }
 }
 
-/// One zero-filled device buffer per input, of the largest captured size; graphs read prefixes
-/// of it, so every size shares it.
-#[derive(Debug)]
-pub(crate) struct StaticInputs<const N: usize> {
-    buffers: [Tensor; N],
-    /// Each input's pad value as a 32-bit pattern of its dtype (see [`PadValue`]).
-    pads: [Option<u32>; N],
-    /// The runtime's one-launch copy kernel, when it loaded (else one memcpy per input).
-    pad_copy: Option<cudarc::driver::CudaFunction>,
-}
-
-/// The runtime's own kernel: all of a replay's input copies in one launch.
-static PAD_COPY: crate::KernelModule = crate::KernelModule {
-    name: "cudagraph_pad_copy",
-    source: include_str!("cu/pad_copy.cu"),
-    functions: &["pad_copy"],
-};
-
-impl<const N: usize> StaticInputs<N> {
-    pub(crate) fn new(
-        rt: &Runtime,
-        specs: &[InputSpec; N],
-        rows: usize,
-        pads: &[(usize, PadValue)],
-    ) -> Result<Self> {
-        let mut patterns = [None; N];
-        for &(input, value) in pads {
-            let Some(spec) = specs.get(input) else {
-                return Err(Error::invalid(
-                    "pad",
-                    format!("pad for input {input}, but the function has {N} tensor inputs"),
-                ));
-            };
-            patterns[input] = Some(value.pattern(spec.dtype, input)?);
-        }
-        let mut buffers = Vec::with_capacity(N);
-        for spec in specs {
-            buffers.push(rt.zeros(&spec.full_shape(rows), spec.dtype)?);
-        }
-        let buffers: [Tensor; N] = buffers
-            .try_into()
-            .map_err(|_| Error::invalid("StaticInputs", "input count mismatch"))?;
-        let pad_copy = if N <= 4 {
-            rt.function(&PAD_COPY, "pad_copy")
-                .map_err(
-                    |e| tracing::debug!(error = %e, "pad_copy kernel unavailable; using memcpy"),
-                )
-                .ok()
-        } else {
-            None
-        };
-        Ok(Self {
-            buffers,
-            pads: patterns,
-            pad_copy,
-        })
+impl<D: Copy + PartialEq> InputSpec<D> {
+    /// Whether a tensor of `dtype` and dimensions `dims` has this dtype and these trailing
+    /// dimensions.
+    pub fn matches_parts(&self, dtype: D, dims: &[usize]) -> bool {
+        dtype == self.dtype && !dims.is_empty() && &dims[1..] == self.trailing()
     }
-
-    /// Views of the first `rows` rows of every buffer (what the graph of that size reads).
-    pub(crate) fn views(&self, rows: usize) -> Result<[Tensor; N]> {
-        let mut views = Vec::with_capacity(N);
-        for b in &self.buffers {
-            views.push(b.narrowed(0, rows)?);
-        }
-        views
-            .try_into()
-            .map_err(|_| Error::invalid("StaticInputs", "input count mismatch"))
-    }
-
-    /// Fills every padded input's whole buffer with its pad value: before a warm-up or a
-    /// capture, so that what they run on every row is a padded row.
-    pub(crate) fn fill_pads(&self, rt: &Runtime) -> Result<()> {
-        for (buf, pad) in self.buffers.iter().zip(&self.pads) {
-            if let Some(pattern) = *pad {
-                fill_tail(rt, buf, 0, pattern)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Copies each input into the first rows of its buffer and fills the rows after it with
-    /// the input's pad value; an input without one keeps earlier contents there (valid values
-    /// of an earlier call, or zeros). Callers only ever see the first `n` output rows.
-    ///
-    /// Callers have checked each input against its [`InputSpec`] and its rows against the
-    /// buffer's; all copies go in one kernel launch when the copy kernel is available.
-    pub(crate) fn fill(&self, rt: &Runtime, inputs: &[&Tensor; N]) -> Result<()> {
-        for (buf, input) in self.buffers.iter().zip(inputs) {
-            if input.rows() > buf.rows() || input.row_bytes() != buf.row_bytes() {
-                return Err(Error::invalid(
-                    "pad_copy",
-                    "input larger than its static buffer",
-                ));
-            }
-        }
-        if let Some(f) = &self.pad_copy {
-            let empty = PadJob {
-                dst: DeviceRange::EMPTY,
-                src: DeviceRange::EMPTY,
-                pattern: None,
-            };
-            let mut jobs = [empty; 4];
-            for (((job, buf), input), pad) in jobs
-                .iter_mut()
-                .zip(&self.buffers)
-                .zip(inputs)
-                .zip(&self.pads)
-            {
-                *job = PadJob {
-                    dst: DeviceRange {
-                        ptr: buf.device_ptr(),
-                        bytes: buf.size_in_bytes(),
-                    },
-                    src: DeviceRange {
-                        ptr: input.device_ptr(),
-                        bytes: input.size_in_bytes(),
-                    },
-                    pattern: *pad,
-                };
-            }
-            return ffi::launch_pad_copy(rt.raw_stream(), f, &jobs[..N])
-                .map_err(Error::driver("pad_copy"));
-        }
-        for ((buf, input), pad) in self.buffers.iter().zip(inputs).zip(&self.pads) {
-            let dst = buf.narrowed(0, input.rows())?;
-            rt.copy(input, &dst)?;
-            if let Some(pattern) = *pad {
-                fill_tail(rt, buf, input.size_in_bytes(), pattern)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Bytes held by the buffers.
-    pub(crate) fn bytes(&self) -> usize {
-        self.buffers.iter().map(Tensor::size_in_bytes).sum()
-    }
-}
-
-/// Fills the bytes of `buf` from `from` (a multiple of the element size) to its end with
-/// `pattern` (see [`PadValue`]).
-fn fill_tail(rt: &Runtime, buf: &Tensor, from: usize, pattern: u32) -> Result<()> {
-    let bytes = buf.size_in_bytes().saturating_sub(from);
-    if bytes == 0 {
-        return Ok(());
-    }
-    let range = DeviceRange {
-        ptr: buf.device_ptr() + from as u64,
-        bytes,
-    };
-    ffi::fill_pattern(rt.raw_stream(), range, pattern, buf.dtype().size_in_bytes())
-        .map_err(Error::driver("cuMemsetD32Async"))
 }
 
 #[cfg(test)]

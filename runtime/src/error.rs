@@ -144,6 +144,30 @@ pub enum Error {
         /// When the check ran (`"after the capture"`, `"at release_memory"`).
         during: &'static str,
     },
+    /// Graph-memory-node capture (cudarc, candle): allocations the capture made were not freed
+    /// in it: the forward kept tensors it allocated.
+    #[error(
+        "`{function}`: {count} allocation(s) ({bytes} bytes) made under capture outlived it: the forward kept tensors it allocated (a cache grown with `cat`, a buffer stored in the model), which every replay would rewrite; allocate them before capturing and write them in place"
+    )]
+    AllocationsEscaped {
+        /// The captured function.
+        function: &'static str,
+        /// How many allocations.
+        count: usize,
+        /// Their bytes.
+        bytes: usize,
+    },
+    /// Graph-memory-node capture (cudarc, candle): the driver refused a call under capture with
+    /// "invalid argument", which is what freeing memory allocated outside the capture gets
+    /// (cudarc records the refused free and reports it at its next call, named here).
+    #[error(
+        "{source} (under capture this is most often a free of memory allocated outside the capture: the forward dropped a buffer it did not allocate in this run; the driver refuses it and cudarc reports the refusal at its next call)"
+    )]
+    ForeignFreeUnderCapture {
+        /// The error the forward returned.
+        #[source]
+        source: Box<Error>,
+    },
     /// A size of a lazily captured runner failed to capture earlier (under
     /// [`OnCaptureError::Abort`](crate::OnCaptureError::Abort)); it is not retried.
     #[error("capturing `{function}` at size {size} failed earlier and is not retried: {message}")]
@@ -190,6 +214,12 @@ impl Error {
     /// another operation a capture can't record.
     pub fn capture_cause(&self) -> Option<&'static str> {
         match self {
+            Error::ForeignFreeUnderCapture { .. } => Some(
+                "a free of memory allocated outside the capture (a device buffer dropped while the stream recorded)",
+            ),
+            Error::AllocationsEscaped { .. } => {
+                Some("tensors allocated under capture outlived it (kept by the forward)")
+            }
             Error::IllegalDuringCapture { what, .. } => Some(match *what {
                 w if w.contains("free") => {
                     "a free of memory allocated outside the capture (a device buffer dropped while the stream recorded)"
@@ -269,24 +299,25 @@ impl Error {
 /// Converts the result of a user's forward function into the runtime's `Result`.
 ///
 /// The code `#[cuda_graph]` generates calls this, so a forward may return any error type that
-/// converts into a boxed error (`anyhow::Error`, `cudagraph::Error`, `Box<dyn Error>` ...).
+/// converts into a boxed error (`anyhow::Error`, `cudagraph::Error`, `candle_core::Error`,
+/// cudarc's `DriverError`, `Box<dyn Error>` ...). `T` is the backend's tensor type.
 #[diagnostic::on_unimplemented(
     message = "a `#[cuda_graph]` function must return `Result<Tensor, E>`",
     label = "returns `{Self}`"
 )]
-pub trait ForwardResult {
+pub trait ForwardResult<T> {
     /// Converts into the runtime's result.
-    fn into_forward_result(self) -> Result<crate::Tensor>;
+    fn into_forward_result(self) -> Result<T>;
 }
 
-impl<E: Into<BoxError>> ForwardResult for std::result::Result<crate::Tensor, E> {
-    fn into_forward_result(self) -> Result<crate::Tensor> {
+impl<T, E: Into<BoxError>> ForwardResult<T> for std::result::Result<T, E> {
+    fn into_forward_result(self) -> Result<T> {
         self.map_err(Error::from_user)
     }
 }
 
 /// Converts a forward function's result into the runtime's (see [`ForwardResult`]).
-pub fn forward_result<R: ForwardResult>(result: R) -> Result<crate::Tensor> {
+pub fn forward_result<T, R: ForwardResult<T>>(result: R) -> Result<T> {
     result.into_forward_result()
 }
 

@@ -13,27 +13,57 @@ pub(crate) fn slice_ptr(slice: &CudaSlice<u8>, stream: &CudaStream) -> u64 {
     ptr
 }
 
-/// Whether the CUDA driver library can be loaded.
+// Under `dynamic-linking` (next to candle) the libraries were loaded with the program, so
+// "is it there" becomes "does its version call succeed": the stub libraries of
+// `scripts/cuda-toolchain.sh` answer with an error.
+
+/// Whether the CUDA driver library can be loaded (and is not a stub).
 pub(crate) fn driver_present() -> bool {
+    #[cfg(not(feature = "dynamic-linking"))]
     // SAFETY: only tries to open the shared library; calls no symbol of it.
-    unsafe { sys::is_culib_present() }
+    return unsafe { sys::is_culib_present() };
+    #[cfg(feature = "dynamic-linking")]
+    {
+        let mut version = 0;
+        // SAFETY: writes one int; needs no cuInit.
+        unsafe { sys::cuDriverGetVersion(&mut version) == sys::CUresult::CUDA_SUCCESS }
+    }
 }
 
-/// Whether NVRTC can be loaded.
+/// Whether NVRTC can be loaded (and is not a stub).
 pub(crate) fn nvrtc_present() -> bool {
+    #[cfg(not(feature = "dynamic-linking"))]
     // SAFETY: only tries to open the shared library; calls no symbol of it.
-    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+    return unsafe { cudarc::nvrtc::sys::is_culib_present() };
+    #[cfg(feature = "dynamic-linking")]
+    {
+        use cudarc::nvrtc::sys as nvrtc;
+        let (mut major, mut minor) = (0, 0);
+        // SAFETY: writes two ints.
+        unsafe { nvrtc::nvrtcVersion(&mut major, &mut minor) == nvrtc::nvrtcResult::NVRTC_SUCCESS }
+    }
 }
 
-/// Whether cuBLAS can be loaded.
+/// Whether cuBLAS can be loaded (and is not a stub).
 pub(crate) fn cublas_present() -> bool {
+    #[cfg(not(feature = "dynamic-linking"))]
     // SAFETY: only tries to open the shared library; calls no symbol of it.
-    unsafe { cudarc::cublas::sys::is_culib_present() }
+    return unsafe { cudarc::cublas::sys::is_culib_present() };
+    #[cfg(feature = "dynamic-linking")]
+    {
+        use cudarc::cublas::sys as cublas;
+        let mut major = 0;
+        // SAFETY: writes one int; needs no handle.
+        unsafe {
+            cublas::cublasGetProperty(cublas::libraryPropertyType::MAJOR_VERSION, &mut major)
+                == cublas::cublasStatus_t::CUBLAS_STATUS_SUCCESS
+        }
+    }
 }
 
 /// A device range `[ptr, ptr + bytes)` that the caller owns for the duration of a call.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct DeviceRange {
+pub struct DeviceRange {
     pub(crate) ptr: u64,
     pub(crate) bytes: usize,
 }
@@ -83,8 +113,9 @@ pub(crate) fn copy_peer(
     }
 }
 
-/// Enqueues a fill of `dst` with a 16-bit (`width` 2) or 32-bit (`width` 4) `pattern` on
-/// `stream`; `dst.ptr` and `dst.bytes` are multiples of `width`.
+/// Enqueues a fill of `dst` with `pattern` on `stream`: its low byte (`width` 1), low 16 bits
+/// (`width` 2) or all 32 bits (`width` 4, and 8 for a pattern that repeats every 4 bytes);
+/// `dst.ptr` and `dst.bytes` are multiples of `width` (of 4 for `width` 8).
 pub(crate) fn fill_pattern(
     stream: &CudaStream,
     dst: DeviceRange,
@@ -93,6 +124,12 @@ pub(crate) fn fill_pattern(
 ) -> Result<(), DriverError> {
     stream.context().bind_to_thread()?;
     match width {
+        1 => {
+            // SAFETY: `dst` is a live allocation of `bytes` bytes held by the caller.
+            unsafe {
+                sys::cuMemsetD8Async(dst.ptr, pattern as u8, dst.bytes, stream.cu_stream()).result()
+            }
+        }
         2 => {
             // SAFETY: `dst` is a live allocation of `bytes` bytes held by the caller, 2-byte
             // aligned (checked by the caller).
@@ -102,7 +139,8 @@ pub(crate) fn fill_pattern(
             }
         }
         _ => {
-            // SAFETY: as above, 4-byte aligned.
+            // SAFETY: as above, 4-byte aligned (8-byte elements: the caller checked that the
+            // pattern repeats every 4 bytes).
             unsafe {
                 sys::cuMemsetD32Async(dst.ptr, pattern, dst.bytes / 4, stream.cu_stream()).result()
             }
@@ -217,6 +255,46 @@ pub(crate) fn graph_mem_trim(ctx: &CudaContext) -> Result<(), DriverError> {
     unsafe { sys::cuDeviceGraphMemTrim(ctx.cu_device()).result() }
 }
 
+/// The driver's graph-memory figures for `ctx`'s device: (used now, used high-water, reserved
+/// now, reserved high-water), in bytes (`cuDeviceGetGraphMemAttribute`).
+pub(crate) fn graph_mem_usage(ctx: &CudaContext) -> Result<[u64; 4], DriverError> {
+    use sys::CUgraphMem_attribute::*;
+    ctx.bind_to_thread()?;
+    let mut out = [0u64; 4];
+    for (value, attr) in out.iter_mut().zip([
+        CU_GRAPH_MEM_ATTR_USED_MEM_CURRENT,
+        CU_GRAPH_MEM_ATTR_USED_MEM_HIGH,
+        CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT,
+        CU_GRAPH_MEM_ATTR_RESERVED_MEM_HIGH,
+    ]) {
+        // SAFETY: `cu_device` comes from a live context; each attribute is a `cuuint64_t`,
+        // written into `value`.
+        unsafe {
+            sys::cuDeviceGetGraphMemAttribute(ctx.cu_device(), attr, (value as *mut u64).cast())
+        }
+        .result()?;
+    }
+    Ok(out)
+}
+
+/// Resets the driver's graph-memory high-water marks of `ctx`'s device to the current values.
+pub(crate) fn reset_graph_mem_high(ctx: &CudaContext) -> Result<(), DriverError> {
+    use sys::CUgraphMem_attribute::*;
+    ctx.bind_to_thread()?;
+    for attr in [
+        CU_GRAPH_MEM_ATTR_USED_MEM_HIGH,
+        CU_GRAPH_MEM_ATTR_RESERVED_MEM_HIGH,
+    ] {
+        let mut zero = 0u64;
+        // SAFETY: as in `graph_mem_usage`; setting a high-water mark takes a zero value.
+        unsafe {
+            sys::cuDeviceSetGraphMemAttribute(ctx.cu_device(), attr, (&mut zero as *mut u64).cast())
+        }
+        .result()?;
+    }
+    Ok(())
+}
+
 /// Starts capturing `stream` in thread-local mode: unsafe calls (sync, host copies, driver
 /// allocations) from this thread fail instead of corrupting the capture. The returned guard
 /// ends the capture (discarding what it recorded) if it is dropped before
@@ -287,8 +365,15 @@ fn bind_quietly(ctx: &CudaContext) -> Result<(), DriverError> {
 pub(crate) enum EndCaptureError {
     /// The driver refused (the capture was invalidated, or instantiation failed).
     Driver(DriverError),
-    /// The graph holds a free node: memory allocated outside the capture was freed inside it.
+    /// The graph holds a free node of memory that was not allocated in the same capture.
     ForeignFree,
+    /// Node mode: allocations the capture made and did not free (tensors the forward kept).
+    Escaped {
+        /// How many allocations.
+        count: usize,
+        /// Their bytes.
+        bytes: usize,
+    },
 }
 
 impl From<DriverError> for EndCaptureError {
@@ -297,31 +382,106 @@ impl From<DriverError> for EndCaptureError {
     }
 }
 
-/// Nodes of `graph` whose type is `kind`.
-fn count_nodes_of_type(
-    graph: sys::CUgraph,
-    kind: sys::CUgraphNodeType,
-) -> Result<usize, DriverError> {
+/// How a capture's memory nodes are checked when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MemoryNodes {
+    /// Pool mode: the runtime serves capture-time tensors from its pool and frees nothing under
+    /// capture, so any free node comes from user code freeing memory allocated outside.
+    Forbidden,
+    /// Node mode: the forward's allocations become graph memory nodes. Every free must free an
+    /// allocation of the same graph (compared by address), and every allocation must be freed
+    /// in it (the runner copies the output out first).
+    Allowed,
+}
+
+/// The nodes of `graph`.
+fn graph_nodes(graph: sys::CUgraph) -> Result<Vec<sys::CUgraphNode>, DriverError> {
     let mut count = 0usize;
     // SAFETY: `graph` is live; a null array asks for the count.
     unsafe { sys::cuGraphGetNodes(graph, ptr::null_mut(), &mut count) }.result()?;
-    if count == 0 {
-        return Ok(0);
-    }
     let mut nodes: Vec<sys::CUgraphNode> = vec![ptr::null_mut(); count];
-    // SAFETY: `nodes` has room for `count` handles.
-    unsafe { sys::cuGraphGetNodes(graph, nodes.as_mut_ptr(), &mut count) }.result()?;
-    let mut matching = 0;
-    for &node in nodes.iter().take(count) {
-        let mut node_kind = std::mem::MaybeUninit::<sys::CUgraphNodeType>::uninit();
+    if count > 0 {
+        // SAFETY: `nodes` has room for `count` handles.
+        unsafe { sys::cuGraphGetNodes(graph, nodes.as_mut_ptr(), &mut count) }.result()?;
+        nodes.truncate(count);
+    }
+    Ok(nodes)
+}
+
+/// The allocations (address, bytes) and frees (address) that `graph`'s memory nodes make.
+struct MemoryNodeList {
+    allocs: Vec<(u64, usize)>,
+    frees: Vec<u64>,
+}
+
+fn memory_nodes(graph: sys::CUgraph) -> Result<MemoryNodeList, DriverError> {
+    let mut list = MemoryNodeList {
+        allocs: Vec::new(),
+        frees: Vec::new(),
+    };
+    for node in graph_nodes(graph)? {
+        let mut kind = std::mem::MaybeUninit::<sys::CUgraphNodeType>::uninit();
         // SAFETY: `node` belongs to the live `graph`; the driver writes its type.
-        unsafe { sys::cuGraphNodeGetType(node, node_kind.as_mut_ptr()) }.result()?;
+        unsafe { sys::cuGraphNodeGetType(node, kind.as_mut_ptr()) }.result()?;
         // SAFETY: initialised by the successful call above.
-        if unsafe { node_kind.assume_init() } == kind {
-            matching += 1;
+        match unsafe { kind.assume_init() } {
+            sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_MEM_ALLOC => {
+                let mut params = std::mem::MaybeUninit::<sys::CUDA_MEM_ALLOC_NODE_PARAMS>::uninit();
+                // SAFETY: `node` is an allocation node of the live graph; the driver fills
+                // `params` (its access descriptors point into the node, read nowhere here).
+                unsafe { sys::cuGraphMemAllocNodeGetParams(node, params.as_mut_ptr()) }.result()?;
+                // SAFETY: initialised by the successful call above.
+                let params = unsafe { params.assume_init() };
+                list.allocs.push((params.dptr, params.bytesize));
+            }
+            sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_MEM_FREE => {
+                let mut dptr: sys::CUdeviceptr = 0;
+                // SAFETY: `node` is a free node of the live graph; the driver writes its address.
+                unsafe { sys::cuGraphMemFreeNodeGetParams(node, &mut dptr) }.result()?;
+                list.frees.push(dptr);
+            }
+            _ => {}
         }
     }
-    Ok(matching)
+    Ok(list)
+}
+
+/// Checks `graph`'s memory nodes against `mode`; returns the bytes its allocations take.
+fn check_memory_nodes(graph: sys::CUgraph, mode: MemoryNodes) -> Result<usize, EndCaptureError> {
+    let list = memory_nodes(graph)?;
+    if mode == MemoryNodes::Forbidden {
+        return if list.frees.is_empty() {
+            Ok(list.allocs.iter().map(|&(_, bytes)| bytes).sum())
+        } else {
+            Err(EndCaptureError::ForeignFree)
+        };
+    }
+    let allocated: std::collections::HashSet<u64> = list.allocs.iter().map(|&(p, _)| p).collect();
+    if list.frees.iter().any(|p| !allocated.contains(p)) {
+        return Err(EndCaptureError::ForeignFree);
+    }
+    let freed: std::collections::HashSet<u64> = list.frees.iter().copied().collect();
+    let (count, bytes) = list
+        .allocs
+        .iter()
+        .filter(|(p, _)| !freed.contains(p))
+        .fold((0, 0), |(c, b), &(_, bytes)| (c + 1, b + bytes));
+    if count > 0 {
+        return Err(EndCaptureError::Escaped { count, bytes });
+    }
+    Ok(list.allocs.iter().map(|&(_, bytes)| bytes).sum())
+}
+
+/// Instantiation flags for a graph checked under `mode`: graphs with memory nodes are
+/// instantiated to free, at each launch, whatever an earlier launch left allocated (nothing,
+/// once the check passed: a second line of defence for relaunches).
+fn instantiate_flags(mode: MemoryNodes) -> sys::CUgraphInstantiate_flags {
+    match mode {
+        MemoryNodes::Forbidden => sys::CUgraphInstantiate_flags(0),
+        MemoryNodes::Allowed => {
+            sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH
+        }
+    }
 }
 
 /// A graph template owned until handed on with [`into_raw`](Self::into_raw); destroyed on
@@ -345,41 +505,42 @@ impl Drop for OwnedGraph {
 
 /// An owned, instantiated CUDA graph: the template and its executable, destroyed on drop.
 #[derive(Debug)]
-pub(crate) struct ExecGraph {
+pub struct ExecGraph {
     graph: sys::CUgraph,
     exec: sys::CUgraphExec,
     stream: Arc<CudaStream>,
     nodes: usize,
+    /// How its memory nodes were checked (and it was instantiated).
+    mode: MemoryNodes,
+    /// Bytes its graph memory nodes allocate (node mode).
+    node_bytes: usize,
     /// Bumped by every successful [`update_from_capture`](Self::update_from_capture).
     generation: u64,
 }
 
 impl ExecGraph {
-    /// Ends the capture on `stream` and instantiates what it recorded. The capture is ended in
-    /// every case, so the stream is usable afterwards whatever this returns.
-    pub(crate) fn end_capture(stream: &Arc<CudaStream>) -> Result<Self, EndCaptureError> {
-        let graph = Self::end_capture_raw(stream)?;
-        let mut nodes = 0usize;
-        // SAFETY: `graph` was just returned by the driver; a null node array asks for the count.
-        let counted = unsafe { sys::cuGraphGetNodes(graph, ptr::null_mut(), &mut nodes).result() };
-        // SAFETY: `graph` is valid; instantiation reads it.
-        let exec = counted.and_then(|()| unsafe {
-            result::graph::instantiate(graph, sys::CUgraphInstantiate_flags(0))
-        });
-        match exec {
-            Ok(exec) => Ok(Self {
-                graph,
-                exec,
-                stream: stream.clone(),
-                nodes,
-                generation: 0,
-            }),
-            Err(e) => {
-                // SAFETY: `graph` is owned here and not used after.
-                let _ = unsafe { result::graph::destroy(graph) };
-                Err(e.into())
-            }
-        }
+    /// Ends the capture on `stream`, checks its memory nodes against `mode` and instantiates
+    /// what it recorded. The capture is ended in every case, so the stream is usable afterwards
+    /// whatever this returns.
+    pub(crate) fn end_capture(
+        stream: &Arc<CudaStream>,
+        mode: MemoryNodes,
+    ) -> Result<Self, EndCaptureError> {
+        let fresh = OwnedGraph(Self::end_capture_raw(stream)?);
+        let node_bytes = check_memory_nodes(fresh.0, mode)?;
+        let nodes = graph_nodes(fresh.0)?.len();
+        // SAFETY: `fresh` is a valid graph; instantiation reads it. On error its owner
+        // destroys it.
+        let exec = unsafe { result::graph::instantiate(fresh.0, instantiate_flags(mode)) }?;
+        Ok(Self {
+            graph: fresh.into_raw(),
+            exec,
+            stream: stream.clone(),
+            nodes,
+            mode,
+            node_bytes,
+            generation: 0,
+        })
     }
 
     /// Ends the capture on `stream` and makes this executable replay what it recorded:
@@ -391,9 +552,8 @@ impl ExecGraph {
         stream: &Arc<CudaStream>,
     ) -> Result<bool, EndCaptureError> {
         let fresh = OwnedGraph(Self::end_capture_raw(stream)?);
-        let mut nodes = 0usize;
-        // SAFETY: `fresh` is live; a null node array asks for the count.
-        unsafe { sys::cuGraphGetNodes(fresh.0, ptr::null_mut(), &mut nodes) }.result()?;
+        let node_bytes = check_memory_nodes(fresh.0, self.mode)?;
+        let nodes = graph_nodes(fresh.0)?.len();
         let mut info = std::mem::MaybeUninit::<sys::CUgraphExecUpdateResultInfo>::uninit();
         // SAFETY: `self.exec` and `fresh` are live graphs owned here; `info` receives the result.
         let updated = unsafe { sys::cuGraphExecUpdate_v2(self.exec, fresh.0, info.as_mut_ptr()) }
@@ -403,13 +563,14 @@ impl ExecGraph {
             // SAFETY: `fresh` is a valid graph; instantiation reads it. On error `fresh` is
             // destroyed by its owner and `self` is unchanged.
             let exec =
-                unsafe { result::graph::instantiate(fresh.0, sys::CUgraphInstantiate_flags(0)) }?;
+                unsafe { result::graph::instantiate(fresh.0, instantiate_flags(self.mode)) }?;
             // SAFETY: the old executable is owned here and replaced; destroyed once.
             let _ = unsafe { result::graph::exec_destroy(self.exec) };
             self.exec = exec;
         }
         let old_graph = std::mem::replace(&mut self.graph, fresh.into_raw());
         self.nodes = nodes;
+        self.node_bytes = node_bytes;
         self.generation += 1;
         // SAFETY: the old template is replaced and destroyed exactly once.
         let _ = unsafe { result::graph::destroy(old_graph) };
@@ -427,20 +588,12 @@ impl ExecGraph {
         if graph.is_null() {
             return Err(DriverError(sys::CUresult::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED).into());
         }
-        // The runtime never frees under capture (drops are parked); a free node comes from
-        // user code dropping memory allocated outside the capture: name it before the driver
-        // refuses to instantiate with a bare "invalid argument".
-        match count_nodes_of_type(graph, sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_MEM_FREE) {
-            Ok(0) => Ok(graph),
-            other => {
-                // SAFETY: `graph` is owned here and not used after.
-                let _ = unsafe { result::graph::destroy(graph) };
-                match other {
-                    Err(e) => Err(e.into()),
-                    Ok(_) => Err(EndCaptureError::ForeignFree),
-                }
-            }
-        }
+        Ok(graph)
+    }
+
+    /// Bytes the graph's memory nodes allocate (0 in pool mode).
+    pub(crate) fn node_bytes(&self) -> usize {
+        self.node_bytes
     }
 
     /// How many times [`update_from_capture`](Self::update_from_capture) changed what this

@@ -14,7 +14,11 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::context::Runtime;
+use std::sync::Arc;
+
+use cudarc::driver::CudaStream;
+
+use crate::alloc::AllocShared;
 use crate::error::{Error, Result};
 use crate::ffi::{self, MemPool};
 pub use crate::policy::{RECLAIM_ENV, ReclaimPolicy};
@@ -26,7 +30,10 @@ static OPEN_SCOPES: Mutex<BTreeMap<usize, (usize, u64)>> = Mutex::new(BTreeMap::
 
 /// A batch of captures with reclamation at its edges only. See the [module docs](self).
 pub struct FreezeScope<'rt> {
-    rt: &'rt Runtime,
+    stream: Arc<CudaStream>,
+    /// The runtime's allocation state, whose parked drops the scope frees (none for a foreign
+    /// backend's stream, which parks nothing).
+    parked: Option<&'rt AllocShared>,
     pool: MemPool,
     saved_threshold: u64,
     policy: ReclaimPolicy,
@@ -36,13 +43,18 @@ pub struct FreezeScope<'rt> {
 }
 
 impl<'rt> FreezeScope<'rt> {
-    /// Enters the scope: one reclamation, then the pool keeps what is freed inside.
-    pub fn enter(rt: &'rt Runtime, policy: ReclaimPolicy) -> Result<Self> {
-        rt.forbid_during_capture("entering a freeze scope")?;
+    /// The scope for captures on `stream` (its caller checked that nothing captures there).
+    pub(crate) fn on_stream(
+        stream: Arc<CudaStream>,
+        parked: Option<&'rt AllocShared>,
+        policy: ReclaimPolicy,
+    ) -> Result<Self> {
         let pool =
-            MemPool::of_device(rt.raw_context()).map_err(Error::driver("cuDeviceGetMemPool"))?;
+            MemPool::of_device(stream.context()).map_err(Error::driver("cuDeviceGetMemPool"))?;
+        let ordinal = stream.context().ordinal();
         let mut scope = Self {
-            rt,
+            stream,
+            parked,
             pool,
             saved_threshold: 0,
             policy,
@@ -52,7 +64,7 @@ impl<'rt> FreezeScope<'rt> {
         };
         scope.reclaim()?;
         let mut scopes = OPEN_SCOPES.lock().unwrap_or_else(|p| p.into_inner());
-        let open = scopes.entry(rt.ordinal()).or_insert((0, 0));
+        let open = scopes.entry(ordinal).or_insert((0, 0));
         if open.0 == 0 {
             open.1 = pool
                 .release_threshold()
@@ -94,7 +106,7 @@ impl<'rt> FreezeScope<'rt> {
         let restored = {
             let mut scopes = OPEN_SCOPES.lock().unwrap_or_else(|p| p.into_inner());
             let open = scopes
-                .entry(self.rt.ordinal())
+                .entry(self.stream.context().ordinal())
                 .or_insert((1, self.saved_threshold));
             open.0 = open.0.saturating_sub(1);
             if open.0 == 0 {
@@ -112,17 +124,31 @@ impl<'rt> FreezeScope<'rt> {
     /// Synchronize, free parked buffers, trim the stream-ordered pool and graph memory.
     fn reclaim(&mut self) -> Result<()> {
         let started = Instant::now();
-        self.rt.synchronize()?;
-        drop(self.rt.alloc_shared().take_parked());
-        self.rt.synchronize()?;
+        self.synchronize()?;
+        if let Some(parked) = self.parked {
+            drop(parked.take_parked());
+            self.synchronize()?;
+        }
         self.pool
             .trim_to(0)
             .map_err(Error::driver("cuMemPoolTrimTo"))?;
-        ffi::graph_mem_trim(self.rt.raw_context())
+        ffi::graph_mem_trim(self.stream.context())
             .map_err(Error::driver("cuDeviceGraphMemTrim"))?;
         self.reclaims += 1;
         self.reclaim_time += started.elapsed();
         Ok(())
+    }
+}
+
+impl FreezeScope<'_> {
+    fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(Error::driver("cuStreamSynchronize"))?;
+        self.stream
+            .context()
+            .check_err()
+            .map_err(Error::driver("deferred (recorded by a drop)"))
     }
 }
 

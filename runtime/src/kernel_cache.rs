@@ -176,3 +176,8 @@ fn store(path: &Path, bytes: &[u8]) {
         tracing::warn!(path = %path.display(), error = %e, "could not write the kernel cache");
     }
 }
+
+/// Whether NVRTC (which compiles kernel modules at first use) can be loaded on this machine.
+pub fn nvrtc_available() -> bool {
+    crate::ffi::nvrtc_present()
+}

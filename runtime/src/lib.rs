@@ -15,6 +15,7 @@
 pub mod advice;
 mod alloc;
 pub mod arena;
+pub mod backend;
 pub mod capture;
 mod context;
 pub mod dispatch;
@@ -31,11 +32,18 @@ mod nvrtc;
 pub mod policy;
 pub mod pool;
 mod runner;
+mod shape;
+mod static_inputs;
 pub mod stats;
 mod tensor;
 pub mod testing;
 
 pub use advice::{SizeAdvice, advise_sizes};
+#[cfg(feature = "candle")]
+pub use backend::candle::Candle;
+pub use backend::nodes::GraphMemoryUsage;
+pub use backend::raw::CudaTensor;
+pub use backend::{Backend, Device, Native};
 pub use capture::{CaptureTiming, Graph, Warmup};
 pub use context::{CUBLAS_WORKSPACE_BYTES, Runtime};
 pub use dispatch::{GraphPlan, InputSpec, OnCaptureError, PadValue, SizeTable};
@@ -43,11 +51,12 @@ pub use dtype::{DType, Element};
 pub use error::{BoxError, Error, ForwardResult, OpSite, Result, forward_result};
 pub use freeze::{FreezeScope, ReclaimPolicy};
 pub use gemm::{GEMM_ENV, GemmBackend};
-pub use kernel_cache::{KernelCacheStats, KernelModule};
+pub use kernel_cache::{KernelCacheStats, KernelModule, nvrtc_available};
 pub use pool::GraphPool;
 pub use runner::{EagerFn, MemoryEstimate, Output, RefreshError, RefreshReport, Runner};
+pub use shape::{MAX_RANK, MAX_TENSOR_BYTES, Shape};
 pub use stats::{FallbackReason, RunnerStats, SizeStats};
-pub use tensor::{MAX_RANK, MAX_TENSOR_BYTES, Shape, Tensor, TensorView};
+pub use tensor::{Tensor, TensorView};
 
 /// What the code `#[cuda_graph]` generates calls and users don't.
 #[doc(hidden)]

@@ -88,8 +88,16 @@ const NCCL_LIBRARY: &str = "nccl (cudarc opens `libnccl.so`; where only `libnccl
 
 /// Whether the NCCL library can be loaded (opens it; calls nothing in it).
 pub fn nccl_available() -> bool {
+    #[cfg(not(feature = "dynamic-linking"))]
     // SAFETY: only tries to open the shared library; calls no symbol of it.
-    unsafe { sys::is_culib_present() }
+    return unsafe { sys::is_culib_present() };
+    #[cfg(feature = "dynamic-linking")]
+    {
+        // Linked: the library is there (the program started); a stub answers with an error.
+        let mut version = 0;
+        // SAFETY: writes one int.
+        unsafe { sys::ncclGetVersion(&mut version) == sys::ncclResult_t::ncclSuccess }
+    }
 }
 
 /// `Ok` when the NCCL library can be loaded, else [`Error::MissingLibrary`] with the fix.

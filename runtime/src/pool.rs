@@ -112,9 +112,14 @@ impl GraphPool {
     }
 
     /// Drops the pool's reference to `chunk` (its memory lives as long as other references:
-    /// see `Runner::quarantine`).
+    /// a tensor that escaped a capture there, and graphs the runner drops next).
     pub(crate) fn forget(&mut self, chunk: &Arc<PoolChunk>) {
         self.chunks.retain(|c| !Arc::ptr_eq(c, chunk));
+    }
+
+    /// Whether `chunk` is still one of the pool's (not forgotten).
+    pub(crate) fn holds(&self, chunk: &Arc<PoolChunk>) -> bool {
+        self.chunks.iter().any(|c| Arc::ptr_eq(c, chunk))
     }
 
     /// The largest chunk, if any.
@@ -170,10 +175,10 @@ impl GraphPool {
 
 impl GraphPool {
     /// Fills every chunk with `0xFF` bytes (test aid; see `Runner::poison_pool`).
-    pub(crate) fn poison(&self, rt: &crate::Runtime) -> Result<()> {
+    pub(crate) fn poison(&self, stream: &CudaStream) -> Result<()> {
         for chunk in &self.chunks {
             crate::ffi::fill_bytes(
-                rt.raw_stream(),
+                stream,
                 crate::ffi::DeviceRange {
                     ptr: chunk.device_ptr(),
                     bytes: chunk.len(),

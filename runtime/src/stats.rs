@@ -85,6 +85,11 @@ pub struct RunnerStats {
     pub calls_by_batch: Vec<u64>,
     /// Calls with batches larger than every captured size, by batch size.
     pub calls_over: std::collections::BTreeMap<usize, u64>,
+    /// Graph-memory-node capture (cudarc, candle): the driver's graph-memory figures for the
+    /// device, read after the runner's captures (`None` for cudagraph's own pool). The driver
+    /// maps a graph's memory at its first launch, so right after capture `reserved` shows only
+    /// what earlier launches left.
+    pub graph_memory: Option<crate::GraphMemoryUsage>,
 }
 
 impl RunnerStats {
@@ -150,7 +155,7 @@ impl fmt::Display for RunnerStats {
         let parts = self.capture_parts();
         write!(
             f,
-            "`{}`: {} graphs in {:.3} s (warm-up {:.3} s, record {:.3} s, instantiate {:.3} s, upload {:.3} s), pool {:.1} MiB, static inputs {:.1} KiB, {} replays, {} fallbacks, padding waste {:.1}%",
+            "`{}`: {} graphs in {:.3} s (warm-up {:.3} s, record {:.3} s, instantiate {:.3} s, upload {:.3} s), {} {:.1} MiB{}, static inputs {:.1} KiB, {} replays, {} fallbacks, padding waste {:.1}%",
             self.function,
             self.sizes.iter().filter(|s| s.captured).count(),
             self.capture_wall.as_secs_f64(),
@@ -158,7 +163,17 @@ impl fmt::Display for RunnerStats {
             parts.record.as_secs_f64(),
             parts.instantiate.as_secs_f64(),
             parts.upload.as_secs_f64(),
+            if self.graph_memory.is_some() {
+                "largest graph's memory nodes"
+            } else {
+                "pool"
+            },
             self.pool_bytes as f64 / (1 << 20) as f64,
+            if self.graph_memory.is_some() {
+                " (graph memory is the driver's, mapped at first launch)"
+            } else {
+                ""
+            },
             self.static_input_bytes as f64 / 1024.0,
             self.replay_count(),
             self.fallback_count(),

@@ -6,8 +6,13 @@
 //! * [`weights`]: the host-side weights a loader produces;
 //! * [`tp`]: tensor parallelism: the decoder sharded over several GPUs, one thread per GPU,
 //!   with NCCL all-reduces captured in each rank's graphs;
-//! * [`reference`](mod@reference): the same decode step on the host, for tests.
+//! * [`reference`](mod@reference): the same decode step on the host, for tests;
+//! * [`cudarc_mlp`]: a two-layer MLP written on plain cudarc (its own NVRTC kernel, cudarc's
+//!   cuBLAS), captured through the raw cudarc backend.
 
+#[cfg(feature = "candle")]
+pub mod candle_decoder;
+pub mod cudarc_mlp;
 pub mod hf;
 pub mod llama;
 pub mod reference;

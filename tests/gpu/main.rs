@@ -4,9 +4,12 @@
 //! missing GPU fails them. Inputs are drawn fresh each run (the seed is printed), outputs are
 //! poisoned with NaN before each run, and graph results are compared with the eager path.
 
+#[cfg(feature = "candle")]
+mod candle_backend;
 mod capture;
 mod common;
 mod coverage;
+mod cudarc_backend;
 mod features;
 mod hf;
 mod kernels;

@@ -1,0 +1,242 @@
+//! The backend seam: what a [`Runner`](crate::Runner) needs from the tensors and the device a
+//! forward is written with.
+//!
+//! The runner's core (dispatch, static inputs, capture per size, replay, fallback, refresh,
+//! release) is written against [`Backend`]; three implementations sit below it:
+//! - [`Native`]: cudagraph's own [`Runtime`](crate::Runtime) and [`Tensor`](crate::Tensor).
+//!   Capture-time tensors come from the runner's [`GraphPool`](crate::GraphPool) (pool mode).
+//! - [`Raw`](raw::Raw): plain cudarc, a forward taking `&Arc<CudaStream>` and
+//!   [`CudaTensor`](raw::CudaTensor)s that wrap the user's own `CudaSlice`s.
+//! - `Candle` (feature `candle`): candle's `CudaDevice` and `Tensor`.
+//!
+//! The foreign backends capture in graph-memory-node mode ([`nodes`]): whatever the forward
+//! allocates during the capture (cudarc's `stream.alloc`, a candle op) becomes a graph memory
+//! node, which the driver backs with physical memory at launch.
+//!
+//! [`Device`] maps the type of a forward's device argument to its backend, so the code
+//! `#[cuda_graph]` generates names the backend from the signature alone.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaFunction, CudaStream};
+
+use crate::capture::CaptureTiming;
+use crate::dispatch::{InputSpec, PadValue};
+use crate::error::Result;
+pub use crate::ffi::{DeviceRange, ExecGraph};
+use crate::freeze::FreezeScope;
+use crate::kernel_cache::KernelModule;
+use crate::policy::{ReclaimPolicy, Warmup};
+use crate::shape::Shape;
+
+mod native;
+pub mod nodes;
+pub mod raw;
+
+#[cfg(feature = "candle")]
+pub mod candle;
+
+pub use native::Native;
+
+/// What one capture of one size is asked to do.
+#[derive(Debug, Clone, Copy)]
+pub struct CaptureRequest {
+    /// The function's name, for errors.
+    pub function: &'static str,
+    /// The size captured (the rows of every input the forward gets).
+    pub size: usize,
+    /// The largest size of the runner (the rows of its static buffers).
+    pub max_rows: usize,
+    /// Whether to warm up first (pool mode decides from this; node mode always warms up).
+    pub warmup: Warmup,
+}
+
+/// One captured size, as a backend hands it to the runner.
+pub struct CapturedSize<B: Backend> {
+    /// The executable graph.
+    pub(crate) exec: ExecGraph,
+    /// What the graph keeps alive and where its memory lies.
+    pub(crate) keep: B::GraphKeep,
+    /// Where its output lies.
+    pub(crate) output: B::OutputSlot,
+    /// Where the capture's time went.
+    pub(crate) timing: CaptureTiming,
+    /// Device bytes the graph needs for its intermediates and output.
+    pub(crate) need: usize,
+}
+
+/// A re-recorded size (see [`Backend::rerecord`]).
+pub struct Rerecorded<B: Backend> {
+    /// What the graph now keeps.
+    pub(crate) keep: B::GraphKeep,
+    /// Where its output now lies.
+    pub(crate) output: B::OutputSlot,
+    /// Whether the executable was updated in place (else re-instantiated).
+    pub(crate) in_place: bool,
+}
+
+/// The forward as the runner calls it during a capture: the static inputs' views of the
+/// captured size are bound inside.
+pub type CaptureBody<'a, B> =
+    dyn FnMut(&<B as Backend>::Device) -> Result<<B as Backend>::Tensor> + 'a;
+
+/// The tensors and device a forward is written with, and how graphs of it are captured.
+///
+/// Implemented by [`Native`], [`raw::Raw`] and (feature `candle`) `candle::Candle`, and sealed:
+/// a capture's results ([`CapturedSize`]) can only be built inside this crate. The methods are
+/// the runner's only access to tensors and devices; none is meant to be called by users, who
+/// go through [`Runner`](crate::Runner).
+pub trait Backend: sealed::Sealed + Sized + 'static {
+    /// What the forward receives as its device argument.
+    type Device: ?Sized;
+    /// The tensors a forward takes and returns.
+    type Tensor;
+    /// The element types of its tensors.
+    type DType: Copy + PartialEq + std::fmt::Debug;
+    /// Device memory shared by every graph of a runner.
+    type Memory;
+    /// What one size's graph keeps alive with it.
+    type GraphKeep;
+    /// Where one size's output lies (a fresh view of it is made per replay).
+    type OutputSlot: Copy;
+
+    /// The stream every graph of `dev` is captured on and replays on (a clone of the device's
+    /// `Arc`: candle hands out clones only).
+    fn stream(dev: &Self::Device) -> Arc<CudaStream>;
+
+    /// Called once when a runner is built on `dev`: an error if graphs can't be captured there
+    /// (plain cudarc: a context that tracks events), or device setup captures need.
+    fn prepare(_dev: &Self::Device) -> Result<()> {
+        Ok(())
+    }
+
+    /// An error if `dev` is capturing now (for what a capture can't record: a replay, a
+    /// synchronize).
+    fn forbid_during_capture(dev: &Self::Device, what: &'static str) -> Result<()>;
+
+    /// Waits for the device's stream and surfaces errors recorded for later.
+    fn synchronize(dev: &Self::Device) -> Result<()>;
+
+    /// Loads a kernel of the runtime's own (the input copy), for `dev`'s context.
+    fn function(
+        dev: &Self::Device,
+        module: &'static KernelModule,
+        name: &'static str,
+    ) -> Result<CudaFunction>;
+
+    /// The freeze scope around a batch of captures.
+    fn freeze(dev: &Self::Device, policy: ReclaimPolicy) -> Result<FreezeScope<'_>>;
+
+    /// The reclamation policy captures on `dev` use.
+    fn reclaim_policy(_dev: &Self::Device) -> ReclaimPolicy {
+        ReclaimPolicy::from_env()
+    }
+
+    /// Empty runner memory.
+    fn new_memory(dev: &Self::Device) -> Self::Memory;
+
+    /// The element type of `t`.
+    fn dtype(t: &Self::Tensor) -> Self::DType;
+
+    /// The dimensions of `t` (an error beyond [`MAX_RANK`](crate::MAX_RANK) dimensions).
+    fn shape(t: &Self::Tensor) -> Result<Shape>;
+
+    /// Bytes of one element of `dtype`.
+    fn dtype_bytes(dtype: Self::DType) -> usize;
+
+    /// `value` as a 32-bit pattern of `dtype` (see [`PadValue`]), or an error naming `input`.
+    fn pad_pattern(value: PadValue, dtype: Self::DType, input: usize) -> Result<u32>;
+
+    /// An error naming `op` unless `dev` may use `t` on its stream (same device, same stream,
+    /// contiguous).
+    fn check_tensor(dev: &Self::Device, op: &'static str, t: &Self::Tensor) -> Result<()>;
+
+    /// The device bytes of `t` (contiguous, checked by [`check_tensor`](Self::check_tensor)).
+    fn range(t: &Self::Tensor) -> Result<DeviceRange>;
+
+    /// A zero-filled tensor of `spec` with `rows` rows, allocated outside any capture.
+    fn zeros(
+        dev: &Self::Device,
+        spec: &InputSpec<Self::DType>,
+        rows: usize,
+    ) -> Result<Self::Tensor>;
+
+    /// The first `rows` rows of `t`, sharing its memory.
+    fn narrow(t: &Self::Tensor, rows: usize) -> Result<Self::Tensor>;
+
+    /// A copy of `t` in new memory that outlives every graph.
+    fn duplicate(dev: &Self::Device, t: &Self::Tensor) -> Result<Self::Tensor>;
+
+    /// Captures one size: warm-up as the backend needs, record, instantiate, upload.
+    fn capture(
+        dev: &Self::Device,
+        memory: &mut Self::Memory,
+        request: CaptureRequest,
+        body: &mut CaptureBody<'_, Self>,
+    ) -> Result<CapturedSize<Self>>;
+
+    /// Re-records one size with a new forward and updates `exec` (in place when the driver
+    /// accepts). On error, whether `exec` was changed comes with it.
+    fn rerecord(
+        dev: &Self::Device,
+        memory: &mut Self::Memory,
+        keep: &Self::GraphKeep,
+        exec: &mut ExecGraph,
+        request: CaptureRequest,
+        body: &mut CaptureBody<'_, Self>,
+    ) -> std::result::Result<Rerecorded<Self>, (crate::Error, bool)>;
+
+    /// Whether a graph keeping `keep` may still replay (false once its memory was withdrawn
+    /// because a tensor escaped a capture there).
+    fn usable(memory: &Self::Memory, keep: &Self::GraphKeep) -> bool;
+
+    /// A view of the first `rows` rows of a graph's output, made after each replay.
+    fn output_view(
+        dev: &Self::Device,
+        memory: &Self::Memory,
+        keep: &Self::GraphKeep,
+        slot: &Self::OutputSlot,
+        rows: usize,
+    ) -> Result<Self::Tensor>;
+
+    /// Device bytes of the runner's graph memory.
+    fn memory_bytes(memory: &Self::Memory) -> usize;
+
+    /// The driver's graph-memory figures of `dev`'s device, for backends that capture graph
+    /// memory nodes (`None` for the native pool).
+    fn graph_memory_usage(_dev: &Self::Device) -> Result<Option<nodes::GraphMemoryUsage>> {
+        Ok(None)
+    }
+
+    /// Gives the runner's graph memory back to the driver, keeping the graphs defined; returns
+    /// whether it is released after the call (also on error: a release that failed halfway).
+    fn release(dev: &Self::Device, memory: &mut Self::Memory) -> (bool, Result<()>);
+
+    /// Maps back what [`release`](Self::release) gave away.
+    fn resume(dev: &Self::Device, memory: &mut Self::Memory) -> Result<()>;
+
+    /// Fills the runner's graph memory with `0xFF` bytes (a test aid).
+    fn poison(dev: &Self::Device, memory: &Self::Memory) -> Result<()>;
+
+    /// Returns what the stream-ordered allocator and graph memory nodes cache to the driver.
+    fn release_cached_memory(dev: &Self::Device) -> Result<()>;
+}
+
+pub(crate) mod sealed {
+    /// Implemented by this crate's backends only.
+    pub trait Sealed {}
+    impl Sealed for super::Native {}
+    impl Sealed for super::raw::Raw {}
+    #[cfg(feature = "candle")]
+    impl Sealed for super::candle::Candle {}
+}
+
+/// A forward's device argument type: names its [`Backend`] (`Runtime` → [`Native`],
+/// `Arc<CudaStream>` → [`raw::Raw`], candle's `CudaDevice` → `candle::Candle`).
+pub trait Device {
+    /// The backend whose device this is.
+    type Backend: Backend;
+
+    /// `self`, as the backend's device type (which it is: the identity).
+    fn as_backend_device(&self) -> &<Self::Backend as Backend>::Device;
+}

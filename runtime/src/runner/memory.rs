@@ -1,0 +1,119 @@
+//! A runner's graph memory: release and resume, the poison test aid, and the estimate made
+//! before committing to a capture.
+
+use super::Runner;
+use crate::backend::{Backend, Device};
+use crate::dispatch::{GraphPlan, InputSpec};
+use crate::error::{Error, Result};
+
+impl<const N: usize, S, const F: u64, B: Backend> Runner<'_, N, S, F, B> {
+    /// Gives the graph memory's physical memory back to the driver (and trims what the
+    /// stream-ordered allocator and graph memory nodes cache), keeping every graph defined:
+    /// with cudagraph's tensors the pool's virtual addresses stay reserved, so
+    /// [`resume`](Self::resume) maps new memory at the same addresses; with graph memory nodes
+    /// the driver maps it again at the next launch. The graphs replay without re-capture. `run`
+    /// fails with [`Error::Released`] in between. Returns the bytes of graph memory released.
+    ///
+    /// Refused while a tensor in pool memory is alive. If the release fails halfway, the runner
+    /// counts as released (some memory is unmapped) and `resume` maps what is missing.
+    pub fn release_memory(&mut self) -> Result<usize> {
+        if self.released {
+            return Ok(0);
+        }
+        B::forbid_during_capture(self.dev, "releasing a runner's memory")?;
+        B::synchronize(self.dev)?;
+        let bytes = B::memory_bytes(&self.memory);
+        let (released, result) = B::release(self.dev, &mut self.memory);
+        self.released = released;
+        let function = self.plan.function;
+        result.map_err(|e| match e {
+            Error::PoolTensorsAlive { count, during, .. } => Error::PoolTensorsAlive {
+                function,
+                count,
+                during,
+            },
+            e => e,
+        })?;
+        B::release_cached_memory(self.dev)?;
+        Ok(bytes)
+    }
+
+    /// Maps the graph memory back after [`release_memory`](Self::release_memory); the graphs
+    /// replay with the same results as before.
+    pub fn resume(&mut self) -> Result<()> {
+        B::forbid_during_capture(self.dev, "resuming a runner's memory")?;
+        if self.released {
+            B::resume(self.dev, &mut self.memory)?;
+            self.released = false;
+        }
+        Ok(())
+    }
+
+    /// Whether the graph memory is released.
+    pub fn is_released(&self) -> bool {
+        self.released
+    }
+
+    /// Test aid: fills the whole graph memory with `0xFF` bytes (NaN in bf16 and f32), so a
+    /// replay that leaves an output element unwritten shows up as NaN.
+    ///
+    /// Refused while released (nothing is mapped) and during a capture (the fill would be
+    /// recorded into a graph that keeps none of this memory).
+    pub fn poison_pool(&self) -> Result<()> {
+        if self.released {
+            return Err(Error::Released {
+                function: self.plan.function,
+            });
+        }
+        B::forbid_during_capture(self.dev, "poison_pool")?;
+        B::poison(self.dev, &self.memory)
+    }
+}
+
+/// Device memory a runner will hold, from [`Runner::estimate`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    /// Bytes of the graph memory (every size's intermediates and outputs, shared).
+    pub pool_bytes: usize,
+    /// Bytes of the static input buffers.
+    pub static_input_bytes: usize,
+}
+
+impl MemoryEstimate {
+    /// Everything together.
+    pub fn total(&self) -> usize {
+        self.pool_bytes + self.static_input_bytes
+    }
+}
+
+impl<'m, const N: usize, S: PartialEq + 'm, B: Backend> Runner<'m, N, S, 0, B> {
+    /// [`estimate`](Runner::estimate) on any backend (see [`capture_on`](Self::capture_on)).
+    /// With graph memory nodes the figure is the graph's allocation nodes; the driver may
+    /// reserve more (its granularity), which [`RunnerStats`](crate::RunnerStats) reports.
+    pub fn estimate_on<D>(
+        dev: &'m D,
+        plan: GraphPlan,
+        specs: [InputSpec<B::DType>; N],
+        statics: S,
+        eager: impl Fn(&B::Device, [&B::Tensor; N], &S) -> Result<B::Tensor> + 'm,
+    ) -> Result<MemoryEstimate>
+    where
+        D: Device<Backend = B> + ?Sized,
+    {
+        let largest = plan.table.sizes().len().checked_sub(1);
+        let mut runner =
+            Runner::capture_on(dev, plan.with_lazy_capture(true), specs, statics, eager)?;
+        let mut need = 0;
+        if let Some(slot) = largest {
+            runner.capture_slot(slot)?;
+            need = runner.stats.sizes[slot].pool_need;
+        }
+        let estimate = MemoryEstimate {
+            pool_bytes: B::memory_bytes(&runner.memory).max(need),
+            static_input_bytes: runner.inputs.bytes(),
+        };
+        drop(runner);
+        B::release_cached_memory(dev.as_backend_device())?;
+        Ok(estimate)
+    }
+}

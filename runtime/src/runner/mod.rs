@@ -1,0 +1,604 @@
+//! [`Runner`]: capture-at-init over every size, `run()` with dispatch, padding and replay, eager
+//! fallback, and [`Output`] borrowing the runner. Written against [`Backend`]: the same runner
+//! serves cudagraph's own tensors, plain cudarc and candle.
+
+use std::ops::Deref;
+use std::time::Instant;
+
+use crate::backend::{Backend, CaptureRequest, Device, Native};
+use crate::dispatch::{GraphPlan, InputSpec, OnCaptureError};
+use crate::error::{Error, Result};
+use crate::ffi::ExecGraph;
+use crate::policy::Warmup;
+use crate::static_inputs::StaticInputs;
+use crate::stats::{FALLBACK_REASONS, FallbackReason, RunnerStats, SizeStats};
+
+/// What [`Runner::refresh`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RefreshReport {
+    /// Graphs whose executable the driver updated in place (`cuGraphExecUpdate`).
+    pub updated_in_place: usize,
+    /// Graphs re-instantiated because the driver refused the update.
+    pub reinstantiated: usize,
+    /// Wall time of the whole refresh.
+    pub time: std::time::Duration,
+}
+
+/// A failed [`Runner::refresh`]: the error, and the runner it was given, still usable with its
+/// old forward. Sizes the refresh had already rebuilt for the new forward are dropped from it
+/// (they pointed at the new model) and are captured again, with the old forward, on their next
+/// use.
+pub struct RefreshError<'m, const N: usize, S = (), const F: u64 = 0, B: Backend = Native> {
+    /// Why the refresh failed.
+    pub error: Error,
+    /// The runner, as described above (boxed: a runner is large).
+    pub runner: Box<Runner<'m, N, S, F, B>>,
+}
+
+impl<const N: usize, S, const F: u64, B: Backend> std::fmt::Debug for RefreshError<'_, N, S, F, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshError")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<const N: usize, S, const F: u64, B: Backend> std::fmt::Display
+    for RefreshError<'_, N, S, F, B>
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "refresh failed (the old runner is returned): {}",
+            self.error
+        )
+    }
+}
+
+impl<const N: usize, S, const F: u64, B: Backend> std::error::Error
+    for RefreshError<'_, N, S, F, B>
+{
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl<const N: usize, S, const F: u64, B: Backend> From<RefreshError<'_, N, S, F, B>> for Error {
+    /// The error alone (the returned runner is dropped).
+    fn from(e: RefreshError<'_, N, S, F, B>) -> Error {
+        e.error
+    }
+}
+
+/// The eager forward a runner captures and falls back to.
+pub type EagerFn<'m, const N: usize, S, B = Native> = Box<
+    dyn Fn(
+            &<B as Backend>::Device,
+            [&<B as Backend>::Tensor; N],
+            &S,
+        ) -> Result<<B as Backend>::Tensor>
+        + 'm,
+>;
+
+/// One captured size.
+struct SizeGraph<B: Backend> {
+    exec: ExecGraph,
+    /// What the graph keeps alive: its memory, and buffers it reads that it must outlive.
+    keep: B::GraphKeep,
+    /// Where its output lies (`size` rows).
+    output: B::OutputSlot,
+}
+
+/// The result of [`Runner::run`]: the first `n` rows of the output.
+///
+/// It borrows the runner: the next `run` replays into the same memory and `release_memory`
+/// unmaps it, so holding an `Output` (or a view of it) across either is a compile error
+/// (E0499: the runner is borrowed mutably twice). It derefs to the backend's tensor
+/// ([`Tensor`](crate::Tensor) by default), so ops take it as input; cudagraph's `Tensor` is not
+/// `Clone`. To keep a result past the next run, copy it ([`to_owned`](Self::to_owned)) or
+/// download it. (A candle tensor is `Clone`: a clone shares the memory the next replay
+/// rewrites, so keep a result with `to_owned`, not `clone`.)
+pub struct Output<'r, B: Backend = Native> {
+    tensor: B::Tensor,
+    replayed: bool,
+    size: Option<usize>,
+    dev: &'r B::Device,
+}
+
+impl<B: Backend> Output<'_, B> {
+    /// Whether a graph produced it (`false`: the eager fallback ran).
+    pub fn replayed(&self) -> bool {
+        self.replayed
+    }
+
+    /// The captured size whose graph produced it (`None`: the eager fallback ran).
+    pub fn size(&self) -> Option<usize> {
+        self.size
+    }
+
+    /// A copy in new memory of the runner's device, which outlives the output (and the
+    /// runner): what to keep past the next `run`.
+    #[track_caller]
+    pub fn to_owned(&self) -> Result<B::Tensor> {
+        B::duplicate(self.dev, &self.tensor)
+    }
+}
+
+impl<B: Backend> Deref for Output<'_, B> {
+    type Target = B::Tensor;
+
+    fn deref(&self) -> &B::Tensor {
+        &self.tensor
+    }
+}
+
+impl<B: Backend> std::fmt::Debug for Output<'_, B>
+where
+    B::Tensor: std::fmt::Debug,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Output")
+            .field("tensor", &self.tensor)
+            .field("replayed", &self.replayed)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+mod memory;
+mod refresh;
+
+pub use memory::MemoryEstimate;
+
+/// Graphs of one function for every captured size, with dispatch and eager fallback.
+///
+/// Built by the `<fn>_graphs` constructor that `#[cuda_graph]` generates, or by
+/// [`Runner::capture`] directly. `'m` is the borrow of the model and device: the graphs hold
+/// pointers to the model's weights, so they can't move or drop while the runner lives (with
+/// cudagraph's tensors every driver buffer a graph reads is also kept alive by the graph
+/// itself). `F` identifies the function (the macro gives each annotated function its own), so
+/// a runner of one function can't be refreshed with another's forward. `B` is the
+/// [`Backend`]: cudagraph's own tensors by default.
+pub struct Runner<'m, const N: usize, S = (), const F: u64 = 0, B: Backend = Native> {
+    dev: &'m B::Device,
+    plan: GraphPlan,
+    specs: [InputSpec<B::DType>; N],
+    statics: S,
+    statics_eq: fn(&S, &S) -> bool,
+    eager: EagerFn<'m, N, S, B>,
+    inputs: StaticInputs<B, N>,
+    /// Indexed like `plan.table.sizes()`; `None` until captured (lazy mode).
+    graphs: Vec<Option<SizeGraph<B>>>,
+    memory: B::Memory,
+    stats: RunnerStats,
+    warned: [bool; FALLBACK_REASONS],
+    released: bool,
+}
+
+impl<const N: usize, S, const F: u64, B: Backend> std::fmt::Debug for Runner<'_, N, S, F, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("function", &self.plan.function)
+            .field("sizes", &self.plan.table.sizes())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'m, const N: usize, S: PartialEq + 'm, B: Backend> Runner<'m, N, S, 0, B> {
+    /// [`capture`](Runner::capture) on any backend: the backend is named by the type of
+    /// `dev` (see [`Device`]): a [`Runtime`](crate::Runtime), an `Arc<CudaStream>` (plain
+    /// cudarc, [`backend::raw`](crate::backend::raw)) or candle's `CudaDevice` (feature
+    /// `candle`). Foreign backends capture in graph-memory-node mode
+    /// ([`backend::nodes`](crate::backend::nodes)) and warm up every size.
+    pub fn capture_on<D>(
+        dev: &'m D,
+        plan: GraphPlan,
+        specs: [InputSpec<B::DType>; N],
+        statics: S,
+        eager: impl Fn(&B::Device, [&B::Tensor; N], &S) -> Result<B::Tensor> + 'm,
+    ) -> Result<Self>
+    where
+        D: Device<Backend = B> + ?Sized,
+    {
+        Self::build(
+            dev.as_backend_device(),
+            plan,
+            specs,
+            statics,
+            |a, b| a == b,
+            Box::new(eager),
+        )
+    }
+}
+
+impl<'m, const N: usize, S: 'm, B: Backend> Runner<'m, N, S, 0, B> {
+    fn build(
+        dev: &'m B::Device,
+        plan: GraphPlan,
+        specs: [InputSpec<B::DType>; N],
+        statics: S,
+        statics_eq: fn(&S, &S) -> bool,
+        eager: EagerFn<'m, N, S, B>,
+    ) -> Result<Self> {
+        if N == 0 {
+            return Err(Error::invalid(
+                plan.function,
+                "a runner needs at least one tensor input",
+            ));
+        }
+        if plan.batch_input >= N {
+            return Err(Error::invalid(
+                plan.function,
+                "batch input index out of range",
+            ));
+        }
+        B::forbid_during_capture(dev, "building a runner")?;
+        B::prepare(dev)?;
+        let started = Instant::now();
+        let inputs = StaticInputs::new(dev, &specs, plan.table.max(), &plan.pads)?;
+        let sizes = plan.table.sizes().to_vec();
+        let stats = RunnerStats {
+            function: plan.function,
+            static_input_bytes: inputs.bytes(),
+            calls_by_batch: vec![0; plan.table.max() + 1],
+            sizes: sizes
+                .iter()
+                .map(|&size| SizeStats {
+                    size,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let mut runner = Self {
+            dev,
+            graphs: sizes.iter().map(|_| None).collect(),
+            plan,
+            specs,
+            statics,
+            statics_eq,
+            eager,
+            inputs,
+            memory: B::new_memory(dev),
+            stats,
+            warned: [false; FALLBACK_REASONS],
+            released: false,
+        };
+        if runner.plan.lazy {
+            return Ok(runner);
+        }
+
+        let progress = progress_bar(runner.plan.function, sizes.len());
+        let mut scope = B::freeze(dev, B::reclaim_policy(dev))?;
+        for slot in (0..sizes.len()).rev() {
+            progress.set_message(format!("size {}", sizes[slot]));
+            runner.capture_or_mark(slot)?;
+            scope.between_graphs()?;
+            progress.inc(1);
+        }
+        let (reclaims, _) = scope.exit()?;
+        progress.finish_and_clear();
+        runner.stats.capture_wall = started.elapsed();
+        runner.stats.reclaims = reclaims;
+        runner.stats.graph_memory = B::graph_memory_usage(dev)?;
+        tracing::info!(target: "cudagraph", "{}", runner.stats);
+        Ok(runner)
+    }
+}
+
+impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B> {
+    /// Compares static arguments with `eq` instead of `==` (the code `#[cuda_graph]` generates
+    /// compares floats by their bits, so that a NaN static matches itself).
+    pub fn with_statics_eq(mut self, eq: fn(&S, &S) -> bool) -> Self {
+        self.statics_eq = eq;
+        self
+    }
+
+    /// The same runner without its function's identity (`F = 0`): a type one can write, for a
+    /// struct field or a helper's signature (`Runner<'m, N, S>`). The generated
+    /// `<fn>_graphs_refresh` no longer accepts it; [`refresh`](Self::refresh) still does.
+    pub fn into_untyped(self) -> Runner<'m, N, S, 0, B> {
+        self.for_function::<0>()
+    }
+
+    /// The same runner, typed as the runner of function `G` (used by the code `#[cuda_graph]`
+    /// generates, which gives every annotated function its own identity).
+    #[doc(hidden)]
+    pub fn for_function<const G: u64>(self) -> Runner<'m, N, S, G, B> {
+        let Runner {
+            dev,
+            plan,
+            specs,
+            statics,
+            statics_eq,
+            eager,
+            inputs,
+            graphs,
+            memory,
+            stats,
+            warned,
+            released,
+        } = self;
+        Runner {
+            dev,
+            plan,
+            specs,
+            statics,
+            statics_eq,
+            eager,
+            inputs,
+            graphs,
+            memory,
+            stats,
+            warned,
+            released,
+        }
+    }
+
+    /// Captures `slot`; on failure, under [`OnCaptureError::Eager`], records the error and marks
+    /// the size for eager execution instead of failing. Under [`OnCaptureError::Abort`] the
+    /// error is recorded too (a lazy size that failed is not captured again) and returned.
+    fn capture_or_mark(&mut self, slot: usize) -> Result<()> {
+        match self.capture_slot(slot) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.stats.sizes[slot].capture_error = Some(e.to_string());
+                if self.plan.on_capture_error == OnCaptureError::Eager {
+                    tracing::warn!(target: "cudagraph", "{e}; this size will run eagerly");
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// What a capture of size index `slot` is asked to do.
+    fn request(&self, slot: usize, warmup: Warmup) -> CaptureRequest {
+        CaptureRequest {
+            function: self.plan.function,
+            size: self.plan.table.sizes()[slot],
+            max_rows: self.plan.table.max(),
+            warmup,
+        }
+    }
+
+    /// Captures the graph of size index `slot`: the first capture warms up, later ones follow
+    /// the plan's [`Warmup`] policy. Padded inputs are filled with their pad value first.
+    fn capture_slot(&mut self, slot: usize) -> Result<()> {
+        let first = self.graphs.iter().all(Option::is_none);
+        let warmup = if first {
+            Warmup::Always
+        } else {
+            self.plan.warmup
+        };
+        let request = self.request(slot, warmup);
+        self.inputs.fill_pads(self.dev)?;
+        let views = self.inputs.views(request.size)?;
+        let (eager, statics) = (&self.eager, &self.statics);
+        let mut body = |dev: &B::Device| {
+            let refs: [&B::Tensor; N] = std::array::from_fn(|i| &views[i]);
+            eager(dev, refs, statics)
+        };
+        let captured = B::capture(self.dev, &mut self.memory, request, &mut body);
+        drop(views);
+        self.drop_unusable();
+        let c = captured?;
+        let s = &mut self.stats.sizes[slot];
+        s.captured = true;
+        s.capture_error = None;
+        s.nodes = c.exec.node_count();
+        s.pool_need = c.need;
+        s.capture = c.timing;
+        self.graphs[slot] = Some(SizeGraph {
+            exec: c.exec,
+            keep: c.keep,
+            output: c.output,
+        });
+        self.stats.pool_bytes = B::memory_bytes(&self.memory);
+        Ok(())
+    }
+
+    /// Drops every graph whose memory the backend withdrew (a capture whose forward kept a
+    /// tensor in memory every replay rewrites): captured again, elsewhere, on its next use.
+    fn drop_unusable(&mut self) {
+        for (slot, graph) in self.graphs.iter_mut().enumerate() {
+            if graph
+                .as_ref()
+                .is_some_and(|g| !B::usable(&self.memory, &g.keep))
+            {
+                *graph = None;
+                self.stats.sizes[slot].captured = false;
+            }
+        }
+        self.stats.pool_bytes = B::memory_bytes(&self.memory);
+    }
+
+    /// Runs the function on `inputs`: replays the graph of the smallest captured size that fits
+    /// the batch (inputs copied into its static buffers, padded), or runs it eagerly when no
+    /// graph applies (counted in [`stats`](Self::stats), logged once per reason).
+    ///
+    /// Errors: an empty batch, inputs whose leading dimensions differ, a tensor of another
+    /// device or stream, a size whose lazy capture failed earlier under
+    /// [`OnCaptureError::Abort`], or any error of the replay or the eager function.
+    pub fn run_with(&mut self, inputs: [&B::Tensor; N], statics: &S) -> Result<Output<'_, B>> {
+        let function = self.plan.function;
+        if self.released {
+            return Err(Error::Released { function });
+        }
+        // A replay inside another capture would record this runner's graph into a graph that
+        // keeps none of its memory.
+        B::forbid_during_capture(self.dev, "running a runner")?;
+        let batch = B::shape(inputs[self.plan.batch_input])?;
+        let Some(&n) = batch.dims().first() else {
+            return Err(Error::invalid(
+                function,
+                "the batch input needs a leading (batch) dimension",
+            ));
+        };
+        let mut shapes_match = true;
+        for (i, t) in inputs.iter().enumerate() {
+            B::check_tensor(self.dev, function, t)?;
+            let shape = B::shape(t)?;
+            let dims = shape.dims();
+            if dims.first() != Some(&n) {
+                return Err(Error::invalid(
+                    function,
+                    format!(
+                        "input {i} has shape {dims:?}; every input's leading dimension must be the batch ({n})"
+                    ),
+                ));
+            }
+            shapes_match &= self.specs[i].matches_parts(B::dtype(t), dims);
+        }
+        if n == 0 {
+            return Err(Error::invalid(function, "empty batch (0 rows)"));
+        }
+        match self.stats.calls_by_batch.get_mut(n) {
+            Some(count) => *count += 1,
+            None => *self.stats.calls_over.entry(n).or_insert(0) += 1,
+        }
+        let slot = self.plan.table.slot(n);
+        let statics_match = (self.statics_eq)(statics, &self.statics);
+        if let Some(slot) = slot {
+            let failed = self.stats.sizes[slot].capture_error.clone();
+            match failed {
+                // Lazy capture: the first call that would replay this size captures it.
+                None if self.graphs[slot].is_none() && shapes_match && statics_match => {
+                    let started = Instant::now();
+                    self.capture_or_mark(slot)?;
+                    self.stats.capture_wall += started.elapsed();
+                    self.stats.graph_memory = B::graph_memory_usage(self.dev)?;
+                }
+                Some(message) if self.plan.on_capture_error == OnCaptureError::Abort => {
+                    return Err(Error::CaptureFailedEarlier {
+                        function,
+                        size: self.plan.table.sizes()[slot],
+                        message,
+                    });
+                }
+                _ => {}
+            }
+        }
+        let reason = match slot {
+            None => Some(FallbackReason::TooLarge),
+            Some(slot) if self.stats.sizes[slot].capture_error.is_some() => {
+                Some(FallbackReason::CaptureFailed)
+            }
+            Some(_) if !shapes_match => Some(FallbackReason::ShapeMismatch),
+            Some(_) if !statics_match => Some(FallbackReason::StaticChanged),
+            Some(_) => None,
+        };
+        match (slot, reason) {
+            (Some(slot), None) => self.replay(slot, n, &inputs),
+            (_, reason) => {
+                let reason = reason.unwrap_or(FallbackReason::TooLarge);
+                self.fallback(reason, n, inputs, statics)
+            }
+        }
+    }
+
+    fn replay(&mut self, slot: usize, n: usize, inputs: &[&B::Tensor; N]) -> Result<Output<'_, B>> {
+        self.inputs.fill(self.dev, inputs)?;
+        let Some(graph) = &self.graphs[slot] else {
+            return Err(Error::invalid(
+                self.plan.function,
+                "graph missing after capture",
+            ));
+        };
+        graph
+            .exec
+            .launch()
+            .map_err(Error::driver("cuGraphLaunch"))?;
+        let s = &mut self.stats.sizes[slot];
+        s.replays += 1;
+        s.rows += n as u64;
+        s.padded_rows += (s.size - n) as u64;
+        let tensor = B::output_view(self.dev, &self.memory, &graph.keep, &graph.output, n)?;
+        Ok(Output {
+            tensor,
+            replayed: true,
+            size: Some(s.size),
+            dev: self.dev,
+        })
+    }
+
+    fn fallback(
+        &mut self,
+        reason: FallbackReason,
+        n: usize,
+        inputs: [&B::Tensor; N],
+        statics: &S,
+    ) -> Result<Output<'_, B>> {
+        self.stats.fallbacks[reason.index()] += 1;
+        if !self.warned[reason.index()] {
+            self.warned[reason.index()] = true;
+            tracing::warn!(
+                target: "cudagraph",
+                function = self.plan.function,
+                batch = n,
+                "running eagerly: {reason} (logged once per reason; see Runner::stats)"
+            );
+        }
+        let tensor = (self.eager)(self.dev, inputs, statics)?;
+        Ok(Output {
+            tensor,
+            replayed: false,
+            size: None,
+            dev: self.dev,
+        })
+    }
+
+    /// What the runner has done so far.
+    pub fn stats(&self) -> &RunnerStats {
+        &self.stats
+    }
+
+    /// The size list that would have minimised padding on the traffic seen so far, with at most
+    /// `budget` graphs (see [`advise_sizes`](crate::advise_sizes)).
+    pub fn advise_sizes(&self, budget: usize) -> Result<crate::SizeAdvice> {
+        crate::advise_sizes(&self.stats.batch_histogram(), budget)
+    }
+
+    /// The captured sizes, ascending.
+    pub fn sizes(&self) -> &[usize] {
+        self.plan.table.sizes()
+    }
+
+    /// Device bytes of the graph memory: the pool (cudagraph's tensors), or what the driver
+    /// reserves for graph memory nodes on this device (foreign backends; see
+    /// [`backend::nodes`](crate::backend::nodes)).
+    pub fn pool_bytes(&self) -> usize {
+        B::memory_bytes(&self.memory)
+    }
+
+    /// Runs the eager function directly (no graph, not counted), e.g. as a reference.
+    pub fn run_eager(&self, inputs: [&B::Tensor; N], statics: &S) -> Result<B::Tensor> {
+        (self.eager)(self.dev, inputs, statics)
+    }
+}
+
+impl<'m, const N: usize, S, const F: u64, B: Backend> Runner<'m, N, S, F, B> {
+    /// The device (for cudagraph's tensors, the runtime) the graphs run on.
+    pub fn device(&self) -> &'m B::Device {
+        self.dev
+    }
+}
+
+impl<const N: usize, const F: u64, B: Backend> Runner<'_, N, (), F, B> {
+    /// [`run_with`](Self::run_with) for a function without static arguments.
+    pub fn run(&mut self, inputs: [&B::Tensor; N]) -> Result<Output<'_, B>> {
+        self.run_with(inputs, &())
+    }
+}
+
+fn progress_bar(function: &str, len: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "capturing {prefix} [{bar:30}] {pos}/{len} graphs {msg} ({elapsed})",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(format!("`{function}`"));
+    bar
+}

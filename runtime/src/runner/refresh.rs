@@ -1,0 +1,182 @@
+//! [`Runner::refresh`]: every captured graph rebuilt for a new forward (new weights, same
+//! shapes), updated in place where the driver accepts.
+
+use std::time::Instant;
+
+use super::{EagerFn, RefreshError, RefreshReport, Runner, SizeGraph};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::policy::Warmup;
+
+impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B> {
+    /// Rebuilds every captured graph for a new eager function, typically the same model's
+    /// forward after its weights moved (a new checkpoint of the same shapes in new buffers): each
+    /// size is re-recorded and its executable graph updated in place with `cuGraphExecUpdate`,
+    /// or re-instantiated where the driver refuses the update; a size whose new forward needs
+    /// more pool memory is warmed up and moved to a larger chunk. Much cheaper than a new
+    /// capture, which is mostly instantiation. The old runner is consumed, so nothing can replay
+    /// graphs that still point at the old weights; the new one borrows what `eager` borrows.
+    ///
+    /// `dev` must be the device (runtime) the runner was captured on. On error the old runner
+    /// comes back in the [`RefreshError`], usable with its old forward.
+    #[allow(clippy::type_complexity)]
+    pub fn refresh<'n>(
+        self,
+        dev: &'n B::Device,
+        eager: impl Fn(&B::Device, [&B::Tensor; N], &S) -> Result<B::Tensor> + 'n,
+    ) -> std::result::Result<(Runner<'n, N, S, F, B>, RefreshReport), RefreshError<'m, N, S, F, B>>
+    where
+        S: 'n,
+    {
+        let function = self.plan.function;
+        if !std::sync::Arc::ptr_eq(&B::stream(dev), &B::stream(self.dev)) {
+            return Err(RefreshError {
+                error: Error::invalid(
+                    function,
+                    "refresh needs the runtime the graphs were captured on",
+                ),
+                runner: Box::new(self),
+            });
+        }
+        if self.released {
+            return Err(RefreshError {
+                error: Error::Released { function },
+                runner: Box::new(self),
+            });
+        }
+        if let Err(error) = B::forbid_during_capture(dev, "a refresh") {
+            return Err(RefreshError {
+                error,
+                runner: Box::new(self),
+            });
+        }
+        let started = Instant::now();
+        let mut old = self;
+        let eager: EagerFn<'n, N, S, B> = Box::new(eager);
+        let mut report = RefreshReport::default();
+        // Graphs rebuilt for `eager`, by slot; moved into the new runner once all succeeded.
+        let mut rebuilt: Vec<Option<SizeGraph<B>>> = old.graphs.iter().map(|_| None).collect();
+        let mut failure = None;
+        if let Err(error) = old.inputs.fill_pads(dev) {
+            failure = Some(error);
+        }
+        for slot in (0..old.graphs.len()).rev() {
+            if failure.is_some() {
+                break;
+            }
+            let Some(graph) = old.graphs[slot].take() else {
+                continue;
+            };
+            match refresh_slot(&mut old, dev, &eager, graph, slot) {
+                Ok((graph, in_place)) => {
+                    old.stats.sizes[slot].nodes = graph.exec.node_count();
+                    rebuilt[slot] = Some(graph);
+                    if in_place {
+                        report.updated_in_place += 1;
+                    } else {
+                        report.reinstantiated += 1;
+                    }
+                }
+                Err((graph, error)) => {
+                    old.stats.sizes[slot].captured = graph.is_some();
+                    old.graphs[slot] = graph;
+                    failure = Some(error);
+                }
+            }
+        }
+        // Graphs whose memory the backend withdrew (a tensor escaped a capture there) are gone
+        // from both sets.
+        for (slot, graph) in rebuilt.iter_mut().enumerate() {
+            if graph
+                .as_ref()
+                .is_some_and(|g| !B::usable(&old.memory, &g.keep))
+            {
+                *graph = None;
+                old.stats.sizes[slot].captured = false;
+            }
+        }
+        old.drop_unusable();
+        if let Some(error) = failure {
+            // Sizes already rebuilt point at the new model: dropped, captured again on use.
+            for (slot, graph) in rebuilt.iter_mut().enumerate() {
+                if graph.take().is_some() {
+                    old.stats.sizes[slot].captured = false;
+                }
+            }
+            old.stats.pool_bytes = B::memory_bytes(&old.memory);
+            return Err(RefreshError {
+                error,
+                runner: Box::new(old),
+            });
+        }
+        report.time = started.elapsed();
+        let Runner {
+            plan,
+            specs,
+            statics,
+            statics_eq,
+            inputs,
+            memory,
+            mut stats,
+            warned,
+            ..
+        } = old;
+        stats.pool_bytes = B::memory_bytes(&memory);
+        Ok((
+            Runner {
+                dev,
+                plan,
+                specs,
+                statics,
+                statics_eq,
+                eager,
+                inputs,
+                graphs: rebuilt,
+                memory,
+                stats,
+                warned,
+                released: false,
+            },
+            report,
+        ))
+    }
+}
+
+/// Re-records size index `slot` of `runner` with `eager` (see [`Runner::refresh`]). On error
+/// the graph comes back unchanged, with the error, unless its executable was already updated to
+/// the new forward (then `None`: it can't go back to the old runner).
+#[allow(clippy::type_complexity, clippy::result_large_err)]
+fn refresh_slot<'m, const N: usize, S: 'm, const F: u64, B: Backend>(
+    runner: &mut Runner<'m, N, S, F, B>,
+    dev: &B::Device,
+    eager: &EagerFn<'_, N, S, B>,
+    mut graph: SizeGraph<B>,
+    slot: usize,
+) -> std::result::Result<(SizeGraph<B>, bool), (Option<SizeGraph<B>>, Error)> {
+    let request = runner.request(slot, Warmup::IfNeeded);
+    let views = match runner.inputs.views(request.size) {
+        Ok(views) => views,
+        Err(e) => return Err((Some(graph), e)),
+    };
+    let statics = &runner.statics;
+    let mut body = |dev: &B::Device| {
+        let refs: [&B::Tensor; N] = std::array::from_fn(|i| &views[i]);
+        eager(dev, refs, statics)
+    };
+    let done = B::rerecord(
+        dev,
+        &mut runner.memory,
+        &graph.keep,
+        &mut graph.exec,
+        request,
+        &mut body,
+    );
+    match done {
+        Ok(done) => {
+            graph.keep = done.keep;
+            graph.output = done.output;
+            Ok((graph, done.in_place))
+        }
+        Err((e, changed)) => Err((if changed { None } else { Some(graph) }, e)),
+    }
+}
