@@ -21,6 +21,9 @@ fn main() -> Result<(), BoxError> {
         return Ok(());
     }
     let dev = CudaDevice::new_with_stream(0)?;
+    // SAFETY: this program uses the device's buffers on its own stream only (candle's ops), so
+    // cudarc's per-buffer events order nothing; with them on, a capture breaks.
+    unsafe { dev.disable_event_tracking() };
     let device = Device::Cuda(dev.clone());
     // Qwen3-0.6B-like widths, 4 layers, a cache of 65 sequences x 256 positions.
     let cfg = CandleDecoderConfig {

@@ -456,20 +456,48 @@ fn check_memory_nodes(graph: sys::CUgraph, mode: MemoryNodes) -> Result<usize, E
             Err(EndCaptureError::ForeignFree)
         };
     }
-    let allocated: std::collections::HashSet<u64> = list.allocs.iter().map(|&(p, _)| p).collect();
-    if list.frees.iter().any(|p| !allocated.contains(p)) {
-        return Err(EndCaptureError::ForeignFree);
+    // Per address, allocations minus frees: the driver may give allocations of one graph whose
+    // lifetimes don't overlap the same address, so sets of addresses would hide an escape.
+    let mut open: std::collections::HashMap<u64, (isize, usize)> = Default::default();
+    for &(ptr, bytes) in &list.allocs {
+        let entry = open.entry(ptr).or_insert((0, bytes));
+        entry.0 += 1;
+        entry.1 = entry.1.max(bytes);
     }
-    let freed: std::collections::HashSet<u64> = list.frees.iter().copied().collect();
-    let (count, bytes) = list
-        .allocs
-        .iter()
-        .filter(|(p, _)| !freed.contains(p))
-        .fold((0, 0), |(c, b), &(_, bytes)| (c + 1, b + bytes));
+    for ptr in &list.frees {
+        match open.get_mut(ptr) {
+            Some(entry) if entry.0 > 0 => entry.0 -= 1,
+            _ => return Err(EndCaptureError::ForeignFree),
+        }
+    }
+    let (count, bytes) = open
+        .values()
+        .filter(|(left, _)| *left > 0)
+        .fold((0, 0), |(c, b), &(left, bytes)| {
+            (c + left as usize, b + left as usize * bytes)
+        });
     if count > 0 {
         return Err(EndCaptureError::Escaped { count, bytes });
     }
     Ok(list.allocs.iter().map(|&(_, bytes)| bytes).sum())
+}
+
+/// Node mode, a capture whose allocations escaped (tensors the forward kept): the graph is
+/// launched once and destroyed, so that the escaped allocations become ordinary allocations the
+/// driver backs (unfreed graph allocations persist past the graph), which the tensors holding
+/// them free when they drop. Without the launch their addresses would never be backed: reading
+/// them would fault, and a later graph could be given the same addresses. The launch runs the
+/// forward once more on the inputs of the capture, as the warm-up did.
+fn settle_escaped(graph: sys::CUgraph, stream: &Arc<CudaStream>) -> Result<(), DriverError> {
+    // SAFETY: `graph` is a valid graph owned by the caller; instantiation reads it.
+    let exec = unsafe { result::graph::instantiate(graph, sys::CUgraphInstantiate_flags(0)) }?;
+    // SAFETY: `exec` was just instantiated; the buffers its kernels use are those the capture's
+    // forward used, alive until the synchronize below (the caller holds them).
+    let launched = unsafe { result::graph::launch(exec, stream.cu_stream()) };
+    let synced = launched.and_then(|()| stream.synchronize());
+    // SAFETY: `exec` is owned here and destroyed once; its launch has completed (or failed).
+    let destroyed = unsafe { result::graph::exec_destroy(exec) };
+    synced.and(destroyed)
 }
 
 /// Instantiation flags for a graph checked under `mode`: graphs with memory nodes are
@@ -527,7 +555,13 @@ impl ExecGraph {
         mode: MemoryNodes,
     ) -> Result<Self, EndCaptureError> {
         let fresh = OwnedGraph(Self::end_capture_raw(stream)?);
-        let node_bytes = check_memory_nodes(fresh.0, mode)?;
+        let node_bytes = match check_memory_nodes(fresh.0, mode) {
+            Err(escaped @ EndCaptureError::Escaped { .. }) => {
+                settle_escaped(fresh.0, stream)?;
+                return Err(escaped);
+            }
+            other => other?,
+        };
         let nodes = graph_nodes(fresh.0)?.len();
         // SAFETY: `fresh` is a valid graph; instantiation reads it. On error its owner
         // destroys it.
@@ -552,7 +586,13 @@ impl ExecGraph {
         stream: &Arc<CudaStream>,
     ) -> Result<bool, EndCaptureError> {
         let fresh = OwnedGraph(Self::end_capture_raw(stream)?);
-        let node_bytes = check_memory_nodes(fresh.0, self.mode)?;
+        let node_bytes = match check_memory_nodes(fresh.0, self.mode) {
+            Err(escaped @ EndCaptureError::Escaped { .. }) => {
+                settle_escaped(fresh.0, stream)?;
+                return Err(escaped);
+            }
+            other => other?,
+        };
         let nodes = graph_nodes(fresh.0)?.len();
         let mut info = std::mem::MaybeUninit::<sys::CUgraphExecUpdateResultInfo>::uninit();
         // SAFETY: `self.exec` and `fresh` are live graphs owned here; `info` receives the result.

@@ -10,10 +10,39 @@ use cudagraph::{GraphMemoryUsage, InputSpec};
 
 use crate::common::{Rng, fresh_seed, gpu};
 
-/// A candle device with a stream of its own, or `None` (printed) without a GPU.
+/// A candle device with a stream of its own and no event tracking, or `None` (printed) without
+/// a GPU.
 pub fn candle_device(test: &str) -> Option<CudaDevice> {
     gpu(test)?;
-    Some(CudaDevice::new_with_stream(0).expect("candle device"))
+    let dev = CudaDevice::new_with_stream(0).expect("candle device");
+    // SAFETY: the tests use the device's buffers on its own stream only (candle's ops).
+    unsafe { dev.disable_event_tracking() };
+    Some(dev)
+}
+
+/// The runner refuses a candle device that tracks events, and one on the per-thread stream
+/// (candle's `CudaDevice::new`), each with the fix in the message.
+#[test]
+fn candle_devices_that_break_capture_are_refused() {
+    if gpu("candle_devices_that_break_capture_are_refused").is_none() {
+        return;
+    }
+    let cfg = CandleDecoderConfig::tiny();
+    let spec = || InputSpec::new(DType::U32, &[]).unwrap();
+    let tracking = CudaDevice::new_with_stream(0).unwrap();
+    let model = CandleDecoder::new(&tracking, cfg).unwrap();
+    let err = model
+        .forward_graphs(&tracking, [spec(), spec(), spec()])
+        .map(drop)
+        .expect_err("refused");
+    assert!(err.to_string().contains("disable_event_tracking"), "{err}");
+    let per_thread = CudaDevice::new(0).unwrap();
+    let model = CandleDecoder::new(&per_thread, cfg).unwrap();
+    let err = model
+        .forward_graphs(&per_thread, [spec(), spec(), spec()])
+        .map(drop)
+        .expect_err("refused");
+    assert!(err.to_string().contains("stream of their own"), "{err}");
 }
 
 fn u32s(dev: &CudaDevice, values: &[u32]) -> Tensor {

@@ -6,11 +6,11 @@
 //! for candle:
 //! - it captures on the device's own stream ([`CudaDevice::cuda_stream`]); make the device with
 //!   `CudaDevice::new_with_stream` (`Device::new_cuda_with_stream`): candle's plain `new` uses
-//!   the per-thread default stream;
-//! - it turns cudarc's event tracking off on the device's context when the runner is built
-//!   (cudarc waits on per-buffer events recorded outside the capture otherwise, which breaks
-//!   it; every tensor of a candle device is used on that device's one stream, so the events
-//!   order nothing);
+//!   the per-thread default stream, which the runner refuses;
+//! - it refuses a device whose context tracks events (cudarc waits on per-buffer events
+//!   recorded outside the capture, which breaks it): call `unsafe {
+//!   dev.disable_event_tracking() }` first, which is sound when the device's buffers are used
+//!   on its one stream only, as candle's own ops do;
 //! - it holds candle's host-to-device cache ([`CudaDevice::enable_cuda_graph_htod_cache`])
 //!   through every warm-up and capture: candle's kernels upload their dims and strides on each
 //!   call, which a capture forbids; under the cache the warm-up of each size uploads them once
@@ -32,7 +32,10 @@ use candle_core::{CudaDevice, DType as CandleDType, Storage, Tensor};
 use cudarc::driver::{CudaFunction, CudaStream, DevicePtr};
 
 use super::nodes::{self, NodeKeep, NodeMemory};
-use super::raw::{forbid_capturing, load_function, release_cached_memory, synchronize};
+use super::ops::BackendOps;
+use super::raw::{
+    check_capture_stream, forbid_capturing, load_function, release_cached_memory, synchronize,
+};
 use super::{Backend, CaptureBody, CaptureRequest, CapturedSize, Device, Rerecorded};
 use crate::dispatch::{InputSpec, PadValue};
 use crate::error::{Error, Result};
@@ -120,6 +123,12 @@ impl Backend for Candle {
     type Device = CudaDevice;
     type Tensor = Tensor;
     type DType = CandleDType;
+}
+
+impl BackendOps for Candle {
+    type Dev = CudaDevice;
+    type Ten = Tensor;
+    type Dt = CandleDType;
     type Memory = NodeMemory<Candle>;
     type GraphKeep = NodeKeep;
     type OutputSlot = ();
@@ -129,11 +138,13 @@ impl Backend for Candle {
     }
 
     fn prepare(dev: &CudaDevice) -> Result<()> {
-        // SAFETY: every tensor of a candle device is used on that device's one stream (candle's
-        // ops launch there), so cudarc's per-buffer events order nothing; the context is this
-        // device's own (`CudaDevice::new*` creates one per device). See the module docs.
-        unsafe { dev.disable_event_tracking() };
-        Ok(())
+        check_capture_stream(
+            &dev.cuda_stream(),
+            "the candle device tracks events: call `unsafe { dev.disable_event_tracking() }` \
+             (cudarc waits on per-buffer events, and a wait on an event recorded outside a capture \
+             breaks it; candle runs all of a device's work on its one stream, so the events order \
+             nothing unless your code uses the device's buffers on another stream)",
+        )
     }
 
     fn forbid_during_capture(dev: &CudaDevice, what: &'static str) -> Result<()> {

@@ -52,7 +52,7 @@ pub struct CaptureRequest {
 }
 
 /// One captured size, as a backend hands it to the runner.
-pub struct CapturedSize<B: Backend> {
+pub struct CapturedSize<B: ops::BackendOps> {
     /// The executable graph.
     pub(crate) exec: ExecGraph,
     /// What the graph keeps alive and where its memory lies.
@@ -65,8 +65,8 @@ pub struct CapturedSize<B: Backend> {
     pub(crate) need: usize,
 }
 
-/// A re-recorded size (see [`Backend::rerecord`]).
-pub struct Rerecorded<B: Backend> {
+/// A re-recorded size (what the backend's `rerecord` returns).
+pub struct Rerecorded<B: ops::BackendOps> {
     /// What the graph now keeps.
     pub(crate) keep: B::GraphKeep,
     /// Where its output now lies.
@@ -78,157 +78,168 @@ pub struct Rerecorded<B: Backend> {
 /// The forward as the runner calls it during a capture: the static inputs' views of the
 /// captured size are bound inside.
 pub type CaptureBody<'a, B> =
-    dyn FnMut(&<B as Backend>::Device) -> Result<<B as Backend>::Tensor> + 'a;
+    dyn FnMut(&<B as ops::BackendOps>::Dev) -> Result<<B as ops::BackendOps>::Ten> + 'a;
 
 /// The tensors and device a forward is written with, and how graphs of it are captured.
 ///
-/// Implemented by [`Native`], [`raw::Raw`] and (feature `candle`) `candle::Candle`, and sealed:
-/// a capture's results ([`CapturedSize`]) can only be built inside this crate. The methods are
-/// the runner's only access to tensors and devices; none is meant to be called by users, who
-/// go through [`Runner`](crate::Runner).
-pub trait Backend: sealed::Sealed + Sized + 'static {
+/// Implemented by [`Native`], [`raw::Raw`] and (feature `candle`) `candle::Candle`, and sealed.
+/// What the runner does with tensors and devices (allocate static buffers, view rows, capture,
+/// make output views) lives in a supertrait private to this crate: no user code can call it,
+/// so none can make an owned alias of memory a replay rewrites.
+pub trait Backend:
+    ops::BackendOps<
+        Dev = <Self as Backend>::Device,
+        Ten = <Self as Backend>::Tensor,
+        Dt = <Self as Backend>::DType,
+    > + Sized
+    + 'static
+{
     /// What the forward receives as its device argument.
     type Device: ?Sized;
     /// The tensors a forward takes and returns.
     type Tensor;
     /// The element types of its tensors.
     type DType: Copy + PartialEq + std::fmt::Debug;
-    /// Device memory shared by every graph of a runner.
-    type Memory;
-    /// What one size's graph keeps alive with it.
-    type GraphKeep;
-    /// Where one size's output lies (a fresh view of it is made per replay).
-    type OutputSlot: Copy;
-
-    /// The stream every graph of `dev` is captured on and replays on (a clone of the device's
-    /// `Arc`: candle hands out clones only).
-    fn stream(dev: &Self::Device) -> Arc<CudaStream>;
-
-    /// Called once when a runner is built on `dev`: an error if graphs can't be captured there
-    /// (plain cudarc: a context that tracks events), or device setup captures need.
-    fn prepare(_dev: &Self::Device) -> Result<()> {
-        Ok(())
-    }
-
-    /// An error if `dev` is capturing now (for what a capture can't record: a replay, a
-    /// synchronize).
-    fn forbid_during_capture(dev: &Self::Device, what: &'static str) -> Result<()>;
-
-    /// Waits for the device's stream and surfaces errors recorded for later.
-    fn synchronize(dev: &Self::Device) -> Result<()>;
-
-    /// Loads a kernel of the runtime's own (the input copy), for `dev`'s context.
-    fn function(
-        dev: &Self::Device,
-        module: &'static KernelModule,
-        name: &'static str,
-    ) -> Result<CudaFunction>;
-
-    /// The freeze scope around a batch of captures.
-    fn freeze(dev: &Self::Device, policy: ReclaimPolicy) -> Result<FreezeScope<'_>>;
-
-    /// The reclamation policy captures on `dev` use.
-    fn reclaim_policy(_dev: &Self::Device) -> ReclaimPolicy {
-        ReclaimPolicy::from_env()
-    }
-
-    /// Empty runner memory.
-    fn new_memory(dev: &Self::Device) -> Self::Memory;
-
-    /// The element type of `t`.
-    fn dtype(t: &Self::Tensor) -> Self::DType;
-
-    /// The dimensions of `t` (an error beyond [`MAX_RANK`](crate::MAX_RANK) dimensions).
-    fn shape(t: &Self::Tensor) -> Result<Shape>;
-
-    /// Bytes of one element of `dtype`.
-    fn dtype_bytes(dtype: Self::DType) -> usize;
-
-    /// `value` as a 32-bit pattern of `dtype` (see [`PadValue`]), or an error naming `input`.
-    fn pad_pattern(value: PadValue, dtype: Self::DType, input: usize) -> Result<u32>;
-
-    /// An error naming `op` unless `dev` may use `t` on its stream (same device, same stream,
-    /// contiguous).
-    fn check_tensor(dev: &Self::Device, op: &'static str, t: &Self::Tensor) -> Result<()>;
-
-    /// The device bytes of `t` (contiguous, checked by [`check_tensor`](Self::check_tensor)).
-    fn range(t: &Self::Tensor) -> Result<DeviceRange>;
-
-    /// A zero-filled tensor of `spec` with `rows` rows, allocated outside any capture.
-    fn zeros(
-        dev: &Self::Device,
-        spec: &InputSpec<Self::DType>,
-        rows: usize,
-    ) -> Result<Self::Tensor>;
-
-    /// The first `rows` rows of `t`, sharing its memory.
-    fn narrow(t: &Self::Tensor, rows: usize) -> Result<Self::Tensor>;
-
-    /// A copy of `t` in new memory that outlives every graph.
-    fn duplicate(dev: &Self::Device, t: &Self::Tensor) -> Result<Self::Tensor>;
-
-    /// Captures one size: warm-up as the backend needs, record, instantiate, upload.
-    fn capture(
-        dev: &Self::Device,
-        memory: &mut Self::Memory,
-        request: CaptureRequest,
-        body: &mut CaptureBody<'_, Self>,
-    ) -> Result<CapturedSize<Self>>;
-
-    /// Re-records one size with a new forward and updates `exec` (in place when the driver
-    /// accepts). On error, whether `exec` was changed comes with it.
-    fn rerecord(
-        dev: &Self::Device,
-        memory: &mut Self::Memory,
-        keep: &Self::GraphKeep,
-        exec: &mut ExecGraph,
-        request: CaptureRequest,
-        body: &mut CaptureBody<'_, Self>,
-    ) -> std::result::Result<Rerecorded<Self>, (crate::Error, bool)>;
-
-    /// Whether a graph keeping `keep` may still replay (false once its memory was withdrawn
-    /// because a tensor escaped a capture there).
-    fn usable(memory: &Self::Memory, keep: &Self::GraphKeep) -> bool;
-
-    /// A view of the first `rows` rows of a graph's output, made after each replay.
-    fn output_view(
-        dev: &Self::Device,
-        memory: &Self::Memory,
-        keep: &Self::GraphKeep,
-        slot: &Self::OutputSlot,
-        rows: usize,
-    ) -> Result<Self::Tensor>;
-
-    /// Device bytes of the runner's graph memory.
-    fn memory_bytes(memory: &Self::Memory) -> usize;
-
-    /// The driver's graph-memory figures of `dev`'s device, for backends that capture graph
-    /// memory nodes (`None` for the native pool).
-    fn graph_memory_usage(_dev: &Self::Device) -> Result<Option<nodes::GraphMemoryUsage>> {
-        Ok(None)
-    }
-
-    /// Gives the runner's graph memory back to the driver, keeping the graphs defined; returns
-    /// whether it is released after the call (also on error: a release that failed halfway).
-    fn release(dev: &Self::Device, memory: &mut Self::Memory) -> (bool, Result<()>);
-
-    /// Maps back what [`release`](Self::release) gave away.
-    fn resume(dev: &Self::Device, memory: &mut Self::Memory) -> Result<()>;
-
-    /// Fills the runner's graph memory with `0xFF` bytes (a test aid).
-    fn poison(dev: &Self::Device, memory: &Self::Memory) -> Result<()>;
-
-    /// Returns what the stream-ordered allocator and graph memory nodes cache to the driver.
-    fn release_cached_memory(dev: &Self::Device) -> Result<()>;
 }
 
-pub(crate) mod sealed {
-    /// Implemented by this crate's backends only.
-    pub trait Sealed {}
-    impl Sealed for super::Native {}
-    impl Sealed for super::raw::Raw {}
-    #[cfg(feature = "candle")]
-    impl Sealed for super::candle::Candle {}
+/// The runner's operations on a backend's tensors and devices: private to this crate (the
+/// module is not public, so the trait can't be named, and its functions can't be called, from
+/// outside).
+pub(crate) mod ops {
+    use super::*;
+
+    /// See [`Backend`]; `Dev`, `Ten` and `Dt` are its `Device`, `Tensor` and `DType`.
+    pub trait BackendOps: Sized + 'static {
+        /// The device type.
+        type Dev: ?Sized;
+        /// The tensor type.
+        type Ten;
+        /// The dtype type.
+        type Dt: Copy + PartialEq + std::fmt::Debug;
+        /// Device memory shared by every graph of a runner.
+        type Memory;
+        /// What one size's graph keeps alive with it.
+        type GraphKeep;
+        /// Where one size's output lies (a fresh view of it is made per replay).
+        type OutputSlot: Copy;
+
+        /// The stream every graph of `dev` is captured on and replays on (a clone of the device's
+        /// `Arc`: candle hands out clones only).
+        fn stream(dev: &Self::Dev) -> Arc<CudaStream>;
+
+        /// Called once when a runner is built on `dev`: an error if graphs can't be captured there
+        /// (plain cudarc: a context that tracks events), or device setup captures need.
+        fn prepare(_dev: &Self::Dev) -> Result<()> {
+            Ok(())
+        }
+
+        /// An error if `dev` is capturing now (for what a capture can't record: a replay, a
+        /// synchronize).
+        fn forbid_during_capture(dev: &Self::Dev, what: &'static str) -> Result<()>;
+
+        /// Waits for the device's stream and surfaces errors recorded for later.
+        fn synchronize(dev: &Self::Dev) -> Result<()>;
+
+        /// Loads a kernel of the runtime's own (the input copy), for `dev`'s context.
+        fn function(
+            dev: &Self::Dev,
+            module: &'static KernelModule,
+            name: &'static str,
+        ) -> Result<CudaFunction>;
+
+        /// The freeze scope around a batch of captures.
+        fn freeze(dev: &Self::Dev, policy: ReclaimPolicy) -> Result<FreezeScope<'_>>;
+
+        /// The reclamation policy captures on `dev` use.
+        fn reclaim_policy(_dev: &Self::Dev) -> ReclaimPolicy {
+            ReclaimPolicy::from_env()
+        }
+
+        /// Empty runner memory.
+        fn new_memory(dev: &Self::Dev) -> Self::Memory;
+
+        /// The element type of `t`.
+        fn dtype(t: &Self::Ten) -> Self::Dt;
+
+        /// The dimensions of `t` (an error beyond [`MAX_RANK`](crate::MAX_RANK) dimensions).
+        fn shape(t: &Self::Ten) -> Result<Shape>;
+
+        /// Bytes of one element of `dtype`.
+        fn dtype_bytes(dtype: Self::Dt) -> usize;
+
+        /// `value` as a 32-bit pattern of `dtype` (see [`PadValue`]), or an error naming `input`.
+        fn pad_pattern(value: PadValue, dtype: Self::Dt, input: usize) -> Result<u32>;
+
+        /// An error naming `op` unless `dev` may use `t` on its stream (same device, same stream,
+        /// contiguous).
+        fn check_tensor(dev: &Self::Dev, op: &'static str, t: &Self::Ten) -> Result<()>;
+
+        /// The device bytes of `t` (contiguous, checked by [`check_tensor`](Self::check_tensor)).
+        fn range(t: &Self::Ten) -> Result<DeviceRange>;
+
+        /// A zero-filled tensor of `spec` with `rows` rows, allocated outside any capture.
+        fn zeros(dev: &Self::Dev, spec: &InputSpec<Self::Dt>, rows: usize) -> Result<Self::Ten>;
+
+        /// The first `rows` rows of `t`, sharing its memory.
+        fn narrow(t: &Self::Ten, rows: usize) -> Result<Self::Ten>;
+
+        /// A copy of `t` in new memory that outlives every graph.
+        fn duplicate(dev: &Self::Dev, t: &Self::Ten) -> Result<Self::Ten>;
+
+        /// Captures one size: warm-up as the backend needs, record, instantiate, upload.
+        fn capture(
+            dev: &Self::Dev,
+            memory: &mut Self::Memory,
+            request: CaptureRequest,
+            body: &mut CaptureBody<'_, Self>,
+        ) -> Result<CapturedSize<Self>>;
+
+        /// Re-records one size with a new forward and updates `exec` (in place when the driver
+        /// accepts). On error, whether `exec` was changed comes with it.
+        fn rerecord(
+            dev: &Self::Dev,
+            memory: &mut Self::Memory,
+            keep: &Self::GraphKeep,
+            exec: &mut ExecGraph,
+            request: CaptureRequest,
+            body: &mut CaptureBody<'_, Self>,
+        ) -> std::result::Result<Rerecorded<Self>, (crate::Error, bool)>;
+
+        /// Whether a graph keeping `keep` may still replay (false once its memory was withdrawn
+        /// because a tensor escaped a capture there).
+        fn usable(memory: &Self::Memory, keep: &Self::GraphKeep) -> bool;
+
+        /// A view of the first `rows` rows of a graph's output, made after each replay.
+        fn output_view(
+            dev: &Self::Dev,
+            memory: &Self::Memory,
+            keep: &Self::GraphKeep,
+            slot: &Self::OutputSlot,
+            rows: usize,
+        ) -> Result<Self::Ten>;
+
+        /// Device bytes of the runner's graph memory.
+        fn memory_bytes(memory: &Self::Memory) -> usize;
+
+        /// The driver's graph-memory figures of `dev`'s device, for backends that capture graph
+        /// memory nodes (`None` for the native pool).
+        fn graph_memory_usage(_dev: &Self::Dev) -> Result<Option<nodes::GraphMemoryUsage>> {
+            Ok(None)
+        }
+
+        /// Gives the runner's graph memory back to the driver, keeping the graphs defined; returns
+        /// whether it is released after the call (also on error: a release that failed halfway).
+        fn release(dev: &Self::Dev, memory: &mut Self::Memory) -> (bool, Result<()>);
+
+        /// Maps back what [`release`](Self::release) gave away.
+        fn resume(dev: &Self::Dev, memory: &mut Self::Memory) -> Result<()>;
+
+        /// Fills the runner's graph memory with `0xFF` bytes (a test aid).
+        fn poison(dev: &Self::Dev, memory: &Self::Memory) -> Result<()>;
+
+        /// Returns what the stream-ordered allocator and graph memory nodes cache to the driver.
+        fn release_cached_memory(dev: &Self::Dev) -> Result<()>;
+    }
 }
 
 /// A forward's device argument type: names its [`Backend`] (`Runtime` → [`Native`],

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaFunction, CudaStream};
 
+use super::ops::BackendOps;
 use super::{Backend, CaptureBody, CaptureRequest, CapturedSize, Device, Rerecorded};
 use crate::alloc::KeepAlive;
 use crate::capture::{capture_one, check_no_escape, rerecord};
@@ -55,6 +56,12 @@ impl Backend for Native {
     type Device = Runtime;
     type Tensor = Tensor;
     type DType = DType;
+}
+
+impl BackendOps for Native {
+    type Dev = Runtime;
+    type Ten = Tensor;
+    type Dt = DType;
     type Memory = GraphPool;
     type GraphKeep = NativeKeep;
     type OutputSlot = NativeOutput;

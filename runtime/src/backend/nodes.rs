@@ -233,23 +233,31 @@ fn record<B: Backend, E>(
         Ok(())
     });
     if let Err(e) = recorded {
-        // The guard ends and discards the capture.
+        // The guard ends and discards the capture. The forward's error is the one reported; an
+        // error recorded for later (by a drop) is logged, not put in its place.
         drop(guard);
-        let deferred = stream.context().check_err();
-        return Err(match deferred {
-            Err(d) => Error::driver("deferred (recorded by a drop)")(d),
-            Ok(()) if refused_as_invalid(&e) => Error::ForeignFreeUnderCapture {
+        if let Err(d) = stream.context().check_err() {
+            tracing::warn!(target: "cudagraph", error = ?d, "a deferred CUDA error, recorded during the failed capture");
+        }
+        return Err(if refused_as_invalid(&e) {
+            Error::ForeignFreeUnderCapture {
                 source: Box::new(e),
-            },
-            Ok(()) => e,
+            }
+        } else {
+            e
         });
     }
     guard.disarm();
     let ended = end(&stream);
-    stream
+    let deferred = stream
         .context()
         .check_err()
-        .map_err(Error::driver("deferred (recorded by a drop)"))?;
+        .map_err(Error::driver("deferred (recorded by a drop)"));
+    if ended.is_ok() {
+        deferred?;
+    } else if let Err(d) = deferred {
+        tracing::warn!(target: "cudagraph", error = %d, "a deferred CUDA error, recorded during the failed capture");
+    }
     ended.map_err(|e| match e {
         EndCaptureError::Driver(e) => Error::driver("cuStreamEndCapture/cuGraphInstantiate")(e),
         EndCaptureError::ForeignFree => Error::IllegalDuringCapture {
@@ -290,7 +298,7 @@ fn refused_as_invalid(e: &Error) -> bool {
 }
 
 /// Captures one size in node mode (see the module docs).
-pub fn capture<B>(
+pub(crate) fn capture<B>(
     dev: &B::Device,
     memory: &mut NodeMemory<B>,
     request: CaptureRequest,
@@ -325,8 +333,8 @@ where
     })
 }
 
-/// Re-records one size in node mode and updates `exec` (see [`Backend::rerecord`]).
-pub fn rerecord<B>(
+/// Re-records one size in node mode and updates `exec` (the backend's `rerecord`).
+pub(crate) fn rerecord<B>(
     dev: &B::Device,
     memory: &mut NodeMemory<B>,
     exec: &mut ExecGraph,
@@ -355,7 +363,7 @@ where
 }
 
 /// The first `rows` rows of the output buffer.
-pub fn output_view<B: Backend>(memory: &NodeMemory<B>, rows: usize) -> Result<B::Tensor> {
+pub(crate) fn output_view<B: Backend>(memory: &NodeMemory<B>, rows: usize) -> Result<B::Tensor> {
     let buffer = memory
         .output
         .as_ref()
@@ -364,8 +372,8 @@ pub fn output_view<B: Backend>(memory: &NodeMemory<B>, rows: usize) -> Result<B:
 }
 
 /// Trims the driver's graph memory (the next launch maps it again). Returns
-/// (released, result) as [`Backend::release`] does.
-pub fn release<B: Backend>(memory: &mut NodeMemory<B>) -> (bool, Result<()>) {
+/// (released, result) as the backend's `release` does.
+pub(crate) fn release<B: Backend>(memory: &mut NodeMemory<B>) -> (bool, Result<()>) {
     let result =
         ffi::graph_mem_trim(memory.stream.context()).map_err(Error::driver("cuDeviceGraphMemTrim"));
     (result.is_ok(), result)
@@ -373,7 +381,7 @@ pub fn release<B: Backend>(memory: &mut NodeMemory<B>) -> (bool, Result<()>) {
 
 /// Fills the output buffer with `0xFF` bytes (graph memory itself is only reachable by its
 /// graphs).
-pub fn poison<B: Backend>(memory: &NodeMemory<B>) -> Result<()> {
+pub(crate) fn poison<B: Backend>(memory: &NodeMemory<B>) -> Result<()> {
     match &memory.output {
         Some(buffer) => ffi::fill_bytes(&memory.stream, buffer.range, 0xFF)
             .map_err(Error::driver("cuMemsetD8Async")),
@@ -382,7 +390,7 @@ pub fn poison<B: Backend>(memory: &NodeMemory<B>) -> Result<()> {
 }
 
 /// Whether a graph of node mode may replay: always (no memory is withdrawn).
-pub fn usable(_keep: &NodeKeep) -> bool {
+pub(crate) fn usable(_keep: &NodeKeep) -> bool {
     true
 }
 

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, CudaView, DevicePtr};
 
 use super::nodes::{self, NodeKeep, NodeMemory};
+use super::ops::BackendOps;
 use super::{Backend, CaptureBody, CaptureRequest, CapturedSize, Device, Rerecorded};
 use crate::dispatch::{InputSpec, PadValue};
 use crate::dtype::{DType, Element};
@@ -192,7 +193,10 @@ impl CudaTensor {
         if self.dtype != T::DTYPE {
             return Err(self.wrong_type::<T>());
         }
-        let whole = self.offset == 0 && self.shape.numel() == self.slice.0.len();
+        // (An empty tensor holds a one-element buffer: allocations are never empty.)
+        let whole = self.offset == 0
+            && (self.shape.numel() == self.slice.0.len()
+                || (self.shape.numel() == 0 && self.slice.0.len() == 1));
         match Arc::try_unwrap(self.slice) {
             Ok(slice) if whole => {
                 T::take(slice).map_err(|_| Error::invalid("CudaTensor", "element type mismatch"))
@@ -269,18 +273,30 @@ fn zeros_of(stream: &Arc<CudaStream>, dtype: DType, dims: &[usize]) -> Result<Cu
     }
 }
 
-/// An error unless events are not tracked on `stream`'s context (see the module docs).
-fn check_event_tracking(stream: &Arc<CudaStream>) -> Result<()> {
-    if stream.context().is_event_tracking() {
+/// An error unless graphs can be captured on `stream` and its buffers checked: a stream of its
+/// own (not the legacy default stream, which can't be captured, nor the per-thread stream, one
+/// handle for a different stream on every thread), on a context that tracks no events (see
+/// the module docs). `fix` says how to turn tracking off for this backend's users.
+pub(crate) fn check_capture_stream(stream: &Arc<CudaStream>, fix: &'static str) -> Result<()> {
+    let handle = stream.cu_stream() as usize;
+    if handle <= 2 {
         return Err(Error::invalid(
             "Runner",
-            "the stream's context tracks events: call `unsafe { ctx.disable_event_tracking() }` \
-             before creating the buffers the forward uses (cudarc waits on per-buffer events, and \
-             a wait on an event recorded outside a capture breaks it)",
+            "graphs need a stream of their own, not the default or the per-thread stream (cudarc: \
+             `ctx.new_stream()`; candle: `CudaDevice::new_with_stream`)",
         ));
+    }
+    if stream.context().is_event_tracking() {
+        return Err(Error::invalid("Runner", fix));
     }
     Ok(())
 }
+
+/// What a plain-cudarc user does about a context that tracks events.
+const RAW_TRACKING_FIX: &str = "the stream's context tracks events: call `unsafe { ctx.disable_event_tracking() }` \
+     (cudarc waits on per-buffer events, and a wait on an event recorded outside a capture breaks \
+     it; turning tracking off is yours to decide: it drops cudarc's ordering of buffers across \
+     streams)";
 
 /// An error if `stream` is capturing now.
 pub(crate) fn forbid_capturing(stream: &Arc<CudaStream>, what: &'static str) -> Result<()> {
@@ -327,6 +343,12 @@ impl Backend for Raw {
     type Device = Arc<CudaStream>;
     type Tensor = CudaTensor;
     type DType = DType;
+}
+
+impl BackendOps for Raw {
+    type Dev = Arc<CudaStream>;
+    type Ten = CudaTensor;
+    type Dt = DType;
     type Memory = NodeMemory<Raw>;
     type GraphKeep = NodeKeep;
     type OutputSlot = ();
@@ -336,7 +358,7 @@ impl Backend for Raw {
     }
 
     fn prepare(dev: &Arc<CudaStream>) -> Result<()> {
-        check_event_tracking(dev)
+        check_capture_stream(dev, RAW_TRACKING_FIX)
     }
 
     fn forbid_during_capture(dev: &Arc<CudaStream>, what: &'static str) -> Result<()> {
