@@ -8,9 +8,9 @@
 //!   `CudaDevice::new_with_stream` (`Device::new_cuda_with_stream`): candle's plain `new` uses
 //!   the per-thread default stream, which the runner refuses;
 //! - it refuses a device whose context tracks events (cudarc waits on per-buffer events
-//!   recorded outside the capture, which breaks it): call `unsafe {
-//!   dev.disable_event_tracking() }` first, which is sound when the device's buffers are used
-//!   on its one stream only, as candle's own ops do;
+//!   recorded outside the capture, which breaks it): call `dev.disable_event_tracking()` (an
+//!   `unsafe fn`) first, which is sound when the device's buffers are used on its one stream
+//!   only, as candle's own ops do;
 //! - it holds candle's host-to-device cache ([`CudaDevice::enable_cuda_graph_htod_cache`])
 //!   through every warm-up and capture: candle's kernels upload their dims and strides on each
 //!   call, which a capture forbids; under the cache the warm-up of each size uploads them once
@@ -140,7 +140,7 @@ impl BackendOps for Candle {
     fn prepare(dev: &CudaDevice) -> Result<()> {
         check_capture_stream(
             &dev.cuda_stream(),
-            "the candle device tracks events: call `unsafe { dev.disable_event_tracking() }` \
+            "the candle device tracks events: call `dev.disable_event_tracking()` (an unsafe fn) \
              (cudarc waits on per-buffer events, and a wait on an event recorded outside a capture \
              breaks it; candle runs all of a device's work on its one stream, so the events order \
              nothing unless your code uses the device's buffers on another stream)",

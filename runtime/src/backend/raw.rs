@@ -13,7 +13,7 @@
 //!
 //! Graphs are captured in graph-memory-node mode (the `nodes` module). The context must
 //! have cudarc's event tracking turned off before the buffers the forward uses are created
-//! (`unsafe { ctx.disable_event_tracking() }`): cudarc records an event per buffer use and
+//! (`ctx.disable_event_tracking()`, an `unsafe fn`): cudarc records an event per buffer use and
 //! waits on it at the next, and a wait on an event recorded outside a capture breaks it. The
 //! runner refuses a stream whose context tracks events.
 //!
@@ -293,7 +293,7 @@ pub(crate) fn check_capture_stream(stream: &Arc<CudaStream>, fix: &'static str) 
 }
 
 /// What a plain-cudarc user does about a context that tracks events.
-const RAW_TRACKING_FIX: &str = "the stream's context tracks events: call `unsafe { ctx.disable_event_tracking() }` \
+const RAW_TRACKING_FIX: &str = "the stream's context tracks events: call `ctx.disable_event_tracking()` (an unsafe fn) \
      (cudarc waits on per-buffer events, and a wait on an event recorded outside a capture breaks \
      it; turning tracking off is yours to decide: it drops cudarc's ordering of buffers across \
      streams)";
