@@ -17,15 +17,15 @@ impl<const N: usize, S, const F: u64, B: Backend> Runner<'_, N, S, F, B> {
     /// Refused while a tensor in pool memory is alive. If the release fails halfway, the runner
     /// counts as released (some memory is unmapped) and `resume` maps what is missing.
     pub fn release_memory(&mut self) -> Result<usize> {
-        if self.released {
+        if self.core.released {
             return Ok(0);
         }
         B::forbid_during_capture(self.dev, "releasing a runner's memory")?;
         B::synchronize(self.dev)?;
-        let bytes = B::memory_bytes(&self.memory);
-        let (released, result) = B::release(self.dev, &mut self.memory);
-        self.released = released;
-        let function = self.plan.function;
+        let bytes = B::memory_bytes(&self.core.memory);
+        let (released, result) = B::release(self.dev, &mut self.core.memory);
+        self.core.released = released;
+        let function = self.core.plan.function;
         result.map_err(|e| match e {
             Error::PoolTensorsAlive { count, during, .. } => Error::PoolTensorsAlive {
                 function,
@@ -42,16 +42,16 @@ impl<const N: usize, S, const F: u64, B: Backend> Runner<'_, N, S, F, B> {
     /// replay with the same results as before.
     pub fn resume(&mut self) -> Result<()> {
         B::forbid_during_capture(self.dev, "resuming a runner's memory")?;
-        if self.released {
-            B::resume(self.dev, &mut self.memory)?;
-            self.released = false;
+        if self.core.released {
+            B::resume(self.dev, &mut self.core.memory)?;
+            self.core.released = false;
         }
         Ok(())
     }
 
     /// Whether the graph memory is released.
     pub fn is_released(&self) -> bool {
-        self.released
+        self.core.released
     }
 
     /// Test aid: fills the whole graph memory with `0xFF` bytes (NaN in bf16 and f32), so a
@@ -60,13 +60,13 @@ impl<const N: usize, S, const F: u64, B: Backend> Runner<'_, N, S, F, B> {
     /// Refused while released (nothing is mapped) and during a capture (the fill would be
     /// recorded into a graph that keeps none of this memory).
     pub fn poison_pool(&self) -> Result<()> {
-        if self.released {
+        if self.core.released {
             return Err(Error::Released {
-                function: self.plan.function,
+                function: self.core.plan.function,
             });
         }
         B::forbid_during_capture(self.dev, "poison_pool")?;
-        B::poison(self.dev, &self.memory)
+        B::poison(self.dev, &self.core.memory)
     }
 }
 
@@ -106,11 +106,11 @@ impl<'m, const N: usize, S: PartialEq + 'm, B: Backend> Runner<'m, N, S, 0, B> {
         let mut need = 0;
         if let Some(slot) = largest {
             runner.capture_slot(slot)?;
-            need = runner.stats.sizes[slot].pool_need;
+            need = runner.core.stats.sizes[slot].pool_need;
         }
         let estimate = MemoryEstimate {
-            pool_bytes: B::memory_bytes(&runner.memory).max(need),
-            static_input_bytes: runner.inputs.bytes(),
+            pool_bytes: B::memory_bytes(&runner.core.memory).max(need),
+            static_input_bytes: runner.core.inputs.bytes(),
         };
         drop(runner);
         B::release_cached_memory(dev.as_backend_device())?;

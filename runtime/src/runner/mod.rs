@@ -161,11 +161,18 @@ pub use memory::MemoryEstimate;
 /// [`Backend`]: cudagraph's own tensors by default.
 pub struct Runner<'m, const N: usize, S = (), const F: u64 = 0, B: Backend = Native> {
     dev: &'m B::Device,
+    eager: EagerFn<'m, N, S, B>,
+    /// Everything else: what does not borrow the model or name the function (moved whole
+    /// between runners of other lifetimes or identities).
+    core: RunnerCore<N, S, B>,
+}
+
+/// The parts of a [`Runner`] that neither borrow the model nor name the function.
+struct RunnerCore<const N: usize, S, B: Backend> {
     plan: GraphPlan,
     specs: [InputSpec<B::DType>; N],
     statics: S,
     statics_eq: fn(&S, &S) -> bool,
-    eager: EagerFn<'m, N, S, B>,
     inputs: StaticInputs<B, N>,
     /// Indexed like `plan.table.sizes()`; `None` until captured (lazy mode).
     graphs: Vec<Option<SizeGraph<B>>>,
@@ -178,8 +185,8 @@ pub struct Runner<'m, const N: usize, S = (), const F: u64 = 0, B: Backend = Nat
 impl<const N: usize, S, const F: u64, B: Backend> std::fmt::Debug for Runner<'_, N, S, F, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runner")
-            .field("function", &self.plan.function)
-            .field("sizes", &self.plan.table.sizes())
+            .field("function", &self.core.plan.function)
+            .field("sizes", &self.core.plan.table.sizes())
             .finish_non_exhaustive()
     }
 }
@@ -252,23 +259,25 @@ impl<'m, const N: usize, S: 'm, B: Backend> Runner<'m, N, S, 0, B> {
         };
         let mut runner = Self {
             dev,
-            graphs: sizes.iter().map(|_| None).collect(),
-            plan,
-            specs,
-            statics,
-            statics_eq,
             eager,
-            inputs,
-            memory: B::new_memory(dev),
-            stats,
-            warned: [false; FALLBACK_REASONS],
-            released: false,
+            core: RunnerCore {
+                graphs: sizes.iter().map(|_| None).collect(),
+                plan,
+                specs,
+                statics,
+                statics_eq,
+                inputs,
+                memory: B::new_memory(dev),
+                stats,
+                warned: [false; FALLBACK_REASONS],
+                released: false,
+            },
         };
-        if runner.plan.lazy {
+        if runner.core.plan.lazy {
             return Ok(runner);
         }
 
-        let progress = progress_bar(runner.plan.function, sizes.len());
+        let progress = progress_bar(runner.core.plan.function, sizes.len());
         let mut scope = B::freeze(dev, B::reclaim_policy(dev))?;
         for slot in (0..sizes.len()).rev() {
             progress.set_message(format!("size {}", sizes[slot]));
@@ -278,10 +287,10 @@ impl<'m, const N: usize, S: 'm, B: Backend> Runner<'m, N, S, 0, B> {
         }
         let (reclaims, _) = scope.exit()?;
         progress.finish_and_clear();
-        runner.stats.capture_wall = started.elapsed();
-        runner.stats.reclaims = reclaims;
-        runner.stats.graph_memory = graph_memory_usage::<B>(dev);
-        tracing::info!(target: "cudagraph", "{}", runner.stats);
+        runner.core.stats.capture_wall = started.elapsed();
+        runner.core.stats.reclaims = reclaims;
+        runner.core.stats.graph_memory = graph_memory_usage::<B>(dev);
+        tracing::info!(target: "cudagraph", "{}", runner.core.stats);
         Ok(runner)
     }
 }
@@ -290,7 +299,7 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
     /// Compares static arguments with `eq` instead of `==` (the code `#[cuda_graph]` generates
     /// compares floats by their bits, so that a NaN static matches itself).
     pub fn with_statics_eq(mut self, eq: fn(&S, &S) -> bool) -> Self {
-        self.statics_eq = eq;
+        self.core.statics_eq = eq;
         self
     }
 
@@ -305,34 +314,8 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
     /// generates, which gives every annotated function its own identity).
     #[doc(hidden)]
     pub fn for_function<const G: u64>(self) -> Runner<'m, N, S, G, B> {
-        let Runner {
-            dev,
-            plan,
-            specs,
-            statics,
-            statics_eq,
-            eager,
-            inputs,
-            graphs,
-            memory,
-            stats,
-            warned,
-            released,
-        } = self;
-        Runner {
-            dev,
-            plan,
-            specs,
-            statics,
-            statics_eq,
-            eager,
-            inputs,
-            graphs,
-            memory,
-            stats,
-            warned,
-            released,
-        }
+        let Runner { dev, eager, core } = self;
+        Runner { dev, eager, core }
     }
 
     /// Captures `slot`; on failure, under [`OnCaptureError::Eager`], records the error and marks
@@ -342,8 +325,8 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
         match self.capture_slot(slot) {
             Ok(()) => Ok(()),
             Err(e) => {
-                self.stats.sizes[slot].capture_error = Some(e.to_string());
-                if self.plan.on_capture_error == OnCaptureError::Eager {
+                self.core.stats.sizes[slot].capture_error = Some(e.to_string());
+                if self.core.plan.on_capture_error == OnCaptureError::Eager {
                     tracing::warn!(target: "cudagraph", "{e}; this size will run eagerly");
                     Ok(())
                 } else {
@@ -356,9 +339,9 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
     /// What a capture of size index `slot` is asked to do.
     fn request(&self, slot: usize, warmup: Warmup) -> CaptureRequest {
         CaptureRequest {
-            function: self.plan.function,
-            size: self.plan.table.sizes()[slot],
-            max_rows: self.plan.table.max(),
+            function: self.core.plan.function,
+            size: self.core.plan.table.sizes()[slot],
+            max_rows: self.core.plan.table.max(),
             warmup,
         }
     }
@@ -366,52 +349,52 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
     /// Captures the graph of size index `slot`: the first capture warms up, later ones follow
     /// the plan's [`Warmup`] policy. Padded inputs are filled with their pad value first.
     fn capture_slot(&mut self, slot: usize) -> Result<()> {
-        let first = self.graphs.iter().all(Option::is_none);
+        let first = self.core.graphs.iter().all(Option::is_none);
         let warmup = if first {
             Warmup::Always
         } else {
-            self.plan.warmup
+            self.core.plan.warmup
         };
         let request = self.request(slot, warmup);
-        self.inputs.fill_pads(self.dev)?;
-        let views = self.inputs.views(request.size)?;
-        let (eager, statics) = (&self.eager, &self.statics);
+        self.core.inputs.fill_pads(self.dev)?;
+        let views = self.core.inputs.views(request.size)?;
+        let (eager, statics) = (&self.eager, &self.core.statics);
         let mut body = |dev: &B::Device| {
             let refs: [&B::Tensor; N] = std::array::from_fn(|i| &views[i]);
             eager(dev, refs, statics)
         };
-        let captured = B::capture(self.dev, &mut self.memory, request, &mut body);
+        let captured = B::capture(self.dev, &mut self.core.memory, request, &mut body);
         drop(views);
         self.drop_unusable();
         let c = captured?;
-        let s = &mut self.stats.sizes[slot];
+        let s = &mut self.core.stats.sizes[slot];
         s.captured = true;
         s.capture_error = None;
         s.nodes = c.exec.node_count();
         s.pool_need = c.need;
         s.capture = c.timing;
-        self.graphs[slot] = Some(SizeGraph {
+        self.core.graphs[slot] = Some(SizeGraph {
             exec: c.exec,
             keep: c.keep,
             output: c.output,
         });
-        self.stats.pool_bytes = B::memory_bytes(&self.memory);
+        self.core.stats.pool_bytes = B::memory_bytes(&self.core.memory);
         Ok(())
     }
 
     /// Drops every graph whose memory the backend withdrew (a capture whose forward kept a
     /// tensor in memory every replay rewrites): captured again, elsewhere, on its next use.
     fn drop_unusable(&mut self) {
-        for (slot, graph) in self.graphs.iter_mut().enumerate() {
+        for (slot, graph) in self.core.graphs.iter_mut().enumerate() {
             if graph
                 .as_ref()
-                .is_some_and(|g| !B::usable(&self.memory, &g.keep))
+                .is_some_and(|g| !B::usable(&self.core.memory, &g.keep))
             {
                 *graph = None;
-                self.stats.sizes[slot].captured = false;
+                self.core.stats.sizes[slot].captured = false;
             }
         }
-        self.stats.pool_bytes = B::memory_bytes(&self.memory);
+        self.core.stats.pool_bytes = B::memory_bytes(&self.core.memory);
     }
 
     /// Runs the function on `inputs`: replays the graph of the smallest captured size that fits
@@ -422,14 +405,14 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
     /// device or stream, a size whose lazy capture failed earlier under
     /// [`OnCaptureError::Abort`], or any error of the replay or the eager function.
     pub fn run_with(&mut self, inputs: [&B::Tensor; N], statics: &S) -> Result<Output<'_, B>> {
-        let function = self.plan.function;
-        if self.released {
+        let function = self.core.plan.function;
+        if self.core.released {
             return Err(Error::Released { function });
         }
         // A replay inside another capture would record this runner's graph into a graph that
         // keeps none of its memory.
         B::forbid_during_capture(self.dev, "running a runner")?;
-        let batch = B::shape(inputs[self.plan.batch_input])?;
+        let batch = B::shape(inputs[self.core.plan.batch_input])?;
         let Some(&n) = batch.dims().first() else {
             return Err(Error::invalid(
                 function,
@@ -449,31 +432,31 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
                     ),
                 ));
             }
-            shapes_match &= self.specs[i].matches_parts(B::dtype(t), dims);
+            shapes_match &= self.core.specs[i].matches_parts(B::dtype(t), dims);
         }
         if n == 0 {
             return Err(Error::invalid(function, "empty batch (0 rows)"));
         }
-        match self.stats.calls_by_batch.get_mut(n) {
+        match self.core.stats.calls_by_batch.get_mut(n) {
             Some(count) => *count += 1,
-            None => *self.stats.calls_over.entry(n).or_insert(0) += 1,
+            None => *self.core.stats.calls_over.entry(n).or_insert(0) += 1,
         }
-        let slot = self.plan.table.slot(n);
-        let statics_match = (self.statics_eq)(statics, &self.statics);
+        let slot = self.core.plan.table.slot(n);
+        let statics_match = (self.core.statics_eq)(statics, &self.core.statics);
         if let Some(slot) = slot {
-            let failed = self.stats.sizes[slot].capture_error.clone();
+            let failed = self.core.stats.sizes[slot].capture_error.clone();
             match failed {
                 // Lazy capture: the first call that would replay this size captures it.
-                None if self.graphs[slot].is_none() && shapes_match && statics_match => {
+                None if self.core.graphs[slot].is_none() && shapes_match && statics_match => {
                     let started = Instant::now();
                     self.capture_or_mark(slot)?;
-                    self.stats.capture_wall += started.elapsed();
-                    self.stats.graph_memory = graph_memory_usage::<B>(self.dev);
+                    self.core.stats.capture_wall += started.elapsed();
+                    self.core.stats.graph_memory = graph_memory_usage::<B>(self.dev);
                 }
-                Some(message) if self.plan.on_capture_error == OnCaptureError::Abort => {
+                Some(message) if self.core.plan.on_capture_error == OnCaptureError::Abort => {
                     return Err(Error::CaptureFailedEarlier {
                         function,
-                        size: self.plan.table.sizes()[slot],
+                        size: self.core.plan.table.sizes()[slot],
                         message,
                     });
                 }
@@ -482,7 +465,7 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
         }
         let reason = match slot {
             None => Some(FallbackReason::TooLarge),
-            Some(slot) if self.stats.sizes[slot].capture_error.is_some() => {
+            Some(slot) if self.core.stats.sizes[slot].capture_error.is_some() => {
                 Some(FallbackReason::CaptureFailed)
             }
             Some(_) if !shapes_match => Some(FallbackReason::ShapeMismatch),
@@ -499,10 +482,10 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
     }
 
     fn replay(&mut self, slot: usize, n: usize, inputs: &[&B::Tensor; N]) -> Result<Output<'_, B>> {
-        self.inputs.fill(self.dev, inputs)?;
-        let Some(graph) = &self.graphs[slot] else {
+        self.core.inputs.fill(self.dev, inputs)?;
+        let Some(graph) = &self.core.graphs[slot] else {
             return Err(Error::invalid(
-                self.plan.function,
+                self.core.plan.function,
                 "graph missing after capture",
             ));
         };
@@ -510,11 +493,11 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
             .exec
             .launch()
             .map_err(Error::driver("cuGraphLaunch"))?;
-        let s = &mut self.stats.sizes[slot];
+        let s = &mut self.core.stats.sizes[slot];
         s.replays += 1;
         s.rows += n as u64;
         s.padded_rows += (s.size - n) as u64;
-        let tensor = B::output_view(self.dev, &self.memory, &graph.keep, &graph.output, n)?;
+        let tensor = B::output_view(self.dev, &self.core.memory, &graph.keep, &graph.output, n)?;
         Ok(Output {
             tensor,
             replayed: true,
@@ -530,12 +513,12 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
         inputs: [&B::Tensor; N],
         statics: &S,
     ) -> Result<Output<'_, B>> {
-        self.stats.fallbacks[reason.index()] += 1;
-        if !self.warned[reason.index()] {
-            self.warned[reason.index()] = true;
+        self.core.stats.fallbacks[reason.index()] += 1;
+        if !self.core.warned[reason.index()] {
+            self.core.warned[reason.index()] = true;
             tracing::warn!(
                 target: "cudagraph",
-                function = self.plan.function,
+                function = self.core.plan.function,
                 batch = n,
                 "running eagerly: {reason} (logged once per reason; see Runner::stats)"
             );
@@ -551,25 +534,25 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
 
     /// What the runner has done so far.
     pub fn stats(&self) -> &RunnerStats {
-        &self.stats
+        &self.core.stats
     }
 
     /// The size list that would have minimised padding on the traffic seen so far, with at most
     /// `budget` graphs (see [`advise_sizes`](crate::advise_sizes)).
     pub fn advise_sizes(&self, budget: usize) -> Result<crate::SizeAdvice> {
-        crate::advise_sizes(&self.stats.batch_histogram(), budget)
+        crate::advise_sizes(&self.core.stats.batch_histogram(), budget)
     }
 
     /// The captured sizes, ascending.
     pub fn sizes(&self) -> &[usize] {
-        self.plan.table.sizes()
+        self.core.plan.table.sizes()
     }
 
     /// Device bytes of the graph memory: the pool (cudagraph's tensors), or what the driver
     /// reserves for graph memory nodes on this device (foreign backends; see
     /// [`backend::nodes`](crate::backend::nodes)).
     pub fn pool_bytes(&self) -> usize {
-        B::memory_bytes(&self.memory)
+        B::memory_bytes(&self.core.memory)
     }
 
     /// Runs the eager function directly (no graph, not counted), e.g. as a reference.

@@ -28,7 +28,7 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
     where
         S: 'n,
     {
-        let function = self.plan.function;
+        let function = self.core.plan.function;
         if !std::sync::Arc::ptr_eq(&B::stream(dev), &B::stream(self.dev)) {
             return Err(RefreshError {
                 error: Error::invalid(
@@ -38,7 +38,7 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
                 runner: Box::new(self),
             });
         }
-        if self.released {
+        if self.core.released {
             return Err(RefreshError {
                 error: Error::Released { function },
                 runner: Box::new(self),
@@ -55,21 +55,21 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
         let eager: EagerFn<'n, N, S, B> = Box::new(eager);
         let mut report = RefreshReport::default();
         // Graphs rebuilt for `eager`, by slot; moved into the new runner once all succeeded.
-        let mut rebuilt: Vec<Option<SizeGraph<B>>> = old.graphs.iter().map(|_| None).collect();
+        let mut rebuilt: Vec<Option<SizeGraph<B>>> = old.core.graphs.iter().map(|_| None).collect();
         let mut failure = None;
-        if let Err(error) = old.inputs.fill_pads(dev) {
+        if let Err(error) = old.core.inputs.fill_pads(dev) {
             failure = Some(error);
         }
-        for slot in (0..old.graphs.len()).rev() {
+        for slot in (0..old.core.graphs.len()).rev() {
             if failure.is_some() {
                 break;
             }
-            let Some(graph) = old.graphs[slot].take() else {
+            let Some(graph) = old.core.graphs[slot].take() else {
                 continue;
             };
             match refresh_slot(&mut old, dev, &eager, graph, slot) {
                 Ok((graph, in_place)) => {
-                    old.stats.sizes[slot].nodes = graph.exec.node_count();
+                    old.core.stats.sizes[slot].nodes = graph.exec.node_count();
                     rebuilt[slot] = Some(graph);
                     if in_place {
                         report.updated_in_place += 1;
@@ -78,8 +78,8 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
                     }
                 }
                 Err((graph, error)) => {
-                    old.stats.sizes[slot].captured = graph.is_some();
-                    old.graphs[slot] = graph;
+                    old.core.stats.sizes[slot].captured = graph.is_some();
+                    old.core.graphs[slot] = graph;
                     failure = Some(error);
                 }
             }
@@ -89,10 +89,10 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
         for (slot, graph) in rebuilt.iter_mut().enumerate() {
             if graph
                 .as_ref()
-                .is_some_and(|g| !B::usable(&old.memory, &g.keep))
+                .is_some_and(|g| !B::usable(&old.core.memory, &g.keep))
             {
                 *graph = None;
-                old.stats.sizes[slot].captured = false;
+                old.core.stats.sizes[slot].captured = false;
             }
         }
         old.drop_unusable();
@@ -100,45 +100,21 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
             // Sizes already rebuilt point at the new model: dropped, captured again on use.
             for (slot, graph) in rebuilt.iter_mut().enumerate() {
                 if graph.take().is_some() {
-                    old.stats.sizes[slot].captured = false;
+                    old.core.stats.sizes[slot].captured = false;
                 }
             }
-            old.stats.pool_bytes = B::memory_bytes(&old.memory);
+            old.core.stats.pool_bytes = B::memory_bytes(&old.core.memory);
             return Err(RefreshError {
                 error,
                 runner: Box::new(old),
             });
         }
         report.time = started.elapsed();
-        let Runner {
-            plan,
-            specs,
-            statics,
-            statics_eq,
-            inputs,
-            memory,
-            mut stats,
-            warned,
-            ..
-        } = old;
-        stats.pool_bytes = B::memory_bytes(&memory);
-        Ok((
-            Runner {
-                dev,
-                plan,
-                specs,
-                statics,
-                statics_eq,
-                eager,
-                inputs,
-                graphs: rebuilt,
-                memory,
-                stats,
-                warned,
-                released: false,
-            },
-            report,
-        ))
+        let Runner { mut core, .. } = old;
+        core.graphs = rebuilt;
+        core.released = false;
+        core.stats.pool_bytes = B::memory_bytes(&core.memory);
+        Ok((Runner { dev, eager, core }, report))
     }
 }
 
@@ -154,18 +130,18 @@ fn refresh_slot<'m, const N: usize, S: 'm, const F: u64, B: Backend>(
     slot: usize,
 ) -> std::result::Result<(SizeGraph<B>, bool), (Option<SizeGraph<B>>, Error)> {
     let request = runner.request(slot, Warmup::IfNeeded);
-    let views = match runner.inputs.views(request.size) {
+    let views = match runner.core.inputs.views(request.size) {
         Ok(views) => views,
         Err(e) => return Err((Some(graph), e)),
     };
-    let statics = &runner.statics;
+    let statics = &runner.core.statics;
     let mut body = |dev: &B::Device| {
         let refs: [&B::Tensor; N] = std::array::from_fn(|i| &views[i]);
         eager(dev, refs, statics)
     };
     let done = B::rerecord(
         dev,
-        &mut runner.memory,
+        &mut runner.core.memory,
         &graph.keep,
         &mut graph.exec,
         request,
