@@ -25,17 +25,7 @@ fn main() -> Result<(), BoxError> {
     // cudarc's per-buffer events order nothing; with them on, a capture breaks.
     unsafe { dev.disable_event_tracking() };
     let device = Device::Cuda(dev.clone());
-    // Qwen3-0.6B-like widths, 4 layers, a cache of 65 sequences x 256 positions.
-    let cfg = CandleDecoderConfig {
-        vocab: 32_000,
-        hidden: 1024,
-        layers: 4,
-        heads: 16,
-        kv_heads: 8,
-        intermediate: 3072,
-        max_sequences: 65,
-        max_positions: 256,
-    };
+    let cfg = CandleDecoderConfig::bench();
     let model = CandleDecoder::new(&dev, cfg)?;
     let spec = || InputSpec::new(DType::U32, &[]);
     let started = Instant::now();

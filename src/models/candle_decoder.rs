@@ -54,6 +54,22 @@ impl CandleDecoderConfig {
         }
     }
 
+    /// The benchmark model of `examples/candle_decoder.rs` and the GPU test
+    /// `candle_decoder_latency`: Qwen3-0.6B-like widths, 4 layers, a cache of 65 sequences x
+    /// 256 positions.
+    pub fn bench() -> Self {
+        Self {
+            vocab: 32_000,
+            hidden: 1024,
+            layers: 4,
+            heads: 16,
+            kv_heads: 8,
+            intermediate: 3072,
+            max_sequences: 65,
+            max_positions: 256,
+        }
+    }
+
     fn head_dim(&self) -> usize {
         self.hidden / self.heads
     }

@@ -49,6 +49,21 @@ fn u32s(dev: &CudaDevice, values: &[u32]) -> Tensor {
     Tensor::new(values, &Device::Cuda(dev.clone())).expect("upload")
 }
 
+/// Mean µs of one `f` over `iters` calls, after 5 warm-up calls, the device synchronized
+/// around the timed loop.
+fn time_us(dev: &CudaDevice, iters: u32, f: &mut dyn FnMut()) -> f64 {
+    for _ in 0..5 {
+        f();
+    }
+    dev.synchronize().unwrap();
+    let started = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    dev.synchronize().unwrap();
+    started.elapsed().as_secs_f64() * 1e6 / f64::from(iters)
+}
+
 fn max_rel(a: &[f32], b: &[f32]) -> f64 {
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
     a.iter()
@@ -118,20 +133,10 @@ fn candle_decoder_replays_like_eager() {
     }
     for b in [1usize, 8, 64] {
         let (t, p, s) = step(&mut rng, b);
-        let time = |f: &mut dyn FnMut()| {
-            for _ in 0..5 {
-                f();
-            }
-            dev.synchronize().unwrap();
-            let started = Instant::now();
-            for _ in 0..50 {
-                f();
-            }
-            dev.synchronize().unwrap();
-            started.elapsed().as_secs_f64() * 1e6 / 50.0
-        };
-        let eager = time(&mut || drop(model.forward(&dev, &t, &p, &s).unwrap()));
-        let replay = time(&mut || drop(graphs.run([&t, &p, &s]).unwrap()));
+        let eager = time_us(&dev, 50, &mut || {
+            drop(model.forward(&dev, &t, &p, &s).unwrap())
+        });
+        let replay = time_us(&dev, 50, &mut || drop(graphs.run([&t, &p, &s]).unwrap()));
         println!(
             "candle decoder b = {b}: eager {eager:.1} µs, replay {replay:.1} µs ({:.2}x)",
             eager / replay
@@ -237,16 +242,7 @@ fn candle_decoder_latency() {
     let Some(dev) = candle_device("candle_decoder_latency") else {
         return;
     };
-    let cfg = CandleDecoderConfig {
-        vocab: 32_000,
-        hidden: 1024,
-        layers: 4,
-        heads: 16,
-        kv_heads: 8,
-        intermediate: 3072,
-        max_sequences: 65,
-        max_positions: 256,
-    };
+    let cfg = CandleDecoderConfig::bench();
     let model = CandleDecoder::new(&dev, cfg).expect("model");
     let spec = || InputSpec::new(DType::U32, &[]).unwrap();
     let started = Instant::now();
@@ -292,20 +288,12 @@ fn candle_decoder_latency() {
             .to_vec1()
             .unwrap();
         assert_eq!(replay_out, eager_out, "b = {b}: bit-exact");
-        let time = |f: &mut dyn FnMut()| {
-            for _ in 0..5 {
-                f();
-            }
-            dev.synchronize().unwrap();
-            let started = Instant::now();
-            for _ in 0..100 {
-                f();
-            }
-            dev.synchronize().unwrap();
-            started.elapsed().as_secs_f64() * 1e6 / 100.0
-        };
-        let eager = time(&mut || drop(model.forward(&dev, &tokens, &positions, &slots).unwrap()));
-        let replay = time(&mut || drop(graphs.run([&tokens, &positions, &slots]).unwrap()));
+        let eager = time_us(&dev, 100, &mut || {
+            drop(model.forward(&dev, &tokens, &positions, &slots).unwrap())
+        });
+        let replay = time_us(&dev, 100, &mut || {
+            drop(graphs.run([&tokens, &positions, &slots]).unwrap())
+        });
         println!("| {b} | {eager:.1} | {replay:.1} | {:.2} |", eager / replay);
     }
     println!("{}", graphs.stats());
