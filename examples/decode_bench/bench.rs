@@ -10,6 +10,7 @@ use cudagraph::{GemmBackend, GraphPlan, ReclaimPolicy, Result, Runner, Runtime};
 
 use crate::Options;
 use crate::common::{Inputs, median, relative_error_tensors};
+use crate::floor;
 
 /// Figures collected for `--json`.
 #[derive(Default)]
@@ -33,6 +34,11 @@ impl Report {
         }
         s.push('}');
         self.fields.push((key.into(), s));
+    }
+
+    /// A value already written as JSON (an array of objects, say).
+    fn raw(&mut self, key: &str, json: String) {
+        self.fields.push((key.into(), json));
     }
 
     fn to_json(&self) -> String {
@@ -186,6 +192,28 @@ pub fn run(rt: &Runtime, opts: &Options, context_s: f64) -> Result<()> {
         "host time of one run() at batch 1 (input copy + graph launch + bookkeeping): {run_host_us:.2} µs (median)"
     );
     report.num("run_host_us", run_host_us);
+    let launch_us = floor::kernel_launch_host_us(rt)?;
+    println!("host time of one empty kernel launch: {launch_us:.2} µs (median)");
+    report.num("kernel_launch_host_us", launch_us);
+
+    // The memory floor: the bytes the batch-1 step reads, streamed by a kernel that does
+    // nothing else, timed as a replay is.
+    let step_bytes = cfg
+        .decode_weight_bytes()
+        .ok_or_else(|| cudagraph::Error::invalid("decode_bench", "weight bytes overflow"))?;
+    let floor_us = floor::memory_floor_us(rt, step_bytes)?;
+    let replay_b1 = replay_us.iter().find(|(b, _)| b == "1").map(|(_, us)| *us);
+    println!(
+        "memory floor at batch 1: {:.2} GB of weights streamed in {floor_us:.1} µs ({:.2} TB/s){}",
+        step_bytes as f64 / 1e9,
+        step_bytes as f64 / floor_us / 1e6,
+        replay_b1.map_or(String::new(), |r| format!(
+            "; graph replay {r:.1} µs = {:.2}x the floor",
+            r / floor_us
+        ))
+    );
+    report.num("step_bytes", step_bytes as f64);
+    report.num("memory_floor_us", floor_us);
 
     size_advice(rt, &cfg, &mut graphs, &mut inputs)?;
     let stats = graphs.stats();
@@ -198,9 +226,27 @@ pub fn run(rt: &Runtime, opts: &Options, context_s: f64) -> Result<()> {
     );
     drop(graphs);
 
-    lazy_capture(rt, &model, &mut inputs, &mut report)?;
-    compare_reclaim(rt, &model, &mut report)?;
-    compare_refresh(rt, &model, &mut report)?;
+    if opts.growth {
+        drop(model);
+        growth(rt, &cfg, &mut report)?;
+        let model = Llama::random(rt, cfg.clone(), 0)?;
+        return finish(rt, opts, &model, &mut inputs, report);
+    }
+    finish(rt, opts, &model, &mut inputs, report)
+}
+
+/// The figures measured after the main runner is gone: lazy capture, reclamation, refresh;
+/// then the JSON.
+fn finish(
+    rt: &Runtime,
+    opts: &Options,
+    model: &Llama,
+    inputs: &mut Inputs,
+    mut report: Report,
+) -> Result<()> {
+    lazy_capture(rt, model, inputs, &mut report)?;
+    compare_reclaim(rt, model, &mut report)?;
+    compare_refresh(rt, model, &mut report)?;
     if let Some(path) = &opts.json {
         std::fs::write(path, report.to_json())
             .map_err(|e| cudagraph::Error::invalid("--json", format!("{}: {e}", path.display())))?;
@@ -231,6 +277,34 @@ fn host_time_of_run<const F: u64>(
     }
     rt.synchronize()?;
     Ok(median(samples) * 1e6)
+}
+
+/// Capture cost against the number of sizes (see [`floor::growth`]), printed and reported as
+/// `growth`.
+fn growth(rt: &Runtime, cfg: &LlamaConfig, report: &mut Report) -> Result<()> {
+    let rows = floor::growth(rt, cfg)?;
+    println!();
+    println!("| sizes | largest | capture s | per graph ms | pool MiB | largest graph alone MiB |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let mut json = Vec::new();
+    for r in &rows {
+        let per_graph_ms = r.capture_s * 1e3 / r.sizes as f64;
+        let mib = |b: usize| b as f64 / (1 << 20) as f64;
+        println!(
+            "| {} | {} | {:.3} | {per_graph_ms:.2} | {:.1} | {:.1} |",
+            r.sizes,
+            r.largest,
+            r.capture_s,
+            mib(r.pool_bytes),
+            mib(r.largest_graph_bytes)
+        );
+        json.push(format!(
+            "{{\"sizes\": {}, \"largest\": {}, \"capture_s\": {}, \"per_graph_ms\": {per_graph_ms}, \"pool_bytes\": {}, \"largest_graph_bytes\": {}}}",
+            r.sizes, r.largest, r.capture_s, r.pool_bytes, r.largest_graph_bytes
+        ));
+    }
+    report.raw("growth", format!("[{}]", json.join(", ")));
+    Ok(())
 }
 
 /// A lazy runner: nothing captured at construction, each size on its first use.

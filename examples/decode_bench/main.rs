@@ -8,13 +8,15 @@
 //! Options: `--iters N` (timed iterations per size, default 50), `--batches 1,8,300` (sizes to
 //! time; sizes above the largest captured one run the eager fallback), `--json FILE` (every
 //! figure, machine-readable, for `scripts/bench.sh`), `--tp N` (tensor parallelism over N GPUs,
-//! one thread per GPU, NCCL all-reduces inside the graphs: tp = N against tp = 1; see `tp.rs`).
+//! one thread per GPU, NCCL all-reduces inside the graphs: tp = N against tp = 1; see `tp.rs`),
+//! `--growth` (capture 35, 67 and 512 sizes too: per-graph time and pool; see `floor.rs`).
 //!
 //! With `--model DIR` it loads a Hugging Face checkpoint folder instead and generates greedily
 //! with the eager forward and with the graphs (see `generate.rs`).
 
 mod bench;
 mod common;
+mod floor;
 mod generate;
 #[cfg(feature = "nccl")]
 mod tp;
@@ -37,6 +39,8 @@ pub struct Options {
     pub generate: generate::GenerateOptions,
     /// Tensor parallelism (`--tp N`); 1: the single-GPU benchmark.
     pub tp: usize,
+    /// Also capture 35, 67 and 512 sizes to show the cost growth (`--growth`).
+    pub growth: bool,
 }
 
 fn parse_options() -> std::result::Result<Options, String> {
@@ -46,6 +50,7 @@ fn parse_options() -> std::result::Result<Options, String> {
         json: None,
         generate: Default::default(),
         tp: 1,
+        growth: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -63,6 +68,7 @@ fn parse_options() -> std::result::Result<Options, String> {
                     .collect::<std::result::Result<_, _>>()?;
             }
             "--json" => opts.json = Some(PathBuf::from(value("--json")?)),
+            "--growth" => opts.growth = true,
             "--tp" => {
                 opts.tp = value("--tp")?.parse().map_err(|e| format!("--tp: {e}"))?;
             }
@@ -71,7 +77,7 @@ fn parse_options() -> std::result::Result<Options, String> {
             }
             "-h" | "--help" => {
                 return Err(format!(
-                    "usage: decode_bench [--iters N] [--batches 1,8,300] [--json FILE] [--tp N] {}",
+                    "usage: decode_bench [--iters N] [--batches 1,8,300] [--json FILE] [--tp N] [--growth] {}",
                     generate::GenerateOptions::USAGE
                 ));
             }

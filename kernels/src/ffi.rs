@@ -50,6 +50,9 @@ pub(crate) fn launch(
     // with `check_device`), and taking their addresses (`device_ptr`) records them into any
     // graph being captured, which then keeps them alive.
     let stream = unsafe { rt.stream() };
+    if rt.dependent_launch() {
+        return launch_dependent(rt, stream, func, cfg, args);
+    }
     let mut builder = stream.launch_builder(func);
     for arg in args {
         // Each reference points into `args`, which outlives the launch call below (the driver
@@ -66,6 +69,70 @@ pub(crate) fn launch(
     // after the work that produced the inputs.
     unsafe { builder.launch(cfg) }.map_err(Error::driver("cuLaunchKernel"))?;
     Ok(())
+}
+
+/// [`launch`] with programmatic dependent launch (`cuLaunchKernelEx` with
+/// `PROGRAMMATIC_STREAM_SERIALIZATION`): the kernel may start before the previous kernel of the
+/// stream completes. Correct because every kernel of this crate waits for its predecessor
+/// (`PDL_WAIT()`, checked by a unit test of `modules`) before its first memory access; see
+/// [`dependent_launch`](cudagraph_runtime::dependent_launch).
+fn launch_dependent(
+    rt: &Runtime,
+    stream: &cudagraph_runtime::cudarc::driver::CudaStream,
+    func: &CudaFunction,
+    cfg: LaunchConfig,
+    args: &[Arg],
+) -> Result<()> {
+    use cudagraph_runtime::cudarc::driver::sys;
+    // The driver reads each parameter through a pointer to its value; the values live in `args`.
+    let mut params: Vec<*mut c_void> = args
+        .iter()
+        .map(|arg| match arg {
+            Arg::Ptr(v) | Arg::U64(v) => std::ptr::from_ref(v).cast_mut().cast::<c_void>(),
+            Arg::I32(v) => std::ptr::from_ref(v).cast_mut().cast::<c_void>(),
+            Arg::F32(v) => std::ptr::from_ref(v).cast_mut().cast::<c_void>(),
+        })
+        .collect();
+    let mut value = sys::CUlaunchAttributeValue { pad: [0; 64] };
+    value.programmaticStreamSerializationAllowed = 1;
+    let mut attribute = sys::CUlaunchAttribute {
+        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+        pad: [0; 4],
+        value,
+    };
+    let config = sys::CUlaunchConfig {
+        gridDimX: cfg.grid_dim.0,
+        gridDimY: cfg.grid_dim.1,
+        gridDimZ: cfg.grid_dim.2,
+        blockDimX: cfg.block_dim.0,
+        blockDimY: cfg.block_dim.1,
+        blockDimZ: cfg.block_dim.2,
+        sharedMemBytes: cfg.shared_mem_bytes,
+        hStream: stream.cu_stream(),
+        attrs: &mut attribute,
+        numAttrs: 1,
+    };
+    // The launch runs in the calling thread's current context: make it the runtime's.
+    // SAFETY: the context is only made current on this thread; no buffer is touched.
+    unsafe { rt.context() }
+        .bind_to_thread()
+        .map_err(Error::driver("cuCtxSetCurrent"))?;
+    // SAFETY: as for `launch`: by its contract the parameters match the kernel's signature in
+    // number, order and type (`params` points at each value in `args`, alive until this call
+    // returns, and the driver copies them when it enqueues the launch) and every pointer
+    // addresses live device memory covering the kernel's accesses; `config` and `attribute`
+    // outlive the call; the function belongs to the runtime's context, made current above; the
+    // kernel waits for its predecessor before touching memory (`PDL_WAIT()`), which is what the
+    // attribute requires of it.
+    let result = unsafe {
+        sys::cuLaunchKernelEx(
+            &config,
+            func.cu_function(),
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    };
+    result.result().map_err(Error::driver("cuLaunchKernelEx"))
 }
 
 /// A bf16 GEMM in cuBLAS' column-major terms: `C (m x n, ldc) = op(A) * B` with

@@ -36,6 +36,12 @@ pub mod names {
     pub const CAST_F32_BF16: &str = "cast_f32_bf16";
     /// `gemm`: the built-in GEMM of a linear layer, `y = x @ w^T`.
     pub const LINEAR_BF16: &str = "linear_bf16";
+    /// `gemv`: a one-row linear layer with an optional norm or activation prologue.
+    pub const GEMV_R1_BF16: &str = "gemv_r1_bf16";
+    /// `gemv`: the two-row variant of [`GEMV_R1_BF16`].
+    pub const GEMV_R2_BF16: &str = "gemv_r2_bf16";
+    /// `attention`: RoPE, KV-cache write and decode attention in one kernel.
+    pub const ROPE_ATTENTION_DECODE_BF16: &str = "rope_attention_decode_bf16";
 }
 
 /// The common prelude every module starts with.
@@ -51,7 +57,11 @@ pub static NORM: KernelModule = KernelModule {
 /// Rotary embedding fused with the KV-cache write: [`names::ROPE_KV_WRITE_BF16`].
 pub static ROPE: KernelModule = KernelModule {
     name: "rope",
-    source: concat!(include_str!("cu/prelude.cuh"), include_str!("cu/rope.cu")),
+    source: concat!(
+        include_str!("cu/prelude.cuh"),
+        include_str!("cu/rope_head.cuh"),
+        include_str!("cu/rope.cu")
+    ),
     functions: &[names::ROPE_KV_WRITE_BF16],
 };
 
@@ -60,9 +70,13 @@ pub static ATTENTION: KernelModule = KernelModule {
     name: "attention",
     source: concat!(
         include_str!("cu/prelude.cuh"),
+        include_str!("cu/rope_head.cuh"),
         include_str!("cu/attention.cu")
     ),
-    functions: &[names::ATTENTION_DECODE_BF16],
+    functions: &[
+        names::ATTENTION_DECODE_BF16,
+        names::ROPE_ATTENTION_DECODE_BF16,
+    ],
 };
 
 /// Elementwise kernels: activation, adds, embedding, random fills and casts.
@@ -91,8 +105,16 @@ pub static GEMM: KernelModule = KernelModule {
     functions: &[names::LINEAR_BF16],
 };
 
+/// The small-batch linear kernels with their prologues: [`names::GEMV_R1_BF16`],
+/// [`names::GEMV_R2_BF16`].
+pub static GEMV: KernelModule = KernelModule {
+    name: "gemv",
+    source: concat!(include_str!("cu/prelude.cuh"), include_str!("cu/gemv.cu")),
+    functions: &[names::GEMV_R1_BF16, names::GEMV_R2_BF16],
+};
+
 /// Every module of the crate, so a GPU test can check that each declared function loads.
-pub static ALL_MODULES: &[&KernelModule] = &[&NORM, &ROPE, &ATTENTION, &ELEMENTWISE, &GEMM];
+pub static ALL_MODULES: &[&KernelModule] = &[&NORM, &ROPE, &ATTENTION, &ELEMENTWISE, &GEMM, &GEMV];
 
 #[cfg(test)]
 mod tests {
@@ -120,6 +142,45 @@ mod tests {
                 module.name
             );
         }
+    }
+
+    /// The source without `//` comments (so a comment can't satisfy a check).
+    fn code(source: &str) -> String {
+        source
+            .lines()
+            .map(|line| line.split("//").next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Kernels may be launched with programmatic dependent launch (see `PDL_WAIT` in
+    /// `cu/prelude.cuh`): each must wait for the kernel before it before touching memory,
+    /// itself or through the one shared body that does (`gemv_body`).
+    #[test]
+    fn every_kernel_waits_for_its_predecessor() {
+        for module in ALL_MODULES {
+            let body = code(&module.source[PRELUDE.len()..]);
+            for kernel in body.split("extern \"C\" __global__ void ").skip(1) {
+                let name = &kernel[..kernel.find('(').unwrap_or(0)];
+                let end = kernel.find("\n}\n").unwrap_or(kernel.len());
+                let waits = kernel[..end].contains("PDL_WAIT()");
+                let shared_body = kernel[..end].contains("gemv_body<");
+                assert!(
+                    waits || shared_body,
+                    "kernel `{name}` of module `{}` never calls PDL_WAIT()",
+                    module.name
+                );
+            }
+            if let Some(at) = body.find("__device__ void gemv_body(") {
+                let def = &body[at..];
+                let def = &def[..def.find("\n}\n").unwrap_or(def.len())];
+                assert!(
+                    def.contains("PDL_WAIT()"),
+                    "gemv_body never calls PDL_WAIT()"
+                );
+            }
+        }
+        assert!(code(GEMV.source).contains("__device__ void gemv_body("));
     }
 
     #[test]

@@ -37,6 +37,11 @@ pub struct Runtime {
     poison: Cell<bool>,
     reclaim: Cell<ReclaimPolicy>,
     gemm: Cell<GemmBackend>,
+    /// Compute capability (major) of the device.
+    cc_major: i32,
+    /// Programmatic dependent launch for the kernels crate's launches (see
+    /// [`dependent_launch`](crate::dependent_launch)).
+    dependent_launch: Cell<bool>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -64,6 +69,11 @@ impl Runtime {
         // their events and are not used by the runtime.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(Error::driver("cuStreamCreate"))?;
+        let cc_major = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+            )
+            .map_err(Error::driver("cuDeviceGetAttribute"))?;
         Ok(Self {
             ctx,
             stream,
@@ -74,6 +84,8 @@ impl Runtime {
             poison: Cell::new(false),
             reclaim: Cell::new(ReclaimPolicy::from_env()),
             gemm: Cell::new(GemmBackend::from_env()),
+            cc_major,
+            dependent_launch: Cell::new(crate::dependent_launch::from_env(cc_major)),
         })
     }
 
@@ -496,6 +508,21 @@ impl Runtime {
     /// theirs). See [`GemmBackend`].
     pub fn set_gemm_backend(&self, backend: GemmBackend) {
         self.gemm.set(backend);
+    }
+
+    /// Whether the kernels crate launches with programmatic dependent launch (see
+    /// [`dependent_launch`](crate::dependent_launch)); initially from `CUDAGRAPH_PDL`.
+    pub fn dependent_launch(&self) -> bool {
+        self.dependent_launch.get()
+    }
+
+    /// Turns programmatic dependent launch on or off for later launches, eager or captured
+    /// (graphs already captured keep theirs). Asking for it on a device older than compute
+    /// capability 9.0 leaves it off. Returns the setting now in effect.
+    pub fn set_dependent_launch(&self, on: bool) -> bool {
+        let effective = on && self.cc_major >= crate::dependent_launch::PDL_MIN_MAJOR;
+        self.dependent_launch.set(effective);
+        effective
     }
 
     /// The GEMM the next linear op uses: [`GemmBackend::Cublas`] or [`GemmBackend::Builtin`],

@@ -18,6 +18,7 @@ pub mod arena;
 pub mod backend;
 pub mod capture;
 mod context;
+pub mod dependent_launch;
 pub mod dispatch;
 mod dtype;
 mod error;

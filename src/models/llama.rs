@@ -3,12 +3,15 @@
 //! [`hf::load`](super::hf::load) uses).
 //!
 //! Each batch row is one sequence that owns KV-cache slot `row`; its new token attends to the
-//! cache positions `0..=position`. Per layer the forward launches 9 kernels: fused residual
-//! add and RMSNorm, QKV projection, RoPE and KV-cache write, attention, output projection, fused
-//! add and RMSNorm, gate/up projection, SiLU·mul, down projection. The family's variants add
-//! no launch but the biases: q/k/v biases (Qwen2) and an output-projection bias (Llama's
-//! `attention_bias`) one `add_bias` each; Qwen3's per-head q/k RMS norm is fused into the RoPE
-//! kernel; an untied LM head is a different weight for the same last projection.
+//! cache positions `0..=position`. For a batch of one or two rows each layer launches 5
+//! kernels: residual add, RMSNorm and QKV projection; RoPE, KV-cache write and attention; output
+//! projection; residual add, RMSNorm and gate/up projection; SiLU·mul and down projection
+//! (`ops::add_rms_norm_linear`, `ops::rope_attention_decode`, `ops::silu_mul_linear`: the norm
+//! and the activation are the small-batch GEMV kernel's prologue). Larger batches run the norm
+//! and the activation as kernels of their own before cuBLAS's GEMMs (8 per layer). Biases (Qwen2's
+//! q/k/v, Llama's `attention_bias`) are added in the GEMV kernel, or by one `add_bias` each
+//! after a GEMM; Qwen3's per-head q/k RMS norm is fused into the attention kernel; an untied LM
+//! head is a different weight for the same last projection.
 
 use super::weights::{HostTensor, LayerWeights, LlamaWeights};
 use crate::ops::{self, AttentionShape, QkNorm};
@@ -382,6 +385,34 @@ impl LlamaConfig {
         Ok(())
     }
 
+    /// Bytes of the weights one decode step reads at batch 1 (bf16): every layer's projections,
+    /// biases and norms, the LM head (the embedding table when tied) and the final norm; the
+    /// embedding row and the KV cache read are left out (a few MB at most). `None` on overflow
+    /// (which [`validate`](Self::validate) rules out). The memory floor of a decode step is
+    /// these bytes at the device's bandwidth.
+    pub fn decode_weight_bytes(&self) -> Option<usize> {
+        let q = self.q_heads.checked_mul(self.head_dim)?;
+        let qkv = self.qkv_width();
+        let h = self.hidden;
+        let per_layer = [
+            qkv.checked_mul(h)?,
+            if self.qkv_bias { qkv } else { 0 },
+            if self.qk_norm { 2 * self.head_dim } else { 0 },
+            q.checked_mul(h)?,
+            if self.o_bias { h } else { 0 },
+            self.intermediate.checked_mul(2)?.checked_mul(h)?,
+            self.intermediate.checked_mul(h)?,
+            h.checked_mul(2)?,
+        ]
+        .into_iter()
+        .try_fold(0usize, |a, b| a.checked_add(b))?;
+        let elements = per_layer
+            .checked_mul(self.layers)?
+            .checked_add(self.vocab.checked_mul(h)?)?
+            .checked_add(h)?;
+        elements.checked_mul(2)
+    }
+
     /// Shape of one layer's key (or value) cache: `[cache_slots, cache_tokens, kv_heads,
     /// head_dim]` (its element count and bytes fit a `usize` after
     /// [`validate`](Self::validate)).
@@ -474,47 +505,88 @@ pub(crate) fn decode_step(
 ) -> Result<Tensor> {
     let cfg = parts.cfg;
     let attn = cfg.attention();
-    let first = parts
-        .layers
-        .first()
-        .ok_or_else(|| Error::invalid("decode_step", "a decoder needs at least one layer"))?;
-    let mut residual = ops::embedding(rt, parts.embed, tokens)?;
-    let mut normed = ops::rms_norm(rt, &residual, &first.attn_norm, cfg.rms_eps)?;
-    for (i, layer) in parts.layers.iter().enumerate() {
-        let qkv = match &layer.qkv_bias {
-            Some(bias) => ops::linear_bias(rt, &normed, &layer.qkv, bias)?,
-            None => ops::linear(rt, &normed, &layer.qkv)?,
-        };
-        let (k_cache, v_cache) = (&layer.k_cache, &layer.v_cache);
-        let q = match (&layer.q_norm, &layer.k_norm) {
-            (Some(q_weight), Some(k_weight)) => {
-                let norm = QkNorm {
-                    q_weight,
-                    k_weight,
-                    eps: cfg.rms_eps,
-                };
-                ops::rope_kv_write_qk_norm(rt, &qkv, positions, k_cache, v_cache, &attn, &norm)?
+    if parts.layers.is_empty() {
+        return Err(Error::invalid(
+            "decode_step",
+            "a decoder needs at least one layer",
+        ));
+    }
+    let x = ops::embedding(rt, parts.embed, tokens)?;
+    // The residual stream and the delta not yet added to it: each add + RMS norm is fused into
+    // the projection that reads the norm (one launch for one or two rows, see
+    // `ops::add_rms_norm_linear`).
+    let mut residual = x;
+    let mut pending: Option<Tensor> = None;
+    let norm_linear = |residual: &Tensor,
+                       pending: Option<&Tensor>,
+                       norm: &Tensor,
+                       w: &Tensor,
+                       bias: Option<&Tensor>|
+     -> Result<(Option<Tensor>, Tensor)> {
+        match pending {
+            None => Ok((
+                None,
+                ops::rms_norm_linear(rt, residual, norm, cfg.rms_eps, w, bias)?,
+            )),
+            Some(delta) => {
+                let (sum, y) =
+                    ops::add_rms_norm_linear(rt, residual, delta, norm, cfg.rms_eps, w, bias)?;
+                Ok((Some(sum), y))
             }
-            _ => ops::rope_kv_write(rt, &qkv, positions, k_cache, v_cache, &attn)?,
+        }
+    };
+    for layer in parts.layers {
+        let (sum, qkv) = norm_linear(
+            &residual,
+            pending.as_ref(),
+            &layer.attn_norm,
+            &layer.qkv,
+            layer.qkv_bias.as_ref(),
+        )?;
+        if let Some(sum) = sum {
+            residual = sum;
+        }
+        let qk_norm = match (&layer.q_norm, &layer.k_norm) {
+            (Some(q_weight), Some(k_weight)) => Some(QkNorm {
+                q_weight,
+                k_weight,
+                eps: cfg.rms_eps,
+            }),
+            _ => None,
         };
-        let ctx = ops::attention_decode(rt, &q, k_cache, v_cache, positions, &attn)?;
+        let ctx = ops::rope_attention_decode(
+            rt,
+            &qkv,
+            positions,
+            &layer.k_cache,
+            &layer.v_cache,
+            &attn,
+            qk_norm.as_ref(),
+        )?;
         let attn_out = match &layer.o_bias {
             Some(bias) => ops::linear_bias(rt, &ctx, &layer.o_proj, bias)?,
             None => ops::linear(rt, &ctx, &layer.o_proj)?,
         };
         let attn_out = reduce(rt, attn_out)?;
-        let (r, n) = ops::add_rms_norm(rt, &residual, &attn_out, &layer.mlp_norm, cfg.rms_eps)?;
-        let gate_up = ops::linear(rt, &n, &layer.gate_up)?;
-        let act = ops::silu_mul(rt, &gate_up)?;
-        let mlp_out = reduce(rt, ops::linear(rt, &act, &layer.down)?)?;
-        let next_norm = match parts.layers.get(i + 1) {
-            Some(next) => &next.attn_norm,
-            None => parts.final_norm,
-        };
-        (residual, normed) = ops::add_rms_norm(rt, &r, &mlp_out, next_norm, cfg.rms_eps)?;
+        let (r, gate_up) = ops::add_rms_norm_linear(
+            rt,
+            &residual,
+            &attn_out,
+            &layer.mlp_norm,
+            cfg.rms_eps,
+            &layer.gate_up,
+            None,
+        )?;
+        residual = r;
+        pending = Some(reduce(
+            rt,
+            ops::silu_mul_linear(rt, &gate_up, &layer.down)?,
+        )?);
     }
     // Tied embeddings: the LM head is the embedding table.
-    ops::linear(rt, &normed, parts.lm_head.unwrap_or(parts.embed))
+    let lm_head = parts.lm_head.unwrap_or(parts.embed);
+    let (_, logits) = norm_linear(&residual, pending.as_ref(), parts.final_norm, lm_head, None)?;
+    Ok(logits)
 }
 
 /// A Llama-family decoder with its KV cache.

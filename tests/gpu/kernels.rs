@@ -484,3 +484,216 @@ fn attention_decode_zeroes_padded_rows() -> Result<()> {
     }
     Ok(())
 }
+
+/// The small-batch linear kernel (`cu/gemv.cu`) and the fused ops built on it, against the host
+/// reference: 1 and 2 rows (the kernel) and 3 to 13 rows (cuBLAS and the unfused kernels), the
+/// decoder's shapes and odd ones (`in` not a multiple of 8 and a misaligned row view fall back
+/// too), with and without bias. The new residual of `add_rms_norm_linear` is `bf16(x + d)`
+/// exactly.
+#[test]
+fn small_batch_linear_and_fused_ops_match_reference() -> Result<()> {
+    let Some(rt) = gpu("small_batch_linear_and_fused_ops_match_reference") else {
+        return Ok(());
+    };
+    let mut rng = Rng(fresh_seed(
+        "small_batch_linear_and_fused_ops_match_reference",
+    ));
+    let eps = 1e-6;
+    let mut cases = 0;
+    for (m, k, n) in [
+        (1, 1024, 2048),
+        (2, 1024, 6144),
+        (2, 3072, 1024),
+        (1, 3072, 1024),
+        (3, 1024, 6144),
+        (8, 3072, 1024),
+        (5, 256, 33),
+        (2, 1000, 100),
+        (1, 1000, 100),
+        (13, 1024, 512),
+        (1, 1024, 151_936 / 8),
+    ] {
+        let (x, xr) = upload_bf16(&rt, &rng.vec(m * k, -2.0, 2.0), &[m, k])?;
+        let (d, dr) = upload_bf16(&rt, &rng.vec(m * k, -2.0, 2.0), &[m, k])?;
+        let (nw, nwr) = upload_bf16(&rt, &rng.vec(k, 0.5, 1.5), &[k])?;
+        let (w, wr) = upload_bf16(&rt, &rng.vec(n * k, -0.1, 0.1), &[n, k])?;
+        let (b, br) = upload_bf16(&rt, &rng.vec(n, -1.0, 1.0), &[n])?;
+        let what = |op: &str| format!("{op} {m}x{k}x{n}");
+
+        let y = ops::linear(poisoned(&rt), &x, &w)?;
+        assert_close(
+            &what("linear"),
+            &download_f32(&rt, &y)?,
+            &r::linear_ref(&xr, &wr, None, k),
+            KERNEL_TOL,
+        );
+        let yb = ops::linear_bias(poisoned(&rt), &x, &w, &b)?;
+        // The kernel rounds after the product and again after the bias, as GEMM + add does.
+        let with_bias: Vec<f32> = r::round_bf16_slice(&r::linear_ref(&xr, &wr, None, k))
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + br[i % n])
+            .collect();
+        assert_close(
+            &what("linear_bias"),
+            &download_f32(&rt, &yb)?,
+            &with_bias,
+            KERNEL_TOL,
+        );
+
+        let normed = r::round_bf16_slice(&r::rms_norm_ref(&xr, &nwr, k, eps));
+        let y = ops::rms_norm_linear(poisoned(&rt), &x, &nw, eps, &w, None)?;
+        assert_close(
+            &what("rms_norm_linear"),
+            &download_f32(&rt, &y)?,
+            &r::linear_ref(&normed, &wr, None, k),
+            KERNEL_TOL,
+        );
+
+        let (sum_ref, normed_ref) = r::add_rms_norm_ref(&xr, &dr, &nwr, k, eps);
+        let (sum, y) = ops::add_rms_norm_linear(poisoned(&rt), &x, &d, &nw, eps, &w, Some(&b))?;
+        assert_eq!(
+            download_f32(&rt, &sum)?,
+            sum_ref,
+            "{}: the new residual is bf16(x + d) exactly",
+            what("add_rms_norm_linear")
+        );
+        let normed_ref = r::round_bf16_slice(&normed_ref);
+        let with_bias: Vec<f32> = r::round_bf16_slice(&r::linear_ref(&normed_ref, &wr, None, k))
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + br[i % n])
+            .collect();
+        assert_close(
+            &what("add_rms_norm_linear"),
+            &download_f32(&rt, &y)?,
+            &with_bias,
+            KERNEL_TOL,
+        );
+
+        let (gu, gur) = upload_bf16(&rt, &rng.vec(m * 2 * k, -3.0, 3.0), &[m, 2 * k])?;
+        let act = r::round_bf16_slice(&r::silu_mul_ref(&gur, k));
+        let y = ops::silu_mul_linear(poisoned(&rt), &gu, &w)?;
+        assert_close(
+            &what("silu_mul_linear"),
+            &download_f32(&rt, &y)?,
+            &r::linear_ref(&act, &wr, None, k),
+            KERNEL_TOL,
+        );
+
+        if m > 1 {
+            // Rows 1.. of x: a view 2 k bytes in (16-byte aligned only when k % 8 == 0); the
+            // same rows, bit for bit, when the small-batch kernel takes both (its rows are
+            // independent of each other), close otherwise.
+            rt.set_poison_allocations(false);
+            let full = download_f32(&rt, &ops::linear(&rt, &x, &w)?)?;
+            let view = x.narrow_rows(1, m - 1)?;
+            let yv = ops::linear(poisoned(&rt), &view, &w)?;
+            if m <= 2 && k % 8 == 0 {
+                assert_eq!(
+                    download_f32(&rt, &yv)?,
+                    full[n..],
+                    "{}: a row view gives the same rows",
+                    what("linear")
+                );
+            } else {
+                assert_close(
+                    &what("linear view"),
+                    &download_f32(&rt, &yv)?,
+                    &full[n..],
+                    KERNEL_TOL,
+                );
+            }
+        }
+        rt.set_poison_allocations(false);
+        cases += 1;
+    }
+    // Bad shapes are errors naming the op, before any launch.
+    let (x, _) = upload_bf16(&rt, &rng.vec(2 * 64, -1.0, 1.0), &[2, 64])?;
+    let (w, _) = upload_bf16(&rt, &rng.vec(16 * 64, -1.0, 1.0), &[16, 64])?;
+    let (nw_bad, _) = upload_bf16(&rt, &rng.vec(32, -1.0, 1.0), &[32])?;
+    let err = ops::rms_norm_linear(&rt, &x, &nw_bad, eps, &w, None).unwrap_err();
+    assert!(err.to_string().contains("rms_norm_linear"), "{err}");
+    let err = ops::silu_mul_linear(&rt, &x, &w).unwrap_err();
+    assert!(err.to_string().contains("twice"), "{err}");
+    println!("small_batch_linear_and_fused_ops_match_reference: {cases} shapes");
+    Ok(())
+}
+
+/// `rope_attention_decode` is `rope_kv_write` (or `rope_kv_write_qk_norm`) then
+/// `attention_decode`, bit for bit: the same output and the same caches, padded rows and a
+/// position past the cache included.
+#[test]
+fn rope_attention_matches_the_unfused_ops_bit_for_bit() -> Result<()> {
+    let Some(rt) = gpu("rope_attention_matches_the_unfused_ops_bit_for_bit") else {
+        return Ok(());
+    };
+    let mut rng = Rng(fresh_seed(
+        "rope_attention_matches_the_unfused_ops_bit_for_bit",
+    ));
+    let mut cases = 0;
+    for (q_heads, kv_heads, head_dim, slots, tokens, n) in ATTENTION_CASES {
+        for qk_norm in [false, true] {
+            let cfg = AttentionShape {
+                q_heads,
+                kv_heads,
+                head_dim,
+                rope_theta: 1_000_000.0,
+            };
+            let width = (q_heads + 2 * kv_heads) * head_dim;
+            let cache_dims = [slots, tokens, kv_heads, head_dim];
+            let cache_len = slots * tokens * kv_heads * head_dim;
+            let k_init = rng.vec(cache_len, -1.0, 1.0);
+            let v_init = rng.vec(cache_len, -1.0, 1.0);
+            let (k_a, _) = upload_bf16(&rt, &k_init, &cache_dims)?;
+            let (v_a, _) = upload_bf16(&rt, &v_init, &cache_dims)?;
+            let (k_b, _) = upload_bf16(&rt, &k_init, &cache_dims)?;
+            let (v_b, _) = upload_bf16(&rt, &v_init, &cache_dims)?;
+            let (qkv, _) = upload_bf16(&rt, &rng.vec(n * width, -1.0, 1.0), &[n, width])?;
+            let (qw, _) = upload_bf16(&rt, &rng.vec(head_dim, 0.5, 1.5), &[head_dim])?;
+            let (kw, _) = upload_bf16(&rt, &rng.vec(head_dim, 0.5, 1.5), &[head_dim])?;
+            let norm = QkNorm {
+                q_weight: &qw,
+                k_weight: &kw,
+                eps: 1e-6,
+            };
+            let positions = padded_positions(&mut rng, n, tokens);
+            let pos = rt.upload(&positions, &[n])?;
+            let q = if qk_norm {
+                ops::rope_kv_write_qk_norm(&rt, &qkv, &pos, &k_a, &v_a, &cfg, &norm)?
+            } else {
+                ops::rope_kv_write(&rt, &qkv, &pos, &k_a, &v_a, &cfg)?
+            };
+            let unfused = ops::attention_decode(&rt, &q, &k_a, &v_a, &pos, &cfg)?;
+            let fused = ops::rope_attention_decode(
+                poisoned(&rt),
+                &qkv,
+                &pos,
+                &k_b,
+                &v_b,
+                &cfg,
+                qk_norm.then_some(&norm),
+            )?;
+            rt.set_poison_allocations(false);
+            let label = format!("{q_heads}/{kv_heads}x{head_dim}, n {n}, qk_norm {qk_norm}");
+            assert_eq!(
+                bf16_bits(&rt, &fused)?,
+                bf16_bits(&rt, &unfused)?,
+                "output, {label}"
+            );
+            assert_eq!(
+                bf16_bits(&rt, &k_b)?,
+                bf16_bits(&rt, &k_a)?,
+                "k cache, {label}"
+            );
+            assert_eq!(
+                bf16_bits(&rt, &v_b)?,
+                bf16_bits(&rt, &v_a)?,
+                "v cache, {label}"
+            );
+            cases += 1;
+        }
+    }
+    println!("rope_attention_matches_the_unfused_ops_bit_for_bit: {cases} cases");
+    Ok(())
+}

@@ -18,68 +18,38 @@
 //   q_s[head_dim] | scores[max_t] | partial[blockDim.x * 8]
 // (the host computes the same size).
 
-extern "C" __global__ void attention_decode_bf16(
-    const bf16_t* __restrict__ q,
-    const bf16_t* __restrict__ k_cache,
-    const bf16_t* __restrict__ v_cache,
-    const int* __restrict__ positions,
-    bf16_t* __restrict__ out,
-    int n,
-    int q_heads,
-    int kv_heads,
+// The largest head dimension (MAX_HEAD_DIM in ops/attention.rs).
+#define MAX_HEAD_DIM_CU 256
+
+
+// The attention of one (row, q head) once its query is in q_s (f32 of bf16 values): scores over
+// cache positions 0..len-1 of k_base (element (t, i) at t * t_stride + i), softmax, weighted sum
+// of v_base's rows, written to out_row as bf16. When k_last / v_last are given, position
+// len - 1 is read from them (this step's key and value, not yet in the cache for this block)
+// instead of the cache. Every thread of the block calls it; `scores` holds len floats,
+// `partial` blockDim.x * 8, `scratch` 32.
+__device__ void attend_decode(
+    const float* q_s,
+    const bf16_t* __restrict__ k_base,
+    const bf16_t* __restrict__ v_base,
+    unsigned long long t_stride,
+    int len,
     int head_dim,
-    int max_t,
-    float scale)
+    float scale,
+    const bf16_t* k_last,
+    const bf16_t* v_last,
+    float* scores,
+    float* partial,
+    float* scratch,
+    bf16_t* __restrict__ out_row)
 {
-    extern __shared__ float smem[];
-    __shared__ float scratch[32];
-
-    const int head = blockIdx.x;
-    const int b = blockIdx.y;
-    if (head >= q_heads || b >= n) {
-        return;  // uniform over the block
-    }
-    const int group_size = q_heads / kv_heads;
-    const int kv_head = head / group_size;
-
-    const unsigned long long d = (unsigned long long)head_dim;
-    bf16_t* out_row = out + ((unsigned long long)b * (unsigned long long)q_heads
-                             + (unsigned long long)head) * d;
-
-    int pos = positions[b];
-    if (pos < 0) {
-        // A padded row: zeros, no cache read. Uniform over the block (b is the block's row).
-        for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
-            out_row[i] = (bf16_t)0;
-        }
-        return;
-    }
-    pos = pos > max_t - 1 ? max_t - 1 : pos;
-    const int len = pos + 1;
-
-    float* q_s = smem;
-    float* scores = smem + head_dim;
-    float* partial = scores + max_t;
-
-    const bf16_t* q_row = q + ((unsigned long long)b * (unsigned long long)q_heads
-                               + (unsigned long long)head) * d;
-    // Element (t, i) of this row's cache slot and kv head: base + t * t_stride + i.
-    const unsigned long long t_stride = (unsigned long long)kv_heads * d;
-    const unsigned long long slot_base =
-        (unsigned long long)b * (unsigned long long)max_t * t_stride
-        + (unsigned long long)kv_head * d;
-    const bf16_t* k_base = k_cache + slot_base;
-    const bf16_t* v_base = v_cache + slot_base;
     const int vecs = head_dim / 8;
-
-    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
-        q_s[i] = bf2f(q_row[i]);
-    }
-    __syncthreads();
+    const int last = k_last != nullptr ? len - 1 : len;
 
     // Scores: one cache position per thread, the whole key row in 16-byte loads.
     for (int t = threadIdx.x; t < len; t += blockDim.x) {
-        const uint4* k_row = (const uint4*)(k_base + (unsigned long long)t * t_stride);
+        const uint4* k_row = t == last ? (const uint4*)k_last
+                                       : (const uint4*)(k_base + (unsigned long long)t * t_stride);
         float dot = 0.0f;
 #pragma unroll 4
         for (int v = 0; v < vecs; ++v) {
@@ -120,8 +90,32 @@ extern "C" __global__ void attention_decode_bf16(
         for (int j = 0; j < 8; ++j) {
             acc[j] = 0.0f;
         }
-        for (int t = g; t < len; t += groups) {
-            const uint4* v_row = (const uint4*)(v_base + (unsigned long long)t * t_stride);
+        // Four positions' loads in flight at a time; the sums are added in position order, as
+        // one position at a time would add them.
+        int t = g;
+        for (; t + 3 * groups < len; t += 4 * groups) {
+            uint4 rows[4];
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                const int tq = t + q * groups;
+                rows[q] = (tq == last ? (const uint4*)v_last
+                                      : (const uint4*)(v_base + (unsigned long long)tq * t_stride))[v];
+            }
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                float f[8];
+                unpack_bf16x8(rows[q], f);
+                const float p = scores[t + q * groups];
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    acc[j] += p * f[j];
+                }
+            }
+        }
+        for (; t < len; t += groups) {
+            const uint4* v_row = t == last
+                ? (const uint4*)v_last
+                : (const uint4*)(v_base + (unsigned long long)t * t_stride);
             float f[8];
             unpack_bf16x8(v_row[v], f);
             const float p = scores[t];
@@ -145,4 +139,176 @@ extern "C" __global__ void attention_decode_bf16(
         }
         out_row[i] = f2bf(acc * inv_sum);
     }
+}
+
+extern "C" __global__ void attention_decode_bf16(
+    const bf16_t* __restrict__ q,
+    const bf16_t* __restrict__ k_cache,
+    const bf16_t* __restrict__ v_cache,
+    const int* __restrict__ positions,
+    bf16_t* __restrict__ out,
+    int n,
+    int q_heads,
+    int kv_heads,
+    int head_dim,
+    int max_t,
+    float scale)
+{
+    PDL_LAUNCH_DEPENDENTS();
+    PDL_WAIT();  // before any memory access: see prelude.cuh
+    extern __shared__ float smem[];
+    __shared__ float scratch[32];
+
+    const int head = blockIdx.x;
+    const int b = blockIdx.y;
+    if (head >= q_heads || b >= n) {
+        return;  // uniform over the block
+    }
+    const int group_size = q_heads / kv_heads;
+    const int kv_head = head / group_size;
+
+    const unsigned long long d = (unsigned long long)head_dim;
+    bf16_t* out_row = out + ((unsigned long long)b * (unsigned long long)q_heads
+                             + (unsigned long long)head) * d;
+
+    int pos = positions[b];
+    if (pos < 0) {
+        // A padded row: zeros, no cache read. Uniform over the block (b is the block's row).
+        for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+            out_row[i] = (bf16_t)0;
+        }
+        return;
+    }
+    pos = pos > max_t - 1 ? max_t - 1 : pos;
+
+    float* q_s = smem;
+    float* scores = smem + head_dim;
+    float* partial = scores + max_t;
+
+    const bf16_t* q_row = q + ((unsigned long long)b * (unsigned long long)q_heads
+                               + (unsigned long long)head) * d;
+    // Element (t, i) of this row's cache slot and kv head: base + t * t_stride + i.
+    const unsigned long long t_stride = (unsigned long long)kv_heads * d;
+    const unsigned long long slot_base =
+        (unsigned long long)b * (unsigned long long)max_t * t_stride
+        + (unsigned long long)kv_head * d;
+
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+        q_s[i] = bf2f(q_row[i]);
+    }
+    __syncthreads();
+    attend_decode(q_s, k_cache + slot_base, v_cache + slot_base, t_stride, pos + 1, head_dim,
+                  scale, nullptr, nullptr, scores, partial, scratch, out_row);
+}
+
+// ---------------------------------------------------------------------------------------------
+// RoPE, KV-cache write and decode attention in one kernel: rope_kv_write_bf16 (rope.cu)
+// followed by attention_decode_bf16, bit for bit, in one launch.
+//
+// Layouts: qkv [n, (q_heads + 2 * kv_heads) * head_dim] (q heads, k heads, v heads), the caches
+// and positions as above, q_norm / k_norm [head_dim] or null (both null: no norm), out
+// [n, q_heads * head_dim]. Grid (q_heads, n), one block per (q head, row), blockDim.x as above.
+//
+// Each block rotates its q head and its kv head's k (rope_head_warp, one warp each, side by
+// side) into shared memory and copies the v head there, while the cache rows it will read are
+// prefetched into L2. The first q head of each kv group writes k and v into the cache at
+// pos; no block reads the cache at pos (it uses its own copy, bit-identical to what is written),
+// so no block waits for another. A padded row (pos < 0) writes zeros and no cache.
+// Dynamic shared memory as attention_decode_bf16's.
+// ---------------------------------------------------------------------------------------------
+extern "C" __global__ void rope_attention_decode_bf16(
+    const bf16_t* __restrict__ qkv,
+    const int* __restrict__ positions,
+    bf16_t* __restrict__ k_cache,
+    bf16_t* __restrict__ v_cache,
+    bf16_t* __restrict__ out,
+    int n,
+    int q_heads,
+    int kv_heads,
+    int head_dim,
+    int max_t,
+    float theta,
+    const bf16_t* __restrict__ q_norm,
+    const bf16_t* __restrict__ k_norm,
+    float eps,
+    float scale)
+{
+    PDL_LAUNCH_DEPENDENTS();
+    PDL_WAIT();  // before any memory access: see prelude.cuh
+    extern __shared__ float smem[];
+    __shared__ float scratch[32];
+    __shared__ __align__(16) bf16_t q_h[MAX_HEAD_DIM_CU];
+    __shared__ __align__(16) bf16_t k_h[MAX_HEAD_DIM_CU];
+    __shared__ __align__(16) bf16_t v_h[MAX_HEAD_DIM_CU];
+
+    const int head = blockIdx.x;
+    const int b = blockIdx.y;
+    if (head >= q_heads || b >= n) {
+        return;  // uniform over the block
+    }
+    const int group_size = q_heads / kv_heads;
+    const int kv_head = head / group_size;
+    const unsigned long long d = (unsigned long long)head_dim;
+    bf16_t* out_row = out + ((unsigned long long)b * (unsigned long long)q_heads
+                             + (unsigned long long)head) * d;
+
+    int pos = positions[b];
+    if (pos < 0) {
+        for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+            out_row[i] = (bf16_t)0;
+        }
+        return;
+    }
+    pos = pos > max_t - 1 ? max_t - 1 : pos;
+
+    const unsigned long long t_stride = (unsigned long long)kv_heads * d;
+    const unsigned long long slot_base =
+        (unsigned long long)b * (unsigned long long)max_t * t_stride
+        + (unsigned long long)kv_head * d;
+    // The cache rows this block reads (positions before pos), asked of L2 now: their fetch
+    // overlaps the rotation below.
+    for (int t = threadIdx.x; t < pos; t += blockDim.x) {
+        for (int i = 0; i < head_dim; i += 64) {  // one 128-byte line per 64 bf16
+            const unsigned long long at = slot_base + (unsigned long long)t * t_stride + i;
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(k_cache + at));
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(v_cache + at));
+        }
+    }
+
+    // Warp 0 rotates the q head, warp 1 the kv head's k, warp 2 copies its v: side by side.
+    const int total_heads = q_heads + 2 * kv_heads;
+    const bf16_t* row = qkv + (unsigned long long)b * (unsigned long long)total_heads * d;
+    const int warp = threadIdx.x >> 5;
+    if (warp == 0) {
+        rope_head_warp(row + (unsigned long long)head * d, q_norm, eps, pos, head_dim, theta,
+                       q_h);
+    } else if (warp == 1) {
+        rope_head_warp(row + (unsigned long long)(q_heads + kv_head) * d, k_norm, eps, pos,
+                       head_dim, theta, k_h);
+    } else if (warp == 2) {
+        const bf16_t* v_src = row + (unsigned long long)(q_heads + kv_heads + kv_head) * d;
+        for (int i = threadIdx.x & 31; i < head_dim; i += 32) {
+            v_h[i] = v_src[i];
+        }
+    }
+    __syncthreads();
+
+    float* q_s = smem;
+    float* scores = smem + head_dim;
+    float* partial = scores + max_t;
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+        q_s[i] = bf2f(q_h[i]);
+    }
+
+    if (head % group_size == 0) {
+        bf16_t* k_dst = k_cache + slot_base + (unsigned long long)pos * t_stride;
+        bf16_t* v_dst = v_cache + slot_base + (unsigned long long)pos * t_stride;
+        for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+            k_dst[i] = k_h[i];
+            v_dst[i] = v_h[i];
+        }
+    }
+    __syncthreads();
+    attend_decode(q_s, k_cache + slot_base, v_cache + slot_base, t_stride, pos + 1, head_dim,
+                  scale, k_h, v_h, scores, partial, scratch, out_row);
 }

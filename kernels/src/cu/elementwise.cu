@@ -9,6 +9,8 @@ extern "C" __global__ void silu_mul_bf16(
     unsigned long long rows,
     unsigned long long inter)
 {
+    PDL_LAUNCH_DEPENDENTS();
+    PDL_WAIT();  // before any memory access: see prelude.cuh
     const unsigned long long total = rows * inter;
     for (unsigned long long idx = global_thread_index(); idx < total; idx += grid_thread_count()) {
         const unsigned long long r = idx / inter;
@@ -28,6 +30,8 @@ extern "C" __global__ void add_bf16(
     bf16_t* __restrict__ out,
     unsigned long long numel)
 {
+    PDL_LAUNCH_DEPENDENTS();
+    PDL_WAIT();  // before any memory access: see prelude.cuh
     for (unsigned long long idx = global_thread_index(); idx < numel; idx += grid_thread_count()) {
         out[idx] = f2bf(bf2f(a[idx]) + bf2f(b[idx]));
     }
@@ -41,6 +45,8 @@ extern "C" __global__ void add_bias_bf16(
     unsigned long long rows,
     unsigned long long cols)
 {
+    PDL_LAUNCH_DEPENDENTS();
+    PDL_WAIT();  // before any memory access: see prelude.cuh
     const unsigned long long total = rows * cols;
     for (unsigned long long idx = global_thread_index(); idx < total; idx += grid_thread_count()) {
         const unsigned long long j = idx % cols;
@@ -57,6 +63,8 @@ extern "C" __global__ void embedding_bf16(
     int vocab,
     int hidden)
 {
+    PDL_LAUNCH_DEPENDENTS();
+    PDL_WAIT();  // before any memory access: see prelude.cuh
     const int r = blockIdx.x;
     if (r >= n) {
         return;
@@ -97,6 +105,8 @@ extern "C" __global__ void fill_uniform_bf16(
     float low,
     float high)
 {
+    PDL_LAUNCH_DEPENDENTS();
+    PDL_WAIT();  // before any memory access: see prelude.cuh
     for (unsigned long long idx = global_thread_index(); idx < numel; idx += grid_thread_count()) {
         out[idx] = f2bf(uniform_value(seed, idx, low, high));
     }
@@ -109,6 +119,8 @@ extern "C" __global__ void fill_uniform_f32(
     float low,
     float high)
 {
+    PDL_LAUNCH_DEPENDENTS();
+    PDL_WAIT();  // before any memory access: see prelude.cuh
     for (unsigned long long idx = global_thread_index(); idx < numel; idx += grid_thread_count()) {
         out[idx] = uniform_value(seed, idx, low, high);
     }
@@ -119,6 +131,8 @@ extern "C" __global__ void cast_bf16_f32(
     float* __restrict__ out,
     unsigned long long numel)
 {
+    PDL_LAUNCH_DEPENDENTS();
+    PDL_WAIT();  // before any memory access: see prelude.cuh
     for (unsigned long long idx = global_thread_index(); idx < numel; idx += grid_thread_count()) {
         out[idx] = bf2f(x[idx]);
     }
@@ -129,6 +143,8 @@ extern "C" __global__ void cast_f32_bf16(
     bf16_t* __restrict__ out,
     unsigned long long numel)
 {
+    PDL_LAUNCH_DEPENDENTS();
+    PDL_WAIT();  // before any memory access: see prelude.cuh
     for (unsigned long long idx = global_thread_index(); idx < numel; idx += grid_thread_count()) {
         out[idx] = f2bf(x[idx]);
     }

@@ -21,6 +21,8 @@
 extern "C" __global__ void linear_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w,
                                        bf16_t* __restrict__ y, int rows, int outs, int in,
                                        int vec) {
+    PDL_LAUNCH_DEPENDENTS();
+    PDL_WAIT();  // before any memory access: see prelude.cuh
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const int r0 = blockIdx.x * GEMM_ROWS;

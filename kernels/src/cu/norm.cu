@@ -9,6 +9,8 @@ extern "C" __global__ void rms_norm_bf16(
     int hidden,
     float eps)
 {
+    PDL_LAUNCH_DEPENDENTS();
+    PDL_WAIT();  // before any memory access: see prelude.cuh
     __shared__ float scratch[32];
     const int row = blockIdx.x;
     if (row >= rows) {
@@ -45,6 +47,8 @@ extern "C" __global__ void add_rms_norm_bf16(
     int hidden,
     float eps)
 {
+    PDL_LAUNCH_DEPENDENTS();
+    PDL_WAIT();  // before any memory access: see prelude.cuh
     __shared__ float scratch[32];
     const int row = blockIdx.x;
     if (row >= rows) {

@@ -92,3 +92,21 @@ __device__ __forceinline__ unsigned long long grid_thread_count() {
     return (unsigned long long)gridDim.x * (unsigned long long)blockDim.x;
 }
 
+
+// Programmatic dependent launch (sm_90+; no-ops before, and when a kernel was launched without
+// the attribute). A kernel launched with programmatic stream serialization may start while the
+// kernel before it in the stream is still running:
+//   PDL_LAUNCH_DEPENDENTS(): lets the next kernel launch now (it still waits, below, for this
+//                            one to finish before touching memory);
+//   PDL_WAIT():              waits until the previous kernel has completed and its memory is
+//                            visible. Every kernel calls it before its first memory access of
+//                            any kind: any buffer, weights included, may have been written by the
+//                            kernel just before (a weight update is a kernel like any other).
+// So what overlaps is the launch and the scheduling of a kernel's blocks, never a memory access.
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900)
+#define PDL_LAUNCH_DEPENDENTS() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+#define PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#else
+#define PDL_LAUNCH_DEPENDENTS()
+#define PDL_WAIT()
+#endif

@@ -11,14 +11,10 @@
 //   q_norm, k_norm [head_dim] or null (both null: no norm)
 //
 // Grid: (n, q_heads + 2 * kv_heads); one block per (row, head). blockDim.x is a multiple of 32
-// (the norm's block reduction needs it).
+// (warp 0 rotates a q or k head; every thread copies a v head).
 //
-// With a norm weight w, each element of a q (k) head is first replaced by
-//   bf16(x * rsqrt(mean(x^2) + eps) * w)      (mean over the head, in f32)
-// which is what an unfused bf16 RMS norm would store. Then, for i < head_dim / 2:
-//   inv_freq = 1 / theta^(2i / head_dim), angle = pos * inv_freq,
-//   out[i]            = x[i] * cos - x[i + half] * sin
-//   out[i + half]     = x[i + half] * cos + x[i] * sin
+// Each q and k head is normalised (when q_norm / k_norm are given) and rotated by
+// rope_head_warp (rope_head.cuh, which the module's source includes before this file).
 //
 // Padded rows (vLLM's PAD_SLOT_ID): a row whose position is negative writes nothing into
 // k_cache or v_cache, and its q_out row is all zeros (so what reads it downstream is
@@ -39,7 +35,8 @@ extern "C" __global__ void rope_kv_write_bf16(
     const bf16_t* __restrict__ k_norm,
     float eps)
 {
-    __shared__ float scratch[32];
+    PDL_LAUNCH_DEPENDENTS();
+    PDL_WAIT();  // before any memory access: see prelude.cuh
     const int b = blockIdx.x;
     const int head = blockIdx.y;
     const int total_heads = q_heads + 2 * kv_heads;
@@ -75,33 +72,10 @@ extern "C" __global__ void rope_kv_write_bf16(
                               + (unsigned long long)pos) * (unsigned long long)kv_heads
                              + (unsigned long long)kv_head) * d;
         }
-        // Uniform over the block: every thread takes the same branch, as block_sum requires.
+        // One warp rotates the head (rope_head_warp); the block is that warp.
         const bf16_t* norm = head < q_heads ? q_norm : k_norm;
-        float inv_rms = 1.0f;
-        if (norm != nullptr) {
-            float sum_sq = 0.0f;
-            for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
-                const float v = bf2f(src[i]);
-                sum_sq += v * v;
-            }
-            sum_sq = block_sum(sum_sq, scratch);
-            inv_rms = rsqrtf(sum_sq / (float)head_dim + eps);
-        }
-        const int half = head_dim / 2;
-        for (int i = threadIdx.x; i < half; i += blockDim.x) {
-            const float exponent = (float)(2 * i) / (float)head_dim;
-            const float inv_freq = 1.0f / powf(theta, exponent);
-            const float angle = (float)pos * inv_freq;
-            float s, c;
-            sincosf(angle, &s, &c);
-            float x1 = bf2f(src[i]);
-            float x2 = bf2f(src[i + half]);
-            if (norm != nullptr) {
-                x1 = bf2f(f2bf(x1 * inv_rms * bf2f(norm[i])));
-                x2 = bf2f(f2bf(x2 * inv_rms * bf2f(norm[i + half])));
-            }
-            dst[i] = f2bf(x1 * c - x2 * s);
-            dst[i + half] = f2bf(x2 * c + x1 * s);
+        if (threadIdx.x < 32) {
+            rope_head_warp(src, norm, eps, pos, head_dim, theta, dst);
         }
     } else {
         const int kv_head = head - q_heads - kv_heads;

@@ -1,6 +1,7 @@
 //! Attention geometry ([`AttentionShape`]), the KV-cache checks shared with
 //! [`rope_kv_write`](super::rope_kv_write), and decode attention.
 
+use cudagraph_runtime::cudarc::driver::LaunchConfig;
 use cudagraph_runtime::{DType, Error, Result, Runtime, Tensor};
 
 use super::check;
@@ -15,10 +16,10 @@ pub const MAX_HEAD_DIM: usize = 256;
 pub const MAX_ATTENTION_CONTEXT: usize = 8192;
 
 /// Threads per block of the decode-attention kernel.
-const ATTENTION_BLOCK: u32 = 256;
+pub(super) const ATTENTION_BLOCK: u32 = 256;
 
 /// Dynamic shared memory a kernel may use without opting in to more.
-const DEFAULT_SHARED_MEM_LIMIT: usize = 48 * 1024;
+pub(super) const DEFAULT_SHARED_MEM_LIMIT: usize = 48 * 1024;
 
 /// The geometry of a model's attention (grouped-query aware).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -201,12 +202,46 @@ pub(crate) fn check_slots(op: &'static str, slots: usize, n: usize) -> Result<()
 
 /// Dynamic shared memory of the attention kernel, in bytes:
 /// `q_s[head_dim] | scores[max_t] | partial[block * 8]` floats.
-fn attention_shared_bytes(head_dim: usize, max_t: usize) -> Option<usize> {
+pub(super) fn attention_shared_bytes(head_dim: usize, max_t: usize) -> Option<usize> {
     let partial = ATTENTION_BLOCK as usize * 8;
     head_dim
         .checked_add(max_t)?
         .checked_add(partial)?
         .checked_mul(size_of::<f32>())
+}
+
+/// The launch of a decode-attention kernel (one block per (q head, row), the scores in dynamic
+/// shared memory), after checking that a cache of `max_t` positions fits.
+pub(super) fn attention_launch(
+    op: &'static str,
+    cfg: &AttentionShape,
+    n: usize,
+    max_t: usize,
+) -> Result<LaunchConfig> {
+    if max_t > MAX_ATTENTION_CONTEXT {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "the KV cache holds {max_t} positions; at most {MAX_ATTENTION_CONTEXT} are supported"
+            ),
+        ));
+    }
+    let shared = attention_shared_bytes(cfg.head_dim, max_t)
+        .filter(|&bytes| bytes <= DEFAULT_SHARED_MEM_LIMIT)
+        .and_then(|bytes| u32::try_from(bytes).ok())
+        .ok_or_else(|| Error::invalid(op, "the attention scores do not fit in shared memory"))?;
+    check::grid_2d(
+        op,
+        (cfg.q_heads, "q_heads"),
+        (n, "batch rows"),
+        ATTENTION_BLOCK,
+        shared,
+    )
+}
+
+/// The softmax scale of a decode attention: `1 / sqrt(head_dim)`.
+pub(super) fn attention_scale(cfg: &AttentionShape) -> f32 {
+    1.0 / (cfg.head_dim as f32).sqrt()
 }
 
 /// Decode attention over the KV cache: for row `b` and query head `h` (kv head
@@ -253,27 +288,8 @@ pub fn attention_decode(
     check_positions(rt, OP, positions, n)?;
     let (slots, max_t) = check_caches(rt, OP, k_cache, v_cache, cfg)?;
     check_slots(OP, slots, n)?;
-    if max_t > MAX_ATTENTION_CONTEXT {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "the KV cache holds {max_t} positions; at most {MAX_ATTENTION_CONTEXT} are supported"
-            ),
-        ));
-    }
-    let shared = attention_shared_bytes(cfg.head_dim, max_t)
-        .filter(|&bytes| bytes <= DEFAULT_SHARED_MEM_LIMIT)
-        .ok_or_else(|| Error::invalid(OP, "the attention scores do not fit in shared memory"))?;
-    let shared = u32::try_from(shared)
-        .map_err(|_| Error::invalid(OP, "the attention scores do not fit in shared memory"))?;
-    let launch_cfg = check::grid_2d(
-        OP,
-        (cfg.q_heads, "q_heads"),
-        (n, "batch rows"),
-        ATTENTION_BLOCK,
-        shared,
-    )?;
-    let scale = 1.0 / (cfg.head_dim as f32).sqrt();
+    let launch_cfg = attention_launch(OP, cfg, n, max_t)?;
+    let scale = attention_scale(cfg);
 
     let func = rt.function(&ATTENTION, names::ATTENTION_DECODE_BF16)?;
     let out = rt.alloc(&[n, q_width], DType::BF16)?;

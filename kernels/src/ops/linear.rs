@@ -1,10 +1,13 @@
-//! Linear layers: bf16 in and out, f32 accumulation, through the runtime's GEMM backend
-//! ([`GemmBackend`]): cuBLAS (`cublasGemmEx`) or the built-in kernel (`cu/gemm.cu`).
+//! Linear layers: bf16 in and out, f32 accumulation. Batches of at most
+//! [`GEMV_MAX_ROWS`](super::gemv::GEMV_MAX_ROWS) rows run the small-batch kernel
+//! (`cu/gemv.cu`, bias fused) whatever the backend; larger ones go through the runtime's GEMM
+//! backend ([`GemmBackend`]): cuBLAS or the built-in kernel (`cu/gemm.cu`).
 
 use cudagraph_runtime::{DType, Error, GemmBackend, Result, Runtime, Tensor};
 
 use super::check;
 use super::elementwise::add_bias_impl;
+use super::gemv::{self, GemvSizes, Prologue};
 use crate::ffi::{self, Arg, GemmTn};
 use crate::modules::{GEMM, names};
 
@@ -18,51 +21,41 @@ const BUILTIN_THREADS: u32 = 32 * 8;
 ///
 /// `x`: bf16 `[..., in]` (usually `[n, in]`; leading dimensions are flattened into rows);
 /// `w`: bf16 `[out, in]`, row-major (PyTorch's layout). Returns bf16 `[..., out]`. Computed
-/// with f32 accumulation, rounded once, by the runtime's
+/// with f32 accumulation, rounded once: for one or two rows by the small-batch kernel, which
+/// streams the weights once; above, by the runtime's
 /// [`resolved_gemm_backend`](Runtime::resolved_gemm_backend): cuBLAS or the built-in kernel.
 #[track_caller]
 pub fn linear(rt: &Runtime, x: &Tensor, w: &Tensor) -> Result<Tensor> {
     const OP: &str = "linear";
     rt.enter_op(OP);
-    linear_impl(rt, OP, x, w)
+    linear_impl(rt, OP, x, w, None)
 }
 
 /// `y = x @ w^T + b`: a linear layer with bias (Qwen2's q/k/v projections).
 ///
-/// As [`linear`], then `b`: bf16 `[out]` is added to every row by a separate kernel (so the
-/// result is rounded to bf16 twice: after the GEMM and after the add).
+/// As [`linear`], then `b`: bf16 `[out]` is added to every row (the result is rounded to bf16
+/// twice: after the GEMM and after the add). Small batches add it in the GEMV kernel, larger
+/// ones with a separate kernel after the GEMM.
 #[track_caller]
 pub fn linear_bias(rt: &Runtime, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     const OP: &str = "linear_bias";
     rt.enter_op(OP);
     // Check the bias before launching anything.
-    check::tensor(rt, OP, "b", b, DType::BF16)?;
-    check::rank(OP, "w", w, 2, "[out, in]")?;
-    let out_features = w.shape()[0];
-    if b.shape() != [out_features] {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "`b` must have shape [{out_features}] (w's rows), got {:?}",
-                b.shape()
-            ),
-        ));
-    }
-    let y = linear_impl(rt, OP, x, w)?;
-    add_bias_impl(rt, OP, &y, b)
+    check_bias(rt, OP, w, b)?;
+    linear_impl(rt, OP, x, w, Some(b))
 }
 
-fn linear_impl(rt: &Runtime, op: &'static str, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+/// The checked sizes of `x @ w^T`: `(rows, out_features, in_features)` and the output's dims
+/// (`x`'s with the last replaced by `out_features`).
+pub(crate) fn linear_sizes(
+    rt: &Runtime,
+    op: &'static str,
+    x: &Tensor,
+    w: &Tensor,
+) -> Result<(GemvSizes, Vec<usize>)> {
     check::tensor(rt, op, "x", x, DType::BF16)?;
-    check::tensor(rt, op, "w", w, DType::BF16)?;
-    check::rank(op, "w", w, 2, "[out, in]")?;
+    check_weight(rt, op, w)?;
     let (out_features, in_features) = (w.shape()[0], w.shape()[1]);
-    if out_features == 0 || in_features == 0 {
-        return Err(Error::invalid(
-            op,
-            format!("`w` is empty (shape {:?})", w.shape()),
-        ));
-    }
     let (rows, x_in) = check::rows_and_last(op, "x", x)?;
     if x_in != in_features {
         return Err(Error::invalid(
@@ -79,17 +72,72 @@ fn linear_impl(rt: &Runtime, op: &'static str, x: &Tensor, w: &Tensor) -> Result
     if let Some(last) = dims.last_mut() {
         *last = out_features;
     }
-    let sizes = GemmSizes {
-        rows: check::to_i32(op, "rows", rows)?,
-        outs: check::to_i32(op, "out_features", out_features)?,
-        ins: check::to_i32(op, "in_features", in_features)?,
+    let sizes = GemvSizes {
+        rows,
+        outs: out_features,
+        ins: in_features,
     };
-    let y = rt.alloc(&dims, DType::BF16)?;
-    match rt.resolved_gemm_backend() {
-        GemmBackend::Builtin => builtin_gemm(rt, op, sizes, x, w, &y)?,
-        GemmBackend::Cublas | GemmBackend::Auto => cublas_gemm(rt, sizes, x, w, &y)?,
+    Ok((sizes, dims))
+}
+
+/// Checks a bias `b` against the weight `w`: bf16 `[out]`.
+pub(crate) fn check_bias(rt: &Runtime, op: &'static str, w: &Tensor, b: &Tensor) -> Result<()> {
+    check::tensor(rt, op, "b", b, DType::BF16)?;
+    check::rank(op, "w", w, 2, "[out, in]")?;
+    let out_features = w.shape()[0];
+    if b.shape() != [out_features] {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "`b` must have shape [{out_features}] (w's rows), got {:?}",
+                b.shape()
+            ),
+        ));
     }
-    Ok(y)
+    Ok(())
+}
+
+/// Checks a linear layer's weight: bf16 `[out, in]`, neither 0.
+pub(crate) fn check_weight(rt: &Runtime, op: &'static str, w: &Tensor) -> Result<()> {
+    check::tensor(rt, op, "w", w, DType::BF16)?;
+    check::rank(op, "w", w, 2, "[out, in]")?;
+    if w.shape().contains(&0) {
+        return Err(Error::invalid(
+            op,
+            format!("`w` is empty (shape {:?})", w.shape()),
+        ));
+    }
+    Ok(())
+}
+
+/// `x @ w^T (+ bias)` with checked sizes: the small-batch kernel when it takes them, else the
+/// GEMM backend (and a bias kernel).
+pub(crate) fn linear_impl(
+    rt: &Runtime,
+    op: &'static str,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (sizes, dims) = linear_sizes(rt, op, x, w)?;
+    let y = rt.alloc(&dims, DType::BF16)?;
+    if gemv::eligible(sizes, x, w, &Prologue::Copy) {
+        gemv::launch_gemv(rt, op, sizes, (x, Prologue::Copy), (w, bias), &y)?;
+        return Ok(y);
+    }
+    let gemm = GemmSizes {
+        rows: check::to_i32(op, "rows", sizes.rows)?,
+        outs: check::to_i32(op, "out_features", sizes.outs)?,
+        ins: check::to_i32(op, "in_features", sizes.ins)?,
+    };
+    match rt.resolved_gemm_backend() {
+        GemmBackend::Builtin => builtin_gemm(rt, op, gemm, x, w, &y)?,
+        GemmBackend::Cublas | GemmBackend::Auto => cublas_gemm(rt, gemm, x, w, &y)?,
+    }
+    match bias {
+        Some(b) => add_bias_impl(rt, op, &y, b),
+        None => Ok(y),
+    }
 }
 
 /// The validated sizes of `y [rows, outs] = x [rows, ins] @ w [outs, ins]^T`.

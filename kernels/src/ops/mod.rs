@@ -12,12 +12,17 @@
 mod attention;
 mod check;
 mod elementwise;
+mod fused_linear;
+mod gemv;
 mod linear;
 mod norm;
 mod rope;
+mod rope_attention;
 
 pub use attention::{AttentionShape, MAX_ATTENTION_CONTEXT, MAX_HEAD_DIM, attention_decode};
 pub use elementwise::{add, add_bias, cast, embedding, fill_uniform, silu_mul};
+pub use fused_linear::{add_rms_norm_linear, rms_norm_linear, silu_mul_linear};
 pub use linear::{linear, linear_bias};
 pub use norm::{add_rms_norm, rms_norm};
 pub use rope::{QkNorm, rope_kv_write, rope_kv_write_qk_norm};
+pub use rope_attention::rope_attention_decode;

@@ -8,7 +8,7 @@ use crate::ffi::{self, Arg};
 use crate::modules::{NORM, names};
 
 /// Checks `eps` and `weight` against rows of `hidden` elements.
-fn check_weight_eps(
+pub(super) fn check_weight_eps(
     rt: &Runtime,
     op: &'static str,
     weight: &Tensor,

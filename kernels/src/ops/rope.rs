@@ -8,8 +8,8 @@ use super::check;
 use crate::ffi::{self, Arg};
 use crate::modules::{ROPE, names};
 
-/// Threads per block of the RoPE kernel (one block per (row, head); `head_dim / 2 <= 128`; a
-/// multiple of 32 for the norm's block reduction).
+/// Threads per block of the RoPE kernel: one block per (row, head); its first warp rotates a q
+/// or k head, all its threads copy a v head (a multiple of 32).
 const ROPE_BLOCK: u32 = 128;
 
 /// Per-head RMS norm weights of q and k, applied before RoPE (Qwen3's `q_norm` / `k_norm`).
@@ -88,7 +88,7 @@ pub fn rope_kv_write_qk_norm(
 }
 
 /// Checks a q/k norm weight: bf16 `[head_dim]`.
-fn check_norm(
+fn check_norm_weight(
     rt: &Runtime,
     op: &'static str,
     what: &str,
@@ -108,16 +108,15 @@ fn check_norm(
     Ok(())
 }
 
-/// The shared body of both launchers; `op` names the caller in errors.
-fn rope_kv_write_impl(
+/// Checks `qkv` (`[n, (q_heads + 2 * kv_heads) * head_dim]`, n > 0) and `positions` (`[n]`)
+/// against a validated `cfg`; returns `(n, q_width)`.
+pub(super) fn check_qkv(
     rt: &Runtime,
     op: &'static str,
-    (qkv, positions): (&Tensor, &Tensor),
-    (k_cache, v_cache): (&Tensor, &Tensor),
+    qkv: &Tensor,
+    positions: &Tensor,
     cfg: &AttentionShape,
-    norm: Option<&QkNorm<'_>>,
-) -> Result<Tensor> {
-    cfg.validate(op)?;
+) -> Result<(usize, usize)> {
     check::tensor(rt, op, "qkv", qkv, DType::BF16)?;
     // `validate` checked that neither width overflows (nor exceeds an i32).
     let (width, q_width) = cfg.widths(op)?;
@@ -132,12 +131,21 @@ fn rope_kv_write_impl(
     let n = qkv.rows();
     check::nonempty(op, n)?;
     check_positions(rt, op, positions, n)?;
-    let (slots, max_t) = check_caches(rt, op, k_cache, v_cache, cfg)?;
-    check_slots(op, slots, n)?;
-    let (q_norm, k_norm, eps) = match norm {
+    Ok((n, q_width))
+}
+
+/// Checks the optional q/k norm; returns the kernel's `(q_norm, k_norm, eps)` arguments (null
+/// pointers when there is no norm: the kernels skip it).
+pub(super) fn check_qk_norm(
+    rt: &Runtime,
+    op: &'static str,
+    norm: Option<&QkNorm<'_>>,
+    head_dim: usize,
+) -> Result<(u64, u64, f32)> {
+    Ok(match norm {
         Some(norm) => {
-            check_norm(rt, op, "q_norm", norm.q_weight, cfg.head_dim)?;
-            check_norm(rt, op, "k_norm", norm.k_weight, cfg.head_dim)?;
+            check_norm_weight(rt, op, "q_norm", norm.q_weight, head_dim)?;
+            check_norm_weight(rt, op, "k_norm", norm.k_weight, head_dim)?;
             if !(norm.eps.is_finite() && norm.eps >= 0.0) {
                 return Err(Error::invalid(
                     op,
@@ -152,7 +160,23 @@ fn rope_kv_write_impl(
         }
         // Null pointers: the kernel skips the norm.
         None => (0, 0, 0.0),
-    };
+    })
+}
+
+/// The shared body of both launchers; `op` names the caller in errors.
+fn rope_kv_write_impl(
+    rt: &Runtime,
+    op: &'static str,
+    (qkv, positions): (&Tensor, &Tensor),
+    (k_cache, v_cache): (&Tensor, &Tensor),
+    cfg: &AttentionShape,
+    norm: Option<&QkNorm<'_>>,
+) -> Result<Tensor> {
+    cfg.validate(op)?;
+    let (n, q_width) = check_qkv(rt, op, qkv, positions, cfg)?;
+    let (slots, max_t) = check_caches(rt, op, k_cache, v_cache, cfg)?;
+    check_slots(op, slots, n)?;
+    let (q_norm, k_norm, eps) = check_qk_norm(rt, op, norm, cfg.head_dim)?;
     // At most the qkv width (head_dim >= 8), which `validate` bounded: no overflow.
     let total_heads = cfg
         .kv_heads

@@ -1,0 +1,195 @@
+//! The small-batch linear kernel (`cu/gemv.cu`): `y = prologue(x) @ w^T (+ bias)` for at most
+//! [`GEMV_MAX_ROWS`] rows, one launch, with the input's norm or activation computed in the
+//! kernel's prologue.
+//!
+//! Used by [`linear`](super::linear) when the batch is small, and by the fused ops of
+//! [`fused_linear`](super::fused_linear). Callers validate dtypes and shapes; [`eligible`] says
+//! whether the kernel can take the sizes and addresses at hand, and each caller falls back to
+//! the unfused kernels when it can't.
+
+use cudagraph_runtime::cudarc::driver::LaunchConfig;
+use cudagraph_runtime::{Result, Runtime, Tensor};
+
+use super::check;
+use crate::ffi::{self, Arg};
+use crate::modules::{GEMV, names};
+
+/// The most rows the kernel takes (`GEMV_MAX_ROWS` in `cu/gemv.cu`). Above it cuBLAS's tensor
+/// cores win on an H200 (see `bench/NOTES.md`): the kernel unpacks the staged rows once per
+/// weight chunk, so its cost grows with the rows while cuBLAS's stays flat up to 8.
+pub(crate) const GEMV_MAX_ROWS: usize = 2;
+
+/// Threads per block: `GEMV_WARPS` (8) warps.
+const GEMV_THREADS: u32 = 32 * 8;
+
+/// Outputs per block and tile (`GEMV_WARPS` times the entry's outputs per warp) and the entry
+/// point, by row count.
+fn entry(rows: usize) -> (usize, &'static str) {
+    if rows == 1 {
+        (8, names::GEMV_R1_BF16)
+    } else {
+        (8 * 2, names::GEMV_R2_BF16)
+    }
+}
+
+/// Blocks launched at most; each loops over its share of the output tiles, so the prologue is
+/// paid once per block (an H200 holds 132 SMs x up to 8 such blocks).
+const GEMV_MAX_BLOCKS: usize = 1024;
+
+/// Dynamic shared memory a kernel may use without opting in to more.
+const SHARED_MEM_LIMIT: usize = 48 * 1024;
+
+/// How the kernel makes its input rows (`GEMV_*` modes of `cu/gemv.cu`).
+#[derive(Clone, Copy)]
+pub(crate) enum Prologue<'a> {
+    /// The rows of `x` as they are.
+    Copy,
+    /// `rms_norm(x, weight, eps)`.
+    RmsNorm { weight: &'a Tensor, eps: f32 },
+    /// `s = bf16(x + delta)` (written to `sum`), then `rms_norm(s, weight, eps)`.
+    AddRmsNorm {
+        delta: &'a Tensor,
+        weight: &'a Tensor,
+        eps: f32,
+        sum: &'a Tensor,
+    },
+    /// `silu(x[:, :k]) * x[:, k:]`: `x` is `[rows, 2k]`.
+    SiluMul,
+}
+
+impl Prologue<'_> {
+    fn mode(&self) -> i32 {
+        match self {
+            Self::Copy => 0,
+            Self::RmsNorm { .. } => 1,
+            Self::AddRmsNorm { .. } => 2,
+            Self::SiluMul => 3,
+        }
+    }
+
+    /// The tensors the kernel reads or writes in 16-byte chunks, besides `x` and `w`.
+    fn chunked(&self) -> [Option<&Tensor>; 3] {
+        match self {
+            Self::Copy | Self::SiluMul => [None; 3],
+            Self::RmsNorm { weight, .. } => [Some(weight), None, None],
+            Self::AddRmsNorm {
+                delta, weight, sum, ..
+            } => [Some(delta), Some(weight), Some(sum)],
+        }
+    }
+}
+
+/// The sizes of one small-batch linear: `rows` input rows of `ins` elements (after the
+/// prologue), `outs` outputs per row.
+#[derive(Clone, Copy)]
+pub(crate) struct GemvSizes {
+    pub(crate) rows: usize,
+    pub(crate) outs: usize,
+    pub(crate) ins: usize,
+}
+
+/// Dynamic shared memory of one launch (the staged input rows, bf16), or `None` when it
+/// exceeds the default limit.
+fn shared_bytes(sizes: GemvSizes) -> Option<usize> {
+    let total = sizes.rows.checked_mul(sizes.ins)?.checked_mul(2)?;
+    (total <= SHARED_MEM_LIMIT).then_some(total)
+}
+
+/// Whether the kernel can run these sizes on these tensors: few enough rows, rows that fit in
+/// shared memory, `ins` a multiple of 8 and every chunked tensor 16-byte aligned (a view at an
+/// odd offset is not).
+pub(crate) fn eligible(sizes: GemvSizes, x: &Tensor, w: &Tensor, prologue: &Prologue<'_>) -> bool {
+    let aligned = |t: &Tensor| t.device_ptr() % 16 == 0;
+    (1..=GEMV_MAX_ROWS).contains(&sizes.rows)
+        && sizes.ins % 8 == 0
+        && sizes.outs > 0
+        && shared_bytes(sizes).is_some()
+        && aligned(x)
+        && aligned(w)
+        && prologue.chunked().into_iter().flatten().all(aligned)
+}
+
+/// Enqueues `y = prologue(x) @ w^T (+ bias)`.
+///
+/// Contract (upheld by the callers in this crate, which validated every shape): [`eligible`]
+/// holds; `x` is bf16 `[rows, ins]` (`[rows, 2 ins]` for [`Prologue::SiluMul`]), `w` bf16
+/// `[outs, ins]`, `bias` bf16 `[outs]`, `y` bf16 `[rows, outs]`, the prologue's tensors bf16
+/// `[rows, ins]` (`delta`, `sum`) and `[ins]` (`weight`); `y` and `sum` overlap no input.
+pub(crate) fn launch_gemv(
+    rt: &Runtime,
+    op: &'static str,
+    sizes: GemvSizes,
+    (x, prologue): (&Tensor, Prologue<'_>),
+    (w, bias): (&Tensor, Option<&Tensor>),
+    y: &Tensor,
+) -> Result<()> {
+    let shared = shared_bytes(sizes)
+        .and_then(|b| u32::try_from(b).ok())
+        .ok_or_else(|| {
+            cudagraph_runtime::Error::invalid(op, "the small-batch rows do not fit shared memory")
+        })?;
+    let (per_tile, name) = entry(sizes.rows);
+    let blocks = sizes.outs.div_ceil(per_tile).min(GEMV_MAX_BLOCKS);
+    let cfg = LaunchConfig {
+        grid_dim: (u32::try_from(blocks).unwrap_or(1), 1, 1),
+        block_dim: (GEMV_THREADS, 1, 1),
+        shared_mem_bytes: shared,
+    };
+    let (delta, norm_w, sum, eps) = match prologue {
+        Prologue::Copy | Prologue::SiluMul => (0, 0, 0, 0.0),
+        Prologue::RmsNorm { weight, eps } => (0, weight.device_ptr(), 0, eps),
+        Prologue::AddRmsNorm {
+            delta,
+            weight,
+            eps,
+            sum,
+        } => (
+            delta.device_ptr(),
+            weight.device_ptr(),
+            sum.device_ptr(),
+            eps,
+        ),
+    };
+    let func = rt.function(&GEMV, name)?;
+    ffi::launch(
+        rt,
+        &func,
+        cfg,
+        &[
+            Arg::Ptr(x.device_ptr()),
+            Arg::Ptr(delta),
+            Arg::Ptr(norm_w),
+            Arg::Ptr(sum),
+            Arg::Ptr(w.device_ptr()),
+            Arg::Ptr(bias.map_or(0, Tensor::device_ptr)),
+            Arg::Ptr(y.device_ptr()),
+            Arg::I32(check::to_i32(op, "rows", sizes.rows)?),
+            Arg::I32(check::to_i32(op, "out_features", sizes.outs)?),
+            Arg::I32(check::to_i32(op, "in_features", sizes.ins)?),
+            Arg::I32(prologue.mode()),
+            Arg::F32(eps),
+        ],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes(rows: usize, ins: usize) -> GemvSizes {
+        GemvSizes {
+            rows,
+            outs: 16,
+            ins,
+        }
+    }
+
+    #[test]
+    fn shared_memory_is_bounded_by_the_default_limit() {
+        // Two rows of a 12288-wide activation (an 8B model's MLP) fill 48 KiB exactly.
+        assert_eq!(shared_bytes(sizes(2, 12288)), Some(48 * 1024));
+        assert_eq!(shared_bytes(sizes(2, 12296)), None);
+        assert_eq!(shared_bytes(sizes(1, 1024)), Some(2048));
+        assert_eq!(shared_bytes(sizes(usize::MAX, 2)), None);
+    }
+}

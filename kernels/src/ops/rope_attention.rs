@@ -1,0 +1,82 @@
+//! RoPE, KV-cache write and decode attention of one decode step in one kernel launch.
+
+use cudagraph_runtime::{DType, Result, Runtime, Tensor};
+
+use super::attention::{
+    AttentionShape, attention_launch, attention_scale, check_caches, check_slots,
+};
+use super::check;
+use super::rope::{QkNorm, check_qk_norm, check_qkv};
+use crate::ffi::{self, Arg};
+use crate::modules::{ATTENTION, names};
+
+/// [`rope_kv_write`](super::rope_kv_write) (or [`rope_kv_write_qk_norm`](super::rope_kv_write_qk_norm)
+/// when `norm` is given) followed by [`attention_decode`](super::attention_decode), in one
+/// kernel: the same bits in the returned tensor and in the caches, one launch instead of two.
+///
+/// * `qkv`: bf16 `[n, (q_heads + 2 * kv_heads) * head_dim]` (q heads, then k, then v);
+/// * `positions`: i32 `[n]`; a negative position marks a padded row (nothing written to the
+///   cache, a zero output row), a position `>= max_t` is clamped to `max_t - 1`;
+/// * `k_cache`, `v_cache`: bf16 `[slots, max_t, kv_heads, head_dim]`, `slots >= n`; row `b`
+///   writes its rotated k and its v at `[b, pos[b]]` and attends over `0..=pos[b]`.
+///
+/// Returns the attention output, bf16 `[n, q_heads * head_dim]`.
+///
+/// ```no_run
+/// # use cudagraph_runtime::{DType, Runtime};
+/// # use cudagraph_kernels::ops::{self, AttentionShape};
+/// # fn main() -> cudagraph_runtime::Result<()> {
+/// let rt = Runtime::new(0)?;
+/// let attn = AttentionShape { q_heads: 4, kv_heads: 2, head_dim: 64, rope_theta: 10_000.0 };
+/// let qkv = rt.zeros(&[1, (4 + 2 * 2) * 64], DType::BF16)?;
+/// let positions = rt.upload(&[0i32], &[1])?;
+/// let (k, v) = (rt.zeros(&[1, 16, 2, 64], DType::BF16)?, rt.zeros(&[1, 16, 2, 64], DType::BF16)?);
+/// let ctx = ops::rope_attention_decode(&rt, &qkv, &positions, &k, &v, &attn, None)?;
+/// assert_eq!(ctx.shape(), [1, 4 * 64]);
+/// # Ok(()) }
+/// ```
+#[track_caller]
+pub fn rope_attention_decode(
+    rt: &Runtime,
+    qkv: &Tensor,
+    positions: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    cfg: &AttentionShape,
+    norm: Option<&QkNorm<'_>>,
+) -> Result<Tensor> {
+    const OP: &str = "rope_attention_decode";
+    rt.enter_op(OP);
+    cfg.validate(OP)?;
+    let (n, q_width) = check_qkv(rt, OP, qkv, positions, cfg)?;
+    let (slots, max_t) = check_caches(rt, OP, k_cache, v_cache, cfg)?;
+    check_slots(OP, slots, n)?;
+    let (q_norm, k_norm, eps) = check_qk_norm(rt, OP, norm, cfg.head_dim)?;
+    let launch_cfg = attention_launch(OP, cfg, n, max_t)?;
+
+    let func = rt.function(&ATTENTION, names::ROPE_ATTENTION_DECODE_BF16)?;
+    let out = rt.alloc(&[n, q_width], DType::BF16)?;
+    ffi::launch(
+        rt,
+        &func,
+        launch_cfg,
+        &[
+            Arg::Ptr(qkv.device_ptr()),
+            Arg::Ptr(positions.device_ptr()),
+            Arg::Ptr(k_cache.device_ptr()),
+            Arg::Ptr(v_cache.device_ptr()),
+            Arg::Ptr(out.device_ptr()),
+            Arg::I32(check::to_i32(OP, "n", n)?),
+            Arg::I32(check::to_i32(OP, "q_heads", cfg.q_heads)?),
+            Arg::I32(check::to_i32(OP, "kv_heads", cfg.kv_heads)?),
+            Arg::I32(check::to_i32(OP, "head_dim", cfg.head_dim)?),
+            Arg::I32(check::to_i32(OP, "max_t", max_t)?),
+            Arg::F32(cfg.rope_theta),
+            Arg::Ptr(q_norm),
+            Arg::Ptr(k_norm),
+            Arg::F32(eps),
+            Arg::F32(attention_scale(cfg)),
+        ],
+    )?;
+    Ok(out)
+}
