@@ -38,8 +38,8 @@ pub mod names {
     pub const LINEAR_BF16: &str = "linear_bf16";
     /// `gemv`: a one-row linear layer with an optional norm or activation prologue.
     pub const GEMV_R1_BF16: &str = "gemv_r1_bf16";
-    /// `gemv`: the two-row variant of [`GEMV_R1_BF16`].
-    pub const GEMV_R2_BF16: &str = "gemv_r2_bf16";
+    /// `gemv`: the tensor-core variant of [`GEMV_R1_BF16`] for two to eight rows.
+    pub const GEMV_MMA_BF16: &str = "gemv_mma_bf16";
     /// `attention`: RoPE, KV-cache write and decode attention in one kernel.
     pub const ROPE_ATTENTION_DECODE_BF16: &str = "rope_attention_decode_bf16";
 }
@@ -106,11 +106,11 @@ pub static GEMM: KernelModule = KernelModule {
 };
 
 /// The small-batch linear kernels with their prologues: [`names::GEMV_R1_BF16`],
-/// [`names::GEMV_R2_BF16`].
+/// [`names::GEMV_MMA_BF16`].
 pub static GEMV: KernelModule = KernelModule {
     name: "gemv",
     source: concat!(include_str!("cu/prelude.cuh"), include_str!("cu/gemv.cu")),
-    functions: &[names::GEMV_R1_BF16, names::GEMV_R2_BF16],
+    functions: &[names::GEMV_R1_BF16, names::GEMV_MMA_BF16],
 };
 
 /// Every module of the crate, so a GPU test can check that each declared function loads.

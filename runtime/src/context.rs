@@ -37,8 +37,10 @@ pub struct Runtime {
     poison: Cell<bool>,
     reclaim: Cell<ReclaimPolicy>,
     gemm: Cell<GemmBackend>,
-    /// Compute capability (major) of the device.
-    cc_major: i32,
+    /// Compute capability of the device (major, minor).
+    cc: (i32, i32),
+    /// Streaming multiprocessors of the device.
+    sm_count: usize,
     /// Programmatic dependent launch for the kernels crate's launches (see
     /// [`dependent_launch`](crate::dependent_launch)).
     dependent_launch: Cell<bool>,
@@ -69,11 +71,18 @@ impl Runtime {
         // their events and are not used by the runtime.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(Error::driver("cuStreamCreate"))?;
-        let cc_major = ctx
-            .attribute(
-                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
-            )
-            .map_err(Error::driver("cuDeviceGetAttribute"))?;
+        let attribute = |a| {
+            ctx.attribute(a)
+                .map_err(Error::driver("cuDeviceGetAttribute"))
+        };
+        use cudarc::driver::sys::CUdevice_attribute as A;
+        let cc = (
+            attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+            attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+        );
+        let sm_count = usize::try_from(attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?)
+            .unwrap_or(1)
+            .max(1);
         Ok(Self {
             ctx,
             stream,
@@ -84,8 +93,9 @@ impl Runtime {
             poison: Cell::new(false),
             reclaim: Cell::new(ReclaimPolicy::from_env()),
             gemm: Cell::new(GemmBackend::from_env()),
-            cc_major,
-            dependent_launch: Cell::new(crate::dependent_launch::from_env(cc_major)),
+            cc,
+            sm_count,
+            dependent_launch: Cell::new(crate::dependent_launch::from_env(cc.0)),
         })
     }
 
@@ -112,6 +122,16 @@ impl Runtime {
     /// The device ordinal.
     pub fn ordinal(&self) -> usize {
         self.ctx.ordinal()
+    }
+
+    /// The device's compute capability, `(major, minor)` (9.0 for an H100 or H200).
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.cc
+    }
+
+    /// The device's streaming multiprocessors (132 on an H200).
+    pub fn sm_count(&self) -> usize {
+        self.sm_count
     }
 
     /// The device's name.
@@ -520,7 +540,7 @@ impl Runtime {
     /// (graphs already captured keep theirs). Asking for it on a device older than compute
     /// capability 9.0 leaves it off. Returns the setting now in effect.
     pub fn set_dependent_launch(&self, on: bool) -> bool {
-        let effective = on && self.cc_major >= crate::dependent_launch::PDL_MIN_MAJOR;
+        let effective = on && self.cc.0 >= crate::dependent_launch::PDL_MIN_MAJOR;
         self.dependent_launch.set(effective);
         effective
     }

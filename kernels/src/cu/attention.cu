@@ -266,8 +266,9 @@ extern "C" __global__ void rope_attention_decode_bf16(
         (unsigned long long)b * (unsigned long long)max_t * t_stride
         + (unsigned long long)kv_head * d;
     // The cache rows this block reads (positions before pos), asked of L2 now: their fetch
-    // overlaps the rotation below.
-    for (int t = threadIdx.x; t < pos; t += blockDim.x) {
+    // overlaps the rotation below. Small batches only: there the kernel is one wave of blocks
+    // and latency-bound; a large batch keeps the SMs busy with other blocks instead.
+    for (int t = threadIdx.x; n <= 16 && t < pos; t += blockDim.x) {
         for (int i = 0; i < head_dim; i += 64) {  // one 128-byte line per 64 bf16
             const unsigned long long at = slot_base + (unsigned long long)t * t_stride + i;
             asm volatile("prefetch.global.L2 [%0];" ::"l"(k_cache + at));

@@ -27,15 +27,17 @@
 // per block). The first weight chunks of a block's first tile are loaded before the prologue,
 // so their fetch overlaps the prologue's.
 //
-// One entry point per row count (gemv_r1_bf16, gemv_r2_bf16), so the inner loop carries no row
-// loop.
+// Two entry points: gemv_r1_bf16 (one row, CUDA cores, no row loop) and gemv_mma_bf16 (up to
+// GEMV_MAX_ROWS rows, tensor cores; below). Each block loops over output tiles and fetches the
+// next tile's first weights before it reduces the current one's sums. The launcher sizes the
+// grid to one wave of resident blocks, so the prologue is paid once per block slot.
 //
-// Requirements (checked by the launcher): rows == ROWS, k % 8 == 0, x, delta, sum_out,
+// Requirements of gemv_r1_bf16 (checked by the launcher): rows == 1, k % 8 == 0, x, delta, sum_out,
 // nw and w 16-byte aligned, blockDim.x == 32 * GEMV_WARPS. Dynamic shared memory: xs[rows * k]
 // bf16.
 // ---------------------------------------------------------------------------------------------
 
-#define GEMV_MAX_ROWS 2
+#define GEMV_MAX_ROWS 8
 #define GEMV_WARPS 8
 
 #define GEMV_COPY 0
@@ -252,10 +254,9 @@ __device__ void gemv_body(
             }
         }
         for (int c0 = 0; c0 < kv; c0 += 32 * UNROLL) {
-            if (!preloaded) {
+            if (!(c0 == 0 && preloaded)) {
                 gemv_load_weights<OUTS, UNROLL>(w, o0, outs, k, c0, lane, wv);
             }
-            preloaded = false;
 #pragma unroll
             for (int u = 0; u < UNROLL; ++u) {
                 const int c = c0 + u * 32 + lane;
@@ -282,6 +283,15 @@ __device__ void gemv_body(
                 }
             }
         }
+        preloaded = false;
+        // The next tile's first weights are fetched before this one's sums are reduced.
+        {
+            const int next = (tile + (int)gridDim.x) * GEMV_WARPS * OUTS + warp * OUTS;
+            if (tile + (int)gridDim.x < tiles && next < outs) {
+                gemv_load_weights<OUTS, UNROLL>(w, next, outs, k, 0, lane, wv);
+                preloaded = true;
+            }
+        }
 #pragma unroll
         for (int j = 0; j < OUTS; ++j) {
             const int o = o0 + j;
@@ -302,10 +312,9 @@ __device__ void gemv_body(
     }
 }
 
-// Outputs per warp and chunks in flight per output, by row bucket (measured on an H200, see
-// bench/NOTES.md): one row streams best with one output and 4 chunks per lane, two rows reuse
-// each staged x chunk across two outputs. More rows lose to cuBLAS's tensor cores (the staged
-// rows are unpacked once per weight chunk), so the launcher stops at GEMV_MAX_ROWS.
+// One row streams best on CUDA cores with one output per warp and 4 chunks in flight per lane
+// (measured on an H200, see bench/NOTES.md); more rows go to gemv_mma_bf16 below, whose cost
+// barely grows with them.
 extern "C" __global__ void gemv_r1_bf16(
     const bf16_t* __restrict__ x, const bf16_t* __restrict__ delta,
     const bf16_t* __restrict__ norm_w, bf16_t* __restrict__ sum_out,
@@ -316,12 +325,128 @@ extern "C" __global__ void gemv_r1_bf16(
     gemv_body<1, 1, 4>(x, delta, norm_w, sum_out, w, bias, y, rows, outs, k, mode, eps);
 }
 
-extern "C" __global__ void gemv_r2_bf16(
+
+// ---------------------------------------------------------------------------------------------
+// The tensor-core variant for 1 to 8 rows (gemv_mma_bf16): each block computes 8 outputs of
+// every row with mma.sync m16n8k16 (bf16 in, f32 accumulation), its 8 warps splitting k and
+// adding their partial sums through shared memory (in warp order: deterministic). The staged
+// rows are the mma's A (rows 8..15 are zero), the weights its B, so the cost barely grows with
+// the rows, unlike the CUDA-core variants above.
+//
+// Lane (g = lane / 4, q = lane % 4) loads the 16-byte chunk q of weight row g of each 32-wide
+// k step, and the matching chunk of staged row g. The mma's k slots are matched to actual k
+// indices the same way for A and B (slot 2q + e and 2q + 8 + e of the first mma are actual
+// 8q + e and 8q + 2 + e, of the second 8q + 4 + e and 8q + 6 + e), so each k step is two mmas
+// and the sum is over every k once. Output (row g, columns 2q and 2q + 1) is accumulator
+// registers 0 and 1.
+//
+// Requirements (checked by the launcher): compute capability 8.0 or later, 1 <= rows <= 8,
+// k % 32 == 0, 16-byte aligned tensors, blockDim.x == 32 * GEMV_WARPS. Dynamic shared memory:
+// xs[rows * k] bf16, then GEMV_WARPS * 32 float2 of partial sums.
+// ---------------------------------------------------------------------------------------------
+#define GEMV_MMA_UNROLL 4
+
+__device__ __forceinline__ void mma_bf16_16x8x16(float* c, unsigned int a0, unsigned int a2,
+                                                 unsigned int b0, unsigned int b1) {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+#else
+    __trap();  // the launcher never picks this kernel before sm_80
+#endif
+}
+
+extern "C" __global__ void gemv_mma_bf16(
     const bf16_t* __restrict__ x, const bf16_t* __restrict__ delta,
     const bf16_t* __restrict__ norm_w, bf16_t* __restrict__ sum_out,
     const bf16_t* __restrict__ w, const bf16_t* __restrict__ bias, bf16_t* __restrict__ y,
     int rows, int outs, int k, int mode, float eps)
 {
-    // gemv_body waits for the previous kernel (PDL) before its first load.
-    gemv_body<2, 2, 4>(x, delta, norm_w, sum_out, w, bias, y, rows, outs, k, mode, eps);
+    extern __shared__ __align__(16) unsigned char gemv_smem[];
+    const uint4* xs = (const uint4*)gemv_smem;
+    float2* partial = (float2*)(gemv_smem + (size_t)rows * k * sizeof(bf16_t));
+    const int kv = k / 8;
+    const int steps = k / 32;
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int g = lane >> 2;
+    const int q = lane & 3;
+    const int tiles = (outs + 7) / 8;
+    // This warp's k steps: warp, warp + GEMV_WARPS, ...
+    const int my_steps = steps > warp ? (steps - warp + GEMV_WARPS - 1) / GEMV_WARPS : 0;
+
+    PDL_LAUNCH_DEPENDENTS();
+    PDL_WAIT();
+    uint4 wv[GEMV_MMA_UNROLL];
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    // Loads batch `batch` (GEMV_MMA_UNROLL of this warp's steps) of weight row g of `tile`.
+    auto load = [&](int tile, int batch) {
+        const uint4* row = (const uint4*)(w + (size_t)min(tile * 8 + g, outs - 1) * k);
+#pragma unroll
+        for (int u = 0; u < GEMV_MMA_UNROLL; ++u) {
+            const int i = batch * GEMV_MMA_UNROLL + u;
+            const int s = warp + GEMV_WARPS * i;
+            wv[u] = i < my_steps ? row[s * 4 + q] : zero;
+        }
+    };
+    bool preloaded = false;
+    if ((int)blockIdx.x < tiles) {
+        load(blockIdx.x, 0);
+        preloaded = true;
+    }
+    gemv_prologue(x, delta, norm_w, sum_out, (uint4*)gemv_smem, rows, k, mode, eps);
+
+    const int batches = (my_steps + GEMV_MMA_UNROLL - 1) / GEMV_MMA_UNROLL;
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int batch = 0; batch < batches; ++batch) {
+            if (!(batch == 0 && preloaded)) {
+                load(tile, batch);
+            }
+#pragma unroll
+            for (int u = 0; u < GEMV_MMA_UNROLL; ++u) {
+                const int i = batch * GEMV_MMA_UNROLL + u;
+                if (i < my_steps) {
+                    const int s = warp + GEMV_WARPS * i;
+                    const uint4 a = g < rows ? xs[g * kv + s * 4 + q] : zero;
+                    mma_bf16_16x8x16(c, a.x, a.y, wv[u].x, wv[u].y);
+                    mma_bf16_16x8x16(c, a.z, a.w, wv[u].z, wv[u].w);
+                }
+            }
+        }
+        preloaded = false;
+        // The next tile's first weights are fetched before the block meets to add the partial
+        // sums, so the fetch overlaps the reduction and the stores.
+        if (tile + (int)gridDim.x < tiles) {
+            load(tile + gridDim.x, 0);
+            preloaded = true;
+        }
+        partial[warp * 32 + lane] = make_float2(c[0], c[1]);
+        __syncthreads();
+        if (warp == 0 && g < rows) {
+            float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+            for (int v = 0; v < GEMV_WARPS; ++v) {
+                const float2 p = partial[v * 32 + lane];
+                s0 += p.x;
+                s1 += p.y;
+            }
+            const int o = tile * 8 + 2 * q;
+            const float sums[2] = {s0, s1};
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                if (o + e < outs) {
+                    bf16_t v = f2bf(sums[e]);
+                    if (bias != nullptr) {
+                        v = f2bf(bf2f(v) + bf2f(bias[o + e]));
+                    }
+                    y[(size_t)g * outs + o + e] = v;
+                }
+            }
+        }
+        __syncthreads();  // the partial sums are rewritten by the next tile
+    }
 }

@@ -45,7 +45,7 @@ pub fn rms_norm_linear(
         weight: norm_weight,
         eps,
     };
-    if gemv::eligible(sizes, x, w, &prologue) {
+    if gemv::eligible(rt, sizes, x, w, &prologue) {
         let y = rt.alloc(&dims, DType::BF16)?;
         gemv::launch_gemv(rt, OP, sizes, (x, prologue), (w, bias), &y)?;
         return Ok(y);
@@ -103,7 +103,7 @@ pub fn add_rms_norm_linear(
         eps,
         sum: &sum,
     };
-    if gemv::eligible(sizes, residual, w, &prologue) {
+    if gemv::eligible(rt, sizes, residual, w, &prologue) {
         let y = rt.alloc(&dims, DType::BF16)?;
         gemv::launch_gemv(rt, OP, sizes, (residual, prologue), (w, bias), &y)?;
         return Ok((sum, y));
@@ -144,7 +144,7 @@ pub fn silu_mul_linear(rt: &Runtime, gate_up: &Tensor, w: &Tensor) -> Result<Ten
         outs: out_features,
         ins: inter,
     };
-    if gemv::eligible(sizes, gate_up, w, &Prologue::SiluMul) {
+    if gemv::eligible(rt, sizes, gate_up, w, &Prologue::SiluMul) {
         let mut dims = gate_up.shape().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = out_features;

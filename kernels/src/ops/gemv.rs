@@ -8,36 +8,47 @@
 //! the unfused kernels when it can't.
 
 use cudagraph_runtime::cudarc::driver::LaunchConfig;
+use cudagraph_runtime::cudarc::driver::sys::CUfunction_attribute;
 use cudagraph_runtime::{Result, Runtime, Tensor};
 
 use super::check;
 use crate::ffi::{self, Arg};
 use crate::modules::{GEMV, names};
 
-/// The most rows the kernel takes (`GEMV_MAX_ROWS` in `cu/gemv.cu`). Above it cuBLAS's tensor
-/// cores win on an H200 (see `bench/NOTES.md`): the kernel unpacks the staged rows once per
-/// weight chunk, so its cost grows with the rows while cuBLAS's stays flat up to 8.
+/// The most rows the launchers give the small-batch kernels: one row runs on CUDA cores
+/// (`gemv_r1_bf16`), two on tensor cores (`gemv_mma_bf16`, which takes up to 8). On an H200
+/// the tensor-core kernel at 4 and 8 rows lost to cuBLAS on the large projections (a decode
+/// step at batch 8: 1631 µs against 1228 µs through cuBLAS; see `bench/NOTES.md`), so three
+/// rows and more go to the GEMM backend.
 pub(crate) const GEMV_MAX_ROWS: usize = 2;
+
+/// Outputs per block and tile of both kernels (8 warps x 1 output; one 8-column mma tile).
+const GEMV_OUTS_PER_TILE: usize = 8;
+
+/// Bytes of the tensor-core kernel's partial sums after the staged rows (8 warps x 32 float2).
+const MMA_PARTIAL_BYTES: usize = 8 * 32 * 8;
+
+/// Dynamic shared memory a block may hold once the kernel opts in (an H100 or H200 allows
+/// 227 KiB; 200 KiB leaves room for the static part).
+const SHARED_MEM_OPT_IN: usize = 200 * 1024;
 
 /// Threads per block: `GEMV_WARPS` (8) warps.
 const GEMV_THREADS: u32 = 32 * 8;
 
-/// Outputs per block and tile (`GEMV_WARPS` times the entry's outputs per warp) and the entry
-/// point, by row count.
-fn entry(rows: usize) -> (usize, &'static str) {
+/// The kernel for `rows` rows: the CUDA-core one for a single row, else the tensor-core one.
+fn kernel(rows: usize) -> &'static str {
     if rows == 1 {
-        (8, names::GEMV_R1_BF16)
+        names::GEMV_R1_BF16
     } else {
-        (8 * 2, names::GEMV_R2_BF16)
+        names::GEMV_MMA_BF16
     }
 }
 
-/// Blocks launched at most; each loops over its share of the output tiles, so the prologue is
-/// paid once per block (an H200 holds 132 SMs x up to 8 such blocks).
-const GEMV_MAX_BLOCKS: usize = 1024;
+/// Blocks launched at most (a bound on top of one wave of resident blocks).
+const GEMV_MAX_BLOCKS: usize = 4096;
 
 /// Dynamic shared memory a kernel may use without opting in to more.
-const SHARED_MEM_LIMIT: usize = 48 * 1024;
+const SHARED_MEM_DEFAULT: usize = 48 * 1024;
 
 /// How the kernel makes its input rows (`GEMV_*` modes of `cu/gemv.cu`).
 #[derive(Clone, Copy)]
@@ -88,19 +99,28 @@ pub(crate) struct GemvSizes {
     pub(crate) ins: usize,
 }
 
-/// Dynamic shared memory of one launch (the staged input rows, bf16), or `None` when it
-/// exceeds the default limit.
+/// Dynamic shared memory of one launch (the staged input rows, bf16, and the tensor-core
+/// kernel's partial sums), or `None` when it exceeds what a block can opt in to.
 fn shared_bytes(sizes: GemvSizes) -> Option<usize> {
-    let total = sizes.rows.checked_mul(sizes.ins)?.checked_mul(2)?;
-    (total <= SHARED_MEM_LIMIT).then_some(total)
+    let rows = sizes.rows.checked_mul(sizes.ins)?.checked_mul(2)?;
+    let total = rows.checked_add(if sizes.rows > 1 { MMA_PARTIAL_BYTES } else { 0 })?;
+    (total <= SHARED_MEM_OPT_IN).then_some(total)
 }
 
-/// Whether the kernel can run these sizes on these tensors: few enough rows, rows that fit in
-/// shared memory, `ins` a multiple of 8 and every chunked tensor 16-byte aligned (a view at an
-/// odd offset is not).
-pub(crate) fn eligible(sizes: GemvSizes, x: &Tensor, w: &Tensor, prologue: &Prologue<'_>) -> bool {
+/// Whether a kernel can run these sizes on these tensors: few enough rows, rows that fit in
+/// shared memory, `ins` a multiple of 8 (of 32, and compute capability 8.0, for the tensor-core
+/// kernel) and every chunked tensor 16-byte aligned (a view at an odd offset is not).
+pub(crate) fn eligible(
+    rt: &Runtime,
+    sizes: GemvSizes,
+    x: &Tensor,
+    w: &Tensor,
+    prologue: &Prologue<'_>,
+) -> bool {
     let aligned = |t: &Tensor| t.device_ptr() % 16 == 0;
+    let mma_ok = sizes.rows == 1 || (sizes.ins % 32 == 0 && rt.compute_capability().0 >= 8);
     (1..=GEMV_MAX_ROWS).contains(&sizes.rows)
+        && mma_ok
         && sizes.ins % 8 == 0
         && sizes.outs > 0
         && shared_bytes(sizes).is_some()
@@ -128,8 +148,28 @@ pub(crate) fn launch_gemv(
         .ok_or_else(|| {
             cudagraph_runtime::Error::invalid(op, "the small-batch rows do not fit shared memory")
         })?;
-    let (per_tile, name) = entry(sizes.rows);
-    let blocks = sizes.outs.div_ceil(per_tile).min(GEMV_MAX_BLOCKS);
+    let name = kernel(sizes.rows);
+    let func = rt.function(&GEMV, name)?;
+    if shared as usize > SHARED_MEM_DEFAULT {
+        func.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            i32::try_from(shared).unwrap_or(i32::MAX),
+        )
+        .map_err(cudagraph_runtime::Error::driver("cuFuncSetAttribute"))?;
+    }
+    // One wave of resident blocks (each loops over its share of the tiles, so the prologue is
+    // paid once per block slot), at most one block per tile.
+    let resident = func
+        .occupancy_max_active_blocks_per_multiprocessor(GEMV_THREADS, shared as usize, None)
+        .map_err(cudagraph_runtime::Error::driver(
+            "cuOccupancyMaxActiveBlocksPerMultiprocessor",
+        ))?
+        .max(1) as usize;
+    let blocks = sizes
+        .outs
+        .div_ceil(GEMV_OUTS_PER_TILE)
+        .min(resident.saturating_mul(rt.sm_count()))
+        .min(GEMV_MAX_BLOCKS);
     let cfg = LaunchConfig {
         grid_dim: (u32::try_from(blocks).unwrap_or(1), 1, 1),
         block_dim: (GEMV_THREADS, 1, 1),
@@ -150,7 +190,6 @@ pub(crate) fn launch_gemv(
             eps,
         ),
     };
-    let func = rt.function(&GEMV, name)?;
     ffi::launch(
         rt,
         &func,
@@ -186,10 +225,12 @@ mod tests {
 
     #[test]
     fn shared_memory_is_bounded_by_the_default_limit() {
-        // Two rows of a 12288-wide activation (an 8B model's MLP) fill 48 KiB exactly.
-        assert_eq!(shared_bytes(sizes(2, 12288)), Some(48 * 1024));
-        assert_eq!(shared_bytes(sizes(2, 12296)), None);
+        // One row: the staged row only. More: the partial sums after it.
         assert_eq!(shared_bytes(sizes(1, 1024)), Some(2048));
+        assert_eq!(shared_bytes(sizes(8, 3072)), Some(48 * 1024 + 2048));
+        // Eight rows of an 8B model's MLP activation (12288) fit the opt-in limit.
+        assert_eq!(shared_bytes(sizes(8, 12288)), Some(8 * 12288 * 2 + 2048));
+        assert_eq!(shared_bytes(sizes(8, 16384)), None);
         assert_eq!(shared_bytes(sizes(usize::MAX, 2)), None);
     }
 }

@@ -21,8 +21,8 @@ const BUILTIN_THREADS: u32 = 32 * 8;
 ///
 /// `x`: bf16 `[..., in]` (usually `[n, in]`; leading dimensions are flattened into rows);
 /// `w`: bf16 `[out, in]`, row-major (PyTorch's layout). Returns bf16 `[..., out]`. Computed
-/// with f32 accumulation, rounded once: for one or two rows by the small-batch kernel, which
-/// streams the weights once; above, by the runtime's
+/// with f32 accumulation, rounded once: for one or two rows by the small-batch kernels, which
+/// stream the weights once; above, by the runtime's
 /// [`resolved_gemm_backend`](Runtime::resolved_gemm_backend): cuBLAS or the built-in kernel.
 #[track_caller]
 pub fn linear(rt: &Runtime, x: &Tensor, w: &Tensor) -> Result<Tensor> {
@@ -121,7 +121,7 @@ pub(crate) fn linear_impl(
 ) -> Result<Tensor> {
     let (sizes, dims) = linear_sizes(rt, op, x, w)?;
     let y = rt.alloc(&dims, DType::BF16)?;
-    if gemv::eligible(sizes, x, w, &Prologue::Copy) {
+    if gemv::eligible(rt, sizes, x, w, &Prologue::Copy) {
         gemv::launch_gemv(rt, op, sizes, (x, Prologue::Copy), (w, bias), &y)?;
         return Ok(y);
     }
