@@ -4,6 +4,7 @@
 #
 #   scripts/gpu.sh            build the bundle
 #   then, on the GPU machine: bash gpu-bundle/run.sh [tests|bench|sanitize|all]
+#   (or bash gpu-bundle/lt-gpu-run.sh: issue 15's cuBLASLt measurements, bench/NOTES.md lever 7)
 #   (with the device tool: run `bash gpu-bundle/run.sh all` with carry ["gpu-bundle"]).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,7 @@ cp "$test_bin" "$bundle/gpu-tests"
 for ex in decode_bench driver_floor cudarc_mlp; do cp "target/release/examples/$ex" "$bundle/"; done
 [ -d benches/peer ] && cp -r benches/peer "$bundle/" || true
 cp scripts/gpu-run.sh "$bundle/run.sh"
+cp scripts/lt-gpu-run.sh "$bundle/"
 cp scripts/hf_check.py "$bundle/"
 strip "$bundle"/gpu-tests "$bundle"/decode_bench "$bundle"/driver_floor "$bundle"/cudarc_mlp 2>/dev/null || true
 # The candle backend's GPU tests: a second test binary built with candle's `cuda` feature (nvcc

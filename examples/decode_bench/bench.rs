@@ -58,7 +58,8 @@ pub fn run(rt: &Runtime, opts: &Options, context_s: f64) -> Result<()> {
     let device = rt.device_name()?;
     let gemm = match rt.resolved_gemm_backend() {
         GemmBackend::Builtin => "built-in kernel (CUDAGRAPH_GEMM)",
-        GemmBackend::Cublas | GemmBackend::Auto => "cuBLAS",
+        GemmBackend::Cublas | GemmBackend::Auto if rt.cublaslt_enabled() => "cuBLAS",
+        GemmBackend::Cublas | GemmBackend::Auto => "cuBLAS (cublasGemmEx: CUDAGRAPH_CUBLASLT=off)",
     };
     println!(
         "device: {device} | model: Qwen3-0.6B-shaped decoder ({cfg}), bf16, random weights (seed 0) | GEMM: {gemm}"
@@ -86,10 +87,12 @@ pub fn run(rt: &Runtime, opts: &Options, context_s: f64) -> Result<()> {
     drop(model.forward(rt, &tokens, &positions)?);
     rt.synchronize()?;
     let first_forward_s = started.elapsed().as_secs_f64();
+    let algos_before = rt.gemm_algo_stats();
 
     let started = Instant::now();
     let mut graphs = model.forward_graphs(rt, cfg.input_specs()?)?;
     let capture_s = started.elapsed().as_secs_f64();
+    let algos = rt.gemm_algo_stats();
     let stats = graphs.stats().clone();
     let parts = stats.capture_parts();
     let nodes_b1 = stats.sizes.first().map_or(0, |s| s.nodes);
@@ -110,6 +113,33 @@ pub fn run(rt: &Runtime, opts: &Options, context_s: f64) -> Result<()> {
         stats.pool_bytes as f64 / (1 << 20) as f64,
         stats.largest_graph_need() as f64 / (1 << 20) as f64,
         nodes_b1
+    );
+    if algos.plans > 0 {
+        println!(
+            "GEMM algorithms (cuBLASLt, one per shape and batch bucket): {} heuristic queries ({:.1} ms; {} of them during the capture, {:.1} ms), {} read from disk; {} GEMM plans ({:.1} ms, {} during the capture)",
+            algos.heuristic_queries,
+            algos.heuristic_time.as_secs_f64() * 1e3,
+            algos.heuristic_queries - algos_before.heuristic_queries,
+            (algos.heuristic_time - algos_before.heuristic_time).as_secs_f64() * 1e3,
+            algos.from_disk,
+            algos.plans,
+            algos.plan_time.as_secs_f64() * 1e3,
+            algos.plans - algos_before.plans,
+        );
+    }
+    report.map(
+        "gemm_algos",
+        &[
+            ("heuristic_queries".into(), algos.heuristic_queries as f64),
+            (
+                "heuristic_queries_in_capture".into(),
+                (algos.heuristic_queries - algos_before.heuristic_queries) as f64,
+            ),
+            ("heuristic_s".into(), algos.heuristic_time.as_secs_f64()),
+            ("from_disk".into(), algos.from_disk as f64),
+            ("plans".into(), algos.plans as f64),
+            ("plan_s".into(), algos.plan_time.as_secs_f64()),
+        ],
     );
     report.map(
         "startup",

@@ -1,7 +1,8 @@
 //! Every `unsafe` call of the crate, each behind a crate-private safe function.
 //!
 //! * [`launch`]: a kernel launch with typed scalar arguments;
-//! * [`gemm_bf16_tn`]: the one cuBLAS call (`cublasGemmEx`) behind [`linear`](crate::ops::linear);
+//! * [`gemm_bf16_tn`]: the GEMM behind [`linear`](crate::ops::linear): the runtime's cuBLASLt
+//!   path, else the one cuBLAS call (`cublasGemmEx`);
 //! * [`nvrtc_present`]: whether NVRTC can be loaded (used by the compile-check test).
 //!
 //! These functions are safe to call *from this crate's op launchers*, which uphold the contract
@@ -12,7 +13,7 @@ use std::ffi::c_void;
 
 use cudagraph_runtime::cudarc::cublas::{result as cublas_result, sys as cublas_sys};
 use cudagraph_runtime::cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
-use cudagraph_runtime::{Error, Result, Runtime};
+use cudagraph_runtime::{Error, GemmTnBf16, LtOutcome, Result, Runtime};
 
 /// One kernel argument, by value.
 ///
@@ -160,11 +161,35 @@ pub(crate) struct GemmTn {
     pub(crate) ldc: i32,
 }
 
-/// Enqueues `g` on the runtime's stream through its cuBLAS handle.
+/// Enqueues `g` on the runtime's stream: through cuBLASLt with the runtime's algorithm for its
+/// shape and `n` bucket ([`Runtime::gemm_lt_bf16_tn`]), or, where libcublasLt can't be loaded
+/// or the runtime's cuBLASLt path is off, through its cuBLAS handle (`cublasGemmEx`).
 ///
 /// Contract (upheld by [`linear`](crate::ops::linear)): the three addresses are live bf16
 /// tensors at least as large as [`GemmTn`]'s fields document, and `C` overlaps neither input.
 pub(crate) fn gemm_bf16_tn(rt: &Runtime, g: &GemmTn) -> Result<()> {
+    let lt = GemmTnBf16 {
+        m: g.m,
+        n: g.n,
+        k: g.k,
+        a: g.a,
+        lda: g.lda,
+        b: g.b,
+        ldb: g.ldb,
+        c: g.c,
+        ldc: g.ldc,
+    };
+    // SAFETY: this function's contract is `gemm_lt_bf16_tn`'s: the addresses are live bf16
+    // tensors of `rt` (their `device_ptr()`, which keeps them alive in a graph being captured)
+    // covering the extents `g` implies, and C overlaps neither input.
+    match unsafe { rt.gemm_lt_bf16_tn(&lt) }? {
+        LtOutcome::Enqueued => Ok(()),
+        LtOutcome::Unavailable => gemm_ex_bf16_tn(rt, g),
+    }
+}
+
+/// [`gemm_bf16_tn`] through `cublasGemmEx` (same contract).
+fn gemm_ex_bf16_tn(rt: &Runtime, g: &GemmTn) -> Result<()> {
     // SAFETY: the handle only enqueues this GEMM (see the contract above); its stream and
     // workspace are left as the runtime set them.
     let blas = unsafe { rt.cublas() }?;

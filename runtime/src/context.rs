@@ -1,5 +1,5 @@
-//! [`Runtime`]: one device, its own stream, a cuBLAS handle bound to that stream, the kernel
-//! cache and the allocation router.
+//! [`Runtime`]: one device, its own stream, a cuBLAS handle bound to that stream, the cuBLASLt
+//! GEMM state (`gemm_lt.rs`), the kernel cache and the allocation router.
 
 use std::cell::{Cell, OnceCell};
 use std::mem::ManuallyDrop;
@@ -14,13 +14,15 @@ use crate::dtype::{DType, Element};
 use crate::error::{Error, OpSite, Result};
 use crate::ffi::{self, DeviceRange};
 use crate::gemm::GemmBackend;
+use crate::gemm_lt::LtGemm;
 use crate::kernel_cache::{KernelCache, KernelModule};
 use crate::policy::ReclaimPolicy;
 use crate::shape::Shape;
 use crate::tensor::Tensor;
 
-/// Bytes of the cuBLAS workspace a runtime owns. A workspace set up front means cuBLAS never
-/// allocates from the driver, which would be illegal during capture.
+/// Bytes of the cuBLAS workspace a runtime owns (and of its cuBLASLt workspace). A workspace
+/// set up front means cuBLAS never allocates from the driver, which would be illegal during
+/// capture.
 pub const CUBLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
 /// A CUDA device with its own stream: everything a forward function needs to launch work.
@@ -31,6 +33,8 @@ pub struct Runtime {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: OnceCell<(CudaBlas, CudaSlice<u8>)>,
+    lt: OnceCell<Option<LtGemm>>,
+    cublaslt: Cell<bool>,
     kernels: KernelCache,
     alloc: Arc<AllocShared>,
     current_op: Cell<Option<OpSite>>,
@@ -87,6 +91,8 @@ impl Runtime {
             ctx,
             stream,
             blas: OnceCell::new(),
+            lt: OnceCell::new(),
+            cublaslt: Cell::new(crate::gemm::cublaslt_from_env()),
             kernels: KernelCache::default(),
             alloc: Arc::new(AllocShared::default()),
             current_op: Cell::new(None),
@@ -205,6 +211,16 @@ impl Runtime {
             }
         })?;
         Ok(&self.blas.get_or_init(|| (blas, workspace)).0)
+    }
+
+    /// The cuBLASLt state's cell (see `gemm_lt.rs`).
+    pub(crate) fn lt_cell(&self) -> &OnceCell<Option<LtGemm>> {
+        &self.lt
+    }
+
+    /// Whether GEMMs go through cuBLASLt (see `gemm_lt.rs`).
+    pub(crate) fn cublaslt_flag(&self) -> &Cell<bool> {
+        &self.cublaslt
     }
 
     /// The kernel `name` of `module`, compiled at first use and cached.

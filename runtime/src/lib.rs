@@ -18,6 +18,7 @@ pub mod arena;
 pub mod backend;
 pub mod capture;
 mod context;
+mod cublaslt;
 pub mod dependent_launch;
 pub mod dispatch;
 mod dtype;
@@ -25,6 +26,8 @@ mod error;
 mod ffi;
 pub mod freeze;
 pub mod gemm;
+mod gemm_algo;
+mod gemm_lt;
 mod generated;
 mod kernel_cache;
 #[cfg(feature = "nccl")]
@@ -51,7 +54,13 @@ pub use dispatch::{GraphPlan, InputSpec, OnCaptureError, PadValue, SizeTable};
 pub use dtype::{DType, Element};
 pub use error::{BoxError, Error, ForwardResult, OpSite, Result, forward_result};
 pub use freeze::{FreezeScope, ReclaimPolicy};
-pub use gemm::{GEMM_ENV, GemmBackend};
+pub use gemm::{CUBLASLT_ENV, GEMM_ENV, GemmBackend, GemmTnBf16, LtOutcome};
+pub use gemm_algo::GemmAlgoStats;
+/// The `n` bucket of a GEMM (see [`gemm`]): exported for measurements.
+#[doc(hidden)]
+pub use gemm_algo::n_bucket as gemm_n_bucket;
+#[doc(hidden)]
+pub use gemm_lt::{GemmLtProbe, ProbeAlgo, ProbeCheck};
 pub use kernel_cache::{KernelCacheStats, KernelModule, nvrtc_available};
 pub use pool::GraphPool;
 pub use runner::{EagerFn, MemoryEstimate, Output, RefreshError, RefreshReport, Runner};
