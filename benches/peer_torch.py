@@ -8,8 +8,9 @@ tokens, 8, 64] per layer for k and for v. One decode step per row: row b owns ca
 its new key/value at position pos[b] (clamped to [0, 255], as our kernels do) and attends over
 positions 0..=pos[b]. Written as Hugging Face writes it (RMSNorm in f32 ops, rotate_half RoPE with
 cos/sin computed once per forward, matmul * scale, -inf mask, softmax in f32), with plain
-torch / torch.nn.functional ops only: no custom kernels, no torch.compile, no SDPA. Every op is
-static-shaped (no .item(), no data-dependent shapes), so the forward is capturable.
+torch / torch.nn.functional ops only: no custom kernels, no SDPA, and no torch.compile except in
+compile mode. Every op is static-shaped (no .item(), no data-dependent shapes), so the forward
+is capturable.
 
 Capture as vLLM does: one graph pool (torch.cuda.graph_pool_handle()) shared by all 35 graphs,
 sizes [1, 2, 4, 8, 16, ..., 256] captured largest first, static input buffers of the largest
@@ -25,11 +26,22 @@ Modes (--mode), each meant for a fresh process:
            did before their fixes)
   vllm     today's vLLM: gc.collect() + gc.freeze() once, and gc.collect /
            torch.cuda.empty_cache patched to no-ops during every capture
+  compile  the strongest peer, vLLM's whole recipe: the same forward compiled once by
+           torch.compile (Inductor, default mode: not "reduce-overhead", the graphs are captured
+           here as vLLM captures its own), the batch dimension marked dynamic at the first call
+           (the largest size) and Dynamo's guards skipped as vLLM skips them, so one compiled
+           graph serves every size (with guards kept, --compile-guards keep, Dynamo compiles a
+           second graph for batch 1); then captured as in vllm mode, one warm-up (a compiled
+           call) per size. Inductor's and Triton's caches point at a new temporary folder, so
+           compile_s is a cold compile.
 
 Usage:
   python3 benches/peer_torch.py --mode default --out torch_default.json       (CUDA)
+  python3 benches/peer_torch.py --mode compile --out torch_compile.json       (CUDA, ~1-2 min)
   python3 benches/peer_torch.py --device cpu                                   (checks, no GPU)
+  python3 benches/peer_torch.py --device cpu --mode compile                   (+ compile checks)
   python3 benches/peer_torch.py --tiny --iters 5                              (quick GPU smoke run)
+  python3 benches/peer_torch.py --sizes 1,8,64 --batches 1,8,64               (fewer graphs)
 
 Output: one JSON object (stdout, or --out FILE). Keys on CUDA:
   schema                "peer_torch/1"
@@ -38,8 +50,10 @@ Output: one JSON object (stdout, or --out FILE). Keys on CUDA:
   config                the model's shapes; sizes: the 35 captured sizes; batches: timed sizes
   device                GPU name; versions {torch, cuda, cudnn, python, gpu, sm, gpu_memory_bytes,
                         driver_cuda (the CUDA version the driver supports)}
-  startup               {import_s, cuda_init_s, weights_s, first_forward_s, capture_s, total_s}:
-                        total_s = script start (before `import torch`) to all graphs captured
+  startup               {import_s, cuda_init_s, weights_s, first_forward_s, capture_s, total_s}
+                        (+ compile_s in compile mode, whose first_forward_s is null: the first
+                        compiled call is part of compile_s): total_s = script start (before
+                        `import torch`) to all graphs captured
   capture_s             wall time of capturing all 35 sizes, warm-ups included
                         (perf_counter, synchronize at both ends)
   capture_parts         {warmup_s (eager warm-ups, synchronized), graph_s (the `with
@@ -61,27 +75,44 @@ Output: one JSON object (stdout, or --out FILE). Keys on CUDA:
                         (what our run() does)
   replay_host_us        host wall time of the static copies + g.replay(), no synchronize (the GPU
                         idle before each): what a serving loop pays on the CPU
-  eager_us              wall time of forward() + synchronize
-  replay_vs_eager_rel_err   ||graph - eager|| / ||eager|| of the logits, same inputs
+  eager_us              wall time of forward() + synchronize (compile mode: one compiled call
+                        without a graph, its inputs copied into the static buffers beforehand)
+  replay_vs_eager_rel_err   ||graph - eager|| / ||eager|| of the logits, same inputs (compile mode:
+                        against the compiled call; replay_vs_uncompiled_eager_rel_err: against
+                        the plain forward)
   kernels_per_forward   GPU kernels (memcpy/memset excluded) in one eager forward at n = 1
-                        (torch.profiler, chrome-trace events of category "kernel")
+                        (compile mode: one compiled call) (torch.profiler, chrome-trace events
+                        of category "kernel")
   kernels_per_forward_by_size {"1","256"}; kernels_per_forward_events: the same count from
                         profiler FunctionEvents; memcpy_memset_per_forward; kernels_per_replay
-                        (kernels profiled in one replay of the size-1 graph);
+                        (kernels profiled in one replay of the smallest graph);
                         kernel_count_detail: the raw counts of every profile
+  compile_s, compile    compile mode: compile_s = the first compiled calls until one compiles
+                        nothing more (cold caches); compile {backend, mode, fullgraph, dynamic,
+                        guards, inductor_cache_dir, cold_cache, calls [{size, s,
+                        graphs_compiled}], graphs_compiled (Dynamo's unique_graphs counter),
+                        recompiles (graphs compiled after the first call; with guards skipped
+                        none can happen), recompiles_by_phase, graph_breaks,
+                        graph_break_reasons}; recompiles (the same count, top level)
   iters, warmup         timing iterations (median over iters, after warmup); the timing loops
                         draw fresh random tokens and positions for every iteration
-On --device cpu|meta: {schema, device, versions, config, selftest: {...}, ok}.
+On --device cpu|meta: {schema, device, versions, config, selftest: {...}, ok}. With --mode compile
+the self-check adds compile_meta_dynamo (full-size shapes, all 35 sizes, Dynamo alone: Inductor
+generates no code for the meta device) and, on cpu, compile_cpu_inductor (tiny config, the GPU
+run's settings, one graph for sizes 1..8, numerics against the plain forward); a check that
+cannot run here (no C++ compiler for Inductor, say) is skipped with the reason printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import gc
 import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -92,6 +123,33 @@ from functools import partial
 from unittest import mock
 
 SCRIPT_START = time.perf_counter()
+
+
+def _mode_from_argv(argv: list[str]) -> str | None:
+    """The --mode value, read before argparse runs (argparse needs torch imported first)."""
+    for i, arg in enumerate(argv):
+        if arg == "--mode" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--mode="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _fresh_compile_caches() -> str | None:
+    """In compile mode, point Inductor's and Triton's caches at a new temporary folder, so that
+    compile_s is a cold compile (a warm cache would hide most of it). Done before `import torch`
+    because Inductor's compile workers inherit the environment when they start. The folder is
+    removed at exit."""
+    if _mode_from_argv(sys.argv[1:]) != "compile":
+        return None
+    root = tempfile.mkdtemp(prefix="peer_torch_compile_")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(root, "inductor")
+    os.environ["TRITON_CACHE_DIR"] = os.path.join(root, "triton")
+    atexit.register(shutil.rmtree, root, True)
+    return root
+
+
+COMPILE_CACHE_DIR = _fresh_compile_caches()
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
@@ -377,6 +435,9 @@ def selftest(args) -> dict:
         del m
     shapes["sizes_checked"] = len(SIZES)
     results["meta_full_config"] = shapes
+    if args.mode == "compile":
+        results["compile_meta_dynamo"] = compile_check_meta()
+        ok = ok and results["compile_meta_dynamo"].get("ok", True)
 
     if args.device == "meta":
         results["ok"] = ok
@@ -423,8 +484,79 @@ def selftest(args) -> dict:
         if not (err < 2e-2 and cache_ok and same64 and row_err < 1e-2 and not bad and out.shape == (n, cfg.vocab)):
             ok = False
     results["cpu_tiny"] = numerics
+    if args.mode == "compile":
+        results["compile_cpu_inductor"] = compile_check_cpu()
+        ok = ok and results["compile_cpu_inductor"].get("ok", True)
     results["ok"] = ok
     return results
+
+
+def skipped_check(where: str, reason: str) -> dict:
+    print(f"peer_torch: compile check on {where} skipped: {reason}", file=sys.stderr)
+    return {"skipped": reason}
+
+
+def count_graphs_over_sizes(compiled, static_tokens, static_pos, sizes: list[int], vocab: int) -> dict:
+    """Calls compiled on every size, the largest first with its batch dim marked dynamic;
+    returns {graphs, graph_breaks, bad_shapes}."""
+    torch._dynamo.reset()
+    base = dynamo_graph_count() or 0
+    breaks = sum(dynamo_graph_breaks().values())
+    bad = []
+    for i, n in enumerate(sorted(sizes, reverse=True)):
+        tok, pos = static_tokens[:n], static_pos[:n]
+        if i == 0:
+            mark_batch_dynamic(tok, pos)
+        out = compiled(tok, pos)
+        if tuple(out.shape) != (n, vocab):
+            bad.append([n, list(out.shape)])
+    return {
+        "graphs": (dynamo_graph_count() or 0) - base,
+        "graph_breaks": sum(dynamo_graph_breaks().values()) - breaks,
+        "bad_shapes": bad,
+    }
+
+
+def compile_check_meta() -> dict:
+    """Full-size shapes, all 35 sizes, Dynamo alone (backend "eager"): Inductor generates no
+    code for the meta device, so only the trace is checked here: no graph break, and with
+    Dynamo's guards kept at most 2 graphs (the general one, and batch 1, which Dynamo
+    specializes); the GPU run skips the guards as vLLM does and compiles 1."""
+    full = Config.qwen3_0_6b_shaped()
+    meta = torch.device("meta")
+    try:
+        m = Decoder(full, meta, "thd")
+        st = torch.empty(max(SIZES), dtype=torch.int32, device=meta)
+        sp = torch.empty(max(SIZES), dtype=torch.int32, device=meta)
+        got = count_graphs_over_sizes(compile_forward(m, "keep", backend="eager"), st, sp, SIZES, full.vocab)
+    except Exception as e:  # noqa: BLE001 - an environment without a working Dynamo
+        return skipped_check("meta", f"torch.compile (Dynamo, backend eager) failed: {e!r}"[:500])
+    got["ok"] = got["graphs"] <= 2 and got["graph_breaks"] == 0 and not got["bad_shapes"]
+    return got
+
+
+def compile_check_cpu() -> dict:
+    """Tiny config on the CPU with the GPU run's settings (Inductor, default mode, guards
+    skipped): one graph for sizes 1..8, and the compiled forward agrees with the plain one."""
+    cfg = Config.tiny()
+    cpu = torch.device("cpu")
+    sizes = [8, 5, 2, 1]
+    try:
+        m = Decoder(cfg, cpu, "thd")
+        gen = torch.Generator().manual_seed(7)
+        st = torch.randint(0, cfg.vocab, (max(sizes),), generator=gen, dtype=torch.int32)
+        sp = torch.randint(0, cfg.cache_tokens, (max(sizes),), generator=gen, dtype=torch.int32)
+        compiled = compile_forward(m, "skip")
+        got = count_graphs_over_sizes(compiled, st, sp, sizes, cfg.vocab)
+        errs = {}
+        for n in sizes:
+            ref = m.forward(st[:n], sp[:n]).float()
+            errs[str(n)] = rel_err(compiled(st[:n], sp[:n]).float(), ref)
+    except Exception as e:  # noqa: BLE001 - e.g. no C++ compiler for Inductor's CPU code
+        return skipped_check("cpu", f"torch.compile (Inductor) failed: {e!r}"[:500])
+    got["rel_err_vs_plain"] = errs
+    got["ok"] = got["graphs"] == 1 and got["graph_breaks"] == 0 and not got["bad_shapes"] and max(errs.values()) < 2e-2
+    return got
 
 
 # --------------------------------------------------------------------------------------------
@@ -516,81 +648,175 @@ def count_kernels(fn) -> dict:
     return result
 
 
-def run_cuda(args) -> dict:
-    cfg = Config.tiny() if args.tiny else Config.qwen3_0_6b_shaped()
-    sizes = SIZES
-    batches = [b for b in args.batches if b in sizes]
-    dev = torch.device("cuda")
+# --------------------------------------------------------------------------------------------
+# torch.compile (--mode compile): one compiled forward for every batch size
+# --------------------------------------------------------------------------------------------
 
+
+def dynamo_graph_count() -> int | None:
+    """Graphs Dynamo has compiled in this process (its own counter), None where this torch has
+    none. A recompile shows up as one more graph."""
+    try:
+        from torch._dynamo.utils import counters
+    except Exception:  # noqa: BLE001
+        return None
+    return int(counters["stats"]["unique_graphs"])
+
+
+def dynamo_graph_breaks() -> dict[str, int]:
+    try:
+        from torch._dynamo.utils import counters
+    except Exception:  # noqa: BLE001
+        return {}
+    return {str(k)[:200]: int(v) for k, v in counters["graph_break"].items()}
+
+
+def skip_guards_filter():
+    """vLLM's guard filter: it compiles the forward once with a symbolic batch and drops every
+    Dynamo guard (it dispatches sizes itself), so batch 1 reuses the general graph instead of
+    compiling one specialized to 1 (Dynamo guards `size != 1` on the cache write otherwise)."""
+    return getattr(torch.compiler, "skip_all_guards_unsafe", None) or (lambda entries: [False for _ in entries])
+
+
+def compile_forward(model: Decoder, guards: str, backend: str = "inductor"):
+    """model.forward under torch.compile: Inductor in its default mode (no "reduce-overhead":
+    the CUDA graphs are captured here, as vLLM captures its own), not fullgraph, so a graph
+    break would show in the counters instead of failing the run."""
+    options = {"guard_filter_fn": skip_guards_filter()} if guards == "skip" and backend == "inductor" else None
+    return torch.compile(model.forward, backend=backend, mode=None, fullgraph=False, options=options)
+
+
+def mark_batch_dynamic(*tensors: torch.Tensor) -> None:
+    """The batch dimension symbolic at the first compiled call (vLLM marks its dummy run's
+    inputs the same way); later calls need no mark."""
+    for t in tensors:
+        torch._dynamo.mark_dynamic(t, 0)
+
+
+def compile_probe_sizes(sizes: list[int]) -> list[int]:
+    """Largest first (the general graph, as vLLM traces at its largest size), then the smallest
+    (the size Dynamo specializes), then a middle one: no compilation left after these."""
+    ordered = sorted(sizes)
+    probes = [ordered[-1], ordered[0], ordered[len(ordered) // 2]]
+    return list(dict.fromkeys(probes))
+
+
+def run_compile_phase(compiled, static_tokens, static_pos, sizes: list[int], sync) -> dict:
+    """The first compiled calls, timed until a call compiles nothing more. compile_s ends with
+    the last call that compiled a graph (its run and synchronize included: the first call also
+    initializes cuBLAS and autotunes Triton kernels with several configs)."""
+    calls = []
+    t0 = time.perf_counter()
+    compile_end = None
+    first_graphs = None
+    for i, n in enumerate(compile_probe_sizes(sizes)):
+        tok, pos = static_tokens[:n], static_pos[:n]
+        if i == 0:
+            mark_batch_dynamic(tok, pos)
+        before = dynamo_graph_count()
+        t = time.perf_counter()
+        compiled(tok, pos)
+        sync()
+        now = time.perf_counter()
+        after = dynamo_graph_count()
+        new_graphs = None if before is None or after is None else after - before
+        if i == 0:
+            first_graphs = after
+        if i == 0 or new_graphs:
+            compile_end = now
+        calls.append({"size": n, "s": now - t, "graphs_compiled": new_graphs})
+    return {"compile_s": compile_end - t0, "calls": calls, "graphs_after_first_call": first_graphs}
+
+
+# --------------------------------------------------------------------------------------------
+# CUDA: the run of one mode
+# --------------------------------------------------------------------------------------------
+
+VLLM_STYLE = ("vllm", "compile")  # modes that capture with gc frozen and no per-graph cleanup
+
+
+def progress(message: str) -> None:
+    """A line on stderr per phase: a run cut short by a time limit still says how far it got."""
+    print(f"peer_torch [{time.perf_counter() - SCRIPT_START:6.1f} s]: {message}", file=sys.stderr, flush=True)
+
+
+def init_cuda(dev: torch.device) -> float:
     t = time.perf_counter()
     torch.cuda.init()
     torch.zeros(1, device=dev)
     torch.cuda.synchronize()
-    cuda_init_s = time.perf_counter() - t
-    props = torch.cuda.get_device_properties(0)
+    return time.perf_counter() - t
 
+
+def cuda_versions(props) -> dict:
+    versions = {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "python": platform.python_version(),
+        "gpu": props.name,
+        "sm": f"{props.major}.{props.minor}",
+        "gpu_memory_bytes": props.total_memory,
+    }
+    try:
+        v = int(torch._C._cuda_getDriverVersion())  # e.g. 13000: the driver's CUDA version
+        versions["driver_cuda"] = f"{v // 1000}.{v % 1000 // 10}"
+    except Exception:  # noqa: BLE001
+        pass
+    return versions
+
+
+def reclaim_before_graph(mode: str) -> float:
+    """gc mode: what vLLM and PyTorch did before each graph before their fixes."""
+    if mode != "gc":
+        return 0.0
     t = time.perf_counter()
-    model = Decoder(cfg, dev, args.kv_layout, seed=0)
-    max_size = max(sizes)
-    static_tokens = torch.zeros(max_size, dtype=torch.int32, device=dev)  # vLLM's persistent buffers
-    static_pos = torch.zeros(max_size, dtype=torch.int32, device=dev)
-    torch.cuda.synchronize()
-    weights_s = time.perf_counter() - t
-
-    # One eager forward before capture (cuBLAS handle and workspace, first kernel loads), like
-    # decode_bench's first eager forward, which is not part of its capture time either.
-    t = time.perf_counter()
-    model.forward(static_tokens[:1], static_pos[:1])
-    torch.cuda.synchronize()
-    first_forward_s = time.perf_counter() - t
-
     gc.collect()
     torch.cuda.empty_cache()
-    torch.cuda.synchronize()
-    before = mem_state()
+    return time.perf_counter() - t
 
-    # ---- capture, the way vLLM does it ----
-    pool = torch.cuda.graph_pool_handle()
+
+def capture_all(forward, static_tokens, static_pos, sizes: list[int], mode: str, outputs_kind: str, pool) -> dict:
+    """One graph per size in one pool, largest first, one eager warm-up per size before its
+    capture. Returns {graphs, outputs, per_size, capture_s, ready_at}."""
     graphs: dict[int, torch.cuda.CUDAGraph] = {}
     outputs: dict[int, torch.Tensor] = {}
     per_size = []
-    frozen = False
-    if args.mode == "vllm":
+    frozen = mode in VLLM_STYLE
+    if frozen:
         gc.collect()
         gc.freeze()
-        frozen = True
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for size in sorted(sizes, reverse=True):
-        reclaim_s = 0.0
-        if args.mode == "gc":
-            t = time.perf_counter()
-            gc.collect()
-            torch.cuda.empty_cache()
-            reclaim_s = time.perf_counter() - t
+        reclaim_s = reclaim_before_graph(mode)
         tok, pos = static_tokens[:size], static_pos[:size]
         t = time.perf_counter()
-        model.forward(tok, pos)  # warm-up, eager
+        forward(tok, pos)  # warm-up, eager (compiled code without a graph in compile mode)
         torch.cuda.synchronize()  # torch.cuda.graph's __enter__ synchronizes anyway
         warmup_s = time.perf_counter() - t
         g = torch.cuda.CUDAGraph()
         t = time.perf_counter()
         with ExitStack() as stack:
-            if args.mode == "vllm":
+            if frozen:
                 stack.enter_context(vllm_capture_patches())
             with torch.cuda.graph(g, pool=pool):
-                out = model.forward(tok, pos)
+                out = forward(tok, pos)
         graph_s = time.perf_counter() - t
         graphs[size] = g
-        outputs[size] = weak_alias(out) if args.outputs == "weak" else out
+        outputs[size] = weak_alias(out) if outputs_kind == "weak" else out
         del out
         per_size.append({"size": size, "warmup_s": warmup_s, "graph_s": graph_s, "reclaim_s": reclaim_s})
     torch.cuda.synchronize()
     capture_s = time.perf_counter() - t0
-    total_s = time.perf_counter() - SCRIPT_START
+    ready_at = time.perf_counter()
     if frozen:
         gc.unfreeze()
+    return {"graphs": graphs, "outputs": outputs, "per_size": per_size, "capture_s": capture_s, "ready_at": ready_at}
 
+
+def pool_memory(before: dict, pool) -> tuple[dict, int, str]:
+    """(memory dict, pool bytes, which figure the pool bytes are) after all graphs exist."""
     after = mem_state()
     torch.cuda.empty_cache()
     after_empty = mem_state()
@@ -610,9 +836,190 @@ def run_cuda(args) -> dict:
         "driver_used_delta": after_empty["driver_used"] - before["driver_used"],
     }
     if segs is not None and segs > 0:
-        pool_bytes, pool_src = segs, "pool_segments_bytes"
+        return memory, segs, "pool_segments_bytes"
+    return memory, memory["reserved_delta_after_empty_cache"], "reserved_delta_after_empty_cache"
+
+
+@dataclass
+class Eager:
+    """The forward without a graph. stage(tokens, positions) prepares its arguments outside the
+    timer; call(*staged) is what gets timed. Plain modes call model.forward on the inputs as they
+    are; compile mode copies them into the static buffers first, so every compiled call sees the
+    aligned, offset-0 inputs its graph was compiled for (no misaligned-input copy)."""
+
+    stage: object
+    call: object
+    reference: object = None  # compile mode: the uncompiled model.forward, for a second error figure
+
+
+def plain_eager(model: Decoder) -> Eager:
+    return Eager(stage=lambda a, b: (a, b), call=model.forward)
+
+
+def compiled_eager(model: Decoder, compiled, static_tokens, static_pos) -> Eager:
+    def stage(a, b):
+        n = a.shape[0]
+        st, sp = static_tokens[:n], static_pos[:n]
+        st.copy_(a)
+        sp.copy_(b)
+        return st, sp
+
+    return Eager(stage=stage, call=compiled, reference=model.forward)
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((x - ref).norm() / ref.norm()).item()
+
+
+def time_batch(n: int, g, out, static_tokens, static_pos, eager: Eager, tok, pos, iters: int, warm: int) -> dict:
+    """Replay and eager figures of one batch size. tok, pos: [warm + 4 * iters, n] fresh random
+    inputs, a new row for every iteration."""
+    st, sp = static_tokens[:n], static_pos[:n]
+    torch.cuda.synchronize()
+    result: dict = {}
+
+    # Correctness: graph vs eager on the same inputs (same cache writes).
+    st.copy_(tok[0])
+    sp.copy_(pos[0])
+    g.replay()
+    graph_out = out.float().clone()
+    result["rel_err"] = rel_err(graph_out, eager.call(*eager.stage(tok[0], pos[0])).float())
+    if eager.reference is not None:
+        result["rel_err_uncompiled"] = rel_err(graph_out, eager.reference(tok[0], pos[0]).float())
+    del graph_out
+
+    for i in range(warm):
+        st.copy_(tok[i])
+        sp.copy_(pos[i])
+        g.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    ev, wall, run, host = [], [], [], []
+    for i in range(iters):
+        st.copy_(tok[warm + i])
+        sp.copy_(pos[warm + i])
+        start.record()
+        g.replay()
+        end.record()
+        end.synchronize()
+        ev.append(start.elapsed_time(end) * 1e-3)
+    for i in range(iters):
+        st.copy_(tok[warm + iters + i])
+        sp.copy_(pos[warm + iters + i])
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        g.replay()
+        torch.cuda.synchronize()
+        wall.append(time.perf_counter() - t)
+    for i in range(iters):
+        a, b = tok[warm + 2 * iters + i], pos[warm + 2 * iters + i]
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        st.copy_(a)
+        sp.copy_(b)
+        g.replay()
+        torch.cuda.synchronize()
+        run.append(time.perf_counter() - t)
+    for i in range(iters):
+        a, b = tok[warm + 3 * iters + i], pos[warm + 3 * iters + i]
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        st.copy_(a)
+        sp.copy_(b)
+        g.replay()
+        host.append(time.perf_counter() - t)
+    torch.cuda.synchronize()
+    result["replay_events"] = median_us(ev)
+    result["replay_wall"] = median_us(wall)
+    result["run_wall"] = median_us(run)
+    result["host"] = median_us(host)
+
+    # Eager: the forward on the inputs, synchronized (staging outside the timer).
+    for i in range(min(warm, 5)):
+        eager.call(*eager.stage(tok[i], pos[i]))
+    torch.cuda.synchronize()
+    samples = []
+    for i in range(iters):
+        staged = eager.stage(tok[warm + i], pos[warm + i])
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        eager.call(*staged)
+        torch.cuda.synchronize()
+        samples.append(time.perf_counter() - t)
+    result["eager"] = median_us(samples)
+    return result
+
+
+def count_forward_kernels(eager: Eager, graphs, static_tokens, static_pos, sizes, fresh) -> dict:
+    """Kernels of one eager forward at n = 1 and 256 (compile mode: one compiled call without a
+    graph) and of one replay of the smallest graph, from torch.profiler."""
+    by_size, info = {}, {}
+    for n in [m for m in (1, 256) if m in sizes]:
+        tok, pos = fresh(n, 1)
+        eager.call(*eager.stage(tok[0], pos[0]))  # warm
+        staged = eager.stage(tok[0], pos[0])
+        info[str(n)] = count_kernels(partial(eager.call, *staged))
+        by_size[str(n)] = info[str(n)].get("kernels") or info[str(n)].get("kernels_events")
+    smallest = min(sizes)
+    tok, pos = fresh(smallest, 1)
+    static_tokens[:smallest].copy_(tok[0])
+    static_pos[:smallest].copy_(pos[0])
+    replay_info = count_kernels(lambda: graphs[smallest].replay())
+    return {"by_size": by_size, "info": info, "replay": replay_info}
+
+
+def run_cuda(args) -> dict:
+    cfg = Config.tiny() if args.tiny else Config.qwen3_0_6b_shaped()
+    sizes = args.sizes
+    batches = [b for b in args.batches if b in sizes]
+    dev = torch.device("cuda")
+    compile_mode = args.mode == "compile"
+
+    cuda_init_s = init_cuda(dev)
+    props = torch.cuda.get_device_properties(0)
+
+    t = time.perf_counter()
+    model = Decoder(cfg, dev, args.kv_layout, seed=0)
+    max_size = max(sizes)
+    static_tokens = torch.zeros(max_size, dtype=torch.int32, device=dev)  # vLLM's persistent buffers
+    static_pos = torch.zeros(max_size, dtype=torch.int32, device=dev)
+    torch.cuda.synchronize()
+    weights_s = time.perf_counter() - t
+
+    compile_info = None
+    first_forward_s = None
+    if compile_mode:
+        # The compile's first call replaces the eager first forward (it initializes cuBLAS too):
+        # start-up pays it once, inside compile_s.
+        compiled = compile_forward(model, args.compile_guards)
+        compile_info = run_compile_phase(compiled, static_tokens, static_pos, sizes, torch.cuda.synchronize)
+        progress(f"compiled in {compile_info['compile_s']:.1f} s, graphs {dynamo_graph_count()}, "
+                 f"graph breaks {sum(dynamo_graph_breaks().values())}")
+        forward = compiled
+        eager = compiled_eager(model, compiled, static_tokens, static_pos)
     else:
-        pool_bytes, pool_src = memory["reserved_delta_after_empty_cache"], "reserved_delta_after_empty_cache"
+        # One eager forward before capture (cuBLAS handle and workspace, first kernel loads), like
+        # decode_bench's first eager forward, which is not part of its capture time either.
+        t = time.perf_counter()
+        model.forward(static_tokens[:1], static_pos[:1])
+        torch.cuda.synchronize()
+        first_forward_s = time.perf_counter() - t
+        forward = model.forward
+        eager = plain_eager(model)
+    graphs_after_compile = dynamo_graph_count()
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.synchronize()
+    before = mem_state()
+
+    # ---- capture, the way vLLM does it ----
+    pool = torch.cuda.graph_pool_handle()
+    cap = capture_all(forward, static_tokens, static_pos, sizes, args.mode, args.outputs, pool)
+    total_s = cap["ready_at"] - SCRIPT_START
+    progress(f"captured {len(sizes)} sizes in {cap['capture_s']:.3f} s; ready {total_s:.1f} s after start")
+    graphs_after_capture = dynamo_graph_count()
+    memory, pool_bytes, pool_src = pool_memory(before, pool)
 
     # ---- replay and eager latency, fresh random inputs every iteration ----
     iters, warm = args.iters, args.warmup
@@ -624,113 +1031,31 @@ def run_cuda(args) -> dict:
         pos = torch.randint(0, cfg.cache_tokens, (count, n), generator=gen, device=dev, dtype=torch.int32)
         return tok, pos
 
-    replay_events, replay_wall, run_wall, host_us, eager_us, rel_err = {}, {}, {}, {}, {}, {}
+    timed = {}
     for n in batches:
-        g, out = graphs[n], outputs[n]
-        st, sp = static_tokens[:n], static_pos[:n]
         tok, pos = fresh(n, warm + 4 * iters)
-        torch.cuda.synchronize()
-
-        # Correctness: graph vs eager on the same inputs (same cache writes).
-        st.copy_(tok[0])
-        sp.copy_(pos[0])
-        g.replay()
-        graph_out = out.float().clone()
-        eager_out = model.forward(tok[0], pos[0]).float()
-        rel_err[str(n)] = ((graph_out - eager_out).norm() / eager_out.norm()).item()
-        del graph_out, eager_out
-
-        for i in range(warm):
-            st.copy_(tok[i])
-            sp.copy_(pos[i])
-            g.replay()
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        ev, wall, run, host = [], [], [], []
-        for i in range(iters):
-            st.copy_(tok[warm + i])
-            sp.copy_(pos[warm + i])
-            start.record()
-            g.replay()
-            end.record()
-            end.synchronize()
-            ev.append(start.elapsed_time(end) * 1e-3)
-        for i in range(iters):
-            st.copy_(tok[warm + iters + i])
-            sp.copy_(pos[warm + iters + i])
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-            g.replay()
-            torch.cuda.synchronize()
-            wall.append(time.perf_counter() - t)
-        for i in range(iters):
-            a, b = tok[warm + 2 * iters + i], pos[warm + 2 * iters + i]
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-            st.copy_(a)
-            sp.copy_(b)
-            g.replay()
-            torch.cuda.synchronize()
-            run.append(time.perf_counter() - t)
-        for i in range(iters):
-            a, b = tok[warm + 3 * iters + i], pos[warm + 3 * iters + i]
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-            st.copy_(a)
-            sp.copy_(b)
-            g.replay()
-            host.append(time.perf_counter() - t)
-        torch.cuda.synchronize()
-        replay_events[str(n)] = median_us(ev)
-        replay_wall[str(n)] = median_us(wall)
-        run_wall[str(n)] = median_us(run)
-        host_us[str(n)] = median_us(host)
-
-        # Eager: forward on the inputs directly, synchronized.
-        for i in range(min(warm, 5)):
-            model.forward(tok[i], pos[i])
-        torch.cuda.synchronize()
-        samples = []
-        for i in range(iters):
-            a, b = tok[warm + i], pos[warm + i]
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-            model.forward(a, b)
-            torch.cuda.synchronize()
-            samples.append(time.perf_counter() - t)
-        eager_us[str(n)] = median_us(samples)
+        timed[str(n)] = time_batch(n, cap["graphs"][n], cap["outputs"][n], static_tokens, static_pos,
+                                   eager, tok, pos, iters, warm)
         del tok, pos
+        progress(f"b = {n}: replay {timed[str(n)]['replay_wall']:.1f} µs, eager {timed[str(n)]['eager']:.1f} µs")
 
-    # ---- kernels per forward ----
-    one_tok, one_pos = fresh(1, 1)
-    kernels_by_size, kernel_info = {}, {}
-    for n in (1, 256) if 256 in sizes else (1,):
-        tok, pos = fresh(n, 1)
-        model.forward(tok[0], pos[0])  # warm
-        info = count_kernels(partial(model.forward, tok[0], pos[0]))
-        kernels_by_size[str(n)] = info.get("kernels") or info.get("kernels_events")
-        kernel_info[str(n)] = info
-    static_tokens[:1].copy_(one_tok[0])
-    static_pos[:1].copy_(one_pos[0])
-    replay_info = count_kernels(lambda: graphs[1].replay())
+    kernels = count_forward_kernels(eager, cap["graphs"], static_tokens, static_pos, sizes, fresh)
+    graphs_at_end = dynamo_graph_count()
 
-    versions = {
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "python": platform.python_version(),
-        "gpu": props.name,
-        "sm": f"{props.major}.{props.minor}",
-        "gpu_memory_bytes": props.total_memory,
+    def figure(key):
+        return {n: r[key] for n, r in timed.items()}
+
+    per_size = cap["per_size"]
+    k1 = kernels["info"].get("1", {})
+    startup = {
+        "import_s": IMPORT_S,
+        "cuda_init_s": cuda_init_s,
+        "weights_s": weights_s,
+        "first_forward_s": first_forward_s,
+        "capture_s": cap["capture_s"],
+        "total_s": total_s,
     }
-    try:
-        v = int(torch._C._cuda_getDriverVersion())  # e.g. 13000: the driver's CUDA version
-        versions["driver_cuda"] = f"{v // 1000}.{v % 1000 // 10}"
-    except Exception:  # noqa: BLE001
-        pass
-
-    k1 = kernel_info["1"]
-    return {
+    result = {
         "schema": "peer_torch/1",
         "mode": args.mode,
         "kv_layout": args.kv_layout,
@@ -740,16 +1065,9 @@ def run_cuda(args) -> dict:
         "sizes": sizes,
         "batches": batches,
         "device": props.name,
-        "versions": versions,
-        "startup": {
-            "import_s": IMPORT_S,
-            "cuda_init_s": cuda_init_s,
-            "weights_s": weights_s,
-            "first_forward_s": first_forward_s,
-            "capture_s": capture_s,
-            "total_s": total_s,
-        },
-        "capture_s": capture_s,
+        "versions": cuda_versions(props),
+        "startup": startup,
+        "capture_s": cap["capture_s"],
         "capture_parts": {
             "warmup_s": sum(p["warmup_s"] for p in per_size),
             "graph_s": sum(p["graph_s"] for p in per_size),
@@ -759,26 +1077,74 @@ def run_cuda(args) -> dict:
         "memory": memory,
         "pool_bytes": pool_bytes,
         "pool_bytes_source": pool_src,
-        "replay_us_events": replay_events,
-        "replay_us_wall": replay_wall,
-        "run_us_wall": run_wall,
-        "replay_host_us": host_us,
-        "eager_us": eager_us,
-        "replay_vs_eager_rel_err": rel_err,
-        "kernels_per_forward": kernels_by_size["1"],
-        "kernels_per_forward_by_size": kernels_by_size,
+        "replay_us_events": figure("replay_events"),
+        "replay_us_wall": figure("replay_wall"),
+        "run_us_wall": figure("run_wall"),
+        "replay_host_us": figure("host"),
+        "eager_us": figure("eager"),
+        "replay_vs_eager_rel_err": figure("rel_err"),
+        "kernels_per_forward": kernels["by_size"].get("1"),
+        "kernels_per_forward_by_size": kernels["by_size"],
         "kernels_per_forward_events": k1.get("kernels_events"),
         "memcpy_memset_per_forward": k1.get("memcpy_memset"),
-        "kernels_per_replay": replay_info.get("kernels") or replay_info.get("kernels_events"),
-        "kernel_count_detail": {"eager": kernel_info, "replay_n1": replay_info},
+        "kernels_per_replay": kernels["replay"].get("kernels") or kernels["replay"].get("kernels_events"),
+        "kernel_count_detail": {"eager": kernels["info"], "replay_n1": kernels["replay"]},
         "iters": iters,
         "warmup": warm,
     }
+    if compile_mode:
+        startup["compile_s"] = compile_info["compile_s"]
+        result["compile_s"] = compile_info["compile_s"]
+        result["replay_vs_uncompiled_eager_rel_err"] = figure("rel_err_uncompiled")
+        result["compile"] = compile_summary(args, compile_info, graphs_after_compile, graphs_after_capture, graphs_at_end)
+        result["recompiles"] = result["compile"]["recompiles"]
+    return result
+
+
+def compile_summary(args, info: dict, after_compile, after_capture, at_end) -> dict:
+    """What was compiled and how often. recompiles: graphs compiled after the first call (0
+    when one compiled graph served every size)."""
+    first = info["graphs_after_first_call"]
+
+    def delta(a, b):
+        return None if a is None or b is None else a - b
+
+    return {
+        "backend": "inductor",
+        "mode": "default",
+        "fullgraph": False,
+        "dynamic": "torch._dynamo.mark_dynamic(batch dim) at the first call (largest size)",
+        "guards": "skipped (guard_filter_fn = skip_all_guards_unsafe, as vLLM)" if args.compile_guards == "skip" else "Dynamo's",
+        "inductor_cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR"),
+        "cold_cache": COMPILE_CACHE_DIR is not None,
+        "compile_s": info["compile_s"],
+        "calls": info["calls"],
+        "graphs_compiled": at_end,
+        "graphs_after_first_call": first,
+        "recompiles": delta(at_end, first),
+        "recompiles_by_phase": {
+            "compile": delta(after_compile, first),
+            "capture": delta(after_capture, after_compile),
+            "timing_and_profiling": delta(at_end, after_capture),
+        },
+        "graph_breaks": sum(dynamo_graph_breaks().values()),
+        "graph_break_reasons": dict(list(dynamo_graph_breaks().items())[:5]),
+    }
+
+
+def parse_sizes(text: str) -> list[int]:
+    """'default' (the 35 sizes) or a comma list such as '1,2,4,8' (quick runs)."""
+    if text.strip() == "default":
+        return list(SIZES)
+    sizes = sorted({int(x) for x in text.split(",") if x.strip()})
+    if not sizes or sizes[0] < 1:
+        raise ValueError("sizes must be positive integers")
+    return sizes
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--mode", choices=["default", "gc", "vllm"], default="default")
+    p.add_argument("--mode", choices=["default", "gc", "vllm", "compile"], default="default")
     p.add_argument("--device", choices=["cuda", "cpu", "meta"], default="cuda",
                    help="cpu/meta: run the checks (shapes, capturability, numerics), no timing")
     p.add_argument("--tiny", action="store_true", help="LlamaConfig::tiny() shapes (2 layers, hidden 256)")
@@ -786,6 +1152,11 @@ def main() -> int:
                    help="thd: our [slots, T, hkv, d] (default); hf: [slots, hkv, T, d]")
     p.add_argument("--outputs", choices=["weak", "strong"], default="weak",
                    help="keep graph outputs as non-owning aliases (vLLM) or strong references")
+    p.add_argument("--sizes", default="default",
+                   help="captured sizes: 'default' (the 35 sizes 1, 2, 4, 8..=256 step 8) or a comma list")
+    p.add_argument("--compile-guards", choices=["skip", "keep"], default="skip",
+                   help="compile mode: skip Dynamo's guards as vLLM does (one graph for every size), "
+                        "or keep them (batch 1 then compiles a second graph)")
     p.add_argument("--iters", type=int, default=100)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--batches", default=",".join(map(str, BATCHES)),
@@ -793,6 +1164,10 @@ def main() -> int:
     p.add_argument("--out", help="write the JSON here instead of stdout")
     args = p.parse_args()
     args.batches = [int(x) for x in args.batches.split(",") if x.strip()]
+    try:
+        args.sizes = parse_sizes(args.sizes)
+    except ValueError as e:
+        p.error(f"--sizes: {e}")
     if args.iters < 1 or args.warmup < 1:
         p.error("--iters and --warmup must be at least 1")
 

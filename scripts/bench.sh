@@ -1,27 +1,32 @@
 #!/usr/bin/env bash
-# Issue 5's benchmarks, on the GPU machine, from the repository root (about 5 minutes on an H100):
+# Issues 15's and 5's benchmarks, on the GPU machine, from the repository root, within one device
+# command (the device tool allows 600 s; BENCH_BUDGET_S keeps the whole script under it):
 #
 #   bash scripts/bench.sh
 #
 # Needs gpu-bundle/ (built here by scripts/gpu.sh: decode_bench, driver_floor, run.sh) and a
 # python3 with torch (CUDA). With the device tool: `bash scripts/bench.sh`, carry ["gpu-bundle"].
-# Writes into $OUT (the device tool's output folder), else ./bench-out:
+# Order: the required steps first, then extras while the budget allows:
 #   ours.json, ours_second.json   decode_bench --json, twice (the second start finds the kernel
 #                                 cache warm)
-#   floor.json                    driver_floor --json
-#   torch_default.json, torch_gc.json   benches/peer_torch.py --mode default | gc, fresh processes
-#   torch_vllm.json, torch_default_hf.json   extras, run only while time is left
+#   floor.json                    driver_floor --json, for our node count
+#   torch_compile.json            benches/peer_torch.py --mode compile (issue 15's peer; cold
+#                                 Inductor cache, so it is the longest step)
+#   torch_default.json            benches/peer_torch.py --mode default (issue 5's peer)
+#   torch_gc.json, torch_vllm.json, torch_default_hf.json   extras, each only while the budget
+#                                 still has room for it
 #   results/<gpu-slug>.json, README.md    benches/report.py's merge and tables: copy them into
 #                                 bench/results/ and bench/README.md
 #   *.log, device.txt
-# Environment: BUNDLE (default gpu-bundle), BENCH_BUDGET_S (default 330: extras start only while
-# at least 60 s of it are left), BENCH_SECOND_ARGS (decode_bench's arguments for the second start,
-# default "--iters 5 --batches 1": it is there for its start-up figures).
+# Every step's time limit is cut to what the budget has left (less a reserve for the report), so
+# the report always runs. Environment: BUNDLE (default gpu-bundle), OUT (default ./bench-out),
+# BENCH_BUDGET_S (default 560), BENCH_SECOND_ARGS (decode_bench's arguments for the second start,
+# default "--iters 5 --batches 1": it is there for its start-up and capture figures).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bundle=${BUNDLE:-gpu-bundle}
 out=${OUT:-$PWD/bench-out}
-budget=${BENCH_BUDGET_S:-330}
+budget=${BENCH_BUDGET_S:-560}
 read -r -a second_args <<<"${BENCH_SECOND_ARGS:---iters 5 --batches 1}"
 mkdir -p "$out"
 export NCCL_NVLS_ENABLE=0
@@ -43,12 +48,27 @@ done
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1 | tee -a "$out/device.txt"
 
-# step NAME LIMIT_S CMD...: runs CMD with a time limit, its output in $out/NAME.log.
+# Seconds kept back for the report and for `timeout --kill-after` of the step running last.
+reserve=25
+# limit WANT_S: WANT_S, or less when the budget has less left (0: no time left).
+limit() {
+  local left=$((budget - reserve - SECONDS))
+  if [ "$left" -lt 10 ]; then echo 0; elif [ "$left" -lt "$1" ]; then echo "$left"; else echo "$1"; fi
+}
+
+# step NAME WANT_S CMD...: runs CMD with a time limit (WANT_S, cut to the budget), its output in
+# $out/NAME.log. A required step that finds no time left fails the script.
 step() {
-  local name=$1 limit=$2 t=$SECONDS rc
+  local name=$1 want=$2 t=$SECONDS rc lim
   shift 2
-  echo "== $name: $*"
-  timeout --kill-after=10 "$limit" "$@" >"$out/$name.log" 2>&1
+  lim=$(limit "$want")
+  if [ "$lim" -eq 0 ]; then
+    echo "== $name: not run, no time left (${SECONDS} s of a ${budget} s budget used)"
+    status=1
+    return 1
+  fi
+  echo "== $name (limit ${lim} s): $*"
+  timeout --kill-after=10 "$lim" "$@" >"$out/$name.log" 2>&1
   rc=$?
   echo "   $name: exit $rc after $((SECONDS - t)) s"
   if [ $rc -ne 0 ]; then
@@ -57,50 +77,55 @@ step() {
   fi
   return $rc
 }
-# ours NAME LIMIT_S BIN ARGS...: one of our binaries, with its LD_LIBRARY_PATH.
+# ours NAME WANT_S BIN ARGS...: one of our binaries, with its LD_LIBRARY_PATH.
 ours() {
-  local name=$1 limit=$2 bin=$3
+  local name=$1 want=$2 bin=$3
   shift 3
   if [ ! -x "$bundle/$bin" ]; then
     echo "== $name: $bundle/$bin is missing (build it with scripts/gpu.sh)"
     status=1
     return 1
   fi
-  step "$name" "$limit" env LD_LIBRARY_PATH="$ours_ld" "$bundle/$bin" "$@"
+  step "$name" "$want" env LD_LIBRARY_PATH="$ours_ld" "$bundle/$bin" "$@"
+}
+# extra NAME NEED_S WANT_S JSON ARGS...: an optional peer run, started only when at least NEED_S
+# of the budget are left; succeeds when its JSON was written (the caller then passes it on).
+extra() {
+  local name=$1 need=$2 want=$3 json=$4
+  shift 4
+  if [ $((SECONDS + need + reserve)) -gt "$budget" ]; then
+    echo "== $name: skipped (${SECONDS} s of a ${budget} s budget used; it needs about ${need} s)"
+    return 1
+  fi
+  step "$name" "$want" python3 benches/peer_torch.py "$@" --out "$json"
 }
 
 # First start with an empty kernel cache, second start with the cache the first one filled.
 export CUDAGRAPH_CACHE_DIR="$out/kernel-cache.$$"
 rm -rf "$CUDAGRAPH_CACHE_DIR"
-ours decode_bench 150 decode_bench --json "$out/ours.json"
+ours decode_bench 150 decode_bench --growth --json "$out/ours.json"
 ours decode_bench_second 120 decode_bench --json "$out/ours_second.json" "${second_args[@]}"
 # The floor for our node count: the kernel nodes of our batch-1 graph, when decode_bench said.
 nodes=$(python3 -c 'import json, sys; print(int(json.load(open(sys.argv[1]))["kernels_per_forward"]))' \
   "$out/ours.json" 2>/dev/null || true)
 ours driver_floor 90 driver_floor --json "$out/floor.json" ${nodes:+--nodes "$nodes"}
+# Required peers: torch.compile (issue 15; a cold compile, the longest step), then the default.
+step torch_compile 300 python3 benches/peer_torch.py --mode compile --out "$out/torch_compile.json"
 step torch_default 150 python3 benches/peer_torch.py --mode default --out "$out/torch_default.json"
-step torch_gc 150 python3 benches/peer_torch.py --mode gc --out "$out/torch_gc.json"
 
+gc_arg=()
 extras=()
-if [ $((SECONDS + 60)) -le "$budget" ]; then
-  step torch_vllm 90 python3 benches/peer_torch.py --mode vllm --out "$out/torch_vllm.json" &&
-    extras+=(--torch-extra "$out/torch_vllm.json")
-else
-  echo "== torch_vllm: skipped (${SECONDS} s of a ${budget} s budget used)"
-fi
-if [ $((SECONDS + 60)) -le "$budget" ]; then
-  step torch_default_hf 90 python3 benches/peer_torch.py --mode default --kv-layout hf \
-    --out "$out/torch_default_hf.json" && extras+=(--torch-extra "$out/torch_default_hf.json")
-else
-  echo "== torch_default_hf: skipped (${SECONDS} s of a ${budget} s budget used)"
-fi
+extra torch_gc 70 120 "$out/torch_gc.json" --mode gc && gc_arg=(--torch-gc "$out/torch_gc.json")
+extra torch_vllm 60 90 "$out/torch_vllm.json" --mode vllm && extras+=(--torch-extra "$out/torch_vllm.json")
+extra torch_default_hf 60 90 "$out/torch_default_hf.json" --mode default --kv-layout hf &&
+  extras+=(--torch-extra "$out/torch_default_hf.json")
 
 # The report keeps bench/README.md's text around its results section.
 [ -f bench/README.md ] && cp bench/README.md "$out/README.md"
 python3 benches/report.py \
   --ours "$out/ours.json" --ours-second "$out/ours_second.json" --floor "$out/floor.json" \
-  --torch-default "$out/torch_default.json" --torch-gc "$out/torch_gc.json" \
-  ${extras[@]+"${extras[@]}"} --device-txt "$out/device.txt" \
+  --torch-compile "$out/torch_compile.json" --torch-default "$out/torch_default.json" \
+  ${gc_arg[@]+"${gc_arg[@]}"} ${extras[@]+"${extras[@]}"} --device-txt "$out/device.txt" \
   --results-dir "$out/results" --readme "$out/README.md" || status=1
 echo "bench: done in ${SECONDS} s, exit $status; copy $out/results/*.json to bench/results/ and $out/README.md to bench/README.md"
 exit $status
