@@ -35,6 +35,10 @@ extern crate self as cudagraph;
 pub use cudagraph_macros::cuda_graph;
 pub use cudagraph_runtime::*;
 
+/// The `half` crate, for bf16/f16 host values (`rt.upload(&[half::bf16::from_f32(1.0)], ..)`,
+/// `rt.download::<half::bf16>(&t)`): re-exported so a user crate needs no dependency of its own.
+pub use half;
+
 /// CUDA kernels and their safe launchers.
 pub use cudagraph_kernels as kernels;
 /// The ops a model's forward calls (`linear`, `rms_norm`, `attention_decode`, ...).
