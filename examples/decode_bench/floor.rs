@@ -49,7 +49,7 @@ extern "C" __global__ void empty(const uint4* a, unsigned long long n, unsigned 
 pub fn memory_floor_us(rt: &Runtime, bytes: usize) -> Result<f64> {
     let words = bytes / 16;
     let data = rt.zeros(&[words * 8], DType::BF16)?;
-    let blocks = 132 * 8;
+    let blocks = rt.sm_count() * 8;
     let partial = rt.zeros(&[blocks], DType::F32)?;
     let func = rt.function(&STREAM, "stream_read")?;
     let cfg = LaunchConfig {
@@ -132,8 +132,9 @@ pub fn growth(rt: &Runtime, cfg: &LlamaConfig) -> Result<Vec<GrowthRow>> {
     Ok(rows)
 }
 
-/// Median host time (µs) of enqueueing one empty kernel (three arguments), the GPU kept busy:
-/// the launch cost inside one `run()` that is not the graph launch.
+/// Median host time (µs) of enqueueing one empty kernel (three arguments), in rounds of ten
+/// launches after a synchronize (the first of a round finds the GPU idle): the launch cost that
+/// `run()` pays for its input copy, besides the graph launch.
 pub fn kernel_launch_host_us(rt: &Runtime) -> Result<f64> {
     let func = rt.function(&STREAM, "empty")?;
     let cfg = LaunchConfig {

@@ -251,7 +251,66 @@ mod tests {
                     "module `{}`: no entry `{function}` in the PTX",
                     module.name
                 );
+                if let Err(at) = waits_before_memory(&ptx, function) {
+                    panic!(
+                        "module `{}`: `{function}` does `{at}` before `griddepcontrol.wait` \
+                         (programmatic dependent launch needs the wait first)",
+                        module.name
+                    );
+                }
             }
         }
+    }
+
+    /// Whether the PTX entry `function` executes `griddepcontrol.wait` before its first memory
+    /// access, branch or call (`ld` other than `ld.param`, `st`, `prefetch`, `atom`, `red`,
+    /// `cp.async`, `tex`, `bra`, `call`); `Err` names the first such instruction.
+    fn waits_before_memory(ptx: &str, function: &str) -> Result<(), String> {
+        let start = ptx
+            .find(&format!(".entry {function}("))
+            .ok_or_else(|| "no entry".to_string())?;
+        let body = &ptx[start..];
+        let body = &body[body.find('{').unwrap_or(0)..];
+        for line in body.lines() {
+            let line = line.trim();
+            if line.contains("griddepcontrol.wait") {
+                return Ok(());
+            }
+            // `@%p1 bra $L__BB0_2;`: skip a predicate, take the opcode.
+            let mut tokens = line.split_whitespace();
+            let mut op = tokens.next().unwrap_or("");
+            if op.starts_with('@') {
+                op = tokens.next().unwrap_or("");
+            }
+            let touches = [
+                "ld.", "st.", "prefetch", "atom", "red.", "cp.async", "tex.", "bra", "call",
+            ]
+            .iter()
+            .any(|p| op.starts_with(p))
+                && !op.starts_with("ld.param");
+            if touches {
+                return Err(line.to_string());
+            }
+            if line == "}" {
+                break;
+            }
+        }
+        Err("no griddepcontrol.wait".to_string())
+    }
+
+    /// The check above catches a load before the wait (the unit test of the checker itself).
+    #[test]
+    fn the_wait_check_catches_an_early_load() {
+        let early = ".entry k(\n.param .u64 p\n)\n{\nld.param.u64 %rd1, [p];\nld.global.nc.u32 %r1, [%rd1];\ngriddepcontrol.wait;\nret;\n}\n";
+        assert!(
+            waits_before_memory(early, "k")
+                .unwrap_err()
+                .starts_with("ld.global")
+        );
+        let late = ".entry k(\n.param .u64 p\n)\n{\nld.param.u64 %rd1, [p];\ngriddepcontrol.launch_dependents;\ngriddepcontrol.wait;\nld.global.nc.u32 %r1, [%rd1];\nret;\n}\n";
+        assert!(waits_before_memory(late, "k").is_ok());
+        let branch = ".entry k(\n)\n{\n@%p1 bra $L__BB0_2;\ngriddepcontrol.wait;\n}\n";
+        assert!(waits_before_memory(branch, "k").is_err());
+        assert!(waits_before_memory(".entry k(\n)\n{\nret;\n}\n", "k").is_err());
     }
 }

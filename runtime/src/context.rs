@@ -45,6 +45,8 @@ pub struct Runtime {
     cc: (i32, i32),
     /// Streaming multiprocessors of the device.
     sm_count: usize,
+    /// The most dynamic shared memory one block may opt in to, in bytes.
+    shared_mem_optin: usize,
     /// Programmatic dependent launch for the kernels crate's launches (see
     /// [`dependent_launch`](crate::dependent_launch)).
     dependent_launch: Cell<bool>,
@@ -87,6 +89,10 @@ impl Runtime {
         let sm_count = usize::try_from(attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?)
             .unwrap_or(1)
             .max(1);
+        let shared_mem_optin = usize::try_from(attribute(
+            A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+        )?)
+        .unwrap_or(0);
         Ok(Self {
             ctx,
             stream,
@@ -101,6 +107,7 @@ impl Runtime {
             gemm: Cell::new(GemmBackend::from_env()),
             cc,
             sm_count,
+            shared_mem_optin,
             dependent_launch: Cell::new(crate::dependent_launch::from_env(cc.0)),
         })
     }
@@ -138,6 +145,12 @@ impl Runtime {
     /// The device's streaming multiprocessors (132 on an H200).
     pub fn sm_count(&self) -> usize {
         self.sm_count
+    }
+
+    /// The most dynamic shared memory one block may opt in to on this device, in bytes (227 KiB
+    /// on an H100 or H200, 99 KiB on an L40S, 163 KiB on an A100).
+    pub fn max_shared_memory_per_block_optin(&self) -> usize {
+        self.shared_mem_optin
     }
 
     /// The device's name.

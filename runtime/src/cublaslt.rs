@@ -288,10 +288,12 @@ pub(crate) fn check_algo(
 ) -> Result<usize, LtError> {
     let algo = to_algo(algo);
     let mut result = MaybeUninit::<sys::cublasLtMatmulHeuristicResult_t>::zeroed();
-    // SAFETY: every object is live; `algo` is 64 bytes the library wrote for this library
-    // version (a heuristic result, or the on-disk table of this exact library version, which
-    // cuBLASLt documents as trivially serializable); the library validates it against the
-    // operation and only reads it. Host-only.
+    // SAFETY: every object is live; `algo` is 64 bytes of a heuristic result, or read from the
+    // on-disk table, whose header names this exact library version and GPU (cuBLASLt documents
+    // the struct as trivially serializable for one version). The file is trusted as the
+    // kernel-cache folder's CUBINs are, which are loaded as code: whoever can write that folder
+    // can run code in this process either way. This call is the library's own validation of
+    // the struct against the operation, and it only reads it. Host-only.
     check("cublasLtMatmulAlgoCheck", unsafe {
         sys::cublasLtMatmulAlgoCheck(
             handle.0,

@@ -9,9 +9,9 @@
 //! the programmatic edges (CUDA 12.3 and later).
 //!
 //! Only launches through the kernels crate's `ffi::launch` get the attribute, and every kernel
-//! of that crate waits before touching memory (a unit test checks each source; the GPU suite
-//! runs graphs against eager with it on), so either setting is correct; the setting only
-//! changes speed. A runtime starts from `CUDAGRAPH_PDL`
+//! of that crate waits before touching memory (a unit test reads each kernel's PTX and fails on
+//! a load, store, prefetch, branch or call before the wait), so either setting is correct; the
+//! setting only changes speed. A runtime starts from `CUDAGRAPH_PDL`
 //! (`auto`: on for compute capability 9.0 and later; `on`; `off`), and
 //! [`Runtime::set_dependent_launch`](crate::Runtime::set_dependent_launch) changes it. A
 //! captured graph keeps the launches it was recorded with.

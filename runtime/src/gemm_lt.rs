@@ -200,10 +200,11 @@ impl LtGemm {
         self.stats.set(stats);
     }
 
-    /// Makes sure a plan for `geo` exists.
-    fn plan(&self, geo: Geometry) -> Result<()> {
+    /// Makes sure a plan for `geo` exists; `false` when no algorithm passes the check for it
+    /// (the caller then runs `cublasGemmEx` instead).
+    fn plan(&self, geo: Geometry) -> Result<bool> {
         if self.plans.borrow().contains_key(&geo) {
-            return Ok(());
+            return Ok(true);
         }
         let started = Instant::now();
         let layouts = geo.layouts(geo.n).map_err(lt_error)?;
@@ -213,23 +214,32 @@ impl LtGemm {
             .filter(|stored| self.valid(&layouts, &stored.algo));
         if algo.is_none() {
             self.update(|s| s.exact_shapes += 1);
+            let exact = NChoice::Exact(geo.n);
             algo = self
-                .algorithm(geo, NChoice::Exact(geo.n))?
+                .algorithm(geo, exact)?
                 .filter(|stored| self.valid(&layouts, &stored.algo));
+            if algo.is_none() {
+                // The exact entry failed the check: if it came from the file, it is dropped and
+                // the heuristic asked afresh, so a bad entry on disk never sticks.
+                if self.table.borrow_mut().remove(&geo.key(exact)).is_some() {
+                    self.dirty.set(true);
+                }
+                algo = self
+                    .algorithm(geo, exact)?
+                    .filter(|stored| self.valid(&layouts, &stored.algo));
+            }
         }
         let Some(stored) = algo else {
-            return Err(Error::Cublas {
-                call: "cublasLtMatmulAlgoGetHeuristic",
-                message: format!(
-                    "no algorithm for a bf16 TN GEMM m={} n={} k={} ld={:?} align={:?} within a {} MiB workspace",
-                    geo.m,
-                    geo.n,
-                    geo.k,
-                    geo.ld,
-                    geo.align,
-                    CUBLAS_WORKSPACE_BYTES >> 20
-                ),
-            });
+            tracing::warn!(
+                "no cuBLASLt algorithm for a bf16 TN GEMM m={} n={} k={} ld={:?} align={:?} within a {} MiB workspace; using cublasGemmEx",
+                geo.m,
+                geo.n,
+                geo.k,
+                geo.ld,
+                geo.align,
+                CUBLAS_WORKSPACE_BYTES >> 20
+            );
+            return Ok(false);
         };
         self.plans.borrow_mut().insert(
             geo,
@@ -242,7 +252,7 @@ impl LtGemm {
             s.plans += 1;
             s.plan_time += started.elapsed();
         });
-        Ok(())
+        Ok(true)
     }
 
     /// Whether `algo` runs `layouts` within the workspace.
@@ -391,7 +401,9 @@ impl Runtime {
         self.raw_context()
             .bind_to_thread()
             .map_err(Error::driver("cuCtxSetCurrent"))?;
-        lt.plan(geo)?;
+        if !lt.plan(geo)? {
+            return Ok(LtOutcome::Unavailable);
+        }
         if lt.dirty.get() && !self.is_capturing() {
             lt.flush();
         }

@@ -511,6 +511,10 @@ fn small_batch_linear_and_fused_ops_match_reference() -> Result<()> {
         (2, 1000, 100),
         (1, 1000, 100),
         (4, 1000, 100),
+        (2, 288, 100),
+        (2, 96, 13),
+        (2, 4128, 1001),
+        (1, 4128, 1001),
         (7, 1024, 2048),
         (8, 1024, 151_936 / 8),
         (13, 1024, 512),
@@ -689,5 +693,43 @@ fn rope_attention_matches_the_unfused_ops_bit_for_bit() -> Result<()> {
         }
     }
     println!("rope_attention_matches_the_unfused_ops_bit_for_bit: {cases} cases");
+    Ok(())
+}
+
+/// Programmatic dependent launch is on by default from sm_90 on, and a kernel right after the
+/// one that writes its input sees the new values: `fill_uniform` into a weight, then at once a
+/// one-row `linear` (the GEMV) reading it, against the host reference, many times over.
+#[test]
+fn a_kernel_sees_what_the_kernel_before_it_wrote() -> Result<()> {
+    let Some(rt) = gpu("a_kernel_sees_what_the_kernel_before_it_wrote") else {
+        return Ok(());
+    };
+    let pdl_env = std::env::var(cudagraph::dependent_launch::PDL_ENV).ok();
+    if pdl_env.is_none() && rt.compute_capability().0 >= 9 {
+        assert!(
+            rt.dependent_launch(),
+            "PDL is on by default on sm_90 and later"
+        );
+    }
+    let mut rng = Rng(fresh_seed("a_kernel_sees_what_the_kernel_before_it_wrote"));
+    let (k, n) = (1024, 2048);
+    let (x, xr) = upload_bf16(&rt, &rng.vec(k, -1.0, 1.0), &[1, k])?;
+    let w = rt.alloc(&[n, k], DType::BF16)?;
+    for round in 0..50 {
+        let seed = rng.next_u64();
+        ops::fill_uniform(&rt, &w, seed, -0.1, 0.1)?;
+        let y = ops::linear(&rt, &x, &w)?; // launched right behind the fill
+        let wr = r::round_bf16_slice(&r::uniform_vec(seed, n * k, -0.1, 0.1));
+        assert_close(
+            &format!("round {round}: linear right after fill_uniform"),
+            &download_f32(&rt, &y)?,
+            &r::linear_ref(&xr, &wr, None, k),
+            KERNEL_TOL,
+        );
+    }
+    println!(
+        "a_kernel_sees_what_the_kernel_before_it_wrote: 50 rounds, PDL {}",
+        rt.dependent_launch()
+    );
     Ok(())
 }

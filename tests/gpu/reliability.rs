@@ -22,13 +22,13 @@ const SOURCE: &str = include_str!("reliability.rs");
 const SIZES: [usize; 6] = [1, 2, 4, 8, 16, 32];
 
 /// `rt` usable after a failure: an eager linear on fresh data matches the host reference.
-/// An eager linear layer still matches the reference, through both of its kernels: 5 rows (the
-/// small-batch kernel) and 40 rows (the GEMM backend). Run before a measurement of free memory
-/// too, so that both are initialised (cuBLAS's handle and workspace are allocated at first use,
-/// once per runtime, and are not a leak).
+/// An eager linear layer still matches the reference, through each of its kernels: 1 and 2 rows
+/// (the small-batch kernels) and 40 rows (the GEMM backend). Run before a measurement of free
+/// memory too, so that all are initialised (cuBLAS's handle and workspace are allocated at first
+/// use, once per runtime, and are not a leak).
 fn eager_still_correct(rt: &Runtime, rng: &mut Rng) -> Result<()> {
     let (w, wr) = upload_bf16(rt, &rng.vec(HIDDEN * HIDDEN, -0.2, 0.2), &[HIDDEN, HIDDEN])?;
-    for rows in [5, 40] {
+    for rows in [1, 2, 40] {
         let (x, xr) = upload_bf16(rt, &rng.vec(rows * HIDDEN, -1.0, 1.0), &[rows, HIDDEN])?;
         let y = ops::linear(rt, &x, &w)?;
         assert_close(

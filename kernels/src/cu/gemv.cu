@@ -4,10 +4,10 @@
 // GEMV_MAX_ROWS rows, bf16 in and out, f32 accumulation rounded once (then once more after the
 // bias, as an unfused GEMM + bias add rounds).
 //
-// Why our own kernel: a decode step at batch <= 8 is bound by reading the weights once. cuBLAS
-// at m = 1 streams these shapes at about 1.35 TB/s on an H200 (issue 15), and it runs its
-// heuristic the first time it sees each (m, n, k), which dominated a first capture. This kernel
-// keeps many 16-byte weight loads in flight per lane and needs no per-shape choice.
+// Why our own kernel: a decode step at batch 1 or 2 is bound by reading the weights once. On an
+// H200 cuBLAS streams the large projections about as fast (lm_head at m = 1: 77 µs, 4 TB/s) but
+// is slow on the small ones (a 1024 x 1024 projection: 7.5 µs against 2.2 µs here; see
+// bench/NOTES.md), and it cannot compute the norm or activation in front of the projection.
 //
 // A prologue computes the input rows once per block into shared memory (bf16, [rows][k]), so a
 // norm or an activation before the projection costs no kernel of its own:
@@ -39,6 +39,9 @@
 
 #define GEMV_MAX_ROWS 8
 #define GEMV_WARPS 8
+
+// The kernels' dynamic shared memory (one declaration for the module).
+extern __shared__ __align__(16) unsigned char gemv_smem[];
 
 #define GEMV_COPY 0
 #define GEMV_RMS 1
@@ -217,7 +220,10 @@ __device__ void gemv_body(
     int mode,
     float eps)
 {
-    extern __shared__ __align__(16) unsigned char gemv_smem[];
+    PDL_LAUNCH_DEPENDENTS();
+    // Wait before anything else, weight loads included: a kernel just before this one may have
+    // written them (a weight update is a kernel like any other).
+    PDL_WAIT();
     const uint4* xs = (const uint4*)gemv_smem;
     const int kv = k / 8;
     const int lane = threadIdx.x & 31;
@@ -225,10 +231,6 @@ __device__ void gemv_body(
     const int per_tile = GEMV_WARPS * OUTS;
     const int tiles = (outs + per_tile - 1) / per_tile;
 
-    PDL_LAUNCH_DEPENDENTS();
-    // Wait before any load, weights included: a kernel just before this one may have written
-    // them (a weight update is a kernel like any other).
-    PDL_WAIT();
     uint4 wv[OUTS][UNROLL];
     bool preloaded = false;
     {
@@ -365,7 +367,8 @@ extern "C" __global__ void gemv_mma_bf16(
     const bf16_t* __restrict__ w, const bf16_t* __restrict__ bias, bf16_t* __restrict__ y,
     int rows, int outs, int k, int mode, float eps)
 {
-    extern __shared__ __align__(16) unsigned char gemv_smem[];
+    PDL_LAUNCH_DEPENDENTS();
+    PDL_WAIT();  // before anything else (see prelude.cuh)
     const uint4* xs = (const uint4*)gemv_smem;
     float2* partial = (float2*)(gemv_smem + (size_t)rows * k * sizeof(bf16_t));
     const int kv = k / 8;
@@ -378,8 +381,6 @@ extern "C" __global__ void gemv_mma_bf16(
     // This warp's k steps: warp, warp + GEMV_WARPS, ...
     const int my_steps = steps > warp ? (steps - warp + GEMV_WARPS - 1) / GEMV_WARPS : 0;
 
-    PDL_LAUNCH_DEPENDENTS();
-    PDL_WAIT();
     uint4 wv[GEMV_MMA_UNROLL];
     const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
     // Loads batch `batch` (GEMV_MMA_UNROLL of this warp's steps) of weight row g of `tile`.

@@ -15,8 +15,15 @@ pub const MAX_HEAD_DIM: usize = 256;
 /// in shared memory (`T` floats per block).
 pub const MAX_ATTENTION_CONTEXT: usize = 8192;
 
-/// Threads per block of the decode-attention kernel.
+/// Threads per block of the decode-attention kernels.
 pub(super) const ATTENTION_BLOCK: u32 = 256;
+
+// The fused kernel's warps 0, 1 and 2 rotate q, rotate k and copy v side by side.
+const _: () = assert!(ATTENTION_BLOCK >= 96 && ATTENTION_BLOCK % 32 == 0);
+
+/// Static shared memory of the attention kernels at most: the reduction scratch (32 floats) and
+/// the fused kernel's three bf16 head buffers (`MAX_HEAD_DIM_CU` each).
+const ATTENTION_STATIC_SHARED: usize = 32 * 4 + 3 * MAX_HEAD_DIM * 2;
 
 /// Dynamic shared memory a kernel may use without opting in to more.
 pub(super) const DEFAULT_SHARED_MEM_LIMIT: usize = 48 * 1024;
@@ -227,7 +234,7 @@ pub(super) fn attention_launch(
         ));
     }
     let shared = attention_shared_bytes(cfg.head_dim, max_t)
-        .filter(|&bytes| bytes <= DEFAULT_SHARED_MEM_LIMIT)
+        .filter(|&bytes| bytes + ATTENTION_STATIC_SHARED <= DEFAULT_SHARED_MEM_LIMIT)
         .and_then(|bytes| u32::try_from(bytes).ok())
         .ok_or_else(|| Error::invalid(op, "the attention scores do not fit in shared memory"))?;
     check::grid_2d(
@@ -367,9 +374,21 @@ mod tests {
     }
 
     #[test]
+    fn the_kernels_head_buffers_match_max_head_dim() {
+        let source = crate::modules::ATTENTION.source;
+        assert!(
+            source.contains(&format!("#define MAX_HEAD_DIM_CU {MAX_HEAD_DIM}\n")),
+            "attention.cu's MAX_HEAD_DIM_CU must equal MAX_HEAD_DIM ({MAX_HEAD_DIM})"
+        );
+    }
+
+    #[test]
     fn shared_memory_fits_at_the_limits() {
         let bytes = attention_shared_bytes(MAX_HEAD_DIM, MAX_ATTENTION_CONTEXT).unwrap();
-        assert!(bytes <= DEFAULT_SHARED_MEM_LIMIT, "{bytes}");
+        assert!(
+            bytes + ATTENTION_STATIC_SHARED <= DEFAULT_SHARED_MEM_LIMIT,
+            "{bytes}"
+        );
         assert_eq!(
             attention_shared_bytes(64, 10).unwrap(),
             (64 + 10 + 256 * 8) * 4

@@ -28,9 +28,8 @@ const GEMV_OUTS_PER_TILE: usize = 8;
 /// Bytes of the tensor-core kernel's partial sums after the staged rows (8 warps x 32 float2).
 const MMA_PARTIAL_BYTES: usize = 8 * 32 * 8;
 
-/// Dynamic shared memory a block may hold once the kernel opts in (an H100 or H200 allows
-/// 227 KiB; 200 KiB leaves room for the static part).
-const SHARED_MEM_OPT_IN: usize = 200 * 1024;
+/// Bytes of the opt-in limit left for static shared memory and the driver's reserve.
+const SHARED_MEM_RESERVE: usize = 4 * 1024;
 
 /// Threads per block: `GEMV_WARPS` (8) warps.
 const GEMV_THREADS: u32 = 32 * 8;
@@ -100,11 +99,20 @@ pub(crate) struct GemvSizes {
 }
 
 /// Dynamic shared memory of one launch (the staged input rows, bf16, and the tensor-core
-/// kernel's partial sums), or `None` when it exceeds what a block can opt in to.
-fn shared_bytes(sizes: GemvSizes) -> Option<usize> {
+/// kernel's partial sums), or `None` when it exceeds `limit` (the device's opt-in maximum,
+/// less a reserve).
+fn shared_bytes(sizes: GemvSizes, limit: usize) -> Option<usize> {
     let rows = sizes.rows.checked_mul(sizes.ins)?.checked_mul(2)?;
     let total = rows.checked_add(if sizes.rows > 1 { MMA_PARTIAL_BYTES } else { 0 })?;
-    (total <= SHARED_MEM_OPT_IN).then_some(total)
+    (total <= limit).then_some(total)
+}
+
+/// The dynamic shared memory the kernels may use on `rt`'s device: its opt-in maximum less
+/// [`SHARED_MEM_RESERVE`], and never less than the default 48 KiB.
+fn shared_limit(rt: &Runtime) -> usize {
+    rt.max_shared_memory_per_block_optin()
+        .saturating_sub(SHARED_MEM_RESERVE)
+        .max(SHARED_MEM_DEFAULT)
 }
 
 /// Whether a kernel can run these sizes on these tensors: few enough rows, rows that fit in
@@ -123,7 +131,7 @@ pub(crate) fn eligible(
         && mma_ok
         && sizes.ins % 8 == 0
         && sizes.outs > 0
-        && shared_bytes(sizes).is_some()
+        && shared_bytes(sizes, shared_limit(rt)).is_some()
         && aligned(x)
         && aligned(w)
         && prologue.chunked().into_iter().flatten().all(aligned)
@@ -143,7 +151,8 @@ pub(crate) fn launch_gemv(
     (w, bias): (&Tensor, Option<&Tensor>),
     y: &Tensor,
 ) -> Result<()> {
-    let shared = shared_bytes(sizes)
+    let limit = shared_limit(rt);
+    let shared = shared_bytes(sizes, limit)
         .and_then(|b| u32::try_from(b).ok())
         .ok_or_else(|| {
             cudagraph_runtime::Error::invalid(op, "the small-batch rows do not fit shared memory")
@@ -151,9 +160,11 @@ pub(crate) fn launch_gemv(
     let name = kernel(sizes.rows);
     let func = rt.function(&GEMV, name)?;
     if shared as usize > SHARED_MEM_DEFAULT {
+        // Always the same value (the device's limit), so a smaller launch never lowers what an
+        // earlier, larger one (perhaps captured in a graph) opted in to.
         func.set_attribute(
             CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            i32::try_from(shared).unwrap_or(i32::MAX),
+            i32::try_from(limit).unwrap_or(i32::MAX),
         )
         .map_err(cudagraph_runtime::Error::driver("cuFuncSetAttribute"))?;
     }
@@ -224,13 +235,21 @@ mod tests {
     }
 
     #[test]
-    fn shared_memory_is_bounded_by_the_default_limit() {
+    fn shared_memory_is_bounded_by_the_device_limit() {
+        let h200 = 227 * 1024 - SHARED_MEM_RESERVE;
         // One row: the staged row only. More: the partial sums after it.
-        assert_eq!(shared_bytes(sizes(1, 1024)), Some(2048));
-        assert_eq!(shared_bytes(sizes(8, 3072)), Some(48 * 1024 + 2048));
-        // Eight rows of an 8B model's MLP activation (12288) fit the opt-in limit.
-        assert_eq!(shared_bytes(sizes(8, 12288)), Some(8 * 12288 * 2 + 2048));
-        assert_eq!(shared_bytes(sizes(8, 16384)), None);
-        assert_eq!(shared_bytes(sizes(usize::MAX, 2)), None);
+        assert_eq!(shared_bytes(sizes(1, 1024), h200), Some(2048));
+        assert_eq!(shared_bytes(sizes(8, 3072), h200), Some(48 * 1024 + 2048));
+        // Eight rows of an 8B model's MLP activation (12288) fit an H200, not an L40S (99 KiB).
+        assert_eq!(
+            shared_bytes(sizes(8, 12288), h200),
+            Some(8 * 12288 * 2 + 2048)
+        );
+        assert_eq!(
+            shared_bytes(sizes(8, 12288), 99 * 1024 - SHARED_MEM_RESERVE),
+            None
+        );
+        assert_eq!(shared_bytes(sizes(8, 16384), h200), None);
+        assert_eq!(shared_bytes(sizes(usize::MAX, 2), h200), None);
     }
 }
