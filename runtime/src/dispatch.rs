@@ -258,6 +258,17 @@ pub struct InputSpec<D = DType> {
 
 impl<D: Copy> InputSpec<D> {
     /// An input of `dtype` whose rows have shape `trailing` (empty for a vector of scalars).
+    ///
+    /// ```
+    /// use cudagraph_runtime::{DType, InputSpec};
+    /// let tokens = InputSpec::new(DType::U32, &[])?; // [n] token ids
+    /// let hidden = InputSpec::new(DType::BF16, &[1024])?; // [n, 1024] activations
+    /// # let _ = (tokens, hidden);
+    /// # Ok::<(), cudagraph_runtime::Error>(())
+    /// ```
+    ///
+    /// For an example tensor at hand, [`InputSpec::like`] takes its dtype and trailing
+    /// dimensions.
     pub fn new(dtype: D, trailing: &[usize]) -> Result<Self> {
         if trailing.len() + 1 > crate::shape::MAX_RANK {
             return Err(Error::invalid("InputSpec", "too many dimensions"));

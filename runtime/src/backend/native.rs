@@ -325,6 +325,29 @@ impl<'m, const N: usize, S: PartialEq + 'm> Runner<'m, N, S> {
     /// On error nothing is kept: graphs captured so far and the pool are freed, and the stream
     /// is out of capture mode (also when the forward panics: the panic then continues).
     ///
+    ///
+    /// Without the macro (what `#[cuda_graph]` generates calls this):
+    ///
+    /// ```no_run
+    /// use cudagraph_runtime::{DType, GraphPlan, InputSpec, Result, Runner, Runtime};
+    /// # fn main() -> Result<()> {
+    /// let rt = Runtime::new(0)?;
+    /// let plan = GraphPlan::new("copy_rows", &[1, 2, 4], 0)?;
+    /// let specs = [InputSpec::new(DType::F32, &[8])?];
+    /// // The forward: any work on the runtime's stream (here a device copy of its input).
+    /// let mut graphs = Runner::capture(&rt, plan, specs, (), |rt, [x], ()| {
+    ///     let y = rt.alloc(x.shape(), x.dtype())?;
+    ///     rt.copy(x, &y)?;
+    ///     Ok(y)
+    /// })?;
+    /// let x = rt.upload(&[1.5f32; 3 * 8], &[3, 8])?;
+    /// let out = graphs.run([&x])?; // 3 rows: the size-4 graph, padded
+    /// assert_eq!((out.size(), out.shape()), (Some(4), &[3, 8][..]));
+    /// let kept = out.to_owned()?; // a copy that outlives the next run
+    /// drop(out);
+    /// assert_eq!(rt.download::<f32>(&kept)?, vec![1.5f32; 3 * 8]);
+    /// # Ok(()) }
+    /// ```
     /// For another backend (plain cudarc, candle) see [`capture_on`](Self::capture_on).
     pub fn capture(
         rt: &'m Runtime,

@@ -404,6 +404,25 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
     /// Errors: an empty batch, inputs whose leading dimensions differ, a tensor of another
     /// device or stream, a size whose lazy capture failed earlier under
     /// [`OnCaptureError::Abort`], or any error of the replay or the eager function.
+    ///
+    /// Statics are the host values a graph froze in, passed as a tuple (one static: `(v,)`); a
+    /// runner with statics has no [`run`](Self::run):
+    ///
+    /// ```no_run
+    /// use cudagraph_runtime::{DType, GraphPlan, InputSpec, Result, Runner, Runtime};
+    /// # fn main() -> Result<()> {
+    /// let rt = Runtime::new(0)?;
+    /// let plan = GraphPlan::new("scaled", &[1, 2, 4], 0)?;
+    /// let specs = [InputSpec::new(DType::F32, &[8])?];
+    /// let mut graphs = Runner::capture(&rt, plan, specs, (0.5f32,), |rt, [x], (_scale,)| {
+    ///     // ... launch kernels that take `_scale` (a host value: frozen into the graph)
+    ///     rt.zeros(x.shape(), x.dtype())
+    /// })?;
+    /// let x = rt.zeros(&[2, 8], DType::F32)?;
+    /// assert!(graphs.run_with([&x], &(0.5,))?.replayed()); // the captured value: a replay
+    /// assert!(!graphs.run_with([&x], &(0.7,))?.replayed()); // another value: runs eagerly
+    /// # Ok(()) }
+    /// ```
     pub fn run_with(&mut self, inputs: [&B::Tensor; N], statics: &S) -> Result<Output<'_, B>> {
         let function = self.core.plan.function;
         if self.core.released {
