@@ -17,7 +17,7 @@ use cudagraph_runtime::{DType, Error, Result, Runtime, Tensor};
 use super::check;
 use super::gemv::{self, GemvSizes, Prologue};
 use super::linear::{check_bias, check_weight, linear_impl, linear_sizes};
-use super::norm::check_weight_eps;
+use super::norm::{check_residual_delta, check_weight_eps};
 use super::{add_rms_norm, rms_norm, silu_mul};
 
 /// `linear(rms_norm(x, norm_weight, eps), w) (+ bias)`.
@@ -80,17 +80,7 @@ pub fn add_rms_norm_linear(
 ) -> Result<(Tensor, Tensor)> {
     const OP: &str = "add_rms_norm_linear";
     rt.enter_op(OP);
-    check::tensor(rt, OP, "delta", delta, DType::BF16)?;
-    if residual.shape() != delta.shape() {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "`residual` {:?} and `delta` {:?} must have the same shape",
-                residual.shape(),
-                delta.shape()
-            ),
-        ));
-    }
+    check_residual_delta(rt, OP, residual, delta)?;
     let (sizes, dims) = linear_sizes(rt, OP, residual, w)?;
     check_weight_eps(rt, OP, norm_weight, sizes.ins, eps)?;
     if let Some(b) = bias {

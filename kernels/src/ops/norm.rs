@@ -34,6 +34,28 @@ pub(super) fn check_weight_eps(
     Ok(())
 }
 
+/// Checks a residual and the delta added to it: bf16 tensors of one shape.
+pub(super) fn check_residual_delta(
+    rt: &Runtime,
+    op: &'static str,
+    residual: &Tensor,
+    delta: &Tensor,
+) -> Result<()> {
+    check::tensor(rt, op, "residual", residual, DType::BF16)?;
+    check::tensor(rt, op, "delta", delta, DType::BF16)?;
+    if residual.shape() != delta.shape() {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "`residual` {:?} and `delta` {:?} must have the same shape",
+                residual.shape(),
+                delta.shape()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// RMS norm of each row: `y = x * rsqrt(mean(x^2) + eps) * weight`, in f32, rounded once to
 /// bf16.
 ///
@@ -88,18 +110,7 @@ pub fn add_rms_norm(
 ) -> Result<(Tensor, Tensor)> {
     const OP: &str = "add_rms_norm";
     rt.enter_op(OP);
-    check::tensor(rt, OP, "residual", residual, DType::BF16)?;
-    check::tensor(rt, OP, "delta", delta, DType::BF16)?;
-    if residual.shape() != delta.shape() {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "`residual` {:?} and `delta` {:?} must have the same shape",
-                residual.shape(),
-                delta.shape()
-            ),
-        ));
-    }
+    check_residual_delta(rt, OP, residual, delta)?;
     let (rows, hidden) = check::rows_and_last(OP, "residual", residual)?;
     check::nonempty(OP, rows)?;
     check_weight_eps(rt, OP, weight, hidden, eps)?;
