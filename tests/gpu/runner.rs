@@ -174,7 +174,18 @@ fn weights_updated_in_place_are_replayed() -> Result<()> {
         let after = download_f32(&rt, &out)?;
         drop(out);
         let eager = download_f32(&rt, &graphs.run_eager([&x], &())?)?;
-        assert_eq!(after, eager, "n = {n}: the replay reads the updated weight");
+        // A captured size runs the eager kernels: bit for bit. A padded one (3 rows in the
+        // size-4 graph) may pick another GEMM for 4 rows than for 3: close.
+        if graphs.sizes().contains(&n) {
+            assert_eq!(after, eager, "n = {n}: the replay reads the updated weight");
+        } else {
+            crate::common::assert_close(
+                &format!("n = {n}: the replay reads the updated weight"),
+                &after,
+                &eager,
+                8e-3,
+            );
+        }
         assert!(
             rel_error(&after, &before) > 1e-3,
             "n = {n}: new weights change the result"
