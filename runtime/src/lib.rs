@@ -63,7 +63,7 @@ pub use gemm_algo::n_bucket as gemm_n_bucket;
 pub use gemm_lt::{GemmLtProbe, ProbeAlgo, ProbeCheck};
 pub use kernel_cache::{KernelCacheStats, KernelModule, nvrtc_available};
 pub use pool::GraphPool;
-pub use runner::{EagerFn, MemoryEstimate, Output, RefreshError, RefreshReport, Runner};
+pub use runner::{EagerFn, MemoryEstimate, NoStatics, Output, RefreshError, RefreshReport, Runner};
 pub use shape::{MAX_RANK, MAX_TENSOR_BYTES, Shape};
 pub use stats::{FallbackReason, RunnerStats, SizeStats};
 pub use tensor::{Tensor, TensorView};

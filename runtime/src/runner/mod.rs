@@ -587,11 +587,39 @@ impl<'m, const N: usize, S, const F: u64, B: Backend> Runner<'m, N, S, F, B> {
     }
 }
 
-impl<const N: usize, const F: u64, B: Backend> Runner<'_, N, (), F, B> {
-    /// [`run_with`](Self::run_with) for a function without static arguments.
-    pub fn run(&mut self, inputs: [&B::Tensor; N]) -> Result<Output<'_, B>> {
-        self.run_with(inputs, &())
+impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B> {
+    /// [`run_with`](Self::run_with) for a function without static arguments (`S = ()`).
+    ///
+    /// On a runner whose function has `static_args`, calling `run` is a compile error that
+    /// says to call `run_with(inputs, &statics)` (see [`NoStatics`]).
+    pub fn run(&mut self, inputs: [&B::Tensor; N]) -> Result<Output<'_, B>>
+    where
+        S: NoStatics,
+    {
+        self.run_with(inputs, &S::NONE)
     }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for () {}
+}
+
+/// The statics type of a runner without static arguments: implemented for `()` only, so that
+/// [`Runner::run`] on a runner with statics fails to compile with a message naming
+/// [`run_with`](Runner::run_with) (instead of a bare "no method named `run`").
+#[diagnostic::on_unimplemented(
+    message = "this runner's function has static arguments (`{Self}`): call `run_with(inputs, &statics)`",
+    label = "`run` is only for functions without `static_args`",
+    note = "the statics are a tuple, one value per static, in `static_args` order: `graphs.run_with([&x], &(1e-5,))`"
+)]
+pub trait NoStatics: sealed::Sealed {
+    /// The value of no statics.
+    const NONE: Self;
+}
+
+impl NoStatics for () {
+    const NONE: Self = ();
 }
 
 /// The driver's graph-memory figures for `dev` (node mode), for stats: a failed query is
