@@ -47,7 +47,7 @@ fn main() -> Result<()> {
         out.replayed(),
         out.size()
     );
-    let values: Vec<bf16> = rt.download(&out)?; // a host copy: outlives the next run
+    let values = rt.download_f32(&out)?; // a host copy as f32: outlives the next run
     println!("first values: {:?}", &values[..4]);
     let stats = graphs.stats();
     println!(

@@ -401,6 +401,26 @@ impl Runtime {
         Ok(out)
     }
 
+    /// Copies a floating-point tensor (bf16 or f32) to the host as f32, whatever its dtype:
+    /// bf16 widens exactly. [`download`](Self::download) instead asks for the element type and
+    /// refuses another dtype; this is the call for "give me the numbers". An integer tensor is
+    /// an error naming its dtype.
+    #[track_caller]
+    pub fn download_f32(&self, t: &Tensor) -> Result<Vec<f32>> {
+        match t.dtype() {
+            DType::F32 => self.download::<f32>(t),
+            DType::BF16 => Ok(self
+                .download::<half::bf16>(t)?
+                .into_iter()
+                .map(half::bf16::to_f32)
+                .collect()),
+            other => Err(Error::invalid(
+                "download_f32",
+                format!("tensor is {other}, not a floating-point dtype (bf16 or f32)"),
+            )),
+        }
+    }
+
     /// Enqueues a copy of `src` into `dst` (same dtype and number of elements).
     pub fn copy(&self, src: &Tensor, dst: &Tensor) -> Result<()> {
         self.check_device("copy", src)?;

@@ -37,6 +37,21 @@ impl fmt::Display for OpSite {
 }
 
 /// Everything that can go wrong in the runtime.
+///
+/// Every fallible call returns it; none panics. A machine without a GPU gets
+/// [`NoDriver`](Error::NoDriver) (or [`NoDevice`](Error::NoDevice)) from
+/// [`Runtime::new`](crate::Runtime::new), which a program can tell apart from real failures:
+///
+/// ```
+/// use cudagraph_runtime::{Error, Runtime};
+///
+/// match Runtime::new(0) {
+///     Ok(rt) => println!("running on {}", rt.device_name().unwrap_or_default()),
+///     Err(Error::NoDriver(why)) => println!("no GPU here ({why}): nothing to run"),
+///     Err(Error::NoDevice { ordinal, count }) => println!("no device {ordinal} ({count} found)"),
+///     Err(other) => panic!("a real failure: {other}"),
+/// }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

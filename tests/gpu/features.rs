@@ -108,3 +108,23 @@ fn refresh_for_new_weights_matches_eager() -> Result<()> {
     println!("refresh: every size matches the new weights' eager forward (worst {worst:.3e})");
     Ok(())
 }
+
+/// `Runtime::download_f32` widens bf16 exactly, passes f32 through and names the dtype of an
+/// integer tensor in its error.
+#[test]
+fn download_f32_reads_any_float_tensor() -> cudagraph::Result<()> {
+    let Some(rt) = crate::common::gpu("download_f32_reads_any_float_tensor") else {
+        return Ok(());
+    };
+    let values: Vec<f32> = (0..37).map(|i| i as f32 * 0.375 - 5.0).collect();
+    let bf: Vec<half::bf16> = values.iter().copied().map(half::bf16::from_f32).collect();
+    let t = rt.upload(&bf, &[37])?;
+    let widened: Vec<f32> = bf.iter().map(|v| v.to_f32()).collect();
+    assert_eq!(rt.download_f32(&t)?, widened);
+    let t = rt.upload(&values, &[37])?;
+    assert_eq!(rt.download_f32(&t)?, values);
+    let ids = rt.upload(&[1u32, 2, 3], &[3])?;
+    let err = rt.download_f32(&ids).unwrap_err();
+    assert!(err.to_string().contains("u32"), "{err}");
+    Ok(())
+}

@@ -24,6 +24,18 @@ const BUILTIN_THREADS: u32 = 32 * 8;
 /// with f32 accumulation, rounded once: for one or two rows by the small-batch kernels, which
 /// stream the weights once; above, by the runtime's
 /// [`resolved_gemm_backend`](Runtime::resolved_gemm_backend): cuBLAS or the built-in kernel.
+///
+/// ```no_run
+/// use cudagraph_kernels::ops;
+/// use cudagraph_runtime::{DType, Runtime};
+/// # fn main() -> cudagraph_runtime::Result<()> {
+/// let rt = Runtime::new(0)?;
+/// let w = rt.zeros(&[256, 1024], DType::BF16)?; // [out, in]
+/// let x = rt.zeros(&[4, 1024], DType::BF16)?; // 4 rows
+/// let y = ops::linear(&rt, &x, &w)?;
+/// assert_eq!(y.shape(), [4, 256]);
+/// # Ok(()) }
+/// ```
 #[track_caller]
 pub fn linear(rt: &Runtime, x: &Tensor, w: &Tensor) -> Result<Tensor> {
     const OP: &str = "linear";
