@@ -22,6 +22,12 @@ pub mod names {
     pub const SILU_MUL_BF16: &str = "silu_mul_bf16";
     /// `elementwise`: `a + b`.
     pub const ADD_BF16: &str = "add_bf16";
+    /// `elementwise`: `a * b`.
+    pub const MUL_BF16: &str = "mul_bf16";
+    /// `elementwise`: `x * s` for a host scalar `s`.
+    pub const SCALE_BF16: &str = "scale_bf16";
+    /// `elementwise`: a range of columns copied between row-major tensors (concat, split).
+    pub const COPY_COLUMNS_BF16: &str = "copy_columns_bf16";
     /// `elementwise`: `x + bias` broadcast over rows.
     pub const ADD_BIAS_BF16: &str = "add_bias_bf16";
     /// `elementwise`: embedding lookup (ids clamped to the table).
@@ -79,7 +85,8 @@ pub static ATTENTION: KernelModule = KernelModule {
     ],
 };
 
-/// Elementwise kernels: activation, adds, embedding, random fills and casts.
+/// Elementwise kernels: activation, adds, products, column copies, embedding, random fills and
+/// casts.
 pub static ELEMENTWISE: KernelModule = KernelModule {
     name: "elementwise",
     source: concat!(
@@ -89,6 +96,9 @@ pub static ELEMENTWISE: KernelModule = KernelModule {
     functions: &[
         names::SILU_MUL_BF16,
         names::ADD_BF16,
+        names::MUL_BF16,
+        names::SCALE_BF16,
+        names::COPY_COLUMNS_BF16,
         names::ADD_BIAS_BF16,
         names::EMBEDDING_BF16,
         names::FILL_UNIFORM_BF16,

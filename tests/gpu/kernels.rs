@@ -733,3 +733,55 @@ fn a_kernel_sees_what_the_kernel_before_it_wrote() -> Result<()> {
     );
     Ok(())
 }
+
+/// `mul`, `scale`, `concat` and `split` against the host, bit for bit (one rounding each, or
+/// plain copies), with outputs poisoned; a rank-3 input for the column ops; bad shapes are
+/// errors naming the op.
+#[test]
+fn products_and_column_ops_match_the_host() -> Result<()> {
+    let Some(rt) = gpu("products_and_column_ops_match_the_host") else {
+        return Ok(());
+    };
+    let mut rng = Rng(fresh_seed("products_and_column_ops_match_the_host"));
+    let (rows, w) = (7, 300);
+    let (a, ar) = upload_bf16(&rt, &rng.vec(rows * w, -3.0, 3.0), &[rows, w])?;
+    let (b, br) = upload_bf16(&rt, &rng.vec(rows * w, -3.0, 3.0), &[rows, w])?;
+    let product = ops::mul(poisoned(&rt), &a, &b)?;
+    let want: Vec<f32> = ar
+        .iter()
+        .zip(&br)
+        .map(|(x, y)| r::round_bf16(x * y))
+        .collect();
+    assert_eq!(download_f32(&rt, &product)?, want, "mul");
+    let s = rng.uniform(-2.0, 2.0);
+    let scaled = ops::scale(poisoned(&rt), &a, s)?;
+    let want: Vec<f32> = ar.iter().map(|x| r::round_bf16(x * s)).collect();
+    assert_eq!(download_f32(&rt, &scaled)?, want, "scale by {s}");
+
+    let wb = 45;
+    let (c, cr) = upload_bf16(&rt, &rng.vec(rows * wb, -1.0, 1.0), &[1, rows, wb])?;
+    let a3 = a.reshape(&[1, rows, w])?;
+    let joined = ops::concat(poisoned(&rt), &a3, &c)?;
+    assert_eq!(joined.shape(), [1, rows, w + wb]);
+    let want: Vec<f32> = (0..rows)
+        .flat_map(|r| {
+            ar[r * w..(r + 1) * w]
+                .iter()
+                .chain(&cr[r * wb..(r + 1) * wb])
+        })
+        .copied()
+        .collect();
+    assert_eq!(download_f32(&rt, &joined)?, want, "concat");
+    let (left, right) = ops::split(poisoned(&rt), &joined, w)?;
+    rt.set_poison_allocations(false);
+    assert_eq!(download_f32(&rt, &left)?, ar, "split: left part");
+    assert_eq!(download_f32(&rt, &right)?, cr, "split: right part");
+
+    let err = ops::mul(&rt, &a, &c).unwrap_err();
+    assert!(err.to_string().contains("mul"), "{err}");
+    let err = ops::split(&rt, &a, w).unwrap_err();
+    assert!(err.to_string().contains("split"), "{err}");
+    let err = ops::concat(&rt, &a, &c).unwrap_err();
+    assert!(err.to_string().contains("concat"), "{err}");
+    Ok(())
+}

@@ -37,6 +37,56 @@ extern "C" __global__ void add_bf16(
     }
 }
 
+// out = a * b (same number of elements), in f32, rounded once.
+extern "C" __global__ void mul_bf16(
+    const bf16_t* __restrict__ a,
+    const bf16_t* __restrict__ b,
+    bf16_t* __restrict__ out,
+    unsigned long long numel)
+{
+    PDL_LAUNCH_DEPENDENTS();
+    PDL_WAIT();  // before any memory access: see prelude.cuh
+    for (unsigned long long idx = global_thread_index(); idx < numel; idx += grid_thread_count()) {
+        out[idx] = f2bf(bf2f(a[idx]) * bf2f(b[idx]));
+    }
+}
+
+// out = x * s, in f32, rounded once.
+extern "C" __global__ void scale_bf16(
+    const bf16_t* __restrict__ x,
+    bf16_t* __restrict__ out,
+    unsigned long long numel,
+    float s)
+{
+    PDL_LAUNCH_DEPENDENTS();
+    PDL_WAIT();  // before any memory access: see prelude.cuh
+    for (unsigned long long idx = global_thread_index(); idx < numel; idx += grid_thread_count()) {
+        out[idx] = f2bf(bf2f(x[idx]) * s);
+    }
+}
+
+// dst[r, dst_col0 + c] = src[r, src_col0 + c] for r < rows, c < cols; src rows hold src_width
+// elements, dst rows dst_width (concat and split copy column ranges with it).
+extern "C" __global__ void copy_columns_bf16(
+    const bf16_t* __restrict__ src,
+    bf16_t* __restrict__ dst,
+    unsigned long long rows,
+    unsigned long long cols,
+    unsigned long long src_width,
+    unsigned long long src_col0,
+    unsigned long long dst_width,
+    unsigned long long dst_col0)
+{
+    PDL_LAUNCH_DEPENDENTS();
+    PDL_WAIT();  // before any memory access: see prelude.cuh
+    const unsigned long long total = rows * cols;
+    for (unsigned long long idx = global_thread_index(); idx < total; idx += grid_thread_count()) {
+        const unsigned long long r = idx / cols;
+        const unsigned long long c = idx - r * cols;
+        dst[r * dst_width + dst_col0 + c] = src[r * src_width + src_col0 + c];
+    }
+}
+
 // out[r, j] = x[r, j] + bias[j].
 extern "C" __global__ void add_bias_bf16(
     const bf16_t* __restrict__ x,

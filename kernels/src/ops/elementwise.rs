@@ -1,4 +1,5 @@
-//! Elementwise ops: SwiGLU activation, adds, embedding lookup, random fills and casts.
+//! Elementwise ops: SwiGLU activation, adds, products and scaling, embedding lookup, random
+//! fills and casts.
 
 use cudagraph_runtime::{DType, Error, Result, Runtime, Tensor};
 
@@ -125,6 +126,68 @@ pub fn add(rt: &Runtime, a: &Tensor, b: &Tensor) -> Result<Tensor> {
             Arg::Ptr(b.device_ptr()),
             Arg::Ptr(out.device_ptr()),
             Arg::U64(check::to_u64(OP, "numel", a.numel())?),
+        ],
+    )?;
+    Ok(out)
+}
+
+/// Elementwise product: `out = a * b`, in f32, rounded once. `a`, `b`: bf16 of the same
+/// shape; returns a new tensor of that shape.
+#[track_caller]
+pub fn mul(rt: &Runtime, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    const OP: &str = "mul";
+    rt.enter_op(OP);
+    check::tensor(rt, OP, "a", a, DType::BF16)?;
+    check::tensor(rt, OP, "b", b, DType::BF16)?;
+    if a.shape() != b.shape() {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "`a` {:?} and `b` {:?} must have the same shape",
+                a.shape(),
+                b.shape()
+            ),
+        ));
+    }
+    check::nonempty(OP, a.numel())?;
+    let cfg = check::grid_stride(OP, a.numel())?;
+    let func = rt.function(&ELEMENTWISE, names::MUL_BF16)?;
+    let out = rt.alloc(a.shape(), DType::BF16)?;
+    ffi::launch(
+        rt,
+        &func,
+        cfg,
+        &[
+            Arg::Ptr(a.device_ptr()),
+            Arg::Ptr(b.device_ptr()),
+            Arg::Ptr(out.device_ptr()),
+            Arg::U64(check::to_u64(OP, "numel", a.numel())?),
+        ],
+    )?;
+    Ok(out)
+}
+
+/// Scales by a host value: `out = x * s`, in f32, rounded once. `x`: bf16; returns a new
+/// tensor of its shape. Inside a captured function `s` is frozen into the graph: pass a value
+/// that changes between calls as a static argument (`static_args`).
+#[track_caller]
+pub fn scale(rt: &Runtime, x: &Tensor, s: f32) -> Result<Tensor> {
+    const OP: &str = "scale";
+    rt.enter_op(OP);
+    check::tensor(rt, OP, "x", x, DType::BF16)?;
+    check::nonempty(OP, x.numel())?;
+    let cfg = check::grid_stride(OP, x.numel())?;
+    let func = rt.function(&ELEMENTWISE, names::SCALE_BF16)?;
+    let out = rt.alloc(x.shape(), DType::BF16)?;
+    ffi::launch(
+        rt,
+        &func,
+        cfg,
+        &[
+            Arg::Ptr(x.device_ptr()),
+            Arg::Ptr(out.device_ptr()),
+            Arg::U64(check::to_u64(OP, "numel", x.numel())?),
+            Arg::F32(s),
         ],
     )?;
     Ok(out)

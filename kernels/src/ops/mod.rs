@@ -11,6 +11,7 @@
 
 mod attention;
 mod check;
+mod columns;
 mod elementwise;
 mod fused_linear;
 mod gemv;
@@ -20,7 +21,8 @@ mod rope;
 mod rope_attention;
 
 pub use attention::{AttentionShape, MAX_ATTENTION_CONTEXT, MAX_HEAD_DIM, attention_decode};
-pub use elementwise::{add, add_bias, cast, embedding, fill_uniform, silu_mul};
+pub use columns::{concat, split};
+pub use elementwise::{add, add_bias, cast, embedding, fill_uniform, mul, scale, silu_mul};
 pub use fused_linear::{add_rms_norm_linear, rms_norm_linear, silu_mul_linear};
 pub use linear::{linear, linear_bias};
 pub use norm::{add_rms_norm, rms_norm};
