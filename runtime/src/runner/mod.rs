@@ -159,6 +159,17 @@ pub use memory::MemoryEstimate;
 /// itself). `F` identifies the function (the macro gives each annotated function its own), so
 /// a runner of one function can't be refreshed with another's forward. `B` is the
 /// [`Backend`]: cudagraph's own tensors by default.
+///
+/// What the borrow means in practice:
+/// - **Assigning a weight** while the runner lives (`model.w = new`) is a borrow error (E0506):
+///   for new weights of the same shapes use [`refresh`](Self::refresh) (or the generated
+///   `<fn>_graphs_refresh`), which re-records every size against the new forward and updates
+///   the graphs in place.
+/// - **Writing new values into a weight** (`rt.copy(&new, &model.w)`) keeps its address, and
+///   the next replay reads the new values: the graphs hold the address, not the contents.
+/// - **A helper generic over a runner** bounds its statics type as the runner does:
+///   `fn bench<'m, S: PartialEq + 'm>(graphs: &mut Runner<'m, 2, S>)` (rustc reports E0311
+///   without the `'m`).
 pub struct Runner<'m, const N: usize, S = (), const F: u64 = 0, B: Backend = Native> {
     dev: &'m B::Device,
     eager: EagerFn<'m, N, S, B>,
