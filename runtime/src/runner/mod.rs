@@ -168,8 +168,26 @@ pub use memory::MemoryEstimate;
 /// - **Writing new values into a weight** (`rt.copy(&new, &model.w)`) keeps its address, and
 ///   the next replay reads the new values: the graphs hold the address, not the contents.
 /// - **A helper generic over a runner** bounds its statics type as the runner does:
-///   `fn bench<'m, S: PartialEq + 'm>(graphs: &mut Runner<'m, 2, S>)` (rustc reports E0311
-///   without the `'m`).
+///   `fn bench<'m, S: PartialEq + 'm>(graphs: &mut Runner<'m, 2, S>)`; without the `'m` rustc
+///   says "the parameter type `S` may not live long enough" (E0309, or E0311):
+///
+/// ```
+/// use cudagraph_runtime::{Result, Runner, Tensor};
+///
+/// /// Runs a two-input runner of any statics on the same inputs `times` times.
+/// fn rerun<'m, S: PartialEq + 'm, const F: u64>(
+///     graphs: &mut Runner<'m, 2, S, F>,
+///     inputs: [&Tensor; 2],
+///     statics: &S,
+///     times: usize,
+/// ) -> Result<usize> {
+///     let mut replays = 0;
+///     for _ in 0..times {
+///         replays += usize::from(graphs.run_with(inputs, statics)?.replayed());
+///     }
+///     Ok(replays)
+/// }
+/// ```
 pub struct Runner<'m, const N: usize, S = (), const F: u64 = 0, B: Backend = Native> {
     dev: &'m B::Device,
     eager: EagerFn<'m, N, S, B>,
