@@ -100,11 +100,22 @@ pub fn silu_mul(rt: &Runtime, gate_up: &Tensor) -> Result<Tensor> {
 pub fn add(rt: &Runtime, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     const OP: &str = "add";
     rt.enter_op(OP);
-    check::tensor(rt, OP, "a", a, DType::BF16)?;
-    check::tensor(rt, OP, "b", b, DType::BF16)?;
+    binary(rt, OP, names::ADD_BF16, a, b)
+}
+
+/// A same-shape binary kernel `name(a, b, out, numel)` over bf16 tensors.
+fn binary(
+    rt: &Runtime,
+    op: &'static str,
+    name: &'static str,
+    a: &Tensor,
+    b: &Tensor,
+) -> Result<Tensor> {
+    check::tensor(rt, op, "a", a, DType::BF16)?;
+    check::tensor(rt, op, "b", b, DType::BF16)?;
     if a.shape() != b.shape() {
         return Err(Error::invalid(
-            OP,
+            op,
             format!(
                 "`a` {:?} and `b` {:?} must have the same shape",
                 a.shape(),
@@ -112,10 +123,9 @@ pub fn add(rt: &Runtime, a: &Tensor, b: &Tensor) -> Result<Tensor> {
             ),
         ));
     }
-    check::nonempty(OP, a.numel())?;
-    let cfg = check::grid_stride(OP, a.numel())?;
-
-    let func = rt.function(&ELEMENTWISE, names::ADD_BF16)?;
+    check::nonempty(op, a.numel())?;
+    let cfg = check::grid_stride(op, a.numel())?;
+    let func = rt.function(&ELEMENTWISE, name)?;
     let out = rt.alloc(a.shape(), DType::BF16)?;
     ffi::launch(
         rt,
@@ -125,7 +135,7 @@ pub fn add(rt: &Runtime, a: &Tensor, b: &Tensor) -> Result<Tensor> {
             Arg::Ptr(a.device_ptr()),
             Arg::Ptr(b.device_ptr()),
             Arg::Ptr(out.device_ptr()),
-            Arg::U64(check::to_u64(OP, "numel", a.numel())?),
+            Arg::U64(check::to_u64(op, "numel", a.numel())?),
         ],
     )?;
     Ok(out)
@@ -137,34 +147,7 @@ pub fn add(rt: &Runtime, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 pub fn mul(rt: &Runtime, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     const OP: &str = "mul";
     rt.enter_op(OP);
-    check::tensor(rt, OP, "a", a, DType::BF16)?;
-    check::tensor(rt, OP, "b", b, DType::BF16)?;
-    if a.shape() != b.shape() {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "`a` {:?} and `b` {:?} must have the same shape",
-                a.shape(),
-                b.shape()
-            ),
-        ));
-    }
-    check::nonempty(OP, a.numel())?;
-    let cfg = check::grid_stride(OP, a.numel())?;
-    let func = rt.function(&ELEMENTWISE, names::MUL_BF16)?;
-    let out = rt.alloc(a.shape(), DType::BF16)?;
-    ffi::launch(
-        rt,
-        &func,
-        cfg,
-        &[
-            Arg::Ptr(a.device_ptr()),
-            Arg::Ptr(b.device_ptr()),
-            Arg::Ptr(out.device_ptr()),
-            Arg::U64(check::to_u64(OP, "numel", a.numel())?),
-        ],
-    )?;
-    Ok(out)
+    binary(rt, OP, names::MUL_BF16, a, b)
 }
 
 /// Scales by a host value: `out = x * s`, in f32, rounded once. `x`: bf16; returns a new
