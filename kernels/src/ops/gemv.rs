@@ -7,8 +7,11 @@
 //! whether the kernel can take the sizes and addresses at hand, and each caller falls back to
 //! the unfused kernels when it can't.
 
-use cudagraph_runtime::cudarc::driver::LaunchConfig;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use cudagraph_runtime::cudarc::driver::sys::CUfunction_attribute;
+use cudagraph_runtime::cudarc::driver::{CudaFunction, LaunchConfig};
 use cudagraph_runtime::{Result, Runtime, Tensor};
 
 use super::check;
@@ -137,6 +140,35 @@ pub(crate) fn eligible(
         && prologue.chunked().into_iter().flatten().all(aligned)
 }
 
+/// Blocks of `func` resident per SM with `shared` bytes of dynamic shared memory, asked of the
+/// driver once per (function, bytes) and thread: an eager forward launches the GEMV ~100 times,
+/// and the answer never changes. The key is the function's handle; a handle reused by another
+/// module after this one was unloaded would get a stale count, which only sizes the grid (any
+/// grid computes every tile).
+fn resident_blocks(func: &CudaFunction, shared: u32) -> Result<usize> {
+    thread_local! {
+        static RESIDENT: RefCell<HashMap<(usize, u32), usize>> = RefCell::new(HashMap::new());
+    }
+    let key = (func.cu_function() as usize, shared);
+    if let Some(known) = RESIDENT.with(|m| m.borrow().get(&key).copied()) {
+        return Ok(known);
+    }
+    let resident = func
+        .occupancy_max_active_blocks_per_multiprocessor(GEMV_THREADS, shared as usize, None)
+        .map_err(cudagraph_runtime::Error::driver(
+            "cuOccupancyMaxActiveBlocksPerMultiprocessor",
+        ))?
+        .max(1) as usize;
+    RESIDENT.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() >= 256 {
+            m.clear(); // a bound, not an expected case: a few functions and sizes are seen
+        }
+        m.insert(key, resident);
+    });
+    Ok(resident)
+}
+
 /// Enqueues `y = prologue(x) @ w^T (+ bias)`.
 ///
 /// Contract (upheld by the callers in this crate, which validated every shape): [`eligible`]
@@ -170,12 +202,7 @@ pub(crate) fn launch_gemv(
     }
     // One wave of resident blocks (each loops over its share of the tiles, so the prologue is
     // paid once per block slot), at most one block per tile.
-    let resident = func
-        .occupancy_max_active_blocks_per_multiprocessor(GEMV_THREADS, shared as usize, None)
-        .map_err(cudagraph_runtime::Error::driver(
-            "cuOccupancyMaxActiveBlocksPerMultiprocessor",
-        ))?
-        .max(1) as usize;
+    let resident = resident_blocks(&func, shared)?;
     let blocks = sizes
         .outs
         .div_ceil(GEMV_OUTS_PER_TILE)
