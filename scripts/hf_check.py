@@ -14,7 +14,19 @@ weight matters), saves it with `save_pretrained(..., safe_serialization=True)`, 
   (within 25 %, or within 2e-2), and within 4e-2 of transformers' bf16 logits (two independent
   bf16 roundings of one model);
 * the greedy ids of 16 steps (ours: eager and graphs) with transformers' greedy ids (a manual
-  argmax loop, full forward at every step, no KV cache).
+  argmax loop with transformers' KV cache, as `generate` runs: one forward over the prompt, then
+  one token per step), both stopping after an EOS id of the config.
+
+Our prompt is prefilled in one batched forward (`Llama::prefill`), as transformers' first
+forward. The RoPE-scaling cases (`rope_type` linear, dynamic, llama3, yarn) use a 40-token prompt
+over an original context of 32 positions, so the prompt and the generated tokens reach past it.
+
+The tokenizer case builds a byte-level BPE tokenizer with the `tokenizers` package (trained on a
+few sentences, with a BOS template), saves it as the checkpoint's tokenizer.json, runs
+`decode_bench --prompt TEXT` on a few texts and compares our prompt ids with transformers'
+tokenizer (`PreTrainedTokenizerFast` on the same file), our decoded texts (the prompt's round
+trip and the generated text) with transformers' decode of the same ids, and our greedy ids with
+transformers' greedy ids from those prompt ids.
 
 Random tiny models can have near-tied top logits, where bf16 noise alone flips a greedy choice.
 Seeds are therefore tried in order (0, 1, ...) until transformers' top-2 margin, relative to the
@@ -45,6 +57,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 PROMPT = [1, 17, 42, 99, 7, 123, 256, 11]
+# The RoPE-scaling cases: 40 tokens, past their original context of 32 positions.
+LONG_PROMPT = [(7 * i * i + 3 * i + 1) % 997 + 3 for i in range(40)]
+ORIGINAL_CONTEXT = 32
 STEPS = 16
 LOGIT_TOL = 2e-2
 PAIR_TOL = 4e-2
@@ -102,6 +117,74 @@ CASES = [
         ),
         theta=100_000.0, dtype="bfloat16", shard=None,
     ),
+    dict(
+        name="llama-rope-llama3",
+        family="llama",
+        fields=dict(
+            vocab_size=2048, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
+            tie_word_embeddings=False, max_position_embeddings=128,
+        ),
+        theta=500_000.0, dtype="bfloat16", shard=None,
+        rope=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                  original_max_position_embeddings=ORIGINAL_CONTEXT),
+    ),
+    dict(
+        name="llama-rope-linear",
+        family="llama",
+        fields=dict(
+            vocab_size=2048, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=4, rms_norm_eps=1e-5,
+            tie_word_embeddings=True, max_position_embeddings=128,
+        ),
+        theta=10_000.0, dtype="bfloat16", shard=None,
+        rope=dict(rope_type="linear", factor=4.0),
+    ),
+    dict(
+        name="qwen2-rope-dynamic",
+        family="qwen2",
+        fields=dict(
+            vocab_size=2048, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
+            tie_word_embeddings=True, max_position_embeddings=ORIGINAL_CONTEXT,
+        ),
+        theta=10_000.0, dtype="bfloat16", shard=None,
+        rope=dict(rope_type="dynamic", factor=4.0),
+    ),
+    dict(
+        name="qwen3-rope-yarn",
+        family="qwen3",
+        fields=dict(
+            vocab_size=2048, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=64, rms_norm_eps=1e-6,
+            tie_word_embeddings=False, max_position_embeddings=128,
+        ),
+        theta=1_000_000.0, dtype="bfloat16", shard=None,
+        rope=dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=ORIGINAL_CONTEXT),
+    ),
+    dict(
+        name="llama-tokenizer",
+        family="llama",
+        fields=dict(
+            vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
+            tie_word_embeddings=False, max_position_embeddings=256, bos_token_id=0,
+            eos_token_id=1,
+        ),
+        theta=10_000.0, dtype="bfloat16", shard=None, tokenizer=True,
+    ),
+]
+
+TOKENIZER_CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "CUDA graphs replay a captured forward with one launch.",
+    "Graphs, tensors and kernels: capture once, replay many times!",
+    "Ünïcödé text, numbers 12345 and symbols #@%& too.",
+]
+TOKENIZER_TEXTS = [
+    "The quick brown fox",
+    "capture once, replay many times: 42 graphs",
+    "Ünïcödé  spaces\tand a tab",
 ]
 
 
@@ -113,9 +196,12 @@ def parse_output(text):
     """The parseable lines of decode_bench's generation mode."""
     out = {}
     for line in text.splitlines():
-        for key in ("ids eager", "ids graph"):
+        for key in ("ids eager", "ids graph", "prompt ids"):
             if line.startswith(key + ":"):
                 out[key] = [int(x) for x in line.split(":", 1)[1].split()]
+        for key in ("text eager", "text graph", "prompt text"):
+            if line.startswith(key + ":"):
+                out[key] = json.loads(line.split(":", 1)[1])
         for key in ("tok/s eager", "tok/s graph"):
             if line.startswith(key + ":"):
                 out[key] = float(line.split(":", 1)[1])
@@ -160,8 +246,10 @@ def lib_dirs():
 
 
 def self_test():
-    text = "prompt ids: 1 2\nids eager: 5 6 7\nids graph: 5 6 8\ntok/s eager: 12.5\ntok/s graph: 40.0\n"
+    text = ("prompt ids: 1 2\nids eager: 5 6 7\nids graph: 5 6 8\ntok/s eager: 12.5\n"
+            "tok/s graph: 40.0\ntext eager: \"a: \\\"b\\\"\\n\"\n")
     parsed = parse_output(text)
+    assert parsed["prompt ids"] == [1, 2] and parsed["text eager"] == 'a: "b"\n', parsed
     assert parsed["ids eager"] == [5, 6, 7] and parsed["ids graph"] == [5, 6, 8], parsed
     assert parsed["tok/s eager"] == 12.5 and parsed["tok/s graph"] == 40.0
     assert abs(rel_error([1.0, 2.0], [1.0, 2.0])) == 0.0
@@ -178,6 +266,9 @@ def self_test():
         assert f["num_attention_heads"] % f["num_key_value_heads"] == 0, c["name"]
         assert max(PROMPT) < f["vocab_size"], c["name"]
     assert {c["family"] for c in CASES} == {"llama", "qwen2", "qwen3", "mistral"}
+    assert {c["rope"]["rope_type"] for c in CASES if c.get("rope")} == {"linear", "dynamic", "llama3", "yarn"}
+    assert len(LONG_PROMPT) > ORIGINAL_CONTEXT and max(LONG_PROMPT) < 2048
+    assert any(c.get("tokenizer") for c in CASES)
     assert any(c["dtype"] == "float32" for c in CASES) and any(c["shard"] for c in CASES)
     print("hf_check self-test: ok")
 
@@ -202,11 +293,15 @@ def build_config(case):
         "mistral": transformers.MistralConfig,
     }[case["family"]]
     fields = dict(case["fields"], initializer_range=INIT_RANGE, hidden_act="silu")
+    rope = dict(case.get("rope") or {"rope_type": "default"})
     if transformers_major() >= 5:
-        cfg = cls(**fields, rope_parameters={"rope_type": "default", "rope_theta": case["theta"]})
+        cfg = cls(**fields, rope_parameters=dict(rope, rope_theta=case["theta"]))
         theta = cfg.rope_parameters["rope_theta"]
+        if cfg.rope_parameters.get("rope_type") != rope["rope_type"]:
+            raise RuntimeError(f"{case['name']}: rope_type {cfg.rope_parameters} != {rope}")
     else:
-        cfg = cls(**fields, rope_theta=case["theta"])
+        scaling = None if rope["rope_type"] == "default" else rope
+        cfg = cls(**fields, rope_theta=case["theta"], rope_scaling=scaling)
         theta = cfg.rope_theta
     if abs(theta - case["theta"]) > 1e-6 * case["theta"]:
         raise RuntimeError(f"{case['name']}: rope_theta {theta} != {case['theta']}")
@@ -235,16 +330,27 @@ def make_model(cfg, seed):
     return model.eval()
 
 
-def greedy(model, prompt, steps):
-    """transformers' greedy ids (full forward per step), each step's top-2 margin relative to
-    the logits' RMS, and the logits at the last prompt position (float32 copy)."""
+def eos_ids(cfg):
+    eos = getattr(cfg, "eos_token_id", None)
+    if eos is None:
+        return set()
+    return set(eos) if isinstance(eos, (list, tuple)) else {eos}
+
+
+def greedy(model, prompt, steps, eos=()):
+    """transformers' greedy ids (one forward over the prompt, then one token per step with the
+    KV cache, as `generate` runs; stopping after an id of `eos`), each step's top-2 margin
+    relative to the logits' RMS, and the logits at the last prompt position (float32 copy)."""
     import torch
 
-    ids, out, margins, first = list(prompt), [], [], None
+    out, margins, first = [], [], None
     with torch.no_grad():
+        x = torch.tensor([list(prompt)], device="cuda")
+        past = None
         for i in range(steps):
-            x = torch.tensor([ids], device="cuda")
-            logits = model(x, use_cache=False).logits[0, -1].float()
+            res = model(x, past_key_values=past, use_cache=True)
+            past = res.past_key_values
+            logits = res.logits[0, -1].float()
             if i == 0:
                 first = logits.clone()
             top = torch.topk(logits, 2).values
@@ -252,8 +358,20 @@ def greedy(model, prompt, steps):
             margins.append(float((top[0] - top[1]) / rms))
             nxt = int(torch.argmax(logits))
             out.append(nxt)
-            ids.append(nxt)
+            if nxt in eos:
+                break
+            x = torch.tensor([[nxt]], device="cuda")
     return out, margins, first
+
+
+def greedy_logits(model, ids):
+    """The last position's logits of one forward over `ids` (float32 copy), as `greedy`'s first
+    step computes them."""
+    import torch
+
+    with torch.no_grad():
+        x = torch.tensor([list(ids)], device="cuda")
+        return model(x, use_cache=True).logits[0, -1].float()
 
 
 def logits_at(model, ids):
@@ -293,16 +411,20 @@ def read_f32(path, count):
 
 
 def run_case(case, binary, work, min_margin, max_seeds, env):
+    if case.get("tokenizer"):
+        return run_tokenizer_case(case, binary, work, min_margin, max_seeds, env)
     import torch
 
     name = case["name"]
+    prompt = LONG_PROMPT if case.get("rope") else PROMPT
     cfg = build_config(case)
+    eos = eos_ids(cfg)
     # Pick the first seed whose greedy path has healthy margins.
     chosen = None
     for seed in range(max_seeds):
         model = make_model(cfg, seed)
         ref = copy.deepcopy(model).to(device="cuda", dtype=torch.bfloat16).eval()
-        ids, margins, first = greedy(ref, PROMPT, STEPS)
+        ids, margins, first = greedy(ref, prompt, STEPS, eos)
         if chosen is None or min(margins) > min(chosen[3]):
             chosen = (seed, model, ref, margins, ids, first)
         if min(margins) >= min_margin:
@@ -316,7 +438,7 @@ def run_case(case, binary, work, min_margin, max_seeds, env):
 
     dump = os.path.join(work, f"{name}.logits")
     cmd = [
-        binary, "--model", folder, "--prompt-ids", ",".join(map(str, PROMPT)),
+        binary, "--model", folder, "--prompt-ids", ",".join(map(str, prompt)),
         "--max-new-tokens", str(STEPS), "--dump-logits", dump,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
@@ -337,7 +459,7 @@ def run_case(case, binary, work, min_margin, max_seeds, env):
     ours_graph = read_f32(dump + ".graph", vocab)
     ref_bf16 = ref_logits.cpu()
     f32_model = copy.deepcopy(model).to("cuda").eval()
-    ref_f32 = logits_at(f32_model, PROMPT).cpu()
+    ref_f32 = logits_at(f32_model, prompt).cpu()
     rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
     row.update(
         rel_eager=rel(ours_eager, ref_bf16), rel_graph=rel(ours_graph, ref_bf16),
@@ -367,11 +489,15 @@ def run_case(case, binary, work, min_margin, max_seeds, env):
     for path in ("eager", "graph"):
         ours = row[f"ids_{path}"] or []
         at = first_divergence(ours, ref_ids)
-        row[f"greedy_{path}"] = STEPS if at is None else at
+        row[f"greedy_{path}"] = len(ref_ids) if at is None else at
+        if at is None and len(ours) != len(ref_ids):
+            at = min(len(ours), len(ref_ids))
+            row[f"greedy_{path}"] = at
         if at is not None:
             ok = False
-            if at < len(ours):
-                lg = logits_at(ref, PROMPT + ref_ids[:at])
+            if at < len(ours) and at < len(ref_ids):
+                lg = logits_at(copy.deepcopy(model).to(device="cuda", dtype=torch.bfloat16),
+                               prompt + ref_ids[:at])
                 rms = float(lg.pow(2).mean().sqrt())
                 gap = float(lg[ref_ids[at]] - lg[ours[at]]) / rms
                 row["notes"].append(
@@ -380,8 +506,120 @@ def run_case(case, binary, work, min_margin, max_seeds, env):
                     f"(margin there {margins[at]:.4f})"
                 )
             else:
-                row["notes"].append(f"{path}: only {len(ours)} ids printed")
+                row["notes"].append(
+                    f"{path}: {len(ours)} ids against transformers' {len(ref_ids)} (EOS {sorted(eos)})"
+                )
     row["status"] = "ok" if ok else "FAIL"
+    return row
+
+
+def build_tokenizer(folder, vocab_size):
+    """A byte-level BPE tokenizer trained on TOKENIZER_CORPUS (special tokens <s> = 0 and
+    </s> = 1, a BOS template), saved as folder/tokenizer.json; returns transformers' fast
+    tokenizer on the same file."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<s>", "</s>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(TOKENIZER_CORPUS, trainer)
+    if (tok.token_to_id("<s>"), tok.token_to_id("</s>")) != (0, 1):
+        raise RuntimeError("special token ids are not 0 and 1")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 0)]
+    )
+    path = os.path.join(folder, "tokenizer.json")
+    tok.save(path)
+    return PreTrainedTokenizerFast(tokenizer_file=path, bos_token="<s>", eos_token="</s>")
+
+
+def run_tokenizer_case(case, binary, work, min_margin, max_seeds, env):
+    """Text in and out: our tokenizer ids, decoded texts and greedy ids against transformers'."""
+    import torch
+
+    name = case["name"]
+    cfg = build_config(case)
+    eos = eos_ids(cfg)
+    folder = os.path.join(work, name)
+    os.makedirs(folder, exist_ok=True)
+    hf_tok = build_tokenizer(folder, 400)
+    prompts = [hf_tok(t)["input_ids"] for t in TOKENIZER_TEXTS]
+    chosen = None
+    for seed in range(max_seeds):
+        model = make_model(cfg, seed)
+        ref = copy.deepcopy(model).to(device="cuda", dtype=torch.bfloat16).eval()
+        margins = [min(greedy(ref, p, STEPS, eos)[1]) for p in prompts]
+        if chosen is None or min(margins) > min(chosen[2]):
+            chosen = (seed, model, margins)
+        if min(margins) >= min_margin:
+            break
+    seed, model, margins = chosen
+    files = save(model, case, folder)  # after the tokenizer: save_pretrained keeps other files
+    if not os.path.isfile(os.path.join(folder, "tokenizer.json")):
+        build_tokenizer(folder, 400)
+    ref = copy.deepcopy(model).to(device="cuda", dtype=torch.bfloat16).eval()
+    row = dict(
+        case=name, architecture=cfg.architectures[0] if cfg.architectures else "LlamaForCausalLM",
+        dtype=case["dtype"], files=len(files), seed=seed, min_margin=min(margins), rope={},
+        status="FAIL", notes=[], texts=[],
+    )
+    ok = True
+    log_all = []
+    for text, hf_ids in zip(TOKENIZER_TEXTS, prompts):
+        cmd = [binary, "--model", folder, "--prompt", text, "--max-new-tokens", str(STEPS)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        log_all.append(" ".join(map(repr, cmd)) + "\n" + proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            row["notes"].append(f"{text!r}: decode_bench exit {proc.returncode}: "
+                                f"{(proc.stdout + proc.stderr).strip().splitlines()[-1:]}")
+            ok = False
+            continue
+        got = parse_output(proc.stdout)
+        ref_ids = greedy(ref, hf_ids, STEPS, eos)[0]
+        checks = {
+            "prompt ids": got.get("prompt ids") == hf_ids,
+            "prompt round trip": got.get("prompt text") == hf_tok.decode(hf_ids, skip_special_tokens=True),
+            "text eager": got.get("text eager") == hf_tok.decode(got.get("ids eager", []), skip_special_tokens=True),
+            "text graph": got.get("text graph") == hf_tok.decode(got.get("ids graph", []), skip_special_tokens=True),
+            "greedy eager": got.get("ids eager") == ref_ids,
+            "greedy graph": got.get("ids graph") == ref_ids,
+        }
+        # A greedy divergence where transformers' own logits for the two tokens are closer than
+        # --min-margin (relative to their RMS) is a near-tie that bf16 noise decides: reported,
+        # not failed (the other cases choose seeds without near-ties; three prompts rarely all
+        # have healthy margins over 16 steps).
+        near_ties = []
+        for path in ("eager", "graph"):
+            ours_ids = got.get(f"ids {path}") or []
+            at = first_divergence(ours_ids, ref_ids)
+            if at is not None and at < len(ours_ids) and at < len(ref_ids):
+                lg = greedy_logits(ref, hf_ids + ref_ids[:at])
+                rms = float(lg.pow(2).mean().sqrt())
+                gap = float(lg[ref_ids[at]] - lg[ours_ids[at]]) / rms
+                if gap < min_margin:
+                    checks[f"greedy {path}"] = True
+                    near_ties.append(f"{path} diverges at step {at} on a near-tie "
+                                     f"(transformers' gap {gap:.4f} x RMS < {min_margin})")
+        row["texts"].append(dict(text=text, hf_ids=hf_ids, ours=got, ref_ids=ref_ids, checks=checks,
+                                 near_ties=near_ties))
+        for note in near_ties:
+            row["notes"].append(f"{text!r}: {note}")
+        for what, good in checks.items():
+            if not good:
+                ok = False
+                row["notes"].append(f"{text!r}: {what} differs: ours {got}, transformers ids {hf_ids}, greedy {ref_ids}")
+    with open(os.path.join(work, f"{name}.log"), "w") as f:
+        f.write("\n".join(log_all))
+    row["greedy_eager"] = sum(t["checks"]["greedy eager"] for t in row["texts"])
+    row["greedy_graph"] = sum(t["checks"]["greedy graph"] for t in row["texts"])
+    row["status"] = "ok" if ok and len(row["texts"]) == len(TOKENIZER_TEXTS) else "FAIL"
+    print(f"{name}: {len(row['texts'])} texts; checks per text: "
+          + "; ".join(f"{t['text']!r}: {sum(t['checks'].values())}/{len(t['checks'])}" for t in row["texts"]))
     return row
 
 

@@ -1,17 +1,23 @@
 //! Generation mode (`--model DIR`): loads a Hugging Face checkpoint folder, prefills a prompt
 //! and decodes greedily, once with the eager forward and once with the graph runner, and
-//! prints both token sequences and their speeds.
+//! prints both token sequences (and texts) and their speeds.
 //!
 //! ```text
-//! decode_bench --model DIR [--prompt-ids 1,2,3] [--max-new-tokens 16] [--dump-logits FILE]
-//!              [--cache-tokens N]
+//! decode_bench --model DIR [--prompt "text" | --prompt-ids 1,2,3] [--max-new-tokens 16]
+//!              [--prefill batched|steps] [--ignore-eos] [--dump-logits FILE] [--cache-tokens N]
 //! ```
 //!
-//! The prompt runs one token per decode step (positions `0..len`, sequence slot 0); then each
-//! step feeds the previous step's argmax (first maximum on ties). The graph run re-does the
-//! prefill, overwriting the cache positions the eager run wrote. Parseable lines:
-//! `ids eager: ...`, `ids graph: ...`, `tok/s eager: ...`, `tok/s graph: ...`. With
-//! `--dump-logits FILE`, the logits at the last prompt position are written as `vocab`
+//! `--prompt` encodes the text with the folder's `tokenizer.json` (the `tokenizers` crate, with
+//! the file's special tokens, as transformers' `tokenizer(text)` does) and prints the generated
+//! text; a folder without one is an error that says so. The prompt is prefilled in one batched
+//! eager forward (`Llama::prefill`, sequence slot 0), or with `--prefill steps` one token per
+//! decode step (the eager forward, or the graphs in the graph run). Then each step feeds the
+//! previous step's argmax (first maximum on ties), until `--max-new-tokens` ids or an EOS id
+//! of the checkpoint (`eos_token_id`, `generation_config.json`'s first) unless `--ignore-eos`.
+//! The graph run re-does the prefill, overwriting the cache positions the eager run wrote.
+//! Parseable lines: `ids eager: ...`, `ids graph: ...`, `text eager: "..."` and
+//! `text graph: "..."` (JSON strings, with a tokenizer), `tok/s eager: ...`, `tok/s graph: ...`.
+//! With `--dump-logits FILE`, the logits at the last prompt position are written as `vocab`
 //! little-endian f32 values: the eager run's to `FILE`, the graph run's to `FILE.graph`.
 
 use crate::common::relative_error;
@@ -19,7 +25,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use cudagraph::models::hf::{Checkpoint, LoadOptions};
+use cudagraph::models::hf::{Checkpoint, LoadError, LoadOptions, Tokenizer};
 use cudagraph::models::llama::{Llama, LlamaConfig};
 use cudagraph::{Runtime, Tensor};
 use half::bf16;
@@ -30,6 +36,16 @@ type BoxResult<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 /// `0..size`.
 const CACHE_SLOTS: usize = 256;
 
+/// How the prompt is prefilled.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum PrefillMode {
+    /// One batched eager forward over the prompt (`Llama::prefill`).
+    #[default]
+    Batched,
+    /// One decode step per prompt token.
+    Steps,
+}
+
 /// Options of the generation mode.
 #[derive(Debug, Default)]
 pub struct GenerateOptions {
@@ -37,6 +53,12 @@ pub struct GenerateOptions {
     pub model: Option<PathBuf>,
     /// The prompt's token ids (default `1,2,3,4`).
     pub prompt_ids: Option<Vec<u32>>,
+    /// The prompt as text, encoded with the folder's `tokenizer.json`.
+    pub prompt: Option<String>,
+    /// How the prompt is prefilled.
+    pub prefill: PrefillMode,
+    /// Generate `max_new_tokens` ids even past an EOS id.
+    pub ignore_eos: bool,
     /// Tokens to generate (default 16).
     pub max_new_tokens: Option<usize>,
     /// Where to write the last prompt position's logits.
@@ -50,13 +72,27 @@ impl GenerateOptions {
     pub const FLAGS: &'static [&'static str] = &[
         "--model",
         "--prompt-ids",
+        "--prompt",
+        "--prefill",
         "--max-new-tokens",
         "--dump-logits",
         "--cache-tokens",
     ];
 
+    /// The flags this mode takes without a value.
+    pub const SWITCHES: &'static [&'static str] = &["--ignore-eos"];
+
     /// The usage text of these flags.
-    pub const USAGE: &'static str = "[--model DIR [--prompt-ids 1,2,3] [--max-new-tokens N] [--dump-logits FILE] [--cache-tokens N]]";
+    pub const USAGE: &'static str = "[--model DIR [--prompt \"text\" | --prompt-ids 1,2,3] [--max-new-tokens N] [--prefill batched|steps] [--ignore-eos] [--dump-logits FILE] [--cache-tokens N]]";
+
+    /// Turns on `switch` (one of [`SWITCHES`](Self::SWITCHES)).
+    pub fn switch(&mut self, switch: &str) -> Result<(), String> {
+        match switch {
+            "--ignore-eos" => self.ignore_eos = true,
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+        Ok(())
+    }
 
     /// Sets `flag` (one of [`FLAGS`](Self::FLAGS)) to `value`.
     pub fn set(&mut self, flag: &str, value: &str) -> Result<(), String> {
@@ -78,6 +114,18 @@ impl GenerateOptions {
                     .collect::<Result<Vec<_>, _>>()?;
                 self.prompt_ids = Some(ids);
             }
+            "--prompt" => self.prompt = Some(value.to_string()),
+            "--prefill" => {
+                self.prefill = match value {
+                    "batched" => PrefillMode::Batched,
+                    "steps" => PrefillMode::Steps,
+                    other => {
+                        return Err(format!(
+                            "--prefill: `{other}`: expected `batched` or `steps`"
+                        ));
+                    }
+                }
+            }
             "--max-new-tokens" => self.max_new_tokens = Some(number(value)?),
             "--dump-logits" => self.dump_logits = Some(PathBuf::from(value)),
             "--cache-tokens" => self.cache_tokens = Some(number(value)?),
@@ -89,14 +137,23 @@ impl GenerateOptions {
     /// Checks the combination: the other flags need `--model`; counts are at least 1.
     pub fn check(&self) -> Result<(), String> {
         let others = self.prompt_ids.is_some()
+            || self.prompt.is_some()
+            || self.ignore_eos
+            || self.prefill != PrefillMode::Batched
             || self.max_new_tokens.is_some()
             || self.dump_logits.is_some()
             || self.cache_tokens.is_some();
         if self.model.is_none() && others {
             return Err(
-                "--prompt-ids, --max-new-tokens, --dump-logits and --cache-tokens need --model DIR"
+                "--prompt, --prompt-ids, --prefill, --ignore-eos, --max-new-tokens, --dump-logits and --cache-tokens need --model DIR"
                     .into(),
             );
+        }
+        if self.prompt.is_some() && self.prompt_ids.is_some() {
+            return Err("give the prompt as --prompt \"text\" or as --prompt-ids, not both".into());
+        }
+        if self.prompt.as_deref().is_some_and(str::is_empty) {
+            return Err("--prompt needs some text".into());
         }
         if self.prompt_ids.as_ref().is_some_and(Vec::is_empty) {
             return Err("--prompt-ids needs at least one id".into());
@@ -150,12 +207,15 @@ fn argmax(logits: &[bf16]) -> u32 {
     best as u32
 }
 
-/// Prefills `prompt` and decodes `new_tokens` greedily with `step`, which runs one decode step
-/// of one sequence and returns its logits.
+/// Prefills `prompt` (one batched forward with `prefill`, or one `step` per token) and
+/// decodes up to `new_tokens` ids greedily with `step`, which runs one decode step of one
+/// sequence and returns its logits; stops after an id of `eos`.
 fn generate(
     rt: &Runtime,
     prompt: &[u32],
-    new_tokens: usize,
+    (new_tokens, eos): (usize, &[u32]),
+    mode: PrefillMode,
+    mut prefill: impl FnMut(&Tensor) -> BoxResult<Vec<bf16>>,
     mut step: impl FnMut(&Tensor, &Tensor) -> BoxResult<Vec<bf16>>,
 ) -> BoxResult<Generation> {
     let mut run = |token: u32, position: usize| -> BoxResult<Vec<bf16>> {
@@ -164,26 +224,32 @@ fn generate(
         step(&tokens, &positions)
     };
     let started = Instant::now();
-    let mut logits = Vec::new();
-    for (position, &token) in prompt.iter().enumerate() {
-        logits = run(token, position)?;
-    }
+    let mut logits = match mode {
+        PrefillMode::Batched => prefill(&rt.upload(prompt, &[prompt.len()])?)?,
+        PrefillMode::Steps => {
+            let mut logits = Vec::new();
+            for (position, &token) in prompt.iter().enumerate() {
+                logits = run(token, position)?;
+            }
+            logits
+        }
+    };
     let prefill = started.elapsed();
     let prompt_logits: Vec<f32> = logits.iter().map(|v| v.to_f32()).collect();
     let mut ids = vec![argmax(&logits)];
     let started = Instant::now();
-    while ids.len() < new_tokens {
+    while ids.len() < new_tokens && !eos.contains(&ids[ids.len() - 1]) {
         let position = prompt.len() + ids.len() - 1;
         let last = ids[ids.len() - 1];
         logits = run(last, position)?;
         ids.push(argmax(&logits));
     }
     Ok(Generation {
+        decode_steps: ids.len() - 1,
         ids,
         prompt_logits,
         prefill,
         decode: started.elapsed(),
-        decode_steps: new_tokens - 1,
     })
 }
 
@@ -221,9 +287,28 @@ fn write_logits(path: &std::path::Path, logits: &[f32]) -> BoxResult<()> {
     Ok(())
 }
 
+/// The folder's tokenizer: required with `--prompt`, else used when present.
+fn tokenizer(dir: &std::path::Path, required: bool) -> BoxResult<Option<Tokenizer>> {
+    match Tokenizer::open(dir) {
+        Ok(t) => Ok(Some(t)),
+        Err(LoadError::NoTokenizer { .. }) if !required => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn run(rt: &Runtime, opts: &GenerateOptions) -> BoxResult<()> {
     let dir = opts.model.as_deref().ok_or("--model DIR is required")?;
-    let prompt = opts.prompt_ids.clone().unwrap_or_else(|| vec![1, 2, 3, 4]);
+    let tokenizer = tokenizer(dir, opts.prompt.is_some())?;
+    let prompt = match (&opts.prompt, &tokenizer) {
+        (Some(text), Some(tok)) => {
+            let ids = tok.encode(text, true)?;
+            if ids.is_empty() {
+                return Err(format!("--prompt {text:?} encodes to no token").into());
+            }
+            ids
+        }
+        _ => opts.prompt_ids.clone().unwrap_or_else(|| vec![1, 2, 3, 4]),
+    };
     let new_tokens = opts.max_new_tokens.unwrap_or(16);
     let needed = prompt.len() + new_tokens;
     let cache_tokens = opts
@@ -275,6 +360,26 @@ fn run(rt: &Runtime, opts: &GenerateOptions) -> BoxResult<()> {
         started.elapsed().as_secs_f64()
     );
     println!("prompt ids: {}", ids_line(&prompt));
+    let eos: &[u32] = if opts.ignore_eos {
+        &[]
+    } else {
+        &hf.eos_token_ids
+    };
+    println!(
+        "EOS ids: {} | prefill: {:?} | tokenizer: {}",
+        if eos.is_empty() {
+            "none (generates --max-new-tokens ids)".to_string()
+        } else {
+            ids_line(eos)
+        },
+        opts.prefill,
+        tokenizer
+            .as_ref()
+            .map_or("none (no tokenizer.json)".to_string(), |t| t
+                .path()
+                .display()
+                .to_string())
+    );
 
     // Kernel compilation and cuBLAS set-up, outside the timings (the prefill rewrites the
     // cache position this writes).
@@ -287,10 +392,20 @@ fn run(rt: &Runtime, opts: &GenerateOptions) -> BoxResult<()> {
         started.elapsed().as_secs_f64()
     );
 
-    let eager = generate(rt, &prompt, new_tokens, |t, p| {
-        let logits = model.forward(rt, t, p)?;
-        Ok(rt.download::<bf16>(&logits)?)
-    })?;
+    let prefill = |tokens: &Tensor| -> BoxResult<Vec<bf16>> {
+        Ok(rt.download::<bf16>(&model.prefill(rt, tokens, 0, 0)?)?)
+    };
+    let eager = generate(
+        rt,
+        &prompt,
+        (new_tokens, eos),
+        opts.prefill,
+        prefill,
+        |t, p| {
+            let logits = model.forward(rt, t, p)?;
+            Ok(rt.download::<bf16>(&logits)?)
+        },
+    )?;
 
     let started = Instant::now();
     let mut graphs = model.forward_graphs(rt, cfg.input_specs()?)?;
@@ -299,24 +414,51 @@ fn run(rt: &Runtime, opts: &GenerateOptions) -> BoxResult<()> {
         graphs.sizes().len(),
         started.elapsed().as_secs_f64()
     );
-    let graph = generate(rt, &prompt, new_tokens, |t, p| {
-        let out = graphs.run([t, p])?;
-        if !out.replayed() {
-            return Err("the graph runner fell back to eager for a batch of 1".into());
-        }
-        Ok(rt.download::<bf16>(&out)?)
-    })?;
+    let graph = generate(
+        rt,
+        &prompt,
+        (new_tokens, eos),
+        opts.prefill,
+        prefill,
+        |t, p| {
+            let out = graphs.run([t, p])?;
+            if !out.replayed() {
+                return Err("the graph runner fell back to eager for a batch of 1".into());
+            }
+            Ok(rt.download::<bf16>(&out)?)
+        },
+    )?;
 
     println!("ids eager: {}", ids_line(&eager.ids));
     println!("ids graph: {}", ids_line(&graph.ids));
+    if let Some(tok) = &tokenizer {
+        // JSON strings: one line each whatever the text holds.
+        println!(
+            "prompt text: {}",
+            serde_json::Value::from(tok.decode(&prompt, true)?)
+        );
+        println!(
+            "text eager: {}",
+            serde_json::Value::from(tok.decode(&eager.ids, true)?)
+        );
+        println!(
+            "text graph: {}",
+            serde_json::Value::from(tok.decode(&graph.ids, true)?)
+        );
+    }
     println!();
-    println!("| path  | prefill tokens | prefill ms | decode steps | decode ms | decode tok/s |");
-    println!("|-------|---------------:|-----------:|-------------:|----------:|-------------:|");
+    println!(
+        "| path  | prefill tokens | prefill ms | prefill tok/s | decode steps | decode ms | decode tok/s |"
+    );
+    println!(
+        "|-------|---------------:|-----------:|--------------:|-------------:|----------:|-------------:|"
+    );
     for (name, g) in [("eager", &eager), ("graph", &graph)] {
         println!(
-            "| {name} | {:>14} | {:>10.2} | {:>12} | {:>9.2} | {:>12.1} |",
+            "| {name} | {:>14} | {:>10.2} | {:>13.0} | {:>12} | {:>9.2} | {:>12.1} |",
             prompt.len(),
             g.prefill.as_secs_f64() * 1e3,
+            prompt.len() as f64 / g.prefill.as_secs_f64(),
             g.decode_steps,
             g.decode.as_secs_f64() * 1e3,
             g.tokens_per_s()
@@ -332,11 +474,12 @@ fn run(rt: &Runtime, opts: &GenerateOptions) -> BoxResult<()> {
         .take_while(|(a, b)| a == b)
         .count();
     println!(
-        "last prompt position logits, graph vs eager: relative error {:.3e}; greedy ids identical for {same} of {new_tokens} steps",
+        "last prompt position logits, graph vs eager: relative error {:.3e}; greedy ids identical for {same} of {} steps",
         relative_error(
             graph.prompt_logits.iter().map(|&v| f64::from(v)),
             eager.prompt_logits.iter().map(|&v| f64::from(v)),
-        )
+        ),
+        eager.ids.len().max(graph.ids.len())
     );
     if let Some(path) = &opts.dump_logits {
         write_logits(path, &eager.prompt_logits)?;
@@ -371,6 +514,19 @@ mod tests {
         assert!(o.set("--prompt-ids", "1,x").is_err());
         o.set("--max-new-tokens", "0").unwrap();
         assert!(o.check().is_err());
+        o.set("--max-new-tokens", "3").unwrap();
+        o.set("--prompt", "Hello").unwrap();
+        assert!(o.check().is_err(), "--prompt with --prompt-ids");
+        o.prompt_ids = None;
+        assert!(o.check().is_ok());
+        o.set("--prefill", "steps").unwrap();
+        assert_eq!(o.prefill, PrefillMode::Steps);
+        assert!(o.set("--prefill", "chunked").is_err());
+        o.switch("--ignore-eos").unwrap();
+        assert!(o.ignore_eos && o.check().is_ok());
+        let mut no_model = GenerateOptions::default();
+        no_model.switch("--ignore-eos").unwrap();
+        assert!(no_model.check().is_err(), "needs --model");
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! time; sizes above the largest captured one run the eager fallback), `--json FILE` (every
 //! figure, machine-readable, for `scripts/bench.sh`), `--tp N` (tensor parallelism over N GPUs,
 //! one thread per GPU, NCCL all-reduces inside the graphs: tp = N against tp = 1; see `tp.rs`),
-//! `--growth` (capture 35, 67 and 512 sizes too: per-graph time and pool; see `floor.rs`).
+//! `--growth` (capture 35, 67 and 512 sizes too: per-graph time and pool; see `floor.rs`),
+//! `--prefill-bench N` (a prompt of N tokens prefilled in one forward against one step per
+//! token; see `prefill.rs`).
 //!
 //! With `--model DIR` it loads a Hugging Face checkpoint folder instead and generates greedily
 //! with the eager forward and with the graphs (see `generate.rs`).
@@ -18,6 +20,7 @@ mod bench;
 mod common;
 mod floor;
 mod generate;
+mod prefill;
 #[cfg(feature = "nccl")]
 mod tp;
 
@@ -41,6 +44,8 @@ pub struct Options {
     pub tp: usize,
     /// Also capture 35, 67 and 512 sizes to show the cost growth (`--growth`).
     pub growth: bool,
+    /// Benchmark the prefill of a prompt of this many tokens instead (`--prefill-bench N`).
+    pub prefill_bench: Option<usize>,
 }
 
 fn parse_options() -> std::result::Result<Options, String> {
@@ -51,6 +56,7 @@ fn parse_options() -> std::result::Result<Options, String> {
         generate: Default::default(),
         tp: 1,
         growth: false,
+        prefill_bench: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -69,15 +75,25 @@ fn parse_options() -> std::result::Result<Options, String> {
             }
             "--json" => opts.json = Some(PathBuf::from(value("--json")?)),
             "--growth" => opts.growth = true,
+            "--prefill-bench" => {
+                opts.prefill_bench = Some(
+                    value("--prefill-bench")?
+                        .parse()
+                        .map_err(|e| format!("--prefill-bench: {e}"))?,
+                );
+            }
             "--tp" => {
                 opts.tp = value("--tp")?.parse().map_err(|e| format!("--tp: {e}"))?;
+            }
+            flag if generate::GenerateOptions::SWITCHES.contains(&flag) => {
+                opts.generate.switch(flag)?;
             }
             flag if generate::GenerateOptions::FLAGS.contains(&flag) => {
                 opts.generate.set(flag, &value(flag)?)?;
             }
             "-h" | "--help" => {
                 return Err(format!(
-                    "usage: decode_bench [--iters N] [--batches 1,8,300] [--json FILE] [--tp N] [--growth] {}",
+                    "usage: decode_bench [--iters N] [--batches 1,8,300] [--json FILE] [--tp N] [--growth] [--prefill-bench N] {}",
                     generate::GenerateOptions::USAGE
                 ));
             }
@@ -87,6 +103,12 @@ fn parse_options() -> std::result::Result<Options, String> {
     opts.generate.check()?;
     if opts.iters == 0 || opts.batches.contains(&0) || opts.tp == 0 {
         return Err("--iters, --tp and every batch size must be at least 1".into());
+    }
+    if opts.prefill_bench == Some(0) {
+        return Err("--prefill-bench needs at least 1 token".into());
+    }
+    if opts.prefill_bench.is_some() && (opts.tp > 1 || opts.generate.enabled()) {
+        return Err("--prefill-bench runs on its own (not with --tp or --model)".into());
     }
     if opts.tp > 1 && opts.generate.enabled() {
         return Err("--tp runs the benchmark; it does not combine with --model".into());
@@ -122,6 +144,15 @@ fn main() -> ExitCode {
     };
     if opts.generate.enabled() {
         return generate::main(&rt, &opts.generate);
+    }
+    if let Some(len) = opts.prefill_bench {
+        return match prefill::run(&rt, len, opts.iters.min(20)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("decode_bench --prefill-bench failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let context_s = started.elapsed().as_secs_f64();
     match bench::run(&rt, &opts, context_s) {

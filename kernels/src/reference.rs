@@ -10,7 +10,7 @@
 
 use half::bf16;
 
-use crate::ops::AttentionShape;
+use crate::ops::{AttentionShape, PrefillChunk, RopeScaling};
 
 // ---------------------------------------------------------------------------------------------
 // bf16
@@ -181,12 +181,26 @@ pub fn rope_inv_freq(i: usize, head_dim: usize, theta: f32) -> f32 {
 /// Rotates one head (`head.len()` = head_dim, even) to position `pos` in place
 /// ("rotate_half" convention).
 fn rotate_head(head: &mut [f32], pos: f32, theta: f32) {
+    rotate_head_scaled(head, pos as usize, theta, &RopeScaling::None, 0);
+}
+
+/// [`rotate_head`] with a RoPE scaling (its frequencies from [`RopeScaling::inv_freq`], cos and
+/// sin times its attention factor) and a dynamic scaling's `min_len`.
+fn rotate_head_scaled(
+    head: &mut [f32],
+    pos: usize,
+    theta: f32,
+    scaling: &RopeScaling,
+    min_len: usize,
+) {
     let head_dim = head.len();
     let half = head_dim / 2;
+    let attn = f64::from(scaling.attention_factor());
     for i in 0..half {
         // The angle is formed in f32 like the kernel's; sin and cos are taken in f64.
-        let angle = f64::from(pos * rope_inv_freq(i, head_dim, theta));
+        let angle = f64::from(pos as f32 * scaling.inv_freq(theta, i, head_dim, pos, min_len));
         let (s, c) = angle.sin_cos();
+        let (s, c) = (s * attn, c * attn);
         let x1 = f64::from(head[i]);
         let x2 = f64::from(head[i + half]);
         head[i] = (x1 * c - x2 * s) as f32;
@@ -236,6 +250,33 @@ pub fn rope_kv_write_ref(
     max_t: usize,
     cfg: &AttentionShape,
 ) -> Vec<f32> {
+    rope_kv_write_rows(qkv, positions, (k_cache, v_cache), max_t, cfg, None)
+}
+
+/// What [`rope_kv_write_prefill`](crate::ops::rope_kv_write_prefill) does, on the host:
+/// [`rope_kv_write_ref`] with every row writing slot `chunk.slot` (and a dynamic RoPE scaling's
+/// length at least `chunk.seq_len`).
+pub fn rope_kv_write_prefill_ref(
+    qkv: &[f32],
+    positions: &[i32],
+    (k_cache, v_cache): (&mut [f32], &mut [f32]),
+    max_t: usize,
+    cfg: &AttentionShape,
+    chunk: &PrefillChunk,
+) -> Vec<f32> {
+    rope_kv_write_rows(qkv, positions, (k_cache, v_cache), max_t, cfg, Some(chunk))
+}
+
+/// The body of [`rope_kv_write_ref`] (`chunk` `None`: row `b` uses slot `b`) and of
+/// [`rope_kv_write_prefill_ref`].
+fn rope_kv_write_rows(
+    qkv: &[f32],
+    positions: &[i32],
+    (k_cache, v_cache): (&mut [f32], &mut [f32]),
+    max_t: usize,
+    cfg: &AttentionShape,
+    chunk: Option<&PrefillChunk>,
+) -> Vec<f32> {
     let d = cfg.head_dim;
     let width = (cfg.q_heads + 2 * cfg.kv_heads) * d;
     let n = rows_of(qkv, width, "rope_kv_write_ref qkv");
@@ -251,10 +292,17 @@ pub fn rope_kv_write_ref(
         "rope_kv_write_ref: cache lengths"
     );
     let slots = rows_of(k_cache, max_t * kv_row, "rope_kv_write_ref k_cache");
-    assert!(
-        slots >= n,
-        "rope_kv_write_ref: {slots} cache slots for {n} rows"
-    );
+    match chunk {
+        None => assert!(
+            slots >= n,
+            "rope_kv_write_ref: {slots} cache slots for {n} rows"
+        ),
+        Some(c) => assert!(c.slot < slots, "rope_kv_write_ref: slot {}", c.slot),
+    }
+    let min_len = chunk.map_or(0, |c| c.seq_len);
+    let rotate = |head: &mut [f32], pos: usize| {
+        rotate_head_scaled(head, pos, cfg.rope_theta, &cfg.rope_scaling, min_len);
+    };
 
     let q_width = q_width_of(cfg);
     let mut q_out = Vec::with_capacity(n * q_width);
@@ -267,14 +315,15 @@ pub fn rope_kv_write_ref(
         let (k, v) = rest.split_at(kv_row);
         for head in q.chunks_exact(d) {
             let mut head = head.to_vec();
-            rotate_head(&mut head, pos as f32, cfg.rope_theta);
+            rotate(&mut head, pos);
             q_out.extend_from_slice(&head);
         }
-        let at = (b * max_t + pos) * kv_row;
+        let slot = chunk.map_or(b, |c| c.slot);
+        let at = (slot * max_t + pos) * kv_row;
         let k_dst = &mut k_cache[at..at + kv_row];
         k_dst.copy_from_slice(k);
         for head in k_dst.chunks_exact_mut(d) {
-            rotate_head(head, pos as f32, cfg.rope_theta);
+            rotate(head, pos);
         }
         v_cache[at..at + kv_row].copy_from_slice(v);
     }
@@ -296,9 +345,21 @@ pub fn rope_kv_write_qk_norm_ref(
     (q_weight, k_weight): (&[f32], &[f32]),
     eps: f32,
 ) -> Vec<f32> {
+    let normed = qk_norm_ref(qkv, cfg, (q_weight, k_weight), eps);
+    rope_kv_write_ref(&normed, positions, k_cache, v_cache, max_t, cfg)
+}
+
+/// The q/k norm of [`rope_kv_write_qk_norm_ref`] alone: `qkv` with every q head RMS-normalised
+/// with `q_weight`, every k head with `k_weight` (each element rounded to bf16), v unchanged.
+pub fn qk_norm_ref(
+    qkv: &[f32],
+    cfg: &AttentionShape,
+    (q_weight, k_weight): (&[f32], &[f32]),
+    eps: f32,
+) -> Vec<f32> {
     let d = cfg.head_dim;
     let width = (cfg.q_heads + 2 * cfg.kv_heads) * d;
-    rows_of(qkv, width, "rope_kv_write_qk_norm_ref qkv");
+    rows_of(qkv, width, "qk_norm_ref qkv");
     let mut normed = qkv.to_vec();
     for row in normed.chunks_exact_mut(width) {
         let (q, rest) = row.split_at_mut(cfg.q_heads * d);
@@ -308,7 +369,7 @@ pub fn rope_kv_write_qk_norm_ref(
             heads.copy_from_slice(&out);
         }
     }
-    rope_kv_write_ref(&normed, positions, k_cache, v_cache, max_t, cfg)
+    normed
 }
 
 /// Decode attention, as [`attention_decode`](crate::ops::attention_decode): for row `b` and
@@ -327,6 +388,32 @@ pub fn attention_ref(
     max_t: usize,
     cfg: &AttentionShape,
 ) -> Vec<f32> {
+    attention_rows(q, (k_cache, v_cache), positions, max_t, cfg, None)
+}
+
+/// What [`attention_prefill`](crate::ops::attention_prefill) does, on the host:
+/// [`attention_ref`] with every row reading slot `slot`.
+pub fn attention_prefill_ref(
+    q: &[f32],
+    (k_cache, v_cache): (&[f32], &[f32]),
+    positions: &[i32],
+    max_t: usize,
+    cfg: &AttentionShape,
+    slot: usize,
+) -> Vec<f32> {
+    attention_rows(q, (k_cache, v_cache), positions, max_t, cfg, Some(slot))
+}
+
+/// The body of [`attention_ref`] (`slot` `None`: row `b` reads slot `b`) and of
+/// [`attention_prefill_ref`].
+fn attention_rows(
+    q: &[f32],
+    (k_cache, v_cache): (&[f32], &[f32]),
+    positions: &[i32],
+    max_t: usize,
+    cfg: &AttentionShape,
+    slot: Option<usize>,
+) -> Vec<f32> {
     let d = cfg.head_dim;
     let q_width = q_width_of(cfg);
     let n = rows_of(q, q_width, "attention_ref q");
@@ -338,10 +425,13 @@ pub fn attention_ref(
     let kv_row = cfg.kv_heads * d;
     assert_eq!(k_cache.len(), v_cache.len(), "attention_ref: cache lengths");
     let slots = rows_of(k_cache, max_t * kv_row, "attention_ref k_cache");
-    assert!(
-        slots >= n,
-        "attention_ref: {slots} cache slots for {n} rows"
-    );
+    match slot {
+        None => assert!(
+            slots >= n,
+            "attention_ref: {slots} cache slots for {n} rows"
+        ),
+        Some(s) => assert!(s < slots, "attention_ref: slot {s}"),
+    }
     let group = cfg.q_heads / cfg.kv_heads;
     let scale = 1.0 / (d as f64).sqrt();
 
@@ -354,7 +444,8 @@ pub fn attention_ref(
         let len = last + 1;
         for (h, q_head) in q_row.chunks_exact(d).enumerate() {
             let kv_head = h / group;
-            let at = |t: usize| (b * max_t + t) * kv_row + kv_head * d;
+            let slot = slot.unwrap_or(b);
+            let at = |t: usize| (slot * max_t + t) * kv_row + kv_head * d;
             let scores: Vec<f64> = (0..len)
                 .map(|t| {
                     let k = &k_cache[at(t)..at(t) + d];
@@ -586,6 +677,7 @@ mod tests {
             kv_heads: 2,
             head_dim: 8,
             rope_theta: 10_000.0,
+            rope_scaling: RopeScaling::None,
         };
         let (slots, max_t, n) = (3, 5, 2);
         let width = (cfg.q_heads + 2 * cfg.kv_heads) * cfg.head_dim;
@@ -631,6 +723,7 @@ mod tests {
             kv_heads: 2,
             head_dim: 8,
             rope_theta: 10_000.0,
+            rope_scaling: RopeScaling::None,
         };
         let (slots, max_t, n) = (3, 5, 3);
         let width = (cfg.q_heads + 2 * cfg.kv_heads) * cfg.head_dim;
@@ -682,6 +775,7 @@ mod tests {
             kv_heads: 1,
             head_dim: 8,
             rope_theta: 10_000.0,
+            rope_scaling: RopeScaling::None,
         };
         let (max_t, d) = (4, cfg.head_dim);
         let width = (cfg.q_heads + 2 * cfg.kv_heads) * d;
@@ -716,6 +810,7 @@ mod tests {
             kv_heads: 2,
             head_dim: 8,
             rope_theta: 10_000.0,
+            rope_scaling: RopeScaling::None,
         };
         let max_t = 6;
         let n = positions.len();

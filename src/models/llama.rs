@@ -14,7 +14,7 @@
 //! head is a different weight for the same last projection.
 
 use super::weights::{HostTensor, LayerWeights, LlamaWeights};
-use crate::ops::{self, AttentionShape, QkNorm};
+use crate::ops::{self, AttentionShape, PrefillChunk, QkNorm, RopeScaling};
 use crate::{DType, Error, InputSpec, Result, Runtime, Tensor, cuda_graph};
 
 /// Shapes of a Llama-family decoder.
@@ -38,6 +38,8 @@ pub struct LlamaConfig {
     pub rms_eps: f32,
     /// RoPE base.
     pub rope_theta: f32,
+    /// RoPE scaling for long contexts (`rope_type` of a Hugging Face config).
+    pub rope_scaling: RopeScaling,
     /// KV-cache slots (the largest batch the cache serves).
     pub cache_slots: usize,
     /// KV-cache tokens per slot.
@@ -69,6 +71,7 @@ impl LlamaConfig {
             intermediate: 3072,
             rms_eps: 1e-6,
             rope_theta: 1_000_000.0,
+            rope_scaling: RopeScaling::None,
             cache_slots: 320,
             cache_tokens: 256,
             qkv_bias: false,
@@ -90,6 +93,7 @@ impl LlamaConfig {
             intermediate: 512,
             rms_eps: 1e-6,
             rope_theta: 10_000.0,
+            rope_scaling: RopeScaling::None,
             cache_slots: 320,
             cache_tokens: 64,
             qkv_bias: false,
@@ -106,6 +110,7 @@ impl LlamaConfig {
             kv_heads: self.kv_heads,
             head_dim: self.head_dim,
             rope_theta: self.rope_theta,
+            rope_scaling: self.rope_scaling,
         }
     }
 
@@ -493,6 +498,16 @@ pub(crate) struct DecodeParts<'a> {
     pub(crate) lm_head: Option<&'a Tensor>,
 }
 
+/// What the rows of a forward are.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Rows<'a> {
+    /// A decode step: row `b` is the next token of the sequence in KV-cache slot `b`.
+    Decode,
+    /// A prefill chunk: the rows are consecutive tokens of one sequence (one slot); only the
+    /// last row's logits are computed.
+    Prefill(&'a PrefillChunk),
+}
+
 /// One decode step over `parts`. `reduce` is applied to the output projection's and the down
 /// projection's results before each residual add: the identity on one GPU, an all-reduce across
 /// the ranks of a tensor-parallel model (whose projections produce partial sums).
@@ -501,6 +516,18 @@ pub(crate) fn decode_step(
     parts: &DecodeParts<'_>,
     tokens: &Tensor,
     positions: &Tensor,
+    reduce: &dyn Fn(&Runtime, Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    forward_rows(rt, parts, (tokens, positions), Rows::Decode, reduce)
+}
+
+/// The forward of `rows` over `parts` (a decode step, or a prefill chunk); `reduce` as in
+/// [`decode_step`].
+pub(crate) fn forward_rows(
+    rt: &Runtime,
+    parts: &DecodeParts<'_>,
+    (tokens, positions): (&Tensor, &Tensor),
+    rows: Rows<'_>,
     reduce: &dyn Fn(&Runtime, Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
     let cfg = parts.cfg;
@@ -554,15 +581,39 @@ pub(crate) fn decode_step(
             }),
             _ => None,
         };
-        let ctx = ops::rope_attention_decode(
-            rt,
-            &qkv,
-            positions,
-            &layer.k_cache,
-            &layer.v_cache,
-            &attn,
-            qk_norm.as_ref(),
-        )?;
+        let ctx = match rows {
+            Rows::Decode => ops::rope_attention_decode(
+                rt,
+                &qkv,
+                positions,
+                &layer.k_cache,
+                &layer.v_cache,
+                &attn,
+                qk_norm.as_ref(),
+            )?,
+            // Every key of the chunk is written before any row attends (stream order).
+            Rows::Prefill(chunk) => {
+                let q = ops::rope_kv_write_prefill(
+                    rt,
+                    &qkv,
+                    positions,
+                    &layer.k_cache,
+                    &layer.v_cache,
+                    &attn,
+                    chunk,
+                    qk_norm.as_ref(),
+                )?;
+                ops::attention_prefill(
+                    rt,
+                    &q,
+                    &layer.k_cache,
+                    &layer.v_cache,
+                    positions,
+                    &attn,
+                    chunk,
+                )?
+            }
+        };
         let attn_out = match &layer.o_bias {
             Some(bias) => ops::linear_bias(rt, &ctx, &layer.o_proj, bias)?,
             None => ops::linear(rt, &ctx, &layer.o_proj)?,
@@ -585,6 +636,17 @@ pub(crate) fn decode_step(
     }
     // Tied embeddings: the LM head is the embedding table.
     let lm_head = parts.lm_head.unwrap_or(parts.embed);
+    if let Rows::Prefill(_) = rows {
+        // Only the last row's logits: its hidden state, gathered as a one-row "embedding".
+        let sum = match &pending {
+            Some(delta) => ops::add(rt, &residual, delta)?,
+            None => residual,
+        };
+        let last = u32::try_from(sum.rows() - 1)
+            .map_err(|_| Error::invalid("prefill", "more than u32::MAX rows"))?;
+        let last = ops::embedding(rt, &sum, &rt.upload(&[last], &[1])?)?;
+        return ops::rms_norm_linear(rt, &last, parts.final_norm, cfg.rms_eps, lm_head, None);
+    }
     let (_, logits) = norm_linear(&residual, pending.as_ref(), parts.final_norm, lm_head, None)?;
     Ok(logits)
 }
@@ -708,6 +770,83 @@ impl Llama {
         self.layers.iter().map(|l| (&l.k_cache, &l.v_cache))
     }
 
+    /// Prefills `tokens` (u32 `[n]`, `n >= 1`), the tokens at positions `start..start + n` of
+    /// the sequence in KV-cache slot `slot`, in one eager forward: every row's key and value is
+    /// written into the cache and each row attends causally (over positions `0..=its own` of
+    /// the slot, so a prompt may be prefilled in chunks). Returns the logits of the last row
+    /// (the next token after the chunk), bf16 `[1, vocab]`.
+    ///
+    /// The same kernels as [`forward`](Self::forward), except that the attention of a decode
+    /// step is split in two launches (write every key, then attend). A dynamic RoPE scaling
+    /// uses the sequence's length after the chunk (`start + n`) for every row, as transformers
+    /// does for one forward over a prompt.
+    ///
+    /// ```no_run
+    /// # use cudagraph::models::llama::{Llama, LlamaConfig};
+    /// # fn main() -> cudagraph::Result<()> {
+    /// let rt = cudagraph::Runtime::new(0)?;
+    /// let model = Llama::random(&rt, LlamaConfig::tiny(), 0)?;
+    /// let prompt = rt.upload(&[1u32, 17, 42, 99], &[4])?;
+    /// let logits = model.prefill(&rt, &prompt, 0, 0)?; // slot 0, positions 0..4
+    /// assert_eq!(logits.shape(), [1, model.config().vocab]);
+    /// # Ok(()) }
+    /// ```
+    pub fn prefill(
+        &self,
+        rt: &Runtime,
+        tokens: &Tensor,
+        start: usize,
+        slot: usize,
+    ) -> Result<Tensor> {
+        const OP: &str = "Llama::prefill";
+        if tokens.dtype() != DType::U32 || tokens.shape().len() != 1 || tokens.rows() == 0 {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "`tokens` must be u32 [n] with n >= 1, got {:?} {:?}",
+                    tokens.dtype(),
+                    tokens.shape()
+                ),
+            ));
+        }
+        let n = tokens.rows();
+        let seq_len = start
+            .checked_add(n)
+            .filter(|&end| end <= self.cfg.cache_tokens)
+            .ok_or_else(|| {
+                Error::invalid(
+                    OP,
+                    format!(
+                        "positions {start}..{start}+{n} do not fit the KV cache's {} positions",
+                        self.cfg.cache_tokens
+                    ),
+                )
+            })?;
+        let positions: Vec<i32> = (start..seq_len)
+            .map(|p| i32::try_from(p).map_err(|_| Error::invalid(OP, "a position overflows i32")))
+            .collect::<Result<_>>()?;
+        let positions = rt.upload(&positions, &[n])?;
+        let chunk = PrefillChunk { slot, seq_len };
+        forward_rows(
+            rt,
+            &self.parts(),
+            (tokens, &positions),
+            Rows::Prefill(&chunk),
+            &|_, t| Ok(t),
+        )
+    }
+
+    /// The parts one forward reads.
+    fn parts(&self) -> DecodeParts<'_> {
+        DecodeParts {
+            cfg: &self.cfg,
+            embed: &self.embed,
+            layers: &self.layers,
+            final_norm: &self.final_norm,
+            lm_head: self.lm_head.as_ref(),
+        }
+    }
+
     /// One decode step: the logits (`[n, vocab]` bf16) of the next token of `n` sequences,
     /// given each one's new token (`[n]` u32) and its position (`[n]` i32). Writes the new keys
     /// and values into the KV cache.
@@ -716,14 +855,7 @@ impl Llama {
     /// KV-write and attention kernels skip them, so only the `n` real rows write the cache.
     #[cuda_graph(sizes = [1, 2, 4, 8..=256 step 8], pad = [positions = -1])]
     pub fn forward(&self, rt: &Runtime, tokens: &Tensor, positions: &Tensor) -> Result<Tensor> {
-        let parts = DecodeParts {
-            cfg: &self.cfg,
-            embed: &self.embed,
-            layers: &self.layers,
-            final_norm: &self.final_norm,
-            lm_head: self.lm_head.as_ref(),
-        };
-        decode_step(rt, &parts, tokens, positions, &|_, t| Ok(t))
+        decode_step(rt, &self.parts(), tokens, positions, &|_, t| Ok(t))
     }
 }
 

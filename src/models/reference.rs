@@ -102,8 +102,35 @@ impl HostLlama {
     /// attends to positions `0..=positions[b]`. Returns the logits, `[n, vocab]` row-major,
     /// rounded to bf16.
     pub fn step(&mut self, tokens: &[u32], positions: &[i32]) -> Result<Vec<f32>> {
+        self.rows(tokens, positions, None)
+    }
+
+    /// A prefill chunk, as [`Llama::prefill`](super::llama::Llama::prefill): `tokens` at
+    /// positions `start..start + n` of the sequence in slot `slot`, all written to the cache
+    /// before any row attends. Returns every row's logits, `[n, vocab]` (the GPU computes only
+    /// the last row's).
+    pub fn prefill(&mut self, tokens: &[u32], start: usize, slot: usize) -> Result<Vec<f32>> {
+        let end = start + tokens.len();
+        if slot >= self.slots || end > self.cfg.cache_tokens {
+            return Err(Error::invalid(
+                "HostLlama::prefill",
+                format!("slot {slot} or positions {start}..{end} outside the cache"),
+            ));
+        }
+        let positions: Vec<i32> = (start..end).map(|p| p as i32).collect();
+        let chunk = crate::ops::PrefillChunk { slot, seq_len: end };
+        self.rows(tokens, &positions, Some(&chunk))
+    }
+
+    /// The body of [`step`](Self::step) (`chunk` `None`) and [`prefill`](Self::prefill).
+    fn rows(
+        &mut self,
+        tokens: &[u32],
+        positions: &[i32],
+        chunk: Option<&crate::ops::PrefillChunk>,
+    ) -> Result<Vec<f32>> {
         let n = tokens.len();
-        if n == 0 || positions.len() != n || n > self.slots {
+        if n == 0 || positions.len() != n || (chunk.is_none() && n > self.slots) {
             return Err(Error::invalid(
                 "HostLlama::step",
                 format!(
@@ -131,16 +158,27 @@ impl HostLlama {
             let qkv = round(r::linear_ref(&normed, &layer.qkv, None, h));
             let qkv = add_bias(qkv, layer.qkv_bias.as_ref());
             let (k, v) = (&mut layer.k_cache, &mut layer.v_cache);
-            let q = match &layer.qk_norm {
-                Some((qw, kw)) => {
+            let q = match (&layer.qk_norm, chunk) {
+                (Some((qw, kw)), None) => {
                     r::rope_kv_write_qk_norm_ref(&qkv, positions, k, v, max_t, &attn, (qw, kw), eps)
                 }
-                None => r::rope_kv_write_ref(&qkv, positions, k, v, max_t, &attn),
+                (None, None) => r::rope_kv_write_ref(&qkv, positions, k, v, max_t, &attn),
+                (norm, Some(c)) => {
+                    let normed = match norm {
+                        Some((qw, kw)) => r::qk_norm_ref(&qkv, &attn, (qw, kw), eps),
+                        None => qkv.clone(),
+                    };
+                    r::rope_kv_write_prefill_ref(&normed, positions, (k, v), max_t, &attn, c)
+                }
             };
             let q = round(q);
             // The device cache holds bf16 (rounding a bf16 value again changes nothing).
             k.iter_mut().for_each(|x| *x = r::round_bf16(*x));
-            let ctx = round(r::attention_ref(&q, k, v, positions, max_t, &attn));
+            let ctx = match chunk {
+                None => r::attention_ref(&q, k, v, positions, max_t, &attn),
+                Some(c) => r::attention_prefill_ref(&q, (k, v), positions, max_t, &attn, c.slot),
+            };
+            let ctx = round(ctx);
             let attn_out = round(r::linear_ref(&ctx, &layer.o_proj, None, cfg.q_width()));
             let attn_out = add_bias(attn_out, layer.o_bias.as_ref());
             let (res, n2) = r::add_rms_norm_ref(&residual, &attn_out, &layer.mlp_norm, h, eps);

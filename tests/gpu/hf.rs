@@ -223,6 +223,7 @@ fn qk_norm_rope_matches_reference() -> Result<()> {
             kv_heads,
             head_dim,
             rope_theta: 1_000_000.0,
+            rope_scaling: cudagraph::ops::RopeScaling::None,
         };
         let (slots, tokens) = (n + 1, 16);
         let width = (q_heads + 2 * kv_heads) * head_dim;
@@ -367,10 +368,11 @@ fn bad_checkpoints_fail_clearly_through_load() -> Result<()> {
     let err = record(
         "rope_scaling",
         load_with_config(&rt, &synth, |c| {
-            c["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": 2.0});
+            c["rope_scaling"] = serde_json::json!({"rope_type": "longrope", "factor": 2.0,
+                "short_factor": [1.0], "long_factor": [1.0]});
         }),
     );
-    assert!(matches!(&err, LoadError::Config { field, .. } if field == "rope_scaling"));
+    assert!(matches!(&err, LoadError::Config { field, .. } if field == "rope_scaling.rope_type"));
 
     let dir = scratch("gpu-hf-truncated");
     synth.write(dir.path()).expect("write");

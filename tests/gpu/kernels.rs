@@ -231,6 +231,7 @@ fn rope_and_attention_match_reference() -> Result<()> {
             kv_heads,
             head_dim,
             rope_theta: 10_000.0,
+            rope_scaling: cudagraph::ops::RopeScaling::None,
         };
         let width = (q_heads + 2 * kv_heads) * head_dim;
         let cache_len = slots * tokens * kv_heads * head_dim;
@@ -316,6 +317,7 @@ fn rope_kv_write_skips_padded_rows() -> Result<()> {
             kv_heads,
             head_dim,
             rope_theta: 10_000.0,
+            rope_scaling: cudagraph::ops::RopeScaling::None,
         };
         let (width, q_width, kv_row) = (
             (q_heads + 2 * kv_heads) * head_dim,
@@ -443,6 +445,7 @@ fn attention_decode_zeroes_padded_rows() -> Result<()> {
             kv_heads,
             head_dim,
             rope_theta: 10_000.0,
+            rope_scaling: cudagraph::ops::RopeScaling::None,
         };
         let (q_width, kv_row) = (q_heads * head_dim, kv_heads * head_dim);
         let positions = padded_positions(&mut rng, n, tokens);
@@ -637,6 +640,7 @@ fn rope_attention_matches_the_unfused_ops_bit_for_bit() -> Result<()> {
                 kv_heads,
                 head_dim,
                 rope_theta: 1_000_000.0,
+                rope_scaling: cudagraph::ops::RopeScaling::None,
             };
             let width = (q_heads + 2 * kv_heads) * head_dim;
             let cache_dims = [slots, tokens, kv_heads, head_dim];

@@ -15,6 +15,7 @@ mod gemm_lt;
 mod hf;
 mod kernels;
 mod memory;
+mod prefill;
 mod reliability;
 mod runner;
 mod soundness;

@@ -523,6 +523,7 @@ fn a_misaligned_kv_cache_is_refused() -> Result<()> {
         kv_heads: 1,
         head_dim: 8,
         rope_theta: 1e4,
+        rope_scaling: cudagraph::ops::RopeScaling::None,
     };
     let buf = rt.zeros(&[9], DType::BF16)?;
     let rows = buf.narrow_rows(1, 8)?;

@@ -2,7 +2,9 @@
 //
 // Layouts (row-major):
 //   q        [n, q_heads * head_dim]
-//   k_cache, v_cache [batch_slots, max_t, kv_heads, head_dim]; row b reads slot b
+//   k_cache, v_cache [batch_slots, max_t, kv_heads, head_dim]; row b reads slot b, or every
+//            row reads slot `slot` when slot >= 0 (attention_decode_bf16 only: the causal
+//            attention of a prefill chunk, whose keys rope_kv_write_bf16 wrote before)
 //   positions[n] (int32): row b attends over cache positions 0..=pos; pos >= max_t is
 //            clamped to max_t - 1. A negative pos marks a padded row (vLLM's PAD_SLOT_ID):
 //            its output row is all zeros and it reads no cache.
@@ -152,6 +154,7 @@ extern "C" __global__ void attention_decode_bf16(
     int kv_heads,
     int head_dim,
     int max_t,
+    int slot,
     float scale)
 {
     PDL_LAUNCH_DEPENDENTS();
@@ -189,8 +192,9 @@ extern "C" __global__ void attention_decode_bf16(
                                + (unsigned long long)head) * d;
     // Element (t, i) of this row's cache slot and kv head: base + t * t_stride + i.
     const unsigned long long t_stride = (unsigned long long)kv_heads * d;
+    const unsigned long long cache_slot = (unsigned long long)(slot >= 0 ? slot : b);
     const unsigned long long slot_base =
-        (unsigned long long)b * (unsigned long long)max_t * t_stride
+        cache_slot * (unsigned long long)max_t * t_stride
         + (unsigned long long)kv_head * d;
 
     for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
@@ -227,7 +231,7 @@ extern "C" __global__ void rope_attention_decode_bf16(
     int kv_heads,
     int head_dim,
     int max_t,
-    float theta,
+    ROPE_PARAMS,
     const bf16_t* __restrict__ q_norm,
     const bf16_t* __restrict__ k_norm,
     float eps,
@@ -280,12 +284,12 @@ extern "C" __global__ void rope_attention_decode_bf16(
     const int total_heads = q_heads + 2 * kv_heads;
     const bf16_t* row = qkv + (unsigned long long)b * (unsigned long long)total_heads * d;
     const int warp = threadIdx.x >> 5;
+    const RopeArgs rope = ROPE_ARGS;
     if (warp == 0) {
-        rope_head_warp(row + (unsigned long long)head * d, q_norm, eps, pos, head_dim, theta,
-                       q_h);
+        rope_head_warp(row + (unsigned long long)head * d, q_norm, eps, pos, head_dim, rope, q_h);
     } else if (warp == 1) {
         rope_head_warp(row + (unsigned long long)(q_heads + kv_head) * d, k_norm, eps, pos,
-                       head_dim, theta, k_h);
+                       head_dim, rope, k_h);
     } else if (warp == 2) {
         const bf16_t* v_src = row + (unsigned long long)(q_heads + kv_heads + kv_head) * d;
         for (int i = threadIdx.x & 31; i < head_dim; i += 32) {

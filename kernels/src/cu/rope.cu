@@ -6,7 +6,8 @@
 //   qkv      [n, (q_heads + 2 * kv_heads) * head_dim]: q heads, then k heads, then v heads
 //   positions[n] (int32): a negative position marks a padded row (see below); a position
 //            >= max_t is clamped to max_t - 1 (never an out-of-bounds write)
-//   k_cache, v_cache [batch_slots, max_t, kv_heads, head_dim]; row b uses slot b
+//   k_cache, v_cache [batch_slots, max_t, kv_heads, head_dim]; row b uses slot b, or every
+//            row uses slot `slot` when slot >= 0 (a prefill chunk of one sequence)
 //   q_out    [n, q_heads * head_dim]
 //   q_norm, k_norm [head_dim] or null (both null: no norm)
 //
@@ -30,7 +31,8 @@ extern "C" __global__ void rope_kv_write_bf16(
     int kv_heads,
     int head_dim,
     int max_t,
-    float theta,
+    int slot,
+    ROPE_PARAMS,
     const bf16_t* __restrict__ q_norm,
     const bf16_t* __restrict__ k_norm,
     float eps)
@@ -57,6 +59,7 @@ extern "C" __global__ void rope_kv_write_bf16(
         return;
     }
     pos = pos > max_t - 1 ? max_t - 1 : pos;
+    const unsigned long long cache_slot = (unsigned long long)(slot >= 0 ? slot : b);
 
     const bf16_t* src = qkv + ((unsigned long long)b * (unsigned long long)total_heads
                                + (unsigned long long)head) * d;
@@ -68,18 +71,18 @@ extern "C" __global__ void rope_kv_write_bf16(
                            + (unsigned long long)head) * d;
         } else {
             const int kv_head = head - q_heads;
-            dst = k_cache + (((unsigned long long)b * (unsigned long long)max_t
+            dst = k_cache + ((cache_slot * (unsigned long long)max_t
                               + (unsigned long long)pos) * (unsigned long long)kv_heads
                              + (unsigned long long)kv_head) * d;
         }
         // One warp rotates the head (rope_head_warp); the block is that warp.
         const bf16_t* norm = head < q_heads ? q_norm : k_norm;
         if (threadIdx.x < 32) {
-            rope_head_warp(src, norm, eps, pos, head_dim, theta, dst);
+            rope_head_warp(src, norm, eps, pos, head_dim, ROPE_ARGS, dst);
         }
     } else {
         const int kv_head = head - q_heads - kv_heads;
-        bf16_t* dst = v_cache + (((unsigned long long)b * (unsigned long long)max_t
+        bf16_t* dst = v_cache + ((cache_slot * (unsigned long long)max_t
                                   + (unsigned long long)pos) * (unsigned long long)kv_heads
                                  + (unsigned long long)kv_head) * d;
         for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {

@@ -5,6 +5,8 @@ use cudagraph_runtime::cudarc::driver::LaunchConfig;
 use cudagraph_runtime::{DType, Error, Result, Runtime, Tensor};
 
 use super::check;
+use super::prefill::CacheRows;
+use super::rope_scaling::RopeScaling;
 use crate::ffi::{self, Arg};
 use crate::modules::{ATTENTION, names};
 
@@ -39,6 +41,8 @@ pub struct AttentionShape {
     pub head_dim: usize,
     /// RoPE base (`theta`, 10000 for Llama 2, 500000 for Llama 3): finite and > 0.
     pub rope_theta: f32,
+    /// How RoPE's frequencies are scaled for long contexts ([`RopeScaling::None`]: plain).
+    pub rope_scaling: RopeScaling,
 }
 
 impl AttentionShape {
@@ -49,6 +53,7 @@ impl AttentionShape {
             kv_heads,
             head_dim,
             rope_theta,
+            rope_scaling,
         } = *self;
         if q_heads == 0 || kv_heads == 0 {
             return Err(Error::invalid(
@@ -76,6 +81,7 @@ impl AttentionShape {
                 format!("rope_theta ({rope_theta}) must be finite and > 0"),
             ));
         }
+        rope_scaling.validate(op)?;
         // The widest row (q, k and v heads together) must fit the kernels' int arithmetic;
         // the q row is narrower, checked too so that `q_width` is `Some` after this.
         let fits = |w: Option<usize>| w.filter(|&w| i32::try_from(w).is_ok()).is_some();
@@ -275,14 +281,36 @@ pub fn attention_decode(
 ) -> Result<Tensor> {
     const OP: &str = "attention_decode";
     rt.enter_op(OP);
-    cfg.validate(OP)?;
-    check::tensor(rt, OP, "q", q, DType::BF16)?;
-    let (_, q_width) = cfg.widths(OP)?;
-    check::rank(OP, "q", q, 2, &format!("[n, {q_width}]"))?;
+    attention_impl(
+        rt,
+        OP,
+        q,
+        (k_cache, v_cache),
+        positions,
+        cfg,
+        CacheRows::PerRow,
+    )
+}
+
+/// The body of [`attention_decode`] and of
+/// [`attention_prefill`](super::attention_prefill) (`rows` says which slot each row reads).
+pub(super) fn attention_impl(
+    rt: &Runtime,
+    op: &'static str,
+    q: &Tensor,
+    (k_cache, v_cache): (&Tensor, &Tensor),
+    positions: &Tensor,
+    cfg: &AttentionShape,
+    rows: CacheRows<'_>,
+) -> Result<Tensor> {
+    cfg.validate(op)?;
+    check::tensor(rt, op, "q", q, DType::BF16)?;
+    let (_, q_width) = cfg.widths(op)?;
+    check::rank(op, "q", q, 2, &format!("[n, {q_width}]"))?;
     let n = q.rows();
     if q.shape()[1] != q_width {
         return Err(Error::invalid(
-            OP,
+            op,
             format!(
                 "`q` must have shape [n, {q_width}] (q_heads {} * head_dim {}), got {:?}",
                 cfg.q_heads,
@@ -291,11 +319,11 @@ pub fn attention_decode(
             ),
         ));
     }
-    check::nonempty(OP, n)?;
-    check_positions(rt, OP, positions, n)?;
-    let (slots, max_t) = check_caches(rt, OP, k_cache, v_cache, cfg)?;
-    check_slots(OP, slots, n)?;
-    let launch_cfg = attention_launch(OP, cfg, n, max_t)?;
+    check::nonempty(op, n)?;
+    check_positions(rt, op, positions, n)?;
+    let (slots, max_t) = check_caches(rt, op, k_cache, v_cache, cfg)?;
+    let (slot, _) = rows.check(op, slots, n)?;
+    let launch_cfg = attention_launch(op, cfg, n, max_t)?;
     let scale = attention_scale(cfg);
 
     let func = rt.function(&ATTENTION, names::ATTENTION_DECODE_BF16)?;
@@ -310,11 +338,12 @@ pub fn attention_decode(
             Arg::Ptr(v_cache.device_ptr()),
             Arg::Ptr(positions.device_ptr()),
             Arg::Ptr(out.device_ptr()),
-            Arg::I32(check::to_i32(OP, "n", n)?),
-            Arg::I32(check::to_i32(OP, "q_heads", cfg.q_heads)?),
-            Arg::I32(check::to_i32(OP, "kv_heads", cfg.kv_heads)?),
-            Arg::I32(check::to_i32(OP, "head_dim", cfg.head_dim)?),
-            Arg::I32(check::to_i32(OP, "max_t", max_t)?),
+            Arg::I32(check::to_i32(op, "n", n)?),
+            Arg::I32(check::to_i32(op, "q_heads", cfg.q_heads)?),
+            Arg::I32(check::to_i32(op, "kv_heads", cfg.kv_heads)?),
+            Arg::I32(check::to_i32(op, "head_dim", cfg.head_dim)?),
+            Arg::I32(check::to_i32(op, "max_t", max_t)?),
+            Arg::I32(slot),
             Arg::F32(scale),
         ],
     )?;
@@ -331,6 +360,7 @@ mod tests {
             kv_heads,
             head_dim,
             rope_theta: 10_000.0,
+            rope_scaling: RopeScaling::None,
         }
     }
 

@@ -17,8 +17,10 @@ mod fused_linear;
 mod gemv;
 mod linear;
 mod norm;
+mod prefill;
 mod rope;
 mod rope_attention;
+mod rope_scaling;
 
 pub use attention::{AttentionShape, MAX_ATTENTION_CONTEXT, MAX_HEAD_DIM, attention_decode};
 pub use columns::{concat, split};
@@ -26,5 +28,7 @@ pub use elementwise::{add, add_bias, cast, embedding, fill_uniform, mul, scale, 
 pub use fused_linear::{add_rms_norm_linear, rms_norm_linear, silu_mul_linear};
 pub use linear::{linear, linear_bias};
 pub use norm::{add_rms_norm, rms_norm};
+pub use prefill::{PrefillChunk, attention_prefill, rope_kv_write_prefill};
 pub use rope::{QkNorm, rope_kv_write, rope_kv_write_qk_norm};
 pub use rope_attention::rope_attention_decode;
+pub use rope_scaling::{RopeScaling, YarnParams};

@@ -3,8 +3,9 @@
 
 use cudagraph_runtime::{DType, Error, Result, Runtime, Tensor};
 
-use super::attention::{AttentionShape, check_caches, check_positions, check_slots};
+use super::attention::{AttentionShape, check_caches, check_positions};
 use super::check;
+use super::prefill::CacheRows;
 use crate::ffi::{self, Arg};
 use crate::modules::{ROPE, names};
 
@@ -38,7 +39,9 @@ pub struct QkNorm<'a> {
 /// Returns bf16 `[n, q_heads * head_dim]` (all zeros in a padded row).
 ///
 /// Rotation (Llama / Hugging Face "rotate_half" convention), in f32: for `i < head_dim / 2`,
-/// `inv_freq = 1 / theta^(2i / head_dim)`, `angle = pos * inv_freq`,
+/// `inv_freq = 1 / theta^(2i / head_dim)` (as `cfg.rope_scaling` scales it:
+/// [`RopeScaling::inv_freq`](super::RopeScaling::inv_freq)), `angle = pos * inv_freq`, cos and
+/// sin times the scaling's [`attention_factor`](super::RopeScaling::attention_factor),
 /// `out[i] = x[i] cos - x[i + d/2] sin`, `out[i + d/2] = x[i + d/2] cos + x[i] sin`.
 ///
 /// The caches are written through shared references: they are device state the model owns,
@@ -54,7 +57,15 @@ pub fn rope_kv_write(
 ) -> Result<Tensor> {
     const OP: &str = "rope_kv_write";
     rt.enter_op(OP);
-    rope_kv_write_impl(rt, OP, (qkv, positions), (k_cache, v_cache), cfg, None)
+    rope_kv_write_impl(
+        rt,
+        OP,
+        (qkv, positions),
+        (k_cache, v_cache),
+        cfg,
+        None,
+        CacheRows::PerRow,
+    )
 }
 
 /// [`rope_kv_write`] with a per-head RMS norm of q and k first (Qwen3's `q_norm` and
@@ -84,6 +95,7 @@ pub fn rope_kv_write_qk_norm(
         (k_cache, v_cache),
         cfg,
         Some(norm),
+        CacheRows::PerRow,
     )
 }
 
@@ -163,19 +175,21 @@ pub(super) fn check_qk_norm(
     })
 }
 
-/// The shared body of both launchers; `op` names the caller in errors.
-fn rope_kv_write_impl(
+/// The shared body of the launchers (decode rows, or a prefill chunk's); `op` names the caller
+/// in errors.
+pub(super) fn rope_kv_write_impl(
     rt: &Runtime,
     op: &'static str,
     (qkv, positions): (&Tensor, &Tensor),
     (k_cache, v_cache): (&Tensor, &Tensor),
     cfg: &AttentionShape,
     norm: Option<&QkNorm<'_>>,
+    rows: CacheRows<'_>,
 ) -> Result<Tensor> {
     cfg.validate(op)?;
     let (n, q_width) = check_qkv(rt, op, qkv, positions, cfg)?;
     let (slots, max_t) = check_caches(rt, op, k_cache, v_cache, cfg)?;
-    check_slots(op, slots, n)?;
+    let (slot, min_len) = rows.check(op, slots, n)?;
     let (q_norm, k_norm, eps) = check_qk_norm(rt, op, norm, cfg.head_dim)?;
     // At most the qkv width (head_dim >= 8), which `validate` bounded: no overflow.
     let total_heads = cfg
@@ -193,26 +207,21 @@ fn rope_kv_write_impl(
 
     let func = rt.function(&ROPE, names::ROPE_KV_WRITE_BF16)?;
     let q_out = rt.alloc(&[n, q_width], DType::BF16)?;
-    ffi::launch(
-        rt,
-        &func,
-        launch_cfg,
-        &[
-            Arg::Ptr(qkv.device_ptr()),
-            Arg::Ptr(positions.device_ptr()),
-            Arg::Ptr(k_cache.device_ptr()),
-            Arg::Ptr(v_cache.device_ptr()),
-            Arg::Ptr(q_out.device_ptr()),
-            Arg::I32(check::to_i32(op, "n", n)?),
-            Arg::I32(check::to_i32(op, "q_heads", cfg.q_heads)?),
-            Arg::I32(check::to_i32(op, "kv_heads", cfg.kv_heads)?),
-            Arg::I32(check::to_i32(op, "head_dim", cfg.head_dim)?),
-            Arg::I32(check::to_i32(op, "max_t", max_t)?),
-            Arg::F32(cfg.rope_theta),
-            Arg::Ptr(q_norm),
-            Arg::Ptr(k_norm),
-            Arg::F32(eps),
-        ],
-    )?;
+    let mut args = vec![
+        Arg::Ptr(qkv.device_ptr()),
+        Arg::Ptr(positions.device_ptr()),
+        Arg::Ptr(k_cache.device_ptr()),
+        Arg::Ptr(v_cache.device_ptr()),
+        Arg::Ptr(q_out.device_ptr()),
+        Arg::I32(check::to_i32(op, "n", n)?),
+        Arg::I32(check::to_i32(op, "q_heads", cfg.q_heads)?),
+        Arg::I32(check::to_i32(op, "kv_heads", cfg.kv_heads)?),
+        Arg::I32(check::to_i32(op, "head_dim", cfg.head_dim)?),
+        Arg::I32(check::to_i32(op, "max_t", max_t)?),
+        Arg::I32(slot),
+    ];
+    args.extend(cfg.rope_scaling.kernel_args(cfg.rope_theta, min_len));
+    args.extend([Arg::Ptr(q_norm), Arg::Ptr(k_norm), Arg::F32(eps)]);
+    ffi::launch(rt, &func, launch_cfg, &args)?;
     Ok(q_out)
 }

@@ -24,10 +24,12 @@ use crate::modules::{ATTENTION, names};
 ///
 /// ```no_run
 /// # use cudagraph_runtime::{DType, Runtime};
-/// # use cudagraph_kernels::ops::{self, AttentionShape};
+/// # use cudagraph_kernels::ops::{self, AttentionShape, RopeScaling};
 /// # fn main() -> cudagraph_runtime::Result<()> {
 /// let rt = Runtime::new(0)?;
-/// let attn = AttentionShape { q_heads: 4, kv_heads: 2, head_dim: 64, rope_theta: 10_000.0 };
+/// let attn = AttentionShape {
+///     q_heads: 4, kv_heads: 2, head_dim: 64, rope_theta: 10_000.0, rope_scaling: RopeScaling::None,
+/// };
 /// let qkv = rt.zeros(&[1, (4 + 2 * 2) * 64], DType::BF16)?;
 /// let positions = rt.upload(&[0i32], &[1])?;
 /// let (k, v) = (rt.zeros(&[1, 16, 2, 64], DType::BF16)?, rt.zeros(&[1, 16, 2, 64], DType::BF16)?);
@@ -71,12 +73,16 @@ pub fn rope_attention_decode(
             Arg::I32(check::to_i32(OP, "kv_heads", cfg.kv_heads)?),
             Arg::I32(check::to_i32(OP, "head_dim", cfg.head_dim)?),
             Arg::I32(check::to_i32(OP, "max_t", max_t)?),
-            Arg::F32(cfg.rope_theta),
+        ]
+        .into_iter()
+        .chain(cfg.rope_scaling.kernel_args(cfg.rope_theta, 0))
+        .chain([
             Arg::Ptr(q_norm),
             Arg::Ptr(k_norm),
             Arg::F32(eps),
             Arg::F32(attention_scale(cfg)),
-        ],
+        ])
+        .collect::<Vec<_>>(),
     )?;
     Ok(out)
 }

@@ -2,7 +2,8 @@
 //!
 //! Both spellings transformers has written are read: RoPE as `rope_parameters`
 //! (`{"rope_type": "default", "rope_theta": ...}`, transformers 5) or as top-level `rope_theta`
-//! with `rope_scaling` (transformers 4), and the dtype as `dtype` or `torch_dtype`.
+//! with `rope_scaling` (transformers 4), with the scalings of [`super::rope`], and the dtype as
+//! `dtype` or `torch_dtype`.
 
 use std::path::Path;
 
@@ -10,6 +11,7 @@ use serde_json::{Map, Value};
 
 use super::LoadOptions;
 use super::error::LoadError;
+use super::rope::parse_rope;
 use crate::models::llama::LlamaConfig;
 use crate::ops::MAX_HEAD_DIM;
 
@@ -56,6 +58,32 @@ impl Family {
         Self::ALL.into_iter().find(|f| f.architecture() == name)
     }
 
+    /// transformers' default `max_position_embeddings` for the family (2048 for Llama, 32768
+    /// for Qwen2 and Qwen3, 131072 for Mistral).
+    pub fn default_max_positions(self) -> usize {
+        match self {
+            Family::Llama => 2048,
+            Family::Qwen2 | Family::Qwen3 => 32768,
+            Family::Mistral => 4096 * 32,
+        }
+    }
+
+    /// transformers' default `bos_token_id` for the family.
+    pub fn default_bos(self) -> Option<u32> {
+        match self {
+            Family::Llama | Family::Mistral => Some(1),
+            Family::Qwen2 | Family::Qwen3 => None,
+        }
+    }
+
+    /// transformers' default `eos_token_id` for the family.
+    pub fn default_eos(self) -> Option<u32> {
+        match self {
+            Family::Llama | Family::Mistral => Some(2),
+            Family::Qwen2 | Family::Qwen3 => None,
+        }
+    }
+
     /// The family of a `model_type`.
     pub fn from_model_type(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|f| f.model_type() == name)
@@ -80,18 +108,27 @@ pub struct HfConfig {
     pub model: LlamaConfig,
     /// The declared weight dtype (`dtype` or `torch_dtype`), if any.
     pub dtype: Option<ConfigDtype>,
-    /// `max_position_embeddings`, if given (informative: RoPE is computed for any position).
+    /// `max_position_embeddings`, if given. RoPE is computed for any position; a `dynamic` or
+    /// `yarn` scaling reads it (the family's default when absent, as transformers uses).
     pub max_position_embeddings: Option<usize>,
+    /// `bos_token_id` (the family's default when absent: 1 for Llama and Mistral, none for
+    /// Qwen).
+    pub bos_token_id: Option<u32>,
+    /// `eos_token_id`, one id or a list (the family's default when absent: 2 for Llama and
+    /// Mistral, none for Qwen). Generation stops at any of them;
+    /// [`Checkpoint::open`](super::Checkpoint::open) replaces them with
+    /// `generation_config.json`'s when that file names some, as transformers' `generate` does.
+    pub eos_token_ids: Vec<u32>,
 }
 
 /// Typed access to the fields of a JSON object, with errors naming the file and the field.
-struct Fields<'a> {
-    path: &'a Path,
-    obj: &'a Map<String, Value>,
+pub(super) struct Fields<'a> {
+    pub(super) path: &'a Path,
+    pub(super) obj: &'a Map<String, Value>,
 }
 
 impl<'a> Fields<'a> {
-    fn err(&self, field: &str, message: impl Into<String>) -> LoadError {
+    pub(super) fn err(&self, field: &str, message: impl Into<String>) -> LoadError {
         LoadError::Config {
             path: self.path.to_path_buf(),
             field: field.to_string(),
@@ -100,11 +137,11 @@ impl<'a> Fields<'a> {
     }
 
     /// The field's value, `None` when absent or `null`.
-    fn get(&self, field: &str) -> Option<&'a Value> {
+    pub(super) fn get(&self, field: &str) -> Option<&'a Value> {
         self.obj.get(field).filter(|v| !v.is_null())
     }
 
-    fn usize_opt(&self, field: &str) -> Result<Option<usize>, LoadError> {
+    pub(super) fn usize_opt(&self, field: &str) -> Result<Option<usize>, LoadError> {
         match self.get(field) {
             None => Ok(None),
             Some(v) => match v.as_u64().and_then(|u| usize::try_from(u).ok()) {
@@ -114,12 +151,12 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn usize_req(&self, field: &str) -> Result<usize, LoadError> {
+    pub(super) fn usize_req(&self, field: &str) -> Result<usize, LoadError> {
         self.usize_opt(field)?
             .ok_or_else(|| self.err(field, "missing (a positive integer is required)"))
     }
 
-    fn f64_opt(&self, field: &str) -> Result<Option<f64>, LoadError> {
+    pub(super) fn f64_opt(&self, field: &str) -> Result<Option<f64>, LoadError> {
         match self.get(field) {
             None => Ok(None),
             Some(v) => match v.as_f64() {
@@ -129,7 +166,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn bool_opt(&self, field: &str) -> Result<Option<bool>, LoadError> {
+    pub(super) fn bool_opt(&self, field: &str) -> Result<Option<bool>, LoadError> {
         match self.get(field) {
             None => Ok(None),
             Some(v) => v
@@ -139,7 +176,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn str_opt(&self, field: &str) -> Result<Option<&'a str>, LoadError> {
+    pub(super) fn str_opt(&self, field: &str) -> Result<Option<&'a str>, LoadError> {
         match self.get(field) {
             None => Ok(None),
             Some(v) => v
@@ -198,6 +235,12 @@ pub fn parse_config(path: &Path, text: &str, opts: &LoadOptions) -> Result<HfCon
     if rms_eps < 0.0 {
         return Err(f.err("rms_norm_eps", format!("must be >= 0, got {rms_eps}")));
     }
+    let max_position_embeddings = f.usize_opt("max_position_embeddings")?;
+    let rope = parse_rope(
+        &f,
+        head_dim,
+        max_position_embeddings.unwrap_or(family.default_max_positions()),
+    )?;
     let attention_bias = f.bool_opt("attention_bias")?.unwrap_or(false);
     let (qkv_bias, o_bias) = match family {
         Family::Llama | Family::Qwen3 => (attention_bias, attention_bias),
@@ -213,7 +256,8 @@ pub fn parse_config(path: &Path, text: &str, opts: &LoadOptions) -> Result<HfCon
         head_dim,
         intermediate: f.usize_req("intermediate_size")?,
         rms_eps: rms_eps as f32,
-        rope_theta: rope_theta(&f)?,
+        rope_theta: rope.theta,
+        rope_scaling: rope.scaling,
         cache_slots: opts.cache_slots,
         cache_tokens: opts.cache_tokens,
         qkv_bias,
@@ -237,7 +281,17 @@ pub fn parse_config(path: &Path, text: &str, opts: &LoadOptions) -> Result<HfCon
         family,
         model,
         dtype: dtype(&f)?,
-        max_position_embeddings: f.usize_opt("max_position_embeddings")?,
+        max_position_embeddings,
+        bos_token_id: match f.get("bos_token_id") {
+            Some(v) => Some(token_id(&f, "bos_token_id", v)?),
+            None if f.obj.contains_key("bos_token_id") => None,
+            None => family.default_bos(),
+        },
+        eos_token_ids: match f.get("eos_token_id") {
+            Some(v) => token_ids(&f, "eos_token_id", v)?,
+            None if f.obj.contains_key("eos_token_id") => Vec::new(),
+            None => family.default_eos().into_iter().collect(),
+        },
     })
 }
 
@@ -336,61 +390,24 @@ fn reject_unsupported(f: &Fields<'_>, family: Family) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// The RoPE base, from `rope_parameters` or `rope_theta` (default 10000); any RoPE scaling is
-/// an error naming the field.
-fn rope_theta(f: &Fields<'_>) -> Result<f32, LoadError> {
-    if let Some(scaling) = f.get("rope_scaling").filter(|s| !is_default_rope(s)) {
-        return Err(f.err(
-            "rope_scaling",
-            format!("RoPE scaling is not supported (found {scaling}); it must be null or absent"),
-        ));
-    }
-    let mut theta = f.f64_opt("rope_theta")?;
-    if let Some(params) = f.get("rope_parameters") {
-        let Some(obj) = params.as_object() else {
-            return Err(f.err(
-                "rope_parameters",
-                format!("must be an object, got {params}"),
-            ));
-        };
-        let p = Fields { path: f.path, obj };
-        let kind = match p.str_opt("rope_type")? {
-            Some(k) => Some(k),
-            None => p.str_opt("type")?,
-        };
-        if let Some(kind) = kind.filter(|&k| k != "default") {
-            return Err(f.err(
-                "rope_parameters.rope_type",
-                format!("RoPE type `{kind}` is not supported; only `default` (no scaling)"),
-            ));
-        }
-        if obj.values().any(Value::is_object) {
-            return Err(f.err(
-                "rope_parameters",
-                format!("per-layer-type RoPE parameters are not supported (found {params})"),
-            ));
-        }
-        if let Some(pr) = p.f64_opt("partial_rotary_factor")?.filter(|&p| p != 1.0) {
-            return Err(f.err(
-                "rope_parameters.partial_rotary_factor",
-                format!("partial RoPE ({pr}) is not supported"),
-            ));
-        }
-        if let Some(t) = p.f64_opt("rope_theta")? {
-            theta = Some(t);
-        }
-    }
-    let theta = theta.unwrap_or(10_000.0);
-    if !(theta > 0.0 && (theta as f32).is_finite()) {
-        return Err(f.err("rope_theta", format!("must be finite and > 0, got {theta}")));
-    }
-    Ok(theta as f32)
+/// A token id (`field` names it): a non-negative integer that fits a `u32`.
+fn token_id(f: &Fields<'_>, field: &str, v: &Value) -> Result<u32, LoadError> {
+    v.as_u64()
+        .and_then(|u| u32::try_from(u).ok())
+        .ok_or_else(|| {
+            f.err(
+                field,
+                format!("must be a token id (an integer >= 0), got {v}"),
+            )
+        })
 }
 
-/// Whether a `rope_scaling` value asks for plain RoPE (`{"rope_type": "default"}`).
-fn is_default_rope(v: &Value) -> bool {
-    let kind = v.get("rope_type").or_else(|| v.get("type"));
-    kind.and_then(Value::as_str) == Some("default")
+/// One token id or a list of them.
+pub(super) fn token_ids(f: &Fields<'_>, field: &str, v: &Value) -> Result<Vec<u32>, LoadError> {
+    match v {
+        Value::Array(ids) => ids.iter().map(|id| token_id(f, field, id)).collect(),
+        one => Ok(vec![token_id(f, field, one)?]),
+    }
 }
 
 /// Sliding-window attention equals full attention while the window covers the whole KV cache;

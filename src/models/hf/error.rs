@@ -48,6 +48,20 @@ pub enum LoadError {
         /// What is wrong with it.
         message: String,
     },
+    /// The folder has no `tokenizer.json` (a tokenizer is needed for text in and out).
+    #[error("{}: no tokenizer.json (text needs the checkpoint's Hugging Face tokenizer; pass token ids instead, or add the file)", dir.display())]
+    NoTokenizer {
+        /// The checkpoint folder.
+        dir: PathBuf,
+    },
+    /// `tokenizer.json` does not load, or encoding or decoding failed.
+    #[error("{}: tokenizer: {message}", path.display())]
+    Tokenizer {
+        /// `tokenizer.json`.
+        path: PathBuf,
+        /// The tokenizers crate's message.
+        message: String,
+    },
     /// `architectures` names a model this loader does not know.
     #[error("{}: field `architectures`: unsupported architecture `{found}`; supported: {SUPPORTED_ARCHITECTURES}", path.display())]
     UnsupportedArchitecture {

@@ -34,8 +34,12 @@
 mod config;
 mod error;
 mod files;
+pub(crate) mod generation;
+mod rope;
 pub mod synthetic;
 mod tensors;
+#[cfg(feature = "text")]
+mod tokenizer;
 
 #[cfg(test)]
 mod tests;
@@ -45,7 +49,10 @@ use std::path::{Path, PathBuf};
 pub use config::{ConfigDtype, Family, HfConfig, parse_config};
 pub use error::LoadError;
 pub use files::{INDEX_FILE, SINGLE_FILE, TensorEntry, TensorIndex};
+pub use generation::GENERATION_CONFIG_FILE;
 pub use tensors::{Needed, needed_tensors};
+#[cfg(feature = "text")]
+pub use tokenizer::{TOKENIZER_FILE, Tokenizer};
 
 use crate::Runtime;
 use crate::models::llama::Llama;
@@ -86,15 +93,17 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Reads `dir/config.json` and every safetensors header, and checks each tensor the
-    /// configuration needs (presence, dtype, shape) and that nothing else is there.
+    /// Reads `dir/config.json` (and `generation_config.json`'s special tokens, when the folder
+    /// has one) and every safetensors header, and checks each tensor the configuration needs
+    /// (presence, dtype, shape) and that nothing else is there.
     pub fn open(dir: &Path, opts: &LoadOptions) -> Result<Self, LoadError> {
         let config_path = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&config_path).map_err(|source| LoadError::Io {
             path: config_path.clone(),
             source,
         })?;
-        let config = parse_config(&config_path, &text, opts)?;
+        let mut config = parse_config(&config_path, &text, opts)?;
+        generation::apply_generation_config(dir, &mut config)?;
         let index = TensorIndex::open(dir)?;
         tensors::validate(&index, &config.model)?;
         Ok(Self {

@@ -61,6 +61,7 @@ impl Synthetic {
             intermediate: 256,
             rms_eps: 1e-5,
             rope_theta: 50_000.0,
+            rope_scaling: crate::ops::RopeScaling::None,
             cache_slots: 256,
             cache_tokens: 32,
             qkv_bias: false,

@@ -434,20 +434,29 @@ fn malformed_headers_are_reported() {
 }
 
 #[test]
-fn rope_scaling_is_rejected_by_name() {
+fn incomplete_or_unsupported_rope_scaling_is_rejected_by_name() {
     let synth = Synthetic::tiny(Family::Llama);
     let dir = scratch("rope-scaling");
     let (field, msg) = config_error(dir.path(), &synth, |c| {
         c["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0});
     });
-    assert_eq!(field, "rope_scaling");
-    assert!(msg.contains("llama3"), "{msg}");
+    assert_eq!(field, "rope_scaling.low_freq_factor");
+    assert!(msg.contains("missing"), "{msg}");
 
     let dir = scratch("rope-type");
     let (field, _) = config_error(dir.path(), &synth, |c| {
-        c["rope_parameters"] = json!({"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0});
+        c["rope_parameters"] = json!({"rope_type": "longrope", "rope_theta": 10000.0,
+            "short_factor": [1.0], "long_factor": [1.0]});
     });
     assert_eq!(field, "rope_parameters.rope_type");
+
+    // A yarn scaling loads (its original context defaults to max_position_embeddings).
+    let dir = scratch("rope-yarn");
+    write_with_config(dir.path(), &synth, |c| {
+        c["rope_parameters"] = json!({"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0});
+    });
+    let ckpt = open(dir.path(), &synth).unwrap();
+    assert_eq!(ckpt.config().model.rope_scaling.name(), "yarn");
 
     // Plain RoPE spelled out in rope_scaling is fine.
     let dir = scratch("rope-default");
