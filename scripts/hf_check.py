@@ -23,7 +23,7 @@ over an original context of 32 positions, so the prompt and the generated tokens
 
 The tokenizer case builds a byte-level BPE tokenizer with the `tokenizers` package (trained on a
 few sentences, with a BOS template), saves it as the checkpoint's tokenizer.json, runs
-`decode_bench --prompt TEXT` on a few texts and compares our prompt ids with transformers'
+`decode_bench --prompt TEXT --max-new-tokens 8` on three texts and compares our prompt ids with transformers'
 tokenizer (`PreTrainedTokenizerFast` on the same file), our decoded texts (the prompt's round
 trip and the generated text) with transformers' decode of the same ids, and our greedy ids with
 transformers' greedy ids from those prompt ids.
@@ -175,6 +175,7 @@ CASES = [
     ),
 ]
 
+TOKENIZER_STEPS = 8
 TOKENIZER_CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
     "CUDA graphs replay a captured forward with one launch.",
@@ -550,10 +551,11 @@ def run_tokenizer_case(case, binary, work, min_margin, max_seeds, env):
     hf_tok = build_tokenizer(folder, 400)
     prompts = [hf_tok(t)["input_ids"] for t in TOKENIZER_TEXTS]
     chosen = None
-    for seed in range(max_seeds):
+    # Three prompts must all be free of near-ties: fewer steps, more seeds than the other cases.
+    for seed in range(2 * max_seeds):
         model = make_model(cfg, seed)
         ref = copy.deepcopy(model).to(device="cuda", dtype=torch.bfloat16).eval()
-        margins = [min(greedy(ref, p, STEPS, eos)[1]) for p in prompts]
+        margins = [min(greedy(ref, p, TOKENIZER_STEPS, eos)[1]) for p in prompts]
         if chosen is None or min(margins) > min(chosen[2]):
             chosen = (seed, model, margins)
         if min(margins) >= min_margin:
@@ -571,7 +573,7 @@ def run_tokenizer_case(case, binary, work, min_margin, max_seeds, env):
     ok = True
     log_all = []
     for text, hf_ids in zip(TOKENIZER_TEXTS, prompts):
-        cmd = [binary, "--model", folder, "--prompt", text, "--max-new-tokens", str(STEPS)]
+        cmd = [binary, "--model", folder, "--prompt", text, "--max-new-tokens", str(TOKENIZER_STEPS)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         log_all.append(" ".join(map(repr, cmd)) + "\n" + proc.stdout + proc.stderr)
         if proc.returncode != 0:
@@ -580,7 +582,7 @@ def run_tokenizer_case(case, binary, work, min_margin, max_seeds, env):
             ok = False
             continue
         got = parse_output(proc.stdout)
-        ref_ids = greedy(ref, hf_ids, STEPS, eos)[0]
+        ref_ids = greedy(ref, hf_ids, TOKENIZER_STEPS, eos)[0]
         checks = {
             "prompt ids": got.get("prompt ids") == hf_ids,
             "prompt round trip": got.get("prompt text") == hf_tok.decode(hf_ids, skip_special_tokens=True),
@@ -589,11 +591,9 @@ def run_tokenizer_case(case, binary, work, min_margin, max_seeds, env):
             "greedy eager": got.get("ids eager") == ref_ids,
             "greedy graph": got.get("ids graph") == ref_ids,
         }
-        # A greedy divergence where transformers' own logits for the two tokens are closer than
-        # --min-margin (relative to their RMS) is a near-tie that bf16 noise decides: reported,
-        # not failed (the other cases choose seeds without near-ties; three prompts rarely all
-        # have healthy margins over 16 steps).
-        near_ties = []
+        # Where a greedy path diverges: how close transformers' own logits for the two ids were
+        # (the seed was chosen for margins above --min-margin on every text and step).
+        divergences = []
         for path in ("eager", "graph"):
             ours_ids = got.get(f"ids {path}") or []
             at = first_divergence(ours_ids, ref_ids)
@@ -601,13 +601,12 @@ def run_tokenizer_case(case, binary, work, min_margin, max_seeds, env):
                 lg = greedy_logits(ref, hf_ids + ref_ids[:at])
                 rms = float(lg.pow(2).mean().sqrt())
                 gap = float(lg[ref_ids[at]] - lg[ours_ids[at]]) / rms
-                if gap < min_margin:
-                    checks[f"greedy {path}"] = True
-                    near_ties.append(f"{path} diverges at step {at} on a near-tie "
-                                     f"(transformers' gap {gap:.4f} x RMS < {min_margin})")
+                divergences.append(f"{path} diverges at step {at}: ours {ours_ids[at]}, transformers "
+                                 f"{ref_ids[at]}; transformers' own logits for the two differ by "
+                                 f"{gap:.4f} x RMS")
         row["texts"].append(dict(text=text, hf_ids=hf_ids, ours=got, ref_ids=ref_ids, checks=checks,
-                                 near_ties=near_ties))
-        for note in near_ties:
+                                 divergences=divergences))
+        for note in divergences:
             row["notes"].append(f"{text!r}: {note}")
         for what, good in checks.items():
             if not good:
