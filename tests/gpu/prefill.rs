@@ -297,7 +297,11 @@ fn model_prefill_matches_the_host_and_one_step_per_token() -> Result<()> {
         // Not a degenerate row (a zero or constant row would compare equal to anything alike).
         let spread = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v))
             - logits.iter().fold(f32::INFINITY, |m, &v| m.min(v));
-        assert!(spread > 0.1, "{}: logits spread only {spread}", scaling.name());
+        assert!(
+            spread > 0.1,
+            "{}: logits spread only {spread}",
+            scaling.name()
+        );
         let expect = host.prefill(&prompt, 0, 1)?;
         let last = &expect[(prompt.len() - 1) * cfg.vocab..];
         let err = rel_error(&logits, last);
@@ -316,7 +320,11 @@ fn model_prefill_matches_the_host_and_one_step_per_token() -> Result<()> {
             &model2.prefill(&rt, &rt.upload(b, &[b.len()])?, 16, 1)?,
         )?;
         let chunk_err = rel_error(&chunked, &logits);
-        let norm = logits.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
+        let norm = logits
+            .iter()
+            .map(|&v| f64::from(v).powi(2))
+            .sum::<f64>()
+            .sqrt();
         println!(
             "{}: prefill vs host {err:.3e}; two chunks vs one {chunk_err:.3e}; logits norm {norm:.3}, spread {spread:.3}",
             scaling.name()
