@@ -15,11 +15,19 @@ weight matters), saves it with `save_pretrained(..., safe_serialization=True)`, 
   bf16 roundings of one model);
 * the greedy ids of 16 steps (ours: eager and graphs) with transformers' greedy ids (a manual
   argmax loop with transformers' KV cache, as `generate` runs: one forward over the prompt, then
-  one token per step), both stopping after an EOS id of the config.
+  one token per step), both stopping after an EOS id of the config. The `llama-eos-stop` case
+  makes the id transformers generates at step 5 the EOS id (in config.json and
+  generation_config.json), so both must stop there.
 
 Our prompt is prefilled in one batched forward (`Llama::prefill`), as transformers' first
 forward. The RoPE-scaling cases (`rope_type` linear, dynamic, llama3, yarn) use a 40-token prompt
 over an original context of 32 positions, so the prompt and the generated tokens reach past it.
+
+Each case except the dynamic one runs a second time with `--prefill steps`: the graphs' own
+prompt logits (one replay per prompt token) against the same bounds, and their greedy ids.
+`llama-rope-llama3-legacy` rewrites its config.json in transformers 4's spelling (`rope_scaling`
+with `type`, top-level `rope_theta` and an `original_max_position_embeddings` that must win over
+the object's different one).
 
 The tokenizer case builds a byte-level BPE tokenizer with the `tokenizers` package (trained on a
 few sentences, with a BOS template), saves it as the checkpoint's tokenizer.json, runs
@@ -118,6 +126,16 @@ CASES = [
         theta=100_000.0, dtype="bfloat16", shard=None,
     ),
     dict(
+        name="llama-eos-stop",
+        family="llama",
+        fields=dict(
+            vocab_size=2048, hidden_size=256, intermediate_size=688, num_hidden_layers=3,
+            num_attention_heads=8, num_key_value_heads=2, rms_norm_eps=1e-5,
+            tie_word_embeddings=False, attention_bias=False, max_position_embeddings=256,
+        ),
+        theta=50_000.0, dtype="bfloat16", shard=None, eos_at=5,
+    ),
+    dict(
         name="llama-rope-llama3",
         family="llama",
         fields=dict(
@@ -126,6 +144,20 @@ CASES = [
             tie_word_embeddings=False, max_position_embeddings=128,
         ),
         theta=500_000.0, dtype="bfloat16", shard=None,
+        rope=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                  original_max_position_embeddings=ORIGINAL_CONTEXT),
+    ),
+    dict(
+        # The llama-rope-llama3 model (the same fields, so the same seed and weights): only the
+        # config.json spelling differs.
+        name="llama-rope-llama3-legacy",
+        family="llama",
+        fields=dict(
+            vocab_size=2048, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
+            tie_word_embeddings=False, max_position_embeddings=128,
+        ),
+        theta=500_000.0, dtype="bfloat16", shard=None, legacy=True,
         rope=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                   original_max_position_embeddings=ORIGINAL_CONTEXT),
     ),
@@ -270,6 +302,7 @@ def self_test():
     assert {c["rope"]["rope_type"] for c in CASES if c.get("rope")} == {"linear", "dynamic", "llama3", "yarn"}
     assert len(LONG_PROMPT) > ORIGINAL_CONTEXT and max(LONG_PROMPT) < 2048
     assert any(c.get("tokenizer") for c in CASES)
+    assert any(c.get("eos_at") is not None for c in CASES)
     assert any(c["dtype"] == "float32" for c in CASES) and any(c["shard"] for c in CASES)
     print("hf_check self-test: ok")
 
@@ -431,10 +464,33 @@ def run_case(case, binary, work, min_margin, max_seeds, env):
         if min(margins) >= min_margin:
             break
     seed, model, ref, margins, ref_ids, ref_logits = chosen
+    if case.get("eos_at") is not None:
+        # The id transformers generates at step `eos_at` becomes the EOS id (config.json and
+        # generation_config.json): both generations must stop there.
+        eos = {ref_ids[case["eos_at"]]}
+        for c in (model.config, getattr(model, "generation_config", None), ref.config,
+                  getattr(ref, "generation_config", None)):
+            if c is not None:
+                c.eos_token_id = next(iter(eos))
+        ref_ids = greedy(ref, prompt, STEPS, eos)[0]
+        if len(ref_ids) >= STEPS:
+            raise RuntimeError(f"{name}: transformers did not stop at EOS {eos}")
     folder = os.path.join(work, name)
     files = save(model, case, folder)
     with open(os.path.join(folder, "config.json")) as f:
         saved = json.load(f)
+    if case.get("legacy"):
+        # transformers 4's spelling: top-level rope_theta and rope_scaling with `type`, and a
+        # top-level original_max_position_embeddings that wins over the object's (transformers'
+        # standardize_rope_params), which here holds another value.
+        params = saved.pop("rope_parameters")
+        saved["rope_theta"] = params.pop("rope_theta")
+        params["type"] = params.pop("rope_type")
+        saved["original_max_position_embeddings"] = params["original_max_position_embeddings"]
+        params["original_max_position_embeddings"] *= 2
+        saved["rope_scaling"] = params
+        with open(os.path.join(folder, "config.json"), "w") as f:
+            json.dump(saved, f, indent=2)
     rope_keys = {k: saved[k] for k in ("rope_parameters", "rope_theta", "rope_scaling") if k in saved}
 
     dump = os.path.join(work, f"{name}.logits")
@@ -469,6 +525,25 @@ def run_case(case, binary, work, min_margin, max_seeds, env):
         tok_s_eager=parsed.get("tok/s eager"), tok_s_graph=parsed.get("tok/s graph"),
     )
     row["rel_graph_f32"] = rel(ours_graph, ref_f32)
+    # The graphs' own prompt logits: with a batched prefill both runs prefill eagerly, so once
+    # more with one graph replay per prompt token (not for a dynamic RoPE, whose per-token
+    # lengths then differ from transformers' prompt-length one by design).
+    steps_graph, steps_ids = None, None
+    if (case.get("rope") or {}).get("rope_type") != "dynamic":
+        dump_steps = os.path.join(work, f"{name}.steps.logits")
+        cmd_steps = cmd[:-2] + ["--dump-logits", dump_steps, "--prefill", "steps"]
+        proc = subprocess.run(cmd_steps, capture_output=True, text=True, env=env, timeout=600)
+        with open(os.path.join(work, f"{name}.log"), "a") as f:
+            f.write("\n" + " ".join(cmd_steps) + "\n" + proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            row["notes"].append(f"--prefill steps: decode_bench exit {proc.returncode}")
+            row["status"] = "FAIL"
+            return row
+        steps_graph = read_f32(dump_steps + ".graph", vocab)
+        steps_ids = parse_output(proc.stdout).get("ids graph")
+        row["rel_graph_steps"] = rel(steps_graph, ref_bf16)
+        row["rel_graph_steps_f32"] = rel(steps_graph, ref_f32)
+        row["ids_graph_steps"] = steps_ids
     # The truth is transformers in float32. transformers' own bf16 run is itself about 2e-2 away
     # from it on these models (measured: 1.9e-2 to 2.4e-2), so a fixed 2e-2 bound against the
     # bf16 run would fail a path exactly as accurate as transformers'. We pass when our eager and
@@ -482,6 +557,17 @@ def run_case(case, binary, work, min_margin, max_seeds, env):
         and row["rel_eager"] <= PAIR_TOL
         and row["rel_graph"] <= PAIR_TOL
     )
+    if steps_graph is not None:
+        steps_ok = row["rel_graph_steps_f32"] <= bound and row["rel_graph_steps"] <= PAIR_TOL
+        if not steps_ok:
+            row["notes"].append(
+                f"graph replays per prompt token: vs HF f32 {row['rel_graph_steps_f32']:.2e} "
+                f"(bound {bound:.2e}), vs HF bf16 {row['rel_graph_steps']:.2e} (bound {PAIR_TOL})"
+            )
+        if steps_ids != ref_ids:
+            steps_ok = False
+            row["notes"].append(f"graph replays per prompt token: greedy ids {steps_ids} != {ref_ids}")
+        ok = ok and steps_ok
     if not ok:
         row["notes"].append(
             f"logits: ours vs HF f32 {row['rel_ours_f32']:.2e} / graph {row['rel_graph_f32']:.2e} "
@@ -624,13 +710,14 @@ def run_tokenizer_case(case, binary, work, min_margin, max_seeds, env):
 
 def print_table(rows):
     print()
-    print("| case | architecture | stored | files | seed | min top-2 margin | logits rel. err. eager / graph (vs HF bf16) | ours vs HF f32 | HF bf16 vs HF f32 | greedy = HF (eager / graph, of 16) | tok/s eager / graph | result |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("| case | architecture | stored | files | seed | min top-2 margin | logits rel. err. eager / graph (vs HF bf16) | graph replays per prompt token (vs HF bf16) | ours vs HF f32 | HF bf16 vs HF f32 | greedy = HF (eager / graph, of 16) | tok/s eager / graph | result |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     for r in rows:
         print(
             f"| {r['case']} | {r['architecture']} | {r['dtype']} | {r['files']} | {r['seed']} "
             f"| {r['min_margin']:.4f} | {fmt(r.get('rel_eager'), '.2e')} / {fmt(r.get('rel_graph'), '.2e')} "
+            f"| {fmt(r.get('rel_graph_steps'), '.2e')} "
             f"| {fmt(r.get('rel_ours_f32'), '.2e')} | {fmt(r.get('rel_hf_bf16_f32'), '.2e')} "
             f"| {r.get('greedy_eager', '-')} / {r.get('greedy_graph', '-')} "
             f"| {fmt(r.get('tok_s_eager'), '.0f')} / {fmt(r.get('tok_s_graph'), '.0f')} | {r['status']} |"

@@ -13,12 +13,16 @@
 //! eager forward (`Llama::prefill`, sequence slot 0), or with `--prefill steps` one token per
 //! decode step (the eager forward, or the graphs in the graph run). Then each step feeds the
 //! previous step's argmax (first maximum on ties), until `--max-new-tokens` ids or an EOS id
-//! of the checkpoint (`eos_token_id`, `generation_config.json`'s first) unless `--ignore-eos`.
+//! of the checkpoint (`eos_token_id`; `generation_config.json`'s replace config.json's) unless
+//! `--ignore-eos`. With `--prefill steps` a dynamic RoPE scaling rotates each prompt token for
+//! its own length (transformers' one forward over the prompt uses the prompt's length).
 //! The graph run re-does the prefill, overwriting the cache positions the eager run wrote.
 //! Parseable lines: `ids eager: ...`, `ids graph: ...`, `text eager: "..."` and
 //! `text graph: "..."` (JSON strings, with a tokenizer), `tok/s eager: ...`, `tok/s graph: ...`.
 //! With `--dump-logits FILE`, the logits at the last prompt position are written as `vocab`
-//! little-endian f32 values: the eager run's to `FILE`, the graph run's to `FILE.graph`.
+//! little-endian f32 values: the eager run's to `FILE`, the graph run's to `FILE.graph` (with
+//! `--prefill steps` from graph replays; with a batched prefill both runs prefill with the same
+//! eager forward, and only their decode steps differ).
 
 use crate::common::relative_error;
 use std::path::PathBuf;
@@ -27,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use cudagraph::models::hf::{Checkpoint, LoadError, LoadOptions, Tokenizer};
 use cudagraph::models::llama::{Llama, LlamaConfig};
+use cudagraph::ops::RopeScaling;
 use cudagraph::{Runtime, Tensor};
 use half::bf16;
 
@@ -269,8 +274,12 @@ fn describe(family: &str, cfg: &LlamaConfig) -> String {
     } else {
         "untied head"
     });
+    let rope = match cfg.rope_scaling {
+        RopeScaling::None => String::new(),
+        scaling => format!(" ({} scaling: {scaling:?})", scaling.name()),
+    };
     format!(
-        "{family}: {cfg}, rope_theta {}, rms_eps {:e}; {}",
+        "{family}: {cfg}, rope_theta {}{rope}, rms_eps {:e}; {}",
         cfg.rope_theta,
         cfg.rms_eps,
         variant.join(", ")
@@ -331,7 +340,12 @@ fn run(rt: &Runtime, opts: &GenerateOptions) -> BoxResult<()> {
     let cfg = hf.model.clone();
     if let Some(bad) = prompt.iter().find(|&&id| id as usize >= cfg.vocab) {
         return Err(format!(
-            "--prompt-ids: id {bad} is outside the vocabulary (vocab_size {})",
+            "{}: id {bad} is outside the vocabulary (vocab_size {})",
+            if opts.prompt.is_some() {
+                "--prompt's tokenizer"
+            } else {
+                "--prompt-ids"
+            },
             cfg.vocab
         )
         .into());

@@ -781,6 +781,10 @@ impl Llama {
     /// uses the sequence's length after the chunk (`start + n`) for every row, as transformers
     /// does for one forward over a prompt.
     ///
+    /// Decoding goes on with [`forward`](Self::forward) (or its graphs), whose row `b` uses slot
+    /// `b`: a sequence prefilled into slot `s` is decoded as row `s` of a batch of at least
+    /// `s + 1` rows (the others real sequences, or padding at position -1).
+    ///
     /// ```no_run
     /// # use cudagraph::models::llama::{Llama, LlamaConfig};
     /// # fn main() -> cudagraph::Result<()> {
@@ -810,6 +814,15 @@ impl Llama {
             ));
         }
         let n = tokens.rows();
+        if slot >= self.cfg.cache_slots {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "slot {slot} is outside the KV cache's {} slots",
+                    self.cfg.cache_slots
+                ),
+            ));
+        }
         let seq_len = start
             .checked_add(n)
             .filter(|&end| end <= self.cfg.cache_tokens)

@@ -110,13 +110,16 @@ impl HostLlama {
     /// before any row attends. Returns every row's logits, `[n, vocab]` (the GPU computes only
     /// the last row's).
     pub fn prefill(&mut self, tokens: &[u32], start: usize, slot: usize) -> Result<Vec<f32>> {
-        let end = start + tokens.len();
-        if slot >= self.slots || end > self.cfg.cache_tokens {
+        let end = start.checked_add(tokens.len());
+        let Some(end) = end.filter(|&end| slot < self.slots && end <= self.cfg.cache_tokens) else {
             return Err(Error::invalid(
                 "HostLlama::prefill",
-                format!("slot {slot} or positions {start}..{end} outside the cache"),
+                format!(
+                    "slot {slot} or positions {start}..{start}+{} outside the cache",
+                    tokens.len()
+                ),
             ));
-        }
+        };
         let positions: Vec<i32> = (start..end).map(|p| p as i32).collect();
         let chunk = crate::ops::PrefillChunk { slot, seq_len: end };
         self.rows(tokens, &positions, Some(&chunk))
@@ -132,7 +135,11 @@ impl HostLlama {
         let n = tokens.len();
         if n == 0 || positions.len() != n || (chunk.is_none() && n > self.slots) {
             return Err(Error::invalid(
-                "HostLlama::step",
+                if chunk.is_some() {
+                    "HostLlama::prefill"
+                } else {
+                    "HostLlama::step"
+                },
                 format!(
                     "{n} tokens and {} positions for {} cache slots: need as many positions as tokens, between 1 and the slots",
                     positions.len(),

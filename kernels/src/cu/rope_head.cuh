@@ -9,7 +9,7 @@
 // 1 linear   factor            -                      -                      -
 // 2 dynamic  factor            original max positions -                      -
 // 3 llama3   factor            low_freq_factor        high_freq_factor       original max positions
-// 4 yarn     factor            ramp low (dims)        ramp high (dims, > low) -
+// 4 yarn     factor            ramp low (pairs)       ramp width (pairs, > 0) -
 //
 // attn multiplies cos and sin (yarn's attention factor; 1 otherwise). min_len: a dynamic
 // (NTK) RoPE computes its base for the sequence length max(pos + 1, min_len) (a decode step:
@@ -64,7 +64,7 @@ __device__ __forceinline__ float rope_inv_freq(const RopeArgs& r, int i, int hea
         return v;
     }
     case ROPE_KIND_YARN: {
-        float ramp = ((float)i - r.b) / (r.c - r.b);
+        float ramp = ((float)i - r.b) / r.c;
         ramp = ramp < 0.0f ? 0.0f : (ramp > 1.0f ? 1.0f : ramp);
         const float extrapolation = 1.0f - ramp;
         const float interpolated = 1.0f / (r.a * pos_freq);

@@ -58,8 +58,6 @@ impl CacheRows<'_> {
                         format!("seq_len {} does not fit a 32-bit int", chunk.seq_len),
                     )
                 })?;
-                // `slot < slots`, and `slots` is a tensor dimension: it fits when `seq_len` does
-                // not overflow (checked the same way).
                 let slot = i32::try_from(chunk.slot).map_err(|_| {
                     Error::invalid(op, format!("slot {} does not fit a 32-bit int", chunk.slot))
                 })?;

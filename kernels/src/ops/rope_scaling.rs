@@ -58,7 +58,7 @@ pub enum RopeScaling {
         original_max_positions: f32,
     },
     /// `yarn`: a blend of interpolated (`/ factor`) and original frequencies along a linear
-    /// ramp over the dimension pairs `ramp_low..ramp_high`, and cos and sin times
+    /// ramp over the dimension pairs `ramp_low..ramp_low + ramp_width`, and cos and sin times
     /// `attention_factor`. Build it with [`RopeScaling::yarn`], which derives the ramp and the
     /// factor from the config's fields as transformers does.
     Yarn {
@@ -66,8 +66,9 @@ pub enum RopeScaling {
         factor: f32,
         /// The ramp's start (a dimension-pair index; pairs below it keep their frequency).
         ramp_low: f32,
-        /// The ramp's end, `> ramp_low` (pairs above it are interpolated).
-        ramp_high: f32,
+        /// The ramp's length in pairs, `> 0` (pairs past its end are interpolated); transformers'
+        /// `max - min`, computed in `f64` as Python does.
+        ramp_width: f32,
         /// Multiplies cos and sin.
         attention_factor: f32,
     },
@@ -134,7 +135,7 @@ impl RopeScaling {
         RopeScaling::Yarn {
             factor: p.factor as f32,
             ramp_low: low as f32,
-            ramp_high: high as f32,
+            ramp_width: (high - low) as f32,
             attention_factor: attention_factor as f32,
         }
     }
@@ -177,9 +178,9 @@ impl RopeScaling {
             RopeScaling::Yarn {
                 factor,
                 ramp_low,
-                ramp_high,
+                ramp_width,
                 attention_factor,
-            } => (4, [factor, ramp_low, ramp_high, 0.0], attention_factor),
+            } => (4, [factor, ramp_low, ramp_width, 0.0], attention_factor),
         }
     }
 
@@ -220,13 +221,16 @@ impl RopeScaling {
                     "llama3 RoPE needs factor > 0, 0 < low_freq_factor < high_freq_factor and an original context > 0, got {self:?}"
                 ))
             }
+            // transformers would compute with an empty or reversed ramp (an original context
+            // under 2 pi, or one past theta^(d/2)); no real config has one, and here it is an
+            // error rather than a division by zero in the kernel.
             RopeScaling::Yarn {
                 factor,
-                ramp_low,
-                ramp_high,
+                ramp_width,
                 attention_factor,
-            } if factor <= 0.0 || ramp_high <= ramp_low || attention_factor <= 0.0 => bad(format!(
-                "yarn RoPE needs factor > 0, ramp_low < ramp_high and attention_factor > 0, got {self:?}"
+                ..
+            } if factor <= 0.0 || ramp_width <= 0.0 || attention_factor <= 0.0 => bad(format!(
+                "yarn RoPE needs factor > 0, ramp_width > 0 and attention_factor > 0, got {self:?}"
             )),
             _ => Ok(()),
         }
@@ -270,11 +274,11 @@ impl RopeScaling {
             original_max_positions,
         } = *self
         {
-            let len = (pos + 1).max(min_len) as f32;
+            let len = pos.saturating_add(1).max(min_len) as f32;
             if len > original_max_positions {
                 let base = theta
                     * (factor * len / original_max_positions - (factor - 1.0))
-                        .powf(head_dim as f32 / (head_dim - 2) as f32);
+                        .powf(head_dim as f32 / head_dim.saturating_sub(2) as f32);
                 return 1.0 / base.powf(exponent);
             }
         }
@@ -307,10 +311,10 @@ impl RopeScaling {
             RopeScaling::Yarn {
                 factor,
                 ramp_low,
-                ramp_high,
+                ramp_width,
                 ..
             } => {
-                let ramp = ((i as f32 - ramp_low) / (ramp_high - ramp_low)).clamp(0.0, 1.0);
+                let ramp = ((i as f32 - ramp_low) / ramp_width).clamp(0.0, 1.0);
                 let extrapolation = 1.0 - ramp;
                 let interpolated = 1.0 / (factor * pos_freq);
                 interpolated * (1.0 - extrapolation) + inv * extrapolation
@@ -406,7 +410,7 @@ mod tests {
         let s = RopeScaling::yarn(&p, f64::from(THETA), D);
         let RopeScaling::Yarn {
             ramp_low,
-            ramp_high,
+            ramp_width,
             attention_factor,
             ..
         } = s
@@ -415,7 +419,7 @@ mod tests {
         };
         // transformers: 0.1 * ln(4) + 1.
         assert!((attention_factor - (0.1 * 4f32.ln() + 1.0)).abs() < 1e-6);
-        assert!(ramp_low < ramp_high && ramp_low.fract() == 0.0 && ramp_high.fract() == 0.0);
+        assert!(ramp_width > 0.0 && ramp_low.fract() == 0.0 && ramp_width.fract() == 0.0);
         assert_eq!(s.inv_freq(THETA, 0, D, 0, 0), plain(0));
         let last = D / 2 - 1;
         assert!((s.inv_freq(THETA, last, D, 0, 0) - plain(last) / 4.0).abs() <= 1e-9);
@@ -461,7 +465,7 @@ mod tests {
             RopeScaling::Yarn {
                 factor: 4.0,
                 ramp_low: 3.0,
-                ramp_high: 3.0,
+                ramp_width: 0.0,
                 attention_factor: 1.0,
             },
         ] {

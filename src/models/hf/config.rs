@@ -108,8 +108,9 @@ pub struct HfConfig {
     pub model: LlamaConfig,
     /// The declared weight dtype (`dtype` or `torch_dtype`), if any.
     pub dtype: Option<ConfigDtype>,
-    /// `max_position_embeddings`, if given. RoPE is computed for any position; a `dynamic` or
-    /// `yarn` scaling reads it (the family's default when absent, as transformers uses).
+    /// `max_position_embeddings`, if given. RoPE is computed for any position; a `dynamic`
+    /// scaling reads it, and `llama3` and `yarn` fall back to it for their original context
+    /// (the family's default when absent, as transformers uses).
     pub max_position_embeddings: Option<usize>,
     /// `bos_token_id` (the family's default when absent: 1 for Llama and Mistral, none for
     /// Qwen).

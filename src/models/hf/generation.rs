@@ -1,6 +1,7 @@
 //! `generation_config.json`: the special tokens transformers' `generate` uses. When the file
 //! names `eos_token_id` (one id or a list: Llama 3.x lists three) or `bos_token_id`, they
-//! replace `config.json`'s, as transformers does.
+//! replace `config.json`'s, as transformers does. A file that names neither keeps
+//! `config.json`'s; a malformed file is an error naming it (rather than a silent fallback).
 
 use std::path::Path;
 
@@ -46,4 +47,85 @@ pub(crate) fn apply_text(path: &Path, text: &str, config: &mut HfConfig) -> Resu
         config.bos_token_id = token_ids(&f, "bos_token_id", v)?.first().copied();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use serde_json::{Value, json};
+
+    use crate::models::hf::{HfConfig, LoadError, LoadOptions, parse_config};
+
+    fn llama(extra: Value) -> Value {
+        let mut config = json!({
+            "architectures": ["LlamaForCausalLM"],
+            "hidden_size": 256,
+            "intermediate_size": 512,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "vocab_size": 1000,
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            config[k] = v.clone();
+        }
+        config
+    }
+
+    fn parse(config: &Value) -> Result<HfConfig, LoadError> {
+        parse_config(
+            Path::new("config.json"),
+            &config.to_string(),
+            &LoadOptions::default(),
+        )
+    }
+
+    #[track_caller]
+    fn rejected(extra: Value) -> (String, String) {
+        match parse(&llama(extra)) {
+            Err(LoadError::Config { field, message, .. }) => (field, message),
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn special_tokens_default_by_family_and_read_lists() {
+        let cfg = parse(&llama(json!({}))).unwrap();
+        assert_eq!(
+            (cfg.bos_token_id, cfg.eos_token_ids.as_slice()),
+            (Some(1), &[2][..])
+        );
+        let cfg = parse(&llama(
+            json!({"bos_token_id": 128000, "eos_token_id": [128001, 128009]}),
+        ))
+        .unwrap();
+        assert_eq!(cfg.bos_token_id, Some(128000));
+        assert_eq!(cfg.eos_token_ids, [128001, 128009]);
+        let cfg = parse(&llama(json!({"eos_token_id": null}))).unwrap();
+        assert!(cfg.eos_token_ids.is_empty());
+        let mut qwen = llama(json!({"architectures": ["Qwen2ForCausalLM"]}));
+        qwen.as_object_mut().unwrap().remove("eos_token_id");
+        let cfg = parse(&qwen).unwrap();
+        assert_eq!((cfg.bos_token_id, cfg.eos_token_ids.len()), (None, 0));
+        let (field, _) = rejected(json!({"eos_token_id": "two"}));
+        assert_eq!(field, "eos_token_id");
+        let (field, _) = rejected(json!({"eos_token_id": [2, -1]}));
+        assert_eq!(field, "eos_token_id");
+    }
+
+    #[test]
+    fn generation_config_replaces_the_special_tokens() {
+        let mut cfg = parse(&llama(json!({}))).unwrap();
+        let path = Path::new("generation_config.json");
+        super::apply_text(
+            path,
+            r#"{"eos_token_id": [7, 8], "do_sample": true}"#,
+            &mut cfg,
+        )
+        .unwrap();
+        assert_eq!(cfg.eos_token_ids, [7, 8]);
+        assert_eq!(cfg.bos_token_id, Some(1));
+        let err = super::apply_text(path, r#"{"eos_token_id": 1.5}"#, &mut cfg).unwrap_err();
+        assert!(err.to_string().contains("generation_config.json"), "{err}");
+    }
 }

@@ -72,11 +72,11 @@ pub(super) fn parse_rope(
             format!("partial RoPE ({pr}) is not supported"),
         ));
     }
-    let theta_value = match p.fields.f64_opt("rope_theta")? {
-        Some(t) => Some(t),
-        None => f.f64_opt("rope_theta")?,
+    let theta = match p.fields.f64_opt("rope_theta")? {
+        Some(t) => theta(f, Some(t))
+            .map_err(|_| p.err("rope_theta", format!("must be finite and > 0, got {t}")))?,
+        None => theta(f, f.f64_opt("rope_theta")?)?,
     };
-    let theta = theta(f, theta_value)?;
     // The original (pre-training) context of llama3 and yarn.
     let original = || -> Result<f64, LoadError> {
         Ok(match f.usize_opt("original_max_position_embeddings")? {
@@ -150,7 +150,11 @@ pub(super) fn parse_rope(
                 mscale: p.fields.f64_opt("mscale")?,
                 mscale_all_dim: p.fields.f64_opt("mscale_all_dim")?,
                 attention_factor: p.fields.f64_opt("attention_factor")?,
-                truncate: p.fields.bool_opt("truncate")?,
+                // Python's `.get("truncate", True)`: absent truncates, an explicit null does not.
+                truncate: match p.obj.get("truncate") {
+                    Some(Value::Null) => Some(false),
+                    _ => p.fields.bool_opt("truncate")?,
+                },
             };
             RopeScaling::yarn(&yarn, f64::from(theta), head_dim)
         }
@@ -243,7 +247,7 @@ mod tests {
 
     use serde_json::{Value, json};
 
-    use crate::models::hf::{Family, HfConfig, LoadError, LoadOptions, parse_config};
+    use crate::models::hf::{HfConfig, LoadError, LoadOptions, parse_config};
     use crate::ops::RopeScaling;
 
     fn llama(extra: Value) -> Value {
@@ -354,7 +358,7 @@ mod tests {
             parse(&config).unwrap().model.rope_scaling,
             RopeScaling::Dynamic {
                 factor: 4.0,
-                original_max_positions: Family::Llama.default_max_positions() as f32
+                original_max_positions: 2048.0
             }
         );
     }
@@ -420,46 +424,81 @@ mod tests {
         assert_eq!(field, "rope_theta");
     }
 
+    /// transformers' own frequencies (`scripts/rope_golden.py`, run on the GPU machine with
+    /// transformers 5.17) against the loader's parse and [`RopeScaling::inv_freq`]: a config as
+    /// a checkpoint writes it, every frequency and the attention factor.
     #[test]
-    fn special_tokens_default_by_family_and_read_lists() {
-        let cfg = parse(&llama(json!({}))).unwrap();
-        assert_eq!(
-            (cfg.bos_token_id, cfg.eos_token_ids.as_slice()),
-            (Some(1), &[2][..])
-        );
-        let cfg = parse(&llama(
-            json!({"bos_token_id": 128000, "eos_token_id": [128001, 128009]}),
-        ))
-        .unwrap();
-        assert_eq!(cfg.bos_token_id, Some(128000));
-        assert_eq!(cfg.eos_token_ids, [128001, 128009]);
-        let cfg = parse(&llama(json!({"eos_token_id": null}))).unwrap();
-        assert!(cfg.eos_token_ids.is_empty());
-        let mut qwen = llama(json!({"architectures": ["Qwen2ForCausalLM"]}));
-        qwen.as_object_mut().unwrap().remove("eos_token_id");
-        let cfg = parse(&qwen).unwrap();
-        assert_eq!((cfg.bos_token_id, cfg.eos_token_ids.len()), (None, 0));
-        let (field, _) = rejected(json!({"eos_token_id": "two"}));
-        assert_eq!(field, "eos_token_id");
-        let (field, _) = rejected(json!({"eos_token_id": [2, -1]}));
-        assert_eq!(field, "eos_token_id");
-    }
-
-    #[test]
-    fn generation_config_replaces_the_special_tokens() {
-        let mut cfg = parse(&llama(json!({}))).unwrap();
-        let path = Path::new("generation_config.json");
-        crate::models::hf::generation::apply_text(
-            path,
-            r#"{"eos_token_id": [7, 8], "do_sample": true}"#,
-            &mut cfg,
-        )
-        .unwrap();
-        assert_eq!(cfg.eos_token_ids, [7, 8]);
-        assert_eq!(cfg.bos_token_id, Some(1));
-        let err =
-            crate::models::hf::generation::apply_text(path, r#"{"eos_token_id": 1.5}"#, &mut cfg)
-                .unwrap_err();
-        assert!(err.to_string().contains("generation_config.json"), "{err}");
+    fn frequencies_match_transformers_own_numbers() {
+        let golden: Value =
+            serde_json::from_str(include_str!("testdata/rope_golden.json")).unwrap();
+        let base = |arch: &str, hidden: usize, head_dim: usize, max_pos: usize| {
+            json!({
+                "architectures": [arch], "hidden_size": hidden, "intermediate_size": 512,
+                "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": head_dim,
+                "num_hidden_layers": 1, "vocab_size": 1000, "max_position_embeddings": max_pos,
+            })
+        };
+        let configs = [
+            ("llama3_3_1", {
+                let mut c = base("LlamaForCausalLM", 4096, 128, 131072);
+                c["rope_theta"] = json!(500000.0);
+                c["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+                c
+            }),
+            ("yarn_qwen3", {
+                let mut c = base("Qwen3ForCausalLM", 4096, 128, 131072);
+                c["rope_parameters"] = json!({"rope_type": "yarn", "factor": 4.0,
+                    "original_max_position_embeddings": 32768, "rope_theta": 1e6});
+                c
+            }),
+            ("yarn_mscale_untruncated", {
+                let mut c = base("Qwen3ForCausalLM", 2048, 64, 163840);
+                c["rope_parameters"] = json!({"rope_type": "yarn", "factor": 40.0,
+                    "original_max_position_embeddings": 4096, "rope_theta": 10000.0, "mscale": 0.707,
+                    "mscale_all_dim": 1.0, "truncate": false, "beta_fast": 16, "beta_slow": 2});
+                c
+            }),
+            ("dynamic_4096", {
+                let mut c = base("LlamaForCausalLM", 2048, 64, 2048);
+                c["rope_scaling"] = json!({"type": "dynamic", "factor": 2.0});
+                c
+            }),
+            ("linear_4", {
+                let mut c = base("LlamaForCausalLM", 2048, 64, 2048);
+                c["rope_scaling"] = json!({"rope_type": "linear", "factor": 4.0});
+                c
+            }),
+        ];
+        let cases = golden["cases"].as_array().unwrap();
+        assert_eq!(cases.len(), configs.len());
+        for (name, config) in configs {
+            let case = cases.iter().find(|c| c["name"] == name).unwrap();
+            let cfg = parse(&config).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let (theta, scaling) = (cfg.model.rope_theta, cfg.model.rope_scaling);
+            let head_dim = cfg.model.head_dim;
+            let want: Vec<f64> = case["inv_freq"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            assert_eq!(want.len(), head_dim / 2, "{name}");
+            // The frequency at the golden sequence length (dynamic), else any position.
+            let pos = case["seq_len"].as_u64().map_or(0, |l| l as usize - 1);
+            for (i, &w) in want.iter().enumerate() {
+                let got = f64::from(scaling.inv_freq(theta, i, head_dim, pos, 0));
+                assert!(
+                    (got - w).abs() <= 2e-6 * w.abs(),
+                    "{name}: pair {i}: ours {got:e}, transformers {w:e}"
+                );
+            }
+            let attn = case["attention_factor"].as_f64().unwrap();
+            assert!(
+                (f64::from(scaling.attention_factor()) - attn).abs() <= 1e-6,
+                "{name}: attention factor {} vs transformers {attn}",
+                scaling.attention_factor()
+            );
+        }
     }
 }

@@ -544,6 +544,24 @@ fn short_sliding_windows_are_rejected() {
         c["layer_types"] = json!(["full_attention", "sliding_attention"]);
     });
     assert_eq!(field, "sliding_window");
+    // Without layer_types (transformers 4's configs), transformers makes layers >=
+    // max_window_layers sliding ones.
+    let dir = scratch("qwen-window-layers-ok");
+    write_with_config(dir.path(), &synth, |c| {
+        c.as_object_mut().unwrap().remove("layer_types");
+        c["sliding_window"] = json!(8);
+        c["use_sliding_window"] = json!(true);
+        c["max_window_layers"] = json!(2); // both layers full attention
+    });
+    assert!(open(dir.path(), &synth).is_ok(), "no sliding layer");
+    let dir = scratch("qwen-window-layers");
+    let (field, _) = config_error(dir.path(), &synth, |c| {
+        c.as_object_mut().unwrap().remove("layer_types");
+        c["sliding_window"] = json!(8);
+        c["use_sliding_window"] = json!(true);
+        c["max_window_layers"] = json!(1); // layer 1 slides
+    });
+    assert_eq!(field, "sliding_window");
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Text in and out: a checkpoint's `tokenizer.json`, read by the Hugging Face `tokenizers`
 //! crate (the library transformers' fast tokenizers run on), so ids and text are the ones
-//! transformers gives for the same file.
+//! transformers' fast tokenizer gives for the same file. What only `tokenizer_config.json`
+//! says (`add_bos_token` overrides, `clean_up_tokenization_spaces`, chat templates) is not read:
+//! a checkpoint whose config changes what its `tokenizer.json` does would differ there.
 
 use std::path::{Path, PathBuf};
 
