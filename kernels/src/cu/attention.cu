@@ -143,6 +143,49 @@ __device__ void attend_decode(
     }
 }
 
+// Where one block of a decode-attention kernel (grid (q_heads, n): block (head, row b)) stands:
+// its kv head, its output row, and its row's position clamped to the cache, or false when the
+// block has nothing more to do (a block past the grid's work, or a padded row, pos < 0, whose
+// output row it has zeroed). Uniform over the block (head and b are the block's), so the
+// caller returns as a whole. Both kernels below start with it.
+struct AttentionRow {
+    int kv_head;
+    int pos;
+    unsigned long long d;
+    bf16_t* out_row;
+};
+
+__device__ __forceinline__ bool attention_row_begin(
+    const int* __restrict__ positions,
+    bf16_t* __restrict__ out,
+    int n,
+    int q_heads,
+    int kv_heads,
+    int head_dim,
+    int max_t,
+    AttentionRow* row)
+{
+    const int head = blockIdx.x;
+    const int b = blockIdx.y;
+    if (head >= q_heads || b >= n) {
+        return false;
+    }
+    row->kv_head = head / (q_heads / kv_heads);
+    row->d = (unsigned long long)head_dim;
+    row->out_row = out + ((unsigned long long)b * (unsigned long long)q_heads
+                          + (unsigned long long)head) * row->d;
+    const int pos = positions[b];
+    if (pos < 0) {
+        // A padded row: zeros, no cache read or write.
+        for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+            row->out_row[i] = (bf16_t)0;
+        }
+        return false;
+    }
+    row->pos = pos > max_t - 1 ? max_t - 1 : pos;
+    return true;
+}
+
 extern "C" __global__ void attention_decode_bf16(
     const bf16_t* __restrict__ q,
     const bf16_t* __restrict__ k_cache,
@@ -162,27 +205,16 @@ extern "C" __global__ void attention_decode_bf16(
     extern __shared__ float smem[];
     __shared__ float scratch[32];
 
-    const int head = blockIdx.x;
-    const int b = blockIdx.y;
-    if (head >= q_heads || b >= n) {
+    AttentionRow r;
+    if (!attention_row_begin(positions, out, n, q_heads, kv_heads, head_dim, max_t, &r)) {
         return;  // uniform over the block
     }
-    const int group_size = q_heads / kv_heads;
-    const int kv_head = head / group_size;
-
-    const unsigned long long d = (unsigned long long)head_dim;
-    bf16_t* out_row = out + ((unsigned long long)b * (unsigned long long)q_heads
-                             + (unsigned long long)head) * d;
-
-    int pos = positions[b];
-    if (pos < 0) {
-        // A padded row: zeros, no cache read. Uniform over the block (b is the block's row).
-        for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
-            out_row[i] = (bf16_t)0;
-        }
-        return;
-    }
-    pos = pos > max_t - 1 ? max_t - 1 : pos;
+    const int head = blockIdx.x;
+    const int b = blockIdx.y;
+    const int kv_head = r.kv_head;
+    const int pos = r.pos;
+    const unsigned long long d = r.d;
+    bf16_t* out_row = r.out_row;
 
     float* q_s = smem;
     float* scores = smem + head_dim;
@@ -245,25 +277,17 @@ extern "C" __global__ void rope_attention_decode_bf16(
     __shared__ __align__(16) bf16_t k_h[MAX_HEAD_DIM_CU];
     __shared__ __align__(16) bf16_t v_h[MAX_HEAD_DIM_CU];
 
-    const int head = blockIdx.x;
-    const int b = blockIdx.y;
-    if (head >= q_heads || b >= n) {
+    AttentionRow r;
+    if (!attention_row_begin(positions, out, n, q_heads, kv_heads, head_dim, max_t, &r)) {
         return;  // uniform over the block
     }
+    const int head = blockIdx.x;
+    const int b = blockIdx.y;
     const int group_size = q_heads / kv_heads;
-    const int kv_head = head / group_size;
-    const unsigned long long d = (unsigned long long)head_dim;
-    bf16_t* out_row = out + ((unsigned long long)b * (unsigned long long)q_heads
-                             + (unsigned long long)head) * d;
-
-    int pos = positions[b];
-    if (pos < 0) {
-        for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
-            out_row[i] = (bf16_t)0;
-        }
-        return;
-    }
-    pos = pos > max_t - 1 ? max_t - 1 : pos;
+    const int kv_head = r.kv_head;
+    const int pos = r.pos;
+    const unsigned long long d = r.d;
+    bf16_t* out_row = r.out_row;
 
     const unsigned long long t_stride = (unsigned long long)kv_heads * d;
     const unsigned long long slot_base =
