@@ -48,6 +48,8 @@ pub mod names {
     pub const GEMV_MMA_BF16: &str = "gemv_mma_bf16";
     /// `attention`: RoPE, KV-cache write and decode attention in one kernel.
     pub const ROPE_ATTENTION_DECODE_BF16: &str = "rope_attention_decode_bf16";
+    /// The fused decode kernel with a RoPE scaling (`ops::RopeScaling`).
+    pub const ROPE_ATTENTION_DECODE_SCALED_BF16: &str = "rope_attention_decode_scaled_bf16";
 }
 
 /// The common prelude every module starts with.
@@ -82,6 +84,7 @@ pub static ATTENTION: KernelModule = KernelModule {
     functions: &[
         names::ATTENTION_DECODE_BF16,
         names::ROPE_ATTENTION_DECODE_BF16,
+        names::ROPE_ATTENTION_DECODE_SCALED_BF16,
     ],
 };
 

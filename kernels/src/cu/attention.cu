@@ -252,7 +252,8 @@ extern "C" __global__ void attention_decode_bf16(
 // so no block waits for another. A padded row (pos < 0) writes zeros and no cache.
 // Dynamic shared memory as attention_decode_bf16's.
 // ---------------------------------------------------------------------------------------------
-extern "C" __global__ void rope_attention_decode_bf16(
+template <bool SCALED>
+__device__ __forceinline__ void rope_attention_decode_body(
     const bf16_t* __restrict__ qkv,
     const int* __restrict__ positions,
     bf16_t* __restrict__ k_cache,
@@ -263,14 +264,12 @@ extern "C" __global__ void rope_attention_decode_bf16(
     int kv_heads,
     int head_dim,
     int max_t,
-    ROPE_PARAMS,
+    const RopeArgs rope,
     const bf16_t* __restrict__ q_norm,
     const bf16_t* __restrict__ k_norm,
     float eps,
     float scale)
 {
-    PDL_LAUNCH_DEPENDENTS();
-    PDL_WAIT();  // before any memory access: see prelude.cuh
     extern __shared__ float smem[];
     __shared__ float scratch[32];
     __shared__ __align__(16) bf16_t q_h[MAX_HEAD_DIM_CU];
@@ -308,11 +307,11 @@ extern "C" __global__ void rope_attention_decode_bf16(
     const int total_heads = q_heads + 2 * kv_heads;
     const bf16_t* row = qkv + (unsigned long long)b * (unsigned long long)total_heads * d;
     const int warp = threadIdx.x >> 5;
-    const RopeArgs rope = ROPE_ARGS;
     if (warp == 0) {
-        rope_head_warp(row + (unsigned long long)head * d, q_norm, eps, pos, head_dim, rope, q_h);
+        rope_head_warp<SCALED>(row + (unsigned long long)head * d, q_norm, eps, pos, head_dim,
+                               rope, q_h);
     } else if (warp == 1) {
-        rope_head_warp(row + (unsigned long long)(q_heads + kv_head) * d, k_norm, eps, pos,
+        rope_head_warp<SCALED>(row + (unsigned long long)(q_heads + kv_head) * d, k_norm, eps, pos,
                        head_dim, rope, k_h);
     } else if (warp == 2) {
         const bf16_t* v_src = row + (unsigned long long)(q_heads + kv_heads + kv_head) * d;
@@ -340,4 +339,55 @@ extern "C" __global__ void rope_attention_decode_bf16(
     __syncthreads();
     attend_decode(q_s, k_cache + slot_base, v_cache + slot_base, t_stride, pos + 1, head_dim,
                   scale, k_h, v_h, scores, partial, scratch, out_row);
+}
+
+// Plain RoPE (no scaling): the base alone.
+extern "C" __global__ void rope_attention_decode_bf16(
+    const bf16_t* __restrict__ qkv,
+    const int* __restrict__ positions,
+    bf16_t* __restrict__ k_cache,
+    bf16_t* __restrict__ v_cache,
+    bf16_t* __restrict__ out,
+    int n,
+    int q_heads,
+    int kv_heads,
+    int head_dim,
+    int max_t,
+    float theta,
+    const bf16_t* __restrict__ q_norm,
+    const bf16_t* __restrict__ k_norm,
+    float eps,
+    float scale)
+{
+    PDL_LAUNCH_DEPENDENTS();
+    PDL_WAIT();  // before any memory access: see prelude.cuh
+    const RopeArgs rope = RopeArgs{ROPE_KIND_DEFAULT, theta, 0.0f, 0.0f, 0.0f, 0.0f, 1.0f, 0};
+    rope_attention_decode_body<false>(qkv, positions, k_cache, v_cache, out, n, q_heads,
+                                      kv_heads, head_dim, max_t, rope, q_norm, k_norm, eps,
+                                      scale);
+}
+
+// A scaled RoPE (ROPE_PARAMS, rope_head.cuh).
+extern "C" __global__ void rope_attention_decode_scaled_bf16(
+    const bf16_t* __restrict__ qkv,
+    const int* __restrict__ positions,
+    bf16_t* __restrict__ k_cache,
+    bf16_t* __restrict__ v_cache,
+    bf16_t* __restrict__ out,
+    int n,
+    int q_heads,
+    int kv_heads,
+    int head_dim,
+    int max_t,
+    ROPE_PARAMS,
+    const bf16_t* __restrict__ q_norm,
+    const bf16_t* __restrict__ k_norm,
+    float eps,
+    float scale)
+{
+    PDL_LAUNCH_DEPENDENTS();
+    PDL_WAIT();  // before any memory access: see prelude.cuh
+    rope_attention_decode_body<true>(qkv, positions, k_cache, v_cache, out, n, q_heads,
+                                     kv_heads, head_dim, max_t, ROPE_ARGS, q_norm, k_norm, eps,
+                                     scale);
 }

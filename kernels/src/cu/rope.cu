@@ -78,7 +78,7 @@ extern "C" __global__ void rope_kv_write_bf16(
         // One warp rotates the head (rope_head_warp); the block is that warp.
         const bf16_t* norm = head < q_heads ? q_norm : k_norm;
         if (threadIdx.x < 32) {
-            rope_head_warp(src, norm, eps, pos, head_dim, ROPE_ARGS, dst);
+            rope_head_warp<true>(src, norm, eps, pos, head_dim, ROPE_ARGS, dst);
         }
     } else {
         const int kv_head = head - q_heads - kv_heads;

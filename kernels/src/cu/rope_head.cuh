@@ -36,9 +36,12 @@ struct RopeArgs {
 #define ROPE_ARGS RopeArgs{rope_kind, rope_theta, rope_a, rope_b, rope_c, rope_d, rope_attn, rope_min_len}
 
 // The inverse frequency of dimension pair i (i < head_dim / 2) at position pos.
-__device__ __forceinline__ float rope_inv_freq(const RopeArgs& r, int i, int head_dim, int pos)
+__device__ __forceinline__ float rope_inv_freq(const RopeArgs r, int i, int head_dim, int pos)
 {
     const float exponent = (float)(2 * i) / (float)head_dim;
+    if (r.kind == ROPE_KIND_DEFAULT) {
+        return 1.0f / powf(r.theta, exponent);  // plain RoPE first: the common case
+    }
     if (r.kind == ROPE_KIND_DYNAMIC) {
         const int len = pos + 1 > r.min_len ? pos + 1 : r.min_len;
         if ((float)len > r.b) {
@@ -92,13 +95,18 @@ __device__ __forceinline__ float rope_inv_freq(const RopeArgs& r, int i, int hea
 // warps of the block can rotate other heads at the same time). dst may be global or shared
 // memory; it does not overlap src.
 // ---------------------------------------------------------------------------------------------
-__device__ void rope_head_warp(
+// SCALED = false: plain RoPE from rope.theta alone (the other fields unread), for the decode
+// step's fused kernel without a scaling (rope_attention_decode_bf16), whose parameters and
+// instructions stay those it had before scalings existed (docs/gpu-runs.md run 62: the scaled
+// kernel costs ~0.5 us more per launch). Both give the same bits for plain RoPE.
+template <bool SCALED>
+__device__ __forceinline__ void rope_head_warp(
     const bf16_t* __restrict__ src,
     const bf16_t* __restrict__ norm,
     float eps,
     int pos,
     int head_dim,
-    const RopeArgs& rope,
+    const RopeArgs rope,
     bf16_t* __restrict__ dst)
 {
     const int lane = threadIdx.x & 31;
@@ -114,12 +122,17 @@ __device__ void rope_head_warp(
     }
     const int half = head_dim / 2;
     for (int i = lane; i < half; i += 32) {
-        const float inv_freq = rope_inv_freq(rope, i, head_dim, pos);
+        // Unscaled: plain RoPE's frequency, the instructions of the kernels before scalings.
+        const float inv_freq = SCALED
+            ? rope_inv_freq(rope, i, head_dim, pos)
+            : 1.0f / powf(rope.theta, (float)(2 * i) / (float)head_dim);
         const float angle = (float)pos * inv_freq;
         float s, c;
         sincosf(angle, &s, &c);
-        s *= rope.attn;  // exact for attn = 1
-        c *= rope.attn;
+        if (SCALED && rope.kind == ROPE_KIND_YARN) {  // the only scaling with an attention factor
+            s *= rope.attn;
+            c *= rope.attn;
+        }
         float x1 = bf2f(src[i]);
         float x2 = bf2f(src[i + half]);
         if (norm != nullptr) {
