@@ -57,44 +57,46 @@ pub fn rope_attention_decode(
     let (q_norm, k_norm, eps) = check_qk_norm(rt, OP, norm, cfg.head_dim)?;
     let launch_cfg = attention_launch(OP, cfg, n, max_t)?;
 
-    // Plain RoPE runs the kernel without the scaling's parameters and instructions (it costs
-    // ~0.5 us less per launch; the same bits).
-    let scaled = cfg.rope_scaling != RopeScaling::None;
-    let name = match scaled {
-        true => names::ROPE_ATTENTION_DECODE_SCALED_BF16,
-        false => names::ROPE_ATTENTION_DECODE_BF16,
-    };
-    let func = rt.function(&ATTENTION, name)?;
-    let out = rt.alloc(&[n, q_width], DType::BF16)?;
-    let rope = match scaled {
-        true => cfg.rope_scaling.kernel_args(cfg.rope_theta, 0).to_vec(),
-        false => vec![Arg::F32(cfg.rope_theta)],
-    };
-    ffi::launch(
-        rt,
-        &func,
-        launch_cfg,
-        &[
-            Arg::Ptr(qkv.device_ptr()),
-            Arg::Ptr(positions.device_ptr()),
-            Arg::Ptr(k_cache.device_ptr()),
-            Arg::Ptr(v_cache.device_ptr()),
-            Arg::Ptr(out.device_ptr()),
-            Arg::I32(check::to_i32(OP, "n", n)?),
-            Arg::I32(check::to_i32(OP, "q_heads", cfg.q_heads)?),
-            Arg::I32(check::to_i32(OP, "kv_heads", cfg.kv_heads)?),
-            Arg::I32(check::to_i32(OP, "head_dim", cfg.head_dim)?),
-            Arg::I32(check::to_i32(OP, "max_t", max_t)?),
-        ]
-        .into_iter()
-        .chain(rope)
-        .chain([
-            Arg::Ptr(q_norm),
-            Arg::Ptr(k_norm),
-            Arg::F32(eps),
-            Arg::F32(attention_scale(cfg)),
-        ])
-        .collect::<Vec<_>>(),
-    )?;
+    let out_shape = [n, q_width];
+    // The kernels' arguments around the RoPE ones (see the two launches below).
+    let [h0, h1, h2, h3] = [
+        Arg::Ptr(qkv.device_ptr()),
+        Arg::Ptr(positions.device_ptr()),
+        Arg::Ptr(k_cache.device_ptr()),
+        Arg::Ptr(v_cache.device_ptr()),
+    ];
+    let [s0, s1, s2, s3, s4] = [
+        Arg::I32(check::to_i32(OP, "n", n)?),
+        Arg::I32(check::to_i32(OP, "q_heads", cfg.q_heads)?),
+        Arg::I32(check::to_i32(OP, "kv_heads", cfg.kv_heads)?),
+        Arg::I32(check::to_i32(OP, "head_dim", cfg.head_dim)?),
+        Arg::I32(check::to_i32(OP, "max_t", max_t)?),
+    ];
+    let [t0, t1, t2, t3] = [
+        Arg::Ptr(q_norm),
+        Arg::Ptr(k_norm),
+        Arg::F32(eps),
+        Arg::F32(attention_scale(cfg)),
+    ];
+    // Plain RoPE runs the kernel without the scaling's parameters and instructions (~0.3 us
+    // less per launch, the same bits: docs/gpu-runs.md runs 63 and 64). No allocation here:
+    // this launch is in every layer of a decode step.
+    if cfg.rope_scaling == RopeScaling::None {
+        let func = rt.function(&ATTENTION, names::ROPE_ATTENTION_DECODE_BF16)?;
+        let out = rt.alloc(&out_shape, DType::BF16)?;
+        let o = Arg::Ptr(out.device_ptr());
+        let theta = Arg::F32(cfg.rope_theta);
+        let args = [h0, h1, h2, h3, o, s0, s1, s2, s3, s4, theta, t0, t1, t2, t3];
+        ffi::launch(rt, &func, launch_cfg, &args)?;
+        return Ok(out);
+    }
+    let func = rt.function(&ATTENTION, names::ROPE_ATTENTION_DECODE_SCALED_BF16)?;
+    let out = rt.alloc(&out_shape, DType::BF16)?;
+    let o = Arg::Ptr(out.device_ptr());
+    let [r0, r1, r2, r3, r4, r5, r6, r7] = cfg.rope_scaling.kernel_args(cfg.rope_theta, 0);
+    let args = [
+        h0, h1, h2, h3, o, s0, s1, s2, s3, s4, r0, r1, r2, r3, r4, r5, r6, r7, t0, t1, t2, t3,
+    ];
+    ffi::launch(rt, &func, launch_cfg, &args)?;
     Ok(out)
 }

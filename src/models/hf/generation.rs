@@ -53,40 +53,9 @@ pub(crate) fn apply_text(path: &Path, text: &str, config: &mut HfConfig) -> Resu
 mod tests {
     use std::path::Path;
 
-    use serde_json::{Value, json};
+    use serde_json::json;
 
-    use crate::models::hf::{HfConfig, LoadError, LoadOptions, parse_config};
-
-    fn llama(extra: Value) -> Value {
-        let mut config = json!({
-            "architectures": ["LlamaForCausalLM"],
-            "hidden_size": 256,
-            "intermediate_size": 512,
-            "num_attention_heads": 4,
-            "num_hidden_layers": 2,
-            "vocab_size": 1000,
-        });
-        for (k, v) in extra.as_object().unwrap() {
-            config[k] = v.clone();
-        }
-        config
-    }
-
-    fn parse(config: &Value) -> Result<HfConfig, LoadError> {
-        parse_config(
-            Path::new("config.json"),
-            &config.to_string(),
-            &LoadOptions::default(),
-        )
-    }
-
-    #[track_caller]
-    fn rejected(extra: Value) -> (String, String) {
-        match parse(&llama(extra)) {
-            Err(LoadError::Config { field, message, .. }) => (field, message),
-            other => panic!("expected a config error, got {other:?}"),
-        }
-    }
+    use crate::models::hf::rope::tests::{llama, parse, rejected};
 
     #[test]
     fn special_tokens_default_by_family_and_read_lists() {

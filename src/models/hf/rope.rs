@@ -242,7 +242,7 @@ impl Params<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::path::Path;
 
     use serde_json::{Value, json};
@@ -250,7 +250,8 @@ mod tests {
     use crate::models::hf::{HfConfig, LoadError, LoadOptions, parse_config};
     use crate::ops::RopeScaling;
 
-    fn llama(extra: Value) -> Value {
+    /// A Llama `config.json` with `extra`'s fields added (shared with `generation`'s tests).
+    pub(in crate::models::hf) fn llama(extra: Value) -> Value {
         let mut config = json!({
             "architectures": ["LlamaForCausalLM"],
             "hidden_size": 256,
@@ -267,7 +268,8 @@ mod tests {
         config
     }
 
-    fn parse(config: &Value) -> Result<HfConfig, LoadError> {
+    /// Parses `config` as `config.json` with the default load options.
+    pub(in crate::models::hf) fn parse(config: &Value) -> Result<HfConfig, LoadError> {
         parse_config(
             Path::new("config.json"),
             &config.to_string(),
@@ -281,8 +283,9 @@ mod tests {
         (cfg.model.rope_theta, cfg.model.rope_scaling)
     }
 
+    /// The field and message of the error `llama(extra)` is rejected with.
     #[track_caller]
-    fn rejected(extra: Value) -> (String, String) {
+    pub(in crate::models::hf) fn rejected(extra: Value) -> (String, String) {
         match parse(&llama(extra)) {
             Err(LoadError::Config { field, message, .. }) => (field, message),
             other => panic!("expected a config error, got {other:?}"),
