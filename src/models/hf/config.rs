@@ -188,20 +188,27 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// Parses and validates `config.json` (`text`, read from `path`).
-pub fn parse_config(path: &Path, text: &str, opts: &LoadOptions) -> Result<HfConfig, LoadError> {
-    let value: Value = serde_json::from_str(text).map_err(|source| LoadError::Json {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let Some(obj) = value.as_object() else {
-        return Err(LoadError::Config {
+/// The JSON object of a configuration file's `text` (read from `path`): malformed JSON and a
+/// top level that is not an object are errors naming the file.
+pub(super) fn json_object(path: &Path, text: &str) -> Result<Map<String, Value>, LoadError> {
+    match serde_json::from_str(text) {
+        Ok(Value::Object(obj)) => Ok(obj),
+        Ok(value) => Err(LoadError::Config {
             path: path.to_path_buf(),
             field: "(top level)".into(),
             message: format!("must be a JSON object, got {value}"),
-        });
-    };
-    let f = Fields { path, obj };
+        }),
+        Err(source) => Err(LoadError::Json {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Parses and validates `config.json` (`text`, read from `path`).
+pub fn parse_config(path: &Path, text: &str, opts: &LoadOptions) -> Result<HfConfig, LoadError> {
+    let obj = json_object(path, text)?;
+    let f = Fields { path, obj: &obj };
     let family = family(&f)?;
     reject_unsupported(&f, family)?;
 

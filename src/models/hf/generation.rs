@@ -5,9 +5,7 @@
 
 use std::path::Path;
 
-use serde_json::Value;
-
-use super::config::{Fields, HfConfig, token_ids};
+use super::config::{Fields, HfConfig, json_object, token_ids};
 use super::error::LoadError;
 
 /// The generation configuration's name.
@@ -28,18 +26,8 @@ pub(super) fn apply_generation_config(dir: &Path, config: &mut HfConfig) -> Resu
 
 /// [`apply_generation_config`] on the file's `text`.
 pub(crate) fn apply_text(path: &Path, text: &str, config: &mut HfConfig) -> Result<(), LoadError> {
-    let value: Value = serde_json::from_str(text).map_err(|source| LoadError::Json {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let Some(obj) = value.as_object() else {
-        return Err(LoadError::Config {
-            path: path.to_path_buf(),
-            field: "(top level)".into(),
-            message: format!("must be a JSON object, got {value}"),
-        });
-    };
-    let f = Fields { path, obj };
+    let obj = json_object(path, text)?;
+    let f = Fields { path, obj: &obj };
     if let Some(v) = f.get("eos_token_id") {
         config.eos_token_ids = token_ids(&f, "eos_token_id", v)?;
     }
