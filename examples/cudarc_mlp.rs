@@ -16,7 +16,9 @@ fn main() -> Result<(), BoxError> {
         println!("cudarc_mlp: no GPU available ({e}); nothing to run.");
         return Ok(());
     }
-    let stream = capture_stream(0)?;
+    // SAFETY: this program allocates every buffer on this one stream (the model, its inputs,
+    // the graphs' memory) and makes no other stream of its context.
+    let stream = unsafe { capture_stream(0)? };
     let dims = MlpDims {
         d_in: 1024,
         d_hidden: 4096,

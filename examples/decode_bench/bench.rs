@@ -285,7 +285,7 @@ fn finish(
     Ok(())
 }
 
-fn host_time_of_run<const F: u64>(
+fn host_time_of_run<F>(
     rt: &Runtime,
     cfg: &LlamaConfig,
     graphs: &mut Runner<'_, 2, (), F>,
@@ -406,7 +406,7 @@ fn compare_reclaim(rt: &Runtime, model: &Llama, report: &mut Report) -> Result<(
 
 /// Skewed synthetic traffic (mostly 1 to 4 sequences, some bursts around 40 and 100), then the
 /// size list that would have padded least with 8 graphs.
-fn size_advice<const F: u64>(
+fn size_advice<F>(
     rt: &Runtime,
     cfg: &LlamaConfig,
     graphs: &mut Runner<'_, 2, (), F>,

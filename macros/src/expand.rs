@@ -142,15 +142,22 @@ fn statics_eq(plan: &Plan, ident: &Ident) -> TokenStream {
     }
 }
 
-/// The identity of the annotated function as a const generic argument:
-/// `{ function_id(module_path!(), "NAME", SALT) }`, identical in every
-/// generated signature of one expansion and different between functions.
+/// The identity of the annotated function as a type:
+/// `FunctionId<{ function_id(module_path!(), "NAME", SALT) }, Self>` for a method (`Self`
+/// carries the impl's generic parameters, so `Model<u8>` and `Model<String>` differ) and
+/// `FunctionId<{ ... }>` for a free function; identical in every generated signature of one
+/// expansion and different between functions.
 fn function_id(plan: &Plan, salt: u64) -> TokenStream {
     let krate = &plan.krate;
     let name = plan.fn_ident.unraw().to_string();
     let salt = Literal::u64_suffixed(salt);
-    quote! {
+    let hash = quote! {
         { #krate::__private::function_id(::core::module_path!(), #name, #salt) }
+    };
+    if plan.method {
+        quote!(#krate::FunctionId<#hash, Self>)
+    } else {
+        quote!(#krate::FunctionId<#hash>)
     }
 }
 
@@ -288,6 +295,13 @@ pub fn expand(plan: &Plan, salt: u64) -> TokenStream {
         eager,
     } = shared(plan);
     let statics_eq = statics_eq(plan, &statics_eq_ident);
+    // Each static's type is `PartialEq + Sync` (see `StaticArgs`), checked at the type as
+    // written, so the error names it there.
+    let static_checks = plan.statics.iter().map(|s| {
+        let ty = &s.ty;
+        let span = Span::call_site().located_at(syn::spanned::Spanned::span(ty));
+        quote_spanned!(span=> #krate::__private::assert_static_arg::<#ty>();)
+    });
 
     let BackendTypes {
         device,
@@ -309,6 +323,7 @@ pub fn expand(plan: &Plan, salt: u64) -> TokenStream {
         ) -> ::core::result::Result<#krate::Runner<#lifetime, #n, #statics_ty, #id #runner_param>, #krate::Error>
         #where_clause
         {
+            #(#static_checks)*
             #plan_stmts
             #statics_eq
             #krate::Runner::#capture(
@@ -319,9 +334,7 @@ pub fn expand(plan: &Plan, salt: u64) -> TokenStream {
                 #eager,
             )
             .map(|#new_runner| {
-                #new_runner
-                    .with_statics_eq(#statics_eq_ident)
-                    .for_function::<#id>()
+                #krate::__private::identify(#new_runner.with_statics_eq(#statics_eq_ident))
             })
         }
 
@@ -676,11 +689,12 @@ mod tests {
         );
         for needle in [
             "pub fn forward_graphs < 'cg > (& 'cg self , rt : & 'cg :: cudagraph :: Runtime , inputs : [:: cudagraph :: InputSpec ; 2] , cfg : Config , scale : f32 ,)",
-            "-> :: core :: result :: Result < :: cudagraph :: Runner < 'cg , 2 , (Config , f32 ,) , { :: cudagraph :: __private :: function_id (:: core :: module_path ! () , \"forward\" , 4660u64) } > , :: cudagraph :: Error >",
+            "-> :: core :: result :: Result < :: cudagraph :: Runner < 'cg , 2 , (Config , f32 ,) , :: cudagraph :: FunctionId < { :: cudagraph :: __private :: function_id (:: core :: module_path ! () , \"forward\" , 4660u64) } , Self > > , :: cudagraph :: Error >",
             "let __cg_plan = :: cudagraph :: GraphPlan :: from_static (\"forward\" , & [1 , 2 , 4] , & [:: core :: primitive :: u16 :: MAX , 0 , 1 , 2 , 2] , 1) ? ;",
             "let __cg_statics_eq : fn (& (Config , f32 ,) , & (Config , f32 ,)) -> :: core :: primitive :: bool = | __cg_a , __cg_b | { # [allow (unused_imports)] use :: cudagraph :: __private :: { ViaBits as _ , ViaPartialEq as _ } ; (& :: cudagraph :: __private :: StaticCmp (& __cg_a . 0 , & __cg_b . 0)) . cg_same () && (& :: cudagraph :: __private :: StaticCmp (& __cg_a . 1 , & __cg_b . 1)) . cg_same () } ;",
             ":: cudagraph :: Runner :: capture (rt , __cg_plan , inputs , (cfg , scale ,) , move | __cg_rt : & :: cudagraph :: Runtime , __cg_tensors : [& :: cudagraph :: Tensor ; 2] , __cg_statics : & (Config , f32 ,) |",
-            ". map (| __cg_runner | { __cg_runner . with_statics_eq (__cg_statics_eq) . for_function :: < { :: cudagraph :: __private :: function_id (:: core :: module_path ! () , \"forward\" , 4660u64) } > () })",
+            ". map (| __cg_runner | { :: cudagraph :: __private :: identify (__cg_runner . with_statics_eq (__cg_statics_eq)) })",
+            ":: cudagraph :: __private :: assert_static_arg :: < Config > () ; :: cudagraph :: __private :: assert_static_arg :: < f32 > () ;",
             ":: cudagraph :: forward_result (self . forward (__cg_rt , __cg_tensors [0] , __cg_tensors [1] , & __cg_statics . 0 , :: core :: clone :: Clone :: clone (& __cg_statics . 1)))",
         ] {
             assert!(has(&out, needle), "missing {needle}\nin {out}");
@@ -707,7 +721,7 @@ mod tests {
         assert!(
             has(
                 &out,
-                ":: cg :: Runner < 'cg , 1 , () , { :: cg :: __private :: function_id (:: core :: module_path ! () , \"step\" , 4660u64) } >"
+                ":: cg :: Runner < 'cg , 1 , () , :: cg :: FunctionId < { :: cg :: __private :: function_id (:: core :: module_path ! () , \"step\" , 4660u64) } > >"
             ),
             "{out}"
         );
@@ -865,7 +879,7 @@ mod tests {
         assert_eq!(items.len(), 3, "{out}");
         let [graphs, memory, refresh] = [0, 1, 2].map(|i| items[i].to_token_stream().to_string());
         let plan_stmt = "let __cg_plan = :: cudagraph :: GraphPlan :: from_static (\"forward\" , & [1 , 2 , 4] , & [:: core :: primitive :: u16 :: MAX , 0 , 1 , 2 , 2] , 1) ? ;";
-        let id = "{ :: cudagraph :: __private :: function_id (:: core :: module_path ! () , \"forward\" , 4660u64) }";
+        let id = ":: cudagraph :: FunctionId < { :: cudagraph :: __private :: function_id (:: core :: module_path ! () , \"forward\" , 4660u64) } , Self >";
         let closure = "move | __cg_rt : & :: cudagraph :: Runtime , __cg_tensors : [& :: cudagraph :: Tensor ; 2] , __cg_statics : & (Config , f32 ,) | { :: cudagraph :: forward_result (self . forward (__cg_rt , __cg_tensors [0] , __cg_tensors [1] , & __cg_statics . 0 , :: core :: clone :: Clone :: clone (& __cg_statics . 1))) }";
 
         // `<fn>_graph_memory`: the same arguments and plan, `Runner::estimate`.
@@ -919,7 +933,7 @@ mod tests {
             ),
             "{graphs}"
         );
-        assert_eq!(graphs.matches("function_id").count(), 2, "{graphs}");
+        assert_eq!(graphs.matches("function_id").count(), 1, "{graphs}");
         assert_eq!(refresh.matches("function_id").count(), 3, "{refresh}");
         assert!(
             has(
@@ -1005,7 +1019,7 @@ mod tests {
         assert!(
             has(
                 &refresh,
-                "step_graphs_refresh < 'cg , 'cg_old > (rt : & 'cg :: cg :: Runtime , runner : :: cg :: Runner < 'cg_old , 1 , (Cfg ,) , { :: cg :: __private :: function_id (:: core :: module_path ! () , \"step\" , 4660u64) } > ,)"
+                "step_graphs_refresh < 'cg , 'cg_old > (rt : & 'cg :: cg :: Runtime , runner : :: cg :: Runner < 'cg_old , 1 , (Cfg ,) , :: cg :: FunctionId < { :: cg :: __private :: function_id (:: core :: module_path ! () , \"step\" , 4660u64) } > > ,)"
             ),
             "{refresh}"
         );

@@ -138,7 +138,9 @@ use proc_macro::TokenStream;
 ///     rt: &'cg ::cudagraph::Runtime,
 ///     inputs: [::cudagraph::InputSpec; 2],
 ///     cfg: Config, // each static argument, reference stripped
-/// ) -> ::core::result::Result<::cudagraph::Runner<'cg, 2, (Config,), { ID }>, ::cudagraph::Error> {
+/// ) -> ::core::result::Result<::cudagraph::Runner<'cg, 2, (Config,), ID>, ::cudagraph::Error> {
+///     // Each static's type is `PartialEq + Sync` (the error points at the type).
+///     ::cudagraph::__private::assert_static_arg::<Config>();
 ///     // The slices are promoted constants (`&'static`); the lookup table maps
 ///     // a batch size n to the index of the smallest size >= n.
 ///     let __cg_plan = ::cudagraph::GraphPlan::from_static(
@@ -152,7 +154,7 @@ use proc_macro::TokenStream;
 ///         move |__cg_rt: &::cudagraph::Runtime, __cg_tensors: [&::cudagraph::Tensor; 2], __cg_statics: &(Config,)| {
 ///             ::cudagraph::forward_result(self.forward(__cg_rt, __cg_tensors[0], __cg_tensors[1], &__cg_statics.0))
 ///         })
-///         .map(|r| r.with_statics_eq(__cg_statics_eq).for_function::<{ ID }>())
+///         .map(|r| ::cudagraph::__private::identify(r.with_statics_eq(__cg_statics_eq)))
 /// }
 ///
 /// /// What `forward_graphs` would hold on the device (graph pool + static inputs), ...
@@ -170,18 +172,18 @@ use proc_macro::TokenStream;
 /// pub fn forward_graphs_refresh<'cg>(
 ///     &'cg self,
 ///     rt: &'cg ::cudagraph::Runtime,
-///     runner: ::cudagraph::Runner<'_, 2, (Config,), { ID }>,
+///     runner: ::cudagraph::Runner<'cg_old, 2, (Config,), ID>,
 /// ) -> ::core::result::Result<
-///     (::cudagraph::Runner<'cg, 2, (Config,), { ID }>, ::cudagraph::RefreshReport),
-///     ::cudagraph::Error,
+///     (::cudagraph::Runner<'cg, 2, (Config,), ID>, ::cudagraph::RefreshReport),
+///     ::cudagraph::RefreshError<'cg_old, 2, (Config,), ID>,
 /// > {
 ///     ::cudagraph::Runner::refresh(runner, rt, /* the same closure */)
-///         .map(|(r, report)| (r.for_function::<{ ID }>(), report))
 /// }
 /// ```
 ///
-/// where `{ ID }` is
-/// `{ ::cudagraph::__private::function_id(::core::module_path!(), "forward", SALTu64) }`.
+/// where `ID` is the type
+/// `::cudagraph::FunctionId<{ ::cudagraph::__private::function_id(::core::module_path!(), "forward", SALTu64) }, Self>`
+/// (without `, Self` for a free function).
 ///
 /// The three share one plan and one closure: the refreshed runner keeps the
 /// statics captured in `runner` (the closure reads them from `__cg_statics`),
@@ -205,14 +207,17 @@ use proc_macro::TokenStream;
 ///
 /// The runner type carries a fourth parameter, the identity of the function
 /// that captured it: `<name>_graphs` returns and `<name>_graphs_refresh` takes
-/// and returns `Runner<'_, N, S, { ID }>`. `ID` is a `const fn` hash of the
-/// module path, the function name and a salt the macro computes (64-bit
-/// FNV-1a of the annotated item's tokens and the attribute's tokens), so
-/// passing a runner of `forward_a` to `forward_b_graphs_refresh` is a
-/// compile error even when arity and statics match. (Two byte-identical
-/// annotated methods with identical attributes in one module, on different
-/// types, get the same identity.) Code that names the runner's type has to
-/// leave the identity inferred, e.g. `let runner = model.forward_graphs(...)?`.
+/// and returns `Runner<'_, N, S, ID>`. `ID` is the type `FunctionId<H, Self>`:
+/// `H` a `const fn` hash of the module path, the function name and a salt the
+/// macro computes (64-bit FNV-1a of the annotated item's tokens and the
+/// attribute's tokens), `Self` the method's receiver type, impl parameters
+/// included. So passing a runner of `forward_a` to `forward_b_graphs_refresh`
+/// is a compile error even when arity and statics match, and so is passing
+/// `Model<u8>`'s runner to `Model<String>`'s refresh. Code that names the
+/// runner's type leaves the identity generic (`fn f<F>(r: &mut Runner<'_, 2, (), F>)`)
+/// or inferred, or calls `into_untyped()`. Only the generated constructor types
+/// a runner as a function's (through `__private::identify`, which is the
+/// generated code's, not an API).
 ///
 /// A static parameter taken by value (`cfg: Config`) is passed to each call as
 /// `Clone::clone(&statics.j)`, so its type must be `Clone`. For a free

@@ -120,6 +120,9 @@ struct Param {
     name: Option<Ident>,
     /// What its type says it is.
     kind: Kind,
+    /// The type behind the reference, for `&T` parameters (which backend a device or tensor
+    /// belongs to).
+    elem: Option<Type>,
     /// `name: Type`, to underline the whole parameter in errors.
     span_tokens: proc_macro2::TokenStream,
 }
@@ -175,6 +178,7 @@ pub fn validate(args: &Args, func: &ImplItemFn) -> syn::Result<Plan> {
         );
     }
 
+    check_backend_mix(&params, &mut errors);
     let batch_index = batch_index(args, &params, &fn_name, &mut errors);
     let (roles, statics) = assign_roles(args, &params, &fn_name, &mut errors);
     let pads = pad_indices(args, &params, &fn_name, &mut errors);
@@ -436,6 +440,7 @@ fn classify_params(func: &ImplItemFn, errors: &mut Errors) -> Vec<Param> {
             params.push(Param {
                 name,
                 kind: Kind::Misdeclared("impl"),
+                elem: None,
                 span_tokens: pat_type.to_token_stream(),
             });
             continue;
@@ -478,13 +483,102 @@ fn classify_params(func: &ImplItemFn, errors: &mut Errors) -> Vec<Param> {
                 }
             }
         };
+        let elem = match peel(ty) {
+            Type::Reference(r) => Some((*r.elem).clone()),
+            _ => None,
+        };
         params.push(Param {
             name,
             kind,
+            elem,
             span_tokens: pat_type.to_token_stream(),
         });
     }
     params
+}
+
+/// The backends the device and tensor types of a signature name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    /// `&Runtime` with cudagraph's `&Tensor`.
+    Native,
+    /// `&Arc<CudaStream>` with `&CudaTensor` (plain cudarc).
+    Raw,
+    /// `&CudaDevice` with candle's `&Tensor`.
+    Candle,
+}
+
+impl Family {
+    /// The device argument's type as a user writes it.
+    fn device(self) -> &'static str {
+        match self {
+            Family::Native => "`&Runtime`",
+            Family::Raw => "`&Arc<CudaStream>`",
+            Family::Candle => "`&CudaDevice`",
+        }
+    }
+
+    /// The tensor inputs' type as a user writes it.
+    fn tensor(self) -> &'static str {
+        match self {
+            Family::Native => "`&Tensor` (cudagraph's)",
+            Family::Raw => "`&CudaTensor`",
+            Family::Candle => "`&Tensor` (candle's)",
+        }
+    }
+}
+
+/// One error, on the offending parameter, when the device and the tensors name different
+/// backends (`&Runtime` with `&CudaTensor`, `&Arc<CudaStream>` with `&Tensor`, `&CudaDevice`
+/// with `&CudaTensor`) or the device is a bare `&CudaStream`: the generated code would
+/// otherwise fail in a dozen places, all at the attribute. Returns whether one was reported.
+fn check_backend_mix(params: &[Param], errors: &mut Errors) -> bool {
+    let Some(device) = params.iter().find(|p| matches!(p.kind, Kind::Runtime(_))) else {
+        return false;
+    };
+    let family = match (&device.kind, device.elem.as_ref().and_then(last_segment)) {
+        (Kind::Runtime(None), _) => Family::Native,
+        (Kind::Runtime(Some(_)), Some(name)) if name == "CudaDevice" => Family::Candle,
+        (Kind::Runtime(Some(_)), Some(name)) if name == "CudaStream" => {
+            errors.spanned(
+                &device.span_tokens,
+                "a plain-cudarc forward takes its stream as `&Arc<CudaStream>` (the runner keeps a clone of the `Arc`), not `&CudaStream`: write e.g. `stream: &Arc<CudaStream>`, with `&CudaTensor` inputs",
+            );
+            return true;
+        }
+        _ => Family::Raw,
+    };
+    for param in params.iter().filter(|p| matches!(p.kind, Kind::Tensor)) {
+        let raw = param.elem.as_ref().and_then(last_segment).as_deref() == Some("CudaTensor");
+        let tensor_family = match (raw, family) {
+            (true, _) => Family::Raw,
+            (false, Family::Raw) => Family::Native,
+            (false, other) => other,
+        };
+        if tensor_family != family {
+            let shown = param
+                .name
+                .as_ref()
+                .map_or_else(|| "_".to_owned(), |n| n.unraw().to_string());
+            let want = tensor_family;
+            errors.spanned(
+                &param.span_tokens,
+                format!(
+                    "`{shown}` is a {} input, but the device argument is {}: one forward uses one backend, {} with {}, or {} with {}; change the device argument to {}, or take `{shown}` as {}",
+                    want.tensor(),
+                    family.device(),
+                    family.device(),
+                    family.tensor(),
+                    want.device(),
+                    want.tensor(),
+                    want.device(),
+                    family.tensor(),
+                ),
+            );
+            return true;
+        }
+    }
+    false
 }
 
 /// Resolves `batch = name` (default: the first tensor) to a tensor index.
@@ -1481,5 +1575,54 @@ mod tests {
         );
         // async, generic, return type, receiver, host value, no runtime, no tensor, batch, size 0
         assert_eq!(errors.len(), 9, "{errors:?}");
+    }
+
+    /// A device of one backend with tensors of another, or a bare `&CudaStream`, is one error
+    /// naming the fix; a consistent signature of each backend is none.
+    #[test]
+    fn backend_mixes_are_one_error() {
+        let args = quote!(sizes = [1, 2]);
+        let cases = [
+            (
+                quote!(
+                    fn f(rt: &Runtime, x: &CudaTensor) -> Result<Tensor> {}
+                ),
+                "`x` is a `&CudaTensor` input, but the device argument is `&Runtime`",
+            ),
+            (
+                quote!(
+                    fn f(s: &Arc<CudaStream>, x: &Tensor) -> Result<CudaTensor> {}
+                ),
+                "change the device argument to `&Runtime`, or take `x` as `&CudaTensor`",
+            ),
+            (
+                quote!(
+                    fn f(d: &CudaDevice, x: &Tensor, y: &CudaTensor) -> Result<Tensor> {}
+                ),
+                "`y` is a `&CudaTensor` input, but the device argument is `&CudaDevice`",
+            ),
+            (
+                quote!(
+                    fn f(s: &CudaStream, x: &CudaTensor) -> Result<CudaTensor> {}
+                ),
+                "not `&CudaStream`",
+            ),
+        ];
+        for (func, needle) in cases {
+            assert_one(&errors_of(args.clone(), func), needle);
+        }
+        for func in [
+            quote!(
+                fn f(rt: &Runtime, x: &Tensor) -> Result<Tensor> {}
+            ),
+            quote!(
+                fn f(s: &Arc<CudaStream>, x: &CudaTensor) -> Result<CudaTensor> {}
+            ),
+            quote!(
+                fn f(d: &candle_core::CudaDevice, x: &Tensor) -> Result<Tensor> {}
+            ),
+        ] {
+            assert!(run(args.clone(), func).is_ok());
+        }
     }
 }

@@ -527,14 +527,15 @@ fn range(t: &Tensor) -> DeviceRange {
 }
 
 fn host_bytes<T: Element>(data: &[T]) -> &[u8] {
-    // SAFETY: `Element` types are plain numbers (bf16, f32, u32, i32) without padding or
-    // invalid bit patterns; the byte view covers exactly the slice's memory.
+    // SAFETY: `Element` is sealed: its types are this crate's plain numbers (bf16, f32, u32,
+    // i32) without padding or invalid bit patterns; the byte view covers exactly the slice's
+    // memory.
     unsafe { std::slice::from_raw_parts(data.as_ptr().cast(), std::mem::size_of_val(data)) }
 }
 
 fn host_bytes_mut<T: Element>(data: &mut [T]) -> &mut [u8] {
-    // SAFETY: as in `host_bytes`; every byte pattern is a valid value of these types, so the
-    // driver may write any bytes.
+    // SAFETY: as in `host_bytes` (a sealed trait of plain numbers); every byte pattern is a
+    // valid value of these types, so the driver may write any bytes.
     unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr().cast(), std::mem::size_of_val(data)) }
 }
 

@@ -42,23 +42,43 @@ impl fmt::Display for DType {
 }
 
 /// A host type that maps to a [`DType`]; used for uploads and downloads.
-pub trait Element: cudarc::driver::DeviceRepr + Copy + Default + Send + Sync + 'static {
+///
+/// Sealed: implemented for `bf16`, `f32`, `u32` and `i32` only. The runtime copies
+/// `size_of::<T>()` bytes per element into and out of device memory of `DTYPE`'s size, and
+/// hands downloaded bytes back as `T`s: a type of another size would write past an
+/// allocation, and one that not every byte pattern inhabits (a `bool` in a struct) would be
+/// undefined behaviour on the host. Each implementation checks its size against its dtype at
+/// compile time.
+pub trait Element:
+    sealed::SealedElement + cudarc::driver::DeviceRepr + Copy + Default + Send + Sync + 'static
+{
     /// The matching device element type.
     const DTYPE: DType;
 }
 
-impl Element for half::bf16 {
-    const DTYPE: DType = DType::BF16;
+mod sealed {
+    /// Only this crate implements [`Element`](super::Element).
+    pub trait SealedElement {}
 }
-impl Element for f32 {
-    const DTYPE: DType = DType::F32;
+
+/// Implements [`Element`] for a plain number type whose every bit pattern is a value, and
+/// checks at compile time that its size is its dtype's.
+macro_rules! element {
+    ($t:ty, $dtype:ident) => {
+        impl sealed::SealedElement for $t {}
+        impl Element for $t {
+            const DTYPE: DType = {
+                assert!(size_of::<$t>() == DType::$dtype.size_in_bytes());
+                DType::$dtype
+            };
+        }
+    };
 }
-impl Element for u32 {
-    const DTYPE: DType = DType::U32;
-}
-impl Element for i32 {
-    const DTYPE: DType = DType::I32;
-}
+
+element!(half::bf16, BF16);
+element!(f32, F32);
+element!(u32, U32);
+element!(i32, I32);
 
 #[cfg(test)]
 mod tests {

@@ -73,13 +73,24 @@ impl DeviceRange {
     pub(crate) const EMPTY: DeviceRange = DeviceRange { ptr: 0, bytes: 0 };
 }
 
+/// `CUDA_ERROR_INVALID_VALUE` unless a copy's two sides have the same length: checked in
+/// every build (not a `debug_assert`), since a copy of the longer length would write past the
+/// shorter side's allocation.
+fn check_lengths(dst: usize, src: usize) -> Result<(), DriverError> {
+    if dst == src {
+        Ok(())
+    } else {
+        Err(DriverError(sys::CUresult::CUDA_ERROR_INVALID_VALUE))
+    }
+}
+
 /// Enqueues a device-to-device copy of `src` into `dst` (equal sizes) on `stream`.
 pub(crate) fn copy_d2d(
     stream: &CudaStream,
     dst: DeviceRange,
     src: DeviceRange,
 ) -> Result<(), DriverError> {
-    debug_assert_eq!(dst.bytes, src.bytes);
+    check_lengths(dst.bytes, src.bytes)?;
     stream.context().bind_to_thread()?;
     // SAFETY: both ranges are live device allocations of at least `bytes` bytes: callers build
     // them from tensors whose storage they hold across the call (`Tensor::device_ptr` and
@@ -96,7 +107,7 @@ pub(crate) fn copy_peer(
     src_stream: &CudaStream,
     src: DeviceRange,
 ) -> Result<(), DriverError> {
-    debug_assert_eq!(dst.bytes, src.bytes);
+    check_lengths(dst.bytes, src.bytes)?;
     stream.context().bind_to_thread()?;
     // SAFETY: both ranges are live allocations of `bytes` bytes held by the caller across the
     // call (and until `stream` is synchronized); each context is the one its range belongs to.
@@ -161,7 +172,7 @@ pub(crate) fn fill_bytes(
 
 /// Copies host bytes into `dst` and waits for the copy.
 pub(crate) fn upload(stream: &CudaStream, dst: DeviceRange, src: &[u8]) -> Result<(), DriverError> {
-    debug_assert_eq!(dst.bytes, src.len());
+    check_lengths(dst.bytes, src.len())?;
     stream.context().bind_to_thread()?;
     // SAFETY: `dst` is a live allocation of `src.len()` bytes; `src` stays borrowed until the
     // stream is synchronized below, so the driver never reads freed host memory.
@@ -178,7 +189,7 @@ pub(crate) fn download(
     dst: &mut [u8],
     src: DeviceRange,
 ) -> Result<(), DriverError> {
-    debug_assert_eq!(dst.len(), src.bytes);
+    check_lengths(dst.len(), src.bytes)?;
     stream.context().bind_to_thread()?;
     // SAFETY: `src` is a live allocation of `dst.len()` bytes; `dst` stays mutably borrowed
     // until the stream is synchronized below, so the driver writes only while we hold it.
@@ -867,7 +878,9 @@ pub(crate) fn launch_pad_copy(
     jobs: &[PadJob],
 ) -> Result<(), DriverError> {
     use cudarc::driver::{LaunchConfig, PushKernelArg};
-    debug_assert!(jobs.len() <= 4 && jobs.iter().all(|j| j.src.bytes <= j.dst.bytes));
+    if jobs.len() > 4 || jobs.iter().any(|j| j.src.bytes > j.dst.bytes) {
+        return Err(DriverError(sys::CUresult::CUDA_ERROR_INVALID_VALUE));
+    }
     let mut args = [0u64; 20];
     let mut largest = 0usize;
     for (i, job) in jobs.iter().take(4).enumerate() {

@@ -37,6 +37,7 @@ pub mod policy;
 pub mod pool;
 mod runner;
 mod shape;
+mod static_args;
 mod static_inputs;
 pub mod stats;
 mod tensor;
@@ -61,17 +62,20 @@ pub use gemm_algo::GemmAlgoStats;
 pub use gemm_algo::n_bucket as gemm_n_bucket;
 #[doc(hidden)]
 pub use gemm_lt::{GemmLtProbe, ProbeAlgo, ProbeCheck};
+pub use generated::FunctionId;
 pub use kernel_cache::{KernelCacheStats, KernelModule, nvrtc_available};
 pub use pool::GraphPool;
 pub use runner::{EagerFn, MemoryEstimate, NoStatics, Output, RefreshError, RefreshReport, Runner};
 pub use shape::{MAX_RANK, MAX_TENSOR_BYTES, Shape};
+pub use static_args::{StaticArg, StaticArgs};
 pub use stats::{FallbackReason, RunnerStats, SizeStats};
 pub use tensor::{Tensor, TensorView};
 
 /// What the code `#[cuda_graph]` generates calls and users don't.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::generated::{StaticCmp, ViaBits, ViaPartialEq, function_id};
+    pub use crate::generated::{StaticCmp, ViaBits, ViaPartialEq, function_id, identify};
+    pub use crate::static_args::assert_static_arg;
 }
 
 /// cudarc, re-exported for kernel launchers (`LaunchConfig`, `PushKernelArg`, ...).

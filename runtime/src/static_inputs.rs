@@ -2,6 +2,7 @@
 //! graph reads a prefix of them; each call's inputs are copied in, and padded, before a replay.
 
 use crate::backend::Backend;
+use crate::backend::Seal;
 use crate::dispatch::{InputSpec, PadValue};
 use crate::error::{Error, Result};
 use crate::ffi::{self, DeviceRange, PadJob};
@@ -42,23 +43,23 @@ impl<B: Backend, const N: usize> StaticInputs<B, N> {
                     format!("pad for input {input}, but the function has {N} tensor inputs"),
                 ));
             };
-            patterns[input] = Some(B::pad_pattern(value, spec.dtype(), input)?);
+            patterns[input] = Some(B::pad_pattern(Seal::new(), value, spec.dtype(), input)?);
         }
         let mut buffers = Vec::with_capacity(N);
         for spec in specs {
-            buffers.push(B::zeros(dev, spec, rows)?);
+            buffers.push(B::zeros(Seal::new(), dev, spec, rows)?);
         }
         let mut ranges = [(DeviceRange::EMPTY, 0); N];
         for (range, buf) in ranges.iter_mut().zip(&buffers) {
-            let bytes = B::range(buf)?;
+            let bytes = B::range(Seal::new(), buf)?;
             *range = (bytes, bytes.bytes / rows.max(1));
         }
-        let widths = std::array::from_fn(|i| B::dtype_bytes(specs[i].dtype()));
+        let widths = std::array::from_fn(|i| B::dtype_bytes(Seal::new(), specs[i].dtype()));
         let buffers: [B::Tensor; N] = buffers
             .try_into()
             .map_err(|_| Error::invalid("StaticInputs", "input count mismatch"))?;
         let pad_copy = if N <= 4 {
-            B::function(dev, &PAD_COPY, "pad_copy")
+            B::function(Seal::new(), dev, &PAD_COPY, "pad_copy")
                 .map_err(
                     |e| tracing::debug!(error = %e, "pad_copy kernel unavailable; using memcpy"),
                 )
@@ -79,7 +80,7 @@ impl<B: Backend, const N: usize> StaticInputs<B, N> {
     pub(crate) fn views(&self, rows: usize) -> Result<[B::Tensor; N]> {
         let mut views = Vec::with_capacity(N);
         for b in &self.buffers {
-            views.push(B::narrow(b, rows)?);
+            views.push(B::narrow(Seal::new(), b, rows)?);
         }
         views
             .try_into()
@@ -107,7 +108,7 @@ impl<B: Backend, const N: usize> StaticInputs<B, N> {
     pub(crate) fn fill(&self, dev: &B::Device, inputs: &[&B::Tensor; N]) -> Result<()> {
         let mut sources = [DeviceRange::EMPTY; N];
         for ((src, input), &(dst, row)) in sources.iter_mut().zip(inputs).zip(&self.ranges) {
-            *src = B::range(input)?;
+            *src = B::range(Seal::new(), input)?;
             if src.bytes > dst.bytes || (row > 0 && src.bytes % row != 0) {
                 return Err(Error::invalid(
                     "pad_copy",
@@ -115,7 +116,7 @@ impl<B: Backend, const N: usize> StaticInputs<B, N> {
                 ));
             }
         }
-        let stream = B::stream(dev);
+        let stream = B::stream(Seal::new(), dev);
         if let Some(f) = &self.pad_copy {
             let empty = PadJob {
                 dst: DeviceRange::EMPTY,
@@ -163,7 +164,7 @@ impl<B: Backend, const N: usize> StaticInputs<B, N> {
             ptr: range.ptr + from as u64,
             bytes,
         };
-        ffi::fill_pattern(&B::stream(dev), tail, pattern, self.widths[i])
+        ffi::fill_pattern(&B::stream(Seal::new(), dev), tail, pattern, self.widths[i])
             .map_err(Error::driver("cuMemsetD32Async"))
     }
 

@@ -44,6 +44,9 @@ pub struct MlpDims {
 /// The MLP: weights in `CudaSlice`s, a cuBLAS handle and the NVRTC kernel, all on one stream.
 pub struct CudarcMlp {
     dims: MlpDims,
+    /// The stream the model was built on: its cuBLAS handle is bound to it, and its weights
+    /// are ordered on it (the context tracks no events), so the forward refuses any other.
+    stream: Arc<CudaStream>,
     blas: CudaBlas,
     _workspace: CudaSlice<u8>,
     bias_relu: CudaFunction,
@@ -66,12 +69,21 @@ pub fn random_values(seed: u64, len: usize, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-/// A stream on device `ordinal` whose context tracks no events, as graph capture needs (see
-/// [`backend::raw`](crate::backend::raw)).
-pub fn capture_stream(ordinal: usize) -> Result<Arc<CudaStream>, BoxError> {
+/// A new stream on device `ordinal` whose context tracks no events, as graph capture needs
+/// (see [`backend::raw`](crate::backend::raw)).
+///
+/// # Safety
+///
+/// Turning event tracking off drops cudarc's ordering of buffers across the streams of the
+/// returned stream's context (the `CudaContext` made here, and every stream made from it). The
+/// caller promises that every buffer allocated there is used, and dropped, on one stream only,
+/// or that it orders the streams itself (an event, a synchronize) before a buffer crosses from
+/// one to another. Otherwise a buffer freed on one stream may still be read by a copy or kernel
+/// on another.
+pub unsafe fn capture_stream(ordinal: usize) -> Result<Arc<CudaStream>, BoxError> {
     let ctx = CudaContext::new(ordinal)?;
-    // SAFETY: everything this program allocates on the context is used on the one stream made
-    // here, so cudarc's per-buffer events (cross-stream ordering) are not needed.
+    // SAFETY: the caller's promise above: no buffer of this context crosses streams unordered,
+    // so cudarc's per-buffer events are not needed.
     unsafe { ctx.disable_event_tracking() };
     Ok(ctx.new_stream()?)
 }
@@ -109,6 +121,7 @@ impl CudarcMlp {
         ))?;
         Ok(Self {
             dims,
+            stream: stream.clone(),
             blas,
             _workspace: workspace,
             bias_relu,
@@ -156,13 +169,27 @@ impl CudarcMlp {
         Ok(())
     }
 
-    /// The forward: `relu(x · W1 + b1) · W2` for a batch of rows.
+    /// The stream the model was built on, the only one its forward runs on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The forward: `relu(x · W1 + b1) · W2` for a batch of rows. An error on a stream other
+    /// than the model's own: its cuBLAS handle launches on that one, and nothing would order
+    /// the other stream's work with it.
     #[cuda_graph(sizes = [1, 2, 4, 8, 16, 32])]
     pub fn forward(
         &self,
         stream: &Arc<CudaStream>,
         x: &CudaTensor,
     ) -> Result<CudaTensor, BoxError> {
+        if !Arc::ptr_eq(stream, &self.stream) {
+            return Err(
+                "CudarcMlp::forward: the stream is not the model's own (its cuBLAS handle \
+                        and weights are ordered on the stream it was built with)"
+                    .into(),
+            );
+        }
         let MlpDims {
             d_in,
             d_hidden,

@@ -33,7 +33,9 @@ fn download(stream: &Arc<CudaStream>, t: &CudaTensor) -> Vec<f32> {
 /// A stream for a test, or `None` (printed) without a GPU.
 fn stream(test: &str) -> Option<Arc<CudaStream>> {
     gpu(test)?;
-    Some(capture_stream(0).expect("stream"))
+    // SAFETY: each test uses the buffers of its stream's context on that stream only (the test
+    // that makes a second stream orders nothing across them: it only checks a refusal).
+    Some(unsafe { capture_stream(0) }.expect("stream"))
 }
 
 /// Replay equals the eager forward bit for bit at every captured size, and within a tight
@@ -220,7 +222,8 @@ fn cudarc_event_tracking_is_refused() {
     let ctx = CudaContext::new(0).unwrap();
     let err = build(&ctx.new_stream().unwrap()).expect_err("refused");
     assert!(err.to_string().contains("disable_event_tracking"), "{err}");
-    let quiet = capture_stream(0).unwrap();
+    // SAFETY: no buffer is allocated on this context's streams outside `build`, which uses one.
+    let quiet = unsafe { capture_stream(0) }.unwrap();
     for stream in [
         quiet.context().per_thread_stream(),
         quiet.context().default_stream(),
@@ -323,4 +326,87 @@ fn cudarc_refresh_follows_new_weights() {
     );
     let eager = download(&stream, &new.forward(&stream, &x).unwrap());
     assert_eq!(download(&stream, &graphs.run([&x]).unwrap()), eager);
+}
+
+/// Issue 24, item 2: the model's cuBLAS handle and weights are ordered on the stream it was
+/// built with, so its forward refuses any other stream, also one of the same context (on
+/// e876914 it ran there, its GEMMs on the model's stream and its kernel on the other).
+#[test]
+fn cudarc_mlp_refuses_another_stream() {
+    let Some(stream) = stream("cudarc_mlp_refuses_another_stream") else {
+        return;
+    };
+    let mut rng = Rng(fresh_seed("cudarc_mlp_refuses_another_stream"));
+    let mlp = CudarcMlp::new(&stream, DIMS, rng.next_u64()).unwrap();
+    let other = stream.context().new_stream().unwrap();
+    let x = upload(
+        &other,
+        &random_values(rng.next_u64(), 2 * DIMS.d_in, 1.0),
+        2,
+        DIMS.d_in,
+    );
+    let err = mlp
+        .forward(&other, &x)
+        .expect_err("another stream is refused");
+    assert!(err.to_string().contains("not the model's own"), "{err}");
+    other.synchronize().unwrap();
+    // Its own stream still works.
+    let x = upload(
+        &stream,
+        &random_values(rng.next_u64(), 2 * DIMS.d_in, 1.0),
+        2,
+        DIMS.d_in,
+    );
+    assert_eq!(
+        download(&stream, &mlp.forward(&stream, &x).unwrap()).len(),
+        2 * DIMS.d_out
+    );
+}
+
+/// Issue 24, item 4: the eager fallback's output is checked as a capture's is. A forward that
+/// returns, for sizes no graph covers, a tensor of another stream is refused by `run_with` and
+/// `run_eager` (on e876914 both returned it, and `to_owned` then copied it on the runner's
+/// stream while the other stream still wrote it).
+#[test]
+fn cudarc_fallback_output_of_another_stream_is_refused() {
+    let Some(stream) = stream("cudarc_fallback_output_of_another_stream_is_refused") else {
+        return;
+    };
+    let other = stream.context().new_stream().unwrap();
+    let plan = GraphPlan::new("other_stream_fallback", &[1, 2], 0).unwrap();
+    let mut graphs = Runner::capture_on(
+        &stream,
+        plan,
+        [InputSpec::new(DType::F32, &[4]).unwrap()],
+        (),
+        |s: &Arc<CudaStream>, [x]: [&CudaTensor; 1], _: &()| {
+            // Captured sizes use the runner's stream; larger batches (eager only) another one.
+            let on = if x.rows() <= 2 { s } else { &other };
+            let y = on
+                .alloc_zeros::<f32>(x.rows() * 4)
+                .map_err(Error::driver("alloc"))?;
+            CudaTensor::from_slice(y, &[x.rows(), 4])
+        },
+    )
+    .expect("capture");
+    let small = upload(&stream, &[1.0; 2 * 4], 2, 4);
+    assert!(graphs.run([&small]).unwrap().replayed());
+    let large = upload(&stream, &[1.0; 5 * 4], 5, 4);
+    let err = graphs
+        .run([&large])
+        .expect_err("a fallback output of another stream");
+    assert!(matches!(err, Error::ForeignTensor { .. }), "{err}");
+    let err = graphs
+        .run_eager([&large], &())
+        .expect_err("run_eager's output of another stream");
+    assert!(matches!(err, Error::ForeignTensor { .. }), "{err}");
+    // An input of another stream is refused too, before the forward runs.
+    let foreign = upload(&other, &[1.0; 2 * 4], 2, 4);
+    let err = graphs
+        .run_eager([&foreign], &())
+        .expect_err("run_eager's input of another stream");
+    assert!(matches!(err, Error::ForeignTensor { .. }), "{err}");
+    other.synchronize().unwrap();
+    stream.synchronize().unwrap();
+    stream.context().check_err().expect("no deferred error");
 }

@@ -10,7 +10,7 @@ use crate::common::{
 };
 
 /// Graph at `n` vs eager at `n` on fresh inputs, with the pool and eager outputs poisoned.
-fn check_size<const F: u64>(
+fn check_size<F>(
     rt: &Runtime,
     model: &Llama,
     graphs: &mut cudagraph::Runner<'_, 2, (), F>,

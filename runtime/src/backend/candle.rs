@@ -32,11 +32,11 @@ use candle_core::{CudaDevice, DType as CandleDType, Storage, Tensor};
 use cudarc::driver::{CudaFunction, CudaStream, DevicePtr};
 
 use super::nodes::{self, NodeKeep, NodeMemory};
-use super::ops::BackendOps;
 use super::raw::{
     check_capture_stream, forbid_capturing, load_function, release_cached_memory, synchronize,
 };
 use super::{Backend, CaptureBody, CaptureRequest, CapturedSize, Device, Rerecorded};
+use super::{BackendOps, Seal};
 use crate::dispatch::{InputSpec, PadValue};
 use crate::error::{Error, Result};
 use crate::ffi::{DeviceRange, ExecGraph};
@@ -125,7 +125,9 @@ impl Backend for Candle {
     type DType = CandleDType;
 }
 
-impl BackendOps for Candle {
+// SAFETY: see the contract on `BackendOps`; this implementation reports ranges of tensors it
+// checked, on the device's one stream, and keeps the seals it receives inside each call.
+unsafe impl BackendOps for Candle {
     type Dev = CudaDevice;
     type Ten = Tensor;
     type Dt = CandleDType;
@@ -133,11 +135,11 @@ impl BackendOps for Candle {
     type GraphKeep = NodeKeep;
     type OutputSlot = ();
 
-    fn stream(dev: &CudaDevice) -> Arc<CudaStream> {
+    fn stream(_: Seal, dev: &CudaDevice) -> Arc<CudaStream> {
         dev.cuda_stream()
     }
 
-    fn prepare(dev: &CudaDevice) -> Result<()> {
+    fn prepare(_: Seal, dev: &CudaDevice) -> Result<()> {
         check_capture_stream(
             &dev.cuda_stream(),
             "the candle device tracks events: call `dev.disable_event_tracking()` (an unsafe fn) \
@@ -147,15 +149,16 @@ impl BackendOps for Candle {
         )
     }
 
-    fn forbid_during_capture(dev: &CudaDevice, what: &'static str) -> Result<()> {
+    fn forbid_during_capture(_: Seal, dev: &CudaDevice, what: &'static str) -> Result<()> {
         forbid_capturing(&dev.cuda_stream(), what)
     }
 
-    fn synchronize(dev: &CudaDevice) -> Result<()> {
+    fn synchronize(_: Seal, dev: &CudaDevice) -> Result<()> {
         synchronize(&dev.cuda_stream())
     }
 
     fn function(
+        _: Seal,
         dev: &CudaDevice,
         module: &'static KernelModule,
         name: &'static str,
@@ -163,31 +166,31 @@ impl BackendOps for Candle {
         load_function(&dev.cuda_stream(), module, name)
     }
 
-    fn freeze(dev: &CudaDevice, policy: ReclaimPolicy) -> Result<FreezeScope<'_>> {
+    fn freeze(_: Seal, dev: &CudaDevice, policy: ReclaimPolicy) -> Result<FreezeScope<'_>> {
         FreezeScope::on_stream(dev.cuda_stream(), None, policy)
     }
 
-    fn new_memory(dev: &CudaDevice) -> NodeMemory<Candle> {
+    fn new_memory(_: Seal, dev: &CudaDevice) -> NodeMemory<Candle> {
         NodeMemory::new(&dev.cuda_stream())
     }
 
-    fn dtype(t: &Tensor) -> CandleDType {
+    fn dtype(_: Seal, t: &Tensor) -> CandleDType {
         t.dtype()
     }
 
-    fn shape(t: &Tensor) -> Result<Shape> {
+    fn shape(_: Seal, t: &Tensor) -> Result<Shape> {
         Shape::new(t.dims())
     }
 
-    fn dtype_bytes(dtype: CandleDType) -> usize {
+    fn dtype_bytes(_: Seal, dtype: CandleDType) -> usize {
         dtype.size_in_bytes()
     }
 
-    fn pad_pattern(value: PadValue, dtype: CandleDType, input: usize) -> Result<u32> {
+    fn pad_pattern(_: Seal, value: PadValue, dtype: CandleDType, input: usize) -> Result<u32> {
         pad_pattern(value, dtype, input)
     }
 
-    fn check_tensor(dev: &CudaDevice, op: &'static str, t: &Tensor) -> Result<()> {
+    fn check_tensor(_: Seal, dev: &CudaDevice, op: &'static str, t: &Tensor) -> Result<()> {
         match t.device() {
             candle_core::Device::Cuda(d) if d.same_device(dev) => {}
             other => {
@@ -203,11 +206,16 @@ impl BackendOps for Candle {
         device_range(t).map(|_| ())
     }
 
-    fn range(t: &Tensor) -> Result<DeviceRange> {
+    fn range(_: Seal, t: &Tensor) -> Result<DeviceRange> {
         device_range(t)
     }
 
-    fn zeros(dev: &CudaDevice, spec: &InputSpec<CandleDType>, rows: usize) -> Result<Tensor> {
+    fn zeros(
+        _: Seal,
+        dev: &CudaDevice,
+        spec: &InputSpec<CandleDType>,
+        rows: usize,
+    ) -> Result<Tensor> {
         Tensor::zeros(
             spec.full_shape(rows),
             spec.dtype(),
@@ -216,16 +224,18 @@ impl BackendOps for Candle {
         .map_err(candle_err("zeros"))
     }
 
-    fn narrow(t: &Tensor, rows: usize) -> Result<Tensor> {
+    fn narrow(_: Seal, t: &Tensor, rows: usize) -> Result<Tensor> {
         t.narrow(0, 0, rows).map_err(candle_err("narrow"))
     }
 
-    fn duplicate(dev: &CudaDevice, t: &Tensor) -> Result<Tensor> {
+    fn duplicate(_: Seal, dev: &CudaDevice, t: &Tensor) -> Result<Tensor> {
         forbid_capturing(&dev.cuda_stream(), "a copy of an output")?;
+        Candle::check_tensor(Seal::new(), dev, "a copy of an output", t)?;
         t.copy().map_err(candle_err("copy"))
     }
 
     fn capture(
+        _: Seal,
         dev: &CudaDevice,
         memory: &mut NodeMemory<Candle>,
         request: CaptureRequest,
@@ -236,6 +246,7 @@ impl BackendOps for Candle {
     }
 
     fn rerecord(
+        _: Seal,
         dev: &CudaDevice,
         memory: &mut NodeMemory<Candle>,
         _keep: &NodeKeep,
@@ -247,11 +258,12 @@ impl BackendOps for Candle {
         nodes::rerecord(dev, memory, exec, request, body)
     }
 
-    fn usable(_memory: &NodeMemory<Candle>, keep: &NodeKeep) -> bool {
+    fn usable(_: Seal, _memory: &NodeMemory<Candle>, keep: &NodeKeep) -> bool {
         nodes::usable(keep)
     }
 
     fn output_view(
+        _: Seal,
         _dev: &CudaDevice,
         memory: &NodeMemory<Candle>,
         _keep: &NodeKeep,
@@ -261,27 +273,27 @@ impl BackendOps for Candle {
         nodes::output_view(memory, rows)
     }
 
-    fn memory_bytes(memory: &NodeMemory<Candle>) -> usize {
+    fn memory_bytes(_: Seal, memory: &NodeMemory<Candle>) -> usize {
         memory.bytes()
     }
 
-    fn graph_memory_usage(dev: &CudaDevice) -> Result<Option<nodes::GraphMemoryUsage>> {
+    fn graph_memory_usage(_: Seal, dev: &CudaDevice) -> Result<Option<nodes::GraphMemoryUsage>> {
         nodes::GraphMemoryUsage::of_context(dev.cuda_stream().context()).map(Some)
     }
 
-    fn release(_dev: &CudaDevice, memory: &mut NodeMemory<Candle>) -> (bool, Result<()>) {
+    fn release(_: Seal, _dev: &CudaDevice, memory: &mut NodeMemory<Candle>) -> (bool, Result<()>) {
         nodes::release(memory)
     }
 
-    fn resume(_dev: &CudaDevice, _memory: &mut NodeMemory<Candle>) -> Result<()> {
+    fn resume(_: Seal, _dev: &CudaDevice, _memory: &mut NodeMemory<Candle>) -> Result<()> {
         Ok(())
     }
 
-    fn poison(_dev: &CudaDevice, memory: &NodeMemory<Candle>) -> Result<()> {
+    fn poison(_: Seal, _dev: &CudaDevice, memory: &NodeMemory<Candle>) -> Result<()> {
         nodes::poison(memory)
     }
 
-    fn release_cached_memory(dev: &CudaDevice) -> Result<()> {
+    fn release_cached_memory(_: Seal, dev: &CudaDevice) -> Result<()> {
         release_cached_memory(&dev.cuda_stream())
     }
 }

@@ -52,7 +52,7 @@ pub struct CaptureRequest {
 }
 
 /// One captured size, as a backend hands it to the runner.
-pub struct CapturedSize<B: ops::BackendOps> {
+pub struct CapturedSize<B: BackendOps> {
     /// The executable graph.
     pub(crate) exec: ExecGraph,
     /// What the graph keeps alive and where its memory lies.
@@ -66,7 +66,7 @@ pub struct CapturedSize<B: ops::BackendOps> {
 }
 
 /// A re-recorded size (what the backend's `rerecord` returns).
-pub struct Rerecorded<B: ops::BackendOps> {
+pub struct Rerecorded<B: BackendOps> {
     /// What the graph now keeps.
     pub(crate) keep: B::GraphKeep,
     /// Where its output now lies.
@@ -78,16 +78,17 @@ pub struct Rerecorded<B: ops::BackendOps> {
 /// The forward as the runner calls it during a capture: the static inputs' views of the
 /// captured size are bound inside.
 pub type CaptureBody<'a, B> =
-    dyn FnMut(&<B as ops::BackendOps>::Dev) -> Result<<B as ops::BackendOps>::Ten> + 'a;
+    dyn FnMut(&<B as BackendOps>::Dev) -> Result<<B as BackendOps>::Ten> + 'a;
 
 /// The tensors and device a forward is written with, and how graphs of it are captured.
 ///
-/// Implemented by [`Native`], [`raw::Raw`] and (feature `candle`) `candle::Candle`, and sealed.
-/// What the runner does with tensors and devices (allocate static buffers, view rows, capture,
-/// make output views) lives in a supertrait private to this crate: no user code can call it,
-/// so none can make an owned alias of memory a replay rewrites.
+/// Implemented by [`Native`], [`raw::Raw`] and (feature `candle`) `candle::Candle`. What the
+/// runner does with tensors and devices (allocate static buffers, view rows, capture, make
+/// output views) is the supertrait [`BackendOps`], whose every function takes a [`Seal`]: only
+/// this crate can make one, so no user code can call them, by any path (a generic bound
+/// included), and none can make an owned alias of memory a replay rewrites.
 pub trait Backend:
-    ops::BackendOps<
+    BackendOps<
         Dev = <Self as Backend>::Device,
         Ten = <Self as Backend>::Tensor,
         Dt = <Self as Backend>::DType,
@@ -102,14 +103,42 @@ pub trait Backend:
     type DType: Copy + PartialEq + std::fmt::Debug;
 }
 
-/// The runner's operations on a backend's tensors and devices: private to this crate (the
-/// module is not public, so the trait can't be named, and its functions can't be called, from
-/// outside).
-pub(crate) mod ops {
+/// The proof that the caller of a [`BackendOps`] function is the runtime itself: its field is
+/// private, and no public function returns one, so code outside this crate can't call the
+/// runner's operations on tensors and devices (`narrow`, `duplicate`, `stream`, ...), even
+/// through a generic `B: Backend` bound. An implementation receives one per call and must not
+/// let it out of the call (see the contract of [`BackendOps`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Seal(());
+
+impl Seal {
+    /// A seal: for this crate's calls into a backend.
+    pub(crate) const fn new() -> Self {
+        Seal(())
+    }
+}
+
+pub use ops::BackendOps;
+
+/// The runner's operations on a backend's tensors and devices (see [`BackendOps`]).
+mod ops {
     use super::*;
 
     /// See [`Backend`]; `Dev`, `Ten` and `Dt` are its `Device`, `Tensor` and `DType`.
-    pub trait BackendOps: Sized + 'static {
+    ///
+    /// Every function takes a [`Seal`], which only this crate can make: they are the runtime's
+    /// to call, never a user's.
+    ///
+    /// # Safety
+    ///
+    /// The runner trusts an implementation with device memory: it copies into the ranges
+    /// [`range`](Self::range) reports, launches graphs on the stream [`stream`](Self::stream)
+    /// returns, and hands [`output_view`](Self::output_view)s out behind a borrow of the
+    /// runner. An implementation must report true ranges of live allocations ordered on the
+    /// device's stream, make views that neither outlive nor escape what they view except
+    /// through the runner's borrow, and never let a [`Seal`] it receives out of the call
+    /// (stored, returned, or passed to code that could call another backend with it).
+    pub unsafe trait BackendOps: Sized + 'static {
         /// The device type.
         type Dev: ?Sized;
         /// The tensor type.
@@ -125,69 +154,76 @@ pub(crate) mod ops {
 
         /// The stream every graph of `dev` is captured on and replays on (a clone of the device's
         /// `Arc`: candle hands out clones only).
-        fn stream(dev: &Self::Dev) -> Arc<CudaStream>;
+        fn stream(_: Seal, dev: &Self::Dev) -> Arc<CudaStream>;
 
         /// Called once when a runner is built on `dev`: an error if graphs can't be captured there
         /// (plain cudarc: a context that tracks events), or device setup captures need.
-        fn prepare(_dev: &Self::Dev) -> Result<()> {
+        fn prepare(_: Seal, _dev: &Self::Dev) -> Result<()> {
             Ok(())
         }
 
         /// An error if `dev` is capturing now (for what a capture can't record: a replay, a
         /// synchronize).
-        fn forbid_during_capture(dev: &Self::Dev, what: &'static str) -> Result<()>;
+        fn forbid_during_capture(_: Seal, dev: &Self::Dev, what: &'static str) -> Result<()>;
 
         /// Waits for the device's stream and surfaces errors recorded for later.
-        fn synchronize(dev: &Self::Dev) -> Result<()>;
+        fn synchronize(_: Seal, dev: &Self::Dev) -> Result<()>;
 
         /// Loads a kernel of the runtime's own (the input copy), for `dev`'s context.
         fn function(
+            _: Seal,
             dev: &Self::Dev,
             module: &'static KernelModule,
             name: &'static str,
         ) -> Result<CudaFunction>;
 
         /// The freeze scope around a batch of captures.
-        fn freeze(dev: &Self::Dev, policy: ReclaimPolicy) -> Result<FreezeScope<'_>>;
+        fn freeze(_: Seal, dev: &Self::Dev, policy: ReclaimPolicy) -> Result<FreezeScope<'_>>;
 
         /// The reclamation policy captures on `dev` use.
-        fn reclaim_policy(_dev: &Self::Dev) -> ReclaimPolicy {
+        fn reclaim_policy(_: Seal, _dev: &Self::Dev) -> ReclaimPolicy {
             ReclaimPolicy::from_env()
         }
 
         /// Empty runner memory.
-        fn new_memory(dev: &Self::Dev) -> Self::Memory;
+        fn new_memory(_: Seal, dev: &Self::Dev) -> Self::Memory;
 
         /// The element type of `t`.
-        fn dtype(t: &Self::Ten) -> Self::Dt;
+        fn dtype(_: Seal, t: &Self::Ten) -> Self::Dt;
 
         /// The dimensions of `t` (an error beyond [`MAX_RANK`](crate::MAX_RANK) dimensions).
-        fn shape(t: &Self::Ten) -> Result<Shape>;
+        fn shape(_: Seal, t: &Self::Ten) -> Result<Shape>;
 
         /// Bytes of one element of `dtype`.
-        fn dtype_bytes(dtype: Self::Dt) -> usize;
+        fn dtype_bytes(_: Seal, dtype: Self::Dt) -> usize;
 
         /// `value` as a 32-bit pattern of `dtype` (see [`PadValue`]), or an error naming `input`.
-        fn pad_pattern(value: PadValue, dtype: Self::Dt, input: usize) -> Result<u32>;
+        fn pad_pattern(_: Seal, value: PadValue, dtype: Self::Dt, input: usize) -> Result<u32>;
 
         /// An error naming `op` unless `dev` may use `t` on its stream (same device, same stream,
         /// contiguous).
-        fn check_tensor(dev: &Self::Dev, op: &'static str, t: &Self::Ten) -> Result<()>;
+        fn check_tensor(_: Seal, dev: &Self::Dev, op: &'static str, t: &Self::Ten) -> Result<()>;
 
         /// The device bytes of `t` (contiguous, checked by [`check_tensor`](Self::check_tensor)).
-        fn range(t: &Self::Ten) -> Result<DeviceRange>;
+        fn range(_: Seal, t: &Self::Ten) -> Result<DeviceRange>;
 
         /// A zero-filled tensor of `spec` with `rows` rows, allocated outside any capture.
-        fn zeros(dev: &Self::Dev, spec: &InputSpec<Self::Dt>, rows: usize) -> Result<Self::Ten>;
+        fn zeros(
+            _: Seal,
+            dev: &Self::Dev,
+            spec: &InputSpec<Self::Dt>,
+            rows: usize,
+        ) -> Result<Self::Ten>;
 
         /// The first `rows` rows of `t`, sharing its memory.
-        fn narrow(t: &Self::Ten, rows: usize) -> Result<Self::Ten>;
+        fn narrow(_: Seal, t: &Self::Ten, rows: usize) -> Result<Self::Ten>;
 
         /// A copy of `t` in new memory that outlives every graph.
-        fn duplicate(dev: &Self::Dev, t: &Self::Ten) -> Result<Self::Ten>;
+        fn duplicate(_: Seal, dev: &Self::Dev, t: &Self::Ten) -> Result<Self::Ten>;
 
         /// Captures one size: warm-up as the backend needs, record, instantiate, upload.
         fn capture(
+            _: Seal,
             dev: &Self::Dev,
             memory: &mut Self::Memory,
             request: CaptureRequest,
@@ -197,6 +233,7 @@ pub(crate) mod ops {
         /// Re-records one size with a new forward and updates `exec` (in place when the driver
         /// accepts). On error, whether `exec` was changed comes with it.
         fn rerecord(
+            _: Seal,
             dev: &Self::Dev,
             memory: &mut Self::Memory,
             keep: &Self::GraphKeep,
@@ -207,10 +244,11 @@ pub(crate) mod ops {
 
         /// Whether a graph keeping `keep` may still replay (false once its memory was withdrawn
         /// because a tensor escaped a capture there).
-        fn usable(memory: &Self::Memory, keep: &Self::GraphKeep) -> bool;
+        fn usable(_: Seal, memory: &Self::Memory, keep: &Self::GraphKeep) -> bool;
 
         /// A view of the first `rows` rows of a graph's output, made after each replay.
         fn output_view(
+            _: Seal,
             dev: &Self::Dev,
             memory: &Self::Memory,
             keep: &Self::GraphKeep,
@@ -219,26 +257,29 @@ pub(crate) mod ops {
         ) -> Result<Self::Ten>;
 
         /// Device bytes of the runner's graph memory.
-        fn memory_bytes(memory: &Self::Memory) -> usize;
+        fn memory_bytes(_: Seal, memory: &Self::Memory) -> usize;
 
         /// The driver's graph-memory figures of `dev`'s device, for backends that capture graph
         /// memory nodes (`None` for the native pool).
-        fn graph_memory_usage(_dev: &Self::Dev) -> Result<Option<nodes::GraphMemoryUsage>> {
+        fn graph_memory_usage(
+            _: Seal,
+            _dev: &Self::Dev,
+        ) -> Result<Option<nodes::GraphMemoryUsage>> {
             Ok(None)
         }
 
         /// Gives the runner's graph memory back to the driver, keeping the graphs defined; returns
         /// whether it is released after the call (also on error: a release that failed halfway).
-        fn release(dev: &Self::Dev, memory: &mut Self::Memory) -> (bool, Result<()>);
+        fn release(_: Seal, dev: &Self::Dev, memory: &mut Self::Memory) -> (bool, Result<()>);
 
         /// Maps back what [`release`](Self::release) gave away.
-        fn resume(dev: &Self::Dev, memory: &mut Self::Memory) -> Result<()>;
+        fn resume(_: Seal, dev: &Self::Dev, memory: &mut Self::Memory) -> Result<()>;
 
         /// Fills the runner's graph memory with `0xFF` bytes (a test aid).
-        fn poison(dev: &Self::Dev, memory: &Self::Memory) -> Result<()>;
+        fn poison(_: Seal, dev: &Self::Dev, memory: &Self::Memory) -> Result<()>;
 
         /// Returns what the stream-ordered allocator and graph memory nodes cache to the driver.
-        fn release_cached_memory(dev: &Self::Dev) -> Result<()>;
+        fn release_cached_memory(_: Seal, dev: &Self::Dev) -> Result<()>;
     }
 }
 

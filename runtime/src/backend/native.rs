@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaFunction, CudaStream};
 
-use super::ops::BackendOps;
 use super::{Backend, CaptureBody, CaptureRequest, CapturedSize, Device, Rerecorded};
+use super::{BackendOps, Seal};
 use crate::alloc::KeepAlive;
 use crate::capture::{capture_one, check_no_escape, rerecord};
 use crate::context::Runtime;
@@ -23,6 +23,7 @@ use crate::policy::ReclaimPolicy;
 use crate::pool::{GraphPool, PoolChunk};
 use crate::runner::{MemoryEstimate, Runner};
 use crate::shape::Shape;
+use crate::static_args::StaticArgs;
 use crate::tensor::Tensor;
 
 /// cudagraph's own tensors and runtime (the default backend of [`Runner`](crate::Runner)).
@@ -58,7 +59,9 @@ impl Backend for Native {
     type DType = DType;
 }
 
-impl BackendOps for Native {
+// SAFETY: see the contract on `BackendOps`; this implementation reports ranges of tensors it
+// checked, on the device's one stream, and keeps the seals it receives inside each call.
+unsafe impl BackendOps for Native {
     type Dev = Runtime;
     type Ten = Tensor;
     type Dt = DType;
@@ -66,19 +69,20 @@ impl BackendOps for Native {
     type GraphKeep = NativeKeep;
     type OutputSlot = NativeOutput;
 
-    fn stream(dev: &Runtime) -> Arc<CudaStream> {
+    fn stream(_: Seal, dev: &Runtime) -> Arc<CudaStream> {
         dev.raw_stream().clone()
     }
 
-    fn forbid_during_capture(dev: &Runtime, what: &'static str) -> Result<()> {
+    fn forbid_during_capture(_: Seal, dev: &Runtime, what: &'static str) -> Result<()> {
         dev.forbid_during_capture(what)
     }
 
-    fn synchronize(dev: &Runtime) -> Result<()> {
+    fn synchronize(_: Seal, dev: &Runtime) -> Result<()> {
         dev.synchronize()
     }
 
     fn function(
+        _: Seal,
         dev: &Runtime,
         module: &'static KernelModule,
         name: &'static str,
@@ -86,58 +90,59 @@ impl BackendOps for Native {
         dev.function(module, name)
     }
 
-    fn freeze(dev: &Runtime, policy: ReclaimPolicy) -> Result<FreezeScope<'_>> {
+    fn freeze(_: Seal, dev: &Runtime, policy: ReclaimPolicy) -> Result<FreezeScope<'_>> {
         FreezeScope::enter(dev, policy)
     }
 
-    fn reclaim_policy(dev: &Runtime) -> ReclaimPolicy {
+    fn reclaim_policy(_: Seal, dev: &Runtime) -> ReclaimPolicy {
         dev.reclaim_policy()
     }
 
-    fn new_memory(_dev: &Runtime) -> GraphPool {
+    fn new_memory(_: Seal, _dev: &Runtime) -> GraphPool {
         GraphPool::new()
     }
 
-    fn dtype(t: &Tensor) -> DType {
+    fn dtype(_: Seal, t: &Tensor) -> DType {
         t.dtype()
     }
 
-    fn shape(t: &Tensor) -> Result<Shape> {
+    fn shape(_: Seal, t: &Tensor) -> Result<Shape> {
         Ok(t.shape_value())
     }
 
-    fn dtype_bytes(dtype: DType) -> usize {
+    fn dtype_bytes(_: Seal, dtype: DType) -> usize {
         dtype.size_in_bytes()
     }
 
-    fn pad_pattern(value: PadValue, dtype: DType, input: usize) -> Result<u32> {
+    fn pad_pattern(_: Seal, value: PadValue, dtype: DType, input: usize) -> Result<u32> {
         value.pattern(dtype, input)
     }
 
-    fn check_tensor(dev: &Runtime, op: &'static str, t: &Tensor) -> Result<()> {
+    fn check_tensor(_: Seal, dev: &Runtime, op: &'static str, t: &Tensor) -> Result<()> {
         dev.check_device(op, t)
     }
 
-    fn range(t: &Tensor) -> Result<DeviceRange> {
+    fn range(_: Seal, t: &Tensor) -> Result<DeviceRange> {
         Ok(DeviceRange {
             ptr: t.device_ptr(),
             bytes: t.size_in_bytes(),
         })
     }
 
-    fn zeros(dev: &Runtime, spec: &InputSpec, rows: usize) -> Result<Tensor> {
+    fn zeros(_: Seal, dev: &Runtime, spec: &InputSpec, rows: usize) -> Result<Tensor> {
         dev.zeros(&spec.full_shape(rows), spec.dtype())
     }
 
-    fn narrow(t: &Tensor, rows: usize) -> Result<Tensor> {
+    fn narrow(_: Seal, t: &Tensor, rows: usize) -> Result<Tensor> {
         t.narrowed(0, rows)
     }
 
-    fn duplicate(dev: &Runtime, t: &Tensor) -> Result<Tensor> {
+    fn duplicate(_: Seal, dev: &Runtime, t: &Tensor) -> Result<Tensor> {
         dev.duplicate(t)
     }
 
     fn capture(
+        _: Seal,
         dev: &Runtime,
         pool: &mut GraphPool,
         request: CaptureRequest,
@@ -165,6 +170,7 @@ impl BackendOps for Native {
     }
 
     fn rerecord(
+        _: Seal,
         dev: &Runtime,
         pool: &mut GraphPool,
         keep: &NativeKeep,
@@ -191,11 +197,12 @@ impl BackendOps for Native {
         })
     }
 
-    fn usable(pool: &GraphPool, keep: &NativeKeep) -> bool {
+    fn usable(_: Seal, pool: &GraphPool, keep: &NativeKeep) -> bool {
         pool.holds(&keep.chunk)
     }
 
     fn output_view(
+        _: Seal,
         dev: &Runtime,
         _pool: &GraphPool,
         keep: &NativeKeep,
@@ -212,11 +219,11 @@ impl BackendOps for Native {
         ))
     }
 
-    fn memory_bytes(pool: &GraphPool) -> usize {
+    fn memory_bytes(_: Seal, pool: &GraphPool) -> usize {
         pool.bytes()
     }
 
-    fn release(_dev: &Runtime, pool: &mut GraphPool) -> (bool, Result<()>) {
+    fn release(_: Seal, _dev: &Runtime, pool: &mut GraphPool) -> (bool, Result<()>) {
         let live = pool.live_tensors();
         if live > 0 {
             return (
@@ -232,15 +239,15 @@ impl BackendOps for Native {
         (!pool.is_resident(), released)
     }
 
-    fn resume(_dev: &Runtime, pool: &mut GraphPool) -> Result<()> {
+    fn resume(_: Seal, _dev: &Runtime, pool: &mut GraphPool) -> Result<()> {
         pool.resume()
     }
 
-    fn poison(dev: &Runtime, pool: &GraphPool) -> Result<()> {
+    fn poison(_: Seal, dev: &Runtime, pool: &GraphPool) -> Result<()> {
         pool.poison(dev.raw_stream())
     }
 
-    fn release_cached_memory(dev: &Runtime) -> Result<()> {
+    fn release_cached_memory(_: Seal, dev: &Runtime) -> Result<()> {
         dev.release_cached_memory()
     }
 }
@@ -306,7 +313,7 @@ impl InputSpec {
     }
 }
 
-impl<'m, const N: usize, S: PartialEq + 'm> Runner<'m, N, S> {
+impl<'m, const N: usize, S: StaticArgs + 'm> Runner<'m, N, S> {
     /// Captures `eager` once per size of `plan`, largest first, all inside one
     /// [`FreezeScope`](crate::FreezeScope): the first capture after an eager warm-up run (lazy
     /// initialisation, and measurement of the pool the graphs will share), the others straight
@@ -360,14 +367,14 @@ impl<'m, const N: usize, S: PartialEq + 'm> Runner<'m, N, S> {
     }
 }
 
-impl<'m, const N: usize, S, const F: u64> Runner<'m, N, S, F, Native> {
+impl<'m, const N: usize, S, F> Runner<'m, N, S, F, Native> {
     /// The runtime the graphs run on.
     pub fn runtime(&self) -> &'m Runtime {
         self.device()
     }
 }
 
-impl<'m, const N: usize, S: PartialEq + 'm> Runner<'m, N, S> {
+impl<'m, const N: usize, S: StaticArgs + 'm> Runner<'m, N, S> {
     /// What capturing every size of `plan` would hold, found by capturing the largest size
     /// alone, then releasing everything: for sizing a KV cache from the memory left over before
     /// committing to the capture. The graphs of a runner share one pool as large as the

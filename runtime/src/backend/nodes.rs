@@ -33,6 +33,7 @@ use std::time::Instant;
 use cudarc::driver::{CudaContext, CudaStream};
 
 use super::{Backend, CaptureBody, CaptureRequest, CapturedSize, Rerecorded};
+use crate::backend::Seal;
 use crate::capture::CaptureTiming;
 use crate::dispatch::InputSpec;
 use crate::error::{Error, Result};
@@ -145,8 +146,8 @@ fn check_output<B: Backend>(
     may_allocate: bool,
 ) -> Result<DeviceRange> {
     let function = request.function;
-    B::check_tensor(dev, function, out)?;
-    let shape = B::shape(out)?;
+    B::check_tensor(Seal::new(), dev, function, out)?;
+    let shape = B::shape(Seal::new(), out)?;
     let dims = shape.dims();
     if dims.first() != Some(&request.size) {
         return Err(Error::invalid(
@@ -157,7 +158,7 @@ fn check_output<B: Backend>(
             ),
         ));
     }
-    let spec = InputSpec::new(B::dtype(out), &dims[1..])?;
+    let spec = InputSpec::new(B::dtype(Seal::new(), out), &dims[1..])?;
     match &memory.output {
         Some(buffer) if buffer.spec == spec => {}
         Some(buffer) => {
@@ -174,8 +175,8 @@ fn check_output<B: Backend>(
             ));
         }
         None if may_allocate => {
-            let tensor = B::zeros(dev, &spec, request.max_rows)?;
-            let range = B::range(&tensor)?;
+            let tensor = B::zeros(Seal::new(), dev, &spec, request.max_rows)?;
+            let range = B::range(Seal::new(), &tensor)?;
             memory.output = Some(OutputBuffer {
                 row_bytes: range.bytes / request.max_rows.max(1),
                 tensor,
@@ -190,7 +191,7 @@ fn check_output<B: Backend>(
             ));
         }
     }
-    B::range(out)
+    B::range(Seal::new(), out)
 }
 
 /// The warm-up: the forward eagerly, its output checked (and the output buffer made).
@@ -203,7 +204,7 @@ fn warm_up<B: Backend>(
     let out = body(dev)?;
     check_output(dev, memory, request, &out, true)?;
     drop(out);
-    B::synchronize(dev)
+    B::synchronize(Seal::new(), dev)
 }
 
 /// Records the forward under capture and ends the capture with `end`. The output is copied
@@ -215,7 +216,7 @@ fn record<B: Backend, E>(
     body: &mut CaptureBody<'_, B>,
     end: impl FnOnce(&Arc<CudaStream>) -> std::result::Result<E, EndCaptureError>,
 ) -> Result<E> {
-    let stream = B::stream(dev);
+    let stream = B::stream(Seal::new(), dev);
     let guard = ffi::begin_capture(&stream).map_err(Error::driver("cuStreamBeginCapture"))?;
     let recorded = body(dev).and_then(|out| {
         let src = check_output(dev, memory, request, &out, false)?;
@@ -307,7 +308,7 @@ pub(crate) fn capture<B>(
 where
     B: Backend<GraphKeep = NodeKeep, OutputSlot = ()>,
 {
-    B::forbid_during_capture(dev, "a nested capture").map_err(|e| wrap(request, e))?;
+    B::forbid_during_capture(Seal::new(), dev, "a nested capture").map_err(|e| wrap(request, e))?;
     let mut timing = CaptureTiming::default();
     let started = Instant::now();
     warm_up(dev, memory, request, body).map_err(|e| wrap(request, e))?;
@@ -368,7 +369,7 @@ pub(crate) fn output_view<B: Backend>(memory: &NodeMemory<B>, rows: usize) -> Re
         .output
         .as_ref()
         .ok_or_else(|| Error::invalid("output", "no output buffer"))?;
-    B::narrow(&buffer.tensor, rows)
+    B::narrow(Seal::new(), &buffer.tensor, rows)
 }
 
 /// Trims the driver's graph memory (the next launch maps it again). Returns

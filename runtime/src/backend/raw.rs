@@ -28,8 +28,8 @@ use std::sync::Arc;
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, CudaView, DevicePtr};
 
 use super::nodes::{self, NodeKeep, NodeMemory};
-use super::ops::BackendOps;
 use super::{Backend, CaptureBody, CaptureRequest, CapturedSize, Device, Rerecorded};
+use super::{BackendOps, Seal};
 use crate::dispatch::{InputSpec, PadValue};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
@@ -83,8 +83,10 @@ impl RawSlice {
     }
 }
 
-/// The element types a [`CudaTensor`] holds: cudagraph's [`Element`]s.
-pub trait RawElement: Element {
+/// The element types a [`CudaTensor`] holds: cudagraph's [`Element`]s (`bf16`, `f32`, `u32`,
+/// `i32`). Sealed, as [`Element`] is: [`CudaTensor::from_slice`] trusts `wrap` to keep the buffer
+/// it is given (and checks the length it keeps anyway).
+pub trait RawElement: Element + raw_sealed::SealedRawElement {
     #[doc(hidden)]
     fn wrap(slice: CudaSlice<Self>) -> RawSliceBox;
     #[doc(hidden)]
@@ -100,8 +102,14 @@ pub trait RawElement: Element {
 #[derive(Debug)]
 pub struct RawSliceBox(RawSlice);
 
+mod raw_sealed {
+    /// Only this crate implements [`RawElement`](super::RawElement).
+    pub trait SealedRawElement {}
+}
+
 macro_rules! raw_element {
     ($t:ty, $variant:ident) => {
+        impl raw_sealed::SealedRawElement for $t {}
         impl RawElement for $t {
             fn wrap(slice: CudaSlice<Self>) -> RawSliceBox {
                 RawSliceBox(RawSlice::$variant(slice))
@@ -161,8 +169,17 @@ impl CudaTensor {
                 ),
             ));
         }
+        let slice = T::wrap(slice);
+        // `wrap` is this crate's (the trait is sealed); the length kept is checked all the same,
+        // since every later copy trusts it.
+        if slice.0.len() != shape.numel() {
+            return Err(Error::invalid(
+                "CudaTensor::from_slice",
+                "the wrapped buffer's length differs from the slice's",
+            ));
+        }
         Ok(Self {
-            slice: Arc::new(T::wrap(slice)),
+            slice: Arc::new(slice),
             offset: 0,
             shape,
             dtype: T::DTYPE,
@@ -345,7 +362,9 @@ impl Backend for Raw {
     type DType = DType;
 }
 
-impl BackendOps for Raw {
+// SAFETY: see the contract on `BackendOps`; this implementation reports ranges of tensors it
+// checked, on the device's one stream, and keeps the seals it receives inside each call.
+unsafe impl BackendOps for Raw {
     type Dev = Arc<CudaStream>;
     type Ten = CudaTensor;
     type Dt = DType;
@@ -353,23 +372,24 @@ impl BackendOps for Raw {
     type GraphKeep = NodeKeep;
     type OutputSlot = ();
 
-    fn stream(dev: &Arc<CudaStream>) -> Arc<CudaStream> {
+    fn stream(_: Seal, dev: &Arc<CudaStream>) -> Arc<CudaStream> {
         dev.clone()
     }
 
-    fn prepare(dev: &Arc<CudaStream>) -> Result<()> {
+    fn prepare(_: Seal, dev: &Arc<CudaStream>) -> Result<()> {
         check_capture_stream(dev, RAW_TRACKING_FIX)
     }
 
-    fn forbid_during_capture(dev: &Arc<CudaStream>, what: &'static str) -> Result<()> {
+    fn forbid_during_capture(_: Seal, dev: &Arc<CudaStream>, what: &'static str) -> Result<()> {
         forbid_capturing(dev, what)
     }
 
-    fn synchronize(dev: &Arc<CudaStream>) -> Result<()> {
+    fn synchronize(_: Seal, dev: &Arc<CudaStream>) -> Result<()> {
         synchronize(dev)
     }
 
     fn function(
+        _: Seal,
         dev: &Arc<CudaStream>,
         module: &'static KernelModule,
         name: &'static str,
@@ -377,31 +397,36 @@ impl BackendOps for Raw {
         load_function(dev, module, name)
     }
 
-    fn freeze(dev: &Arc<CudaStream>, policy: ReclaimPolicy) -> Result<FreezeScope<'_>> {
+    fn freeze(_: Seal, dev: &Arc<CudaStream>, policy: ReclaimPolicy) -> Result<FreezeScope<'_>> {
         FreezeScope::on_stream(dev.clone(), None, policy)
     }
 
-    fn new_memory(dev: &Arc<CudaStream>) -> NodeMemory<Raw> {
+    fn new_memory(_: Seal, dev: &Arc<CudaStream>) -> NodeMemory<Raw> {
         NodeMemory::new(dev)
     }
 
-    fn dtype(t: &CudaTensor) -> DType {
+    fn dtype(_: Seal, t: &CudaTensor) -> DType {
         t.dtype
     }
 
-    fn shape(t: &CudaTensor) -> Result<Shape> {
+    fn shape(_: Seal, t: &CudaTensor) -> Result<Shape> {
         Ok(t.shape)
     }
 
-    fn dtype_bytes(dtype: DType) -> usize {
+    fn dtype_bytes(_: Seal, dtype: DType) -> usize {
         dtype.size_in_bytes()
     }
 
-    fn pad_pattern(value: PadValue, dtype: DType, input: usize) -> Result<u32> {
+    fn pad_pattern(_: Seal, value: PadValue, dtype: DType, input: usize) -> Result<u32> {
         value.pattern(dtype, input)
     }
 
-    fn check_tensor(dev: &Arc<CudaStream>, op: &'static str, t: &CudaTensor) -> Result<()> {
+    fn check_tensor(
+        _: Seal,
+        dev: &Arc<CudaStream>,
+        op: &'static str,
+        t: &CudaTensor,
+    ) -> Result<()> {
         if Arc::ptr_eq(t.stream(), dev) {
             Ok(())
         } else {
@@ -413,26 +438,30 @@ impl BackendOps for Raw {
         }
     }
 
-    fn range(t: &CudaTensor) -> Result<DeviceRange> {
+    fn range(_: Seal, t: &CudaTensor) -> Result<DeviceRange> {
         Ok(t.range())
     }
 
-    fn zeros(dev: &Arc<CudaStream>, spec: &InputSpec, rows: usize) -> Result<CudaTensor> {
+    fn zeros(_: Seal, dev: &Arc<CudaStream>, spec: &InputSpec, rows: usize) -> Result<CudaTensor> {
         zeros_of(dev, spec.dtype(), &spec.full_shape(rows))
     }
 
-    fn narrow(t: &CudaTensor, rows: usize) -> Result<CudaTensor> {
+    fn narrow(_: Seal, t: &CudaTensor, rows: usize) -> Result<CudaTensor> {
         t.narrowed(rows)
     }
 
-    fn duplicate(dev: &Arc<CudaStream>, t: &CudaTensor) -> Result<CudaTensor> {
-        Raw::forbid_during_capture(dev, "a copy of an output")?;
+    fn duplicate(_: Seal, dev: &Arc<CudaStream>, t: &CudaTensor) -> Result<CudaTensor> {
+        Raw::forbid_during_capture(Seal::new(), dev, "a copy of an output")?;
+        // The copy runs on the runner's stream: a source of another stream would be read there
+        // unordered with its own stream's writes and frees.
+        Raw::check_tensor(Seal::new(), dev, "a copy of an output", t)?;
         let copy = zeros_of(dev, t.dtype, t.dims())?;
         ffi::copy_d2d(dev, copy.range(), t.range()).map_err(Error::driver("cuMemcpyDtoDAsync"))?;
         Ok(copy)
     }
 
     fn capture(
+        _: Seal,
         dev: &Arc<CudaStream>,
         memory: &mut NodeMemory<Raw>,
         request: CaptureRequest,
@@ -442,6 +471,7 @@ impl BackendOps for Raw {
     }
 
     fn rerecord(
+        _: Seal,
         dev: &Arc<CudaStream>,
         memory: &mut NodeMemory<Raw>,
         _keep: &NodeKeep,
@@ -452,11 +482,12 @@ impl BackendOps for Raw {
         nodes::rerecord(dev, memory, exec, request, body)
     }
 
-    fn usable(_memory: &NodeMemory<Raw>, keep: &NodeKeep) -> bool {
+    fn usable(_: Seal, _memory: &NodeMemory<Raw>, keep: &NodeKeep) -> bool {
         nodes::usable(keep)
     }
 
     fn output_view(
+        _: Seal,
         _dev: &Arc<CudaStream>,
         memory: &NodeMemory<Raw>,
         _keep: &NodeKeep,
@@ -466,27 +497,34 @@ impl BackendOps for Raw {
         nodes::output_view(memory, rows)
     }
 
-    fn memory_bytes(memory: &NodeMemory<Raw>) -> usize {
+    fn memory_bytes(_: Seal, memory: &NodeMemory<Raw>) -> usize {
         memory.bytes()
     }
 
-    fn graph_memory_usage(dev: &Arc<CudaStream>) -> Result<Option<nodes::GraphMemoryUsage>> {
+    fn graph_memory_usage(
+        _: Seal,
+        dev: &Arc<CudaStream>,
+    ) -> Result<Option<nodes::GraphMemoryUsage>> {
         nodes::GraphMemoryUsage::of_context(dev.context()).map(Some)
     }
 
-    fn release(_dev: &Arc<CudaStream>, memory: &mut NodeMemory<Raw>) -> (bool, Result<()>) {
+    fn release(
+        _: Seal,
+        _dev: &Arc<CudaStream>,
+        memory: &mut NodeMemory<Raw>,
+    ) -> (bool, Result<()>) {
         nodes::release(memory)
     }
 
-    fn resume(_dev: &Arc<CudaStream>, _memory: &mut NodeMemory<Raw>) -> Result<()> {
+    fn resume(_: Seal, _dev: &Arc<CudaStream>, _memory: &mut NodeMemory<Raw>) -> Result<()> {
         Ok(())
     }
 
-    fn poison(_dev: &Arc<CudaStream>, memory: &NodeMemory<Raw>) -> Result<()> {
+    fn poison(_: Seal, _dev: &Arc<CudaStream>, memory: &NodeMemory<Raw>) -> Result<()> {
         nodes::poison(memory)
     }
 
-    fn release_cached_memory(dev: &Arc<CudaStream>) -> Result<()> {
+    fn release_cached_memory(_: Seal, dev: &Arc<CudaStream>) -> Result<()> {
         release_cached_memory(dev)
     }
 }

@@ -2,11 +2,13 @@
 //! before committing to a capture.
 
 use super::Runner;
+use crate::backend::Seal;
 use crate::backend::{Backend, Device};
 use crate::dispatch::{GraphPlan, InputSpec};
 use crate::error::{Error, Result};
+use crate::static_args::StaticArgs;
 
-impl<const N: usize, S, const F: u64, B: Backend> Runner<'_, N, S, F, B> {
+impl<const N: usize, S, F, B: Backend> Runner<'_, N, S, F, B> {
     /// Gives the graph memory's physical memory back to the driver (and trims what the
     /// stream-ordered allocator and graph memory nodes cache), keeping every graph defined:
     /// with cudagraph's tensors the pool's virtual addresses stay reserved, so
@@ -20,10 +22,10 @@ impl<const N: usize, S, const F: u64, B: Backend> Runner<'_, N, S, F, B> {
         if self.core.released {
             return Ok(0);
         }
-        B::forbid_during_capture(self.dev, "releasing a runner's memory")?;
-        B::synchronize(self.dev)?;
-        let bytes = B::memory_bytes(&self.core.memory);
-        let (released, result) = B::release(self.dev, &mut self.core.memory);
+        B::forbid_during_capture(Seal::new(), self.dev, "releasing a runner's memory")?;
+        B::synchronize(Seal::new(), self.dev)?;
+        let bytes = B::memory_bytes(Seal::new(), &self.core.memory);
+        let (released, result) = B::release(Seal::new(), self.dev, &mut self.core.memory);
         self.core.released = released;
         let function = self.core.plan.function;
         result.map_err(|e| match e {
@@ -34,16 +36,16 @@ impl<const N: usize, S, const F: u64, B: Backend> Runner<'_, N, S, F, B> {
             },
             e => e,
         })?;
-        B::release_cached_memory(self.dev)?;
+        B::release_cached_memory(Seal::new(), self.dev)?;
         Ok(bytes)
     }
 
     /// Maps the graph memory back after [`release_memory`](Self::release_memory); the graphs
     /// replay with the same results as before.
     pub fn resume(&mut self) -> Result<()> {
-        B::forbid_during_capture(self.dev, "resuming a runner's memory")?;
+        B::forbid_during_capture(Seal::new(), self.dev, "resuming a runner's memory")?;
         if self.core.released {
-            B::resume(self.dev, &mut self.core.memory)?;
+            B::resume(Seal::new(), self.dev, &mut self.core.memory)?;
             self.core.released = false;
         }
         Ok(())
@@ -65,8 +67,8 @@ impl<const N: usize, S, const F: u64, B: Backend> Runner<'_, N, S, F, B> {
                 function: self.core.plan.function,
             });
         }
-        B::forbid_during_capture(self.dev, "poison_pool")?;
-        B::poison(self.dev, &self.core.memory)
+        B::forbid_during_capture(Seal::new(), self.dev, "poison_pool")?;
+        B::poison(Seal::new(), self.dev, &self.core.memory)
     }
 }
 
@@ -86,7 +88,7 @@ impl MemoryEstimate {
     }
 }
 
-impl<'m, const N: usize, S: PartialEq + 'm, B: Backend> Runner<'m, N, S, 0, B> {
+impl<'m, const N: usize, S: StaticArgs + 'm, B: Backend> Runner<'m, N, S, (), B> {
     /// [`estimate`](Runner::estimate) on any backend (see [`capture_on`](Self::capture_on)).
     /// With graph memory nodes the figure is the graph's allocation nodes; the driver may
     /// reserve more (its granularity), which [`RunnerStats`](crate::RunnerStats) reports.
@@ -109,11 +111,11 @@ impl<'m, const N: usize, S: PartialEq + 'm, B: Backend> Runner<'m, N, S, 0, B> {
             need = runner.core.stats.sizes[slot].pool_need;
         }
         let estimate = MemoryEstimate {
-            pool_bytes: B::memory_bytes(&runner.core.memory).max(need),
+            pool_bytes: B::memory_bytes(Seal::new(), &runner.core.memory).max(need),
             static_input_bytes: runner.core.inputs.bytes(),
         };
         drop(runner);
-        B::release_cached_memory(dev.as_backend_device())?;
+        B::release_cached_memory(Seal::new(), dev.as_backend_device())?;
         Ok(estimate)
     }
 }

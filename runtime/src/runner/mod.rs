@@ -5,11 +5,13 @@
 use std::ops::Deref;
 use std::time::Instant;
 
+use crate::backend::Seal;
 use crate::backend::{Backend, CaptureRequest, Device, Native};
 use crate::dispatch::{GraphPlan, InputSpec, OnCaptureError};
 use crate::error::{Error, Result};
 use crate::ffi::ExecGraph;
 use crate::policy::Warmup;
+use crate::static_args::StaticArgs;
 use crate::static_inputs::StaticInputs;
 use crate::stats::{FALLBACK_REASONS, FallbackReason, RunnerStats, SizeStats};
 
@@ -28,14 +30,14 @@ pub struct RefreshReport {
 /// old forward. Sizes the refresh had already rebuilt for the new forward are dropped from it
 /// (they pointed at the new model) and are captured again, with the old forward, on their next
 /// use.
-pub struct RefreshError<'m, const N: usize, S = (), const F: u64 = 0, B: Backend = Native> {
+pub struct RefreshError<'m, const N: usize, S = (), F = (), B: Backend = Native> {
     /// Why the refresh failed.
     pub error: Error,
     /// The runner, as described above (boxed: a runner is large).
     pub runner: Box<Runner<'m, N, S, F, B>>,
 }
 
-impl<const N: usize, S, const F: u64, B: Backend> std::fmt::Debug for RefreshError<'_, N, S, F, B> {
+impl<const N: usize, S, F, B: Backend> std::fmt::Debug for RefreshError<'_, N, S, F, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RefreshError")
             .field("error", &self.error)
@@ -43,9 +45,7 @@ impl<const N: usize, S, const F: u64, B: Backend> std::fmt::Debug for RefreshErr
     }
 }
 
-impl<const N: usize, S, const F: u64, B: Backend> std::fmt::Display
-    for RefreshError<'_, N, S, F, B>
-{
+impl<const N: usize, S, F, B: Backend> std::fmt::Display for RefreshError<'_, N, S, F, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
@@ -55,15 +55,13 @@ impl<const N: usize, S, const F: u64, B: Backend> std::fmt::Display
     }
 }
 
-impl<const N: usize, S, const F: u64, B: Backend> std::error::Error
-    for RefreshError<'_, N, S, F, B>
-{
+impl<const N: usize, S, F, B: Backend> std::error::Error for RefreshError<'_, N, S, F, B> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&self.error)
     }
 }
 
-impl<const N: usize, S, const F: u64, B: Backend> From<RefreshError<'_, N, S, F, B>> for Error {
+impl<const N: usize, S, F, B: Backend> From<RefreshError<'_, N, S, F, B>> for Error {
     /// The error alone (the returned runner is dropped).
     fn from(e: RefreshError<'_, N, S, F, B>) -> Error {
         e.error
@@ -120,7 +118,7 @@ impl<B: Backend> Output<'_, B> {
     /// runner): what to keep past the next `run`.
     #[track_caller]
     pub fn to_owned(&self) -> Result<B::Tensor> {
-        B::duplicate(self.dev, &self.tensor)
+        B::duplicate(Seal::new(), self.dev, &self.tensor)
     }
 }
 
@@ -175,7 +173,7 @@ pub use memory::MemoryEstimate;
 /// use cudagraph_runtime::{Result, Runner, Tensor};
 ///
 /// /// Runs a two-input runner of any statics on the same inputs `times` times.
-/// fn rerun<'m, S: PartialEq + 'm, const F: u64>(
+/// fn rerun<'m, S: PartialEq + 'm, F>(
 ///     graphs: &mut Runner<'m, 2, S, F>,
 ///     inputs: [&Tensor; 2],
 ///     statics: &S,
@@ -188,12 +186,14 @@ pub use memory::MemoryEstimate;
 ///     Ok(replays)
 /// }
 /// ```
-pub struct Runner<'m, const N: usize, S = (), const F: u64 = 0, B: Backend = Native> {
+pub struct Runner<'m, const N: usize, S = (), F = (), B: Backend = Native> {
     dev: &'m B::Device,
     eager: EagerFn<'m, N, S, B>,
     /// Everything else: what does not borrow the model or name the function (moved whole
     /// between runners of other lifetimes or identities).
     core: RunnerCore<N, S, B>,
+    /// The function's identity (a [`FunctionId`](crate::FunctionId), or `()`): a type only.
+    function: std::marker::PhantomData<fn() -> F>,
 }
 
 /// The parts of a [`Runner`] that neither borrow the model nor name the function.
@@ -211,7 +211,7 @@ struct RunnerCore<const N: usize, S, B: Backend> {
     released: bool,
 }
 
-impl<const N: usize, S, const F: u64, B: Backend> std::fmt::Debug for Runner<'_, N, S, F, B> {
+impl<const N: usize, S, F, B: Backend> std::fmt::Debug for Runner<'_, N, S, F, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runner")
             .field("function", &self.core.plan.function)
@@ -220,7 +220,7 @@ impl<const N: usize, S, const F: u64, B: Backend> std::fmt::Debug for Runner<'_,
     }
 }
 
-impl<'m, const N: usize, S: PartialEq + 'm, B: Backend> Runner<'m, N, S, 0, B> {
+impl<'m, const N: usize, S: StaticArgs + 'm, B: Backend> Runner<'m, N, S, (), B> {
     /// [`capture`](Runner::capture) on any backend: the backend is named by the type of
     /// `dev` (see [`Device`]): a [`Runtime`](crate::Runtime), an `Arc<CudaStream>` (plain
     /// cudarc, [`backend::raw`](crate::backend::raw)) or candle's `CudaDevice` (feature
@@ -247,7 +247,7 @@ impl<'m, const N: usize, S: PartialEq + 'm, B: Backend> Runner<'m, N, S, 0, B> {
     }
 }
 
-impl<'m, const N: usize, S: 'm, B: Backend> Runner<'m, N, S, 0, B> {
+impl<'m, const N: usize, S: 'm, B: Backend> Runner<'m, N, S, (), B> {
     fn build(
         dev: &'m B::Device,
         plan: GraphPlan,
@@ -268,8 +268,8 @@ impl<'m, const N: usize, S: 'm, B: Backend> Runner<'m, N, S, 0, B> {
                 "batch input index out of range",
             ));
         }
-        B::forbid_during_capture(dev, "building a runner")?;
-        B::prepare(dev)?;
+        B::forbid_during_capture(Seal::new(), dev, "building a runner")?;
+        B::prepare(Seal::new(), dev)?;
         let started = Instant::now();
         let inputs = StaticInputs::new(dev, &specs, plan.table.max(), &plan.pads)?;
         let sizes = plan.table.sizes().to_vec();
@@ -289,6 +289,7 @@ impl<'m, const N: usize, S: 'm, B: Backend> Runner<'m, N, S, 0, B> {
         let mut runner = Self {
             dev,
             eager,
+            function: std::marker::PhantomData,
             core: RunnerCore {
                 graphs: sizes.iter().map(|_| None).collect(),
                 plan,
@@ -296,7 +297,7 @@ impl<'m, const N: usize, S: 'm, B: Backend> Runner<'m, N, S, 0, B> {
                 statics,
                 statics_eq,
                 inputs,
-                memory: B::new_memory(dev),
+                memory: B::new_memory(Seal::new(), dev),
                 stats,
                 warned: [false; FALLBACK_REASONS],
                 released: false,
@@ -307,7 +308,7 @@ impl<'m, const N: usize, S: 'm, B: Backend> Runner<'m, N, S, 0, B> {
         }
 
         let progress = progress_bar(runner.core.plan.function, sizes.len());
-        let mut scope = B::freeze(dev, B::reclaim_policy(dev))?;
+        let mut scope = B::freeze(Seal::new(), dev, B::reclaim_policy(Seal::new(), dev))?;
         for slot in (0..sizes.len()).rev() {
             progress.set_message(format!("size {}", sizes[slot]));
             runner.capture_or_mark(slot)?;
@@ -324,7 +325,7 @@ impl<'m, const N: usize, S: 'm, B: Backend> Runner<'m, N, S, 0, B> {
     }
 }
 
-impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B> {
+impl<'m, const N: usize, S: 'm, F, B: Backend> Runner<'m, N, S, F, B> {
     /// Compares static arguments with `eq` instead of `==` (the code `#[cuda_graph]` generates
     /// compares floats by their bits, so that a NaN static matches itself).
     pub fn with_statics_eq(mut self, eq: fn(&S, &S) -> bool) -> Self {
@@ -332,19 +333,26 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
         self
     }
 
-    /// The same runner without its function's identity (`F = 0`): a type one can write, for a
+    /// The same runner without its function's identity (`F = ()`): a type one can write, for a
     /// struct field or a helper's signature (`Runner<'m, N, S>`). The generated
     /// `<fn>_graphs_refresh` no longer accepts it; [`refresh`](Self::refresh) still does.
-    pub fn into_untyped(self) -> Runner<'m, N, S, 0, B> {
-        self.for_function::<0>()
+    pub fn into_untyped(self) -> Runner<'m, N, S, (), B> {
+        self.retyped()
     }
 
-    /// The same runner, typed as the runner of function `G` (used by the code `#[cuda_graph]`
-    /// generates, which gives every annotated function its own identity).
-    #[doc(hidden)]
-    pub fn for_function<const G: u64>(self) -> Runner<'m, N, S, G, B> {
-        let Runner { dev, eager, core } = self;
-        Runner { dev, eager, core }
+    /// The same runner, typed as the runner of function `G`: private to this crate, so the
+    /// only runners typed as an annotated function's are the ones its generated constructor
+    /// built (through [`__private::identify`](crate::__private::identify)).
+    pub(crate) fn retyped<G>(self) -> Runner<'m, N, S, G, B> {
+        let Runner {
+            dev, eager, core, ..
+        } = self;
+        Runner {
+            dev,
+            eager,
+            core,
+            function: std::marker::PhantomData,
+        }
     }
 
     /// Captures `slot`; on failure, under [`OnCaptureError::Eager`], records the error and marks
@@ -392,7 +400,13 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
             let refs: [&B::Tensor; N] = std::array::from_fn(|i| &views[i]);
             eager(dev, refs, statics)
         };
-        let captured = B::capture(self.dev, &mut self.core.memory, request, &mut body);
+        let captured = B::capture(
+            Seal::new(),
+            self.dev,
+            &mut self.core.memory,
+            request,
+            &mut body,
+        );
         drop(views);
         self.drop_unusable();
         let c = captured?;
@@ -407,7 +421,7 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
             keep: c.keep,
             output: c.output,
         });
-        self.core.stats.pool_bytes = B::memory_bytes(&self.core.memory);
+        self.core.stats.pool_bytes = B::memory_bytes(Seal::new(), &self.core.memory);
         Ok(())
     }
 
@@ -417,13 +431,13 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
         for (slot, graph) in self.core.graphs.iter_mut().enumerate() {
             if graph
                 .as_ref()
-                .is_some_and(|g| !B::usable(&self.core.memory, &g.keep))
+                .is_some_and(|g| !B::usable(Seal::new(), &self.core.memory, &g.keep))
             {
                 *graph = None;
                 self.core.stats.sizes[slot].captured = false;
             }
         }
-        self.core.stats.pool_bytes = B::memory_bytes(&self.core.memory);
+        self.core.stats.pool_bytes = B::memory_bytes(Seal::new(), &self.core.memory);
     }
 
     /// Runs the function on `inputs`: replays the graph of the smallest captured size that fits
@@ -459,8 +473,8 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
         }
         // A replay inside another capture would record this runner's graph into a graph that
         // keeps none of its memory.
-        B::forbid_during_capture(self.dev, "running a runner")?;
-        let batch = B::shape(inputs[self.core.plan.batch_input])?;
+        B::forbid_during_capture(Seal::new(), self.dev, "running a runner")?;
+        let batch = B::shape(Seal::new(), inputs[self.core.plan.batch_input])?;
         let Some(&n) = batch.dims().first() else {
             return Err(Error::invalid(
                 function,
@@ -469,8 +483,8 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
         };
         let mut shapes_match = true;
         for (i, t) in inputs.iter().enumerate() {
-            B::check_tensor(self.dev, function, t)?;
-            let shape = B::shape(t)?;
+            B::check_tensor(Seal::new(), self.dev, function, t)?;
+            let shape = B::shape(Seal::new(), t)?;
             let dims = shape.dims();
             if dims.first() != Some(&n) {
                 return Err(Error::invalid(
@@ -480,7 +494,7 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
                     ),
                 ));
             }
-            shapes_match &= self.core.specs[i].matches_parts(B::dtype(t), dims);
+            shapes_match &= self.core.specs[i].matches_parts(B::dtype(Seal::new(), t), dims);
         }
         if n == 0 {
             return Err(Error::invalid(function, "empty batch (0 rows)"));
@@ -545,7 +559,14 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
         s.replays += 1;
         s.rows += n as u64;
         s.padded_rows += (s.size - n) as u64;
-        let tensor = B::output_view(self.dev, &self.core.memory, &graph.keep, &graph.output, n)?;
+        let tensor = B::output_view(
+            Seal::new(),
+            self.dev,
+            &self.core.memory,
+            &graph.keep,
+            &graph.output,
+            n,
+        )?;
         Ok(Output {
             tensor,
             replayed: true,
@@ -572,6 +593,10 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
             );
         }
         let tensor = (self.eager)(self.dev, inputs, statics)?;
+        // The output borrows the runner and `to_owned` copies it on the runner's stream: one of
+        // another device or stream (a forward's eager path may differ from its captured one)
+        // would be read there unordered with the stream that writes it.
+        B::check_tensor(Seal::new(), self.dev, self.core.plan.function, &tensor)?;
         Ok(Output {
             tensor,
             replayed: false,
@@ -600,23 +625,30 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
     /// reserves for graph memory nodes on this device (foreign backends; see
     /// [`backend::nodes`](crate::backend::nodes)).
     pub fn pool_bytes(&self) -> usize {
-        B::memory_bytes(&self.core.memory)
+        B::memory_bytes(Seal::new(), &self.core.memory)
     }
 
-    /// Runs the eager function directly (no graph, not counted), e.g. as a reference.
+    /// Runs the eager function directly (no graph, not counted), e.g. as a reference. Its
+    /// output is checked as a fallback's is: a tensor of the runner's device and stream.
     pub fn run_eager(&self, inputs: [&B::Tensor; N], statics: &S) -> Result<B::Tensor> {
-        (self.eager)(self.dev, inputs, statics)
+        let function = self.core.plan.function;
+        for t in &inputs {
+            B::check_tensor(Seal::new(), self.dev, function, t)?;
+        }
+        let tensor = (self.eager)(self.dev, inputs, statics)?;
+        B::check_tensor(Seal::new(), self.dev, function, &tensor)?;
+        Ok(tensor)
     }
 }
 
-impl<'m, const N: usize, S, const F: u64, B: Backend> Runner<'m, N, S, F, B> {
+impl<'m, const N: usize, S, F, B: Backend> Runner<'m, N, S, F, B> {
     /// The device (for cudagraph's tensors, the runtime) the graphs run on.
     pub fn device(&self) -> &'m B::Device {
         self.dev
     }
 }
 
-impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B> {
+impl<'m, const N: usize, S: 'm, F, B: Backend> Runner<'m, N, S, F, B> {
     /// [`run_with`](Self::run_with) for a function without static arguments (`S = ()`).
     ///
     /// On a runner whose function has `static_args`, calling `run` is a compile error that
@@ -654,7 +686,7 @@ impl NoStatics for () {
 /// The driver's graph-memory figures for `dev` (node mode), for stats: a failed query is
 /// logged, not allowed to fail the capture that succeeded.
 fn graph_memory_usage<B: Backend>(dev: &B::Device) -> Option<crate::GraphMemoryUsage> {
-    B::graph_memory_usage(dev).unwrap_or_else(|e| {
+    B::graph_memory_usage(Seal::new(), dev).unwrap_or_else(|e| {
         tracing::debug!(target: "cudagraph", error = %e, "graph memory figures unavailable");
         None
     })

@@ -5,10 +5,11 @@ use std::time::Instant;
 
 use super::{EagerFn, RefreshError, RefreshReport, Runner, SizeGraph};
 use crate::backend::Backend;
+use crate::backend::Seal;
 use crate::error::{Error, Result};
 use crate::policy::Warmup;
 
-impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B> {
+impl<'m, const N: usize, S: 'm, F, B: Backend> Runner<'m, N, S, F, B> {
     /// Rebuilds every captured graph for a new eager function, typically the same model's
     /// forward after its weights moved (a new checkpoint of the same shapes in new buffers): each
     /// size is re-recorded and its executable graph updated in place with `cuGraphExecUpdate`,
@@ -29,7 +30,10 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
         S: 'n,
     {
         let function = self.core.plan.function;
-        if !std::sync::Arc::ptr_eq(&B::stream(dev), &B::stream(self.dev)) {
+        if !std::sync::Arc::ptr_eq(
+            &B::stream(Seal::new(), dev),
+            &B::stream(Seal::new(), self.dev),
+        ) {
             return Err(RefreshError {
                 error: Error::invalid(
                     function,
@@ -44,7 +48,7 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
                 runner: Box::new(self),
             });
         }
-        if let Err(error) = B::forbid_during_capture(dev, "a refresh") {
+        if let Err(error) = B::forbid_during_capture(Seal::new(), dev, "a refresh") {
             return Err(RefreshError {
                 error,
                 runner: Box::new(self),
@@ -89,7 +93,7 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
         for (slot, graph) in rebuilt.iter_mut().enumerate() {
             if graph
                 .as_ref()
-                .is_some_and(|g| !B::usable(&old.core.memory, &g.keep))
+                .is_some_and(|g| !B::usable(Seal::new(), &old.core.memory, &g.keep))
             {
                 *graph = None;
                 old.core.stats.sizes[slot].captured = false;
@@ -103,7 +107,7 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
                     old.core.stats.sizes[slot].captured = false;
                 }
             }
-            old.core.stats.pool_bytes = B::memory_bytes(&old.core.memory);
+            old.core.stats.pool_bytes = B::memory_bytes(Seal::new(), &old.core.memory);
             return Err(RefreshError {
                 error,
                 runner: Box::new(old),
@@ -113,8 +117,16 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
         let Runner { mut core, .. } = old;
         core.graphs = rebuilt;
         core.released = false;
-        core.stats.pool_bytes = B::memory_bytes(&core.memory);
-        Ok((Runner { dev, eager, core }, report))
+        core.stats.pool_bytes = B::memory_bytes(Seal::new(), &core.memory);
+        Ok((
+            Runner {
+                dev,
+                eager,
+                core,
+                function: std::marker::PhantomData,
+            },
+            report,
+        ))
     }
 }
 
@@ -122,7 +134,7 @@ impl<'m, const N: usize, S: 'm, const F: u64, B: Backend> Runner<'m, N, S, F, B>
 /// the graph comes back unchanged, with the error, unless its executable was already updated to
 /// the new forward (then `None`: it can't go back to the old runner).
 #[allow(clippy::type_complexity, clippy::result_large_err)]
-fn refresh_slot<'m, const N: usize, S: 'm, const F: u64, B: Backend>(
+fn refresh_slot<'m, const N: usize, S: 'm, F, B: Backend>(
     runner: &mut Runner<'m, N, S, F, B>,
     dev: &B::Device,
     eager: &EagerFn<'_, N, S, B>,
@@ -140,6 +152,7 @@ fn refresh_slot<'m, const N: usize, S: 'm, const F: u64, B: Backend>(
         eager(dev, refs, statics)
     };
     let done = B::rerecord(
+        Seal::new(),
         dev,
         &mut runner.core.memory,
         &graph.keep,
