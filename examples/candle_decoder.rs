@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use candle_core::backend::BackendDevice;
 use candle_core::{CudaDevice, DType, Device, Tensor};
-use cudagraph::models::candle_decoder::{CandleDecoder, CandleDecoderConfig};
 use cudagraph::{BoxError, InputSpec, Runtime};
+use cudagraph_models::candle_decoder::{CandleDecoder, CandleDecoderConfig};
 
 fn main() -> Result<(), BoxError> {
     if let Err(e) = Runtime::device_count() {

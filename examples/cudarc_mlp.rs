@@ -8,8 +8,8 @@
 
 use std::time::Instant;
 
-use cudagraph::models::cudarc_mlp::{CudarcMlp, MlpDims, capture_stream, random_values};
 use cudagraph::{BoxError, CudaTensor, DType, InputSpec, Runtime};
+use cudagraph_models::cudarc_mlp::{CudarcMlp, MlpDims, capture_stream, random_values};
 
 fn main() -> Result<(), BoxError> {
     if let Err(e) = Runtime::device_count() {

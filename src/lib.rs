@@ -27,13 +27,36 @@
 //! }
 //! ```
 //!
-//! The crates behind it: `cudagraph-macros` (the attribute), `cudagraph-runtime` (everything
-//! re-exported at this crate's root) and `cudagraph-kernels` (the ops under [`ops`]).
+//! The crates behind it, each re-exported here, and nothing of this crate's own but these docs:
+//! `cudagraph-macros` (the attribute), `cudagraph-runtime` (the graph machinery, for every
+//! backend: runner, dispatch, pool, freeze scope, the plain-cudarc and candle adapters) and
+//! `cudagraph-kernels` (the native tensor world: `Runtime`, `Tensor`, GEMM, NCCL, the ops
+//! under [`ops`], and the native backend). Models (Llama, Hugging Face checkpoints, tensor
+//! parallelism, the candle decoder, the cudarc MLP) are the separate crate `cudagraph-models`,
+//! which this one does not depend on: the attribute costs no tokenizer, safetensors or JSON
+//! parser.
 
 extern crate self as cudagraph;
 
 pub use cudagraph_macros::cuda_graph;
 pub use cudagraph_runtime::*;
+
+// The native library's types and the runner types with the native backend as their default
+// (`Runner<'m, N, S = (), B = Native>`): these names shadow the runtime's generic ones.
+/// NCCL communicators and collectives (feature `nccl`).
+#[cfg(feature = "nccl")]
+pub use cudagraph_kernels::nccl;
+pub use cudagraph_kernels::{
+    CUBLAS_WORKSPACE_BYTES, CUBLASLT_ENV, EagerFn, FnRunner, GEMM_ENV, GemmAlgoStats, GemmBackend,
+    GemmTnBf16, Graph, LtOutcome, Native, Output, Runner, Runtime, Tensor, TensorView,
+    dependent_launch, gemm, testing,
+};
+#[doc(hidden)]
+pub use cudagraph_kernels::{GemmLtProbe, ProbeAlgo, ProbeCheck, gemm_n_bucket};
+
+/// candle's core crate, the version the candle backend is built against (feature `candle`).
+#[cfg(feature = "candle")]
+pub use candle_core;
 
 /// The `half` crate, for bf16/f16 host values (`rt.upload(&[half::bf16::from_f32(1.0)], ..)`,
 /// `rt.download::<half::bf16>(&t)`): re-exported so a user crate needs no dependency of its own.
@@ -43,5 +66,3 @@ pub use half;
 pub use cudagraph_kernels as kernels;
 /// The ops a model's forward calls (`linear`, `rms_norm`, `attention_decode`, ...).
 pub use cudagraph_kernels::ops;
-
-pub mod models;

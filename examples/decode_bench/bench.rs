@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use cudagraph::kernels::modules::ALL_MODULES;
-use cudagraph::models::llama::{Llama, LlamaConfig};
 use cudagraph::{GemmBackend, GraphPlan, ReclaimPolicy, Result, Runner, Runtime};
+use cudagraph_models::llama::{Llama, LlamaConfig};
 
 use crate::Options;
 use crate::common::{Inputs, median, relative_error_tensors};
@@ -285,10 +285,10 @@ fn finish(
     Ok(())
 }
 
-fn host_time_of_run<F>(
+fn host_time_of_run(
     rt: &Runtime,
     cfg: &LlamaConfig,
-    graphs: &mut Runner<'_, 2, (), F>,
+    graphs: &mut Runner<'_, 2>,
     inputs: &mut Inputs,
 ) -> Result<f64> {
     let (tokens, positions) = inputs.draw(rt, cfg, 1)?;
@@ -406,10 +406,10 @@ fn compare_reclaim(rt: &Runtime, model: &Llama, report: &mut Report) -> Result<(
 
 /// Skewed synthetic traffic (mostly 1 to 4 sequences, some bursts around 40 and 100), then the
 /// size list that would have padded least with 8 graphs.
-fn size_advice<F>(
+fn size_advice(
     rt: &Runtime,
     cfg: &LlamaConfig,
-    graphs: &mut Runner<'_, 2, (), F>,
+    graphs: &mut Runner<'_, 2>,
     inputs: &mut Inputs,
 ) -> Result<()> {
     let before = graphs.stats().clone();

@@ -1,7 +1,7 @@
 //! Helpers every mode of the example shares: deterministic inputs, medians, relative errors.
 
-use cudagraph::models::llama::LlamaConfig;
 use cudagraph::{Result, Runtime, Tensor};
+use cudagraph_models::llama::LlamaConfig;
 use half::bf16;
 
 /// Deterministic random inputs on the host (SplitMix64), fresh for every call.

@@ -9,8 +9,8 @@
 use std::time::Instant;
 
 use cudagraph::cudarc::driver::{LaunchConfig, PushKernelArg};
-use cudagraph::models::llama::{Llama, LlamaConfig};
 use cudagraph::{DType, Error, GraphPlan, KernelModule, Result, Runner, Runtime};
+use cudagraph_models::llama::{Llama, LlamaConfig};
 
 use crate::common::median;
 

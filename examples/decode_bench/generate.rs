@@ -29,10 +29,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use cudagraph::models::hf::{Checkpoint, LoadError, LoadOptions, Tokenizer};
-use cudagraph::models::llama::{Llama, LlamaConfig};
 use cudagraph::ops::RopeScaling;
 use cudagraph::{Runtime, Tensor};
+use cudagraph_models::hf::{Checkpoint, LoadError, LoadOptions, Tokenizer};
+use cudagraph_models::llama::{Llama, LlamaConfig};
 use half::bf16;
 
 type BoxResult<T> = std::result::Result<T, Box<dyn std::error::Error>>;

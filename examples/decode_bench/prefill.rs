@@ -9,8 +9,8 @@
 use std::time::Instant;
 
 use cudagraph::Runtime;
-use cudagraph::models::llama::{Llama, LlamaConfig};
 use cudagraph::ops::MAX_ATTENTION_CONTEXT;
+use cudagraph_models::llama::{Llama, LlamaConfig};
 use half::bf16;
 
 use crate::common::{Inputs, median, relative_error_bf16};

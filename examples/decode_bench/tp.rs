@@ -17,10 +17,10 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use cudagraph::models::llama::{Llama, LlamaConfig};
-use cudagraph::models::tp::{self, NVLS_ENV, TpLlama, run_ranks};
-use cudagraph::models::weights::LlamaWeights;
 use cudagraph::{Result, Runtime, Tensor};
+use cudagraph_models::llama::{Llama, LlamaConfig};
+use cudagraph_models::tp::{self, NVLS_ENV, TpLlama, run_ranks};
+use cudagraph_models::weights::LlamaWeights;
 use half::bf16;
 
 use crate::Options;

@@ -189,10 +189,6 @@ struct BackendTypes {
     spec: TokenStream,
     /// `, Backend` after the runner's other parameters (empty for the default).
     runner_param: TokenStream,
-    /// `Runner::capture` / `Runner::capture_on`.
-    capture: TokenStream,
-    /// `Runner::estimate` / `Runner::estimate_on`.
-    estimate: TokenStream,
 }
 
 impl BackendTypes {
@@ -204,8 +200,6 @@ impl BackendTypes {
                 tensor: quote!(#krate::Tensor),
                 spec: quote!(#krate::InputSpec),
                 runner_param: TokenStream::new(),
-                capture: quote!(capture),
-                estimate: quote!(estimate),
             },
             Some(device) => {
                 let backend = quote!(<#device as #krate::Device>::Backend);
@@ -214,8 +208,6 @@ impl BackendTypes {
                     tensor: quote!(<#backend as #krate::Backend>::Tensor),
                     spec: quote!(#krate::InputSpec<<#backend as #krate::Backend>::DType>),
                     runner_param: quote!(, #backend),
-                    capture: quote!(capture_on),
-                    estimate: quote!(estimate_on),
                 }
             }
         }
@@ -307,10 +299,13 @@ pub fn expand(plan: &Plan, salt: u64) -> TokenStream {
         device,
         spec,
         runner_param,
-        capture,
-        estimate,
         ..
     } = BackendTypes::of(plan);
+    // The runner types the three name: this function's runner for the borrow `'cg` (or `'cg_old`).
+    let fn_runner =
+        |life: &syn::Lifetime| quote!(#krate::FnRunner<#life, #id, #n, #statics_ty #runner_param>);
+    let runner_ty = fn_runner(lifetime);
+    let old_runner_ty = fn_runner(&old_lifetime);
 
     quote! {
         #(#cfg_attrs)*
@@ -320,13 +315,13 @@ pub fn expand(plan: &Plan, salt: u64) -> TokenStream {
             #rt: &#lifetime #device,
             #inputs: [#spec; #n],
             #(#static_idents: #static_tys,)*
-        ) -> ::core::result::Result<#krate::Runner<#lifetime, #n, #statics_ty, #id #runner_param>, #krate::Error>
+        ) -> ::core::result::Result<#runner_ty, #krate::Error>
         #where_clause
         {
             #(#static_checks)*
             #plan_stmts
             #statics_eq
-            #krate::Runner::#capture(
+            #krate::Runner::capture(
                 #rt,
                 #graph_plan,
                 #inputs,
@@ -349,7 +344,7 @@ pub fn expand(plan: &Plan, salt: u64) -> TokenStream {
         #where_clause
         {
             #plan_stmts
-            #krate::Runner::#estimate(
+            #krate::Runner::estimate(
                 #rt,
                 #graph_plan,
                 #inputs,
@@ -363,14 +358,14 @@ pub fn expand(plan: &Plan, salt: u64) -> TokenStream {
         #vis fn #refresh_ident<#lifetime, #old_lifetime #(, #refresh_lifetimes)*>(
             #receiver
             #rt: &#lifetime #device,
-            #runner: #krate::Runner<#old_lifetime, #n, #statics_ty, #id #runner_param>,
+            #runner: #old_runner_ty,
         ) -> ::core::result::Result<
-            (#krate::Runner<#lifetime, #n, #statics_ty, #id #runner_param>, #krate::RefreshReport),
-            #krate::RefreshError<#old_lifetime, #n, #statics_ty, #id #runner_param>,
+            (#runner_ty, #krate::RefreshReport),
+            #krate::RefreshError<#old_runner_ty>,
         >
         #where_clause
         {
-            #krate::Runner::refresh(#runner, #rt, #eager)
+            #krate::FnRunner::refresh(#runner, #rt, #eager)
         }
     }
 }
@@ -615,7 +610,7 @@ mod tests {
 
     /// A forward on another backend's device type (candle's `CudaDevice`, plain cudarc's
     /// `Arc<CudaStream>` with `CudaTensor`s) names its backend through `Device` and is built
-    /// with `capture_on` / `estimate_on`; the native spelling stays as it was.
+    /// with the same `capture` / `estimate`; the native spelling names no backend.
     #[test]
     fn foreign_device_types_name_their_backend() {
         for (device, tensor) in [
@@ -638,11 +633,9 @@ mod tests {
             let backend = format!("< {device} as :: cudagraph :: Device > :: Backend");
             assert!(has(&out, &format!("rt : & 'cg {device}")), "{out}");
             assert!(has(&out, &backend), "{out}");
-            assert!(has(&out, ":: cudagraph :: Runner :: capture_on ("), "{out}");
-            assert!(
-                has(&out, ":: cudagraph :: Runner :: estimate_on ("),
-                "{out}"
-            );
+            assert!(has(&out, ":: cudagraph :: Runner :: capture ("), "{out}");
+            assert!(has(&out, ":: cudagraph :: Runner :: estimate ("), "{out}");
+            assert!(has(&out, &format!(", 1 , () , {backend} >")), "{out}");
             assert!(
                 has(
                     &out,
@@ -689,7 +682,7 @@ mod tests {
         );
         for needle in [
             "pub fn forward_graphs < 'cg > (& 'cg self , rt : & 'cg :: cudagraph :: Runtime , inputs : [:: cudagraph :: InputSpec ; 2] , cfg : Config , scale : f32 ,)",
-            "-> :: core :: result :: Result < :: cudagraph :: Runner < 'cg , 2 , (Config , f32 ,) , :: cudagraph :: FunctionId < { :: cudagraph :: __private :: function_id (:: core :: module_path ! () , \"forward\" , 4660u64) } , Self > > , :: cudagraph :: Error >",
+            "-> :: core :: result :: Result < :: cudagraph :: FnRunner < 'cg , :: cudagraph :: FunctionId < { :: cudagraph :: __private :: function_id (:: core :: module_path ! () , \"forward\" , 4660u64) } , Self > , 2 , (Config , f32 ,) > , :: cudagraph :: Error >",
             "let __cg_plan = :: cudagraph :: GraphPlan :: from_static (\"forward\" , & [1 , 2 , 4] , & [:: core :: primitive :: u16 :: MAX , 0 , 1 , 2 , 2] , 1) ? ;",
             "let __cg_statics_eq : fn (& (Config , f32 ,) , & (Config , f32 ,)) -> :: core :: primitive :: bool = | __cg_a , __cg_b | { # [allow (unused_imports)] use :: cudagraph :: __private :: { ViaBits as _ , ViaPartialEq as _ } ; (& :: cudagraph :: __private :: StaticCmp (& __cg_a . 0 , & __cg_b . 0)) . cg_same () && (& :: cudagraph :: __private :: StaticCmp (& __cg_a . 1 , & __cg_b . 1)) . cg_same () } ;",
             ":: cudagraph :: Runner :: capture (rt , __cg_plan , inputs , (cfg , scale ,) , move | __cg_rt : & :: cudagraph :: Runtime , __cg_tensors : [& :: cudagraph :: Tensor ; 2] , __cg_statics : & (Config , f32 ,) |",
@@ -721,7 +714,7 @@ mod tests {
         assert!(
             has(
                 &out,
-                ":: cg :: Runner < 'cg , 1 , () , :: cg :: FunctionId < { :: cg :: __private :: function_id (:: core :: module_path ! () , \"step\" , 4660u64) } > >"
+                ":: cg :: FnRunner < 'cg , :: cg :: FunctionId < { :: cg :: __private :: function_id (:: core :: module_path ! () , \"step\" , 4660u64) } > , 1 , () >"
             ),
             "{out}"
         );
@@ -900,15 +893,15 @@ mod tests {
 
         // `<fn>_graphs_refresh`: takes a runner, no inputs or statics, `Runner::refresh`.
         let refresh_sig = format!(
-            "pub fn forward_graphs_refresh < 'cg , 'cg_old > (& 'cg self , rt : & 'cg :: cudagraph :: Runtime , runner : :: cudagraph :: Runner < 'cg_old , 2 , (Config , f32 ,) , {id} > ,)"
+            "pub fn forward_graphs_refresh < 'cg , 'cg_old > (& 'cg self , rt : & 'cg :: cudagraph :: Runtime , runner : :: cudagraph :: FnRunner < 'cg_old , {id} , 2 , (Config , f32 ,) > ,)"
         );
         let refresh_ret = format!(
-            "-> :: core :: result :: Result < (:: cudagraph :: Runner < 'cg , 2 , (Config , f32 ,) , {id} > , :: cudagraph :: RefreshReport) , :: cudagraph :: RefreshError < 'cg_old , 2 , (Config , f32 ,) , {id} > , >"
+            "-> :: core :: result :: Result < (:: cudagraph :: FnRunner < 'cg , {id} , 2 , (Config , f32 ,) > , :: cudagraph :: RefreshReport) , :: cudagraph :: RefreshError < :: cudagraph :: FnRunner < 'cg_old , {id} , 2 , (Config , f32 ,) > > , >"
         );
         for needle in [
             refresh_sig.as_str(),
             refresh_ret.as_str(),
-            ":: cudagraph :: Runner :: refresh (runner , rt ,",
+            ":: cudagraph :: FnRunner :: refresh (runner , rt ,",
             closure,
         ] {
             assert!(has(&refresh, needle), "missing {needle}\nin {refresh}");
@@ -929,7 +922,9 @@ mod tests {
         assert!(
             has(
                 &graphs,
-                &format!("Runner < 'cg , 2 , (Config , f32 ,) , {id} > , :: cudagraph :: Error >")
+                &format!(
+                    "FnRunner < 'cg , {id} , 2 , (Config , f32 ,) > , :: cudagraph :: Error >"
+                )
             ),
             "{graphs}"
         );
@@ -1019,12 +1014,12 @@ mod tests {
         assert!(
             has(
                 &refresh,
-                "step_graphs_refresh < 'cg , 'cg_old > (rt : & 'cg :: cg :: Runtime , runner : :: cg :: Runner < 'cg_old , 1 , (Cfg ,) , :: cg :: FunctionId < { :: cg :: __private :: function_id (:: core :: module_path ! () , \"step\" , 4660u64) } > > ,)"
+                "step_graphs_refresh < 'cg , 'cg_old > (rt : & 'cg :: cg :: Runtime , runner : :: cg :: FnRunner < 'cg_old , :: cg :: FunctionId < { :: cg :: __private :: function_id (:: core :: module_path ! () , \"step\" , 4660u64) } > , 1 , (Cfg ,) > ,)"
             ),
             "{refresh}"
         );
         assert!(
-            has(&refresh, ":: cg :: Runner :: refresh (runner , rt ,"),
+            has(&refresh, ":: cg :: FnRunner :: refresh (runner , rt ,"),
             "{refresh}"
         );
         let call = ":: cg :: forward_result (step (__cg_tensors [0] , __cg_rt , :: core :: clone :: Clone :: clone (& __cg_statics . 0)))";

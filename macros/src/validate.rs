@@ -197,7 +197,7 @@ pub fn validate(args: &Args, func: &ImplItemFn) -> syn::Result<Plan> {
         }
     };
 
-    let all_lifetimes: Vec<LifetimeParam> = sig
+    let mut all_lifetimes: Vec<LifetimeParam> = sig
         .generics
         .params
         .iter()
@@ -206,6 +206,10 @@ pub fn validate(args: &Args, func: &ImplItemFn) -> syn::Result<Plan> {
             _ => None,
         })
         .collect();
+    let mut statics = statics;
+    if let Some(named) = name_elided_lifetimes(&mut statics, &all_lifetimes) {
+        all_lifetimes.push(LifetimeParam::new(named));
+    }
     let lifetime = pick_lifetime(&all_lifetimes);
     let lifetimes = used_lifetimes(all_lifetimes, &statics, sig.generics.where_clause.as_ref());
 
@@ -890,6 +894,54 @@ fn lifetime_names(tokens: proc_macro2::TokenStream, names: &mut Vec<String>) {
 }
 
 /// The generated function's lifetime: `'cg`, unless the user already uses it.
+/// Gives the lifetimes a static argument's type elides (`Option<&Cfg>`, `Pair<'_>`) one name
+/// of their own, a lifetime parameter of the generated functions: the runner holds the statics,
+/// so their type must name what it borrows (an elided lifetime in the runner type is E0106, and
+/// the borrow would not be tied to the runner: E0621). Returns the name, if any was elided.
+fn name_elided_lifetimes(
+    statics: &mut [StaticArg],
+    existing: &[LifetimeParam],
+) -> Option<Lifetime> {
+    use syn::visit_mut::VisitMut;
+
+    struct Namer {
+        name: Lifetime,
+        used: bool,
+    }
+    impl VisitMut for Namer {
+        fn visit_type_reference_mut(&mut self, r: &mut syn::TypeReference) {
+            if r.lifetime.is_none() {
+                r.lifetime = Some(self.name.clone());
+                self.used = true;
+            }
+            syn::visit_mut::visit_type_reference_mut(self, r);
+        }
+        fn visit_lifetime_mut(&mut self, l: &mut Lifetime) {
+            if l.ident == "_" {
+                *l = self.name.clone();
+                self.used = true;
+            }
+        }
+        // A `dyn Trait`'s elided object lifetime has its own defaults (`'static` in a `Box`):
+        // left alone, as is anything inside a bare fn type (its own binder).
+        fn visit_type_fn_ptr_mut(&mut self, _: &mut syn::TypeFnPtr) {}
+    }
+
+    let taken = |name: &str| existing.iter().any(|l| l.lifetime.ident == name);
+    let name = ["cg_s", "cg_statics", "__cg_s"]
+        .into_iter()
+        .find(|n| !taken(n))
+        .unwrap_or("__cg_statics");
+    let mut namer = Namer {
+        name: Lifetime::new(&format!("'{name}"), Span::call_site()),
+        used: false,
+    };
+    for s in statics.iter_mut() {
+        namer.visit_type_mut(&mut s.ty);
+    }
+    namer.used.then_some(namer.name)
+}
+
 fn pick_lifetime(existing: &[LifetimeParam]) -> Lifetime {
     let taken = |name: &str| existing.iter().any(|l| l.lifetime.ident == name);
     let name = ["cg", "cg_graphs", "__cg"]
@@ -1624,5 +1676,48 @@ mod tests {
         ] {
             assert!(run(args.clone(), func).is_ok());
         }
+    }
+
+    /// Elided lifetimes in a static's type get one name, declared on the generated functions;
+    /// a `dyn` object's and a fn pointer's own lifetimes are left alone.
+    #[test]
+    fn elided_static_lifetimes_are_named() {
+        let plan = run(
+            quote!(sizes = [1], static_args = [cfg, pair, f]),
+            quote!(
+                fn f(
+                    rt: &Runtime,
+                    x: &Tensor,
+                    cfg: Option<&Cfg>,
+                    pair: &Pair<'_>,
+                    f: fn(&u8),
+                ) -> Result<Tensor> {
+                }
+            ),
+        )
+        .unwrap();
+        let tys: Vec<String> = plan
+            .statics
+            .iter()
+            .map(|s| s.ty.to_token_stream().to_string())
+            .collect();
+        assert_eq!(
+            tys,
+            ["Option < & 'cg_s Cfg >", "Pair < 'cg_s >", "fn (& u8)"]
+        );
+        let names: Vec<String> = plan
+            .lifetimes
+            .iter()
+            .map(|l| l.lifetime.to_string())
+            .collect();
+        assert_eq!(names, ["'cg_s"]);
+        let plain = run(
+            quote!(sizes = [1], static_args = [eps]),
+            quote!(
+                fn f(rt: &Runtime, x: &Tensor, eps: f32) -> Result<Tensor> {}
+            ),
+        )
+        .unwrap();
+        assert!(plain.lifetimes.is_empty());
     }
 }

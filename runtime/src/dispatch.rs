@@ -138,7 +138,7 @@ pub enum PadValue {
 
 impl PadValue {
     /// The value's bytes in `dtype`, repeated to 32 bits, or an error naming `input`.
-    pub(crate) fn pattern(self, dtype: DType, input: usize) -> Result<u32> {
+    pub fn pattern(self, dtype: DType, input: usize) -> Result<u32> {
         let out_of_range = || {
             Error::invalid(
                 "pad",
@@ -305,6 +305,38 @@ impl<D: Copy + PartialEq> InputSpec<D> {
     pub fn matches_parts(&self, dtype: D, dims: &[usize]) -> bool {
         dtype == self.dtype && !dims.is_empty() && &dims[1..] == self.trailing()
     }
+
+    /// The spec of an example tensor (its leading dimension is the batch and is ignored):
+    /// cudagraph's `Tensor`, a plain-cudarc [`CudaTensor`](crate::CudaTensor), or (feature
+    /// `candle`) a candle tensor.
+    pub fn like<T: SpecSource<DType = D> + ?Sized>(t: &T) -> Result<Self> {
+        let dims = t.spec_dims();
+        if dims.is_empty() {
+            return Err(Error::invalid(
+                "InputSpec::like",
+                "a graph input needs a batch dimension",
+            ));
+        }
+        Self::new(t.spec_dtype(), &dims[1..])
+    }
+
+    /// Whether `t` has this dtype and these trailing dimensions.
+    pub fn matches<T: SpecSource<DType = D> + ?Sized>(&self, t: &T) -> bool {
+        self.matches_parts(t.spec_dtype(), t.spec_dims())
+    }
+}
+
+/// A tensor an [`InputSpec`] can be read from ([`InputSpec::like`]) or checked against
+/// ([`InputSpec::matches`]): its element type and dimensions.
+pub trait SpecSource {
+    /// The backend's element type.
+    type DType: Copy + PartialEq;
+
+    /// The element type.
+    fn spec_dtype(&self) -> Self::DType;
+
+    /// The dimensions, batch first.
+    fn spec_dims(&self) -> &[usize];
 }
 
 #[cfg(test)]

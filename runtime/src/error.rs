@@ -36,21 +36,20 @@ impl fmt::Display for OpSite {
     }
 }
 
-/// Everything that can go wrong in the runtime.
+/// Everything that can go wrong in the runtime (and in the native library, `cudagraph-kernels`,
+/// which returns the same type).
 ///
 /// Every fallible call returns it; none panics. A machine without a GPU gets
-/// [`NoDriver`](Error::NoDriver) (or [`NoDevice`](Error::NoDevice)) from
-/// [`Runtime::new`](crate::Runtime::new), which a program can tell apart from real failures:
+/// [`NoDriver`](Error::NoDriver) (or [`NoDevice`](Error::NoDevice)) from the native library's
+/// `Runtime::new`, which a program can tell apart from real failures (its docs show how). Errors
+/// say what went wrong in words:
 ///
 /// ```
-/// use cudagraph_runtime::{Error, Runtime};
+/// use cudagraph_runtime::{DType, Error, InputSpec};
 ///
-/// match Runtime::new(0) {
-///     Ok(rt) => println!("running on {}", rt.device_name().unwrap_or_default()),
-///     Err(Error::NoDriver(why)) => println!("no GPU here ({why}): nothing to run"),
-///     Err(Error::NoDevice { ordinal, count }) => println!("no device {ordinal} ({count} found)"),
-///     Err(other) => panic!("a real failure: {other}"),
-/// }
+/// let err = InputSpec::new(DType::F32, &[1; 9]).unwrap_err();
+/// assert!(matches!(err, Error::InvalidArgument { .. }));
+/// assert_eq!(err.to_string(), "InputSpec: too many dimensions");
 /// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -75,12 +74,14 @@ pub enum Error {
         #[source]
         source: DriverError,
     },
-    /// A cuBLAS call failed.
-    #[error("cuBLAS error in {call}: {message}")]
-    Cublas {
-        /// The runtime operation that made the call.
+    /// A call into a CUDA library (cuBLAS, cuBLASLt, NCCL) failed.
+    #[error("{library} error in {call}: {message}")]
+    Library {
+        /// The library (`"cuBLAS"`, ...).
+        library: &'static str,
+        /// The operation that made the call.
         call: &'static str,
-        /// cuBLAS' status.
+        /// The library's status.
         message: String,
     },
     /// NVRTC failed to compile a kernel module.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DriverError, result, sys};
 
 /// The device address of a whole slice.
-pub(crate) fn slice_ptr(slice: &CudaSlice<u8>, stream: &CudaStream) -> u64 {
+pub fn slice_ptr(slice: &CudaSlice<u8>, stream: &CudaStream) -> u64 {
     // Event tracking is disabled for runtimes (see `context.rs`), so the guard records nothing.
     let (ptr, _guard) = slice.device_ptr(stream);
     ptr
@@ -18,7 +18,7 @@ pub(crate) fn slice_ptr(slice: &CudaSlice<u8>, stream: &CudaStream) -> u64 {
 // `scripts/cuda-toolchain.sh` answer with an error.
 
 /// Whether the CUDA driver library can be loaded (and is not a stub).
-pub(crate) fn driver_present() -> bool {
+pub fn driver_present() -> bool {
     #[cfg(not(feature = "dynamic-linking"))]
     // SAFETY: only tries to open the shared library; calls no symbol of it.
     return unsafe { sys::is_culib_present() };
@@ -44,21 +44,14 @@ pub(crate) fn nvrtc_present() -> bool {
     }
 }
 
-/// Whether cuBLAS can be loaded (and is not a stub).
-pub(crate) fn cublas_present() -> bool {
-    #[cfg(not(feature = "dynamic-linking"))]
-    // SAFETY: only tries to open the shared library; calls no symbol of it.
-    return unsafe { cudarc::cublas::sys::is_culib_present() };
-    #[cfg(feature = "dynamic-linking")]
-    {
-        use cudarc::cublas::sys as cublas;
-        let mut major = 0;
-        // SAFETY: writes one int; needs no handle.
-        unsafe {
-            cublas::cublasGetProperty(cublas::libraryPropertyType::MAJOR_VERSION, &mut major)
-                == cublas::cublasStatus_t::CUBLAS_STATUS_SUCCESS
-        }
-    }
+/// Gives back to the driver what the stream-ordered allocator and graph memory nodes of
+/// `ctx`'s device cache (`cuMemPoolTrimTo`, `cuDeviceGraphMemTrim`); the caller synchronized
+/// first. Safe: trimming frees only memory no allocation holds.
+pub fn trim_cached_memory(ctx: &CudaContext) -> crate::Result<()> {
+    use crate::Error;
+    let pool = MemPool::of_device(ctx).map_err(Error::driver("cuDeviceGetMemPool"))?;
+    pool.trim_to(0).map_err(Error::driver("cuMemPoolTrimTo"))?;
+    graph_mem_trim(ctx).map_err(Error::driver("cuDeviceGraphMemTrim"))
 }
 
 /// A device range `[ptr, ptr + bytes)` that the caller owns for the duration of a call.
@@ -71,6 +64,49 @@ pub struct DeviceRange {
 impl DeviceRange {
     /// No bytes.
     pub(crate) const EMPTY: DeviceRange = DeviceRange { ptr: 0, bytes: 0 };
+
+    /// The range `[ptr, ptr + bytes)`: only a description; what may be done with it is the
+    /// `unsafe` functions' contract ([`copy`], [`fill`]).
+    pub const fn new(ptr: u64, bytes: usize) -> Self {
+        DeviceRange { ptr, bytes }
+    }
+
+    /// The first byte's address.
+    pub const fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    /// The length in bytes.
+    pub const fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// Enqueues a copy of `src` into `dst` on `stream`, for a backend implementation's own
+/// tensors (the native library's `Runtime::copy`). An error unless both lengths are equal.
+///
+/// # Safety
+///
+/// Both ranges lie inside live device allocations of `stream`'s context that the caller keeps
+/// alive until the copy has run (stream order), and nothing on another stream writes `dst` or
+/// `src` meanwhile unordered with `stream`.
+pub unsafe fn copy(
+    stream: &CudaStream,
+    dst: DeviceRange,
+    src: DeviceRange,
+) -> Result<(), DriverError> {
+    copy_d2d(stream, dst, src)
+}
+
+/// Enqueues a fill of every byte of `dst` with `value` on `stream` (the native library's
+/// `Runtime::fill_bytes`).
+///
+/// # Safety
+///
+/// As for [`copy`]: `dst` lies inside a live allocation of `stream`'s context, kept alive until
+/// the fill has run.
+pub unsafe fn fill(stream: &CudaStream, dst: DeviceRange, value: u8) -> Result<(), DriverError> {
+    fill_bytes(stream, dst, value)
 }
 
 /// `CUDA_ERROR_INVALID_VALUE` unless a copy's two sides have the same length: checked in
@@ -96,32 +132,6 @@ pub(crate) fn copy_d2d(
     // them from tensors whose storage they hold across the call (`Tensor::device_ptr` and
     // `size_in_bytes`); ordering against other work is the stream's.
     unsafe { result::memcpy_dtod_async(dst.ptr, src.ptr, dst.bytes, stream.cu_stream()) }
-}
-
-/// Copies `src` (ordered on `src_stream`, possibly another device) into `dst` (on `stream`):
-/// the copy is enqueued on `stream`; the caller has synchronized `src_stream` before and
-/// synchronizes `stream` after, so neither side's later work or frees overlap the copy.
-pub(crate) fn copy_peer(
-    stream: &CudaStream,
-    dst: DeviceRange,
-    src_stream: &CudaStream,
-    src: DeviceRange,
-) -> Result<(), DriverError> {
-    check_lengths(dst.bytes, src.bytes)?;
-    stream.context().bind_to_thread()?;
-    // SAFETY: both ranges are live allocations of `bytes` bytes held by the caller across the
-    // call (and until `stream` is synchronized); each context is the one its range belongs to.
-    unsafe {
-        sys::cuMemcpyPeerAsync(
-            dst.ptr,
-            stream.context().cu_ctx(),
-            src.ptr,
-            src_stream.context().cu_ctx(),
-            dst.bytes,
-            stream.cu_stream(),
-        )
-        .result()
-    }
 }
 
 /// Enqueues a fill of `dst` with `pattern` on `stream`: its low byte (`width` 1), low 16 bits
@@ -168,47 +178,6 @@ pub(crate) fn fill_bytes(
     stream.context().bind_to_thread()?;
     // SAFETY: `dst` is a live device allocation of at least `bytes` bytes held by the caller.
     unsafe { result::memset_d8_async(dst.ptr, value, dst.bytes, stream.cu_stream()) }
-}
-
-/// Copies host bytes into `dst` and waits for the copy.
-pub(crate) fn upload(stream: &CudaStream, dst: DeviceRange, src: &[u8]) -> Result<(), DriverError> {
-    check_lengths(dst.bytes, src.len())?;
-    stream.context().bind_to_thread()?;
-    // SAFETY: `dst` is a live allocation of `src.len()` bytes; `src` stays borrowed until the
-    // stream is synchronized below, so the driver never reads freed host memory.
-    unsafe {
-        sys::cuMemcpyHtoDAsync_v2(dst.ptr, src.as_ptr().cast(), src.len(), stream.cu_stream())
-            .result()?;
-    }
-    stream.synchronize()
-}
-
-/// Copies `src` into host bytes and waits for the copy.
-pub(crate) fn download(
-    stream: &CudaStream,
-    dst: &mut [u8],
-    src: DeviceRange,
-) -> Result<(), DriverError> {
-    check_lengths(dst.len(), src.bytes)?;
-    stream.context().bind_to_thread()?;
-    // SAFETY: `src` is a live allocation of `dst.len()` bytes; `dst` stays mutably borrowed
-    // until the stream is synchronized below, so the driver writes only while we hold it.
-    unsafe {
-        sys::cuMemcpyDtoHAsync_v2(
-            dst.as_mut_ptr().cast(),
-            src.ptr,
-            dst.len(),
-            stream.cu_stream(),
-        )
-        .result()?;
-    }
-    stream.synchronize()
-}
-
-/// Free and total device memory of the context's device, in bytes.
-pub(crate) fn mem_info(ctx: &CudaContext) -> Result<(usize, usize), DriverError> {
-    ctx.bind_to_thread()?;
-    result::mem_get_info()
 }
 
 /// The stream-ordered memory pool the device allocates from (cudarc's `alloc` uses it).
@@ -661,14 +630,14 @@ impl ExecGraph {
     }
 
     /// Launches the executable on its stream.
-    pub(crate) fn launch(&self) -> Result<(), DriverError> {
+    pub fn launch(&self) -> Result<(), DriverError> {
         // SAFETY: `exec` and `stream` live as long as `self`; the buffers the graph reads and
         // writes are owned by the runner or pool that owns this graph (see `capture.rs`).
         unsafe { result::graph::launch(self.exec, self.stream.cu_stream()) }
     }
 
     /// Nodes in the graph (kernels, copies, memsets).
-    pub(crate) fn node_count(&self) -> usize {
+    pub fn node_count(&self) -> usize {
         self.nodes
     }
 }
@@ -682,20 +651,6 @@ impl Drop for ExecGraph {
         // SAFETY: as above.
         ctx.record_err(unsafe { result::graph::destroy(self.graph) });
     }
-}
-
-/// Gives cuBLAS a workspace of `bytes` at `ptr`, so it never allocates on its own (illegal
-/// during capture).
-pub(crate) fn set_cublas_workspace(
-    blas: &cudarc::cublas::CudaBlas,
-    ptr: u64,
-    bytes: usize,
-) -> Result<(), String> {
-    // SAFETY: `ptr` is a live allocation of `bytes` owned by the runtime next to the handle and
-    // dropped after it (both live in the same `OnceCell` entry).
-    let status =
-        unsafe { cudarc::cublas::sys::cublasSetWorkspace_v2(*blas.handle(), ptr as *mut _, bytes) };
-    status.result().map_err(|e| format!("{e:?}"))
 }
 
 /// A range of device virtual addresses with physical memory mapped on demand

@@ -18,10 +18,11 @@ use std::sync::Arc;
 
 use cudarc::driver::CudaStream;
 
-use crate::alloc::AllocShared;
 use crate::error::{Error, Result};
 use crate::ffi::{self, MemPool};
 pub use crate::policy::{RECLAIM_ENV, ReclaimPolicy};
+use crate::routing::PoolRouter;
+use crate::seal::Seal;
 
 /// Per device: open scopes in this process and the release threshold the first one found. The
 /// pool's threshold is device state, so with runtimes capturing on several threads the first
@@ -33,7 +34,7 @@ pub struct FreezeScope<'rt> {
     stream: Arc<CudaStream>,
     /// The runtime's allocation state, whose parked drops the scope frees (none for a foreign
     /// backend's stream, which parks nothing).
-    parked: Option<&'rt AllocShared>,
+    parked: Option<&'rt PoolRouter>,
     pool: MemPool,
     saved_threshold: u64,
     policy: ReclaimPolicy,
@@ -43,10 +44,13 @@ pub struct FreezeScope<'rt> {
 }
 
 impl<'rt> FreezeScope<'rt> {
-    /// The scope for captures on `stream` (its caller checked that nothing captures there).
-    pub(crate) fn on_stream(
+    /// The scope for captures on `stream` (its caller checked that nothing captures there),
+    /// freeing the buffers `parked` parks, if given (a pool-mode device's router). The seal
+    /// makes it a backend's call: it synchronizes and trims the device's memory pools.
+    pub fn on_stream(
+        _: Seal,
         stream: Arc<CudaStream>,
-        parked: Option<&'rt AllocShared>,
+        parked: Option<&'rt PoolRouter>,
         policy: ReclaimPolicy,
     ) -> Result<Self> {
         let pool =

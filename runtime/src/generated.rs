@@ -76,21 +76,22 @@ pub const fn function_id(module: &str, name: &str, salt: u64) -> u64 {
 
 /// The identity of an annotated function, as a type: `H` hashes its module path, its name and
 /// its tokens (see [`function_id`]); `M` is the `Self` type of a method (`()` for a free
-/// function), so every instance of a generic `impl<T> Model<T>` gets its own. A runner's
-/// fourth parameter: the generated `<fn>_graphs` returns a `Runner<'_, N, S, FunctionId<H, M>>`
-/// and `<fn>_graphs_refresh` takes only that type. Never constructed; it names.
+/// function), so every instance of a generic `impl<T> Model<T>` gets its own. The `F` of an
+/// [`FnRunner`](crate::FnRunner): the generated `<fn>_graphs` returns an
+/// `FnRunner<'_, FunctionId<H, M>, N, S, B>` and `<fn>_graphs_refresh` takes only that type.
+/// Never constructed; it names.
 pub struct FunctionId<const H: u64, M: ?Sized = ()>(std::marker::PhantomData<fn(&M)>);
 
-/// Types `runner`, an untyped runner the generated `<fn>_graphs` just built, as the runner of
-/// function `G` (its [`FunctionId`]). For the code `#[cuda_graph]` generates: called by hand,
-/// it forges an identity, which the generated refresh trusts to mean "this function's graphs".
-/// No memory safety rests on it ([`Runner::refresh`](crate::Runner::refresh) takes any forward
-/// of the runner's signature), only the guard against refreshing one function's graphs with
+/// `runner`, which the generated `<fn>_graphs` just built, as the runner of function `G` (its
+/// [`FunctionId`]). For the code `#[cuda_graph]` generates: called by hand, it forges an
+/// identity, which the generated refresh trusts to mean "this function's graphs". No memory
+/// safety rests on it ([`Runner::refresh`](crate::Runner::refresh) takes any forward of the
+/// runner's signature), only the guard against refreshing one function's graphs with
 /// another's.
 pub fn identify<'m, G, const N: usize, S: 'm, B: crate::Backend>(
-    runner: crate::Runner<'m, N, S, (), B>,
-) -> crate::Runner<'m, N, S, G, B> {
-    runner.retyped()
+    runner: crate::Runner<'m, N, S, B>,
+) -> crate::FnRunner<'m, G, N, S, B> {
+    crate::FnRunner::new(runner)
 }
 
 #[cfg(test)]

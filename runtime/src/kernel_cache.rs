@@ -42,7 +42,7 @@ pub struct KernelCacheStats {
 /// `static` (not its name: a user's module named like a built-in one must not replace the
 /// kernel a built-in launcher launches with its own argument list).
 #[derive(Debug, Default)]
-pub(crate) struct KernelCache {
+pub struct KernelCache {
     modules: RefCell<HashMap<usize, Arc<CudaModule>>>,
     functions: RefCell<HashMap<(usize, &'static str), CudaFunction>>,
     stats: RefCell<KernelCacheStats>,
@@ -55,7 +55,7 @@ fn key(module: &'static KernelModule) -> usize {
 
 impl KernelCache {
     /// The function `name` of `module`, compiling and loading the module at first use.
-    pub(crate) fn function(
+    pub fn function(
         &self,
         ctx: &Arc<CudaContext>,
         module: &'static KernelModule,
@@ -116,7 +116,7 @@ impl KernelCache {
     }
 
     /// How many modules came from the disk cache and how many were compiled.
-    pub(crate) fn stats(&self) -> KernelCacheStats {
+    pub fn stats(&self) -> KernelCacheStats {
         *self.stats.borrow()
     }
 }

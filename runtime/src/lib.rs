@@ -1,11 +1,26 @@
-//! The runtime of `cudagraph`: what the code `#[cuda_graph]` generates calls.
+//! The graph runtime of `cudagraph`: what the code `#[cuda_graph]` generates calls, for every
+//! backend.
+//!
+//! It holds the graph machinery and nothing else: dispatch of a batch to a captured size
+//! ([`dispatch`]), the runner (capture per size, replay, eager fallback, refresh, release;
+//! [`Runner`]), the static inputs a replay copies into, the graph pool ([`GraphPool`]: arena,
+//! chunks, release and resume) and the router that serves a pool-mode device's allocations from
+//! it ([`routing`]), pool-mode capture ([`pool_capture`]), graph-memory-node mode
+//! ([`backend::nodes`]), the freeze scope ([`FreezeScope`]), statistics and size advice, the
+//! backend seam ([`Backend`], [`BackendOps`](backend::BackendOps)) with the plain-cudarc and
+//! candle adapters, and the driver FFI these need.
+//!
+//! What it must not import: any tensor library of its own, GEMM, NCCL, or the crates above it
+//! (`cudagraph-kernels`, the facade, the models). cudagraph's native tensors (`Runtime`,
+//! `Tensor`, the ops) live in `cudagraph-kernels`, which implements the seam for them.
 //!
 //! One call, followed from the top: a [`Runner`] (built by the generated `<fn>_graphs`
-//! constructor) captures one graph per size inside a [`FreezeScope`]; each capture
-//! ([`capture`](mod@capture)) first warms up, measuring the memory it will need, then records with
-//! allocations served from the runner's [`GraphPool`]; at run time [`dispatch`] maps the batch to a
-//! captured size with a table lookup and copies the inputs into static buffers; the graph replays
-//! and an [`Output`] borrows the runner.
+//! constructor) captures one graph per size inside a [`FreezeScope`]; the backend captures
+//! each size (pool mode: warm up, measuring the memory it will need, then record with
+//! allocations served from the runner's [`GraphPool`]; node mode: the driver's graph memory
+//! nodes); at run time [`dispatch`] maps the batch to a captured size with a table lookup and
+//! the static inputs take a copy of the call's inputs; the graph replays and an [`Output`]
+//! borrows the runner.
 #![deny(
     unsafe_op_in_unsafe_fn,
     clippy::undocumented_unsafe_blocks,
@@ -13,63 +28,47 @@
 )]
 
 pub mod advice;
-mod alloc;
 pub mod arena;
 pub mod backend;
-pub mod capture;
-mod context;
-mod cublaslt;
-pub mod dependent_launch;
 pub mod dispatch;
 mod dtype;
 mod error;
-mod ffi;
+pub mod ffi;
 pub mod freeze;
-pub mod gemm;
-mod gemm_algo;
-mod gemm_lt;
 mod generated;
 mod kernel_cache;
-#[cfg(feature = "nccl")]
-pub mod nccl;
-mod nvrtc;
+pub mod nvrtc;
 pub mod policy;
 pub mod pool;
+pub mod pool_capture;
+pub mod routing;
 mod runner;
+mod seal;
 mod shape;
 mod static_args;
 mod static_inputs;
 pub mod stats;
-mod tensor;
-pub mod testing;
 
 pub use advice::{SizeAdvice, advise_sizes};
 #[cfg(feature = "candle")]
 pub use backend::candle::Candle;
 pub use backend::nodes::GraphMemoryUsage;
 pub use backend::raw::CudaTensor;
-pub use backend::{Backend, Device, Native};
-pub use capture::{CaptureTiming, Graph, Warmup};
-pub use context::{CUBLAS_WORKSPACE_BYTES, Runtime};
-pub use dispatch::{GraphPlan, InputSpec, OnCaptureError, PadValue, SizeTable};
+pub use backend::{Backend, Device, Seal};
+pub use dispatch::{GraphPlan, InputSpec, OnCaptureError, PadValue, SizeTable, SpecSource};
 pub use dtype::{DType, Element};
 pub use error::{BoxError, Error, ForwardResult, OpSite, Result, forward_result};
 pub use freeze::{FreezeScope, ReclaimPolicy};
-pub use gemm::{CUBLASLT_ENV, GEMM_ENV, GemmBackend, GemmTnBf16, LtOutcome};
-pub use gemm_algo::GemmAlgoStats;
-/// The `n` bucket of a GEMM (see [`gemm`]): exported for measurements.
-#[doc(hidden)]
-pub use gemm_algo::n_bucket as gemm_n_bucket;
-#[doc(hidden)]
-pub use gemm_lt::{GemmLtProbe, ProbeAlgo, ProbeCheck};
 pub use generated::FunctionId;
-pub use kernel_cache::{KernelCacheStats, KernelModule, nvrtc_available};
+pub use kernel_cache::{KernelCache, KernelCacheStats, KernelModule, nvrtc_available};
 pub use pool::GraphPool;
-pub use runner::{EagerFn, MemoryEstimate, NoStatics, Output, RefreshError, RefreshReport, Runner};
+pub use pool_capture::{CaptureTiming, Warmup};
+pub use runner::{
+    EagerFn, FnRunner, MemoryEstimate, NoStatics, Output, RefreshError, RefreshReport, Runner,
+};
 pub use shape::{MAX_RANK, MAX_TENSOR_BYTES, Shape};
 pub use static_args::{StaticArg, StaticArgs};
 pub use stats::{FallbackReason, RunnerStats, SizeStats};
-pub use tensor::{Tensor, TensorView};
 
 /// What the code `#[cuda_graph]` generates calls and users don't.
 #[doc(hidden)]
@@ -79,4 +78,8 @@ pub mod __private {
 }
 
 /// cudarc, re-exported for kernel launchers (`LaunchConfig`, `PushKernelArg`, ...).
+///
+/// cudarc's own graph API (`CudaStream::begin_capture`, `CudaGraph`) is reachable through it:
+/// it is safe in cudarc and tracks no lifetimes, so a graph captured with it directly is
+/// cudarc's, outside every guarantee of this crate.
 pub use cudarc;

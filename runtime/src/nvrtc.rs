@@ -15,7 +15,7 @@ use cudarc::nvrtc::{result, sys};
 pub(crate) const OPTIONS: &[&str] = &["--std=c++17"];
 
 /// 64-bit FNV-1a over several byte strings (separated, so ("ab","c") != ("a","bc")).
-pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
+pub fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for &byte in part.iter().chain(&[0xFF]) {
@@ -36,7 +36,7 @@ pub(crate) fn version() -> Result<String, String> {
 }
 
 /// The cache folder, or `None` when disabled or no home is known.
-pub(crate) fn cache_dir() -> Option<PathBuf> {
+pub fn cache_dir() -> Option<PathBuf> {
     match std::env::var_os("CUDAGRAPH_CACHE_DIR") {
         Some(v) if v == "off" => None,
         Some(v) if !v.is_empty() => Some(PathBuf::from(v)),

@@ -113,12 +113,12 @@ impl GraphPool {
 
     /// Drops the pool's reference to `chunk` (its memory lives as long as other references:
     /// a tensor that escaped a capture there, and graphs the runner drops next).
-    pub(crate) fn forget(&mut self, chunk: &Arc<PoolChunk>) {
+    pub fn forget(&mut self, chunk: &Arc<PoolChunk>) {
         self.chunks.retain(|c| !Arc::ptr_eq(c, chunk));
     }
 
     /// Whether `chunk` is still one of the pool's (not forgotten).
-    pub(crate) fn holds(&self, chunk: &Arc<PoolChunk>) -> bool {
+    pub fn holds(&self, chunk: &Arc<PoolChunk>) -> bool {
         self.chunks.iter().any(|c| Arc::ptr_eq(c, chunk))
     }
 
@@ -140,7 +140,7 @@ impl GraphPool {
     /// Unmaps every chunk's physical memory, giving it back to the driver; addresses stay
     /// reserved. Each chunk first waits for the stream that uses it (so queued replays finish);
     /// the caller must not replay until [`resume`](Self::resume).
-    pub(crate) fn release(&self) -> Result<()> {
+    pub fn release(&self) -> Result<()> {
         for chunk in &self.chunks {
             chunk
                 .memory()
@@ -152,7 +152,7 @@ impl GraphPool {
 
     /// Maps fresh physical memory back at the same addresses (contents undefined: graphs
     /// rewrite every intermediate and output on their next replay).
-    pub(crate) fn resume(&self) -> Result<()> {
+    pub fn resume(&self) -> Result<()> {
         for chunk in &self.chunks {
             chunk
                 .memory()
@@ -174,8 +174,9 @@ impl GraphPool {
 }
 
 impl GraphPool {
-    /// Fills every chunk with `0xFF` bytes (test aid; see `Runner::poison_pool`).
-    pub(crate) fn poison(&self, stream: &CudaStream) -> Result<()> {
+    /// Fills every chunk with `0xFF` bytes, ordered on `stream` (test aid; see
+    /// `Runner::poison_pool`).
+    pub fn poison(&self, stream: &CudaStream) -> Result<()> {
         for chunk in &self.chunks {
             crate::ffi::fill_bytes(
                 stream,

@@ -78,3 +78,42 @@ impl fmt::Debug for Shape {
         write!(f, "{:?}", self.dims())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Element counts never wrap: the review's `[2^63 + 1, 2]` (2 elements after wrapping in
+    /// release) and every shape past `isize::MAX` bytes are errors.
+    #[test]
+    fn overflowing_shapes_are_errors() {
+        assert!(Shape::new(&[(1 << 63) + 1, 2]).is_err());
+        assert!(Shape::new(&[usize::MAX]).is_err());
+        assert!(Shape::new(&[1 << 31, 1 << 31]).is_err());
+        assert!(Shape::new(&[1 << 21, 1 << 20, 1 << 20]).is_err());
+        assert!(
+            Shape::new(&[1 << 20, 1 << 20, 1 << 20]).is_ok(),
+            "2^62 bytes fit"
+        );
+        assert!(
+            Shape::new(&[0, usize::MAX]).is_err(),
+            "its rows would still overflow"
+        );
+        assert_eq!(Shape::new(&[0, 7]).unwrap().numel(), 0);
+        let ok = Shape::new(&[1 << 20, 1 << 20]).unwrap();
+        assert_eq!(ok.numel(), 1 << 40);
+        assert!(ok.with_rows(usize::MAX).is_err());
+    }
+
+    #[test]
+    fn shape_rank_limit() {
+        assert!(Shape::new(&[1; crate::shape::MAX_RANK]).is_ok());
+        assert!(Shape::new(&[1; crate::shape::MAX_RANK + 1]).is_err());
+        assert_eq!(Shape::new(&[2, 3, 4]).unwrap().numel(), 24);
+        assert_eq!(Shape::new(&[]).unwrap().numel(), 1);
+        assert_eq!(
+            Shape::new(&[5, 3]).unwrap().with_rows(2).unwrap().dims(),
+            &[2, 3]
+        );
+    }
+}

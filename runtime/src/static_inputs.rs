@@ -2,10 +2,10 @@
 //! graph reads a prefix of them; each call's inputs are copied in, and padded, before a replay.
 
 use crate::backend::Backend;
-use crate::backend::Seal;
 use crate::dispatch::{InputSpec, PadValue};
 use crate::error::{Error, Result};
 use crate::ffi::{self, DeviceRange, PadJob};
+use crate::seal::Seal;
 
 /// The runtime's own kernel: all of a replay's input copies in one launch.
 static PAD_COPY: crate::KernelModule = crate::KernelModule {

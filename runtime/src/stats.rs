@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::capture::CaptureTiming;
+use crate::pool_capture::CaptureTiming;
 
 /// Figures for one captured size.
 #[derive(Debug, Clone, Default, PartialEq)]

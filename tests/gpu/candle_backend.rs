@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use candle_core::backend::BackendDevice;
 use candle_core::{CudaDevice, DType, Device, Tensor};
-use cudagraph::models::candle_decoder::{CandleDecoder, CandleDecoderConfig};
 use cudagraph::{GraphMemoryUsage, InputSpec};
+use cudagraph_models::candle_decoder::{CandleDecoder, CandleDecoderConfig};
 
 use crate::common::{Rng, fresh_seed, gpu};
 
@@ -150,9 +150,9 @@ fn candle_decoder_replays_like_eager() {
 #[cfg(feature = "candle-transformers")]
 #[test]
 fn candle_bert_replays_like_eager() {
-    use candle_nn::{VarBuilder, VarMap};
-    use candle_transformers::models::bert::{BertModel, Config};
     use cudagraph::cuda_graph;
+    use cudagraph_models::candle_nn::{VarBuilder, VarMap};
+    use cudagraph_models::candle_transformers::models::bert::{BertModel, Config};
 
     struct Bert {
         model: BertModel,

@@ -2,9 +2,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use cudagraph::models::llama::LlamaConfig;
 use cudagraph::testing::gpu_or_skip;
 use cudagraph::{Result, Runtime, Tensor};
+use cudagraph_models::llama::LlamaConfig;
 use half::bf16;
 
 /// A runtime, or `None` after printing why the test skips.

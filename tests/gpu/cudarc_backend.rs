@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cudagraph::cudarc::driver::{CudaContext, CudaSlice, CudaStream};
-use cudagraph::models::cudarc_mlp::{CudarcMlp, MlpDims, capture_stream, random_values};
 use cudagraph::{
     BoxError, CudaTensor, DType, Error, GraphMemoryUsage, GraphPlan, InputSpec, Result, Runner,
     cuda_graph,
 };
+use cudagraph_models::cudarc_mlp::{CudarcMlp, MlpDims, capture_stream, random_values};
 
 use crate::common::{Rng, fresh_seed, gpu};
 
@@ -134,7 +134,7 @@ fn cudarc_graph_memory_is_measured_and_released() {
         drop(scratch);
         CudaTensor::from_slice(y, &[rows, 4])
     };
-    let mut graphs = Runner::capture_on(
+    let mut graphs = Runner::capture(
         &stream,
         GraphPlan::new("scratch", &sizes, 0).unwrap(),
         [InputSpec::new(DType::F32, &[4]).unwrap()],
@@ -205,7 +205,7 @@ fn cudarc_event_tracking_is_refused() {
         return;
     }
     let build = |stream: &Arc<CudaStream>| {
-        Runner::capture_on(
+        Runner::capture(
             stream,
             GraphPlan::new("refused", &[1, 2], 0).unwrap(),
             [InputSpec::new(DType::F32, &[4]).unwrap()],
@@ -267,7 +267,7 @@ fn cudarc_escapes_and_foreign_frees_are_capture_errors() {
 
     // Frees, under capture only, a buffer allocated before the capture.
     let outside = RefCell::new(Some(stream.alloc_zeros::<f32>(16).unwrap()));
-    let err = Runner::capture_on(
+    let err = Runner::capture(
         &stream,
         GraphPlan::new("freer", &[2], 0).unwrap(),
         spec(),
@@ -374,7 +374,7 @@ fn cudarc_fallback_output_of_another_stream_is_refused() {
     };
     let other = stream.context().new_stream().unwrap();
     let plan = GraphPlan::new("other_stream_fallback", &[1, 2], 0).unwrap();
-    let mut graphs = Runner::capture_on(
+    let mut graphs = Runner::capture(
         &stream,
         plan,
         [InputSpec::new(DType::F32, &[4]).unwrap()],

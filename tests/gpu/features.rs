@@ -1,8 +1,8 @@
 //! What no other tool gives: the memory estimate before committing, size advice from traffic,
 //! and refresh of every graph for new weights without a new capture.
 
-use cudagraph::models::llama::{Llama, LlamaConfig};
 use cudagraph::{GraphPlan, Result, Runner};
+use cudagraph_models::llama::{Llama, LlamaConfig};
 
 use crate::common::{
     Rng, assert_graph_matches_eager, download_f32, draw_decode_inputs as draw, fresh_seed, gpu,

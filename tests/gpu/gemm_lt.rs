@@ -15,12 +15,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cudagraph::kernels::reference as r;
-use cudagraph::models::hf::synthetic::ScratchDir;
 use cudagraph::ops;
 use cudagraph::{
     DType, GemmAlgoStats, GemmBackend, GemmLtProbe, GraphPlan, InputSpec, ProbeAlgo, Result,
     Runner, Runtime, Tensor,
 };
+use cudagraph_models::hf::synthetic::ScratchDir;
 use half::bf16;
 
 use crate::common::{Rng, assert_close, download_f32, fresh_seed, gpu, upload_bf16};

@@ -7,14 +7,14 @@ use std::fs::OpenOptions;
 use std::path::Path;
 
 use cudagraph::kernels::reference as r;
-use cudagraph::models::hf::synthetic::{
-    ScratchDir, SynthTensor, Synthetic, write_json, write_safetensors,
-};
-use cudagraph::models::hf::{self, Checkpoint, ConfigDtype, Family, LoadError};
-use cudagraph::models::llama::Llama;
-use cudagraph::models::reference::HostLlama;
 use cudagraph::ops::{self, AttentionShape, QkNorm};
 use cudagraph::{Result, Runtime, Tensor};
+use cudagraph_models::hf::synthetic::{
+    ScratchDir, SynthTensor, Synthetic, write_json, write_safetensors,
+};
+use cudagraph_models::hf::{self, Checkpoint, ConfigDtype, Family, LoadError};
+use cudagraph_models::llama::Llama;
+use cudagraph_models::reference::HostLlama;
 
 use crate::common::{
     Rng, assert_close, assert_graph_matches_eager, download_f32, fresh_seed, gpu, rel_error,

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use cudagraph::Result;
-use cudagraph::models::llama::{Llama, LlamaConfig};
+use cudagraph_models::llama::{Llama, LlamaConfig};
 
 use crate::common::{
     BF16_TOL, Rng, assert_graph_matches_eager, download_f32, draw_decode_inputs as draw,

@@ -4,12 +4,12 @@
 //! one decode step per token.
 
 use cudagraph::kernels::reference as r;
-use cudagraph::models::hf::synthetic::{ScratchDir, Synthetic};
-use cudagraph::models::hf::{Checkpoint, Family};
-use cudagraph::models::llama::Llama;
-use cudagraph::models::reference::HostLlama;
 use cudagraph::ops::{self, AttentionShape, PrefillChunk, QkNorm, RopeScaling, YarnParams};
 use cudagraph::{Result, Runtime};
+use cudagraph_models::hf::synthetic::{ScratchDir, Synthetic};
+use cudagraph_models::hf::{Checkpoint, Family};
+use cudagraph_models::llama::Llama;
+use cudagraph_models::reference::HostLlama;
 use half::bf16;
 
 use crate::common::{Rng, assert_close, download_f32, fresh_seed, gpu, rel_error, upload_bf16};

@@ -5,12 +5,12 @@ use std::cell::{Cell, RefCell};
 
 use cudagraph::cudarc::driver::{CudaSlice, result as cu};
 use cudagraph::kernels::reference::linear_ref;
-use cudagraph::models::llama::{Llama, LlamaConfig};
 use cudagraph::ops;
 use cudagraph::{
     DType, Error, FallbackReason, GraphPlan, InputSpec, OnCaptureError, Result, Runner, Runtime,
     Tensor,
 };
+use cudagraph_models::llama::{Llama, LlamaConfig};
 
 use crate::common::{
     Rng, assert_close, assert_graph_matches_eager, download_f32, fresh_seed, gpu, upload_bf16,

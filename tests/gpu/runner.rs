@@ -1,8 +1,8 @@
 //! The runner end to end on the tiny Llama: every captured size and some uncaptured ones,
 //! graph output against eager output.
 
-use cudagraph::models::llama::{Llama, LlamaConfig};
 use cudagraph::{DType, FallbackReason, InputSpec, Result, Runtime};
+use cudagraph_models::llama::{Llama, LlamaConfig};
 
 use crate::common::{
     Rng, assert_graph_matches_eager, download_f32, draw_decode_inputs as draw, fresh_seed, gpu,
@@ -10,10 +10,10 @@ use crate::common::{
 };
 
 /// Graph at `n` vs eager at `n` on fresh inputs, with the pool and eager outputs poisoned.
-fn check_size<F>(
+fn check_size(
     rt: &Runtime,
     model: &Llama,
-    graphs: &mut cudagraph::Runner<'_, 2, (), F>,
+    graphs: &mut cudagraph::Runner<'_, 2>,
     rng: &mut Rng,
     n: usize,
 ) -> Result<(bool, f64, Vec<f32>)> {

@@ -5,10 +5,10 @@
 use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use cudagraph::models::llama::{Llama, LlamaConfig};
 use cudagraph::{
     DType, Error, GraphPlan, InputSpec, PadValue, Result, Runner, Runtime, Tensor, cuda_graph, ops,
 };
+use cudagraph_models::llama::{Llama, LlamaConfig};
 use half::bf16;
 
 use crate::common::{Rng, download_f32, draw_decode_inputs as draw, fresh_seed, gpu, upload_bf16};

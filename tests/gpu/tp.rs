@@ -8,11 +8,11 @@
 
 use std::sync::Mutex;
 
-use cudagraph::models::llama::{Llama, LlamaConfig};
-use cudagraph::models::tp::{self, NcclComm, NcclId, run_ranks};
-use cudagraph::models::weights::LlamaWeights;
 use cudagraph::testing::REQUIRE_GPU_ENV;
 use cudagraph::{Result, Runtime};
+use cudagraph_models::llama::{Llama, LlamaConfig};
+use cudagraph_models::tp::{self, NcclComm, NcclId, run_ranks};
+use cudagraph_models::weights::LlamaWeights;
 
 use crate::common::{Rng, download_f32, fresh_seed, gpu, rel_error};
 use crate::tp_launch::{Case, Launch, Model, RankOut, config, run_tp2};

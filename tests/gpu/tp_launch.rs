@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use cudagraph::models::hf::synthetic::ScratchDir;
-use cudagraph::models::llama::LlamaConfig;
-use cudagraph::models::tp::{self, NcclId, Rank, TpLlama, run_rank_process, run_ranks};
-use cudagraph::models::weights::LlamaWeights;
 use cudagraph::{Result, Runtime};
+use cudagraph_models::hf::synthetic::ScratchDir;
+use cudagraph_models::llama::LlamaConfig;
+use cudagraph_models::tp::{self, NcclId, Rank, TpLlama, run_rank_process, run_ranks};
+use cudagraph_models::weights::LlamaWeights;
 
 use crate::common::download_f32;
 

@@ -1,11 +1,11 @@
 //! Attention geometry ([`AttentionShape`]), the KV-cache checks shared with
 //! [`rope_kv_write`](super::rope_kv_write), and decode attention.
 
+use crate::{DType, Error, Result, Runtime, Tensor};
 use cudagraph_runtime::cudarc::driver::LaunchConfig;
-use cudagraph_runtime::{DType, Error, Result, Runtime, Tensor};
 
+use super::cache_rows::CacheRows;
 use super::check;
-use super::prefill::CacheRows;
 use super::rope_scaling::RopeScaling;
 use crate::ffi::{self, Arg};
 use crate::modules::{ATTENTION, names};
@@ -197,17 +197,6 @@ pub(crate) fn check_positions(
                 "`positions` must have shape [{n}] (one per row), got {:?}",
                 positions.shape()
             ),
-        ));
-    }
-    Ok(())
-}
-
-/// Checks that the cache has a slot for each of the `n` rows.
-pub(crate) fn check_slots(op: &'static str, slots: usize, n: usize) -> Result<()> {
-    if slots < n {
-        return Err(Error::invalid(
-            op,
-            format!("the KV cache has {slots} slots for a batch of {n} rows (row b uses slot b)"),
         ));
     }
     Ok(())

@@ -1,8 +1,8 @@
 //! Argument checks and launch-size helpers shared by the op launchers. Every failure is an
 //! [`Error::InvalidArgument`](cudagraph_runtime::Error) naming the op: never a panic.
 
+use crate::{DType, Error, Result, Runtime, Tensor};
 use cudagraph_runtime::cudarc::driver::LaunchConfig;
-use cudagraph_runtime::{DType, Error, Result, Runtime, Tensor};
 
 /// Threads per block of the 1-D grid-stride kernels.
 pub(crate) const ELEMENTWISE_BLOCK: u32 = 256;

@@ -1,7 +1,7 @@
 //! Column ranges of row-major tensors: [`concat`] two tensors along their last dimension, and
 //! [`split`] one into two. Both copy (the results are new tensors, not views).
 
-use cudagraph_runtime::{DType, Error, Result, Runtime, Tensor};
+use crate::{DType, Error, Result, Runtime, Tensor};
 
 use super::check;
 use crate::ffi::{self, Arg};
@@ -12,7 +12,7 @@ use crate::modules::{ELEMENTWISE, names};
 ///
 /// ```no_run
 /// # use cudagraph_kernels::ops;
-/// # use cudagraph_runtime::{DType, Runtime};
+/// # use cudagraph_kernels::{DType, Runtime};
 /// # fn main() -> cudagraph_runtime::Result<()> {
 /// let rt = Runtime::new(0)?;
 /// let (gate, up) = (rt.zeros(&[4, 8], DType::BF16)?, rt.zeros(&[4, 8], DType::BF16)?);

@@ -1,7 +1,7 @@
 //! Elementwise ops: SwiGLU activation, adds, products and scaling, embedding lookup, random
 //! fills and casts.
 
-use cudagraph_runtime::{DType, Error, Result, Runtime, Tensor};
+use crate::{DType, Error, Result, Runtime, Tensor};
 
 use super::check;
 use crate::ffi::{self, Arg};

@@ -12,7 +12,7 @@
 //! added in another order, so their results may differ by one bf16 ulp. A captured graph and
 //! an eager call of the same batch size take the same path.
 
-use cudagraph_runtime::{DType, Error, Result, Runtime, Tensor};
+use crate::{DType, Error, Result, Runtime, Tensor};
 
 use super::check;
 use super::gemv::{self, GemvSizes, Prologue};

@@ -10,9 +10,9 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+use crate::{Result, Runtime, Tensor};
 use cudagraph_runtime::cudarc::driver::sys::CUfunction_attribute;
 use cudagraph_runtime::cudarc::driver::{CudaFunction, LaunchConfig};
-use cudagraph_runtime::{Result, Runtime, Tensor};
 
 use super::check;
 use crate::ffi::{self, Arg};

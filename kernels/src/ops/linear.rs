@@ -3,7 +3,7 @@
 //! (`cu/gemv.cu`, bias fused) whatever the backend; larger ones go through the runtime's GEMM
 //! backend ([`GemmBackend`]): cuBLAS or the built-in kernel (`cu/gemm.cu`).
 
-use cudagraph_runtime::{DType, Error, GemmBackend, Result, Runtime, Tensor};
+use crate::{DType, Error, GemmBackend, Result, Runtime, Tensor};
 
 use super::check;
 use super::elementwise::add_bias_impl;
@@ -27,7 +27,7 @@ const BUILTIN_THREADS: u32 = 32 * 8;
 ///
 /// ```no_run
 /// use cudagraph_kernels::ops;
-/// use cudagraph_runtime::{DType, Runtime};
+/// use cudagraph_kernels::{DType, Runtime};
 /// # fn main() -> cudagraph_runtime::Result<()> {
 /// let rt = Runtime::new(0)?;
 /// let w = rt.zeros(&[256, 1024], DType::BF16)?; // [out, in]

@@ -1,7 +1,7 @@
 //! RMS norm and the fused residual-add + RMS norm.
 
+use crate::{DType, Error, Result, Runtime, Tensor};
 use cudagraph_runtime::cudarc::driver::LaunchConfig;
-use cudagraph_runtime::{DType, Error, Result, Runtime, Tensor};
 
 use super::check;
 use crate::ffi::{self, Arg};

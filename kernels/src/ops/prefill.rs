@@ -7,65 +7,11 @@
 //! slot's positions `0..=p` (the chunk's earlier rows and whatever the slot held before it, so a
 //! long prompt can be prefilled in chunks). Same kernels as the decode ops, with a slot index.
 
-use cudagraph_runtime::{Error, Result, Runtime, Tensor};
+use crate::{Result, Runtime, Tensor};
 
-use super::attention::{AttentionShape, attention_impl, check_slots};
+use super::attention::{AttentionShape, attention_impl};
+use super::cache_rows::{CacheRows, PrefillChunk};
 use super::rope::{QkNorm, rope_kv_write_impl};
-
-/// Where a prefill chunk goes: the KV-cache slot of its sequence, and the sequence's length
-/// once the chunk is in (for a dynamic RoPE scaling, which transformers computes from the
-/// longest position of a forward: [`RopeScaling::Dynamic`](super::RopeScaling::Dynamic)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PrefillChunk {
-    /// The sequence's KV-cache slot (`< slots`).
-    pub slot: usize,
-    /// The sequence's length after this chunk: its last position + 1 (a whole prompt: the
-    /// prompt's length).
-    pub seq_len: usize,
-}
-
-/// Which KV-cache slot each row of a forward uses.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum CacheRows<'a> {
-    /// Row `b` uses slot `b` (a decode step of `n` sequences).
-    PerRow,
-    /// Every row uses the chunk's slot.
-    Chunk(&'a PrefillChunk),
-}
-
-impl CacheRows<'_> {
-    /// Checks the rows against a cache of `slots` slots; returns the kernels' `slot` (-1: per
-    /// row) and `min_len` (0 in a decode step) arguments.
-    pub(crate) fn check(&self, op: &'static str, slots: usize, n: usize) -> Result<(i32, i32)> {
-        match self {
-            CacheRows::PerRow => {
-                check_slots(op, slots, n)?;
-                Ok((-1, 0))
-            }
-            CacheRows::Chunk(chunk) => {
-                if chunk.slot >= slots {
-                    return Err(Error::invalid(
-                        op,
-                        format!(
-                            "prefill slot {} is outside the KV cache's {slots} slots",
-                            chunk.slot
-                        ),
-                    ));
-                }
-                let seq_len = i32::try_from(chunk.seq_len).map_err(|_| {
-                    Error::invalid(
-                        op,
-                        format!("seq_len {} does not fit a 32-bit int", chunk.seq_len),
-                    )
-                })?;
-                let slot = i32::try_from(chunk.slot).map_err(|_| {
-                    Error::invalid(op, format!("slot {} does not fit a 32-bit int", chunk.slot))
-                })?;
-                Ok((slot, seq_len))
-            }
-        }
-    }
-}
 
 /// [`rope_kv_write`](super::rope_kv_write) (with `norm`:
 /// [`rope_kv_write_qk_norm`](super::rope_kv_write_qk_norm)) for the rows of one prefill chunk:
@@ -110,7 +56,7 @@ pub fn rope_kv_write_prefill(
 /// returns bf16 `[n, q_heads * head_dim]`.
 ///
 /// ```no_run
-/// # use cudagraph_runtime::{DType, Runtime};
+/// # use cudagraph_kernels::{DType, Runtime};
 /// # use cudagraph_kernels::ops::{self, AttentionShape, PrefillChunk, RopeScaling};
 /// # fn main() -> cudagraph_runtime::Result<()> {
 /// let rt = Runtime::new(0)?;

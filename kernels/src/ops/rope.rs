@@ -1,11 +1,11 @@
 //! Rotary position embedding fused with the KV-cache write of a decode step, optionally
 //! preceded by a per-head RMS norm of q and k (Qwen3).
 
-use cudagraph_runtime::{DType, Error, Result, Runtime, Tensor};
+use crate::{DType, Error, Result, Runtime, Tensor};
 
 use super::attention::{AttentionShape, check_caches, check_positions};
+use super::cache_rows::CacheRows;
 use super::check;
-use super::prefill::CacheRows;
 use crate::ffi::{self, Arg};
 use crate::modules::{ROPE, names};
 

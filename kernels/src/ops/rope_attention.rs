@@ -1,10 +1,9 @@
 //! RoPE, KV-cache write and decode attention of one decode step in one kernel launch.
 
-use cudagraph_runtime::{DType, Result, Runtime, Tensor};
+use crate::{DType, Result, Runtime, Tensor};
 
-use super::attention::{
-    AttentionShape, attention_launch, attention_scale, check_caches, check_slots,
-};
+use super::attention::{AttentionShape, attention_launch, attention_scale, check_caches};
+use super::cache_rows::check_slots;
 use super::check;
 use super::rope::{QkNorm, check_qk_norm, check_qkv};
 use super::rope_scaling::RopeScaling;
@@ -24,7 +23,7 @@ use crate::modules::{ATTENTION, names};
 /// Returns the attention output, bf16 `[n, q_heads * head_dim]`.
 ///
 /// ```no_run
-/// # use cudagraph_runtime::{DType, Runtime};
+/// # use cudagraph_kernels::{DType, Runtime};
 /// # use cudagraph_kernels::ops::{self, AttentionShape, RopeScaling};
 /// # fn main() -> cudagraph_runtime::Result<()> {
 /// let rt = Runtime::new(0)?;

@@ -12,7 +12,7 @@
 //! `longrope` (Phi-3) scales each dimension by its own factor from two lists in the config; it
 //! is not among these (the loader names it in its error).
 
-use cudagraph_runtime::{Error, Result};
+use crate::{Error, Result};
 
 use crate::ffi::Arg;
 

@@ -119,6 +119,18 @@ fn device_range(t: &Tensor) -> Result<DeviceRange> {
     })
 }
 
+impl crate::dispatch::SpecSource for Tensor {
+    type DType = CandleDType;
+
+    fn spec_dtype(&self) -> CandleDType {
+        self.dtype()
+    }
+
+    fn spec_dims(&self) -> &[usize] {
+        self.dims()
+    }
+}
+
 impl Backend for Candle {
     type Device = CudaDevice;
     type Tensor = Tensor;
@@ -167,7 +179,7 @@ unsafe impl BackendOps for Candle {
     }
 
     fn freeze(_: Seal, dev: &CudaDevice, policy: ReclaimPolicy) -> Result<FreezeScope<'_>> {
-        FreezeScope::on_stream(dev.cuda_stream(), None, policy)
+        FreezeScope::on_stream(Seal::new(), dev.cuda_stream(), None, policy)
     }
 
     fn new_memory(_: Seal, dev: &CudaDevice) -> NodeMemory<Candle> {

@@ -3,8 +3,9 @@
 //!
 //! The runner's core (dispatch, static inputs, capture per size, replay, fallback, refresh,
 //! release) is written against [`Backend`]; three implementations sit below it:
-//! - [`Native`]: cudagraph's own [`Runtime`](crate::Runtime) and [`Tensor`](crate::Tensor).
-//!   Capture-time tensors come from the runner's [`GraphPool`](crate::GraphPool) (pool mode).
+//! - `Native` (in `cudagraph-kernels`): cudagraph's own `Runtime` and `Tensor`. Capture-time
+//!   tensors come from the runner's [`GraphPool`](crate::GraphPool) (pool mode, through the
+//!   device's [`PoolRouter`](crate::routing::PoolRouter): see [`pool_capture`](crate::pool_capture)).
 //! - [`Raw`](raw::Raw): plain cudarc, a forward taking `&Arc<CudaStream>` and
 //!   [`CudaTensor`](raw::CudaTensor)s that wrap the user's own `CudaSlice`s.
 //! - `Candle` (feature `candle`): candle's `CudaDevice` and `Tensor`.
@@ -20,23 +21,20 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaFunction, CudaStream};
 
-use crate::capture::CaptureTiming;
 use crate::dispatch::{InputSpec, PadValue};
 use crate::error::Result;
 pub use crate::ffi::{DeviceRange, ExecGraph};
 use crate::freeze::FreezeScope;
 use crate::kernel_cache::KernelModule;
 use crate::policy::{ReclaimPolicy, Warmup};
+use crate::pool_capture::CaptureTiming;
 use crate::shape::Shape;
 
-mod native;
 pub mod nodes;
 pub mod raw;
 
 #[cfg(feature = "candle")]
 pub mod candle;
-
-pub use native::Native;
 
 /// What one capture of one size is asked to do.
 #[derive(Debug, Clone, Copy)]
@@ -54,25 +52,25 @@ pub struct CaptureRequest {
 /// One captured size, as a backend hands it to the runner.
 pub struct CapturedSize<B: BackendOps> {
     /// The executable graph.
-    pub(crate) exec: ExecGraph,
+    pub exec: ExecGraph,
     /// What the graph keeps alive and where its memory lies.
-    pub(crate) keep: B::GraphKeep,
+    pub keep: B::GraphKeep,
     /// Where its output lies.
-    pub(crate) output: B::OutputSlot,
+    pub output: B::OutputSlot,
     /// Where the capture's time went.
-    pub(crate) timing: CaptureTiming,
+    pub timing: CaptureTiming,
     /// Device bytes the graph needs for its intermediates and output.
-    pub(crate) need: usize,
+    pub need: usize,
 }
 
 /// A re-recorded size (what the backend's `rerecord` returns).
 pub struct Rerecorded<B: BackendOps> {
     /// What the graph now keeps.
-    pub(crate) keep: B::GraphKeep,
+    pub keep: B::GraphKeep,
     /// Where its output now lies.
-    pub(crate) output: B::OutputSlot,
+    pub output: B::OutputSlot,
     /// Whether the executable was updated in place (else re-instantiated).
-    pub(crate) in_place: bool,
+    pub in_place: bool,
 }
 
 /// The forward as the runner calls it during a capture: the static inputs' views of the
@@ -82,7 +80,8 @@ pub type CaptureBody<'a, B> =
 
 /// The tensors and device a forward is written with, and how graphs of it are captured.
 ///
-/// Implemented by [`Native`], [`raw::Raw`] and (feature `candle`) `candle::Candle`. What the
+/// Implemented by `Native` (cudagraph-kernels), [`raw::Raw`] and (feature `candle`)
+/// `candle::Candle`. What the
 /// runner does with tensors and devices (allocate static buffers, view rows, capture, make
 /// output views) is the supertrait [`BackendOps`], whose every function takes a [`Seal`]: only
 /// this crate can make one, so no user code can call them, by any path (a generic bound
@@ -103,21 +102,7 @@ pub trait Backend:
     type DType: Copy + PartialEq + std::fmt::Debug;
 }
 
-/// The proof that the caller of a [`BackendOps`] function is the runtime itself: its field is
-/// private, and no public function returns one, so code outside this crate can't call the
-/// runner's operations on tensors and devices (`narrow`, `duplicate`, `stream`, ...), even
-/// through a generic `B: Backend` bound. An implementation receives one per call and must not
-/// let it out of the call (see the contract of [`BackendOps`]).
-#[derive(Debug, Clone, Copy)]
-pub struct Seal(());
-
-impl Seal {
-    /// A seal: for this crate's calls into a backend.
-    pub(crate) const fn new() -> Self {
-        Seal(())
-    }
-}
-
+pub use crate::seal::Seal;
 pub use ops::BackendOps;
 
 /// The runner's operations on a backend's tensors and devices (see [`BackendOps`]).
@@ -283,7 +268,7 @@ mod ops {
     }
 }
 
-/// A forward's device argument type: names its [`Backend`] (`Runtime` → [`Native`],
+/// A forward's device argument type: names its [`Backend`] (`Runtime` → `Native` (cudagraph-kernels),
 /// `Arc<CudaStream>` → [`raw::Raw`], candle's `CudaDevice` → `candle::Candle`).
 pub trait Device {
     /// The backend whose device this is.

@@ -33,11 +33,11 @@ use std::time::Instant;
 use cudarc::driver::{CudaContext, CudaStream};
 
 use super::{Backend, CaptureBody, CaptureRequest, CapturedSize, Rerecorded};
-use crate::backend::Seal;
-use crate::capture::CaptureTiming;
 use crate::dispatch::InputSpec;
 use crate::error::{Error, Result};
 use crate::ffi::{self, DeviceRange, EndCaptureError, ExecGraph, MemoryNodes};
+use crate::pool_capture::CaptureTiming;
+use crate::seal::Seal;
 
 /// The driver's graph-memory figures for one device (`cuDeviceGetGraphMemAttribute`), in
 /// bytes: what graph memory nodes of every graph on the device use and reserve.

@@ -273,6 +273,18 @@ impl CudaTensor {
     }
 }
 
+impl crate::dispatch::SpecSource for CudaTensor {
+    type DType = DType;
+
+    fn spec_dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn spec_dims(&self) -> &[usize] {
+        self.dims()
+    }
+}
+
 impl Device for Arc<CudaStream> {
     type Backend = Raw;
 
@@ -398,7 +410,7 @@ unsafe impl BackendOps for Raw {
     }
 
     fn freeze(_: Seal, dev: &Arc<CudaStream>, policy: ReclaimPolicy) -> Result<FreezeScope<'_>> {
-        FreezeScope::on_stream(dev.clone(), None, policy)
+        FreezeScope::on_stream(Seal::new(), dev.clone(), None, policy)
     }
 
     fn new_memory(_: Seal, dev: &Arc<CudaStream>) -> NodeMemory<Raw> {

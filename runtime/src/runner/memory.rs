@@ -1,14 +1,14 @@
 //! A runner's graph memory: release and resume, the poison test aid, and the estimate made
 //! before committing to a capture.
 
-use super::Runner;
-use crate::backend::Seal;
+use super::run::Runner;
 use crate::backend::{Backend, Device};
 use crate::dispatch::{GraphPlan, InputSpec};
 use crate::error::{Error, Result};
+use crate::seal::Seal;
 use crate::static_args::StaticArgs;
 
-impl<const N: usize, S, F, B: Backend> Runner<'_, N, S, F, B> {
+impl<const N: usize, S, B: Backend> Runner<'_, N, S, B> {
     /// Gives the graph memory's physical memory back to the driver (and trims what the
     /// stream-ordered allocator and graph memory nodes cache), keeping every graph defined:
     /// with cudagraph's tensors the pool's virtual addresses stay reserved, so
@@ -88,11 +88,11 @@ impl MemoryEstimate {
     }
 }
 
-impl<'m, const N: usize, S: StaticArgs + 'm, B: Backend> Runner<'m, N, S, (), B> {
-    /// [`estimate`](Runner::estimate) on any backend (see [`capture_on`](Self::capture_on)).
+impl<'m, const N: usize, S: StaticArgs + 'm, B: Backend> Runner<'m, N, S, B> {
+    /// [`estimate`](Runner::estimate) on any backend (see [`capture`](Self::capture)).
     /// With graph memory nodes the figure is the graph's allocation nodes; the driver may
     /// reserve more (its granularity), which [`RunnerStats`](crate::RunnerStats) reports.
-    pub fn estimate_on<D>(
+    pub fn estimate<D>(
         dev: &'m D,
         plan: GraphPlan,
         specs: [InputSpec<B::DType>; N],
@@ -103,8 +103,7 @@ impl<'m, const N: usize, S: StaticArgs + 'm, B: Backend> Runner<'m, N, S, (), B>
         D: Device<Backend = B> + ?Sized,
     {
         let largest = plan.table.sizes().len().checked_sub(1);
-        let mut runner =
-            Runner::capture_on(dev, plan.with_lazy_capture(true), specs, statics, eager)?;
+        let mut runner = Runner::capture(dev, plan.with_lazy_capture(true), specs, statics, eager)?;
         let mut need = 0;
         if let Some(slot) = largest {
             runner.capture_slot(slot)?;

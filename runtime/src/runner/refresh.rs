@@ -3,13 +3,13 @@
 
 use std::time::Instant;
 
-use super::{EagerFn, RefreshError, RefreshReport, Runner, SizeGraph};
+use super::run::{EagerFn, Runner, SizeGraph};
 use crate::backend::Backend;
-use crate::backend::Seal;
 use crate::error::{Error, Result};
 use crate::policy::Warmup;
+use crate::seal::Seal;
 
-impl<'m, const N: usize, S: 'm, F, B: Backend> Runner<'m, N, S, F, B> {
+impl<'m, const N: usize, S: 'm, B: Backend> Runner<'m, N, S, B> {
     /// Rebuilds every captured graph for a new eager function, typically the same model's
     /// forward after its weights moved (a new checkpoint of the same shapes in new buffers): each
     /// size is re-recorded and its executable graph updated in place with `cuGraphExecUpdate`,
@@ -25,7 +25,7 @@ impl<'m, const N: usize, S: 'm, F, B: Backend> Runner<'m, N, S, F, B> {
         self,
         dev: &'n B::Device,
         eager: impl Fn(&B::Device, [&B::Tensor; N], &S) -> Result<B::Tensor> + 'n,
-    ) -> std::result::Result<(Runner<'n, N, S, F, B>, RefreshReport), RefreshError<'m, N, S, F, B>>
+    ) -> std::result::Result<(Runner<'n, N, S, B>, RefreshReport), RefreshError<Runner<'m, N, S, B>>>
     where
         S: 'n,
     {
@@ -118,15 +118,7 @@ impl<'m, const N: usize, S: 'm, F, B: Backend> Runner<'m, N, S, F, B> {
         core.graphs = rebuilt;
         core.released = false;
         core.stats.pool_bytes = B::memory_bytes(Seal::new(), &core.memory);
-        Ok((
-            Runner {
-                dev,
-                eager,
-                core,
-                function: std::marker::PhantomData,
-            },
-            report,
-        ))
+        Ok((Runner { dev, eager, core }, report))
     }
 }
 
@@ -134,8 +126,8 @@ impl<'m, const N: usize, S: 'm, F, B: Backend> Runner<'m, N, S, F, B> {
 /// the graph comes back unchanged, with the error, unless its executable was already updated to
 /// the new forward (then `None`: it can't go back to the old runner).
 #[allow(clippy::type_complexity, clippy::result_large_err)]
-fn refresh_slot<'m, const N: usize, S: 'm, F, B: Backend>(
-    runner: &mut Runner<'m, N, S, F, B>,
+fn refresh_slot<'m, const N: usize, S: 'm, B: Backend>(
+    runner: &mut Runner<'m, N, S, B>,
     dev: &B::Device,
     eager: &EagerFn<'_, N, S, B>,
     mut graph: SizeGraph<B>,
@@ -167,5 +159,59 @@ fn refresh_slot<'m, const N: usize, S: 'm, F, B: Backend>(
             Ok((graph, done.in_place))
         }
         Err((e, changed)) => Err((if changed { None } else { Some(graph) }, e)),
+    }
+}
+
+/// What [`Runner::refresh`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RefreshReport {
+    /// Graphs whose executable the driver updated in place (`cuGraphExecUpdate`).
+    pub updated_in_place: usize,
+    /// Graphs re-instantiated because the driver refused the update.
+    pub reinstantiated: usize,
+    /// Wall time of the whole refresh.
+    pub time: std::time::Duration,
+}
+
+/// A failed refresh ([`Runner::refresh`], [`FnRunner::refresh`](crate::FnRunner::refresh), the generated
+/// `<fn>_graphs_refresh`): the error, and the runner `R` it was given, still usable with its
+/// old forward. Sizes the refresh had already rebuilt for the new forward are dropped from it
+/// (they pointed at the new model) and are captured again, with the old forward, on their next
+/// use.
+pub struct RefreshError<R> {
+    /// Why the refresh failed.
+    pub error: Error,
+    /// The runner, as described above (boxed: a runner is large).
+    pub runner: Box<R>,
+}
+
+impl<R> std::fmt::Debug for RefreshError<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshError")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R> std::fmt::Display for RefreshError<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "refresh failed (the old runner is returned): {}",
+            self.error
+        )
+    }
+}
+
+impl<R> std::error::Error for RefreshError<R> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl<R> From<RefreshError<R>> for Error {
+    /// The error alone (the returned runner is dropped).
+    fn from(e: RefreshError<R>) -> Error {
+        e.error
     }
 }

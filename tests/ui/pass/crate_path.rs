@@ -14,7 +14,7 @@ impl M {
 }
 
 fn build<'m>(m: &'m M, rt: &'m Runtime, specs: [InputSpec; 1]) -> Result<cg::Runner<'m, 1, ()>> {
-    m.forward_graphs(rt, specs).map(cg::Runner::into_untyped)
+    m.forward_graphs(rt, specs).map(cg::FnRunner::into_untyped)
 }
 
 fn main() {

@@ -1,4 +1,4 @@
-use cudagraph::{InputSpec, Result, Runner, Runtime, Tensor, cuda_graph};
+use cudagraph::{FnRunner, InputSpec, Result, Runner, Runtime, Tensor, cuda_graph};
 
 /// A free function is captured too; the generated `step_graphs` is a sibling.
 #[cuda_graph(sizes = [1, 2, 4])]
@@ -8,7 +8,7 @@ pub fn step(rt: &Runtime, hidden: &Tensor, bias: &Tensor) -> Result<Tensor> {
 }
 
 fn build(rt: &Runtime, inputs: [InputSpec; 2]) -> Result<Runner<'_, 2, ()>> {
-    step_graphs(rt, inputs).map(Runner::into_untyped)
+    step_graphs(rt, inputs).map(FnRunner::into_untyped)
 }
 
 fn main() {

@@ -1,5 +1,5 @@
 // User names that look like the generated ones must not clash with them.
-use cudagraph::{InputSpec, Result, Runner, Runtime, Tensor, cuda_graph};
+use cudagraph::{FnRunner, InputSpec, Result, Runner, Runtime, Tensor, cuda_graph};
 
 struct M;
 
@@ -27,7 +27,7 @@ fn build<'m>(
     specs: [InputSpec; 1],
 ) -> Result<Runner<'m, 1, (u8, u16, u32, u64, i8)>> {
     m.forward_graphs(runtime, specs, 1, 2, 3, 4, 5)
-        .map(Runner::into_untyped)
+        .map(FnRunner::into_untyped)
 }
 
 fn estimate(m: &M, runtime: &Runtime, specs: [InputSpec; 1]) -> Result<usize> {

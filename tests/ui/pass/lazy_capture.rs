@@ -1,5 +1,5 @@
 // `capture = lazy`: the runner is built without capturing; each size is captured on first use.
-use cudagraph::{InputSpec, Result, Runner, Runtime, Tensor, cuda_graph};
+use cudagraph::{FnRunner, InputSpec, Result, Runner, Runtime, Tensor, cuda_graph};
 
 #[derive(Clone, PartialEq)]
 pub struct Config {
@@ -30,11 +30,11 @@ fn build<'m>(
     inputs: [InputSpec; 1],
     cfg: Config,
 ) -> Result<Runner<'m, 1, (Config,)>> {
-    m.forward_graphs(rt, inputs, cfg).map(Runner::into_untyped)
+    m.forward_graphs(rt, inputs, cfg).map(FnRunner::into_untyped)
 }
 
 fn build_step(rt: &Runtime, inputs: [InputSpec; 1]) -> Result<Runner<'_, 1, ()>> {
-    step_graphs(rt, inputs).map(Runner::into_untyped)
+    step_graphs(rt, inputs).map(FnRunner::into_untyped)
 }
 
 fn main() {

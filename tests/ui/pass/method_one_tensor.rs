@@ -1,4 +1,4 @@
-use cudagraph::{InputSpec, Result, Runner, Runtime, Tensor, cuda_graph};
+use cudagraph::{FnRunner, InputSpec, Result, Runner, Runtime, Tensor, cuda_graph};
 
 struct M;
 
@@ -12,7 +12,7 @@ impl M {
 
 // Type-checks the generated API without running anything on a GPU.
 fn build<'m>(m: &'m M, rt: &'m Runtime, inputs: [InputSpec; 1]) -> Result<Runner<'m, 1, ()>> {
-    m.forward_graphs(rt, inputs).map(Runner::into_untyped)
+    m.forward_graphs(rt, inputs).map(FnRunner::into_untyped)
 }
 
 fn main() {

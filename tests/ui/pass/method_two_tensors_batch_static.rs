@@ -1,4 +1,4 @@
-use cudagraph::{InputSpec, Result, Runner, Runtime, Tensor, cuda_graph};
+use cudagraph::{FnRunner, InputSpec, Result, Runner, Runtime, Tensor, cuda_graph};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -32,7 +32,7 @@ fn build<'m>(
     // Static arguments follow the inputs, in declaration order, by value.
     model
         .forward_graphs(rt, inputs, Config { layers: 2 }, 128)
-        .map(Runner::into_untyped)
+        .map(FnRunner::into_untyped)
 }
 
 fn main() {

@@ -1,4 +1,4 @@
-use cudagraph::{InputSpec, Result, Runner, Runtime, Tensor, cuda_graph};
+use cudagraph::{FnRunner, InputSpec, Result, Runner, Runtime, Tensor, cuda_graph};
 
 /// A static argument that borrows: its lifetime `'a` is the user's.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,7 +26,7 @@ fn build<'m>(
 ) -> Result<Runner<'m, 1, (Names<'m>,)>> {
     model
         .forward_graphs(rt, inputs, Names { prefix })
-        .map(Runner::into_untyped)
+        .map(FnRunner::into_untyped)
 }
 
 fn main() {

@@ -1,0 +1,607 @@
+//! [`Runner`]: capture-at-init over every size, `run()` with dispatch, padding and replay, and
+//! eager fallback. Written against [`Backend`]: the same runner serves cudagraph's own tensors,
+//! plain cudarc and candle.
+
+use std::time::Instant;
+
+use super::output::Output;
+use crate::backend::{Backend, CaptureRequest, Device};
+use crate::dispatch::{GraphPlan, InputSpec, OnCaptureError};
+use crate::error::{Error, Result};
+use crate::ffi::ExecGraph;
+use crate::policy::Warmup;
+use crate::seal::Seal;
+use crate::static_args::StaticArgs;
+use crate::static_inputs::StaticInputs;
+use crate::stats::{FALLBACK_REASONS, FallbackReason, RunnerStats, SizeStats};
+
+/// The eager forward a runner captures and falls back to.
+pub type EagerFn<'m, const N: usize, S, B> = Box<
+    dyn Fn(
+            &<B as Backend>::Device,
+            [&<B as Backend>::Tensor; N],
+            &S,
+        ) -> Result<<B as Backend>::Tensor>
+        + 'm,
+>;
+
+/// One captured size.
+pub(super) struct SizeGraph<B: Backend> {
+    pub(super) exec: ExecGraph,
+    /// What the graph keeps alive: its memory, and buffers it reads that it must outlive.
+    pub(super) keep: B::GraphKeep,
+    /// Where its output lies (`size` rows).
+    pub(super) output: B::OutputSlot,
+}
+
+/// Graphs of one function for every captured size, with dispatch and eager fallback.
+///
+/// Built by [`Runner::capture`], or wrapped in an [`FnRunner`](crate::FnRunner) by the `<fn>_graphs` constructor
+/// that `#[cuda_graph]` generates (an `FnRunner` derefs to its `Runner`). `'m` is the borrow of
+/// the model and device: the graphs hold pointers to the model's weights, so they can't move or
+/// drop while the runner lives (with cudagraph's tensors every driver buffer a graph reads is
+/// also kept alive by the graph itself). `S` is the statics type (a tuple of the static
+/// arguments), `B` the [`Backend`]; the facade `cudagraph` names this type with defaults
+/// (`Runner<'m, N, S = (), B = Native>`).
+///
+/// What the borrow means in practice:
+/// - **Assigning a weight** while the runner lives (`model.w = new`) is a borrow error (E0506):
+///   for new weights of the same shapes use [`refresh`](Self::refresh) (or the generated
+///   `<fn>_graphs_refresh`), which re-records every size against the new forward and updates
+///   the graphs in place.
+/// - **Writing new values into a weight** (`rt.copy(&new, &model.w)`) keeps its address, and
+///   the next replay reads the new values: the graphs hold the address, not the contents.
+/// - **A helper generic over a runner** takes `&mut Runner<'_, N, S, B>` and needs no bound
+///   (an `FnRunner` coerces to it):
+///
+/// ```
+/// use cudagraph_runtime::{Backend, Result, Runner};
+///
+/// /// Runs a one-input runner of any backend and statics on the same input `times` times.
+/// fn rerun<S, B: Backend>(
+///     graphs: &mut Runner<'_, 1, S, B>,
+///     input: &B::Tensor,
+///     statics: &S,
+///     times: usize,
+/// ) -> Result<usize> {
+///     let mut replays = 0;
+///     for _ in 0..times {
+///         replays += usize::from(graphs.run_with([input], statics)?.replayed());
+///     }
+///     Ok(replays)
+/// }
+/// ```
+pub struct Runner<'m, const N: usize, S, B: Backend> {
+    pub(super) dev: &'m B::Device,
+    pub(super) eager: EagerFn<'m, N, S, B>,
+    /// Everything else: what does not borrow the model (moved whole between runners of other
+    /// lifetimes by a refresh).
+    pub(super) core: RunnerCore<N, S, B>,
+}
+
+/// The parts of a [`Runner`] that neither borrow the model nor name the function.
+pub(super) struct RunnerCore<const N: usize, S, B: Backend> {
+    pub(super) plan: GraphPlan,
+    pub(super) specs: [InputSpec<B::DType>; N],
+    pub(super) statics: S,
+    pub(super) statics_eq: fn(&S, &S) -> bool,
+    pub(super) inputs: StaticInputs<B, N>,
+    /// Indexed like `plan.table.sizes()`; `None` until captured (lazy mode).
+    pub(super) graphs: Vec<Option<SizeGraph<B>>>,
+    pub(super) memory: B::Memory,
+    pub(super) stats: RunnerStats,
+    pub(super) warned: [bool; FALLBACK_REASONS],
+    pub(super) released: bool,
+}
+
+impl<const N: usize, S, B: Backend> std::fmt::Debug for Runner<'_, N, S, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("function", &self.core.plan.function)
+            .field("sizes", &self.core.plan.table.sizes())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'m, const N: usize, S: StaticArgs + 'm, B: Backend> Runner<'m, N, S, B> {
+    /// Captures `eager` once per size of `plan`, largest first, all inside one
+    /// [`FreezeScope`](crate::FreezeScope). The backend is named by the type of `dev` (see
+    /// [`Device`]): cudagraph's `Runtime` (pool mode: the first capture after an eager warm-up
+    /// that measures the pool the graphs will share, the others straight into that pool,
+    /// warming up only when one would not fit; see [`Warmup`]), an `Arc<CudaStream>` (plain
+    /// cudarc, [`backend::raw`](crate::backend::raw)) or candle's `CudaDevice` (feature
+    /// `candle`); the foreign backends capture in graph-memory-node mode
+    /// ([`backend::nodes`](crate::backend::nodes)) and warm up every size. With a lazy plan
+    /// nothing is captured here: each size on its first use. `statics` are the host values
+    /// baked into every graph, compared with `==` at every call (see
+    /// [`with_statics_eq`](Self::with_statics_eq)).
+    ///
+    /// What a warm-up runs: `eager` on the runner's static input buffers, `size` rows, whose
+    /// padded inputs (the plan's [`PadValue`](crate::PadValue)s) hold their pad value in every
+    /// row, and whose other inputs hold zeros or the rows of an earlier call. Whatever the
+    /// forward writes outside its outputs (a KV cache) it writes then too, unless a pad value
+    /// tells its kernels to skip the row.
+    ///
+    /// On error nothing is kept: graphs captured so far and the pool are freed, and the stream
+    /// is out of capture mode (also when the forward panics: the panic then continues).
+    ///
+    /// On plain cudarc (cudagraph's own tensors: see `cudagraph::Runner`'s examples):
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use cudagraph_runtime::cudarc::driver::{CudaContext, CudaStream};
+    /// use cudagraph_runtime::{CudaTensor, DType, GraphPlan, InputSpec, Result, Runner};
+    /// # fn main() -> Result<()> {
+    /// let ctx = CudaContext::new(0).map_err(cudagraph_runtime::Error::driver("ctx"))?;
+    /// // SAFETY: every buffer of this context is used on the one stream made below.
+    /// unsafe { ctx.disable_event_tracking() };
+    /// let stream = ctx.new_stream().map_err(cudagraph_runtime::Error::driver("stream"))?;
+    /// let plan = GraphPlan::new("zeros_like", &[1, 2, 4], 0)?;
+    /// let specs = [InputSpec::new(DType::F32, &[8])?];
+    /// let mut graphs = Runner::capture(&stream, plan, specs, (), |s: &Arc<CudaStream>, [x]: [&CudaTensor; 1], _: &()| {
+    ///     CudaTensor::zeros::<f32>(s, x.dims()) // a graph memory node under capture
+    /// })?;
+    /// let x = CudaTensor::zeros::<f32>(&stream, &[3, 8])?;
+    /// let out = graphs.run([&x])?; // 3 rows: the size-4 graph, padded
+    /// assert_eq!((out.size(), out.dims()), (Some(4), &[3, 8][..]));
+    /// # Ok(()) }
+    /// ```
+    pub fn capture<D>(
+        dev: &'m D,
+        plan: GraphPlan,
+        specs: [InputSpec<B::DType>; N],
+        statics: S,
+        eager: impl Fn(&B::Device, [&B::Tensor; N], &S) -> Result<B::Tensor> + 'm,
+    ) -> Result<Self>
+    where
+        D: Device<Backend = B> + ?Sized,
+    {
+        Self::build(
+            dev.as_backend_device(),
+            plan,
+            specs,
+            statics,
+            |a, b| a == b,
+            Box::new(eager),
+        )
+    }
+}
+
+impl<'m, const N: usize, S: 'm, B: Backend> Runner<'m, N, S, B> {
+    fn build(
+        dev: &'m B::Device,
+        plan: GraphPlan,
+        specs: [InputSpec<B::DType>; N],
+        statics: S,
+        statics_eq: fn(&S, &S) -> bool,
+        eager: EagerFn<'m, N, S, B>,
+    ) -> Result<Self> {
+        if N == 0 {
+            return Err(Error::invalid(
+                plan.function,
+                "a runner needs at least one tensor input",
+            ));
+        }
+        if plan.batch_input >= N {
+            return Err(Error::invalid(
+                plan.function,
+                "batch input index out of range",
+            ));
+        }
+        B::forbid_during_capture(Seal::new(), dev, "building a runner")?;
+        B::prepare(Seal::new(), dev)?;
+        let started = Instant::now();
+        let inputs = StaticInputs::new(dev, &specs, plan.table.max(), &plan.pads)?;
+        let sizes = plan.table.sizes().to_vec();
+        let stats = RunnerStats {
+            function: plan.function,
+            static_input_bytes: inputs.bytes(),
+            calls_by_batch: vec![0; plan.table.max() + 1],
+            sizes: sizes
+                .iter()
+                .map(|&size| SizeStats {
+                    size,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let mut runner = Self {
+            dev,
+            eager,
+            core: RunnerCore {
+                graphs: sizes.iter().map(|_| None).collect(),
+                plan,
+                specs,
+                statics,
+                statics_eq,
+                inputs,
+                memory: B::new_memory(Seal::new(), dev),
+                stats,
+                warned: [false; FALLBACK_REASONS],
+                released: false,
+            },
+        };
+        if runner.core.plan.lazy {
+            return Ok(runner);
+        }
+
+        let progress = progress_bar(runner.core.plan.function, sizes.len());
+        let mut scope = B::freeze(Seal::new(), dev, B::reclaim_policy(Seal::new(), dev))?;
+        for slot in (0..sizes.len()).rev() {
+            progress.set_message(format!("size {}", sizes[slot]));
+            runner.capture_or_mark(slot)?;
+            scope.between_graphs()?;
+            progress.inc(1);
+        }
+        let (reclaims, _) = scope.exit()?;
+        progress.finish_and_clear();
+        runner.core.stats.capture_wall = started.elapsed();
+        runner.core.stats.reclaims = reclaims;
+        runner.core.stats.graph_memory = graph_memory_usage::<B>(dev);
+        tracing::info!(target: "cudagraph", "{}", runner.core.stats);
+        Ok(runner)
+    }
+}
+
+impl<'m, const N: usize, S, B: Backend> Runner<'m, N, S, B> {
+    /// Compares static arguments with `eq` instead of `==` (the code `#[cuda_graph]` generates
+    /// compares floats by their bits, so that a NaN static matches itself).
+    pub fn with_statics_eq(mut self, eq: fn(&S, &S) -> bool) -> Self {
+        self.core.statics_eq = eq;
+        self
+    }
+
+    /// Captures `slot`; on failure, under [`OnCaptureError::Eager`], records the error and marks
+    /// the size for eager execution instead of failing. Under [`OnCaptureError::Abort`] the
+    /// error is recorded too (a lazy size that failed is not captured again) and returned.
+    fn capture_or_mark(&mut self, slot: usize) -> Result<()> {
+        match self.capture_slot(slot) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.core.stats.sizes[slot].capture_error = Some(e.to_string());
+                if self.core.plan.on_capture_error == OnCaptureError::Eager {
+                    tracing::warn!(target: "cudagraph", "{e}; this size will run eagerly");
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// What a capture of size index `slot` is asked to do.
+    pub(super) fn request(&self, slot: usize, warmup: Warmup) -> CaptureRequest {
+        CaptureRequest {
+            function: self.core.plan.function,
+            size: self.core.plan.table.sizes()[slot],
+            max_rows: self.core.plan.table.max(),
+            warmup,
+        }
+    }
+
+    /// Captures the graph of size index `slot`: the first capture warms up, later ones follow
+    /// the plan's [`Warmup`] policy. Padded inputs are filled with their pad value first.
+    pub(super) fn capture_slot(&mut self, slot: usize) -> Result<()> {
+        let first = self.core.graphs.iter().all(Option::is_none);
+        let warmup = if first {
+            Warmup::Always
+        } else {
+            self.core.plan.warmup
+        };
+        let request = self.request(slot, warmup);
+        self.core.inputs.fill_pads(self.dev)?;
+        let views = self.core.inputs.views(request.size)?;
+        let (eager, statics) = (&self.eager, &self.core.statics);
+        let mut body = |dev: &B::Device| {
+            let refs: [&B::Tensor; N] = std::array::from_fn(|i| &views[i]);
+            eager(dev, refs, statics)
+        };
+        let captured = B::capture(
+            Seal::new(),
+            self.dev,
+            &mut self.core.memory,
+            request,
+            &mut body,
+        );
+        drop(views);
+        self.drop_unusable();
+        let c = captured?;
+        let s = &mut self.core.stats.sizes[slot];
+        s.captured = true;
+        s.capture_error = None;
+        s.nodes = c.exec.node_count();
+        s.pool_need = c.need;
+        s.capture = c.timing;
+        self.core.graphs[slot] = Some(SizeGraph {
+            exec: c.exec,
+            keep: c.keep,
+            output: c.output,
+        });
+        self.core.stats.pool_bytes = B::memory_bytes(Seal::new(), &self.core.memory);
+        Ok(())
+    }
+
+    /// Drops every graph whose memory the backend withdrew (a capture whose forward kept a
+    /// tensor in memory every replay rewrites): captured again, elsewhere, on its next use.
+    pub(super) fn drop_unusable(&mut self) {
+        for (slot, graph) in self.core.graphs.iter_mut().enumerate() {
+            if graph
+                .as_ref()
+                .is_some_and(|g| !B::usable(Seal::new(), &self.core.memory, &g.keep))
+            {
+                *graph = None;
+                self.core.stats.sizes[slot].captured = false;
+            }
+        }
+        self.core.stats.pool_bytes = B::memory_bytes(Seal::new(), &self.core.memory);
+    }
+
+    /// Runs the function on `inputs`: replays the graph of the smallest captured size that fits
+    /// the batch (inputs copied into its static buffers, padded), or runs it eagerly when no
+    /// graph applies (counted in [`stats`](Self::stats), logged once per reason).
+    ///
+    /// Errors: an empty batch, inputs whose leading dimensions differ, a tensor of another
+    /// device or stream, a size whose lazy capture failed earlier under
+    /// [`OnCaptureError::Abort`], or any error of the replay or the eager function.
+    ///
+    /// Statics are the host values a graph froze in, passed as a tuple (one static: `(v,)`); a
+    /// runner with statics has no [`run`](Self::run):
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use cudagraph_runtime::cudarc::driver::{CudaContext, CudaStream};
+    /// use cudagraph_runtime::{CudaTensor, DType, Error, GraphPlan, InputSpec, Result, Runner};
+    /// # fn main() -> Result<()> {
+    /// let ctx = CudaContext::new(0).map_err(Error::driver("ctx"))?;
+    /// // SAFETY: every buffer of this context is used on the one stream made below.
+    /// unsafe { ctx.disable_event_tracking() };
+    /// let stream = ctx.new_stream().map_err(Error::driver("stream"))?;
+    /// let plan = GraphPlan::new("scaled", &[1, 2, 4], 0)?;
+    /// let specs = [InputSpec::new(DType::F32, &[8])?];
+    /// let forward = |s: &Arc<CudaStream>, [x]: [&CudaTensor; 1], (_scale,): &(f32,)| {
+    ///     // ... launch kernels that take `_scale` (a host value: frozen into the graph)
+    ///     CudaTensor::zeros::<f32>(s, x.dims())
+    /// };
+    /// let mut graphs = Runner::capture(&stream, plan, specs, (0.5f32,), forward)?;
+    /// let x = CudaTensor::zeros::<f32>(&stream, &[2, 8])?;
+    /// assert!(graphs.run_with([&x], &(0.5,))?.replayed()); // the captured value: a replay
+    /// assert!(!graphs.run_with([&x], &(0.7,))?.replayed()); // another value: runs eagerly
+    /// # Ok(()) }
+    /// ```
+    pub fn run_with(&mut self, inputs: [&B::Tensor; N], statics: &S) -> Result<Output<'_, B>> {
+        let function = self.core.plan.function;
+        if self.core.released {
+            return Err(Error::Released { function });
+        }
+        // A replay inside another capture would record this runner's graph into a graph that
+        // keeps none of its memory.
+        B::forbid_during_capture(Seal::new(), self.dev, "running a runner")?;
+        let batch = B::shape(Seal::new(), inputs[self.core.plan.batch_input])?;
+        let Some(&n) = batch.dims().first() else {
+            return Err(Error::invalid(
+                function,
+                "the batch input needs a leading (batch) dimension",
+            ));
+        };
+        let mut shapes_match = true;
+        for (i, t) in inputs.iter().enumerate() {
+            B::check_tensor(Seal::new(), self.dev, function, t)?;
+            let shape = B::shape(Seal::new(), t)?;
+            let dims = shape.dims();
+            if dims.first() != Some(&n) {
+                return Err(Error::invalid(
+                    function,
+                    format!(
+                        "input {i} has shape {dims:?}; every input's leading dimension must be the batch ({n})"
+                    ),
+                ));
+            }
+            shapes_match &= self.core.specs[i].matches_parts(B::dtype(Seal::new(), t), dims);
+        }
+        if n == 0 {
+            return Err(Error::invalid(function, "empty batch (0 rows)"));
+        }
+        match self.core.stats.calls_by_batch.get_mut(n) {
+            Some(count) => *count += 1,
+            None => *self.core.stats.calls_over.entry(n).or_insert(0) += 1,
+        }
+        let slot = self.core.plan.table.slot(n);
+        let statics_match = (self.core.statics_eq)(statics, &self.core.statics);
+        if let Some(slot) = slot {
+            let failed = self.core.stats.sizes[slot].capture_error.clone();
+            match failed {
+                // Lazy capture: the first call that would replay this size captures it.
+                None if self.core.graphs[slot].is_none() && shapes_match && statics_match => {
+                    let started = Instant::now();
+                    self.capture_or_mark(slot)?;
+                    self.core.stats.capture_wall += started.elapsed();
+                    self.core.stats.graph_memory = graph_memory_usage::<B>(self.dev);
+                }
+                Some(message) if self.core.plan.on_capture_error == OnCaptureError::Abort => {
+                    return Err(Error::CaptureFailedEarlier {
+                        function,
+                        size: self.core.plan.table.sizes()[slot],
+                        message,
+                    });
+                }
+                _ => {}
+            }
+        }
+        let reason = match slot {
+            None => Some(FallbackReason::TooLarge),
+            Some(slot) if self.core.stats.sizes[slot].capture_error.is_some() => {
+                Some(FallbackReason::CaptureFailed)
+            }
+            Some(_) if !shapes_match => Some(FallbackReason::ShapeMismatch),
+            Some(_) if !statics_match => Some(FallbackReason::StaticChanged),
+            Some(_) => None,
+        };
+        match (slot, reason) {
+            (Some(slot), None) => self.replay(slot, n, &inputs),
+            (_, reason) => {
+                let reason = reason.unwrap_or(FallbackReason::TooLarge);
+                self.fallback(reason, n, inputs, statics)
+            }
+        }
+    }
+
+    fn replay(&mut self, slot: usize, n: usize, inputs: &[&B::Tensor; N]) -> Result<Output<'_, B>> {
+        self.core.inputs.fill(self.dev, inputs)?;
+        let Some(graph) = &self.core.graphs[slot] else {
+            return Err(Error::invalid(
+                self.core.plan.function,
+                "graph missing after capture",
+            ));
+        };
+        graph
+            .exec
+            .launch()
+            .map_err(Error::driver("cuGraphLaunch"))?;
+        let s = &mut self.core.stats.sizes[slot];
+        s.replays += 1;
+        s.rows += n as u64;
+        s.padded_rows += (s.size - n) as u64;
+        let tensor = B::output_view(
+            Seal::new(),
+            self.dev,
+            &self.core.memory,
+            &graph.keep,
+            &graph.output,
+            n,
+        )?;
+        Ok(Output {
+            tensor,
+            replayed: true,
+            size: Some(s.size),
+            dev: self.dev,
+        })
+    }
+
+    fn fallback(
+        &mut self,
+        reason: FallbackReason,
+        n: usize,
+        inputs: [&B::Tensor; N],
+        statics: &S,
+    ) -> Result<Output<'_, B>> {
+        self.core.stats.fallbacks[reason.index()] += 1;
+        if !self.core.warned[reason.index()] {
+            self.core.warned[reason.index()] = true;
+            tracing::warn!(
+                target: "cudagraph",
+                function = self.core.plan.function,
+                batch = n,
+                "running eagerly: {reason} (logged once per reason; see Runner::stats)"
+            );
+        }
+        let tensor = (self.eager)(self.dev, inputs, statics)?;
+        // The output borrows the runner and `to_owned` copies it on the runner's stream: one of
+        // another device or stream (a forward's eager path may differ from its captured one)
+        // would be read there unordered with the stream that writes it.
+        B::check_tensor(Seal::new(), self.dev, self.core.plan.function, &tensor)?;
+        Ok(Output {
+            tensor,
+            replayed: false,
+            size: None,
+            dev: self.dev,
+        })
+    }
+
+    /// What the runner has done so far.
+    pub fn stats(&self) -> &RunnerStats {
+        &self.core.stats
+    }
+
+    /// The size list that would have minimised padding on the traffic seen so far, with at most
+    /// `budget` graphs (see [`advise_sizes`](crate::advise_sizes)).
+    pub fn advise_sizes(&self, budget: usize) -> Result<crate::SizeAdvice> {
+        crate::advise_sizes(&self.core.stats.batch_histogram(), budget)
+    }
+
+    /// The captured sizes, ascending.
+    pub fn sizes(&self) -> &[usize] {
+        self.core.plan.table.sizes()
+    }
+
+    /// Device bytes of the graph memory: the pool (cudagraph's tensors), or what the driver
+    /// reserves for graph memory nodes on this device (foreign backends; see
+    /// [`backend::nodes`](crate::backend::nodes)).
+    pub fn pool_bytes(&self) -> usize {
+        B::memory_bytes(Seal::new(), &self.core.memory)
+    }
+
+    /// Runs the eager function directly (no graph, not counted), e.g. as a reference. Its
+    /// output is checked as a fallback's is: a tensor of the runner's device and stream.
+    pub fn run_eager(&self, inputs: [&B::Tensor; N], statics: &S) -> Result<B::Tensor> {
+        let function = self.core.plan.function;
+        for t in &inputs {
+            B::check_tensor(Seal::new(), self.dev, function, t)?;
+        }
+        let tensor = (self.eager)(self.dev, inputs, statics)?;
+        B::check_tensor(Seal::new(), self.dev, function, &tensor)?;
+        Ok(tensor)
+    }
+}
+
+impl<'m, const N: usize, S, B: Backend> Runner<'m, N, S, B> {
+    /// The device (for cudagraph's tensors, the runtime) the graphs run on.
+    pub fn device(&self) -> &'m B::Device {
+        self.dev
+    }
+}
+
+impl<'m, const N: usize, S, B: Backend> Runner<'m, N, S, B> {
+    /// [`run_with`](Self::run_with) for a function without static arguments (`S = ()`).
+    ///
+    /// On a runner whose function has `static_args`, calling `run` is a compile error that
+    /// says to call `run_with(inputs, &statics)` (see [`NoStatics`]).
+    pub fn run(&mut self, inputs: [&B::Tensor; N]) -> Result<Output<'_, B>>
+    where
+        S: NoStatics,
+    {
+        self.run_with(inputs, &S::NONE)
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for () {}
+}
+
+/// The statics type of a runner without static arguments: implemented for `()` only, so that
+/// [`Runner::run`] on a runner with statics fails to compile with a message naming
+/// [`run_with`](Runner::run_with) (instead of a bare "no method named `run`").
+#[diagnostic::on_unimplemented(
+    message = "this runner's function has static arguments (`{Self}`): call `run_with(inputs, &statics)`",
+    label = "`run` is only for functions without `static_args`",
+    note = "the statics are a tuple, one value per static, in `static_args` order: `graphs.run_with([&x], &(1e-5,))`"
+)]
+pub trait NoStatics: sealed::Sealed {
+    /// The value of no statics.
+    const NONE: Self;
+}
+
+impl NoStatics for () {
+    const NONE: Self = ();
+}
+
+/// The driver's graph-memory figures for `dev` (node mode), for stats: a failed query is
+/// logged, not allowed to fail the capture that succeeded.
+fn graph_memory_usage<B: Backend>(dev: &B::Device) -> Option<crate::GraphMemoryUsage> {
+    B::graph_memory_usage(Seal::new(), dev).unwrap_or_else(|e| {
+        tracing::debug!(target: "cudagraph", error = %e, "graph memory figures unavailable");
+        None
+    })
+}
+
+fn progress_bar(function: &str, len: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "capturing {prefix} [{bar:30}] {pos}/{len} graphs {msg} ({elapsed})",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(format!("`{function}`"));
+    bar
+}

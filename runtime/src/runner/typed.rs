@@ -1,0 +1,83 @@
+//! [`FnRunner`]: a [`Runner`] typed as the runner of one annotated function, what the
+//! `<fn>_graphs` constructor `#[cuda_graph]` generates returns.
+
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+
+use super::refresh::{RefreshError, RefreshReport};
+use super::run::Runner;
+use crate::backend::Backend;
+use crate::error::Result;
+
+/// The runner of one annotated function: a [`Runner`] whose type also names the function
+/// (`F`, a [`FunctionId`](crate::FunctionId)), so that the generated `<fn>_graphs_refresh`
+/// takes only that function's runner.
+///
+/// It derefs to its `Runner`, so everything a runner does is called on it directly
+/// (`graphs.run(..)`, `graphs.stats()`), and a helper written on a plain runner takes it with
+/// no mention of the identity: `fn call<const N: usize, S>(r: &mut Runner<'_, N, S>)` accepts
+/// `&mut graphs`. [`into_untyped`](Self::into_untyped) gives the `Runner` itself (for a struct
+/// field of a type one can write), which the generated refresh no longer accepts.
+///
+/// Only the generated constructor makes one (its identity is the function's; there is no
+/// public way to retype a runner as another function's).
+pub struct FnRunner<'m, F, const N: usize, S, B: Backend> {
+    runner: Runner<'m, N, S, B>,
+    function: PhantomData<fn() -> F>,
+}
+
+impl<'m, F, const N: usize, S: 'm, B: Backend> FnRunner<'m, F, N, S, B> {
+    /// Types `runner` as function `F`'s: crate-private (see
+    /// [`__private::identify`](crate::__private::identify)).
+    pub(crate) fn new(runner: Runner<'m, N, S, B>) -> Self {
+        Self {
+            runner,
+            function: PhantomData,
+        }
+    }
+
+    /// The runner, without the function's identity.
+    pub fn into_untyped(self) -> Runner<'m, N, S, B> {
+        self.runner
+    }
+
+    /// [`Runner::refresh`], keeping the identity: every graph rebuilt for `eager` (the same
+    /// function's forward with new weights; the generated `<fn>_graphs_refresh` passes it).
+    #[allow(clippy::type_complexity)]
+    pub fn refresh<'n>(
+        self,
+        dev: &'n B::Device,
+        eager: impl Fn(&B::Device, [&B::Tensor; N], &S) -> Result<B::Tensor> + 'n,
+    ) -> std::result::Result<(FnRunner<'n, F, N, S, B>, RefreshReport), RefreshError<Self>>
+    where
+        S: 'n,
+    {
+        match self.runner.refresh(dev, eager) {
+            Ok((runner, report)) => Ok((FnRunner::new(runner), report)),
+            Err(e) => Err(RefreshError {
+                error: e.error,
+                runner: Box::new(FnRunner::new(*e.runner)),
+            }),
+        }
+    }
+}
+
+impl<'m, F, const N: usize, S, B: Backend> Deref for FnRunner<'m, F, N, S, B> {
+    type Target = Runner<'m, N, S, B>;
+
+    fn deref(&self) -> &Runner<'m, N, S, B> {
+        &self.runner
+    }
+}
+
+impl<F, const N: usize, S, B: Backend> DerefMut for FnRunner<'_, F, N, S, B> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.runner
+    }
+}
+
+impl<F, const N: usize, S, B: Backend> std::fmt::Debug for FnRunner<'_, F, N, S, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.runner.fmt(f)
+    }
+}
