@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The plain-PyTorch peer of `Llama::forward` (src/models/llama.rs), captured the way vLLM does it.
+"""The plain-PyTorch peer of `Llama::forward` (models/src/llama.rs), captured the way vLLM does it.
 
 The same decoder as ours: Qwen3-0.6B-shaped (vocab 151936, hidden 1024, 28 layers, 16 q heads x
 64, 8 KV heads, MLP 3072, RMSNorm eps 1e-6, RoPE theta 1e6, tied LM head), bf16, random weights
@@ -204,7 +204,7 @@ class Layer:
 
 
 class Decoder:
-    """Weights, KV cache and forward of one decode step; mirrors `Llama` in src/models/llama.rs."""
+    """Weights, KV cache and forward of one decode step; mirrors `Llama` in models/src/llama.rs."""
 
     def __init__(self, cfg: Config, device: torch.device, kv_layout: str = "thd", seed: int = 0):
         if cfg.q_heads % cfg.kv_heads or cfg.q_heads * cfg.head_dim != cfg.hidden:

@@ -1,5 +1,5 @@
 //! A decoder step written on candle (candle_nn layers, a KV cache written in place, positions
-//! on the device: `src/models/candle_decoder.rs`), annotated with `#[cuda_graph]`. Prints the
+//! on the device: `models/src/candle_decoder.rs`), annotated with `#[cuda_graph]`. Prints the
 //! capture time of its sizes and eager vs replay latency at b = 1, 8, 64.
 //!
 //! ```text

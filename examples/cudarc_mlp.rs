@@ -1,5 +1,5 @@
 //! A forward written on plain cudarc (its own NVRTC kernel, cudarc's cuBLAS, `stream.alloc`),
-//! annotated with `#[cuda_graph]`: see `src/models/cudarc_mlp.rs`. Prints capture time and
+//! annotated with `#[cuda_graph]`: see `models/src/cudarc_mlp.rs`. Prints capture time and
 //! eager vs replay latency per batch size.
 //!
 //! ```text

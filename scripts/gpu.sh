@@ -32,6 +32,8 @@ strip "$bundle"/gpu-tests "$bundle"/decode_bench "$bundle"/driver_floor "$bundle
 # CUDAGRAPH_SKIP_CANDLE=1.
 if [ "${CUDAGRAPH_SKIP_CANDLE:-0}" != 1 ]; then
   echo "building the candle GPU tests (first build: ~10 min of nvcc) ..." >&2
+  # A fresh clone has no target/candle yet: the path file below is written into it.
+  mkdir -p target/candle
   (
     eval "$(scripts/cuda-toolchain.sh)"
     cargo test --release --no-default-features --features cuda-13000,candle-transformers \

@@ -1,6 +1,6 @@
 # Golden RoPE frequencies from transformers' own functions (modeling_rope_utils), for the host
-# unit test of the loader and RopeScaling::inv_freq (src/models/hf/testdata/rope_golden.json):
-#   python3 scripts/rope_golden.py > src/models/hf/testdata/rope_golden.json   (needs torch, transformers)
+# unit test of the loader and RopeScaling::inv_freq (models/src/hf/testdata/rope_golden.json):
+#   python3 scripts/rope_golden.py > models/src/hf/testdata/rope_golden.json   (needs torch, transformers)
 import json, torch, transformers
 from transformers import LlamaConfig, Qwen3Config
 import transformers.modeling_rope_utils as m

@@ -309,6 +309,12 @@ impl Runtime {
 
     /// A tensor of uninitialised contents. During a capture it is served from the graph pool;
     /// otherwise from the driver's stream-ordered allocator.
+    ///
+    /// Unspecified contents mean what they say: the bytes may be an earlier tensor's of this
+    /// process (the allocator reuses freed blocks; a pool block holds the last replay's values).
+    /// Write every element before reading it, as every op does with its output, or use
+    /// [`zeros`](Self::zeros). [`set_poison_allocations`](Self::set_poison_allocations) fills
+    /// eager allocations with `0xFF` to catch reads of unwritten elements in tests.
     pub fn alloc(&self, dims: &[usize], dtype: DType) -> Result<Tensor> {
         let shape = Shape::new(dims)?;
         // `Shape::new` bounds the bytes of the widest dtype: no overflow.

@@ -35,7 +35,9 @@ pub struct Graph<'a> {
 impl Graph<'_> {
     /// Launches the graph on the runtime's stream (asynchronous).
     pub fn replay(&self) -> Result<()> {
-        self.exec.launch().map_err(Error::driver("cuGraphLaunch"))
+        // SAFETY: the graph keeps its pool (and chunk), the buffers its capture noted, its body
+        // and a borrow of the runtime (workspace, modules): everything it reads is alive.
+        unsafe { self.exec.launch() }.map_err(Error::driver("cuGraphLaunch"))
     }
 
     /// Nodes the graph holds (kernels, copies, memsets).

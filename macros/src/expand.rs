@@ -243,7 +243,7 @@ pub fn expand(plan: &Plan, salt: u64) -> TokenStream {
     let new_runner = local("__cg_runner");
     // The lifetime of the runner a refresh consumes (it comes back in the error, holding the
     // statics, so every user lifetime outlives it too).
-    let old_lifetime = syn::Lifetime::new("'cg_old", Span::mixed_site());
+    let old_lifetime = plan.old_lifetime.clone();
     let id = function_id(plan, salt);
 
     let static_idents: Vec<&Ident> = plan.statics.iter().map(|s| &s.ident).collect();
@@ -365,7 +365,7 @@ pub fn expand(plan: &Plan, salt: u64) -> TokenStream {
         >
         #where_clause
         {
-            #krate::FnRunner::refresh(#runner, #rt, #eager)
+            #krate::__private::refresh(#runner, #rt, #eager)
         }
     }
 }
@@ -901,7 +901,7 @@ mod tests {
         for needle in [
             refresh_sig.as_str(),
             refresh_ret.as_str(),
-            ":: cudagraph :: FnRunner :: refresh (runner , rt ,",
+            ":: cudagraph :: __private :: refresh (runner , rt ,",
             closure,
         ] {
             assert!(has(&refresh, needle), "missing {needle}\nin {refresh}");
@@ -1019,7 +1019,7 @@ mod tests {
             "{refresh}"
         );
         assert!(
-            has(&refresh, ":: cg :: FnRunner :: refresh (runner , rt ,"),
+            has(&refresh, ":: cg :: __private :: refresh (runner , rt ,"),
             "{refresh}"
         );
         let call = ":: cg :: forward_result (step (__cg_tensors [0] , __cg_rt , :: core :: clone :: Clone :: clone (& __cg_statics . 0)))";

@@ -138,7 +138,7 @@ use proc_macro::TokenStream;
 ///     rt: &'cg ::cudagraph::Runtime,
 ///     inputs: [::cudagraph::InputSpec; 2],
 ///     cfg: Config, // each static argument, reference stripped
-/// ) -> ::core::result::Result<::cudagraph::Runner<'cg, 2, (Config,), ID>, ::cudagraph::Error> {
+/// ) -> ::core::result::Result<::cudagraph::FnRunner<'cg, ID, 2, (Config,)>, ::cudagraph::Error> {
 ///     // Each static's type is `PartialEq + Sync` (the error points at the type).
 ///     ::cudagraph::__private::assert_static_arg::<Config>();
 ///     // The slices are promoted constants (`&'static`); the lookup table maps
@@ -169,15 +169,15 @@ use proc_macro::TokenStream;
 /// }
 ///
 /// /// Rebuilds every graph of `runner` for this model ...
-/// pub fn forward_graphs_refresh<'cg>(
+/// pub fn forward_graphs_refresh<'cg, 'cg_old>(
 ///     &'cg self,
 ///     rt: &'cg ::cudagraph::Runtime,
-///     runner: ::cudagraph::Runner<'cg_old, 2, (Config,), ID>,
+///     runner: ::cudagraph::FnRunner<'cg_old, ID, 2, (Config,)>,
 /// ) -> ::core::result::Result<
-///     (::cudagraph::Runner<'cg, 2, (Config,), ID>, ::cudagraph::RefreshReport),
-///     ::cudagraph::RefreshError<'cg_old, 2, (Config,), ID>,
+///     (::cudagraph::FnRunner<'cg, ID, 2, (Config,)>, ::cudagraph::RefreshReport),
+///     ::cudagraph::RefreshError<::cudagraph::FnRunner<'cg_old, ID, 2, (Config,)>>,
 /// > {
-///     ::cudagraph::Runner::refresh(runner, rt, /* the same closure */)
+///     ::cudagraph::__private::refresh(runner, rt, /* the same closure */)
 /// }
 /// ```
 ///
@@ -201,7 +201,13 @@ use proc_macro::TokenStream;
 ///
 /// The generated code declares no items of its own inside the generated
 /// functions (no `const`s), so any name of the user's, a static argument
-/// named `__CG_SIZES` included, is fine.
+/// named `__CG_SIZES` included, is fine. The generated functions declare the
+/// lifetimes `'cg` and `'cg_old` (and `'cg_s` for a static whose type elides a
+/// lifetime), each replaced by another name when the annotated function
+/// declares one of these itself; the `impl` around a method is out of the
+/// macro's sight, so an impl must not declare lifetimes of these names (E0496).
+/// A lifetime hidden in a path type (`pair: Pair` for `Pair<'a>`) is not seen
+/// either: write `Pair<'_>`.
 ///
 /// # Function identity
 ///

@@ -63,6 +63,9 @@ pub struct Plan {
     pub method: bool,
     /// The generated function's lifetime tying runner, model and runtime.
     pub lifetime: Lifetime,
+    /// The lifetime of the runner a generated refresh consumes (distinct from `lifetime` and
+    /// from the user's lifetimes).
+    pub old_lifetime: Lifetime,
     /// Lifetime parameters of the user's function that the generated one
     /// needs (those named by static types or the where clause, and their
     /// bounds); the others are dropped so no unused lifetime is declared.
@@ -211,6 +214,7 @@ pub fn validate(args: &Args, func: &ImplItemFn) -> syn::Result<Plan> {
         all_lifetimes.push(LifetimeParam::new(named));
     }
     let lifetime = pick_lifetime(&all_lifetimes);
+    let old_lifetime = pick_named(&all_lifetimes, &["cg_old", "cg_previous", "__cg_old"]);
     let lifetimes = used_lifetimes(all_lifetimes, &statics, sig.generics.where_clause.as_ref());
 
     let output_span = match &sig.output {
@@ -248,6 +252,7 @@ pub fn validate(args: &Args, func: &ImplItemFn) -> syn::Result<Plan> {
         refresh_ident: Ident::new(&format!("{fn_name}_graphs_refresh"), Span::call_site()),
         method,
         lifetime,
+        old_lifetime,
         lifetimes,
         where_clause: sig.generics.where_clause.clone(),
         lookup: sizes::lookup_table(&sizes),
@@ -943,11 +948,22 @@ fn name_elided_lifetimes(
 }
 
 fn pick_lifetime(existing: &[LifetimeParam]) -> Lifetime {
+    pick_named(existing, &["cg", "cg_graphs", "__cg"])
+}
+
+/// The first of `candidates` (names without the tick) that none of the function's lifetime
+/// parameters uses, else the last with `_` appended until free. The impl's lifetimes are out of
+/// the macro's sight: the README asks impls not to declare `'cg`, `'cg_old` or `'cg_s`.
+fn pick_named(existing: &[LifetimeParam], candidates: &[&str]) -> Lifetime {
     let taken = |name: &str| existing.iter().any(|l| l.lifetime.ident == name);
-    let name = ["cg", "cg_graphs", "__cg"]
-        .into_iter()
+    let mut name = candidates
+        .iter()
         .find(|n| !taken(n))
-        .unwrap_or("__cg_runner");
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| candidates[candidates.len() - 1].to_string());
+    while taken(&name) {
+        name.push('_');
+    }
     Lifetime::new(&format!("'{name}"), Span::call_site())
 }
 

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DriverError, result, sys};
 
-/// The device address of a whole slice.
+/// The device address of a whole slice. (On a context that tracks events, as the runtime's
+/// and the native library's never do, the guard records a use of the slice on `stream`; the
+/// address is only a number either way.)
 pub fn slice_ptr(slice: &CudaSlice<u8>, stream: &CudaStream) -> u64 {
-    // Event tracking is disabled for runtimes (see `context.rs`), so the guard records nothing.
     let (ptr, _guard) = slice.device_ptr(stream);
     ptr
 }
@@ -314,6 +315,19 @@ impl Drop for CaptureGuard {
         // error and still leaves the stream out of capture mode.
         match unsafe { result::stream::end_capture(stream.cu_stream()) } {
             Ok(graph) if !graph.is_null() => {
+                // Graph allocations the discarded capture made and did not free are tensors the
+                // forward kept before it failed: launched once, they become ordinary
+                // allocations the driver backs, freed when the tensors holding them drop
+                // (unbacked, reading them would fault and a later graph could be given the same
+                // addresses). As for a capture that succeeded; see `settle_escaped`.
+                if matches!(
+                    check_memory_nodes(graph, MemoryNodes::Allowed),
+                    Err(EndCaptureError::Escaped { .. })
+                ) {
+                    if let Err(e) = settle_escaped(graph, &stream) {
+                        ctx.record_err(Err::<(), _>(e));
+                    }
+                }
                 // SAFETY: the graph was just returned to us and is used by nobody else.
                 let _ = unsafe { result::graph::destroy(graph) };
             }
@@ -630,9 +644,17 @@ impl ExecGraph {
     }
 
     /// Launches the executable on its stream.
-    pub fn launch(&self) -> Result<(), DriverError> {
-        // SAFETY: `exec` and `stream` live as long as `self`; the buffers the graph reads and
-        // writes are owned by the runner or pool that owns this graph (see `capture.rs`).
+    ///
+    /// # Safety
+    ///
+    /// Every buffer the graph reads or writes is alive and mapped: for a pool-mode graph its
+    /// pool chunk (resident, not released) and the driver buffers its capture noted
+    /// ([`Captured::kept`](crate::pool_capture::Captured::kept)); for a graph of another backend
+    /// what that backend's `GraphKeep` holds and the model's buffers. The runner and the native
+    /// library's `Graph` keep them next to the executable for as long as they may launch it.
+    pub unsafe fn launch(&self) -> Result<(), DriverError> {
+        // SAFETY: `exec` and `stream` live as long as `self`; the buffers the graph uses are
+        // alive by the caller's promise above.
         unsafe { result::graph::launch(self.exec, self.stream.cu_stream()) }
     }
 

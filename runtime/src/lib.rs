@@ -74,6 +74,7 @@ pub use stats::{FallbackReason, RunnerStats, SizeStats};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::generated::{StaticCmp, ViaBits, ViaPartialEq, function_id, identify};
+    pub use crate::runner::refresh_typed as refresh;
     pub use crate::static_args::assert_static_arg;
 }
 

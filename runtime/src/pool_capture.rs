@@ -338,10 +338,15 @@ pub fn capture_one<D: PoolDevice + ?Sized, T>(
 
     // Straight into the largest chunk, when allowed and there is one.
     if let (Warmup::IfNeeded, Some(chunk)) = (warmup, pool.largest_chunk()) {
-        match record(dev, &chunk, f, |s| {
+        let aside = SetAside::new(pool, &chunk);
+        let recorded = record(dev, &chunk, f, |s| {
             ExecGraph::end_capture(s, MemoryNodes::Forbidden)
-        }) {
-            Ok(recorded) => return finish(recorded, chunk, timing).map_err(wrap),
+        });
+        aside.settle(recorded.is_ok());
+        match recorded {
+            Ok(recorded) => {
+                return finish_or_set_aside(pool, recorded, chunk, timing).map_err(wrap);
+            }
             Err(failed) if failed.pool_exhausted => {
                 tracing::debug!(
                     function,
@@ -365,11 +370,77 @@ pub fn capture_one<D: PoolDevice + ?Sized, T>(
                 pool_exhausted: false,
             })
         })?;
+    let aside = SetAside::new(pool, &chunk);
     let recorded = record(dev, &chunk, f, |s| {
         ExecGraph::end_capture(s, MemoryNodes::Forbidden)
-    })
-    .map_err(wrap)?;
-    finish(recorded, chunk, timing).map_err(wrap)
+    });
+    aside.settle(recorded.is_ok());
+    finish_or_set_aside(pool, recorded.map_err(wrap)?, chunk, timing).map_err(wrap)
+}
+
+/// [`finish`], and on its error (an upload that failed, after which the output is dropped) the
+/// same check as a failed record's: a tensor the forward kept sets the chunk aside.
+fn finish_or_set_aside<T>(
+    pool: &mut GraphPool,
+    recorded: Recorded<ExecGraph, T>,
+    chunk: Arc<PoolChunk>,
+    timing: CaptureTiming,
+) -> Result<Captured<T>, Failed> {
+    let watched = chunk.clone();
+    let finished = finish(recorded, chunk, timing);
+    if finished.is_err() && watched.live_tensors() > 0 {
+        pool.forget(&watched);
+    }
+    finished
+}
+
+/// Sets a chunk aside after a record attempt that left a tensor alive in it: the forward kept a
+/// tensor it allocated under capture, then failed, ran the chunk out, or panicked. The chunk is
+/// forgotten by the pool (no later capture allocates there, and the graphs that use it are
+/// dropped by their runner and captured again elsewhere on their next use), so nothing a replay
+/// writes can alias the kept tensor, which keeps its memory alive. A successful attempt is
+/// checked by its caller once it has dropped the output ([`check_no_escape`]).
+///
+/// Settled explicitly, or on drop while a panic unwinds through the attempt (by then the
+/// forward's own tensors are gone: only a kept one counts).
+struct SetAside<'p> {
+    pool: Option<&'p mut GraphPool>,
+    chunk: Arc<PoolChunk>,
+}
+
+impl<'p> SetAside<'p> {
+    fn new(pool: &'p mut GraphPool, chunk: &Arc<PoolChunk>) -> Self {
+        Self {
+            pool: Some(pool),
+            chunk: chunk.clone(),
+        }
+    }
+
+    /// Ends the watch: after an attempt that returned its output (`succeeded`), nothing is
+    /// checked here; after a failed one, a live tensor sets the chunk aside.
+    fn settle(mut self, succeeded: bool) {
+        if succeeded {
+            self.pool = None;
+        }
+    }
+}
+
+impl Drop for SetAside<'_> {
+    fn drop(&mut self) {
+        let Some(pool) = self.pool.take() else {
+            return;
+        };
+        let live = self.chunk.live_tensors();
+        if live > 0 {
+            tracing::warn!(
+                target: "cudagraph",
+                live,
+                "a failed capture left tensors alive in its pool chunk (the forward kept them): \
+                 the chunk is set aside, and the graphs using it are captured again elsewhere"
+            );
+            pool.forget(&self.chunk);
+        }
+    }
 }
 
 /// What [`rerecord`] produced: `f`'s value, whether the update was in place, the chunk the
@@ -410,13 +481,19 @@ pub fn rerecord<D: PoolDevice + ?Sized, T>(
         source: Box::new(failed.error),
     };
     let mut chunk = chunk.clone();
-    let recorded = match record(dev, &chunk, f, |stream| exec.update_from_capture(stream)) {
+    let aside = SetAside::new(pool, &chunk);
+    let first = record(dev, &chunk, f, |stream| exec.update_from_capture(stream));
+    aside.settle(first.is_ok());
+    let recorded = match first {
         Err(failed) if failed.pool_exhausted && !changed(exec) => {
             let need = warm_up(dev, f).map_err(|failed| (wrap(failed), changed(exec)))?;
             chunk = pool
                 .chunk_for(dev.stream(Seal::new()), need)
                 .map_err(|e| (e, changed(exec)))?;
-            record(dev, &chunk, f, |stream| exec.update_from_capture(stream))
+            let aside = SetAside::new(pool, &chunk);
+            let second = record(dev, &chunk, f, |stream| exec.update_from_capture(stream));
+            aside.settle(second.is_ok());
+            second
         }
         other => other,
     };

@@ -4,12 +4,16 @@
 /// The bound on a runner's statics type (the static arguments as a tuple): `PartialEq`, so each
 /// call can be compared with the captured values, and `Sync`.
 ///
-/// `Sync` rules out the statics that would compare equal to the captured value whatever the
-/// caller did: a runner keeps the value the graphs were captured with, and a shared cell
-/// (`Rc<Cell<f32>>`, `&RefCell<Config>`) is the same cell on both sides of the comparison, so
-/// after a `set` the graph would replay the value it baked in, silently. A `Sync` type can
-/// still hide mutation behind a hand-written `PartialEq` (comparing an `Arc`'s address, say):
-/// the comparison is the type's, and a graph replays whatever it captured.
+/// `Sync` rules out the commonest statics that would compare equal to the captured value
+/// whatever the caller did: a runner keeps the value the graphs were captured with, and a
+/// shared cell (`Rc<Cell<f32>>`, `&RefCell<Config>`) is the same cell on both sides of the
+/// comparison, so after a `set` the graph would replay the value it baked in, silently.
+///
+/// It does not rule out every shared handle: `Arc<OnceLock<f32>>`, an `Arc` of atomics, or a
+/// reference to either, are `Sync`, and one compares equal to itself after a `set` just the
+/// same (the bound that would say "no interior mutability", `Freeze`, is unstable). **A static
+/// must be a value** (a number, a `Copy` config, an owned struct), not a handle to state that
+/// changes: the comparison is the type's own, and a graph replays whatever it captured.
 #[diagnostic::on_unimplemented(
     message = "the static arguments `{Self}` must be `PartialEq + Sync`",
     label = "static arguments compared at every call",

@@ -117,6 +117,10 @@ fn cudarc_graph_memory_is_measured_and_released() {
     let sizes = [64, 128, 256, 512];
     stream.synchronize().unwrap();
     ctx.check_err().unwrap();
+    // A clean baseline: graph memory an earlier test's graphs left reserved (the driver keeps it
+    // cached after they are destroyed) is trimmed first, or it would serve these graphs and hide
+    // their reservation from the figures below.
+    GraphMemoryUsage::trim(&ctx).expect("trim");
     let before = GraphMemoryUsage::of_context(&ctx).expect("usage");
     GraphMemoryUsage::reset_high(&ctx).expect("reset");
     let forward = |s: &Arc<CudaStream>, [x]: [&CudaTensor; 1], _: &()| -> Result<CudaTensor> {
@@ -407,6 +411,48 @@ fn cudarc_fallback_output_of_another_stream_is_refused() {
         .expect_err("run_eager's input of another stream");
     assert!(matches!(err, Error::ForeignTensor { .. }), "{err}");
     other.synchronize().unwrap();
+    stream.synchronize().unwrap();
+    stream.context().check_err().expect("no deferred error");
+}
+
+/// Review of d0c124f, `p7` (node mode): a forward that keeps a graph allocation under capture
+/// and then fails. The discarded capture is launched once, so the kept allocation is backed
+/// memory of its own: it can be written and read, and it is freed when the tensor drops (on
+/// d0c124f it was never backed: reading it faulted).
+#[test]
+fn cudarc_a_tensor_kept_by_a_failed_capture_is_backed() {
+    let Some(stream) = stream("cudarc_a_tensor_kept_by_a_failed_capture_is_backed") else {
+        return;
+    };
+    let stash: RefCell<Option<CudaTensor>> = RefCell::new(None);
+    let plan = GraphPlan::new("keep_then_fail", &[4], 0)
+        .unwrap()
+        .with_lazy_capture(true);
+    let mut graphs = Runner::capture(
+        &stream,
+        plan,
+        [InputSpec::new(DType::F32, &[4]).unwrap()],
+        (),
+        |s: &Arc<CudaStream>, [x]: [&CudaTensor; 1], _: &()| {
+            let capturing = s.capture_status().map_err(Error::driver("status"))?
+                != cudagraph::cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+            if capturing {
+                *stash.borrow_mut() = Some(CudaTensor::zeros::<f32>(s, &[x.rows(), 4])?);
+                return Err(Error::invalid("keep_then_fail", "fails after keeping a tensor"));
+            }
+            CudaTensor::zeros::<f32>(s, &[x.rows(), 4])
+        },
+    )
+    .unwrap();
+    let x = upload(&stream, &[1.0; 16], 4, 4);
+    let err = graphs.run([&x]).map(drop).expect_err("fails");
+    assert!(err.to_string().contains("fails after keeping"), "{err}");
+    let kept = stash.borrow_mut().take().expect("kept");
+    let marker: Vec<f32> = (0..16).map(|i| 100.0 + i as f32).collect();
+    let mut slice = kept.into_slice::<f32>().expect("owns its buffer");
+    stream.memcpy_htod(&marker, &mut slice).expect("write");
+    assert_eq!(stream.clone_dtoh(&slice).expect("read"), marker);
+    drop(slice);
     stream.synchronize().unwrap();
     stream.context().check_err().expect("no deferred error");
 }

@@ -570,3 +570,146 @@ fn a_graph_keeps_its_communicator() -> Result<()> {
     assert_eq!(download_f32(&rt, &dst)?, download_f32(&rt, &x)?);
     Ok(())
 }
+
+/// What a kept tensor holds after `replays` of `runner`'s size-8 graph: a marker written into
+/// it first must survive (the review of d0c124f: a tensor kept by a capture that then *failed*
+/// sat in a chunk other graphs kept rewriting).
+fn kept_survives_replays<const N: usize>(
+    rt: &Runtime,
+    runner: &mut Runner<'_, N>,
+    kept: &Tensor,
+    inputs: impl Fn(f32) -> Result<[Tensor; N]>,
+) -> Result<()> {
+    let marker: Vec<f32> = (0..kept.numel()).map(|i| 1000.0 + i as f32).collect();
+    rt.copy(&rt.upload(&marker, kept.shape())?, kept)?;
+    for v in [3.0, 4.0] {
+        let x = inputs(v)?;
+        let refs: [&Tensor; N] = std::array::from_fn(|i| &x[i]);
+        let out = runner.run(refs)?;
+        assert!(out.replayed());
+        assert!(rt.download::<f32>(&out)?.iter().all(|&o| o == v));
+    }
+    assert_eq!(
+        rt.download::<f32>(kept)?,
+        marker,
+        "a replay rewrote a tensor a failed capture kept"
+    );
+    Ok(())
+}
+
+/// Review of d0c124f, finding 1 (lazy plan, `p4`): the forward keeps a tensor under capture of
+/// size 4 and then fails. The error comes back, the chunk is set aside, and the size-8 graph
+/// (captured into that chunk before) is captured again elsewhere: its replays never write where
+/// the kept tensor lives.
+#[test]
+fn a_tensor_kept_by_a_failed_capture_is_never_rewritten() -> Result<()> {
+    let Some(rt) = gpu("a_tensor_kept_by_a_failed_capture_is_never_rewritten") else {
+        return Ok(());
+    };
+    let stash: RefCell<Option<Tensor>> = RefCell::new(None);
+    let plan = GraphPlan::new("keep_then_fail", &[4, 8], 0)?.with_lazy_capture(true);
+    let spec = InputSpec::new(DType::F32, &[16])?;
+    let mut runner = Runner::capture(&rt, plan, [spec], (), |rt: &Runtime, [x], ()| {
+        if rt.is_capturing() && x.rows() == 4 {
+            *stash.borrow_mut() = Some(rt.duplicate(x)?);
+            return Err(Error::invalid(
+                "keep_then_fail",
+                "fails after keeping a tensor",
+            ));
+        }
+        rt.duplicate(x)
+    })?;
+    let fill = |n: usize, v: f32| rt.upload(&vec![v; n * 16], &[n, 16]);
+    assert!(runner.run([&fill(8, 1.0)?])?.replayed());
+    let err = runner.run([&fill(4, 2.0)?]).map(drop).expect_err("fails");
+    assert!(err.to_string().contains("fails after keeping"), "{err}");
+    let kept = stash.borrow_mut().take().expect("kept");
+    kept_survives_replays(&rt, &mut runner, &kept, |v| Ok([fill(8, v)?]))
+}
+
+/// The same after a panic: the forward keeps a tensor under capture, then panics; the panic is
+/// caught by the caller and the runner used again.
+#[test]
+fn a_tensor_kept_before_a_panic_is_never_rewritten() -> Result<()> {
+    let Some(rt) = gpu("a_tensor_kept_before_a_panic_is_never_rewritten") else {
+        return Ok(());
+    };
+    let stash: RefCell<Option<Tensor>> = RefCell::new(None);
+    let plan = GraphPlan::new("keep_then_panic", &[4, 8], 0)?.with_lazy_capture(true);
+    let spec = InputSpec::new(DType::F32, &[16])?;
+    let mut runner = Runner::capture(&rt, plan, [spec], (), |rt: &Runtime, [x], ()| {
+        if rt.is_capturing() && x.rows() == 4 {
+            *stash.borrow_mut() = Some(rt.duplicate(x)?);
+            panic!("the forward panics after keeping a tensor");
+        }
+        rt.duplicate(x)
+    })?;
+    let fill = |n: usize, v: f32| rt.upload(&vec![v; n * 16], &[n, 16]);
+    assert!(runner.run([&fill(8, 1.0)?])?.replayed());
+    let four = fill(4, 2.0)?;
+    let panicked = catch_unwind(AssertUnwindSafe(|| runner.run([&four]).map(drop)));
+    assert!(panicked.is_err(), "the forward panicked");
+    let kept = stash.borrow_mut().take().expect("kept");
+    kept_survives_replays(&rt, &mut runner, &kept, |v| Ok([fill(8, v)?]))
+}
+
+/// Review of d0c124f, `p6`: the first capture of a size goes straight into the pool's largest
+/// chunk; the forward keeps a tensor there, then runs the chunk out, and the retry (a warm-up,
+/// then a new chunk) succeeds. `Runner::capture` returns Ok, and the chunk the kept tensor
+/// lives in is set aside all the same.
+#[test]
+fn a_tensor_kept_before_the_pool_ran_out_is_never_rewritten() -> Result<()> {
+    let Some(rt) = gpu("a_tensor_kept_before_the_pool_ran_out_is_never_rewritten") else {
+        return Ok(());
+    };
+    let stash: RefCell<Option<Tensor>> = RefCell::new(None);
+    let plan =
+        GraphPlan::new("keep_then_exhaust", &[1, 8], 0)?.with_warmup(cudagraph::Warmup::IfNeeded);
+    let spec = InputSpec::new(DType::F32, &[16])?;
+    let mut runner = Runner::capture(&rt, plan, [spec], (), |rt: &Runtime, [x], ()| {
+        let y = rt.duplicate(x)?;
+        if x.rows() == 1 {
+            if rt.is_capturing() && stash.borrow().is_none() {
+                *stash.borrow_mut() = Some(rt.duplicate(x)?);
+            }
+            // Larger than the chunk the size-8 graph made: the first record runs it out.
+            let _scratch = rt.alloc(&[1 << 22], DType::F32)?;
+        }
+        Ok(y)
+    })?;
+    let kept = stash.borrow_mut().take().expect("kept");
+    let fill = |n: usize, v: f32| rt.upload(&vec![v; n * 16], &[n, 16]);
+    kept_survives_replays(&rt, &mut runner, &kept, |v| Ok([fill(8, v)?]))
+}
+
+/// Review of d0c124f, `p3`: a refresh whose new forward keeps a tensor under capture and then
+/// fails gives the old runner back; its graphs never write where the kept tensor lives.
+#[test]
+fn a_tensor_kept_by_a_failed_refresh_is_never_rewritten() -> Result<()> {
+    let Some(rt) = gpu("a_tensor_kept_by_a_failed_refresh_is_never_rewritten") else {
+        return Ok(());
+    };
+    let stash: RefCell<Option<Tensor>> = RefCell::new(None);
+    let plan = GraphPlan::new("refresh_keep", &[8], 0)?;
+    let spec = InputSpec::new(DType::F32, &[16])?;
+    let runner = Runner::capture(&rt, plan, [spec], (), |rt: &Runtime, [x], ()| {
+        rt.duplicate(x)
+    })?;
+    let failed = runner
+        .refresh(&rt, |rt: &Runtime, [x]: [&Tensor; 1], _: &()| {
+            if rt.is_capturing() {
+                *stash.borrow_mut() = Some(rt.duplicate(x)?);
+                return Err(Error::invalid(
+                    "refresh_keep",
+                    "fails after keeping a tensor",
+                ));
+            }
+            rt.duplicate(x)
+        })
+        .map(drop)
+        .expect_err("the refresh fails");
+    let mut runner = *failed.runner;
+    let kept = stash.borrow_mut().take().expect("kept");
+    let fill = |n: usize, v: f32| rt.upload(&vec![v; n * 16], &[n, 16]);
+    kept_survives_replays(&rt, &mut runner, &kept, |v| Ok([fill(8, v)?]))
+}

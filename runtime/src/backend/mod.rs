@@ -120,9 +120,14 @@ mod ops {
     /// [`range`](Self::range) reports, launches graphs on the stream [`stream`](Self::stream)
     /// returns, and hands [`output_view`](Self::output_view)s out behind a borrow of the
     /// runner. An implementation must report true ranges of live allocations ordered on the
-    /// device's stream, make views that neither outlive nor escape what they view except
-    /// through the runner's borrow, and never let a [`Seal`] it receives out of the call
-    /// (stored, returned, or passed to code that could call another backend with it).
+    /// device's stream; make views that neither outlive nor escape what they view except
+    /// through the runner's borrow; return from [`capture`](Self::capture) and
+    /// [`rerecord`](Self::rerecord) a `GraphKeep` that holds (with the runner's `Memory`)
+    /// everything the executable reads or writes, for as long as the runner keeps it (the
+    /// runner launches it while it holds both, and not after [`release`](Self::release) until
+    /// [`resume`](Self::resume)); set aside memory a failed capture left a kept tensor in; and
+    /// never let a [`Seal`] it receives out of the call (stored, returned, or passed to code
+    /// that could call another backend with it).
     pub unsafe trait BackendOps: Sized + 'static {
         /// The device type.
         type Dev: ?Sized;

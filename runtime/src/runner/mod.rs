@@ -14,3 +14,4 @@ pub use output::Output;
 pub use refresh::{RefreshError, RefreshReport};
 pub use run::{EagerFn, NoStatics, Runner};
 pub use typed::FnRunner;
+pub use typed::refresh as refresh_typed;

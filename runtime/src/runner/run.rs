@@ -454,10 +454,10 @@ impl<'m, const N: usize, S, B: Backend> Runner<'m, N, S, B> {
                 "graph missing after capture",
             ));
         };
-        graph
-            .exec
-            .launch()
-            .map_err(Error::driver("cuGraphLaunch"))?;
+        // SAFETY: the graph's memory is alive: `keep` (its pool chunk and noted buffers, or its
+        // node-mode figures) is stored beside it in this runner, the runner is not released
+        // (checked by `run_with`), and the model's buffers are borrowed for `'m`.
+        unsafe { graph.exec.launch() }.map_err(Error::driver("cuGraphLaunch"))?;
         let s = &mut self.core.stats.sizes[slot];
         s.replays += 1;
         s.rows += n as u64;

@@ -19,8 +19,10 @@ use crate::error::Result;
 /// `&mut graphs`. [`into_untyped`](Self::into_untyped) gives the `Runner` itself (for a struct
 /// field of a type one can write), which the generated refresh no longer accepts.
 ///
-/// Only the generated constructor makes one (its identity is the function's; there is no
-/// public way to retype a runner as another function's).
+/// Only the generated constructor makes one. The identity guards against mistakes (passing one
+/// function's runner to another's refresh is a compile error); it is not a seal: through
+/// `DerefMut` a runner can be swapped for another's, and no memory safety rests on it
+/// ([`Runner::refresh`] takes any forward of the runner's signature).
 pub struct FnRunner<'m, F, const N: usize, S, B: Backend> {
     runner: Runner<'m, N, S, B>,
     function: PhantomData<fn() -> F>,
@@ -41,24 +43,45 @@ impl<'m, F, const N: usize, S: 'm, B: Backend> FnRunner<'m, F, N, S, B> {
         self.runner
     }
 
-    /// [`Runner::refresh`], keeping the identity: every graph rebuilt for `eager` (the same
-    /// function's forward with new weights; the generated `<fn>_graphs_refresh` passes it).
+    /// [`Runner::refresh`]: every graph rebuilt for `eager`. The refreshed runner is untyped (a
+    /// `Runner`): `eager` may be any forward, so it no longer carries this function's identity
+    /// (the generated `<fn>_graphs_refresh`, which passes the function's own forward, keeps
+    /// it). On error the old runner comes back as it was, typed.
     #[allow(clippy::type_complexity)]
     pub fn refresh<'n>(
         self,
         dev: &'n B::Device,
         eager: impl Fn(&B::Device, [&B::Tensor; N], &S) -> Result<B::Tensor> + 'n,
-    ) -> std::result::Result<(FnRunner<'n, F, N, S, B>, RefreshReport), RefreshError<Self>>
+    ) -> std::result::Result<(Runner<'n, N, S, B>, RefreshReport), RefreshError<Self>>
     where
         S: 'n,
     {
-        match self.runner.refresh(dev, eager) {
-            Ok((runner, report)) => Ok((FnRunner::new(runner), report)),
-            Err(e) => Err(RefreshError {
-                error: e.error,
-                runner: Box::new(FnRunner::new(*e.runner)),
-            }),
-        }
+        self.runner.refresh(dev, eager).map_err(|e| RefreshError {
+            error: e.error,
+            runner: Box::new(FnRunner::new(*e.runner)),
+        })
+    }
+}
+
+/// [`Runner::refresh`] of the runner inside `runner`, keeping its identity: what the generated
+/// `<fn>_graphs_refresh` calls with the function's own forward (re-exported as
+/// `__private::refresh`, the generated code's, not an API: called with another forward it
+/// would give that forward's graphs the function's identity).
+#[allow(clippy::type_complexity)]
+pub fn refresh<'m, 'n, F, const N: usize, S: 'm + 'n, B: Backend>(
+    runner: FnRunner<'m, F, N, S, B>,
+    dev: &'n B::Device,
+    eager: impl Fn(&B::Device, [&B::Tensor; N], &S) -> Result<B::Tensor> + 'n,
+) -> std::result::Result<
+    (FnRunner<'n, F, N, S, B>, RefreshReport),
+    RefreshError<FnRunner<'m, F, N, S, B>>,
+> {
+    match runner.runner.refresh(dev, eager) {
+        Ok((runner, report)) => Ok((FnRunner::new(runner), report)),
+        Err(e) => Err(RefreshError {
+            error: e.error,
+            runner: Box::new(FnRunner::new(*e.runner)),
+        }),
     }
 }
 
