@@ -48,7 +48,7 @@ pub use cudagraph_runtime::*;
 pub use cudagraph_kernels::nccl;
 pub use cudagraph_kernels::{
     CUBLAS_WORKSPACE_BYTES, CUBLASLT_ENV, EagerFn, FnRunner, GEMM_ENV, GemmAlgoStats, GemmBackend,
-    GemmTnBf16, Graph, LtOutcome, Native, Output, Runner, Runtime, Tensor, TensorView,
+    GemmTnBf16, Graph, Islands, LtOutcome, Native, Output, Runner, Runtime, Tensor, TensorView,
     dependent_launch, gemm, testing,
 };
 #[doc(hidden)]

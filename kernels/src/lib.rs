@@ -60,7 +60,7 @@ pub use cudagraph_runtime::{
 };
 
 /// A [`Runner`](cudagraph_runtime::Runner) of the native backend by default:
-/// `Runner<'m, N, S = (), B = Native>`.
+/// `Runner<'m, N, S = (), B = Native, L = ()>` (`L`: the islands' live arguments).
 ///
 /// Without the macro (what `#[cuda_graph]` generates calls this):
 ///
@@ -85,15 +85,21 @@ pub use cudagraph_runtime::{
 /// assert_eq!(rt.download::<f32>(&kept)?, vec![1.5f32; 3 * 8]);
 /// # Ok(()) }
 /// ```
-pub type Runner<'m, const N: usize, S = (), B = Native> = cudagraph_runtime::Runner<'m, N, S, B>;
+pub type Runner<'m, const N: usize, S = (), B = Native, L = ()> =
+    cudagraph_runtime::Runner<'m, N, S, B, L>;
 
 /// An [`FnRunner`](cudagraph_runtime::FnRunner) (the runner of one annotated function) of the
 /// native backend by default.
-pub type FnRunner<'m, F, const N: usize, S = (), B = Native> =
-    cudagraph_runtime::FnRunner<'m, F, N, S, B>;
+pub type FnRunner<'m, F, const N: usize, S = (), B = Native, L = ()> =
+    cudagraph_runtime::FnRunner<'m, F, N, S, B, L>;
 
 /// An [`Output`](cudagraph_runtime::Output) of the native backend by default.
 pub type Output<'r, B = Native> = cudagraph_runtime::Output<'r, B>;
 
 /// An [`EagerFn`](cudagraph_runtime::EagerFn) of the native backend by default.
-pub type EagerFn<'m, const N: usize, S, B = Native> = cudagraph_runtime::EagerFn<'m, N, S, B>;
+pub type EagerFn<'m, const N: usize, S, B = Native, L = ()> =
+    cudagraph_runtime::EagerFn<'m, N, S, B, L>;
+
+/// The [`Islands`](cudagraph_runtime::Islands) of a forward, of the native backend by default:
+/// `Islands<'i, 'l, L = (), B = Native>` (a forward takes `islands: &Islands<L>`).
+pub type Islands<'i, 'l, L = (), B = Native> = cudagraph_runtime::Islands<'i, 'l, B, L>;

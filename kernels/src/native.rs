@@ -137,6 +137,14 @@ unsafe impl BackendOps for Native {
         dev.duplicate(t)
     }
 
+    fn share(_: Seal, t: &Tensor) -> Result<Tensor> {
+        Ok(t.share())
+    }
+
+    fn capture_copy(_: Seal, dev: &Runtime, t: &Tensor) -> Result<Tensor> {
+        dev.duplicate(t)
+    }
+
     fn capture(
         seal: Seal,
         dev: &Runtime,
@@ -156,6 +164,7 @@ unsafe impl BackendOps for Native {
         Ok(CapturedSize {
             output: output?,
             exec: c.exec,
+            segments: c.segments,
             keep: NativeKeep {
                 chunk: c.chunk,
                 _kept: c.kept,

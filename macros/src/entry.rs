@@ -14,7 +14,7 @@ use crate::{expand, parse, validate};
 /// `item_graph_memory` and `item_graphs_refresh` (or by the errors).
 pub fn cuda_graph(args: TokenStream, item: TokenStream) -> TokenStream {
     match generate(args, item.clone()) {
-        Ok(generated) => quote!(#item #generated),
+        Ok((item, generated)) => quote!(#item #generated),
         Err(error) => {
             let errors = error.into_compile_error();
             quote!(#item #errors)
@@ -22,8 +22,8 @@ pub fn cuda_graph(args: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
-/// The generated sibling items, or every error found.
-fn generate(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+/// The function as emitted and the generated sibling items, or every error found.
+fn generate(args: TokenStream, item: TokenStream) -> syn::Result<(TokenStream, TokenStream)> {
     let salt = expand::function_salt(&args, &item);
     let (args, arg_error) = parse::parse_args(args);
     let mut errors = Errors::new();
@@ -32,15 +32,15 @@ fn generate(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
         Err(error) => {
             errors.push(error);
             errors.extend(arg_error);
-            return errors.finish(TokenStream::new());
+            return errors.finish((TokenStream::new(), TokenStream::new()));
         }
     };
     errors.extend(arg_error);
     match validate::validate(&args, &func) {
-        Ok(plan) => errors.finish(expand::expand(&plan, salt)),
+        Ok(plan) => errors.finish((expand::item(&func, &plan), expand::expand(&plan, salt))),
         Err(error) => {
             errors.push(error);
-            errors.finish(TokenStream::new())
+            errors.finish((TokenStream::new(), TokenStream::new()))
         }
     }
 }

@@ -60,7 +60,8 @@ fn shared(plan: &Plan) -> Shared {
         let value = pad_value(krate, *value);
         quote!(.with_pad(#index, #value))
     });
-    let body = forward_call(plan, &closure_rt, &tensors, &statics);
+    let islands = local("__cg_islands");
+    let body = forward_call(plan, &closure_rt, &tensors, &statics, &islands);
 
     // Inline literals rather than named consts: no generated item name can
     // clash with (or shadow) a user's static argument or constant.
@@ -74,10 +75,13 @@ fn shared(plan: &Plan) -> Shared {
     };
     let types = BackendTypes::of(plan);
     let (dev_ty, tensor_ty) = (&types.device, &types.tensor);
+    // The islands' type is left to inference (from `capture_live`'s bound): it names the
+    // runner's borrow, which `<fn>_graph_memory` has no name for.
     let eager = quote! {
         move |#closure_rt: &#dev_ty,
               #tensors: [&#tensor_ty; #n],
-              #statics: &#statics_ty| {
+              #statics: &#statics_ty,
+              #islands| {
             #body
         }
     };
@@ -161,6 +165,75 @@ fn function_id(plan: &Plan, salt: u64) -> TokenStream {
     }
 }
 
+/// The annotated function as it is emitted: unchanged, except that a method taking
+/// `islands: &Islands<..>` without a lifetime on `Islands` gets one lifetime for `&self` and the
+/// islands' borrow (declared when `&self` had none), so that an island's closure may borrow the
+/// model: `fn forward<'cg_i>(&'cg_i self, .., islands: &Islands<'cg_i, '_, ..>)`. Callers see
+/// no difference.
+pub fn item(func: &syn::ImplItemFn, plan: &Plan) -> TokenStream {
+    use quote::ToTokens;
+    let Some(tie) = plan.islands.as_ref().and_then(|i| i.tie.clone()) else {
+        return func.to_token_stream();
+    };
+    let mut func = func.clone();
+    let declared = func
+        .sig
+        .generics
+        .params
+        .iter()
+        .any(|p| matches!(p, syn::GenericParam::Lifetime(l) if l.lifetime == tie));
+    let mut on_receiver = false;
+    if let Some(syn::FnArg::Receiver(receiver)) = func.sig.inputs.first_mut() {
+        if let syn::ReceiverKind::Reference(_, lifetime @ None, _) = &mut receiver.kind {
+            *lifetime = Some(tie.clone());
+            on_receiver = true;
+        } else if let syn::ReceiverKind::Reference(_, Some(existing), _) = &receiver.kind {
+            on_receiver = *existing == tie;
+        }
+    }
+    if !on_receiver {
+        return func.to_token_stream();
+    }
+    if !declared {
+        func.sig.generics.params.insert(
+            0,
+            syn::GenericParam::Lifetime(syn::LifetimeParam::new(tie.clone())),
+        );
+    }
+    for arg in func.sig.inputs.iter_mut() {
+        let syn::FnArg::Typed(pat_type) = arg else {
+            continue;
+        };
+        let syn::Type::Reference(r) = &mut *pat_type.ty else {
+            continue;
+        };
+        let syn::Type::Path(path) = &mut *r.elem else {
+            continue;
+        };
+        let Some(last) = path.path.segments.last_mut() else {
+            continue;
+        };
+        if last.ident != "Islands" {
+            continue;
+        }
+        let borrow: syn::GenericArgument = syn::GenericArgument::Lifetime(tie.clone());
+        let call: syn::GenericArgument =
+            syn::GenericArgument::Lifetime(syn::Lifetime::new("'_", Span::call_site()));
+        match &mut last.arguments {
+            syn::PathArguments::AngleBracketed(args) => {
+                args.args.insert(0, call);
+                args.args.insert(0, borrow);
+            }
+            arguments @ syn::PathArguments::None => {
+                *arguments =
+                    syn::PathArguments::AngleBracketed(syn::parse_quote!(<#borrow, #call>));
+            }
+            syn::PathArguments::Parenthesized(_) => {}
+        }
+    }
+    func.to_token_stream()
+}
+
 /// The salt of [`function_id`]: 64-bit FNV-1a over the annotated item's
 /// tokens, a separator and the attribute's tokens (as strings), so two
 /// annotated functions of one module get different identities.
@@ -189,6 +262,8 @@ struct BackendTypes {
     spec: TokenStream,
     /// `, Backend` after the runner's other parameters (empty for the default).
     runner_param: TokenStream,
+    /// The backend type, always spelled (`Native` for cudagraph's own).
+    backend: TokenStream,
 }
 
 impl BackendTypes {
@@ -200,6 +275,7 @@ impl BackendTypes {
                 tensor: quote!(#krate::Tensor),
                 spec: quote!(#krate::InputSpec),
                 runner_param: TokenStream::new(),
+                backend: quote!(#krate::Native),
             },
             Some(device) => {
                 let backend = quote!(<#device as #krate::Device>::Backend);
@@ -208,6 +284,7 @@ impl BackendTypes {
                     tensor: quote!(<#backend as #krate::Backend>::Tensor),
                     spec: quote!(#krate::InputSpec<<#backend as #krate::Backend>::DType>),
                     runner_param: quote!(, #backend),
+                    backend: backend.clone(),
                 }
             }
         }
@@ -299,11 +376,25 @@ pub fn expand(plan: &Plan, salt: u64) -> TokenStream {
         device,
         spec,
         runner_param,
+        backend,
         ..
     } = BackendTypes::of(plan);
+    // A forward with islands of live arguments `L`: the runner's last type parameter, and the
+    // constructor's (and the estimate's) parameter of their value during warm-ups and captures.
+    let (runner_tail, live_param, live_value) = match &plan.islands {
+        Some(islands) if islands.has_live => {
+            let (ident, live) = (&islands.ident, &islands.live);
+            (
+                quote!(, #backend, #live),
+                quote!(#ident: #live,),
+                quote!(#ident),
+            )
+        }
+        _ => (runner_param, TokenStream::new(), quote!(())),
+    };
     // The runner types the three name: this function's runner for the borrow `'cg` (or `'cg_old`).
     let fn_runner =
-        |life: &syn::Lifetime| quote!(#krate::FnRunner<#life, #id, #n, #statics_ty #runner_param>);
+        |life: &syn::Lifetime| quote!(#krate::FnRunner<#life, #id, #n, #statics_ty #runner_tail>);
     let runner_ty = fn_runner(lifetime);
     let old_runner_ty = fn_runner(&old_lifetime);
 
@@ -315,17 +406,19 @@ pub fn expand(plan: &Plan, salt: u64) -> TokenStream {
             #rt: &#lifetime #device,
             #inputs: [#spec; #n],
             #(#static_idents: #static_tys,)*
+            #live_param
         ) -> ::core::result::Result<#runner_ty, #krate::Error>
         #where_clause
         {
             #(#static_checks)*
             #plan_stmts
             #statics_eq
-            #krate::Runner::capture(
+            #krate::Runner::capture_live(
                 #rt,
                 #graph_plan,
                 #inputs,
                 (#(#static_idents,)*),
+                #live_value,
                 #eager,
             )
             .map(|#new_runner| {
@@ -340,15 +433,17 @@ pub fn expand(plan: &Plan, salt: u64) -> TokenStream {
             #rt: &#device,
             #inputs: [#spec; #n],
             #(#static_idents: #static_tys,)*
+            #live_param
         ) -> ::core::result::Result<#krate::MemoryEstimate, #krate::Error>
         #where_clause
         {
             #plan_stmts
-            #krate::Runner::estimate(
+            #krate::Runner::estimate_live(
                 #rt,
                 #graph_plan,
                 #inputs,
                 (#(#static_idents,)*),
+                #live_value,
                 #eager,
             )
         }
@@ -372,10 +467,17 @@ pub fn expand(plan: &Plan, salt: u64) -> TokenStream {
 
 /// `forward_result(self.forward(...))`, spanned at the user's return type so
 /// a wrong return type is reported there.
-fn forward_call(plan: &Plan, rt: &Ident, tensors: &Ident, statics: &Ident) -> TokenStream {
+fn forward_call(
+    plan: &Plan,
+    rt: &Ident,
+    tensors: &Ident,
+    statics: &Ident,
+    islands: &Ident,
+) -> TokenStream {
     let krate = &plan.krate;
     let args = plan.roles.iter().map(|role| match *role {
         Role::Runtime => quote!(#rt),
+        Role::Islands => quote!(#islands),
         Role::Tensor(k) => {
             let k = Literal::usize_unsuffixed(k);
             quote!(#tensors[#k])
@@ -608,6 +710,56 @@ mod tests {
         squash(haystack).contains(&squash(needle))
     }
 
+    /// A forward with `islands: &Islands<L>`: the live arguments become the generated functions'
+    /// last parameter, passed to `capture_live`/`estimate_live` and named in the runner type;
+    /// the forward itself gets one lifetime for `&self` and the islands' borrow.
+    #[test]
+    fn islands_take_live_arguments_and_tie_the_borrow() {
+        let func: syn::ImplItemFn = syn::parse_quote!(
+            fn forward(
+                &self,
+                rt: &Runtime,
+                x: &Tensor,
+                islands: &Islands<(u32,)>,
+            ) -> Result<Tensor> {
+                todo!()
+            }
+        );
+        let (args, error) = crate::parse::parse_args(quote!(sizes = [1, 2]));
+        assert!(error.is_none(), "{error:?}");
+        let plan = validate(&args, &func).unwrap_or_else(|e| panic!("{e}"));
+        let out = expand(&plan, 0x1234).to_string();
+        for needle in [
+            "inputs : [:: cudagraph :: InputSpec ; 1] , islands : (u32 ,) ,)",
+            ":: cudagraph :: Runner :: capture_live (rt , __cg_plan , inputs , () , islands ,",
+            ":: cudagraph :: Runner :: estimate_live (rt , __cg_plan , inputs , () , islands ,",
+            ", 1 , () , :: cudagraph :: Native , (u32 ,) >",
+            "self . forward (__cg_rt , __cg_tensors [0] , __cg_islands)",
+        ] {
+            assert!(has(&out, needle), "missing {needle}\nin {out}");
+        }
+        let emitted = item(&func, &plan).to_string();
+        assert!(
+            has(
+                &emitted,
+                "fn forward < 'cg_i > (& 'cg_i self , rt : & Runtime , x : & Tensor , islands : & Islands < 'cg_i , '_ , (u32 ,) >)"
+            ),
+            "{emitted}"
+        );
+        // Without islands the forward is emitted as written.
+        let plain: syn::ImplItemFn = syn::parse_quote!(
+            fn forward(&self, rt: &Runtime, x: &Tensor) -> Result<Tensor> {
+                todo!()
+            }
+        );
+        let plan = validate(&args, &plain).unwrap_or_else(|e| panic!("{e}"));
+        use quote::ToTokens;
+        assert_eq!(
+            item(&plain, &plan).to_string(),
+            plain.to_token_stream().to_string()
+        );
+    }
+
     /// A forward on another backend's device type (candle's `CudaDevice`, plain cudarc's
     /// `Arc<CudaStream>` with `CudaTensor`s) names its backend through `Device` and is built
     /// with the same `capture` / `estimate`; the native spelling names no backend.
@@ -633,8 +785,14 @@ mod tests {
             let backend = format!("< {device} as :: cudagraph :: Device > :: Backend");
             assert!(has(&out, &format!("rt : & 'cg {device}")), "{out}");
             assert!(has(&out, &backend), "{out}");
-            assert!(has(&out, ":: cudagraph :: Runner :: capture ("), "{out}");
-            assert!(has(&out, ":: cudagraph :: Runner :: estimate ("), "{out}");
+            assert!(
+                has(&out, ":: cudagraph :: Runner :: capture_live ("),
+                "{out}"
+            );
+            assert!(
+                has(&out, ":: cudagraph :: Runner :: estimate_live ("),
+                "{out}"
+            );
             assert!(has(&out, &format!(", 1 , () , {backend} >")), "{out}");
             assert!(
                 has(
@@ -685,7 +843,7 @@ mod tests {
             "-> :: core :: result :: Result < :: cudagraph :: FnRunner < 'cg , :: cudagraph :: FunctionId < { :: cudagraph :: __private :: function_id (:: core :: module_path ! () , \"forward\" , 4660u64) } , Self > , 2 , (Config , f32 ,) > , :: cudagraph :: Error >",
             "let __cg_plan = :: cudagraph :: GraphPlan :: from_static (\"forward\" , & [1 , 2 , 4] , & [:: core :: primitive :: u16 :: MAX , 0 , 1 , 2 , 2] , 1) ? ;",
             "let __cg_statics_eq : fn (& (Config , f32 ,) , & (Config , f32 ,)) -> :: core :: primitive :: bool = | __cg_a , __cg_b | { # [allow (unused_imports)] use :: cudagraph :: __private :: { ViaBits as _ , ViaPartialEq as _ } ; (& :: cudagraph :: __private :: StaticCmp (& __cg_a . 0 , & __cg_b . 0)) . cg_same () && (& :: cudagraph :: __private :: StaticCmp (& __cg_a . 1 , & __cg_b . 1)) . cg_same () } ;",
-            ":: cudagraph :: Runner :: capture (rt , __cg_plan , inputs , (cfg , scale ,) , move | __cg_rt : & :: cudagraph :: Runtime , __cg_tensors : [& :: cudagraph :: Tensor ; 2] , __cg_statics : & (Config , f32 ,) |",
+            ":: cudagraph :: Runner :: capture_live (rt , __cg_plan , inputs , (cfg , scale ,) , () , move | __cg_rt : & :: cudagraph :: Runtime , __cg_tensors : [& :: cudagraph :: Tensor ; 2] , __cg_statics : & (Config , f32 ,) , __cg_islands |",
             ". map (| __cg_runner | { :: cudagraph :: __private :: identify (__cg_runner . with_statics_eq (__cg_statics_eq)) })",
             ":: cudagraph :: __private :: assert_static_arg :: < Config > () ; :: cudagraph :: __private :: assert_static_arg :: < f32 > () ;",
             ":: cudagraph :: forward_result (self . forward (__cg_rt , __cg_tensors [0] , __cg_tensors [1] , & __cg_statics . 0 , :: core :: clone :: Clone :: clone (& __cg_statics . 1)))",
@@ -873,14 +1031,14 @@ mod tests {
         let [graphs, memory, refresh] = [0, 1, 2].map(|i| items[i].to_token_stream().to_string());
         let plan_stmt = "let __cg_plan = :: cudagraph :: GraphPlan :: from_static (\"forward\" , & [1 , 2 , 4] , & [:: core :: primitive :: u16 :: MAX , 0 , 1 , 2 , 2] , 1) ? ;";
         let id = ":: cudagraph :: FunctionId < { :: cudagraph :: __private :: function_id (:: core :: module_path ! () , \"forward\" , 4660u64) } , Self >";
-        let closure = "move | __cg_rt : & :: cudagraph :: Runtime , __cg_tensors : [& :: cudagraph :: Tensor ; 2] , __cg_statics : & (Config , f32 ,) | { :: cudagraph :: forward_result (self . forward (__cg_rt , __cg_tensors [0] , __cg_tensors [1] , & __cg_statics . 0 , :: core :: clone :: Clone :: clone (& __cg_statics . 1))) }";
+        let closure = "move | __cg_rt : & :: cudagraph :: Runtime , __cg_tensors : [& :: cudagraph :: Tensor ; 2] , __cg_statics : & (Config , f32 ,) , __cg_islands | { :: cudagraph :: forward_result (self . forward (__cg_rt , __cg_tensors [0] , __cg_tensors [1] , & __cg_statics . 0 , :: core :: clone :: Clone :: clone (& __cg_statics . 1))) }";
 
         // `<fn>_graph_memory`: the same arguments and plan, `Runner::estimate`.
         for needle in [
             "pub fn forward_graph_memory (& self , rt : & :: cudagraph :: Runtime , inputs : [:: cudagraph :: InputSpec ; 2] , cfg : Config , scale : f32 ,)",
             "-> :: core :: result :: Result < :: cudagraph :: MemoryEstimate , :: cudagraph :: Error >",
             plan_stmt,
-            ":: cudagraph :: Runner :: estimate (rt , __cg_plan , inputs , (cfg , scale ,) ,",
+            ":: cudagraph :: Runner :: estimate_live (rt , __cg_plan , inputs , (cfg , scale ,) , () ,",
             closure,
         ] {
             assert!(has(&memory, needle), "missing {needle}\nin {memory}");
@@ -933,7 +1091,7 @@ mod tests {
         assert!(
             has(
                 &graphs,
-                ":: cudagraph :: Runner :: capture (rt , __cg_plan , inputs , (cfg , scale ,) ,"
+                ":: cudagraph :: Runner :: capture_live (rt , __cg_plan , inputs , (cfg , scale ,) , () ,"
             ),
             "{graphs}"
         );
@@ -1007,7 +1165,7 @@ mod tests {
         assert!(
             has(
                 &memory,
-                ":: cg :: Runner :: estimate (rt , __cg_plan , inputs , (cfg ,) ,"
+                ":: cg :: Runner :: estimate_live (rt , __cg_plan , inputs , (cfg ,) , () ,"
             ),
             "{memory}"
         );

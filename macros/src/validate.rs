@@ -25,6 +25,23 @@ pub enum Role {
     Tensor(usize),
     /// The j-th static argument: gets (a clone of / a reference to) `statics.j`.
     Static(usize),
+    /// The `&Islands<L>` parameter: gets the runner's islands.
+    Islands,
+}
+
+/// The forward's `islands: &Islands<L>` parameter.
+#[derive(Debug, Clone)]
+pub struct IslandsParam {
+    /// Its name, reused as the generated constructor's parameter of the live arguments' value
+    /// during warm-ups and captures.
+    pub ident: Ident,
+    /// The live arguments' type `L` (`()` when the type names none).
+    pub live: Type,
+    /// Whether `L` was written (the constructor then takes its capture-time value).
+    pub has_live: bool,
+    /// The lifetime the macro ties the islands' borrow to the receiver with (`None`: the user
+    /// wrote the islands' lifetimes, or there is no receiver).
+    pub tie: Option<Lifetime>,
 }
 
 /// A host value listed in `static_args`.
@@ -87,6 +104,8 @@ pub struct Plan {
     pub batch_index: usize,
     /// The static arguments, in declaration order.
     pub statics: Vec<StaticArg>,
+    /// The `&Islands<L>` parameter, if the forward has islands.
+    pub islands: Option<IslandsParam>,
     /// `pad = [...]`: (index among the tensors, fill value), in the
     /// attribute's order, each tensor at most once.
     pub pads: Vec<(usize, PadNumber)>,
@@ -103,6 +122,8 @@ enum Kind {
     Runtime(Option<Box<Type>>),
     /// `&Tensor` (or `&mut Tensor`, reported).
     Tensor,
+    /// `&Islands<..>`: the forward's islands (the type behind the reference kept).
+    Islands(Box<Type>),
     /// Anything else: must be listed in `static_args`.
     Host {
         /// The type with one leading reference stripped.
@@ -182,6 +203,16 @@ pub fn validate(args: &Args, func: &ImplItemFn) -> syn::Result<Plan> {
     }
 
     check_backend_mix(&params, &mut errors);
+    let islands_params: Vec<&Param> = params
+        .iter()
+        .filter(|p| matches!(p.kind, Kind::Islands(_)))
+        .collect();
+    for extra in islands_params.iter().skip(1) {
+        errors.spanned(
+            &extra.span_tokens,
+            "only one `&Islands` argument is allowed: every island of the forward runs through it",
+        );
+    }
     let batch_index = batch_index(args, &params, &fn_name, &mut errors);
     let (roles, statics) = assign_roles(args, &params, &fn_name, &mut errors);
     let pads = pad_indices(args, &params, &fn_name, &mut errors);
@@ -213,6 +244,12 @@ pub fn validate(args: &Args, func: &ImplItemFn) -> syn::Result<Plan> {
     if let Some(named) = name_elided_lifetimes(&mut statics, &all_lifetimes) {
         all_lifetimes.push(LifetimeParam::new(named));
     }
+    let islands = islands_params.first().and_then(|p| {
+        let (Kind::Islands(ty), Some(name)) = (&p.kind, &p.name) else {
+            return None;
+        };
+        islands_param(func, ty, name, &all_lifetimes, &mut errors)
+    });
     let lifetime = pick_lifetime(&all_lifetimes);
     let old_lifetime = pick_named(&all_lifetimes, &["cg_old", "cg_previous", "__cg_old"]);
     let lifetimes = used_lifetimes(all_lifetimes, &statics, sig.generics.where_clause.as_ref());
@@ -261,6 +298,7 @@ pub fn validate(args: &Args, func: &ImplItemFn) -> syn::Result<Plan> {
         tensors,
         batch_index,
         statics,
+        islands,
         pads,
         capture: args.capture.unwrap_or_default(),
         output_span,
@@ -455,6 +493,15 @@ fn classify_params(func: &ImplItemFn, errors: &mut Errors) -> Vec<Param> {
             continue;
         }
         let kind = match peel(ty) {
+            Type::Reference(r) if last_segment(&r.elem).as_deref() == Some("Islands") => {
+                if let Some(token) = &r.mutability {
+                    errors.at(
+                        token.span,
+                        format!("take `{shown}` as `&Islands<..>`, not `&mut`: islands are run through a shared reference"),
+                    );
+                }
+                Kind::Islands(r.elem.clone())
+            }
             Type::Reference(r) => {
                 let segment = last_segment(&r.elem);
                 let foreign = foreign_role(&r.elem);
@@ -670,6 +717,7 @@ fn assign_roles(
                 roles.push(Role::Tensor(tensor_index));
                 tensor_index += 1;
             }
+            Kind::Islands(_) => roles.push(Role::Islands),
             Kind::Host { ty, by_ref, by_mut } => {
                 let Some(name) = &param.name else {
                     // Already reported: a pattern instead of a name.
@@ -899,6 +947,64 @@ fn lifetime_names(tokens: proc_macro2::TokenStream, names: &mut Vec<String>) {
 }
 
 /// The generated function's lifetime: `'cg`, unless the user already uses it.
+/// The forward's `&Islands<L>` parameter `name` of type `ty`: its live arguments' type, its
+/// backend if written, and the lifetime that ties the islands' borrow to `&self` (so an
+/// island's closure may borrow the model) when the user wrote no lifetime on `Islands`.
+fn islands_param(
+    func: &ImplItemFn,
+    ty: &Type,
+    name: &Ident,
+    existing: &[LifetimeParam],
+    errors: &mut Errors,
+) -> Option<IslandsParam> {
+    let Type::Path(path) = peel(ty) else {
+        return None;
+    };
+    let last = path.path.segments.last()?;
+    let mut lifetimes = 0;
+    let mut types = Vec::new();
+    if let syn::PathArguments::AngleBracketed(args) = &last.arguments {
+        for arg in &args.args {
+            match arg {
+                syn::GenericArgument::Lifetime(_) => lifetimes += 1,
+                syn::GenericArgument::Type(t) => types.push(t.clone()),
+                other => {
+                    errors.spanned(
+                        other,
+                        "`Islands` takes the live arguments' type and the backend: `&Islands<(u32,)>`, `&Islands<(), Candle>`",
+                    );
+                    return None;
+                }
+            }
+        }
+    }
+    if types.len() > 2 {
+        errors.spanned(
+            ty,
+            "`Islands` takes at most two types: the live arguments' and the backend",
+        );
+        return None;
+    }
+    let has_live = !types.is_empty();
+    let live = types
+        .first()
+        .cloned()
+        .unwrap_or_else(|| syn::parse_quote!(()));
+    let tie = match (lifetimes, func.sig.receiver()) {
+        (0, Some(receiver)) => match &receiver.kind {
+            ReceiverKind::Reference(_, Some(lifetime), _) => Some(lifetime.clone()),
+            _ => Some(pick_named(existing, &["cg_i", "cg_islands", "__cg_i"])),
+        },
+        _ => None,
+    };
+    Some(IslandsParam {
+        ident: name.clone(),
+        live,
+        has_live,
+        tie,
+    })
+}
+
 /// Gives the lifetimes a static argument's type elides (`Option<&Cfg>`, `Pair<'_>`) one name
 /// of their own, a lifetime parameter of the generated functions: the runner holds the statics,
 /// so their type must name what it borrows (an elided lifetime in the runner type is E0106, and

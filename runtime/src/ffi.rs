@@ -440,40 +440,66 @@ fn memory_nodes(graph: sys::CUgraph) -> Result<MemoryNodeList, DriverError> {
     Ok(list)
 }
 
+/// Graph allocations of one size's segments not yet freed, per address: a segment may free what
+/// an earlier segment of the same size allocated (an island's input, say), and the last segment
+/// must leave nothing open. Per address, allocations minus frees: the driver may give
+/// allocations whose lifetimes don't overlap the same address, so sets of addresses would hide
+/// an escape.
+#[derive(Debug, Default)]
+pub(crate) struct NodeLedger {
+    open: std::collections::HashMap<u64, (isize, usize)>,
+}
+
+impl NodeLedger {
+    /// Adds `graph`'s allocations and frees; a free of an address no segment so far allocated
+    /// is a foreign free. Returns the bytes the graph's allocations take.
+    fn apply(&mut self, graph: sys::CUgraph) -> Result<usize, EndCaptureError> {
+        let list = memory_nodes(graph)?;
+        for &(ptr, bytes) in &list.allocs {
+            let entry = self.open.entry(ptr).or_insert((0, bytes));
+            entry.0 += 1;
+            entry.1 = entry.1.max(bytes);
+        }
+        for ptr in &list.frees {
+            match self.open.get_mut(ptr) {
+                Some(entry) if entry.0 > 0 => entry.0 -= 1,
+                _ => return Err(EndCaptureError::ForeignFree),
+            }
+        }
+        Ok(list.allocs.iter().map(|&(_, bytes)| bytes).sum())
+    }
+
+    /// An error if allocations are still open (tensors the forward kept past its last segment).
+    fn check_closed(&self) -> Result<(), EndCaptureError> {
+        let (count, bytes) = self
+            .open
+            .values()
+            .filter(|(left, _)| *left > 0)
+            .fold((0, 0), |(c, b), &(left, bytes)| {
+                (c + left as usize, b + left as usize * bytes)
+            });
+        if count > 0 {
+            Err(EndCaptureError::Escaped { count, bytes })
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// Checks `graph`'s memory nodes against `mode`; returns the bytes its allocations take.
 fn check_memory_nodes(graph: sys::CUgraph, mode: MemoryNodes) -> Result<usize, EndCaptureError> {
-    let list = memory_nodes(graph)?;
     if mode == MemoryNodes::Forbidden {
+        let list = memory_nodes(graph)?;
         return if list.frees.is_empty() {
             Ok(list.allocs.iter().map(|&(_, bytes)| bytes).sum())
         } else {
             Err(EndCaptureError::ForeignFree)
         };
     }
-    // Per address, allocations minus frees: the driver may give allocations of one graph whose
-    // lifetimes don't overlap the same address, so sets of addresses would hide an escape.
-    let mut open: std::collections::HashMap<u64, (isize, usize)> = Default::default();
-    for &(ptr, bytes) in &list.allocs {
-        let entry = open.entry(ptr).or_insert((0, bytes));
-        entry.0 += 1;
-        entry.1 = entry.1.max(bytes);
-    }
-    for ptr in &list.frees {
-        match open.get_mut(ptr) {
-            Some(entry) if entry.0 > 0 => entry.0 -= 1,
-            _ => return Err(EndCaptureError::ForeignFree),
-        }
-    }
-    let (count, bytes) = open
-        .values()
-        .filter(|(left, _)| *left > 0)
-        .fold((0, 0), |(c, b), &(left, bytes)| {
-            (c + left as usize, b + left as usize * bytes)
-        });
-    if count > 0 {
-        return Err(EndCaptureError::Escaped { count, bytes });
-    }
-    Ok(list.allocs.iter().map(|&(_, bytes)| bytes).sum())
+    let mut ledger = NodeLedger::default();
+    let bytes = ledger.apply(graph)?;
+    ledger.check_closed()?;
+    Ok(bytes)
 }
 
 /// Node mode, a capture whose allocations escaped (tensors the forward kept): the graph is
@@ -557,6 +583,38 @@ impl ExecGraph {
             other => other?,
         };
         let nodes = graph_nodes(fresh.0)?.len();
+        // SAFETY: `fresh` is a valid graph; instantiation reads it. On error its owner
+        // destroys it.
+        let exec = unsafe { result::graph::instantiate(fresh.0, instantiate_flags(mode)) }?;
+        Ok(Self {
+            graph: fresh.into_raw(),
+            exec,
+            stream: stream.clone(),
+            nodes,
+            mode,
+            node_bytes,
+            generation: 0,
+        })
+    }
+
+    /// Ends the capture of one segment of a node-mode size on `stream` (see
+    /// [`NodeLedger`]): its memory nodes are added to `ledger`, and the last segment must leave
+    /// no allocation open. The capture is ended in every case.
+    pub(crate) fn end_node_segment(
+        stream: &Arc<CudaStream>,
+        ledger: &mut NodeLedger,
+        last: bool,
+    ) -> Result<Self, EndCaptureError> {
+        let fresh = OwnedGraph(Self::end_capture_raw(stream)?);
+        let node_bytes = ledger.apply(fresh.0)?;
+        if last {
+            if let Err(escaped) = ledger.check_closed() {
+                settle_escaped(fresh.0, stream)?;
+                return Err(escaped);
+            }
+        }
+        let nodes = graph_nodes(fresh.0)?.len();
+        let mode = MemoryNodes::Allowed;
         // SAFETY: `fresh` is a valid graph; instantiation reads it. On error its owner
         // destroys it.
         let exec = unsafe { result::graph::instantiate(fresh.0, instantiate_flags(mode)) }?;

@@ -88,9 +88,9 @@ pub struct FunctionId<const H: u64, M: ?Sized = ()>(std::marker::PhantomData<fn(
 /// safety rests on it ([`Runner::refresh`](crate::Runner::refresh) takes any forward of the
 /// runner's signature), only the guard against refreshing one function's graphs with
 /// another's.
-pub fn identify<'m, G, const N: usize, S: 'm, B: crate::Backend>(
-    runner: crate::Runner<'m, N, S, B>,
-) -> crate::FnRunner<'m, G, N, S, B> {
+pub fn identify<'m, G, const N: usize, S: 'm, B: crate::Backend, L: 'm>(
+    runner: crate::Runner<'m, N, S, B, L>,
+) -> crate::FnRunner<'m, G, N, S, B, L> {
     crate::FnRunner::new(runner)
 }
 

@@ -36,6 +36,7 @@ mod error;
 pub mod ffi;
 pub mod freeze;
 mod generated;
+pub mod islands;
 mod kernel_cache;
 pub mod nvrtc;
 pub mod policy;
@@ -44,6 +45,7 @@ pub mod pool_capture;
 pub mod routing;
 mod runner;
 mod seal;
+mod segments;
 mod shape;
 mod static_args;
 mod static_inputs;
@@ -53,18 +55,20 @@ pub use advice::{SizeAdvice, advise_sizes};
 #[cfg(feature = "candle")]
 pub use backend::candle::Candle;
 pub use backend::nodes::GraphMemoryUsage;
-pub use backend::raw::CudaTensor;
+pub use backend::raw::{CudaTensor, Raw};
 pub use backend::{Backend, Device, Seal};
 pub use dispatch::{GraphPlan, InputSpec, OnCaptureError, PadValue, SizeTable, SpecSource};
 pub use dtype::{DType, Element};
 pub use error::{BoxError, Error, ForwardResult, OpSite, Result, forward_result};
 pub use freeze::{FreezeScope, ReclaimPolicy};
 pub use generated::FunctionId;
+pub use islands::Islands;
 pub use kernel_cache::{KernelCache, KernelCacheStats, KernelModule, nvrtc_available};
 pub use pool::GraphPool;
 pub use pool_capture::{CaptureTiming, Warmup};
 pub use runner::{
-    EagerFn, FnRunner, MemoryEstimate, NoStatics, Output, RefreshError, RefreshReport, Runner,
+    EAGER_ENV, EagerFn, FnRunner, MemoryEstimate, NoLive, NoStatics, Output, RefreshError,
+    RefreshReport, Runner,
 };
 pub use shape::{MAX_RANK, MAX_TENSOR_BYTES, Shape};
 pub use static_args::{StaticArg, StaticArgs};

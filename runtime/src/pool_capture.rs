@@ -19,6 +19,8 @@ pub use crate::policy::{WARMUP_ENV, Warmup};
 use crate::pool::{GraphPool, PoolChunk};
 use crate::routing::{KeepAlive, Mode, PoolRouter};
 use crate::seal::Seal;
+use crate::segments::Segments;
+use std::cell::RefCell;
 
 /// A device whose tensors' bytes a [`PoolRouter`] serves: what pool-mode capture needs of it.
 ///
@@ -74,8 +76,10 @@ impl CaptureTiming {
 
 /// A graph just captured, with what keeps its memory alive.
 pub struct Captured<T> {
-    /// The executable graph.
+    /// The executable graph (the first segment, when the forward has islands).
     pub exec: ExecGraph,
+    /// The segments after the first, one after each island, in launch order.
+    pub segments: Vec<ExecGraph>,
     /// The pool chunk its allocations live in.
     pub chunk: Arc<PoolChunk>,
     /// The driver buffers the graph reads or writes (weights, caches, static inputs).
@@ -129,8 +133,9 @@ fn not_nested<D: PoolDevice + ?Sized>(dev: &D) -> Result<(), Failed> {
     })
 }
 
-/// The forward as pool-mode capture calls it.
-pub type PoolBody<'a, D, T> = dyn FnMut(&D) -> Result<T> + 'a;
+/// The forward as pool-mode capture calls it: a recording hands it the [`Segments`] its
+/// islands cut, a warm-up none.
+pub type PoolBody<'a, D, T> = dyn FnMut(&D, Option<&dyn Segments>) -> Result<T> + 'a;
 
 /// Runs `f` eagerly on driver memory, measuring the pool memory the same sequence of
 /// allocations needs under capture.
@@ -143,7 +148,7 @@ fn warm_up<D: PoolDevice + ?Sized, T>(
     let guard = ModeGuard { router };
     router.set_mode(Mode::Measure(Arena::unbounded()));
     dev.clear_op(Seal::new());
-    let warm = f(dev).map_err(|error| Failed {
+    let warm = f(dev, None).map_err(|error| Failed {
         error,
         site: dev.current_op(),
         pool_exhausted: false,
@@ -163,8 +168,84 @@ fn warm_up<D: PoolDevice + ?Sized, T>(
 }
 
 /// What [`record`] returns: `end`'s result, `f`'s value, the pool bytes used, the record and
-/// end times, and the driver buffers the graph uses.
-type Recorded<E, T> = (E, T, usize, Duration, Duration, KeepAlive);
+/// end times, the driver buffers the graph uses, and the segments cut before the last (one per
+/// island, in order).
+type Recorded<E, T> = (E, T, usize, Duration, Duration, KeepAlive, Vec<ExecGraph>);
+
+/// The segments of one pool-mode recording (see [`Segments`]): an island ends the segment being
+/// recorded (instantiated, uploaded and launched at once, so the island reads what it
+/// computed), runs with the router suspended (driver allocations, host work allowed), and the
+/// next segment records into the same chunk, its arena where the last one left it.
+struct PoolSegments<'a> {
+    router: &'a PoolRouter,
+    stream: &'a Arc<CudaStream>,
+    /// The chunk every segment allocates from (alive while a segment is launched).
+    _chunk: &'a Arc<PoolChunk>,
+    /// The capture of the segment being recorded; `None` while an island runs.
+    capture: RefCell<Option<ffi::CaptureGuard>>,
+    /// The segments cut so far, in order.
+    done: RefCell<Vec<ExecGraph>>,
+    /// The driver buffers the segments cut so far use (alive while they are launched).
+    kept: RefCell<KeepAlive>,
+    /// Whether islands may cut this recording: not a re-record, which updates one executable
+    /// (a refresh captures a size with islands anew).
+    cuttable: bool,
+}
+
+impl Segments for PoolSegments<'_> {
+    fn cut(&self, _: Seal) -> Result<()> {
+        if !self.cuttable {
+            return Err(Error::invalid(
+                "island",
+                "the forward has an island where the graph it re-records had none: build a new runner",
+            ));
+        }
+        let capture = self.capture.borrow_mut().take().ok_or_else(|| {
+            Error::invalid(
+                "island",
+                "an island while no segment records (an island inside an island?)",
+            )
+        })?;
+        capture.disarm();
+        self.router.set_recording(false);
+        self.kept.borrow_mut().merge(self.router.take_kept());
+        let exec = ExecGraph::end_capture(self.stream, MemoryNodes::Forbidden)
+            .map_err(|e| end_capture_error(e, None))?;
+        exec.upload().map_err(Error::driver("cuGraphUpload"))?;
+        // SAFETY: the segment's memory is alive: the chunk is held by this recording (and the
+        // pool), and every driver buffer its kernels took the address of is in `kept`.
+        unsafe { exec.launch() }.map_err(Error::driver("cuGraphLaunch"))?;
+        self.router.set_suspended(true);
+        self.done.borrow_mut().push(exec);
+        Ok(())
+    }
+
+    fn resume(&self, _: Seal) -> Result<()> {
+        self.router.set_suspended(false);
+        let capture =
+            ffi::begin_capture(self.stream).map_err(Error::driver("cuStreamBeginCapture"))?;
+        *self.capture.borrow_mut() = Some(capture);
+        self.router.set_recording(true);
+        Ok(())
+    }
+}
+
+/// The error of a capture that ended without an executable, at `site`.
+fn end_capture_error(e: EndCaptureError, site: Option<OpSite>) -> Error {
+    match e {
+        EndCaptureError::Driver(e) => Error::driver("cuStreamEndCapture/cuGraphInstantiate")(e),
+        EndCaptureError::ForeignFree => Error::IllegalDuringCapture {
+            what: "a free of memory allocated outside the capture",
+            site,
+        },
+        // Pool mode checks no allocation node (the driver's own, from user code calling
+        // cudarc directly, end up in the graph); unreachable here.
+        EndCaptureError::Escaped { .. } => Error::IllegalDuringCapture {
+            what: "a driver allocation kept past the capture",
+            site,
+        },
+    }
+}
 
 /// Records `f` into a graph with allocations served from `chunk`, then ends the capture with
 /// `end` (instantiate, or update an executable). If `f` panics, the capture is ended and its
@@ -174,13 +255,14 @@ fn record<D: PoolDevice + ?Sized, T, E>(
     dev: &D,
     chunk: &Arc<PoolChunk>,
     f: &mut PoolBody<'_, D, T>,
+    cuttable: bool,
     end: impl FnOnce(&Arc<CudaStream>) -> Result<E, EndCaptureError>,
 ) -> Result<Recorded<E, T>, Failed> {
     not_nested(dev)?;
     let router = dev.router(Seal::new());
     let stream = dev.stream(Seal::new());
     let started = Instant::now();
-    let (recorded, ended, used, exhausted, record, last_site, kept) = {
+    let (recorded, ended, used, exhausted, record, last_site, kept, segments) = {
         let _guard = ModeGuard { router };
         {
             let shared = router;
@@ -198,22 +280,46 @@ fn record<D: PoolDevice + ?Sized, T, E>(
             site: None,
             pool_exhausted: false,
         })?;
+        let segments = PoolSegments {
+            router,
+            stream,
+            _chunk: chunk,
+            capture: RefCell::new(Some(capture)),
+            done: RefCell::new(Vec::new()),
+            kept: RefCell::new(KeepAlive::default()),
+            cuttable,
+        };
         router.set_recording(true);
-        let recorded = f(dev);
+        let recorded = f(dev, Some(&segments)).and_then(|value| {
+            if segments.capture.borrow().is_none() {
+                // The forward went on past a failed island (the error dropped, not returned).
+                return Err(Error::invalid(
+                    "island",
+                    "the forward returned while no segment recorded: an island failed and its error was not returned",
+                ));
+            }
+            Ok(value)
+        });
         router.set_recording(false);
-        let kept = router.take_kept();
+        let mut kept = segments.kept.into_inner();
+        kept.merge(router.take_kept());
+        let capture = segments.capture.into_inner();
+        let cut = segments.done.into_inner();
         let site = dev.current_op();
         let record = started.elapsed();
         let ended_at = Instant::now();
         // A forward that failed leaves nothing to instantiate or update: its capture is ended
         // and discarded by the guard (an executable being refreshed keeps replaying what it
         // replayed, with the buffers it keeps).
-        let ended = if recorded.is_ok() {
-            capture.disarm();
-            end(stream).map(|exec| Some((exec, ended_at.elapsed())))
-        } else {
-            drop(capture);
-            Ok(None)
+        let ended = match (recorded.is_ok(), capture) {
+            (true, Some(capture)) => {
+                capture.disarm();
+                end(stream).map(|exec| Some((exec, ended_at.elapsed())))
+            }
+            (_, capture) => {
+                drop(capture);
+                Ok(None)
+            }
         };
         let (used, exhausted) = {
             let state = router.lock();
@@ -231,6 +337,7 @@ fn record<D: PoolDevice + ?Sized, T, E>(
             record,
             site,
             kept,
+            cut,
         )
     };
     // Parked drops happened under capture; free them now that it ended.
@@ -253,19 +360,7 @@ fn record<D: PoolDevice + ?Sized, T, E>(
         pool_exhausted: exhausted,
     })?;
     let ended = ended.map_err(|(e, site)| Failed {
-        error: match e {
-            EndCaptureError::Driver(e) => Error::driver("cuStreamEndCapture/cuGraphInstantiate")(e),
-            EndCaptureError::ForeignFree => Error::IllegalDuringCapture {
-                what: "a free of memory allocated outside the capture",
-                site,
-            },
-            // Pool mode checks no allocation node (the driver's own, from user code calling
-            // cudarc directly, end up in the graph); unreachable here.
-            EndCaptureError::Escaped { .. } => Error::IllegalDuringCapture {
-                what: "a driver allocation kept past the capture",
-                site,
-            },
-        },
+        error: end_capture_error(e, site),
         site,
         pool_exhausted: exhausted,
     })?;
@@ -277,7 +372,7 @@ fn record<D: PoolDevice + ?Sized, T, E>(
             pool_exhausted: exhausted,
         });
     };
-    Ok((exec, value, used, record, instantiate, kept))
+    Ok((exec, value, used, record, instantiate, kept, segments))
 }
 
 /// An error unless exactly `expected` tensors live in `chunk` now that its capture ended (the
@@ -339,7 +434,7 @@ pub fn capture_one<D: PoolDevice + ?Sized, T>(
     // Straight into the largest chunk, when allowed and there is one.
     if let (Warmup::IfNeeded, Some(chunk)) = (warmup, pool.largest_chunk()) {
         let aside = SetAside::new(pool, &chunk);
-        let recorded = record(dev, &chunk, f, |s| {
+        let recorded = record(dev, &chunk, f, true, |s| {
             ExecGraph::end_capture(s, MemoryNodes::Forbidden)
         });
         aside.settle(recorded.is_ok());
@@ -371,7 +466,7 @@ pub fn capture_one<D: PoolDevice + ?Sized, T>(
             })
         })?;
     let aside = SetAside::new(pool, &chunk);
-    let recorded = record(dev, &chunk, f, |s| {
+    let recorded = record(dev, &chunk, f, true, |s| {
         ExecGraph::end_capture(s, MemoryNodes::Forbidden)
     });
     aside.settle(recorded.is_ok());
@@ -482,7 +577,9 @@ pub fn rerecord<D: PoolDevice + ?Sized, T>(
     };
     let mut chunk = chunk.clone();
     let aside = SetAside::new(pool, &chunk);
-    let first = record(dev, &chunk, f, |stream| exec.update_from_capture(stream));
+    let first = record(dev, &chunk, f, false, |stream| {
+        exec.update_from_capture(stream)
+    });
     aside.settle(first.is_ok());
     let recorded = match first {
         Err(failed) if failed.pool_exhausted && !changed(exec) => {
@@ -491,13 +588,15 @@ pub fn rerecord<D: PoolDevice + ?Sized, T>(
                 .chunk_for(dev.stream(Seal::new()), need)
                 .map_err(|e| (e, changed(exec)))?;
             let aside = SetAside::new(pool, &chunk);
-            let second = record(dev, &chunk, f, |stream| exec.update_from_capture(stream));
+            let second = record(dev, &chunk, f, false, |stream| {
+                exec.update_from_capture(stream)
+            });
             aside.settle(second.is_ok());
             second
         }
         other => other,
     };
-    let (in_place, value, _, _, _, kept) =
+    let (in_place, value, _, _, _, kept, _) =
         recorded.map_err(|failed| (wrap(failed), changed(exec)))?;
     exec.upload()
         .map_err(|e| (Error::driver("cuGraphUpload")(e), true))?;
@@ -511,7 +610,7 @@ pub fn rerecord<D: PoolDevice + ?Sized, T>(
 
 /// Uploads a recorded graph and assembles its [`Captured`].
 fn finish<T>(
-    (exec, value, used, record, instantiate, kept): Recorded<ExecGraph, T>,
+    (exec, value, used, record, instantiate, kept, segments): Recorded<ExecGraph, T>,
     chunk: Arc<PoolChunk>,
     mut timing: CaptureTiming,
 ) -> Result<Captured<T>, Failed> {
@@ -524,8 +623,13 @@ fn finish<T>(
     timing.record = record;
     timing.instantiate = instantiate;
     timing.upload = started.elapsed();
+    // The segments in launch order: those the islands cut (already uploaded), then the last.
+    let mut order = segments;
+    order.push(exec);
+    let exec = order.remove(0);
     Ok(Captured {
         exec,
+        segments: order,
         chunk,
         kept,
         value,

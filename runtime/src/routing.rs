@@ -61,6 +61,10 @@ pub(crate) struct RouterState {
     pub(crate) capturing: bool,
     /// Set when a capture-time allocation found the pool chunk full.
     pub(crate) pool_exhausted: bool,
+    /// An eager island runs between two segments of a capture: allocations come from the
+    /// driver (unmeasured), drops free at once, and the device does not count as capturing
+    /// (the island may synchronise); the mode and its arena wait for the next segment.
+    pub(crate) suspended: bool,
     /// Driver buffers the capture under way read or wrote (see the module docs).
     pub(crate) kept: KeepAlive,
 }
@@ -84,6 +88,14 @@ impl std::fmt::Debug for KeepAlive {
 }
 
 impl KeepAlive {
+    /// Adds what `other` keeps (a later segment's buffers, for the same size's graphs).
+    pub(crate) fn merge(&mut self, other: KeepAlive) {
+        for storage in other.buffers {
+            self.note(&storage);
+        }
+        self.others.extend(other.others);
+    }
+
     fn note(&mut self, storage: &Arc<RoutedBytes>) {
         if self.seen.insert(Arc::as_ptr(storage) as usize) {
             self.buffers.push(storage.clone());
@@ -118,6 +130,10 @@ impl PoolRouter {
     ) -> Result<RoutedBytes> {
         let mut state = self.lock();
         let epoch = state.epoch;
+        if state.suspended {
+            drop(state);
+            return self.driver_bytes(stream, bytes, poison, None);
+        }
         let measured = match &mut state.mode {
             Mode::Capture { chunk, arena } => {
                 let available = arena.available_at_top();
@@ -141,6 +157,18 @@ impl PoolRouter {
             Mode::Eager => None,
         };
         drop(state);
+        self.driver_bytes(stream, bytes, poison, measured)
+    }
+
+    /// `bytes` from the driver's stream-ordered allocator, `measured` at an offset of a warm-up's
+    /// arena (or not).
+    fn driver_bytes(
+        self: &Arc<Self>,
+        stream: &Arc<CudaStream>,
+        bytes: usize,
+        poison: bool,
+        measured: Option<(u64, usize)>,
+    ) -> Result<RoutedBytes> {
         // SAFETY: uninitialised bytes; a tensor's contract is that contents are unspecified
         // until written (kernels write every output element).
         let slice = unsafe { stream.alloc::<u8>(bytes.max(1)) }
@@ -167,14 +195,25 @@ impl PoolRouter {
         RoutedBytes::pool(chunk, offset, self.clone(), NO_EPOCH)
     }
 
-    /// Whether a capture is recording now (allocations come from a pool chunk).
+    /// Whether a capture is recording now (allocations come from a pool chunk): false while an
+    /// eager island runs between two of its segments.
     pub fn is_capturing(&self) -> bool {
-        matches!(self.lock().mode, Mode::Capture { .. })
+        let state = self.lock();
+        matches!(state.mode, Mode::Capture { .. }) && !state.suspended
     }
 
-    /// Whether allocations are eager now (no warm-up or capture under way).
+    /// Whether allocations are eager now (no warm-up or capture under way, not even suspended
+    /// for an island).
     pub(crate) fn is_eager(&self) -> bool {
         matches!(self.lock().mode, Mode::Eager)
+    }
+
+    /// Suspends (`true`) or resumes (`false`) a capture for an eager island between two of its
+    /// segments (see [`RouterState::suspended`]): drops are parked only while not suspended.
+    pub(crate) fn set_suspended(&self, on: bool) {
+        let mut state = self.lock();
+        state.suspended = on;
+        state.capturing = !on && matches!(state.mode, Mode::Capture { .. });
     }
 
     /// Locks the state; a poisoned lock is recovered (the state stays consistent: every update
@@ -183,10 +222,11 @@ impl PoolRouter {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Switches mode, bumping the epoch; returns the previous mode.
+    /// Switches mode, bumping the epoch (and ending any suspension); returns the previous mode.
     pub(crate) fn set_mode(&self, mode: Mode) -> Mode {
         let mut state = self.lock();
         state.epoch += 1;
+        state.suspended = false;
         std::mem::replace(&mut state.mode, mode)
     }
 

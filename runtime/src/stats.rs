@@ -18,8 +18,17 @@ pub struct SizeStats {
     pub rows: u64,
     /// Padding rows computed for nothing, summed over replays.
     pub padded_rows: u64,
-    /// Nodes in the graph.
+    /// Nodes in the graph (all its segments together).
     pub nodes: usize,
+    /// Graph segments (1 without islands; one more per island).
+    pub segments: usize,
+    /// Nodes per segment, in launch order.
+    pub segment_nodes: Vec<usize>,
+    /// Island runs in replays of this size (each replay runs every island of the size once).
+    pub island_calls: u64,
+    /// Calls of this size run eagerly through the replay path by the debug mode
+    /// (`CUDAGRAPH_EAGER=1`, [`Runner::set_debug_eager`](crate::Runner::set_debug_eager)).
+    pub debug_eager_calls: u64,
     /// Pool bytes this graph needs on its own.
     pub pool_need: usize,
     /// Where its capture time went.
@@ -77,6 +86,9 @@ pub struct RunnerStats {
     pub pool_bytes: usize,
     /// Device bytes of the static input buffers.
     pub static_input_bytes: usize,
+    /// Device bytes of the islands' input and output buffers (shared by every island and
+    /// size of the runner; 0 without islands).
+    pub island_buffer_bytes: usize,
     /// Wall time of the whole capture, freeze scope included.
     pub capture_wall: Duration,
     /// Reclamations the freeze scope made (2 with the default policy).
@@ -178,7 +190,22 @@ impl fmt::Display for RunnerStats {
             self.replay_count(),
             self.fallback_count(),
             self.padding_waste() * 100.0,
-        )
+        )?;
+        let islands: usize = self
+            .sizes
+            .iter()
+            .map(|s| s.segments.saturating_sub(1))
+            .max()
+            .unwrap_or(0);
+        if islands > 0 {
+            write!(
+                f,
+                ", up to {islands} island(s) per size ({} segments), island buffers {:.1} KiB",
+                islands + 1,
+                self.island_buffer_bytes as f64 / 1024.0
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -298,3 +298,82 @@ fn candle_decoder_latency() {
     }
     println!("{}", graphs.stats());
 }
+
+/// Issue 26 on candle: an island that downloads its input (a synchronisation) and uploads a
+/// host tensor of more than 4096 bytes built from a live value of the call, which no candle
+/// capture can hold (its htod cache takes at most 4096 bytes). Replays equal the direct forward
+/// bit for bit (the same candle kernels run), at captured and padded sizes, with the live value
+/// changing every call; outputs are poisoned before each run.
+#[test]
+fn candle_islands_replay_like_the_direct_forward() {
+    use cudagraph::{Candle, Islands, cuda_graph};
+    /// 1536 f32 = 6144 bytes a row: every upload of the island is past candle's cache.
+    const D: usize = 1536;
+    struct Model {
+        w: Tensor,
+    }
+    impl Model {
+        #[cuda_graph(sizes = [1, 2, 4])]
+        fn forward(
+            &self,
+            _dev: &CudaDevice,
+            x: &Tensor,
+            islands: &Islands<(f32,), Candle>,
+        ) -> candle_core::Result<Tensor> {
+            let h = x.broadcast_mul(&self.w)?.tanh()?;
+            let g = islands.eager(_dev, [&h], |_, [h], &(shift,)| {
+                let host: Vec<f32> = h.flatten_all()?.to_vec1()?;
+                let shifted: Vec<f32> = host.iter().map(|v| v * 0.5 + shift).collect();
+                Tensor::from_vec(shifted, h.dims(), h.device())
+            })?;
+            (g + x)?.sqr()
+        }
+    }
+    let Some(dev) = candle_device("candle_islands_replay_like_the_direct_forward") else {
+        return;
+    };
+    let mut rng = Rng(fresh_seed("candle_islands_replay_like_the_direct_forward"));
+    let device = Device::Cuda(dev.clone());
+    let model = Model {
+        w: Tensor::from_vec(rng.vec(D, -1.0, 1.0), D, &device).unwrap(),
+    };
+    let spec = InputSpec::new(DType::F32, &[D]).unwrap();
+    let mut graphs = model.forward_graphs(&dev, [spec], (0.0,)).expect("capture");
+    println!("{}", graphs.stats());
+    for s in &graphs.stats().sizes {
+        assert_eq!(s.segments, 2, "size {}", s.size);
+    }
+    for (call, n) in [1usize, 3, 4, 2, 1].into_iter().enumerate() {
+        let x = Tensor::from_vec(rng.vec(n * D, -1.0, 1.0), (n, D), &device).unwrap();
+        let shift = 0.25 + call as f32;
+        let want: Vec<u32> = model
+            .forward(&dev, &x, &Islands::direct(&(shift,)))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f32::to_bits)
+            .collect();
+        graphs.poison_pool().unwrap();
+        let out = graphs.run_live([&x], &(), &(shift,)).expect("run");
+        assert!(out.replayed(), "n = {n}");
+        assert_eq!(out.dims(), [n, D]);
+        let got: Vec<u32> = out
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f32::to_bits)
+            .collect();
+        assert_eq!(got, want, "n = {n}, shift {shift}");
+    }
+    drop(graphs);
+    dev.synchronize().unwrap();
+    dev.cuda_stream()
+        .context()
+        .check_err()
+        .expect("no deferred error");
+}

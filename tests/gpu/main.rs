@@ -13,6 +13,7 @@ mod cudarc_backend;
 mod features;
 mod gemm_lt;
 mod hf;
+mod islands;
 mod kernels;
 mod memory;
 mod prefill;

@@ -61,6 +61,15 @@ fn candle_err(op: &'static str) -> impl FnOnce(candle_core::Error) -> Error {
     move |e| Error::invalid(op, e.to_string())
 }
 
+impl From<Error> for candle_core::Error {
+    /// The runtime's error inside candle's (`Error::Wrapped`): so that `?` on an
+    /// [`Islands::eager`](crate::Islands::eager) works in a forward returning
+    /// `candle_core::Result`.
+    fn from(e: Error) -> Self {
+        candle_core::Error::wrap(e)
+    }
+}
+
 /// The spec of an example candle tensor (its leading dimension is the batch).
 pub fn spec_like(t: &Tensor) -> Result<InputSpec<CandleDType>> {
     match t.dims() {
@@ -243,6 +252,15 @@ unsafe impl BackendOps for Candle {
     fn duplicate(_: Seal, dev: &CudaDevice, t: &Tensor) -> Result<Tensor> {
         forbid_capturing(&dev.cuda_stream(), "a copy of an output")?;
         Candle::check_tensor(Seal::new(), dev, "a copy of an output", t)?;
+        t.copy().map_err(candle_err("copy"))
+    }
+
+    fn share(_: Seal, t: &Tensor) -> Result<Tensor> {
+        Ok(t.clone())
+    }
+
+    fn capture_copy(_: Seal, dev: &CudaDevice, t: &Tensor) -> Result<Tensor> {
+        Candle::check_tensor(Seal::new(), dev, "an island's output", t)?;
         t.copy().map_err(candle_err("copy"))
     }
 

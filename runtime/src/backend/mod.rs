@@ -28,6 +28,7 @@ use crate::freeze::FreezeScope;
 use crate::kernel_cache::KernelModule;
 use crate::policy::{ReclaimPolicy, Warmup};
 use crate::pool_capture::CaptureTiming;
+pub use crate::segments::Segments;
 use crate::shape::Shape;
 
 pub mod nodes;
@@ -51,8 +52,10 @@ pub struct CaptureRequest {
 
 /// One captured size, as a backend hands it to the runner.
 pub struct CapturedSize<B: BackendOps> {
-    /// The executable graph.
+    /// The executable graph (the first segment, when the forward has islands).
     pub exec: ExecGraph,
+    /// The segments after the first, one after each island, in order (empty without islands).
+    pub segments: Vec<ExecGraph>,
     /// What the graph keeps alive and where its memory lies.
     pub keep: B::GraphKeep,
     /// Where its output lies.
@@ -74,9 +77,10 @@ pub struct Rerecorded<B: BackendOps> {
 }
 
 /// The forward as the runner calls it during a capture: the static inputs' views of the
-/// captured size are bound inside.
-pub type CaptureBody<'a, B> =
-    dyn FnMut(&<B as BackendOps>::Dev) -> Result<<B as BackendOps>::Ten> + 'a;
+/// captured size are bound inside. A recording hands it the [`Segments`] its islands cut; a
+/// warm-up hands none (islands then run in place).
+pub type CaptureBody<'a, B> = dyn FnMut(&<B as BackendOps>::Dev, Option<&dyn Segments>) -> Result<<B as BackendOps>::Ten>
+    + 'a;
 
 /// The tensors and device a forward is written with, and how graphs of it are captured.
 ///
@@ -210,6 +214,15 @@ mod ops {
 
         /// A copy of `t` in new memory that outlives every graph.
         fn duplicate(_: Seal, dev: &Self::Dev, t: &Self::Ten) -> Result<Self::Ten>;
+
+        /// Another handle to all of `t` (the same memory): what an island's input view is made
+        /// of (an island closure only ever gets a reference to it).
+        fn share(_: Seal, t: &Self::Ten) -> Result<Self::Ten>;
+
+        /// A copy of `t` in new memory of the capture under way (pool memory, or a graph memory
+        /// node): an island's output as the next segment reads it. Called while the stream
+        /// records.
+        fn capture_copy(_: Seal, dev: &Self::Dev, t: &Self::Ten) -> Result<Self::Ten>;
 
         /// Captures one size: warm-up as the backend needs, record, instantiate, upload.
         fn capture(

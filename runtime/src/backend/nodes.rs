@@ -35,9 +35,11 @@ use cudarc::driver::{CudaContext, CudaStream};
 use super::{Backend, CaptureBody, CaptureRequest, CapturedSize, Rerecorded};
 use crate::dispatch::InputSpec;
 use crate::error::{Error, Result};
-use crate::ffi::{self, DeviceRange, EndCaptureError, ExecGraph, MemoryNodes};
+use crate::ffi::{self, DeviceRange, EndCaptureError, ExecGraph, NodeLedger};
 use crate::pool_capture::CaptureTiming;
 use crate::seal::Seal;
+use crate::segments::Segments;
+use std::cell::RefCell;
 
 /// The driver's graph-memory figures for one device (`cuDeviceGetGraphMemAttribute`), in
 /// bytes: what graph memory nodes of every graph on the device use and reserve.
@@ -201,24 +203,105 @@ fn warm_up<B: Backend>(
     request: CaptureRequest,
     body: &mut CaptureBody<'_, B>,
 ) -> Result<()> {
-    let out = body(dev)?;
+    let out = body(dev, None)?;
     check_output(dev, memory, request, &out, true)?;
     drop(out);
     B::synchronize(Seal::new(), dev)
 }
 
-/// Records the forward under capture and ends the capture with `end`. The output is copied
-/// into the output buffer and dropped inside the capture.
+/// The segments of one node-mode recording (see [`Segments`]): an island ends the segment
+/// being recorded (checked against the size's [`NodeLedger`]: a later segment may free what an
+/// earlier one allocated; instantiated, uploaded and launched at once), runs eagerly, and the
+/// next segment begins a new capture.
+struct NodeSegments<'a> {
+    stream: &'a Arc<CudaStream>,
+    /// The capture of the segment being recorded; `None` while an island runs.
+    capture: RefCell<Option<ffi::CaptureGuard>>,
+    /// The segments cut so far, in order.
+    done: RefCell<Vec<ExecGraph>>,
+    /// The allocations of the segments so far that no segment freed yet.
+    ledger: &'a RefCell<NodeLedger>,
+    /// Whether islands may cut this recording (not in a re-record).
+    cuttable: bool,
+}
+
+impl Segments for NodeSegments<'_> {
+    fn cut(&self, _: Seal) -> Result<()> {
+        if !self.cuttable {
+            return Err(Error::invalid(
+                "island",
+                "the forward has an island where the graph it re-records had none: build a new runner",
+            ));
+        }
+        let capture = self.capture.borrow_mut().take().ok_or_else(|| {
+            Error::invalid(
+                "island",
+                "an island while no segment records (an island inside an island?)",
+            )
+        })?;
+        capture.disarm();
+        let exec = ExecGraph::end_node_segment(self.stream, &mut self.ledger.borrow_mut(), false)
+            .map_err(|e| end_error(e, "island"))?;
+        exec.upload().map_err(Error::driver("cuGraphUpload"))?;
+        // SAFETY: the segment reads the model's buffers (borrowed by the runner) and the runner's
+        // static inputs; its graph allocations are the driver's, mapped at launch.
+        unsafe { exec.launch() }.map_err(Error::driver("cuGraphLaunch"))?;
+        self.done.borrow_mut().push(exec);
+        Ok(())
+    }
+
+    fn resume(&self, _: Seal) -> Result<()> {
+        let capture =
+            ffi::begin_capture(self.stream).map_err(Error::driver("cuStreamBeginCapture"))?;
+        *self.capture.borrow_mut() = Some(capture);
+        Ok(())
+    }
+}
+
+/// The error of a capture that ended without an executable.
+fn end_error(e: EndCaptureError, function: &'static str) -> Error {
+    match e {
+        EndCaptureError::Driver(e) => Error::driver("cuStreamEndCapture/cuGraphInstantiate")(e),
+        EndCaptureError::ForeignFree => Error::IllegalDuringCapture {
+            what: "a free of memory allocated outside the capture",
+            site: None,
+        },
+        EndCaptureError::Escaped { count, bytes } => Error::AllocationsEscaped {
+            function,
+            count,
+            bytes,
+        },
+    }
+}
+
+/// Records the forward under capture and ends the capture with `end` (or, when the forward
+/// cut it at islands, its last segment; the earlier ones come back with the result). The
+/// output is copied into the output buffer and dropped inside the capture.
 fn record<B: Backend, E>(
     dev: &B::Device,
     memory: &mut NodeMemory<B>,
     request: CaptureRequest,
     body: &mut CaptureBody<'_, B>,
+    cuttable: bool,
+    ledger: &RefCell<NodeLedger>,
     end: impl FnOnce(&Arc<CudaStream>) -> std::result::Result<E, EndCaptureError>,
-) -> Result<E> {
+) -> Result<(E, Vec<ExecGraph>)> {
     let stream = B::stream(Seal::new(), dev);
     let guard = ffi::begin_capture(&stream).map_err(Error::driver("cuStreamBeginCapture"))?;
-    let recorded = body(dev).and_then(|out| {
+    let segments = NodeSegments {
+        stream: &stream,
+        capture: RefCell::new(Some(guard)),
+        done: RefCell::new(Vec::new()),
+        ledger,
+        cuttable,
+    };
+    let recorded = body(dev, Some(&segments)).and_then(|out| {
+        if segments.capture.borrow().is_none() {
+            return Err(Error::invalid(
+                "island",
+                "the forward returned while no segment recorded: an island failed and its error was not returned",
+            ));
+        }
         let src = check_output(dev, memory, request, &out, false)?;
         let dst = memory
             .output
@@ -233,6 +316,8 @@ fn record<B: Backend, E>(
         drop(out);
         Ok(())
     });
+    let guard = segments.capture.into_inner();
+    let cut = segments.done.into_inner();
     if let Err(e) = recorded {
         // The guard ends and discards the capture. The forward's error is the one reported; an
         // error recorded for later (by a drop) is logged, not put in its place.
@@ -248,6 +333,12 @@ fn record<B: Backend, E>(
             e
         });
     }
+    let Some(guard) = guard else {
+        return Err(Error::invalid(
+            "island",
+            "no segment recorded at the end of the forward",
+        ));
+    };
     guard.disarm();
     let ended = end(&stream);
     let deferred = stream
@@ -259,18 +350,9 @@ fn record<B: Backend, E>(
     } else if let Err(d) = deferred {
         tracing::warn!(target: "cudagraph", error = %d, "a deferred CUDA error, recorded during the failed capture");
     }
-    ended.map_err(|e| match e {
-        EndCaptureError::Driver(e) => Error::driver("cuStreamEndCapture/cuGraphInstantiate")(e),
-        EndCaptureError::ForeignFree => Error::IllegalDuringCapture {
-            what: "a free of memory allocated outside the capture",
-            site: None,
-        },
-        EndCaptureError::Escaped { count, bytes } => Error::AllocationsEscaped {
-            function: request.function,
-            count,
-            bytes,
-        },
-    })
+    ended
+        .map(|ended| (ended, cut))
+        .map_err(|e| end_error(e, request.function))
 }
 
 /// Whether the forward's error is the driver's "invalid argument" (directly, or boxed by the
@@ -314,19 +396,27 @@ where
     warm_up(dev, memory, request, body).map_err(|e| wrap(request, e))?;
     timing.warmup = started.elapsed();
     let started = Instant::now();
-    let exec = record(dev, memory, request, body, |stream| {
-        ExecGraph::end_capture(stream, MemoryNodes::Allowed)
+    let ledger = RefCell::new(NodeLedger::default());
+    let (last, cut) = record(dev, memory, request, body, true, &ledger, |stream| {
+        ExecGraph::end_node_segment(stream, &mut ledger.borrow_mut(), true)
     })
     .map_err(|e| wrap(request, e))?;
     timing.record = started.elapsed();
     let started = Instant::now();
-    exec.upload()
+    last.upload()
         .map_err(|e| wrap(request, Error::driver("cuGraphUpload")(e)))?;
     timing.upload = started.elapsed();
-    let need = exec.node_bytes();
+    // The segments in launch order: those the islands cut (already uploaded), then the last.
+    let mut order = cut;
+    order.push(last);
+    // Segments run one after another, so their allocations can't all be live at once: the sum
+    // is an upper bound of the size's graph memory.
+    let need = order.iter().map(ExecGraph::node_bytes).sum();
+    let exec = order.remove(0);
     memory.largest_need = memory.largest_need.max(need);
     Ok(CapturedSize {
         exec,
+        segments: order,
         keep: NodeKeep { need },
         output: (),
         timing,
@@ -348,7 +438,8 @@ where
     let before = exec.generation();
     let changed = |exec: &ExecGraph| exec.generation() != before;
     warm_up(dev, memory, request, body).map_err(|e| (wrap(request, e), false))?;
-    let in_place = record(dev, memory, request, body, |stream| {
+    let ledger = RefCell::new(NodeLedger::default());
+    let (in_place, _) = record(dev, memory, request, body, false, &ledger, |stream| {
         exec.update_from_capture(stream)
     })
     .map_err(|e| (wrap(request, e), changed(exec)))?;

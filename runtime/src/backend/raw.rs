@@ -472,6 +472,22 @@ unsafe impl BackendOps for Raw {
         Ok(copy)
     }
 
+    fn share(_: Seal, t: &CudaTensor) -> Result<CudaTensor> {
+        Ok(CudaTensor {
+            slice: t.slice.clone(),
+            offset: t.offset,
+            shape: t.shape,
+            dtype: t.dtype,
+        })
+    }
+
+    fn capture_copy(_: Seal, dev: &Arc<CudaStream>, t: &CudaTensor) -> Result<CudaTensor> {
+        Raw::check_tensor(Seal::new(), dev, "an island's output", t)?;
+        let copy = zeros_of(dev, t.dtype, t.dims())?;
+        ffi::copy_d2d(dev, copy.range(), t.range()).map_err(Error::driver("cuMemcpyDtoDAsync"))?;
+        Ok(copy)
+    }
+
     fn capture(
         _: Seal,
         dev: &Arc<CudaStream>,

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::seal::Seal;
 use crate::static_args::StaticArgs;
 
-impl<const N: usize, S, B: Backend> Runner<'_, N, S, B> {
+impl<const N: usize, S, B: Backend, L> Runner<'_, N, S, B, L> {
     /// Gives the graph memory's physical memory back to the driver (and trims what the
     /// stream-ordered allocator and graph memory nodes cache), keeping every graph defined:
     /// with cudagraph's tensors the pool's virtual addresses stay reserved, so
@@ -75,16 +75,19 @@ impl<const N: usize, S, B: Backend> Runner<'_, N, S, B> {
 /// Device memory a runner will hold, from [`Runner::estimate`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemoryEstimate {
-    /// Bytes of the graph memory (every size's intermediates and outputs, shared).
+    /// Bytes of the graph memory (every size's intermediates and outputs, shared; every
+    /// segment of a forward with islands).
     pub pool_bytes: usize,
     /// Bytes of the static input buffers.
     pub static_input_bytes: usize,
+    /// Bytes of the islands' input and output buffers (0 without islands).
+    pub island_buffer_bytes: usize,
 }
 
 impl MemoryEstimate {
     /// Everything together.
     pub fn total(&self) -> usize {
-        self.pool_bytes + self.static_input_bytes
+        self.pool_bytes + self.static_input_bytes + self.island_buffer_bytes
     }
 }
 
@@ -102,19 +105,58 @@ impl<'m, const N: usize, S: StaticArgs + 'm, B: Backend> Runner<'m, N, S, B> {
     where
         D: Device<Backend = B> + ?Sized,
     {
-        let largest = plan.table.sizes().len().checked_sub(1);
-        let mut runner = Runner::capture(dev, plan.with_lazy_capture(true), specs, statics, eager)?;
+        let runner = Runner::capture(dev, plan.with_lazy_capture(true), specs, statics, eager)?;
+        runner.measure_largest(dev.as_backend_device())
+    }
+}
+
+impl<'m, const N: usize, S: StaticArgs + 'm, B: Backend, L: 'm> Runner<'m, N, S, B, L> {
+    /// [`estimate`](Runner::estimate) of a forward with [`Islands`](crate::Islands) (see
+    /// [`capture_live`](Self::capture_live)): the figure covers every segment of the largest
+    /// size and the islands' buffers.
+    pub fn estimate_live<D>(
+        dev: &'m D,
+        plan: GraphPlan,
+        specs: [InputSpec<B::DType>; N],
+        statics: S,
+        live: L,
+        eager: impl Fn(
+            &B::Device,
+            [&B::Tensor; N],
+            &S,
+            &crate::Islands<'m, '_, B, L>,
+        ) -> Result<B::Tensor>
+        + 'm,
+    ) -> Result<MemoryEstimate>
+    where
+        D: Device<Backend = B> + ?Sized,
+    {
+        let runner = Runner::capture_live(
+            dev,
+            plan.with_lazy_capture(true),
+            specs,
+            statics,
+            live,
+            eager,
+        )?;
+        runner.measure_largest(dev.as_backend_device())
+    }
+
+    /// Captures the largest size of this lazy runner, measures what it holds, releases it all.
+    fn measure_largest(mut self, dev: &B::Device) -> Result<MemoryEstimate> {
+        let largest = self.core.plan.table.sizes().len().checked_sub(1);
         let mut need = 0;
         if let Some(slot) = largest {
-            runner.capture_slot(slot)?;
-            need = runner.core.stats.sizes[slot].pool_need;
+            self.capture_slot(slot)?;
+            need = self.core.stats.sizes[slot].pool_need;
         }
         let estimate = MemoryEstimate {
-            pool_bytes: B::memory_bytes(Seal::new(), &runner.core.memory).max(need),
-            static_input_bytes: runner.core.inputs.bytes(),
+            pool_bytes: B::memory_bytes(Seal::new(), &self.core.memory).max(need),
+            static_input_bytes: self.core.inputs.bytes(),
+            island_buffer_bytes: self.core.bank.borrow().bytes(),
         };
-        drop(runner);
-        B::release_cached_memory(Seal::new(), dev.as_backend_device())?;
+        drop(self);
+        B::release_cached_memory(Seal::new(), dev)?;
         Ok(estimate)
     }
 }

@@ -12,6 +12,6 @@ mod typed;
 pub use memory::MemoryEstimate;
 pub use output::Output;
 pub use refresh::{RefreshError, RefreshReport};
-pub use run::{EagerFn, NoStatics, Runner};
+pub use run::{EAGER_ENV, EagerFn, NoLive, NoStatics, Runner};
 pub use typed::FnRunner;
 pub use typed::refresh as refresh_typed;

@@ -3,20 +3,25 @@
 
 use std::time::Instant;
 
-use super::run::{EagerFn, Runner, SizeGraph};
+use std::cell::RefCell;
+
+use super::run::{EagerFn, Runner, SizeGraph, capture_body};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::ffi::ExecGraph;
+use crate::islands::{IslandRecord, Islands};
 use crate::policy::Warmup;
 use crate::seal::Seal;
 
-impl<'m, const N: usize, S: 'm, B: Backend> Runner<'m, N, S, B> {
+impl<'m, const N: usize, S: 'm, B: Backend, L: 'm> Runner<'m, N, S, B, L> {
     /// Rebuilds every captured graph for a new eager function, typically the same model's
     /// forward after its weights moved (a new checkpoint of the same shapes in new buffers): each
     /// size is re-recorded and its executable graph updated in place with `cuGraphExecUpdate`,
     /// or re-instantiated where the driver refuses the update; a size whose new forward needs
-    /// more pool memory is warmed up and moved to a larger chunk. Much cheaper than a new
-    /// capture, which is mostly instantiation. The old runner is consumed, so nothing can replay
-    /// graphs that still point at the old weights; the new one borrows what `eager` borrows.
+    /// more pool memory is warmed up and moved to a larger chunk, and a size with islands is
+    /// captured anew (its segments and islands re-recorded). Much cheaper than a new capture,
+    /// which is mostly instantiation. The old runner is consumed, so nothing can replay graphs
+    /// that still point at the old weights; the new one borrows what `eager` borrows.
     ///
     /// `dev` must be the device (runtime) the runner was captured on. On error the old runner
     /// comes back in the [`RefreshError`], usable with its old forward.
@@ -25,9 +30,29 @@ impl<'m, const N: usize, S: 'm, B: Backend> Runner<'m, N, S, B> {
         self,
         dev: &'n B::Device,
         eager: impl Fn(&B::Device, [&B::Tensor; N], &S) -> Result<B::Tensor> + 'n,
-    ) -> std::result::Result<(Runner<'n, N, S, B>, RefreshReport), RefreshError<Runner<'m, N, S, B>>>
+    ) -> std::result::Result<(Runner<'n, N, S, B, L>, RefreshReport), RefreshError<Self>>
     where
         S: 'n,
+        L: 'n,
+    {
+        self.refresh_live(
+            dev,
+            move |dev, inputs, statics, _: &Islands<'n, '_, B, L>| eager(dev, inputs, statics),
+        )
+    }
+
+    /// [`refresh`](Self::refresh) with a forward that takes [`Islands`] (what the generated
+    /// `<fn>_graphs_refresh` passes).
+    #[allow(clippy::type_complexity)]
+    pub fn refresh_live<'n>(
+        self,
+        dev: &'n B::Device,
+        eager: impl Fn(&B::Device, [&B::Tensor; N], &S, &Islands<'n, '_, B, L>) -> Result<B::Tensor>
+        + 'n,
+    ) -> std::result::Result<(Runner<'n, N, S, B, L>, RefreshReport), RefreshError<Self>>
+    where
+        S: 'n,
+        L: 'n,
     {
         let function = self.core.plan.function;
         if !std::sync::Arc::ptr_eq(
@@ -56,10 +81,13 @@ impl<'m, const N: usize, S: 'm, B: Backend> Runner<'m, N, S, B> {
         }
         let started = Instant::now();
         let mut old = self;
-        let eager: EagerFn<'n, N, S, B> = Box::new(eager);
+        let eager: EagerFn<'n, N, S, B, L> = Box::new(eager);
         let mut report = RefreshReport::default();
-        // Graphs rebuilt for `eager`, by slot; moved into the new runner once all succeeded.
+        // Graphs (and their islands) rebuilt for `eager`, by slot; moved into the new runner
+        // once all succeeded.
         let mut rebuilt: Vec<Option<SizeGraph<B>>> = old.core.graphs.iter().map(|_| None).collect();
+        let mut islands: Vec<Vec<IslandRecord<'n, B, L>>> =
+            old.core.graphs.iter().map(|_| Vec::new()).collect();
         let mut failure = None;
         if let Err(error) = old.core.inputs.fill_pads(dev) {
             failure = Some(error);
@@ -71,10 +99,24 @@ impl<'m, const N: usize, S: 'm, B: Backend> Runner<'m, N, S, B> {
             let Some(graph) = old.core.graphs[slot].take() else {
                 continue;
             };
-            match refresh_slot(&mut old, dev, &eager, graph, slot) {
-                Ok((graph, in_place)) => {
-                    old.core.stats.sizes[slot].nodes = graph.exec.node_count();
+            let done = if graph.segments.is_empty() {
+                refresh_slot(&mut old, dev, &eager, graph, slot)
+                    .map(|(g, in_place)| (g, in_place, Vec::new()))
+            } else {
+                recapture_slot(&mut old, dev, &eager, graph, slot)
+                    .map(|(g, records)| (g, false, records))
+            };
+            match done {
+                Ok((graph, in_place, records)) => {
+                    let s = &mut old.core.stats.sizes[slot];
+                    s.segment_nodes = std::iter::once(&graph.exec)
+                        .chain(&graph.segments)
+                        .map(ExecGraph::node_count)
+                        .collect();
+                    s.nodes = s.segment_nodes.iter().sum();
+                    s.segments = s.segment_nodes.len();
                     rebuilt[slot] = Some(graph);
+                    islands[slot] = records;
                     if in_place {
                         report.updated_in_place += 1;
                     } else {
@@ -105,6 +147,7 @@ impl<'m, const N: usize, S: 'm, B: Backend> Runner<'m, N, S, B> {
             for (slot, graph) in rebuilt.iter_mut().enumerate() {
                 if graph.take().is_some() {
                     old.core.stats.sizes[slot].captured = false;
+                    old.islands[slot].clear();
                 }
             }
             old.core.stats.pool_bytes = B::memory_bytes(Seal::new(), &old.core.memory);
@@ -115,10 +158,24 @@ impl<'m, const N: usize, S: 'm, B: Backend> Runner<'m, N, S, B> {
         }
         report.time = started.elapsed();
         let Runner { mut core, .. } = old;
+        for (slot, graph) in rebuilt.iter().enumerate() {
+            if graph.is_none() {
+                islands[slot].clear();
+            }
+        }
         core.graphs = rebuilt;
         core.released = false;
         core.stats.pool_bytes = B::memory_bytes(Seal::new(), &core.memory);
-        Ok((Runner { dev, eager, core }, report))
+        core.stats.island_buffer_bytes = core.bank.borrow().bytes();
+        Ok((
+            Runner {
+                dev,
+                eager,
+                islands,
+                core,
+            },
+            report,
+        ))
     }
 }
 
@@ -126,10 +183,10 @@ impl<'m, const N: usize, S: 'm, B: Backend> Runner<'m, N, S, B> {
 /// the graph comes back unchanged, with the error, unless its executable was already updated to
 /// the new forward (then `None`: it can't go back to the old runner).
 #[allow(clippy::type_complexity, clippy::result_large_err)]
-fn refresh_slot<'m, const N: usize, S: 'm, B: Backend>(
-    runner: &mut Runner<'m, N, S, B>,
+fn refresh_slot<'m, 'n, const N: usize, S: 'm, B: Backend, L: 'm>(
+    runner: &mut Runner<'m, N, S, B, L>,
     dev: &B::Device,
-    eager: &EagerFn<'_, N, S, B>,
+    eager: &EagerFn<'n, N, S, B, L>,
     mut graph: SizeGraph<B>,
     slot: usize,
 ) -> std::result::Result<(SizeGraph<B>, bool), (Option<SizeGraph<B>>, Error)> {
@@ -138,10 +195,13 @@ fn refresh_slot<'m, const N: usize, S: 'm, B: Backend>(
         Ok(views) => views,
         Err(e) => return Err((Some(graph), e)),
     };
-    let statics = &runner.core.statics;
-    let mut body = |dev: &B::Device| {
+    let (statics, live, bank) = (&runner.core.statics, &runner.core.live, &runner.core.bank);
+    // A re-record can't cut (its segments cut nothing): islands of the new forward here are an
+    // error, which `capture_body` reports.
+    let islands = RefCell::new(Vec::new());
+    let mut body = |dev: &B::Device, segments: Option<&dyn crate::backend::Segments>| {
         let refs: [&B::Tensor; N] = std::array::from_fn(|i| &views[i]);
-        eager(dev, refs, statics)
+        capture_body(dev, refs, statics, live, bank, eager, segments, &islands)
     };
     let done = B::rerecord(
         Seal::new(),
@@ -159,6 +219,59 @@ fn refresh_slot<'m, const N: usize, S: 'm, B: Backend>(
             Ok((graph, done.in_place))
         }
         Err((e, changed)) => Err((if changed { None } else { Some(graph) }, e)),
+    }
+}
+
+/// Captures size index `slot` of `runner` anew with `eager` (a size with islands, whose
+/// segments a re-record can't update one by one). On error the old graph comes back unchanged.
+#[allow(clippy::type_complexity, clippy::result_large_err)]
+fn recapture_slot<'m, 'n, const N: usize, S: 'm, B: Backend, L: 'm>(
+    runner: &mut Runner<'m, N, S, B, L>,
+    dev: &B::Device,
+    eager: &EagerFn<'n, N, S, B, L>,
+    graph: SizeGraph<B>,
+    slot: usize,
+) -> std::result::Result<(SizeGraph<B>, Vec<IslandRecord<'n, B, L>>), (Option<SizeGraph<B>>, Error)>
+{
+    let request = runner.request(slot, Warmup::Always);
+    let views = match runner.core.inputs.views(request.size) {
+        Ok(views) => views,
+        Err(e) => return Err((Some(graph), e)),
+    };
+    let (statics, live, bank) = (&runner.core.statics, &runner.core.live, &runner.core.bank);
+    let islands = RefCell::new(Vec::new());
+    let mut body = |dev: &B::Device, segments: Option<&dyn crate::backend::Segments>| {
+        let refs: [&B::Tensor; N] = std::array::from_fn(|i| &views[i]);
+        capture_body(dev, refs, statics, live, bank, eager, segments, &islands)
+    };
+    let captured = B::capture(
+        Seal::new(),
+        dev,
+        &mut runner.core.memory,
+        request,
+        &mut body,
+    );
+    drop(views);
+    match captured {
+        Ok(c) => {
+            let records = islands.into_inner();
+            if records.len() != c.segments.len() {
+                return Err((
+                    Some(graph),
+                    Error::invalid("refresh", "the capture's islands and segments disagree"),
+                ));
+            }
+            Ok((
+                SizeGraph {
+                    exec: c.exec,
+                    segments: c.segments,
+                    keep: c.keep,
+                    output: c.output,
+                },
+                records,
+            ))
+        }
+        Err(e) => Err((Some(graph), e)),
     }
 }
 

@@ -9,25 +9,37 @@ use crate::backend::{Backend, CaptureRequest, Device};
 use crate::dispatch::{GraphPlan, InputSpec, OnCaptureError};
 use crate::error::{Error, Result};
 use crate::ffi::ExecGraph;
+use crate::islands::{IslandBank, IslandRecord, IslandRecorder, Islands};
 use crate::policy::Warmup;
 use crate::seal::Seal;
 use crate::static_args::StaticArgs;
 use crate::static_inputs::StaticInputs;
 use crate::stats::{FALLBACK_REASONS, FallbackReason, RunnerStats, SizeStats};
+use std::cell::RefCell;
 
-/// The eager forward a runner captures and falls back to.
-pub type EagerFn<'m, const N: usize, S, B> = Box<
+/// The environment variable that turns the debug mode on for every runner built after it is
+/// read (`1`): every call runs eagerly through the replay path (see
+/// [`Runner::set_debug_eager`]).
+pub const EAGER_ENV: &str = "CUDAGRAPH_EAGER";
+
+/// The eager forward a runner captures and falls back to: the device, the tensor inputs, the
+/// statics and the forward's [`Islands`] (their live arguments `L`).
+pub type EagerFn<'m, const N: usize, S, B, L = ()> = Box<
     dyn Fn(
             &<B as Backend>::Device,
             [&<B as Backend>::Tensor; N],
             &S,
+            &Islands<'m, '_, B, L>,
         ) -> Result<<B as Backend>::Tensor>
         + 'm,
 >;
 
 /// One captured size.
 pub(super) struct SizeGraph<B: Backend> {
+    /// The first segment (the whole graph without islands).
     pub(super) exec: ExecGraph,
+    /// The segments after the first, one after each island.
+    pub(super) segments: Vec<ExecGraph>,
     /// What the graph keeps alive: its memory, and buffers it reads that it must outlive.
     pub(super) keep: B::GraphKeep,
     /// Where its output lies (`size` rows).
@@ -71,16 +83,25 @@ pub(super) struct SizeGraph<B: Backend> {
 ///     Ok(replays)
 /// }
 /// ```
-pub struct Runner<'m, const N: usize, S, B: Backend> {
+pub struct Runner<'m, const N: usize, S, B: Backend, L = ()> {
     pub(super) dev: &'m B::Device,
-    pub(super) eager: EagerFn<'m, N, S, B>,
+    pub(super) eager: EagerFn<'m, N, S, B, L>,
+    /// The islands of each captured size (indexed like the sizes; empty without islands): their
+    /// closures borrow the model, as the eager forward does.
+    pub(super) islands: Vec<Vec<IslandRecord<'m, B, L>>>,
     /// Everything else: what does not borrow the model (moved whole between runners of other
     /// lifetimes by a refresh).
-    pub(super) core: RunnerCore<N, S, B>,
+    pub(super) core: RunnerCore<N, S, B, L>,
 }
 
 /// The parts of a [`Runner`] that neither borrow the model nor name the function.
-pub(super) struct RunnerCore<const N: usize, S, B: Backend> {
+pub(super) struct RunnerCore<const N: usize, S, B: Backend, L> {
+    /// The islands' live arguments that warm-ups and captures run with.
+    pub(super) live: L,
+    /// The islands' input and output buffers, shared by every island and size.
+    pub(super) bank: RefCell<IslandBank<B>>,
+    /// The debug mode: every call eager through the replay path.
+    pub(super) debug_eager: bool,
     pub(super) plan: GraphPlan,
     pub(super) specs: [InputSpec<B::DType>; N],
     pub(super) statics: S,
@@ -94,7 +115,7 @@ pub(super) struct RunnerCore<const N: usize, S, B: Backend> {
     pub(super) released: bool,
 }
 
-impl<const N: usize, S, B: Backend> std::fmt::Debug for Runner<'_, N, S, B> {
+impl<const N: usize, S, B: Backend, L> std::fmt::Debug for Runner<'_, N, S, B, L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runner")
             .field("function", &self.core.plan.function)
@@ -162,19 +183,52 @@ impl<'m, const N: usize, S: StaticArgs + 'm, B: Backend> Runner<'m, N, S, B> {
             specs,
             statics,
             |a, b| a == b,
-            Box::new(eager),
+            Box::new(move |dev, inputs, statics, _: &Islands<'m, '_, B, ()>| {
+                eager(dev, inputs, statics)
+            }),
+            (),
         )
     }
 }
 
-impl<'m, const N: usize, S: 'm, B: Backend> Runner<'m, N, S, B> {
+impl<'m, const N: usize, S: StaticArgs + 'm, B: Backend, L: 'm> Runner<'m, N, S, B, L> {
+    /// [`capture`](Self::capture) of a forward with [`Islands`]: `eager` also gets the islands
+    /// its ops that can't be captured run in, whose live arguments are `live` during warm-ups
+    /// and captures and the caller's at every [`run_live`](Self::run_live). The code
+    /// `#[cuda_graph]` generates for a forward taking `&Islands<L>` calls this.
+    pub fn capture_live<D>(
+        dev: &'m D,
+        plan: GraphPlan,
+        specs: [InputSpec<B::DType>; N],
+        statics: S,
+        live: L,
+        eager: impl Fn(&B::Device, [&B::Tensor; N], &S, &Islands<'m, '_, B, L>) -> Result<B::Tensor>
+        + 'm,
+    ) -> Result<Self>
+    where
+        D: Device<Backend = B> + ?Sized,
+    {
+        Self::build(
+            dev.as_backend_device(),
+            plan,
+            specs,
+            statics,
+            |a, b| a == b,
+            Box::new(eager),
+            live,
+        )
+    }
+}
+
+impl<'m, const N: usize, S: 'm, B: Backend, L: 'm> Runner<'m, N, S, B, L> {
     fn build(
         dev: &'m B::Device,
         plan: GraphPlan,
         specs: [InputSpec<B::DType>; N],
         statics: S,
         statics_eq: fn(&S, &S) -> bool,
-        eager: EagerFn<'m, N, S, B>,
+        eager: EagerFn<'m, N, S, B, L>,
+        live: L,
     ) -> Result<Self> {
         if N == 0 {
             return Err(Error::invalid(
@@ -209,7 +263,11 @@ impl<'m, const N: usize, S: 'm, B: Backend> Runner<'m, N, S, B> {
         let mut runner = Self {
             dev,
             eager,
+            islands: sizes.iter().map(|_| Vec::new()).collect(),
             core: RunnerCore {
+                live,
+                bank: RefCell::new(IslandBank::default()),
+                debug_eager: std::env::var(EAGER_ENV).is_ok_and(|v| v == "1"),
                 graphs: sizes.iter().map(|_| None).collect(),
                 plan,
                 specs,
@@ -244,7 +302,7 @@ impl<'m, const N: usize, S: 'm, B: Backend> Runner<'m, N, S, B> {
     }
 }
 
-impl<'m, const N: usize, S, B: Backend> Runner<'m, N, S, B> {
+impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
     /// Compares static arguments with `eq` instead of `==` (the code `#[cuda_graph]` generates
     /// compares floats by their bits, so that a NaN static matches itself).
     pub fn with_statics_eq(mut self, eq: fn(&S, &S) -> bool) -> Self {
@@ -292,33 +350,56 @@ impl<'m, const N: usize, S, B: Backend> Runner<'m, N, S, B> {
         let request = self.request(slot, warmup);
         self.core.inputs.fill_pads(self.dev)?;
         let views = self.core.inputs.views(request.size)?;
-        let (eager, statics) = (&self.eager, &self.core.statics);
-        let mut body = |dev: &B::Device| {
-            let refs: [&B::Tensor; N] = std::array::from_fn(|i| &views[i]);
-            eager(dev, refs, statics)
+        let islands = RefCell::new(Vec::new());
+        let captured = {
+            let (eager, statics, live, bank) = (
+                &self.eager,
+                &self.core.statics,
+                &self.core.live,
+                &self.core.bank,
+            );
+            let mut body = |dev: &B::Device, segments: Option<&dyn crate::backend::Segments>| {
+                let refs: [&B::Tensor; N] = std::array::from_fn(|i| &views[i]);
+                capture_body(dev, refs, statics, live, bank, eager, segments, &islands)
+            };
+            B::capture(
+                Seal::new(),
+                self.dev,
+                &mut self.core.memory,
+                request,
+                &mut body,
+            )
         };
-        let captured = B::capture(
-            Seal::new(),
-            self.dev,
-            &mut self.core.memory,
-            request,
-            &mut body,
-        );
         drop(views);
         self.drop_unusable();
         let c = captured?;
+        let islands = islands.into_inner();
+        if islands.len() != c.segments.len() {
+            return Err(Error::invalid(
+                self.core.plan.function,
+                "the capture's islands and segments disagree",
+            ));
+        }
         let s = &mut self.core.stats.sizes[slot];
         s.captured = true;
         s.capture_error = None;
-        s.nodes = c.exec.node_count();
+        s.segment_nodes = std::iter::once(&c.exec)
+            .chain(&c.segments)
+            .map(ExecGraph::node_count)
+            .collect();
+        s.nodes = s.segment_nodes.iter().sum();
+        s.segments = s.segment_nodes.len();
         s.pool_need = c.need;
         s.capture = c.timing;
+        self.islands[slot] = islands;
         self.core.graphs[slot] = Some(SizeGraph {
             exec: c.exec,
+            segments: c.segments,
             keep: c.keep,
             output: c.output,
         });
         self.core.stats.pool_bytes = B::memory_bytes(Seal::new(), &self.core.memory);
+        self.core.stats.island_buffer_bytes = self.core.bank.borrow().bytes();
         Ok(())
     }
 
@@ -369,7 +450,21 @@ impl<'m, const N: usize, S, B: Backend> Runner<'m, N, S, B> {
     /// assert!(!graphs.run_with([&x], &(0.7,))?.replayed()); // another value: runs eagerly
     /// # Ok(()) }
     /// ```
-    pub fn run_with(&mut self, inputs: [&B::Tensor; N], statics: &S) -> Result<Output<'_, B>> {
+    pub fn run_with(&mut self, inputs: [&B::Tensor; N], statics: &S) -> Result<Output<'_, B>>
+    where
+        L: NoLive,
+    {
+        self.run_live(inputs, statics, &L::NONE)
+    }
+
+    /// [`run_with`](Self::run_with) for a forward with [`Islands`]: `live` are the live
+    /// arguments its islands read at this call (at every replay as in the eager fallback).
+    pub fn run_live(
+        &mut self,
+        inputs: [&B::Tensor; N],
+        statics: &S,
+        live: &L,
+    ) -> Result<Output<'_, B>> {
         let function = self.core.plan.function;
         if self.core.released {
             return Err(Error::Released { function });
@@ -438,15 +533,22 @@ impl<'m, const N: usize, S, B: Backend> Runner<'m, N, S, B> {
             Some(_) => None,
         };
         match (slot, reason) {
-            (Some(slot), None) => self.replay(slot, n, &inputs),
+            (Some(slot), None) if self.core.debug_eager => self.debug_eager(slot, n, &inputs, live),
+            (Some(slot), None) => self.replay(slot, n, &inputs, live),
             (_, reason) => {
                 let reason = reason.unwrap_or(FallbackReason::TooLarge);
-                self.fallback(reason, n, inputs, statics)
+                self.fallback(reason, n, inputs, statics, live)
             }
         }
     }
 
-    fn replay(&mut self, slot: usize, n: usize, inputs: &[&B::Tensor; N]) -> Result<Output<'_, B>> {
+    fn replay(
+        &mut self,
+        slot: usize,
+        n: usize,
+        inputs: &[&B::Tensor; N],
+        live: &L,
+    ) -> Result<Output<'_, B>> {
         self.core.inputs.fill(self.dev, inputs)?;
         let Some(graph) = &self.core.graphs[slot] else {
             return Err(Error::invalid(
@@ -454,10 +556,27 @@ impl<'m, const N: usize, S, B: Backend> Runner<'m, N, S, B> {
                 "graph missing after capture",
             ));
         };
+        let islands = &self.islands[slot];
+        if islands.len() != graph.segments.len() {
+            return Err(Error::invalid(
+                self.core.plan.function,
+                "a size's islands and segments disagree",
+            ));
+        }
         // SAFETY: the graph's memory is alive: `keep` (its pool chunk and noted buffers, or its
         // node-mode figures) is stored beside it in this runner, the runner is not released
-        // (checked by `run_with`), and the model's buffers are borrowed for `'m`.
+        // (checked by `run_live`), and the model's buffers are borrowed for `'m`.
         unsafe { graph.exec.launch() }.map_err(Error::driver("cuGraphLaunch"))?;
+        if !islands.is_empty() {
+            let bank = self.core.bank.borrow();
+            for (island, segment) in islands.iter().zip(&graph.segments) {
+                island.replay(self.dev, &bank, live)?;
+                // SAFETY: as for the first segment: every segment of a size shares its `keep`,
+                // and the island buffers the segment reads are the runner's (`bank`).
+                unsafe { segment.launch() }.map_err(Error::driver("cuGraphLaunch"))?;
+            }
+            self.core.stats.sizes[slot].island_calls += islands.len() as u64;
+        }
         let s = &mut self.core.stats.sizes[slot];
         s.replays += 1;
         s.rows += n as u64;
@@ -478,12 +597,59 @@ impl<'m, const N: usize, S, B: Backend> Runner<'m, N, S, B> {
         })
     }
 
+    /// The debug mode's run of a call a graph would replay: the forward eagerly on the size's
+    /// static inputs (the call's rows, the rest padded), as a warm-up runs it, its islands in
+    /// place; the output is the first `n` rows, through the same output type.
+    fn debug_eager(
+        &mut self,
+        slot: usize,
+        n: usize,
+        inputs: &[&B::Tensor; N],
+        live: &L,
+    ) -> Result<Output<'_, B>> {
+        let size = self.core.plan.table.sizes()[slot];
+        self.core.inputs.fill(self.dev, inputs)?;
+        let views = self.core.inputs.views(size)?;
+        let refs: [&B::Tensor; N] = std::array::from_fn(|i| &views[i]);
+        let full = (self.eager)(self.dev, refs, &self.core.statics, &Islands::direct(live))?;
+        drop(views);
+        B::check_tensor(Seal::new(), self.dev, self.core.plan.function, &full)?;
+        let tensor = B::narrow(Seal::new(), &full, n)?;
+        drop(full);
+        let s = &mut self.core.stats.sizes[slot];
+        s.debug_eager_calls += 1;
+        s.rows += n as u64;
+        s.padded_rows += (size - n) as u64;
+        Ok(Output {
+            tensor,
+            replayed: false,
+            size: Some(size),
+            dev: self.dev,
+        })
+    }
+
+    /// Turns the debug mode on or off (initially on when `CUDAGRAPH_EAGER=1`): calls a graph
+    /// would replay run the forward eagerly instead, through the same dispatch, padding and
+    /// output path (the size's static inputs, padded rows included, and its islands in place),
+    /// as SGLang's `--debug-cuda-graph` does, so a wrong result can be told to come from the
+    /// graphs or from the model without touching the model. [`Output::size`] still names the
+    /// size, [`Output::replayed`] is `false`; the stats count them per size.
+    pub fn set_debug_eager(&mut self, on: bool) {
+        self.core.debug_eager = on;
+    }
+
+    /// Whether the debug mode is on (see [`set_debug_eager`](Self::set_debug_eager)).
+    pub fn debug_eager_enabled(&self) -> bool {
+        self.core.debug_eager
+    }
+
     fn fallback(
         &mut self,
         reason: FallbackReason,
         n: usize,
         inputs: [&B::Tensor; N],
         statics: &S,
+        live: &L,
     ) -> Result<Output<'_, B>> {
         self.core.stats.fallbacks[reason.index()] += 1;
         if !self.core.warned[reason.index()] {
@@ -495,7 +661,7 @@ impl<'m, const N: usize, S, B: Backend> Runner<'m, N, S, B> {
                 "running eagerly: {reason} (logged once per reason; see Runner::stats)"
             );
         }
-        let tensor = (self.eager)(self.dev, inputs, statics)?;
+        let tensor = (self.eager)(self.dev, inputs, statics, &Islands::direct(live))?;
         // The output borrows the runner and `to_owned` copies it on the runner's stream: one of
         // another device or stream (a forward's eager path may differ from its captured one)
         // would be read there unordered with the stream that writes it.
@@ -533,25 +699,38 @@ impl<'m, const N: usize, S, B: Backend> Runner<'m, N, S, B> {
 
     /// Runs the eager function directly (no graph, not counted), e.g. as a reference. Its
     /// output is checked as a fallback's is: a tensor of the runner's device and stream.
-    pub fn run_eager(&self, inputs: [&B::Tensor; N], statics: &S) -> Result<B::Tensor> {
+    pub fn run_eager(&self, inputs: [&B::Tensor; N], statics: &S) -> Result<B::Tensor>
+    where
+        L: NoLive,
+    {
+        self.run_eager_live(inputs, statics, &L::NONE)
+    }
+
+    /// [`run_eager`](Self::run_eager) with the islands' live arguments.
+    pub fn run_eager_live(
+        &self,
+        inputs: [&B::Tensor; N],
+        statics: &S,
+        live: &L,
+    ) -> Result<B::Tensor> {
         let function = self.core.plan.function;
         for t in &inputs {
             B::check_tensor(Seal::new(), self.dev, function, t)?;
         }
-        let tensor = (self.eager)(self.dev, inputs, statics)?;
+        let tensor = (self.eager)(self.dev, inputs, statics, &Islands::direct(live))?;
         B::check_tensor(Seal::new(), self.dev, function, &tensor)?;
         Ok(tensor)
     }
 }
 
-impl<'m, const N: usize, S, B: Backend> Runner<'m, N, S, B> {
+impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
     /// The device (for cudagraph's tensors, the runtime) the graphs run on.
     pub fn device(&self) -> &'m B::Device {
         self.dev
     }
 }
 
-impl<'m, const N: usize, S, B: Backend> Runner<'m, N, S, B> {
+impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
     /// [`run_with`](Self::run_with) for a function without static arguments (`S = ()`).
     ///
     /// On a runner whose function has `static_args`, calling `run` is a compile error that
@@ -559,8 +738,54 @@ impl<'m, const N: usize, S, B: Backend> Runner<'m, N, S, B> {
     pub fn run(&mut self, inputs: [&B::Tensor; N]) -> Result<Output<'_, B>>
     where
         S: NoStatics,
+        L: NoLive,
     {
-        self.run_with(inputs, &S::NONE)
+        self.run_live(inputs, &S::NONE, &L::NONE)
+    }
+}
+
+/// The live-arguments type of a runner whose forward has no [`Islands`] (or islands that read
+/// none): implemented for `()` only, so that [`Runner::run_with`] on a runner whose islands
+/// read live arguments fails to compile with a message naming
+/// [`run_live`](Runner::run_live).
+#[diagnostic::on_unimplemented(
+    message = "this runner's islands read live arguments (`{Self}`): call `run_live(inputs, &statics, &live)`",
+    label = "`run` and `run_with` are only for forwards whose islands read no live arguments",
+    note = "the live arguments are the `L` of the forward's `&Islands<L>`, passed at every call: `graphs.run_live([&x], &(), &(max_context,))`"
+)]
+pub trait NoLive: sealed::Sealed {
+    /// The value of no live arguments.
+    const NONE: Self;
+}
+
+impl NoLive for () {
+    const NONE: Self = ();
+}
+
+/// The forward as a capture of one size calls it (`segments`: the recording's, none for a
+/// warm-up): with islands that record into `islands` (and `bank`) when it records, and run in
+/// place when it warms up.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn capture_body<'m, const N: usize, S, B: Backend, L>(
+    dev: &B::Device,
+    refs: [&B::Tensor; N],
+    statics: &S,
+    live: &L,
+    bank: &RefCell<IslandBank<B>>,
+    eager: &EagerFn<'m, N, S, B, L>,
+    segments: Option<&dyn crate::backend::Segments>,
+    islands: &RefCell<Vec<IslandRecord<'m, B, L>>>,
+) -> Result<B::Tensor> {
+    match segments {
+        None => eager(dev, refs, statics, &Islands::direct(live)),
+        Some(segments) => {
+            let recorder = IslandRecorder::new(segments, bank);
+            let out = eager(dev, refs, statics, &Islands::recording(live, &recorder));
+            let records = recorder.finish();
+            let out = out?;
+            *islands.borrow_mut() = records?;
+            Ok(out)
+        }
     }
 }
 

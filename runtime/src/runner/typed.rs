@@ -8,6 +8,7 @@ use super::refresh::{RefreshError, RefreshReport};
 use super::run::Runner;
 use crate::backend::Backend;
 use crate::error::Result;
+use crate::islands::Islands;
 
 /// The runner of one annotated function: a [`Runner`] whose type also names the function
 /// (`F`, a [`FunctionId`](crate::FunctionId)), so that the generated `<fn>_graphs_refresh`
@@ -23,15 +24,15 @@ use crate::error::Result;
 /// function's runner to another's refresh is a compile error); it is not a seal: through
 /// `DerefMut` a runner can be swapped for another's, and no memory safety rests on it
 /// ([`Runner::refresh`] takes any forward of the runner's signature).
-pub struct FnRunner<'m, F, const N: usize, S, B: Backend> {
-    runner: Runner<'m, N, S, B>,
+pub struct FnRunner<'m, F, const N: usize, S, B: Backend, L = ()> {
+    runner: Runner<'m, N, S, B, L>,
     function: PhantomData<fn() -> F>,
 }
 
-impl<'m, F, const N: usize, S: 'm, B: Backend> FnRunner<'m, F, N, S, B> {
+impl<'m, F, const N: usize, S: 'm, B: Backend, L: 'm> FnRunner<'m, F, N, S, B, L> {
     /// Types `runner` as function `F`'s: crate-private (see
     /// [`__private::identify`](crate::__private::identify)).
-    pub(crate) fn new(runner: Runner<'m, N, S, B>) -> Self {
+    pub(crate) fn new(runner: Runner<'m, N, S, B, L>) -> Self {
         Self {
             runner,
             function: PhantomData,
@@ -39,7 +40,7 @@ impl<'m, F, const N: usize, S: 'm, B: Backend> FnRunner<'m, F, N, S, B> {
     }
 
     /// The runner, without the function's identity.
-    pub fn into_untyped(self) -> Runner<'m, N, S, B> {
+    pub fn into_untyped(self) -> Runner<'m, N, S, B, L> {
         self.runner
     }
 
@@ -52,9 +53,10 @@ impl<'m, F, const N: usize, S: 'm, B: Backend> FnRunner<'m, F, N, S, B> {
         self,
         dev: &'n B::Device,
         eager: impl Fn(&B::Device, [&B::Tensor; N], &S) -> Result<B::Tensor> + 'n,
-    ) -> std::result::Result<(Runner<'n, N, S, B>, RefreshReport), RefreshError<Self>>
+    ) -> std::result::Result<(Runner<'n, N, S, B, L>, RefreshReport), RefreshError<Self>>
     where
         S: 'n,
+        L: 'n,
     {
         self.runner.refresh(dev, eager).map_err(|e| RefreshError {
             error: e.error,
@@ -68,15 +70,15 @@ impl<'m, F, const N: usize, S: 'm, B: Backend> FnRunner<'m, F, N, S, B> {
 /// `__private::refresh`, the generated code's, not an API: called with another forward it
 /// would give that forward's graphs the function's identity).
 #[allow(clippy::type_complexity)]
-pub fn refresh<'m, 'n, F, const N: usize, S: 'm + 'n, B: Backend>(
-    runner: FnRunner<'m, F, N, S, B>,
+pub fn refresh<'m, 'n, F, const N: usize, S: 'm + 'n, B: Backend, L: 'm + 'n>(
+    runner: FnRunner<'m, F, N, S, B, L>,
     dev: &'n B::Device,
-    eager: impl Fn(&B::Device, [&B::Tensor; N], &S) -> Result<B::Tensor> + 'n,
+    eager: impl Fn(&B::Device, [&B::Tensor; N], &S, &Islands<'n, '_, B, L>) -> Result<B::Tensor> + 'n,
 ) -> std::result::Result<
-    (FnRunner<'n, F, N, S, B>, RefreshReport),
-    RefreshError<FnRunner<'m, F, N, S, B>>,
+    (FnRunner<'n, F, N, S, B, L>, RefreshReport),
+    RefreshError<FnRunner<'m, F, N, S, B, L>>,
 > {
-    match runner.runner.refresh(dev, eager) {
+    match runner.runner.refresh_live(dev, eager) {
         Ok((runner, report)) => Ok((FnRunner::new(runner), report)),
         Err(e) => Err(RefreshError {
             error: e.error,
@@ -85,21 +87,21 @@ pub fn refresh<'m, 'n, F, const N: usize, S: 'm + 'n, B: Backend>(
     }
 }
 
-impl<'m, F, const N: usize, S, B: Backend> Deref for FnRunner<'m, F, N, S, B> {
-    type Target = Runner<'m, N, S, B>;
+impl<'m, F, const N: usize, S, B: Backend, L> Deref for FnRunner<'m, F, N, S, B, L> {
+    type Target = Runner<'m, N, S, B, L>;
 
-    fn deref(&self) -> &Runner<'m, N, S, B> {
+    fn deref(&self) -> &Runner<'m, N, S, B, L> {
         &self.runner
     }
 }
 
-impl<F, const N: usize, S, B: Backend> DerefMut for FnRunner<'_, F, N, S, B> {
+impl<F, const N: usize, S, B: Backend, L> DerefMut for FnRunner<'_, F, N, S, B, L> {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.runner
     }
 }
 
-impl<F, const N: usize, S, B: Backend> std::fmt::Debug for FnRunner<'_, F, N, S, B> {
+impl<F, const N: usize, S, B: Backend, L> std::fmt::Debug for FnRunner<'_, F, N, S, B, L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.runner.fmt(f)
     }

@@ -1,0 +1,477 @@
+//! [`Islands`]: the ops of a graphed forward that run eagerly, between graph segments.
+//!
+//! A forward takes `islands: &Islands<L>` and wraps what a graph can't hold (a host
+//! synchronisation, a launch that depends on a host value of the call, an upload larger than
+//! candle's capture cache) in [`Islands::eager`]. The capture of each size is then cut at every
+//! island: segment 1 is recorded, instantiated and launched, the island runs for real, segment 2
+//! is recorded, and so on. A replay launches segment 1, runs island 1 on the current values of its
+//! inputs, makes its output visible where segment 2 reads it, launches segment 2, ...
+//!
+//! How values cross an island, in every backend:
+//! - **inputs**: the tensors passed to `eager` are recorded by address; before each run of the
+//!   island they are copied into runner-owned buffers (shared by every island of the runner whose
+//!   inputs have the same position, dtype and trailing shape), and the island's closure gets
+//!   references to views of those buffers, never the tensors themselves;
+//! - **output**: the tensor the closure returns is copied into a runner-owned buffer and dropped;
+//!   the next segment begins with a copy of that buffer into memory of its own (pool memory, or a
+//!   graph allocation), which is what the forward gets back.
+//!
+//! Host values the islands read live at every call travel in `L`, the islands' *live
+//! arguments*: the closure gets them as its last argument, from the runner's `run_live` (or the
+//! value the runner was built with, for warm-ups and captures). Nothing an island computes on
+//! the host is baked into a graph.
+//!
+//! What the types guarantee:
+//! - an island's closure is stored by the runner and run at every replay, so it may borrow only
+//!   what outlives the runner (`'i`, the runner's borrow of the model): a closure that borrows a
+//!   tensor of the forward, or the islands themselves, does not compile;
+//! - it gets its inputs as references, so it can't keep them (cudagraph's tensors and
+//!   `CudaTensor`s are not `Clone`; a candle clone is a candle clone, as for outputs).
+
+use std::cell::{Cell, RefCell};
+use std::marker::PhantomData;
+
+use crate::backend::{Backend, Segments};
+use crate::error::{BoxError, Error, Result};
+use crate::ffi::{self, DeviceRange};
+use crate::seal::Seal;
+use crate::shape::Shape;
+
+/// An island's closure with its inputs as a slice (the array of [`Islands::eager`], erased).
+pub(crate) type IslandFn<'i, B, L> = Box<
+    dyn Fn(
+            &<B as Backend>::Device,
+            &[&<B as Backend>::Tensor],
+            &L,
+        ) -> Result<<B as Backend>::Tensor>
+        + 'i,
+>;
+
+/// The islands of a forward's call: see the [module docs](self).
+///
+/// `'i` is the borrow an island's closure may hold (the runner's borrow of the model: the macro
+/// ties it to `&self`), `L` the live arguments every island reads, `B` the backend. A forward
+/// called directly, outside a runner, takes [`Islands::direct`]: every island runs in place.
+pub struct Islands<'i, 'l, B: Backend, L = ()> {
+    live: &'l L,
+    host: Option<&'l dyn IslandHost<'i, B, L>>,
+    /// Invariant in `'i`: a closure of a shorter borrow can't pass for one of `'i`.
+    _borrow: PhantomData<fn(&'i ()) -> &'i ()>,
+}
+
+impl<'i, 'l, B: Backend, L> Islands<'i, 'l, B, L> {
+    /// The islands of a direct call of the forward (no runner): each runs at once, on `live`.
+    pub fn direct(live: &'l L) -> Self {
+        Self {
+            live,
+            host: None,
+            _borrow: PhantomData,
+        }
+    }
+
+    /// Islands a capture records (the runner's).
+    pub(crate) fn recording(live: &'l L, host: &'l dyn IslandHost<'i, B, L>) -> Self {
+        Self {
+            live,
+            host: Some(host),
+            _borrow: PhantomData,
+        }
+    }
+
+    /// The live arguments of this call.
+    pub fn live(&self) -> &L {
+        self.live
+    }
+
+    /// Runs `f` eagerly on `inputs`, between two graph segments: at every call of a runner's
+    /// replay as in a direct call. `f` gets the device, references to (copies of) `inputs` and
+    /// the live arguments; what it returns is what this returns (a copy of it, in a graph).
+    ///
+    /// Errors: `f`'s own; under capture also an island inside an island, or a segment the
+    /// driver refuses. The error type is the forward's: cudagraph's `Error`, a `BoxError`, or
+    /// candle's `Error` (which the runtime's converts into).
+    pub fn eager<const K: usize, E, F>(
+        &self,
+        dev: &B::Device,
+        inputs: [&B::Tensor; K],
+        f: F,
+    ) -> std::result::Result<B::Tensor, E>
+    where
+        E: From<Error> + Into<BoxError>,
+        F: Fn(&B::Device, [&B::Tensor; K], &L) -> std::result::Result<B::Tensor, E> + 'i,
+    {
+        match self.host {
+            None => f(dev, inputs, self.live),
+            Some(host) => {
+                let erased: IslandFn<'i, B, L> = Box::new(move |dev, ins, live| {
+                    let ins: [&B::Tensor; K] = ins.try_into().map_err(|_| {
+                        Error::invalid("island", "input count changed since the capture")
+                    })?;
+                    f(dev, ins, live).map_err(Error::from_user)
+                });
+                host.island(dev, &inputs, Some(erased), self.live)
+                    .and_then(|out| {
+                        out.ok_or_else(|| Error::invalid("island", "the island returned no output"))
+                    })
+                    .map_err(E::from)
+            }
+        }
+    }
+
+    /// A bare graph break: the segment being recorded ends here and the next begins, with
+    /// nothing run between them (SGLang's `break_graph()`). Nothing happens in a direct call.
+    /// The error converts with `?` into the forward's (cudagraph's, a `BoxError`, candle's).
+    pub fn graph_break(&self, dev: &B::Device) -> Result<()> {
+        match self.host {
+            None => Ok(()),
+            Some(host) => host.island(dev, &[], None, self.live).map(drop),
+        }
+    }
+}
+
+impl<B: Backend, L> std::fmt::Debug for Islands<'_, '_, B, L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Islands")
+            .field("recording", &self.host.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What records islands during a capture (the runner's [`IslandRecorder`]).
+pub(crate) trait IslandHost<'i, B: Backend, L> {
+    /// Cuts the capture at an island running `f` on `inputs` (none: a bare break) and returns
+    /// the output as the next segment reads it.
+    fn island(
+        &self,
+        dev: &B::Device,
+        inputs: &[&B::Tensor],
+        f: Option<IslandFn<'i, B, L>>,
+        live: &L,
+    ) -> Result<Option<B::Tensor>>;
+}
+
+/// One input of an island: where the forward's tensor lies, and the buffer its copy goes to.
+pub(crate) struct IslandInput {
+    /// The forward's tensor at capture (a segment's output, a static input, a weight): the
+    /// same bytes at every replay.
+    src: DeviceRange,
+    /// The buffer of the runner's bank its copy goes to, and the view's rows (`None`: all of a
+    /// rank-0 buffer).
+    buffer: usize,
+    rows: Option<usize>,
+}
+
+/// An island's output: the bank buffer it is copied to, its rows, and what it must be.
+pub(crate) struct IslandOutput<D> {
+    buffer: usize,
+    rows: Option<usize>,
+    dtype: D,
+    shape: Shape,
+}
+
+/// One island of a captured size, as a replay runs it.
+pub(crate) struct IslandRecord<'i, B: Backend, L> {
+    /// `None`: a bare graph break.
+    f: Option<IslandFn<'i, B, L>>,
+    inputs: Vec<IslandInput>,
+    output: Option<IslandOutput<B::DType>>,
+}
+
+/// Whose bank buffer: the island's input at a position, or its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Input(usize),
+    Output,
+}
+
+/// One buffer of the bank.
+struct BankBuffer<B: Backend> {
+    role: Role,
+    dtype: B::DType,
+    /// The dimensions after the rows (all of them for a rank-0 buffer's key).
+    trailing: Shape,
+    /// Rows it holds; `None` for a rank-0 buffer.
+    rows: Option<usize>,
+    tensor: B::Tensor,
+    range: DeviceRange,
+}
+
+/// The runner's island buffers: inputs and outputs of every island, shared between islands
+/// (islands of one replay run one at a time on one stream) whose buffers have the same role,
+/// dtype and trailing shape, and hold enough rows.
+pub(crate) struct IslandBank<B: Backend> {
+    buffers: Vec<BankBuffer<B>>,
+}
+
+impl<B: Backend> Default for IslandBank<B> {
+    fn default() -> Self {
+        Self {
+            buffers: Vec::new(),
+        }
+    }
+}
+
+impl<B: Backend> IslandBank<B> {
+    /// Device bytes the bank holds.
+    pub(crate) fn bytes(&self) -> usize {
+        self.buffers.iter().map(|b| b.range.bytes()).sum()
+    }
+
+    /// The index of a buffer for `role` of `dtype` and `shape` (allocated outside any capture
+    /// when no buffer holds it yet), and the rows its view takes.
+    fn buffer_for(
+        &mut self,
+        dev: &B::Device,
+        role: Role,
+        dtype: B::DType,
+        shape: Shape,
+    ) -> Result<(usize, Option<usize>)> {
+        let dims = shape.dims();
+        let (rows, trailing) = match dims.split_first() {
+            Some((&rows, rest)) => (Some(rows), Shape::new(rest)?),
+            None => (None, shape),
+        };
+        let found = self.buffers.iter().position(|b| {
+            b.role == role
+                && b.dtype == dtype
+                && b.trailing == trailing
+                && match (b.rows, rows) {
+                    (Some(have), Some(need)) => have >= need,
+                    (None, None) => true,
+                    _ => false,
+                }
+        });
+        if let Some(index) = found {
+            return Ok((index, rows));
+        }
+        let spec = crate::dispatch::InputSpec::new(dtype, trailing.dims())?;
+        let tensor = match rows {
+            Some(rows) => B::zeros(Seal::new(), dev, &spec, rows)?,
+            None => {
+                // A rank-0 buffer: one row of the (empty) trailing shape, viewed whole.
+                B::zeros(Seal::new(), dev, &spec, 1)?
+            }
+        };
+        let range = B::range(Seal::new(), &tensor)?;
+        self.buffers.push(BankBuffer {
+            role,
+            dtype,
+            trailing,
+            rows,
+            tensor,
+            range,
+        });
+        Ok((self.buffers.len() - 1, rows))
+    }
+
+    /// A view of `rows` rows of buffer `index` (all of it for `None`), and its bytes.
+    fn view(&self, index: usize, rows: Option<usize>) -> Result<(B::Tensor, DeviceRange)> {
+        let buffer = self
+            .buffers
+            .get(index)
+            .ok_or_else(|| Error::invalid("island", "no such island buffer"))?;
+        let view = match rows {
+            Some(rows) => B::narrow(Seal::new(), &buffer.tensor, rows)?,
+            None => B::share(Seal::new(), &buffer.tensor)?,
+        };
+        let range = B::range(Seal::new(), &view)?;
+        Ok((view, range))
+    }
+}
+
+/// Records the islands of one capture: the runner's [`IslandHost`].
+pub(crate) struct IslandRecorder<'i, 'a, B: Backend, L> {
+    pub(crate) segments: &'a dyn Segments,
+    pub(crate) bank: &'a RefCell<IslandBank<B>>,
+    pub(crate) records: RefCell<Vec<IslandRecord<'i, B, L>>>,
+    /// Set while an island's closure runs (an island inside it is an error).
+    pub(crate) running: Cell<bool>,
+    /// Set when an island failed: the capture fails too (its segments and islands no longer
+    /// match), whatever the forward does with the error.
+    pub(crate) failed: Cell<bool>,
+}
+
+impl<'i, 'a, B: Backend, L> IslandRecorder<'i, 'a, B, L> {
+    /// A recorder cutting `segments`, with buffers from `bank`.
+    pub(crate) fn new(segments: &'a dyn Segments, bank: &'a RefCell<IslandBank<B>>) -> Self {
+        Self {
+            segments,
+            bank,
+            records: RefCell::new(Vec::new()),
+            running: Cell::new(false),
+            failed: Cell::new(false),
+        }
+    }
+
+    /// The islands recorded, in order, or an error if one failed.
+    pub(crate) fn finish(self) -> Result<Vec<IslandRecord<'i, B, L>>> {
+        if self.failed.get() {
+            return Err(Error::invalid(
+                "island",
+                "an island failed during the capture",
+            ));
+        }
+        Ok(self.records.into_inner())
+    }
+
+    fn record_island(
+        &self,
+        dev: &B::Device,
+        inputs: &[&B::Tensor],
+        f: Option<IslandFn<'i, B, L>>,
+        live: &L,
+    ) -> Result<Option<B::Tensor>> {
+        // Where the inputs lie (the segment being recorded wrote them, or they are static).
+        let mut described = Vec::with_capacity(inputs.len());
+        for t in inputs {
+            B::check_tensor(Seal::new(), dev, "an island's input", t)?;
+            described.push((
+                B::dtype(Seal::new(), t),
+                B::shape(Seal::new(), t)?,
+                B::range(Seal::new(), t)?,
+            ));
+        }
+        self.segments.cut(Seal::new())?;
+        // Between two segments: the device does not capture.
+        let ran = self.run_now(dev, &described, f.as_ref(), live);
+        let resumed = self.segments.resume(Seal::new());
+        let (inputs, output) = ran?;
+        resumed?;
+        // The next segment begins with a copy of the output buffer in its own memory.
+        let value = match &output {
+            Some(out) => {
+                let (view, _) = self.bank.borrow().view(out.buffer, out.rows)?;
+                Some(B::capture_copy(Seal::new(), dev, &view)?)
+            }
+            None => None,
+        };
+        self.records
+            .borrow_mut()
+            .push(IslandRecord { f, inputs, output });
+        Ok(value)
+    }
+
+    /// The island's first run: its inputs copied into the bank, `f` on views of them, its
+    /// output copied into the bank.
+    #[allow(clippy::type_complexity)]
+    fn run_now(
+        &self,
+        dev: &B::Device,
+        described: &[(B::DType, Shape, DeviceRange)],
+        f: Option<&IslandFn<'i, B, L>>,
+        live: &L,
+    ) -> Result<(Vec<IslandInput>, Option<IslandOutput<B::DType>>)> {
+        let mut inputs = Vec::with_capacity(described.len());
+        {
+            let mut bank = self.bank.borrow_mut();
+            for (j, &(dtype, shape, src)) in described.iter().enumerate() {
+                let (buffer, rows) = bank.buffer_for(dev, Role::Input(j), dtype, shape)?;
+                inputs.push(IslandInput { src, buffer, rows });
+            }
+        }
+        let Some(f) = f else {
+            return Ok((inputs, None));
+        };
+        let bank = self.bank.borrow();
+        let out = run_island(dev, &bank, &inputs, f, live)?;
+        drop(bank);
+        let dtype = B::dtype(Seal::new(), &out);
+        let shape = B::shape(Seal::new(), &out)?;
+        let (buffer, rows) = self
+            .bank
+            .borrow_mut()
+            .buffer_for(dev, Role::Output, dtype, shape)?;
+        let output = IslandOutput {
+            buffer,
+            rows,
+            dtype,
+            shape,
+        };
+        store_output(dev, &self.bank.borrow(), &output, &out)?;
+        Ok((inputs, Some(output)))
+    }
+}
+
+impl<'i, B: Backend, L> IslandHost<'i, B, L> for IslandRecorder<'i, '_, B, L> {
+    fn island(
+        &self,
+        dev: &B::Device,
+        inputs: &[&B::Tensor],
+        f: Option<IslandFn<'i, B, L>>,
+        live: &L,
+    ) -> Result<Option<B::Tensor>> {
+        if self.running.get() {
+            self.failed.set(true);
+            return Err(Error::invalid(
+                "island",
+                "an island inside an island: an island's closure runs eagerly already",
+            ));
+        }
+        self.running.set(true);
+        let result = self.record_island(dev, inputs, f, live);
+        self.running.set(false);
+        if result.is_err() {
+            self.failed.set(true);
+        }
+        result
+    }
+}
+
+/// Copies the island's inputs into their bank buffers and runs `f` on views of them.
+fn run_island<B: Backend, L>(
+    dev: &B::Device,
+    bank: &IslandBank<B>,
+    inputs: &[IslandInput],
+    f: &IslandFn<'_, B, L>,
+    live: &L,
+) -> Result<B::Tensor> {
+    let stream = B::stream(Seal::new(), dev);
+    let mut views = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let (view, dst) = bank.view(input.buffer, input.rows)?;
+        ffi::copy_d2d(&stream, dst, input.src).map_err(Error::driver("cuMemcpyDtoDAsync"))?;
+        views.push(view);
+    }
+    let refs: Vec<&B::Tensor> = views.iter().collect();
+    let out = f(dev, &refs, live)?;
+    B::check_tensor(Seal::new(), dev, "an island's output", &out)?;
+    Ok(out)
+}
+
+/// Checks `out` against what the island returned at capture and copies it into its buffer.
+fn store_output<B: Backend>(
+    dev: &B::Device,
+    bank: &IslandBank<B>,
+    output: &IslandOutput<B::DType>,
+    out: &B::Tensor,
+) -> Result<()> {
+    let dtype = B::dtype(Seal::new(), out);
+    let shape = B::shape(Seal::new(), out)?;
+    if dtype != output.dtype || shape != output.shape {
+        return Err(Error::invalid(
+            "island",
+            format!(
+                "the island returned {dtype:?} {:?}, at capture {:?} {:?}: an island's output keeps its dtype and shape at every call of a size",
+                shape.dims(),
+                output.dtype,
+                output.shape.dims()
+            ),
+        ));
+    }
+    let (_, dst) = bank.view(output.buffer, output.rows)?;
+    let src = B::range(Seal::new(), out)?;
+    ffi::copy_d2d(&B::stream(Seal::new(), dev), dst, src)
+        .map_err(Error::driver("cuMemcpyDtoDAsync"))
+}
+
+impl<B: Backend, L> IslandRecord<'_, B, L> {
+    /// Runs the island once in a replay (after the segment before it was launched): inputs
+    /// copied in, `f`, its output checked and copied to where the next segment reads it.
+    pub(crate) fn replay(&self, dev: &B::Device, bank: &IslandBank<B>, live: &L) -> Result<()> {
+        let (Some(f), Some(output)) = (&self.f, &self.output) else {
+            return Ok(());
+        };
+        let out = run_island(dev, bank, &self.inputs, f, live)?;
+        store_output(dev, bank, output, &out)
+    }
+}

@@ -1,0 +1,22 @@
+//! [`Segments`]: how a capture under way is cut into graph segments around an eager island
+//! ([`Islands`](crate::Islands)). Each capture mode implements it for the size it records
+//! (pool mode in [`pool_capture`](crate::pool_capture), graph-memory-node mode in
+//! [`backend::nodes`](crate::backend::nodes)) and hands it to the forward's body; a warm-up,
+//! which records nothing, hands none.
+
+use crate::error::Result;
+use crate::seal::Seal;
+
+/// The capture of one size, cut at islands.
+///
+/// Every function takes a [`Seal`]: only the runtime's islands cut a capture.
+pub trait Segments {
+    /// Ends the segment being recorded: its graph is checked, instantiated, uploaded and
+    /// launched (so the island that follows sees what it computed), and the device leaves
+    /// capture mode (allocations from the driver, host work allowed) until
+    /// [`resume`](Self::resume).
+    fn cut(&self, seal: Seal) -> Result<()>;
+
+    /// Begins recording the next segment (allocations from the capture's memory again).
+    fn resume(&self, seal: Seal) -> Result<()>;
+}
