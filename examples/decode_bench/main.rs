@@ -11,7 +11,9 @@
 //! one thread per GPU, NCCL all-reduces inside the graphs: tp = N against tp = 1; see `tp.rs`),
 //! `--growth` (capture 35, 67 and 512 sizes too: per-graph time and pool; see `floor.rs`),
 //! `--prefill-bench N` (a prompt of N tokens prefilled in one forward against one step per
-//! token; see `prefill.rs`).
+//! token; see `prefill.rs`), `--islands-bench` (the decoder with its attention as an eager
+//! island in every layer against the full graph and eager, at b = 1, 8, 64, 256 unless
+//! `--batches` says; see `islands.rs`).
 //!
 //! With `--model DIR` it loads a Hugging Face checkpoint folder instead and generates greedily
 //! with the eager forward and with the graphs (see `generate.rs`).
@@ -20,6 +22,7 @@ mod bench;
 mod common;
 mod floor;
 mod generate;
+mod islands;
 mod prefill;
 #[cfg(feature = "nccl")]
 mod tp;
@@ -46,6 +49,10 @@ pub struct Options {
     pub growth: bool,
     /// Benchmark the prefill of a prompt of this many tokens instead (`--prefill-bench N`).
     pub prefill_bench: Option<usize>,
+    /// Benchmark eager islands instead (`--islands-bench`).
+    pub islands_bench: bool,
+    /// Whether `--batches` was given.
+    pub batches_given: bool,
 }
 
 fn parse_options() -> std::result::Result<Options, String> {
@@ -57,6 +64,8 @@ fn parse_options() -> std::result::Result<Options, String> {
         tp: 1,
         growth: false,
         prefill_bench: None,
+        islands_bench: false,
+        batches_given: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -72,9 +81,11 @@ fn parse_options() -> std::result::Result<Options, String> {
                     .split(',')
                     .map(|s| s.trim().parse().map_err(|e| format!("--batches: {e}")))
                     .collect::<std::result::Result<_, _>>()?;
+                opts.batches_given = true;
             }
             "--json" => opts.json = Some(PathBuf::from(value("--json")?)),
             "--growth" => opts.growth = true,
+            "--islands-bench" => opts.islands_bench = true,
             "--prefill-bench" => {
                 opts.prefill_bench = Some(
                     value("--prefill-bench")?
@@ -93,7 +104,7 @@ fn parse_options() -> std::result::Result<Options, String> {
             }
             "-h" | "--help" => {
                 return Err(format!(
-                    "usage: decode_bench [--iters N] [--batches 1,8,300] [--json FILE] [--tp N] [--growth] [--prefill-bench N] {}",
+                    "usage: decode_bench [--iters N] [--batches 1,8,300] [--json FILE] [--tp N] [--growth] [--prefill-bench N] [--islands-bench] {}",
                     generate::GenerateOptions::USAGE
                 ));
             }
@@ -109,6 +120,13 @@ fn parse_options() -> std::result::Result<Options, String> {
     }
     if opts.prefill_bench.is_some() && (opts.tp > 1 || opts.generate.enabled()) {
         return Err("--prefill-bench runs on its own (not with --tp or --model)".into());
+    }
+    if opts.islands_bench
+        && (opts.tp > 1 || opts.generate.enabled() || opts.prefill_bench.is_some())
+    {
+        return Err(
+            "--islands-bench runs on its own (not with --tp, --model or --prefill-bench)".into(),
+        );
     }
     if opts.tp > 1 && opts.generate.enabled() {
         return Err("--tp runs the benchmark; it does not combine with --model".into());
@@ -150,6 +168,20 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("decode_bench --prefill-bench failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if opts.islands_bench {
+        let batches = if opts.batches_given {
+            opts.batches.clone()
+        } else {
+            islands::DEFAULT_BATCHES.to_vec()
+        };
+        return match islands::run(&rt, &batches, opts.iters) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("decode_bench --islands-bench failed: {e}");
                 ExitCode::FAILURE
             }
         };

@@ -16,7 +16,7 @@
 pub use super::llama_config::LlamaConfig;
 use super::weights::{HostTensor, LayerWeights, LlamaWeights};
 use cudagraph::ops::{self, PrefillChunk, QkNorm};
-use cudagraph::{DType, Error, Result, Runtime, Tensor, cuda_graph};
+use cudagraph::{DType, Error, Islands, Result, Runtime, Tensor, cuda_graph};
 
 /// Weights of one decoder layer, and its KV cache.
 #[derive(Debug)]
@@ -67,11 +67,16 @@ pub(crate) struct DecodeParts<'a> {
     pub(crate) lm_head: Option<&'a Tensor>,
 }
 
-/// What the rows of a forward are.
+/// What the rows of a forward are. `'p` is the borrow of the model's parts, which an island's
+/// attention keeps (it reads and writes the layer's KV cache at every replay).
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Rows<'a> {
+pub(crate) enum Rows<'a, 'p> {
     /// A decode step: row `b` is the next token of the sequence in KV-cache slot `b`.
     Decode,
+    /// A decode step whose attention (RoPE, KV-cache write and attention) runs eagerly in an
+    /// island in every layer: the rest is graphed in segments around them (the piecewise shape
+    /// of vLLM's and SGLang's graphs).
+    DecodeIslands(&'a Islands<'p, 'a>),
     /// A prefill chunk: the rows are consecutive tokens of one sequence (one slot); only the
     /// last row's logits are computed.
     Prefill(&'a PrefillChunk),
@@ -92,11 +97,11 @@ pub(crate) fn decode_step(
 
 /// The forward of `rows` over `parts` (a decode step, or a prefill chunk); `reduce` as in
 /// [`decode_step`].
-pub(crate) fn forward_rows(
+pub(crate) fn forward_rows<'p>(
     rt: &Runtime,
-    parts: &DecodeParts<'_>,
+    parts: &DecodeParts<'p>,
     (tokens, positions): (&Tensor, &Tensor),
-    rows: Rows<'_>,
+    rows: Rows<'_, 'p>,
     reduce: &dyn Fn(&Runtime, Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
     let cfg = parts.cfg;
@@ -160,6 +165,30 @@ pub(crate) fn forward_rows(
                 &attn,
                 qk_norm.as_ref(),
             )?,
+            // The same kernel, run eagerly at every replay on copies of `qkv` and `positions`;
+            // it writes the layer's own cache (borrowed from the model, not copied).
+            Rows::DecodeIslands(islands) => {
+                let eps = cfg.rms_eps;
+                islands.eager(rt, [&qkv, positions], move |rt, [qkv, positions], ()| {
+                    let qk_norm = match (&layer.q_norm, &layer.k_norm) {
+                        (Some(q_weight), Some(k_weight)) => Some(QkNorm {
+                            q_weight,
+                            k_weight,
+                            eps,
+                        }),
+                        _ => None,
+                    };
+                    ops::rope_attention_decode(
+                        rt,
+                        qkv,
+                        positions,
+                        &layer.k_cache,
+                        &layer.v_cache,
+                        &attn,
+                        qk_norm.as_ref(),
+                    )
+                })?
+            }
             // Every key of the chunk is written before any row attends (stream order).
             Rows::Prefill(chunk) => {
                 let q = ops::rope_kv_write_prefill(
@@ -438,6 +467,28 @@ impl Llama {
     #[cuda_graph(sizes = [1, 2, 4, 8..=256 step 8], pad = [positions = -1])]
     pub fn forward(&self, rt: &Runtime, tokens: &Tensor, positions: &Tensor) -> Result<Tensor> {
         decode_step(rt, &self.parts(), tokens, positions, &|_, t| Ok(t))
+    }
+
+    /// [`forward`](Self::forward) with the attention of every layer (RoPE, KV-cache write and
+    /// attention) in an eager island: graphed, each size is the layers' other ops in
+    /// `layers + 1` segments, and the attention kernel runs between them at every replay. The
+    /// same kernels as `forward`, so the logits are the same bits; what differs is the cost,
+    /// which `decode_bench --islands-bench` measures.
+    #[cuda_graph(sizes = [1, 2, 4, 8..=256 step 8], pad = [positions = -1])]
+    pub fn forward_islands(
+        &self,
+        rt: &Runtime,
+        tokens: &Tensor,
+        positions: &Tensor,
+        islands: &Islands,
+    ) -> Result<Tensor> {
+        forward_rows(
+            rt,
+            &self.parts(),
+            (tokens, positions),
+            Rows::DecodeIslands(islands),
+            &|_, t| Ok(t),
+        )
     }
 }
 

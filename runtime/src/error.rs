@@ -139,6 +139,17 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// Where in a forward with islands its capture failed: a segment (the graphed ops between
+    /// two islands, numbered from 1) or an island (numbered from 1 in call order, bare graph
+    /// breaks included).
+    #[error("in {place}: {source}")]
+    InForwardPart {
+        /// `"segment 3 (after island 2)"`, `"island 2"`.
+        place: String,
+        /// What failed there.
+        #[source]
+        source: Box<Error>,
+    },
     /// A tensor of another runtime (another stream or device) was given to this one.
     #[error("{op}: the tensor is not this runtime's: {reason}; copy it with `Runtime::copy_from`")]
     ForeignTensor {
@@ -241,12 +252,14 @@ impl Error {
                     "a free of memory allocated outside the capture (a device buffer dropped while the stream recorded)"
                 }
                 w if w.contains("synchronize") => {
-                    "a synchronisation (the stream can't wait while it records)"
+                    "a synchronisation (the stream can't wait while it records; run it in an island: `islands.eager(..)`)"
                 }
                 w if w.contains("copy") && (w.contains("host") || w.contains("device-to-host")) => {
-                    "a host copy (host memory can't be read or written while the stream records)"
+                    "a host copy (host memory can't be read or written while the stream records; run it in an island: `islands.eager(..)`)"
                 }
-                _ => "an operation a capture can't record",
+                _ => {
+                    "an operation a capture can't record (run it in an island: `islands.eager(..)`)"
+                }
             }),
             Error::PoolExhausted { .. } => {
                 Some("the forward allocated more under capture than in its warm-up")
@@ -275,16 +288,18 @@ impl Error {
                 } else if call.contains("Alloc") {
                     "an allocation from the driver (allocate through `Runtime::alloc`, which serves captures from the graph pool)"
                 } else if call.contains("ynchronize") {
-                    "a synchronisation (the stream can't wait while it records)"
+                    "a synchronisation (the stream can't wait while it records; run it in an island: `islands.eager(..)`)"
                 } else if call.contains("Memcpy")
                     && (call.contains("DtoH") || call.contains("HtoD"))
                 {
-                    "a host copy (host memory can't be read or written while the stream records)"
+                    "a host copy (host memory can't be read or written while the stream records; run it in an island: `islands.eager(..)`)"
                 } else {
-                    "an operation a capture can't record"
+                    "an operation a capture can't record (run it in an island: `islands.eager(..)`)"
                 })
             }
-            Error::Capture { source, .. } => source.capture_cause(),
+            Error::Capture { source, .. } | Error::InForwardPart { source, .. } => {
+                source.capture_cause()
+            }
             _ => None,
         }
     }

@@ -289,6 +289,27 @@ pub(crate) struct IslandRecorder<'i, 'a, B: Backend, L> {
     /// Set when an island failed: the capture fails too (its segments and islands no longer
     /// match), whatever the forward does with the error.
     pub(crate) failed: Cell<bool>,
+    /// Where it failed, for the error: a segment cut or begun, or an island's run.
+    failed_in: Cell<Option<Place>>,
+}
+
+/// A part of a forward with islands, numbered from 1, for errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    /// The graphed ops before island `n` (`n - 1` islands before them).
+    Segment(usize),
+    /// The island `n` (bare breaks included).
+    Island(usize),
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Place::Segment(1) => write!(f, "segment 1 (before the first island)"),
+            Place::Segment(n) => write!(f, "segment {n} (after island {})", n - 1),
+            Place::Island(n) => write!(f, "island {n}"),
+        }
+    }
 }
 
 impl<'i, 'a, B: Backend, L> IslandRecorder<'i, 'a, B, L> {
@@ -300,6 +321,7 @@ impl<'i, 'a, B: Backend, L> IslandRecorder<'i, 'a, B, L> {
             records: RefCell::new(Vec::new()),
             running: Cell::new(false),
             failed: Cell::new(false),
+            failed_in: Cell::new(None),
         }
     }
 
@@ -312,6 +334,21 @@ impl<'i, 'a, B: Backend, L> IslandRecorder<'i, 'a, B, L> {
             ));
         }
         Ok(self.records.into_inner())
+    }
+
+    /// `error` (the forward's, at capture) with the part of the forward it came from, once an
+    /// island was recorded or failed: nothing to add to a forward without islands.
+    pub(crate) fn locate(&self, error: Error) -> Error {
+        let recorded = self.records.borrow().len();
+        let place = match self.failed_in.get() {
+            Some(place) => place,
+            None if recorded > 0 => Place::Segment(recorded + 1),
+            None => return error,
+        };
+        Error::InForwardPart {
+            place: place.to_string(),
+            source: Box::new(error),
+        }
     }
 
     fn record_island(
@@ -331,11 +368,15 @@ impl<'i, 'a, B: Backend, L> IslandRecorder<'i, 'a, B, L> {
                 B::range(Seal::new(), t)?,
             ));
         }
+        let n = self.records.borrow().len() + 1;
+        self.failed_in.set(Some(Place::Segment(n)));
         self.segments.cut(Seal::new())?;
         // Between two segments: the device does not capture.
+        self.failed_in.set(Some(Place::Island(n)));
         let ran = self.run_now(dev, &described, f.as_ref(), live);
         let resumed = self.segments.resume(Seal::new());
         let (inputs, output) = ran?;
+        self.failed_in.set(Some(Place::Segment(n + 1)));
         resumed?;
         // The next segment begins with a copy of the output buffer in its own memory.
         let value = match &output {
@@ -348,6 +389,7 @@ impl<'i, 'a, B: Backend, L> IslandRecorder<'i, 'a, B, L> {
         self.records
             .borrow_mut()
             .push(IslandRecord { f, inputs, output });
+        self.failed_in.set(None);
         Ok(value)
     }
 

@@ -96,6 +96,18 @@ fn islands_replay_like_the_direct_forward() -> Result<()> {
     let calls: u64 = graphs.stats().sizes.iter().map(|s| s.island_calls).sum();
     assert_eq!(calls, 8 * 5, "5 islands (a break included) per replay");
     assert!(graphs.stats().island_buffer_bytes > 0);
+    // All segments of all sizes share one pool: no more than the largest size's segments alone.
+    let alone = model.forward_graph_memory(&rt, [spec], (0.5,))?;
+    let pool = graphs.stats().pool_bytes;
+    println!(
+        "pool {pool} B, the largest size alone {} B",
+        alone.pool_bytes
+    );
+    assert!(alone.pool_bytes > 0);
+    assert!(
+        pool as f64 <= 1.05 * alone.pool_bytes as f64,
+        "{pool} vs {alone:?}"
+    );
     Ok(())
 }
 
@@ -216,6 +228,102 @@ fn a_live_host_value_reaches_the_island_every_call() -> Result<()> {
         let out = graphs.run_live([&x], &(), &(longest,))?;
         assert!(out.replayed());
         assert_eq!(rt.download::<f32>(&out)?, vec![2.0 + longest as f32; 16]);
+    }
+    Ok(())
+}
+
+/// Capture diagnostics name the function, the size, the part of the forward (the island that
+/// failed, or the segment an illegal op sits in) and the op; a synchronisation outside an
+/// island points at `islands.eager`. The stream is out of capture after each failure.
+#[test]
+fn capture_errors_name_the_segment_and_the_island() -> Result<()> {
+    let Some(rt) = gpu("capture_errors_name_the_segment_and_the_island") else {
+        return Ok(());
+    };
+    let mut rng = Rng(fresh_seed("capture_errors_name_the_segment_and_the_island"));
+    // The middle island (island 2) fails.
+    let model = IslandModel::new(&rt, &mut rng)?;
+    model.fail.set(true);
+    let spec = InputSpec::new(DType::BF16, &[D])?;
+    let err = model
+        .forward_graphs(&rt, [spec], (1.0,))
+        .map(drop)
+        .expect_err("island 2 fails");
+    println!("{err}");
+    let text = err.to_string();
+    for want in ["`forward`", "size 1", "in island 2", "asked to fail"] {
+        assert!(text.contains(want), "{want:?} missing from: {text}");
+    }
+    assert!(!rt.is_capturing());
+
+    // A download outside any island, in the second segment.
+    struct Stray;
+    impl Stray {
+        #[cuda_graph(sizes = [2])]
+        fn forward(&self, rt: &Runtime, x: &Tensor, islands: &Islands) -> Result<Tensor> {
+            let y = ops::add(rt, x, x)?;
+            let z = islands.eager(rt, [&y], |rt, [y], ()| rt.duplicate(y))?;
+            let _host = rt.download::<bf16>(&z)?;
+            ops::add(rt, &z, x)
+        }
+    }
+    let err = Stray
+        .forward_graphs(&rt, [spec])
+        .map(drop)
+        .expect_err("a host copy under capture");
+    println!("{err}");
+    let text = err.to_string();
+    for want in ["size 2", "in segment 2 (after island 1)", "islands.eager"] {
+        assert!(text.contains(want), "{want:?} missing from: {text}");
+    }
+    assert!(!rt.is_capturing());
+    // The runtime is usable.
+    let x = rt.zeros(&[2, D], DType::BF16)?;
+    rt.synchronize()?;
+    drop(Stray.forward(&rt, &x, &Islands::direct(&()))?);
+    Ok(())
+}
+
+/// The decoder with its attention in an island in every layer (`Llama::forward_islands`, 3
+/// segments a size for 2 layers) gives the logits and the KV cache of the fully graphed
+/// forward bit for bit, at captured and padded sizes: the same kernels run, the attention
+/// between segments. Two models of one seed, one per runner, so each cache evolves alike.
+#[test]
+fn a_decoder_with_attention_islands_matches_the_full_graph() -> Result<()> {
+    use cudagraph_models::llama::{Llama, LlamaConfig};
+    let Some(rt) = gpu("a_decoder_with_attention_islands_matches_the_full_graph") else {
+        return Ok(());
+    };
+    let mut rng = Rng(fresh_seed(
+        "a_decoder_with_attention_islands_matches_the_full_graph",
+    ));
+    let cfg = LlamaConfig {
+        qk_norm: true,
+        ..LlamaConfig::tiny()
+    };
+    let seed = rng.next_u64();
+    let full = Llama::random(&rt, cfg.clone(), seed)?;
+    let pieces = Llama::random(&rt, cfg.clone(), seed)?;
+    let mut full_graphs = full.forward_graphs(&rt, cfg.input_specs()?)?;
+    let mut piece_graphs = pieces.forward_islands_graphs(&rt, cfg.input_specs()?)?;
+    for s in &piece_graphs.stats().sizes {
+        assert_eq!(s.segments, cfg.layers + 1, "size {}", s.size);
+    }
+    for n in [1usize, 3, 8, 13, 64, 250] {
+        let tokens: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab) as u32).collect();
+        let positions: Vec<i32> = (0..n).map(|_| rng.below(cfg.cache_tokens) as i32).collect();
+        let tokens = rt.upload(&tokens, &[n])?;
+        let positions = rt.upload(&positions, &[n])?;
+        full_graphs.poison_pool()?;
+        piece_graphs.poison_pool()?;
+        let a = full_graphs.run([&tokens, &positions])?;
+        let b = piece_graphs.run([&tokens, &positions])?;
+        assert!(a.replayed() && b.replayed(), "n = {n}");
+        assert_eq!(bits(&rt, &b)?, bits(&rt, &a)?, "logits, n = {n}");
+    }
+    for ((k1, v1), (k2, v2)) in full.kv_caches().zip(pieces.kv_caches()) {
+        assert_eq!(bits(&rt, k2)?, bits(&rt, k1)?, "keys");
+        assert_eq!(bits(&rt, v2)?, bits(&rt, v1)?, "values");
     }
     Ok(())
 }

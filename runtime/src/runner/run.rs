@@ -780,7 +780,8 @@ pub(super) fn capture_body<'m, const N: usize, S, B: Backend, L>(
         None => eager(dev, refs, statics, &Islands::direct(live)),
         Some(segments) => {
             let recorder = IslandRecorder::new(segments, bank);
-            let out = eager(dev, refs, statics, &Islands::recording(live, &recorder));
+            let out = eager(dev, refs, statics, &Islands::recording(live, &recorder))
+                .map_err(|e| recorder.locate(e));
             let records = recorder.finish();
             let out = out?;
             *islands.borrow_mut() = records?;
