@@ -137,6 +137,10 @@ unsafe impl BackendOps for Native {
         dev.duplicate(t)
     }
 
+    fn view_prefix(_: Seal, t: &Tensor, dims: &[usize]) -> Result<Tensor> {
+        t.prefix_view(dims)
+    }
+
     fn share(_: Seal, t: &Tensor) -> Result<Tensor> {
         Ok(t.share())
     }

@@ -210,6 +210,26 @@ impl Tensor {
         })
     }
 
+    /// The first elements of this tensor with shape `dims` (no more elements than it has), as a
+    /// handle to the same bytes (crate-internal: a static input buffer seen with a bucketed
+    /// dimension's size).
+    pub(crate) fn prefix_view(&self, dims: &[usize]) -> Result<Tensor> {
+        let shape = Shape::new(dims)?;
+        if shape.numel() > self.numel() {
+            return Err(Error::invalid(
+                "prefix_view",
+                format!("{dims:?} is larger than the tensor's {:?}", self.shape()),
+            ));
+        }
+        Ok(Tensor {
+            storage: self.storage.clone(),
+            offset: self.offset,
+            shape,
+            dtype: self.dtype,
+            ordinal: self.ordinal,
+        })
+    }
+
     /// The same bytes with another shape (crate-internal; see [`reshape`](Self::reshape)).
     pub(crate) fn reshaped(&self, dims: &[usize]) -> Result<Tensor> {
         let shape = Shape::new(dims)?;

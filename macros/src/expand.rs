@@ -12,7 +12,7 @@ use syn::ext::IdentExt;
 
 use crate::parse::{CaptureMode, PadNumber};
 use crate::sizes;
-use crate::validate::{Plan, Role};
+use crate::validate::{KeyRole, Plan, Role};
 
 /// A local identifier that can't collide with (or be captured by) the user's
 /// identifiers.
@@ -63,15 +63,26 @@ fn shared(plan: &Plan) -> Shared {
     let islands = local("__cg_islands");
     let body = forward_call(plan, &closure_rt, &tensors, &statics, &islands);
 
+    let keys = key_space(plan);
+    let fits = plan.statics.iter().filter_map(|s| match &s.key {
+        Some(KeyRole::Value { buckets }) => {
+            let (ty, name) = (&s.ty, s.ident.unraw().to_string());
+            let lits = buckets.iter().map(|&b| Literal::u64_suffixed(b));
+            Some(quote!(#krate::__private::check_buckets_fit::<#ty>(#name, &[#(#lits),*])?;))
+        }
+        _ => None,
+    });
+
     // Inline literals rather than named consts: no generated item name can
     // clash with (or shadow) a user's static argument or constant.
     let plan_stmts = quote! {
+        #(#fits)*
         let #graph_plan = #krate::GraphPlan::from_static(
             #name,
             &[#(#size_lits),*],
             &[::core::primitive::u16::MAX #(, #lookup_lits)*],
             #batch
-        )?#lazy #(#pads)*;
+        )?#lazy #(#pads)* #keys;
     };
     let types = BackendTypes::of(plan);
     let (dev_ty, tensor_ty) = (&types.device, &types.tensor);
@@ -89,6 +100,171 @@ fn shared(plan: &Plan) -> Shared {
         plan_stmts,
         graph_plan,
         eager,
+    }
+}
+
+/// `.with_keys(KeySpace::new().with_value_buckets(..)?...)` for a plan keyed by more than
+/// the batch (empty otherwise): bucketed values and variants in declaration order, then the
+/// bucketed dimensions in the attribute's order (the order [`host_keys`] reads them in).
+fn key_space(plan: &Plan) -> TokenStream {
+    let krate = &plan.krate;
+    let values = plan.statics.iter().filter_map(|s| match &s.key {
+        Some(KeyRole::Value { buckets }) => {
+            let name = s.ident.unraw().to_string();
+            let lits = buckets.iter().map(|&b| Literal::u64_suffixed(b));
+            Some(quote!(.with_value_buckets(#name, &[#(#lits),*][..])?))
+        }
+        _ => None,
+    });
+    let variants = plan.statics.iter().filter_map(|s| match &s.key {
+        Some(KeyRole::Variant { values }) => {
+            let name = s.ident.unraw().to_string();
+            let labels = values.iter().map(|v| {
+                quote::ToTokens::to_token_stream(v)
+                    .to_string()
+                    .replace(" :: ", "::")
+            });
+            Some(quote!(.with_variants(#name, &[#(#labels),*][..])?))
+        }
+        _ => None,
+    });
+    let dims = plan.dim_buckets.iter().map(|d| {
+        let (label, input, dim) = (
+            &d.label,
+            Literal::usize_unsuffixed(d.input),
+            Literal::usize_unsuffixed(d.dim),
+        );
+        let lits = d
+            .buckets
+            .iter()
+            .map(|&b| Literal::usize_suffixed(b as usize));
+        quote!(.with_dim_buckets(#label, #input, #dim, &[#(#lits),*][..])?)
+    });
+    let any = plan.statics.iter().any(|s| s.key.is_some()) || !plan.dim_buckets.is_empty();
+    if !any {
+        return TokenStream::new();
+    }
+    quote!(.with_keys(#krate::KeySpace::new() #(#values)* #(#variants)* #(#dims)*))
+}
+
+/// Whether the statics carry keys (bucketed values, variants): the runner is then built with
+/// [`host_keys`].
+fn has_host_keys(plan: &Plan) -> bool {
+    plan.statics.iter().any(|s| s.key.is_some())
+}
+
+/// The statics' value the runner is built with: each plain static's parameter, each bucketed
+/// value's first bucket, each variant's first value.
+fn statics_template(plan: &Plan) -> TokenStream {
+    let krate = &plan.krate;
+    let fields = plan.statics.iter().map(|s| {
+        let (ident, ty) = (&s.ident, &s.ty);
+        match &s.key {
+            None => quote!(#ident),
+            Some(KeyRole::Value { buckets }) => {
+                let first = Literal::u64_suffixed(buckets.first().copied().unwrap_or(1));
+                quote! {
+                    <#ty as #krate::__private::BucketValue>::from_bucket(#first).ok_or_else(|| {
+                        #krate::Error::invalid("buckets", "a bucket does not fit its argument's type")
+                    })?
+                }
+            }
+            Some(KeyRole::Variant { values }) => {
+                let first = &values[0];
+                quote!(#first)
+            }
+        }
+    });
+    quote!((#(#fields,)*))
+}
+
+/// `HostKeys { of, at }` for the statics: `of` writes each bucketed value (as `u64`) and each
+/// variant's index (a `match` on the listed values; another value: `UnlistedVariant`); `at`
+/// puts a key's bucket values and variants into a copy of the statics (plain statics cloned).
+fn host_keys(plan: &Plan) -> TokenStream {
+    let krate = &plan.krate;
+    let statics_ty = statics_ty(plan);
+    let s = local("__cg_s");
+    let out = local("__cg_out");
+    let index = local("__cg_i");
+    let mut writes = Vec::new();
+    let mut component = 0usize;
+    for (j, st) in plan.statics.iter().enumerate() {
+        if let Some(KeyRole::Value { .. }) = &st.key {
+            let (field, k) = (syn::Index::from(j), Literal::usize_unsuffixed(component));
+            writes.push(quote! {
+                if let ::core::option::Option::Some(__cg_slot) = #out.get_mut(#k) {
+                    *__cg_slot = #krate::__private::BucketValue::key_value(#s.#field);
+                }
+            });
+            component += 1;
+        }
+    }
+    let values = component;
+    for (j, st) in plan.statics.iter().enumerate() {
+        if let Some(KeyRole::Variant { values }) = &st.key {
+            let (field, k) = (syn::Index::from(j), Literal::usize_unsuffixed(component));
+            let arms = values.iter().enumerate().map(|(i, v)| {
+                let i = Literal::u64_suffixed(i as u64);
+                quote!(#v => #i,)
+            });
+            writes.push(quote! {
+                let __cg_variant: u64 = {
+                    #[allow(unreachable_patterns)]
+                    match #s.#field {
+                        #(#arms)*
+                        _ => return ::core::result::Result::Err(#krate::__private::KeyMiss::UnlistedVariant),
+                    }
+                };
+                if let ::core::option::Option::Some(__cg_slot) = #out.get_mut(#k) {
+                    *__cg_slot = __cg_variant;
+                }
+            });
+            component += 1;
+        }
+    }
+    // `at`: component indices in the same order.
+    let mut value_k = 0usize;
+    let mut variant_k = values;
+    let fields = plan.statics.iter().enumerate().map(|(j, st)| {
+        let field = syn::Index::from(j);
+        match &st.key {
+            None => quote!(::core::clone::Clone::clone(&#s.#field)),
+            Some(KeyRole::Value { buckets }) => {
+                let ty = &st.ty;
+                let k = Literal::usize_unsuffixed(value_k);
+                value_k += 1;
+                let lits = buckets.iter().map(|&b| Literal::u64_suffixed(b));
+                quote! {
+                    #index
+                        .get(#k)
+                        .and_then(|&__cg_b| [#(#lits),*].get(__cg_b).copied())
+                        .and_then(<#ty as #krate::__private::BucketValue>::from_bucket)
+                        .unwrap_or(#s.#field)
+                }
+            }
+            Some(KeyRole::Variant { values }) => {
+                let k = Literal::usize_unsuffixed(variant_k);
+                variant_k += 1;
+                quote! {
+                    #index
+                        .get(#k)
+                        .and_then(|&__cg_v| [#(#values),*].get(__cg_v).copied())
+                        .unwrap_or(#s.#field)
+                }
+            }
+        }
+    });
+    quote! {
+        #krate::HostKeys::<#statics_ty> {
+            of: |#s: &#statics_ty, #out: &mut [u64]| -> ::core::result::Result<(), #krate::__private::KeyMiss> {
+                #(#writes)*
+                ::core::result::Result::Ok(())
+            },
+            at: |#s: &#statics_ty, #index: &[usize]| -> #statics_ty {
+                (#(#fields,)*)
+            },
+        }
     }
 }
 
@@ -124,14 +300,18 @@ fn pad_value(krate: &syn::Path, value: PadNumber) -> TokenStream {
 fn statics_eq(plan: &Plan, ident: &Ident) -> TokenStream {
     let krate = &plan.krate;
     let statics_ty = statics_ty(plan);
-    if plan.statics.is_empty() {
+    // Keys (bucketed values, variants) pick graphs; only the plain statics are compared.
+    let plain: Vec<usize> = (0..plan.statics.len())
+        .filter(|&j| plan.statics[j].key.is_none())
+        .collect();
+    if plain.is_empty() {
         return quote! {
             let #ident: fn(&#statics_ty, &#statics_ty) -> ::core::primitive::bool = |_, _| true;
         };
     }
     let a = local("__cg_a");
     let b = local("__cg_b");
-    let compares = (0..plan.statics.len()).map(|j| {
+    let compares = plain.iter().map(|&j| {
         let index = syn::Index::from(j);
         quote! {
             (&#krate::__private::StaticCmp(&#a.#index, &#b.#index)).cg_same()
@@ -323,9 +503,22 @@ pub fn expand(plan: &Plan, salt: u64) -> TokenStream {
     let old_lifetime = plan.old_lifetime.clone();
     let id = function_id(plan, salt);
 
-    let static_idents: Vec<&Ident> = plan.statics.iter().map(|s| &s.ident).collect();
-    let static_tys: Vec<&syn::Type> = plan.statics.iter().map(|s| &s.ty).collect();
+    // The generated functions take the plain statics; keyed ones (bucketed values, variants)
+    // take every listed value, one graph set each.
+    let static_idents: Vec<&Ident> = plan
+        .statics
+        .iter()
+        .filter(|s| s.key.is_none())
+        .map(|s| &s.ident)
+        .collect();
+    let static_tys: Vec<&syn::Type> = plan
+        .statics
+        .iter()
+        .filter(|s| s.key.is_none())
+        .map(|s| &s.ty)
+        .collect();
     let statics_ty = statics_ty(plan);
+    let template = statics_template(plan);
 
     let (receiver, plain_receiver) = if plan.method {
         (quote!(&#lifetime self,), quote!(&self,))
@@ -369,8 +562,32 @@ pub fn expand(plan: &Plan, salt: u64) -> TokenStream {
     let static_checks = plan.statics.iter().map(|s| {
         let ty = &s.ty;
         let span = Span::call_site().located_at(syn::spanned::Spanned::span(ty));
-        quote_spanned!(span=> #krate::__private::assert_static_arg::<#ty>();)
+        match &s.key {
+            None => quote_spanned!(span=> #krate::__private::assert_static_arg::<#ty>();),
+            Some(KeyRole::Value { .. }) => {
+                quote_spanned!(span=> #krate::__private::assert_bucket_arg::<#ty>();)
+            }
+            Some(KeyRole::Variant { .. }) => {
+                quote_spanned!(span=> #krate::__private::assert_variant_arg::<#ty>();)
+            }
+        }
     });
+    // A plan keyed by host values is built with `capture_keyed`/`estimate_keyed` and the
+    // generated `HostKeys`; otherwise `capture_live`/`estimate_live`.
+    let (capture_fn, estimate_fn, keys_arg) = if has_host_keys(plan) {
+        let keys = host_keys(plan);
+        (
+            quote!(capture_keyed),
+            quote!(estimate_keyed),
+            quote!(#keys,),
+        )
+    } else {
+        (
+            quote!(capture_live),
+            quote!(estimate_live),
+            TokenStream::new(),
+        )
+    };
 
     let BackendTypes {
         device,
@@ -413,12 +630,13 @@ pub fn expand(plan: &Plan, salt: u64) -> TokenStream {
             #(#static_checks)*
             #plan_stmts
             #statics_eq
-            #krate::Runner::capture_live(
+            #krate::Runner::#capture_fn(
                 #rt,
                 #graph_plan,
                 #inputs,
-                (#(#static_idents,)*),
+                #template,
                 #live_value,
+                #keys_arg
                 #eager,
             )
             .map(|#new_runner| {
@@ -438,12 +656,13 @@ pub fn expand(plan: &Plan, salt: u64) -> TokenStream {
         #where_clause
         {
             #plan_stmts
-            #krate::Runner::estimate_live(
+            #krate::Runner::#estimate_fn(
                 #rt,
                 #graph_plan,
                 #inputs,
-                (#(#static_idents,)*),
+                #template,
                 #live_value,
+                #keys_arg
                 #eager,
             )
         }
@@ -521,14 +740,12 @@ fn doc_lines(plan: &Plan) -> Vec<String> {
             }
         })
         .collect();
-    let statics = if plan.statics.is_empty() {
+    let plain: Vec<&crate::validate::StaticArg> =
+        plan.statics.iter().filter(|s| s.key.is_none()).collect();
+    let statics = if plain.is_empty() {
         "none".to_owned()
     } else {
-        let names: Vec<String> = plan
-            .statics
-            .iter()
-            .map(|s| format!("`{}`", s.ident))
-            .collect();
+        let names: Vec<String> = plain.iter().map(|s| format!("`{}`", s.ident)).collect();
         format!(
             "{} (baked into the graphs; every run checks them against the captured values)",
             names.join(", ")
@@ -573,12 +790,51 @@ fn doc_lines(plan: &Plan) -> Vec<String> {
         ),
         format!(" - Inputs, in order: {}", inputs.join(", ")),
         format!(" - Static arguments: {statics}"),
-        String::new(),
-        " # Errors".to_owned(),
-        String::new(),
     ]);
+    let keys = key_doc(plan);
+    if !keys.is_empty() {
+        lines.push(format!(
+            " - Keys beyond the batch (one graph per size and combination): {keys}"
+        ));
+    }
+    lines.extend([String::new(), " # Errors".to_owned(), String::new()]);
     lines.extend(errors);
     lines
+}
+
+/// The keys beyond the batch, for the docs: "`max_context` (buckets 512, 2048),
+/// `lora` (variants false, true), `tables[1]` (buckets 64, 256)"; empty without.
+fn key_doc(plan: &Plan) -> String {
+    let join = |v: Vec<String>| v.join(", ");
+    let mut parts = Vec::new();
+    for s in &plan.statics {
+        match &s.key {
+            Some(KeyRole::Value { buckets }) => parts.push(format!(
+                "`{}` (buckets {})",
+                s.ident,
+                join(buckets.iter().map(u64::to_string).collect())
+            )),
+            Some(KeyRole::Variant { values }) => parts.push(format!(
+                "`{}` (variants {})",
+                s.ident,
+                join(
+                    values
+                        .iter()
+                        .map(|v| quote::ToTokens::to_token_stream(v).to_string())
+                        .collect()
+                )
+            )),
+            None => {}
+        }
+    }
+    for d in &plan.dim_buckets {
+        parts.push(format!(
+            "`{}` (buckets {})",
+            d.label,
+            join(d.buckets.iter().map(u64::to_string).collect())
+        ));
+    }
+    join(parts)
 }
 
 /// Documentation of `<fn>_graph_memory`, one string per line.
@@ -710,6 +966,57 @@ mod tests {
         squash(haystack).contains(&squash(needle))
     }
 
+    /// A forward keyed by buckets and variants: the generated functions take only the plain
+    /// statics; the plan carries the key space; the runner is built with `capture_keyed` and
+    /// the generated `HostKeys` (a `match` per variant, the bucket lists as literals); only the
+    /// plain statics are compared at each call.
+    #[test]
+    fn keys_build_a_keyed_runner() {
+        let out = expand_str(
+            quote!(
+                sizes = [1, 2],
+                buckets = [ctx = [512, 2048], tables[1] = [4, 16]],
+                variants = [lora = [false, true]],
+                static_args = [scale]
+            ),
+            quote!(
+                fn forward(
+                    &self,
+                    rt: &Runtime,
+                    x: &Tensor,
+                    tables: &Tensor,
+                    ctx: usize,
+                    lora: bool,
+                    scale: f32,
+                ) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        for needle in [
+            "inputs : [:: cudagraph :: InputSpec ; 2] , scale : f32 ,)",
+            ". with_keys (:: cudagraph :: KeySpace :: new () . with_value_buckets (\"ctx\" , & [512u64 , 2048u64] [..]) ? . with_variants (\"lora\" , & [\"false\" , \"true\"] [..]) ? . with_dim_buckets (\"tables[1]\" , 1 , 1 , & [4usize , 16usize] [..]) ?)",
+            ":: cudagraph :: __private :: check_buckets_fit :: < usize > (\"ctx\" , & [512u64 , 2048u64]) ? ;",
+            ":: cudagraph :: Runner :: capture_keyed (rt , __cg_plan , inputs ,",
+            ":: cudagraph :: Runner :: estimate_keyed (rt , __cg_plan , inputs ,",
+            "false => 0u64 , true => 1u64 ,",
+            "__private :: KeyMiss :: UnlistedVariant",
+            ":: cudagraph :: __private :: assert_bucket_arg :: < usize > () ;",
+            ":: cudagraph :: __private :: assert_variant_arg :: < bool > () ;",
+            ":: cudagraph :: __private :: assert_static_arg :: < f32 > () ;",
+            "(& :: cudagraph :: __private :: StaticCmp (& __cg_a . 2 , & __cg_b . 2)) . cg_same ()",
+        ] {
+            assert!(has(&out, needle), "missing {needle}\nin {out}");
+        }
+        // The keyed statics are not compared.
+        assert!(!has(&out, "StaticCmp (& __cg_a . 0"), "{out}");
+        assert!(!has(&out, "StaticCmp (& __cg_a . 1"), "{out}");
+        assert!(
+            !has(&out, "ctx : usize ,"),
+            "keys are not parameters: {out}"
+        );
+    }
+
     /// A forward with `islands: &Islands<L>`: the live arguments become the generated functions'
     /// last parameter, passed to `capture_live`/`estimate_live` and named in the runner type;
     /// the forward itself gets one lifetime for `&self` and the islands' borrow.
@@ -739,13 +1046,12 @@ mod tests {
             assert!(has(&out, needle), "missing {needle}\nin {out}");
         }
         let emitted = item(&func, &plan).to_string();
-        assert!(
-            has(
-                &emitted,
-                "fn forward < 'cg_i > (& 'cg_i self , rt : & Runtime , x : & Tensor , islands : & Islands < 'cg_i , '_ , (u32 ,) >)"
-            ),
-            "{emitted}"
-        );
+        for needle in [
+            "fn forward < 'cg_i > (& 'cg_i self , rt : & Runtime , x : & Tensor ,",
+            "islands : & Islands < 'cg_i , '_ , (u32 ,) >",
+        ] {
+            assert!(has(&emitted, needle), "missing {needle}\nin {emitted}");
+        }
         // Without islands the forward is emitted as written.
         let plain: syn::ImplItemFn = syn::parse_quote!(
             fn forward(&self, rt: &Runtime, x: &Tensor) -> Result<Tensor> {

@@ -1,6 +1,7 @@
 //! Parsing of the attribute arguments:
 //! `sizes = [...], batch = ident, static_args = [ident, ...],
-//! pad = [ident = number, ...], capture = lazy | init, crate = "path"`.
+//! pad = [ident = number, ...], buckets = [ident = [n, ...], ident[dim] = [n, ...]],
+//! variants = [ident = [value, ...]], capture = lazy | init, crate = "path"`.
 //!
 //! Parsing is lenient: a bad option is reported and skipped up to the next
 //! top-level `,`, so one compilation shows every mistake in the attribute.
@@ -23,6 +24,8 @@ mod kw {
     syn::custom_keyword!(batch);
     syn::custom_keyword!(static_args);
     syn::custom_keyword!(pad);
+    syn::custom_keyword!(buckets);
+    syn::custom_keyword!(variants);
     syn::custom_keyword!(capture);
     syn::custom_keyword!(lazy);
     syn::custom_keyword!(init);
@@ -30,7 +33,16 @@ mod kw {
 }
 
 /// The option names, in the order they are listed in messages.
-pub const OPTIONS: [&str; 6] = ["sizes", "batch", "static_args", "pad", "capture", "crate"];
+pub const OPTIONS: [&str; 8] = [
+    "sizes",
+    "batch",
+    "static_args",
+    "pad",
+    "buckets",
+    "variants",
+    "capture",
+    "crate",
+];
 
 /// The error for a `capture` value other than `lazy` or `init`.
 const CAPTURE_VALUES: &str = "`capture` takes `lazy` (capture each size on first use) or `init` (capture all sizes when the runner is built, the default)";
@@ -112,6 +124,43 @@ pub struct Pads {
     pub entries: Vec<PadEntry>,
 }
 
+/// One entry of `buckets = [...]`: a host argument (`max_context = [512, 2048]`) or a
+/// dimension of a tensor argument (`block_tables[1] = [64, 256]`) and its buckets.
+#[derive(Debug, Clone)]
+pub struct BucketEntry {
+    /// The argument it applies to.
+    pub name: Ident,
+    /// The dimension, for a tensor argument.
+    pub dim: Option<Num>,
+    /// The buckets, as written (checked in `validate`).
+    pub buckets: Vec<Num>,
+    /// The entry's tokens, for errors.
+    pub tokens: TokenStream,
+}
+
+/// The value of `buckets = [...]`.
+#[derive(Debug, Clone)]
+pub struct Buckets {
+    /// The entries, in source order, without repeated targets.
+    pub entries: Vec<BucketEntry>,
+}
+
+/// One entry of `variants = [...]`: a host argument and the values each get a graph set.
+#[derive(Debug, Clone)]
+pub struct VariantEntry {
+    /// The argument.
+    pub name: Ident,
+    /// The values: literals or paths (a `const`, an enum's unit variant), as patterns.
+    pub values: Vec<syn::Pat>,
+}
+
+/// The value of `variants = [...]`.
+#[derive(Debug, Clone)]
+pub struct VariantList {
+    /// The entries, in source order, without repeated names.
+    pub entries: Vec<VariantEntry>,
+}
+
 /// The value of `capture = lazy | init`: when the runner captures its graphs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum CaptureMode {
@@ -143,6 +192,10 @@ pub struct Args {
     pub static_args: Option<StaticArgs>,
     /// `pad = [ident = number, ...]`.
     pub pad: Option<Pads>,
+    /// `buckets = [ident = [n, ...], ident[dim] = [n, ...]]`.
+    pub buckets: Option<Buckets>,
+    /// `variants = [ident = [value, ...]]`.
+    pub variants: Option<VariantList>,
     /// `capture = lazy | init`.
     pub capture: Option<CaptureMode>,
     /// `crate = "path"`.
@@ -243,6 +296,16 @@ fn parse_option(input: ParseStream, args: &mut Args, errors: &mut Errors) -> syn
         expect_eq(input, "pad", "[positions = -1]")?;
         let pads = parse_pads(input, errors)?;
         set_once(&mut args.pad, pads, "pad", key.span, errors);
+    } else if input.peek(kw::buckets) {
+        let key: kw::buckets = input.parse()?;
+        expect_eq(input, "buckets", BUCKETS_EXAMPLE)?;
+        let buckets = parse_buckets(input, errors)?;
+        set_once(&mut args.buckets, buckets, "buckets", key.span, errors);
+    } else if input.peek(kw::variants) {
+        let key: kw::variants = input.parse()?;
+        expect_eq(input, "variants", VARIANTS_EXAMPLE)?;
+        let variants = parse_variants(input, errors)?;
+        set_once(&mut args.variants, variants, "variants", key.span, errors);
     } else if input.peek(kw::capture) {
         let key: kw::capture = input.parse()?;
         expect_eq(input, "capture", "lazy")?;
@@ -326,7 +389,9 @@ const CAPTURE_INIT: &str = "capture = init";
 pub fn suggest_option(name: &str) -> Option<&'static str> {
     let lower = name.to_ascii_lowercase();
     let alias = match lower.as_str() {
-        "size" | "batch_sizes" | "batches" | "buckets" | "graph_sizes" | "shapes" => Some("sizes"),
+        "size" | "batch_sizes" | "batches" | "graph_sizes" | "shapes" => Some("sizes"),
+        "bucket" | "bucketed" | "bucket_args" | "bins" | "dims" | "dim_buckets" => Some("buckets"),
+        "variant" | "graph_sets" | "modes" | "flags" | "switches" => Some("variants"),
         "batch_size" | "batch_arg" | "batch_input" | "batch_dim" | "batch_tensor" => Some("batch"),
         "static" | "statics" | "static_arg" | "static_params" | "host_args" | "consts" => {
             Some("static_args")
@@ -645,6 +710,239 @@ fn parse_pads(input: ParseStream, errors: &mut Errors) -> syn::Result<Pads> {
     Ok(Pads { entries })
 }
 
+/// An example of `buckets`, for messages.
+const BUCKETS_EXAMPLE: &str = "[max_context = [512, 2048, 8192], block_tables[1] = [64, 256]]";
+
+/// An example of `variants`, for messages.
+const VARIANTS_EXAMPLE: &str = "[lora = [false, true]]";
+
+/// Parses `[entry, entry, ...]` of `buckets`; bad entries are reported and skipped.
+fn parse_buckets(input: ParseStream, errors: &mut Errors) -> syn::Result<Buckets> {
+    if !input.peek(syn::token::Bracket) {
+        return Err(input.error(format!(
+            "`buckets` takes a bracketed list of `argument = [buckets]` entries: write e.g. `buckets = {BUCKETS_EXAMPLE}`"
+        )));
+    }
+    let content;
+    syn::bracketed!(content in input);
+    let mut entries: Vec<BucketEntry> = Vec::new();
+    while !content.is_empty() {
+        match parse_bucket_entry(&content) {
+            Ok(entry) => {
+                let same = |e: &BucketEntry| {
+                    e.name == entry.name && e.dim.map(|d| d.value) == entry.dim.map(|d| d.value)
+                };
+                if entries.iter().any(same) {
+                    errors.spanned(&entry.tokens, "this is bucketed twice; keep one list");
+                } else {
+                    entries.push(entry);
+                }
+            }
+            Err(error) => {
+                errors.push(error);
+                skip_to_comma(&content);
+            }
+        }
+        if content.is_empty() {
+            break;
+        }
+        if content.parse::<Token![,]>().is_err() {
+            errors.push(content.error("expected `,` between `buckets` entries"));
+            skip_to_comma(&content);
+            let _ = content.parse::<Option<Token![,]>>();
+        }
+    }
+    Ok(Buckets { entries })
+}
+
+/// Parses one `name = [n, ...]` or `name[dim] = [n, ...]` entry of `buckets`.
+fn parse_bucket_entry(input: ParseStream) -> syn::Result<BucketEntry> {
+    if !input.peek(Ident) {
+        return Err(input.error(format!(
+            "expected the name of an argument, e.g. `buckets = {BUCKETS_EXAMPLE}`"
+        )));
+    }
+    let mut tokens = TokenStream::new();
+    let name: Ident = input.parse()?;
+    name.to_tokens(&mut tokens);
+    let dim = if input.peek(syn::token::Bracket) {
+        let content;
+        let bracket = syn::bracketed!(content in input);
+        let mut dim_tokens = TokenStream::new();
+        let dim = drain_on_error(&content, |c| {
+            let dim = parse_plain_num(c, &mut dim_tokens, "a dimension")?;
+            if !c.is_empty() {
+                return Err(c.error("expected one dimension, e.g. `block_tables[1]`"));
+            }
+            Ok(dim)
+        })?;
+        tokens.extend(quote::quote_spanned!(bracket.span.join()=> [#dim_tokens]));
+        Some(dim)
+    } else {
+        None
+    };
+    if !input.peek(Token![=]) {
+        return Err(input.error(format!(
+            "expected `=` after `{name}`: write `{name} = [512, 2048]` (the buckets, ascending)"
+        )));
+    }
+    input.parse::<Token![=]>()?;
+    if !input.peek(syn::token::Bracket) {
+        return Err(input.error(format!(
+            "the buckets of `{name}` are a bracketed list: write `{name} = [512, 2048]`"
+        )));
+    }
+    let content;
+    syn::bracketed!(content in input);
+    let buckets = drain_on_error(&content, |c| {
+        let mut buckets = Vec::new();
+        while !c.is_empty() {
+            buckets.push(parse_plain_num(c, &mut tokens, "a bucket")?);
+            if c.is_empty() {
+                break;
+            }
+            c.parse::<Token![,]>()?;
+        }
+        Ok(buckets)
+    })?;
+    Ok(BucketEntry {
+        name,
+        dim,
+        buckets,
+        tokens,
+    })
+}
+
+/// Runs `f` on the contents of a bracket; on an error, consumes what `f` left, so that the
+/// error reported is `f`'s (a bracket dropped with tokens left reports "unexpected token"
+/// instead).
+fn drain_on_error<T>(
+    content: ParseStream,
+    f: impl FnOnce(ParseStream) -> syn::Result<T>,
+) -> syn::Result<T> {
+    let result = f(content);
+    if result.is_err() {
+        let _ = content.parse::<TokenStream>();
+    }
+    result
+}
+
+/// Parses a non-negative integer literal without suffix (a bucket, a dimension).
+fn parse_plain_num(input: ParseStream, tokens: &mut TokenStream, what: &str) -> syn::Result<Num> {
+    if input.peek(Token![-]) {
+        let minus: Token![-] = input.parse()?;
+        return Err(syn::Error::new(
+            minus.span,
+            format!("{what} is a positive integer, e.g. `64`"),
+        ));
+    }
+    let lit: syn::LitInt = input.parse().map_err(|e| {
+        syn::Error::new(
+            e.span(),
+            format!("expected {what}: an integer literal, e.g. `64`"),
+        )
+    })?;
+    lit.to_tokens(tokens);
+    let value = lit.base10_parse::<u64>()?;
+    Ok(Num {
+        value,
+        span: lit.span(),
+    })
+}
+
+/// Parses `[name = [value, ...], ...]` of `variants`; bad entries are reported and skipped.
+fn parse_variants(input: ParseStream, errors: &mut Errors) -> syn::Result<VariantList> {
+    if !input.peek(syn::token::Bracket) {
+        return Err(input.error(format!(
+            "`variants` takes a bracketed list of `argument = [values]` entries: write e.g. `variants = {VARIANTS_EXAMPLE}`"
+        )));
+    }
+    let content;
+    syn::bracketed!(content in input);
+    let mut entries: Vec<VariantEntry> = Vec::new();
+    while !content.is_empty() {
+        match parse_variant_entry(&content) {
+            Ok(entry) => {
+                if entries.iter().any(|e| e.name == entry.name) {
+                    errors.at(
+                        entry.name.span(),
+                        format!(
+                            "`{}` is listed twice in `variants`; keep one list",
+                            entry.name
+                        ),
+                    );
+                } else {
+                    entries.push(entry);
+                }
+            }
+            Err(error) => {
+                errors.push(error);
+                skip_to_comma(&content);
+            }
+        }
+        if content.is_empty() {
+            break;
+        }
+        if content.parse::<Token![,]>().is_err() {
+            errors.push(content.error("expected `,` between `variants` entries"));
+            skip_to_comma(&content);
+            let _ = content.parse::<Option<Token![,]>>();
+        }
+    }
+    Ok(VariantList { entries })
+}
+
+/// Parses one `name = [value, ...]` entry of `variants`: each value a literal or a path.
+fn parse_variant_entry(input: ParseStream) -> syn::Result<VariantEntry> {
+    if !input.peek(Ident) {
+        return Err(input.error(format!(
+            "expected the name of a host argument, e.g. `variants = {VARIANTS_EXAMPLE}`"
+        )));
+    }
+    let name: Ident = input.parse()?;
+    if !input.peek(Token![=]) {
+        return Err(input.error(format!(
+            "expected `=` after `{name}`: write `{name} = [false, true]` (the values that get graphs)"
+        )));
+    }
+    input.parse::<Token![=]>()?;
+    if !input.peek(syn::token::Bracket) {
+        return Err(input.error(format!(
+            "the values of `{name}` are a bracketed list: write `{name} = [false, true]`"
+        )));
+    }
+    let content;
+    syn::bracketed!(content in input);
+    let values = drain_on_error(&content, |c| {
+        let mut values = Vec::new();
+        while !c.is_empty() {
+            let pat = syn::Pat::parse_single(c)?;
+            match &pat {
+                syn::Pat::Lit(_) | syn::Pat::Path(_) => values.push(pat),
+                syn::Pat::Ident(ident)
+                    if ident.subpat.is_none()
+                        && ident.by_ref.is_none()
+                        && ident.mutability.is_none() =>
+                {
+                    values.push(pat)
+                }
+                other => {
+                    return Err(syn::Error::new_spanned(
+                        other,
+                        "a variant's value is a literal (`true`, `2`) or a path (`Mode::Fast`, a `const`)",
+                    ));
+                }
+            }
+            if c.is_empty() {
+                break;
+            }
+            c.parse::<Token![,]>()?;
+        }
+        Ok(values)
+    })?;
+    Ok(VariantEntry { name, values })
+}
+
 /// Parses one `name = number` entry of `pad`.
 fn parse_pad_entry(input: ParseStream) -> syn::Result<PadEntry> {
     if !input.peek(Ident) {
@@ -954,7 +1252,7 @@ mod tests {
             bogus = 1
         ));
         assert_eq!(errors.len(), 5, "{errors:?}");
-        let expected = "unknown option `size`; expected one of `sizes`, `batch`, `static_args`, `pad`, `capture`, `crate`; did you mean `sizes`?";
+        let expected = "unknown option `size`; expected one of `sizes`, `batch`, `static_args`, `pad`, `buckets`, `variants`, `capture`, `crate`; did you mean `sizes`?";
         assert_eq!(errors[0], expected);
         assert!(errors[1].ends_with("did you mean `batch`?"));
         assert!(errors[2].ends_with("did you mean `static_args`?"));
@@ -976,7 +1274,7 @@ mod tests {
         assert_eq!(errors.len(), 7, "{errors:?}");
         assert_eq!(
             errors[0],
-            "unknown option `lazy`; expected one of `sizes`, `batch`, `static_args`, `pad`, `capture`, `crate`; did you mean `capture = lazy`?"
+            "unknown option `lazy`; expected one of `sizes`, `batch`, `static_args`, `pad`, `buckets`, `variants`, `capture`, `crate`; did you mean `capture = lazy`?"
         );
         assert!(
             errors[1].ends_with("did you mean `capture = lazy`?"),
@@ -1095,6 +1393,113 @@ mod tests {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn buckets_and_variants_parse() {
+        let args = parse_ok(quote!(
+            sizes = [1],
+            buckets = [max_context = [512, 2048, 8192], tables[1] = [64, 256],],
+            variants = [
+                lora = [false, true],
+                mode = [Mode::Fast, Mode::Exact],
+                q = [1, 2, 4]
+            ]
+        ));
+        let buckets = args.buckets.expect("buckets");
+        let seen: Vec<(String, Option<u64>, Vec<u64>)> = buckets
+            .entries
+            .iter()
+            .map(|e| {
+                (
+                    e.name.to_string(),
+                    e.dim.map(|d| d.value),
+                    e.buckets.iter().map(|b| b.value).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("max_context".to_owned(), None, vec![512, 2048, 8192]),
+                ("tables".to_owned(), Some(1), vec![64, 256]),
+            ]
+        );
+        let variants = args.variants.expect("variants");
+        let seen: Vec<(String, Vec<String>)> = variants
+            .entries
+            .iter()
+            .map(|e| {
+                (
+                    e.name.to_string(),
+                    e.values
+                        .iter()
+                        .map(|v| v.to_token_stream().to_string())
+                        .collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (
+                    "lora".to_owned(),
+                    vec!["false".to_owned(), "true".to_owned()]
+                ),
+                (
+                    "mode".to_owned(),
+                    vec!["Mode :: Fast".to_owned(), "Mode :: Exact".to_owned()]
+                ),
+                (
+                    "q".to_owned(),
+                    vec!["1".to_owned(), "2".to_owned(), "4".to_owned()]
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_buckets_and_variants_are_reported() {
+        for (tokens, want) in [
+            (
+                quote!(buckets = max_context),
+                "bracketed list of `argument = [buckets]`",
+            ),
+            (
+                quote!(buckets = [max_context]),
+                "expected `=` after `max_context`",
+            ),
+            (
+                quote!(buckets = [max_context = 512]),
+                "are a bracketed list",
+            ),
+            (quote!(buckets = [max_context = [-1]]), "a positive integer"),
+            (quote!(buckets = [x[a] = [1]]), "expected a dimension"),
+            (quote!(buckets = [x[1, 2] = [1]]), "expected one dimension"),
+            (quote!(buckets = [a = [1], a = [2]]), "bucketed twice"),
+            (quote!(variants = [lora]), "expected `=` after `lora`"),
+            (
+                quote!(variants = [lora = [x @ 1]]),
+                "a literal (`true`, `2`) or a path",
+            ),
+            (
+                quote!(variants = [a = [1], a = [2]]),
+                "listed twice in `variants`",
+            ),
+            (
+                quote!(variants = lora),
+                "bracketed list of `argument = [values]`",
+            ),
+        ] {
+            let errors = messages(quote!(sizes = [1], #tokens));
+            assert_eq!(errors.len(), 1, "{tokens}: {errors:?}");
+            assert!(errors[0].contains(want), "{tokens}: {errors:?}");
+        }
+        // A misspelling is pointed at the option.
+        let errors = messages(quote!(sizes = [1], bucket = [a = [1]]));
+        assert!(errors[0].contains("did you mean `buckets`"), "{errors:?}");
+        let errors = messages(quote!(sizes = [1], variant = [a = [1]]));
+        assert!(errors[0].contains("did you mean `variants`"), "{errors:?}");
     }
 
     #[test]

@@ -53,6 +53,38 @@ pub struct StaticArg {
     pub ty: Type,
     /// Whether the original parameter was a reference (`&T`) rather than `T`.
     pub by_ref: bool,
+    /// `None` for a static listed in `static_args` (compared at every call); a key of the
+    /// graphs for a host value listed in `buckets` or `variants`.
+    pub key: Option<KeyRole>,
+}
+
+/// How a host argument keys the graphs (`buckets = [..]`, `variants = [..]`).
+#[derive(Debug, Clone)]
+pub enum KeyRole {
+    /// Rounded up to one of `buckets` (ascending, unique, positive): one graph set per bucket,
+    /// the forward gets the bucket's value.
+    Value {
+        /// The buckets.
+        buckets: Vec<u64>,
+    },
+    /// One graph set per listed value.
+    Variant {
+        /// The values, as patterns (literals or paths), also used as expressions.
+        values: Vec<syn::Pat>,
+    },
+}
+
+/// A non-batch dimension of a tensor argument padded to buckets (`buckets = [x[1] = [..]]`).
+#[derive(Debug, Clone)]
+pub struct DimBucket {
+    /// `x[1]`, for stats and messages.
+    pub label: String,
+    /// The tensor's index among the tensor arguments.
+    pub input: usize,
+    /// The dimension (1 or more).
+    pub dim: usize,
+    /// The buckets (ascending, unique, positive).
+    pub buckets: Vec<u64>,
 }
 
 /// Everything the code generator needs, fully checked.
@@ -109,6 +141,8 @@ pub struct Plan {
     /// `pad = [...]`: (index among the tensors, fill value), in the
     /// attribute's order, each tensor at most once.
     pub pads: Vec<(usize, PadNumber)>,
+    /// Bucketed dimensions of tensor arguments, in the attribute's order.
+    pub dim_buckets: Vec<DimBucket>,
     /// When the runner captures its graphs (`capture = ...`, default `init`).
     pub capture: CaptureMode,
     /// Span of the user's return type, for errors about it.
@@ -216,6 +250,7 @@ pub fn validate(args: &Args, func: &ImplItemFn) -> syn::Result<Plan> {
     let batch_index = batch_index(args, &params, &fn_name, &mut errors);
     let (roles, statics) = assign_roles(args, &params, &fn_name, &mut errors);
     let pads = pad_indices(args, &params, &fn_name, &mut errors);
+    let dim_buckets = dim_buckets(args, &params, &fn_name, &mut errors);
 
     // Sizes.
     let sizes = match &args.sizes {
@@ -300,6 +335,7 @@ pub fn validate(args: &Args, func: &ImplItemFn) -> syn::Result<Plan> {
         statics,
         islands,
         pads,
+        dim_buckets,
         capture: args.capture.unwrap_or_default(),
         output_span,
     };
@@ -705,6 +741,7 @@ fn assign_roles(
         .as_ref()
         .map(|s| s.names.clone())
         .unwrap_or_default();
+    let keyed = host_keys(args, params, fn_name, &listed, errors);
     let mut roles = Vec::new();
     let mut statics = Vec::new();
     let mut tensor_index = 0;
@@ -724,13 +761,24 @@ fn assign_roles(
                     roles.push(Role::Static(statics.len()));
                     continue;
                 };
-                if listed.contains(name) {
+                let key = keyed
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, k)| k.clone());
+                if listed.contains(name) || key.is_some() {
                     check_static_type(name, &param.span_tokens, ty, *by_mut, errors);
+                    if key.is_some() && *by_ref {
+                        errors.spanned(
+                            &param.span_tokens,
+                            format!("`{name}` keys the graphs (`buckets`, `variants`): take it by value, not by reference"),
+                        );
+                    }
                     roles.push(Role::Static(statics.len()));
                     statics.push(StaticArg {
                         ident: name.clone(),
                         ty: (**ty).clone(),
                         by_ref: *by_ref,
+                        key,
                     });
                 } else {
                     if !args.incomplete {
@@ -788,6 +836,212 @@ fn assign_roles(
         }
     }
     (roles, statics)
+}
+
+/// Checks a bucket list (ascending, unique, positive); reports at its entry.
+fn check_bucket_list(
+    values: &[crate::parse::Num],
+    what: &str,
+    errors: &mut Errors,
+) -> Option<Vec<u64>> {
+    if values.is_empty() {
+        errors.at(
+            Span::call_site(),
+            format!("`{what}` lists no bucket: give at least one"),
+        );
+        return None;
+    }
+    let mut ok = true;
+    for v in values.iter().filter(|v| v.value == 0) {
+        errors.at(v.span, format!("a bucket of `{what}` must be at least 1"));
+        ok = false;
+    }
+    for pair in values.windows(2) {
+        if pair[0].value >= pair[1].value {
+            errors.at(
+                pair[1].span,
+                format!(
+                    "the buckets of `{what}` must be ascending and unique: {} comes after {}",
+                    pair[1].value, pair[0].value
+                ),
+            );
+            ok = false;
+        }
+    }
+    ok.then(|| values.iter().map(|v| v.value).collect())
+}
+
+/// The host arguments `buckets` (without a dimension) and `variants` name, with their
+/// [`KeyRole`]; reports names that are not host arguments, names also in `static_args`, and
+/// names in both lists.
+fn host_keys(
+    args: &Args,
+    params: &[Param],
+    fn_name: &str,
+    statics: &[Ident],
+    errors: &mut Errors,
+) -> Vec<(Ident, KeyRole)> {
+    let mut keyed: Vec<(Ident, KeyRole)> = Vec::new();
+    let host = |name: &Ident| {
+        params
+            .iter()
+            .find(|p| p.name.as_ref() == Some(name))
+            .map(|p| &p.kind)
+    };
+    let check_target = |name: &Ident, option: &str, errors: &mut Errors| -> bool {
+        match host(name) {
+            Some(Kind::Host { .. }) => {
+                if statics.contains(name) {
+                    errors.at(
+                        name.span(),
+                        format!("`{name}` is in `static_args` and in `{option}`: a keyed argument picks its graphs, a static is compared with the captured value; keep one"),
+                    );
+                    return false;
+                }
+                true
+            }
+            Some(Kind::Misdeclared(_)) => false,
+            Some(Kind::Tensor) if option == "buckets" => {
+                errors.at(
+                    name.span(),
+                    format!("`{name}` is a `&Tensor` argument: bucket one of its dimensions after the batch, e.g. `{name}[1] = [64, 256]`"),
+                );
+                false
+            }
+            Some(_) => {
+                errors.at(
+                    name.span(),
+                    format!(
+                        "`{option}` keys the graphs by a host argument, but `{name}` is not one"
+                    ),
+                );
+                false
+            }
+            None => {
+                errors.at(
+                    name.span(),
+                    format!("`{option}` names `{name}`, but `{fn_name}` has no argument `{name}`"),
+                );
+                false
+            }
+        }
+    };
+    if let Some(buckets) = &args.buckets {
+        for entry in buckets.entries.iter().filter(|e| e.dim.is_none()) {
+            if !check_target(&entry.name, "buckets", errors) {
+                continue;
+            }
+            // A bad list is reported; the argument stays keyed (no second error about it).
+            let list = check_bucket_list(&entry.buckets, &entry.name.to_string(), errors)
+                .unwrap_or_else(|| vec![1]);
+            keyed.push((entry.name.clone(), KeyRole::Value { buckets: list }));
+        }
+    }
+    if let Some(variants) = &args.variants {
+        for entry in &variants.entries {
+            if keyed.iter().any(|(n, _)| n == &entry.name) {
+                errors.at(
+                    entry.name.span(),
+                    format!(
+                        "`{}` is in `buckets` and in `variants`; keep one",
+                        entry.name
+                    ),
+                );
+                continue;
+            }
+            if !check_target(&entry.name, "variants", errors) {
+                continue;
+            }
+            if entry.values.is_empty() {
+                errors.at(
+                    entry.name.span(),
+                    format!("`variants` lists no value of `{}`", entry.name),
+                );
+                continue;
+            }
+            let texts: Vec<String> = entry
+                .values
+                .iter()
+                .map(|v| v.to_token_stream().to_string())
+                .collect();
+            if let Some((i, _)) = texts
+                .iter()
+                .enumerate()
+                .find(|(i, t)| texts[..*i].contains(t))
+            {
+                errors.spanned(&entry.values[i], "this value is listed twice");
+                continue;
+            }
+            keyed.push((
+                entry.name.clone(),
+                KeyRole::Variant {
+                    values: entry.values.clone(),
+                },
+            ));
+        }
+    }
+    keyed
+}
+
+/// Resolves `buckets = [x[dim] = [...]]` entries to [`DimBucket`]s; reports names that are not
+/// tensor arguments and dimension 0.
+fn dim_buckets(
+    args: &Args,
+    params: &[Param],
+    fn_name: &str,
+    errors: &mut Errors,
+) -> Vec<DimBucket> {
+    let Some(buckets) = &args.buckets else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in &buckets.entries {
+        let Some(dim) = entry.dim else {
+            continue;
+        };
+        let name = &entry.name;
+        let mut index = 0;
+        let mut found = None;
+        for param in params {
+            if param.name.as_ref() == Some(name) {
+                found = Some((&param.kind, index));
+                break;
+            }
+            if matches!(param.kind, Kind::Tensor) {
+                index += 1;
+            }
+        }
+        match found {
+            Some((Kind::Tensor, input)) => {
+                if dim.value == 0 {
+                    errors.at(
+                        dim.span,
+                        format!("dimension 0 of `{name}` is the batch, which `sizes` buckets; bucket a dimension after it, e.g. `{name}[1]`"),
+                    );
+                    continue;
+                }
+                let label = format!("{name}[{}]", dim.value);
+                if let Some(list) = check_bucket_list(&entry.buckets, &label, errors) {
+                    out.push(DimBucket {
+                        label,
+                        input,
+                        dim: dim.value as usize,
+                        buckets: list,
+                    });
+                }
+            }
+            Some((Kind::Misdeclared(_), _)) => {}
+            Some(_) => errors.spanned(
+                &entry.tokens,
+                format!("`{name}[..]` buckets a dimension of a `&Tensor` argument, but `{name}` is not one; a host value is bucketed without a dimension: `{name} = [..]`"),
+            ),
+            None => errors.at(
+                name.span(),
+                format!("`buckets` names `{name}`, but `{fn_name}` has no argument `{name}`"),
+            ),
+        }
+    }
+    out
 }
 
 /// Resolves `pad = [name = value, ...]` to (tensor index, value); reports
@@ -985,7 +1239,10 @@ fn islands_param(
         );
         return None;
     }
-    let has_live = !types.is_empty();
+    // `Islands<(), Candle>` names no live arguments: the generated functions take none.
+    let has_live = types
+        .first()
+        .is_some_and(|t| !matches!(t, Type::Tuple(tuple) if tuple.elems.is_empty()));
     let live = types
         .first()
         .cloned()

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::keys::KeySpace;
 pub use crate::policy::OnCaptureError;
 use crate::policy::Warmup;
 use crate::shape::Shape;
@@ -182,6 +183,9 @@ pub struct GraphPlan {
     /// Pad values by input index (see [`PadValue`]); inputs not listed keep whatever an earlier
     /// call left in their padded rows (zeros at first).
     pub pads: Vec<(usize, PadValue)>,
+    /// The dispatch keys beyond the batch (bucketed values and dimensions, variants): one graph
+    /// per size and key combination (see [`keys`](crate::keys)). Empty by default.
+    pub keys: KeySpace,
 }
 
 impl GraphPlan {
@@ -195,6 +199,7 @@ impl GraphPlan {
             warmup: Warmup::from_env(),
             on_capture_error: OnCaptureError::Abort,
             pads: Vec::new(),
+            keys: KeySpace::new(),
         })
     }
 
@@ -213,7 +218,15 @@ impl GraphPlan {
             warmup: Warmup::from_env(),
             on_capture_error: OnCaptureError::Abort,
             pads: Vec::new(),
+            keys: KeySpace::new(),
         })
+    }
+
+    /// Keys the graphs by more than the batch (see [`keys`](crate::keys)): one graph per size
+    /// and combination of `keys`.
+    pub fn with_keys(mut self, keys: KeySpace) -> Self {
+        self.keys = keys;
+        self
     }
 
     /// Captures each size on its first use (`true`) or all at construction (`false`, default).

@@ -135,6 +135,56 @@ pub(crate) fn copy_d2d(
     unsafe { result::memcpy_dtod_async(dst.ptr, src.ptr, dst.bytes, stream.cu_stream()) }
 }
 
+/// Enqueues a strided device-to-device copy on `stream`: `height` rows of `width` bytes, row
+/// `r` read at `src.ptr + r * src_pitch` and written at `dst.ptr + r * dst_pitch` (a bucketed
+/// input dimension: each row of the call's input into a wider row of its static buffer).
+/// Checked: every row lies inside its range, pitches at least `width`.
+pub(crate) fn copy_2d(
+    stream: &CudaStream,
+    (dst, dst_pitch): (DeviceRange, usize),
+    (src, src_pitch): (DeviceRange, usize),
+    width: usize,
+    height: usize,
+) -> Result<(), DriverError> {
+    let invalid = DriverError(sys::CUresult::CUDA_ERROR_INVALID_VALUE);
+    if height == 0 || width == 0 {
+        return Ok(());
+    }
+    let span = |pitch: usize| {
+        pitch
+            .checked_mul(height - 1)
+            .and_then(|b| b.checked_add(width))
+    };
+    match (span(dst_pitch), span(src_pitch)) {
+        (Some(d), Some(s))
+            if dst_pitch >= width && src_pitch >= width && d <= dst.bytes && s <= src.bytes => {}
+        _ => return Err(invalid),
+    }
+    stream.context().bind_to_thread()?;
+    let copy = sys::CUDA_MEMCPY2D_st {
+        srcXInBytes: 0,
+        srcY: 0,
+        srcMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+        srcHost: std::ptr::null(),
+        srcDevice: src.ptr,
+        srcArray: std::ptr::null_mut(),
+        srcPitch: src_pitch,
+        dstXInBytes: 0,
+        dstY: 0,
+        dstMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+        dstHost: std::ptr::null_mut(),
+        dstDevice: dst.ptr,
+        dstArray: std::ptr::null_mut(),
+        dstPitch: dst_pitch,
+        WidthInBytes: width,
+        Height: height,
+    };
+    // SAFETY: `copy` describes device memory only, every row of which lies inside `src` and
+    // `dst` (checked above), live device allocations the callers hold across the call; ordering
+    // against other work is the stream's.
+    unsafe { sys::cuMemcpy2DAsync_v2(&copy, stream.cu_stream()) }.result()
+}
+
 /// Enqueues a fill of `dst` with `pattern` on `stream`: its low byte (`width` 1), low 16 bits
 /// (`width` 2) or all 32 bits (`width` 4, and 8 for a pattern that repeats every 4 bytes);
 /// `dst.ptr` and `dst.bytes` are multiples of `width` (of 4 for `width` 8).
@@ -448,6 +498,12 @@ fn memory_nodes(graph: sys::CUgraph) -> Result<MemoryNodeList, DriverError> {
 #[derive(Debug, Default)]
 pub(crate) struct NodeLedger {
     open: std::collections::HashMap<u64, (isize, usize)>,
+    /// The memory nodes of the graph applied last (an allocation +1, a free -1), until it is
+    /// launched ([`mark_launched`](Self::mark_launched)) or another is applied.
+    last: Vec<(u64, isize)>,
+    /// The allocations of the graphs launched during the recording (the segments cut at
+    /// islands) that no launched graph freed: real memory the driver backs until a free runs.
+    launched: std::collections::HashMap<u64, isize>,
 }
 
 impl NodeLedger {
@@ -455,18 +511,61 @@ impl NodeLedger {
     /// is a foreign free. Returns the bytes the graph's allocations take.
     fn apply(&mut self, graph: sys::CUgraph) -> Result<usize, EndCaptureError> {
         let list = memory_nodes(graph)?;
+        self.last.clear();
         for &(ptr, bytes) in &list.allocs {
             let entry = self.open.entry(ptr).or_insert((0, bytes));
             entry.0 += 1;
             entry.1 = entry.1.max(bytes);
+            self.last.push((ptr, 1));
         }
-        for ptr in &list.frees {
-            match self.open.get_mut(ptr) {
+        for &ptr in &list.frees {
+            match self.open.get_mut(&ptr) {
                 Some(entry) if entry.0 > 0 => entry.0 -= 1,
                 _ => return Err(EndCaptureError::ForeignFree),
             }
+            self.last.push((ptr, -1));
         }
         Ok(list.allocs.iter().map(|&(_, bytes)| bytes).sum())
+    }
+
+    /// Whether `range` starts inside an allocation of the segments so far that no segment freed.
+    pub(crate) fn owns(&self, range: DeviceRange) -> bool {
+        self.open.iter().any(|(&ptr, &(left, bytes))| {
+            left > 0 && range.ptr >= ptr && range.ptr < ptr + bytes as u64
+        })
+    }
+
+    /// Records that the graph applied last was launched: its allocations are now backed, its
+    /// frees ran.
+    pub(crate) fn mark_launched(&mut self) {
+        for (ptr, delta) in self.last.drain(..) {
+            *self.launched.entry(ptr).or_default() += delta;
+        }
+    }
+
+    /// Frees, on `stream` (not capturing), the allocations of the graphs launched during the
+    /// recording that no launched graph freed: a segment cut at an island allocated them and a
+    /// later segment, not launched during the capture, frees them (or the capture failed
+    /// before it). Without this they would stay backed until the size's next replay (the
+    /// first segment's `AUTO_FREE_ON_LAUNCH`), or forever for a size never replayed, an
+    /// estimate, or a failed capture. Freed here, the next launch of the segment that
+    /// allocates them maps them again (the driver's rule for graph allocations freed outside
+    /// their graph). Returns the first error; every address is tried.
+    pub(crate) fn free_launched(&mut self, stream: &Arc<CudaStream>) -> Result<(), DriverError> {
+        let mut first = Ok(());
+        for (ptr, left) in self.launched.drain() {
+            for _ in 0..left.max(0) {
+                // SAFETY: `ptr` is a graph allocation a launched graph of this recording made
+                // and no launched graph freed (the ledger's count); nothing of the recording
+                // reads it any more (the stream does not capture: the caller ended or discarded
+                // the capture), and each unfreed allocation is freed once.
+                let freed = unsafe { sys::cuMemFreeAsync(ptr, stream.cu_stream()) }.result();
+                if first.is_ok() {
+                    first = freed;
+                }
+            }
+        }
+        first
     }
 
     /// An error if allocations are still open (tensors the forward kept past its last segment).
@@ -610,6 +709,8 @@ impl ExecGraph {
         if last {
             if let Err(escaped) = ledger.check_closed() {
                 settle_escaped(fresh.0, stream)?;
+                // That launch ran the graph's frees too (of allocations earlier segments made).
+                ledger.mark_launched();
                 return Err(escaped);
             }
         }

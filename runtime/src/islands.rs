@@ -8,10 +8,14 @@
 //! inputs, makes its output visible where segment 2 reads it, launches segment 2, ...
 //!
 //! How values cross an island, in every backend:
-//! - **inputs**: the tensors passed to `eager` are recorded by address; before each run of the
-//!   island they are copied into runner-owned buffers (shared by every island of the runner whose
-//!   inputs have the same position, dtype and trailing shape), and the island's closure gets
-//!   references to views of those buffers, never the tensors themselves;
+//! - **inputs** the capture computed (tensors in its own memory, which every replay rewrites)
+//!   are recorded by address; before each run of the island they are copied into runner-owned
+//!   buffers (shared by every island of the runner whose inputs have the same position, dtype
+//!   and trailing shape), and the closure gets references to views of those copies: writing
+//!   them changes nothing the forward reads. Every other input (a weight, a model's buffer, a
+//!   static input of the runner) is handed over as it is, as in a direct call; what the island
+//!   writes there is real. Rank-0 inputs the capture computed, and rank-0 outputs, are refused
+//!   (give them shape `[1]`);
 //! - **output**: the tensor the closure returns is copied into a runner-owned buffer and dropped;
 //!   the next segment begins with a copy of that buffer into memory of its own (pool memory, or a
 //!   graph allocation), which is what the forward gets back.
@@ -150,21 +154,33 @@ pub(crate) trait IslandHost<'i, B: Backend, L> {
     ) -> Result<Option<B::Tensor>>;
 }
 
-/// One input of an island: where the forward's tensor lies, and the buffer its copy goes to.
-pub(crate) struct IslandInput {
-    /// The forward's tensor at capture (a segment's output, a static input, a weight): the
-    /// same bytes at every replay.
-    src: DeviceRange,
-    /// The buffer of the runner's bank its copy goes to, and the view's rows (`None`: all of a
-    /// rank-0 buffer).
-    buffer: usize,
-    rows: Option<usize>,
+/// One input of an island.
+pub(crate) enum IslandInput<B: Backend> {
+    /// A tensor in memory the capture allocated (a segment's, rewritten by every replay):
+    /// copied into a buffer of the runner's bank before each run, the island gets the copy.
+    Copied {
+        /// Where the segment's tensor lies: the same bytes at every replay.
+        src: DeviceRange,
+        /// The bank buffer its copy goes to, and the view's rows.
+        buffer: usize,
+        rows: usize,
+    },
+    /// Any other tensor (a weight, a model's buffer, a static input of the runner): handed to
+    /// the island as it is (a shared handle the record keeps), so what the island writes to it
+    /// is real, as in a direct call.
+    Shared(B::Tensor),
+}
+
+/// An input of an island as the recorder finds it, before the cut.
+enum Found<B: Backend> {
+    Copy(B::DType, Shape, DeviceRange),
+    Share(B::Tensor),
 }
 
 /// An island's output: the bank buffer it is copied to, its rows, and what it must be.
 pub(crate) struct IslandOutput<D> {
     buffer: usize,
-    rows: Option<usize>,
+    rows: usize,
     dtype: D,
     shape: Shape,
 }
@@ -173,7 +189,7 @@ pub(crate) struct IslandOutput<D> {
 pub(crate) struct IslandRecord<'i, B: Backend, L> {
     /// `None`: a bare graph break.
     f: Option<IslandFn<'i, B, L>>,
-    inputs: Vec<IslandInput>,
+    inputs: Vec<IslandInput<B>>,
     output: Option<IslandOutput<B::DType>>,
 }
 
@@ -188,10 +204,10 @@ enum Role {
 struct BankBuffer<B: Backend> {
     role: Role,
     dtype: B::DType,
-    /// The dimensions after the rows (all of them for a rank-0 buffer's key).
+    /// The dimensions after the rows.
     trailing: Shape,
-    /// Rows it holds; `None` for a rank-0 buffer.
-    rows: Option<usize>,
+    /// Rows it holds.
+    rows: usize,
     tensor: B::Tensor,
     range: DeviceRange,
 }
@@ -218,40 +234,34 @@ impl<B: Backend> IslandBank<B> {
     }
 
     /// The index of a buffer for `role` of `dtype` and `shape` (allocated outside any capture
-    /// when no buffer holds it yet), and the rows its view takes.
+    /// when no buffer holds it yet), and the rows its view takes. A rank-0 tensor is refused:
+    /// the bank's buffers are row-major views, which would hand it back as `[1]`.
     fn buffer_for(
         &mut self,
         dev: &B::Device,
         role: Role,
         dtype: B::DType,
         shape: Shape,
-    ) -> Result<(usize, Option<usize>)> {
+    ) -> Result<(usize, usize)> {
         let dims = shape.dims();
-        let (rows, trailing) = match dims.split_first() {
-            Some((&rows, rest)) => (Some(rows), Shape::new(rest)?),
-            None => (None, shape),
+        let Some((&rows, rest)) = dims.split_first() else {
+            return Err(Error::invalid(
+                "island",
+                match role {
+                    Role::Output => "an island returned a rank-0 tensor: return it with shape [1] (the next segment reads a copy of it, which keeps its shape)".to_owned(),
+                    Role::Input(j) => format!("input {j} of an island is a rank-0 tensor the capture computed: give it shape [1] (the island gets a copy of it, which keeps its shape)"),
+                },
+            ));
         };
+        let trailing = Shape::new(rest)?;
         let found = self.buffers.iter().position(|b| {
-            b.role == role
-                && b.dtype == dtype
-                && b.trailing == trailing
-                && match (b.rows, rows) {
-                    (Some(have), Some(need)) => have >= need,
-                    (None, None) => true,
-                    _ => false,
-                }
+            b.role == role && b.dtype == dtype && b.trailing == trailing && b.rows >= rows
         });
         if let Some(index) = found {
             return Ok((index, rows));
         }
         let spec = crate::dispatch::InputSpec::new(dtype, trailing.dims())?;
-        let tensor = match rows {
-            Some(rows) => B::zeros(Seal::new(), dev, &spec, rows)?,
-            None => {
-                // A rank-0 buffer: one row of the (empty) trailing shape, viewed whole.
-                B::zeros(Seal::new(), dev, &spec, 1)?
-            }
-        };
+        let tensor = B::zeros(Seal::new(), dev, &spec, rows)?;
         let range = B::range(Seal::new(), &tensor)?;
         self.buffers.push(BankBuffer {
             role,
@@ -264,16 +274,13 @@ impl<B: Backend> IslandBank<B> {
         Ok((self.buffers.len() - 1, rows))
     }
 
-    /// A view of `rows` rows of buffer `index` (all of it for `None`), and its bytes.
-    fn view(&self, index: usize, rows: Option<usize>) -> Result<(B::Tensor, DeviceRange)> {
+    /// A view of `rows` rows of buffer `index`, and its bytes.
+    fn view(&self, index: usize, rows: usize) -> Result<(B::Tensor, DeviceRange)> {
         let buffer = self
             .buffers
             .get(index)
             .ok_or_else(|| Error::invalid("island", "no such island buffer"))?;
-        let view = match rows {
-            Some(rows) => B::narrow(Seal::new(), &buffer.tensor, rows)?,
-            None => B::share(Seal::new(), &buffer.tensor)?,
-        };
+        let view = B::narrow(Seal::new(), &buffer.tensor, rows)?;
         let range = B::range(Seal::new(), &view)?;
         Ok((view, range))
     }
@@ -358,22 +365,24 @@ impl<'i, 'a, B: Backend, L> IslandRecorder<'i, 'a, B, L> {
         f: Option<IslandFn<'i, B, L>>,
         live: &L,
     ) -> Result<Option<B::Tensor>> {
-        // Where the inputs lie (the segment being recorded wrote them, or they are static).
+        let n = self.records.borrow().len() + 1;
+        // Where the inputs lie: in the capture's memory (copied at each run), or elsewhere.
+        self.failed_in.set(Some(Place::Island(n)));
         let mut described = Vec::with_capacity(inputs.len());
         for t in inputs {
             B::check_tensor(Seal::new(), dev, "an island's input", t)?;
-            described.push((
-                B::dtype(Seal::new(), t),
-                B::shape(Seal::new(), t)?,
-                B::range(Seal::new(), t)?,
-            ));
+            let range = B::range(Seal::new(), t)?;
+            described.push(if self.segments.owns(Seal::new(), range) {
+                Found::Copy(B::dtype(Seal::new(), t), B::shape(Seal::new(), t)?, range)
+            } else {
+                Found::Share(B::share(Seal::new(), t)?)
+            });
         }
-        let n = self.records.borrow().len() + 1;
         self.failed_in.set(Some(Place::Segment(n)));
         self.segments.cut(Seal::new())?;
         // Between two segments: the device does not capture.
         self.failed_in.set(Some(Place::Island(n)));
-        let ran = self.run_now(dev, &described, f.as_ref(), live);
+        let ran = self.run_now(dev, described, f.as_ref(), live);
         let resumed = self.segments.resume(Seal::new());
         let (inputs, output) = ran?;
         self.failed_in.set(Some(Place::Segment(n + 1)));
@@ -399,16 +408,21 @@ impl<'i, 'a, B: Backend, L> IslandRecorder<'i, 'a, B, L> {
     fn run_now(
         &self,
         dev: &B::Device,
-        described: &[(B::DType, Shape, DeviceRange)],
+        described: Vec<Found<B>>,
         f: Option<&IslandFn<'i, B, L>>,
         live: &L,
-    ) -> Result<(Vec<IslandInput>, Option<IslandOutput<B::DType>>)> {
+    ) -> Result<(Vec<IslandInput<B>>, Option<IslandOutput<B::DType>>)> {
         let mut inputs = Vec::with_capacity(described.len());
         {
             let mut bank = self.bank.borrow_mut();
-            for (j, &(dtype, shape, src)) in described.iter().enumerate() {
-                let (buffer, rows) = bank.buffer_for(dev, Role::Input(j), dtype, shape)?;
-                inputs.push(IslandInput { src, buffer, rows });
+            for (j, found) in described.into_iter().enumerate() {
+                inputs.push(match found {
+                    Found::Copy(dtype, shape, src) => {
+                        let (buffer, rows) = bank.buffer_for(dev, Role::Input(j), dtype, shape)?;
+                        IslandInput::Copied { src, buffer, rows }
+                    }
+                    Found::Share(t) => IslandInput::Shared(t),
+                });
             }
         }
         let Some(f) = f else {
@@ -459,22 +473,37 @@ impl<'i, B: Backend, L> IslandHost<'i, B, L> for IslandRecorder<'i, '_, B, L> {
     }
 }
 
-/// Copies the island's inputs into their bank buffers and runs `f` on views of them.
+/// Copies the island's copied inputs into their bank buffers and runs `f` on views of them
+/// (and on the shared inputs as they are).
 fn run_island<B: Backend, L>(
     dev: &B::Device,
     bank: &IslandBank<B>,
-    inputs: &[IslandInput],
+    inputs: &[IslandInput<B>],
     f: &IslandFn<'_, B, L>,
     live: &L,
 ) -> Result<B::Tensor> {
     let stream = B::stream(Seal::new(), dev);
     let mut views = Vec::with_capacity(inputs.len());
     for input in inputs {
-        let (view, dst) = bank.view(input.buffer, input.rows)?;
-        ffi::copy_d2d(&stream, dst, input.src).map_err(Error::driver("cuMemcpyDtoDAsync"))?;
-        views.push(view);
+        views.push(match input {
+            IslandInput::Copied { src, buffer, rows } => {
+                let (view, dst) = bank.view(*buffer, *rows)?;
+                ffi::copy_d2d(&stream, dst, *src).map_err(Error::driver("cuMemcpyDtoDAsync"))?;
+                Some(view)
+            }
+            IslandInput::Shared(_) => None,
+        });
     }
-    let refs: Vec<&B::Tensor> = views.iter().collect();
+    let refs = inputs
+        .iter()
+        .zip(&views)
+        .map(|(input, view)| match (input, view) {
+            (IslandInput::Shared(t), _) | (IslandInput::Copied { .. }, Some(t)) => Ok(t),
+            (IslandInput::Copied { .. }, None) => {
+                Err(Error::invalid("island", "an input copy is missing"))
+            }
+        })
+        .collect::<Result<Vec<&B::Tensor>>>()?;
     let out = f(dev, &refs, live)?;
     B::check_tensor(Seal::new(), dev, "an island's output", &out)?;
     Ok(out)
@@ -507,6 +536,11 @@ fn store_output<B: Backend>(
 }
 
 impl<B: Backend, L> IslandRecord<'_, B, L> {
+    /// Whether this is a bare graph break (nothing runs between its segments).
+    pub(crate) fn is_break(&self) -> bool {
+        self.f.is_none()
+    }
+
     /// Runs the island once in a replay (after the segment before it was launched): inputs
     /// copied in, `f`, its output checked and copied to where the next segment reads it.
     pub(crate) fn replay(&self, dev: &B::Device, bank: &IslandBank<B>, live: &L) -> Result<()> {

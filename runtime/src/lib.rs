@@ -38,6 +38,8 @@ pub mod freeze;
 mod generated;
 pub mod islands;
 mod kernel_cache;
+mod key_args;
+pub mod keys;
 pub mod nvrtc;
 pub mod policy;
 pub mod pool;
@@ -64,6 +66,7 @@ pub use freeze::{FreezeScope, ReclaimPolicy};
 pub use generated::FunctionId;
 pub use islands::Islands;
 pub use kernel_cache::{KernelCache, KernelCacheStats, KernelModule, nvrtc_available};
+pub use keys::{DimBuckets, HostKeys, KeyMiss, KeySpace, ValueBuckets, Variants};
 pub use pool::GraphPool;
 pub use pool_capture::{CaptureTiming, Warmup};
 pub use runner::{
@@ -72,12 +75,16 @@ pub use runner::{
 };
 pub use shape::{MAX_RANK, MAX_TENSOR_BYTES, Shape};
 pub use static_args::{StaticArg, StaticArgs};
-pub use stats::{FallbackReason, RunnerStats, SizeStats};
+pub use stats::{FallbackReason, KeyHistogram, KeyHistograms, KeyKind, RunnerStats, SizeStats};
 
 /// What the code `#[cuda_graph]` generates calls and users don't.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::generated::{StaticCmp, ViaBits, ViaPartialEq, function_id, identify};
+    pub use crate::key_args::{
+        BucketValue, VariantValue, assert_bucket_arg, assert_variant_arg, check_buckets_fit,
+    };
+    pub use crate::keys::KeyMiss;
     pub use crate::runner::refresh_typed as refresh;
     pub use crate::static_args::assert_static_arg;
 }

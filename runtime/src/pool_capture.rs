@@ -14,7 +14,7 @@ use cudarc::driver::CudaStream;
 
 use crate::arena::Arena;
 use crate::error::{Error, OpSite, Result};
-use crate::ffi::{self, EndCaptureError, ExecGraph, MemoryNodes};
+use crate::ffi::{self, DeviceRange, EndCaptureError, ExecGraph, MemoryNodes};
 pub use crate::policy::{WARMUP_ENV, Warmup};
 use crate::pool::{GraphPool, PoolChunk};
 use crate::routing::{KeepAlive, Mode, PoolRouter};
@@ -137,8 +137,38 @@ fn not_nested<D: PoolDevice + ?Sized>(dev: &D) -> Result<(), Failed> {
 /// islands cut, a warm-up none.
 pub type PoolBody<'a, D, T> = dyn FnMut(&D, Option<&dyn Segments>) -> Result<T> + 'a;
 
+/// The "segments" of a warm-up: an island suspends the measurement while it runs, so that its
+/// own allocations (scratch, its output) come from the driver unmeasured, and the warm-up
+/// issues the capture's sequence of measured allocations (the next segment's copy of the
+/// island's output included). Without it the arena's offsets under capture need not match the
+/// warm-up's (best fit is not monotone in the sequence), and the pool would count island
+/// scratch that no capture serves from it.
+struct MeasureSegments<'a> {
+    router: &'a PoolRouter,
+}
+
+impl Segments for MeasureSegments<'_> {
+    fn cut(&self, _: Seal) -> Result<()> {
+        self.router.set_suspended(true);
+        Ok(())
+    }
+
+    fn resume(&self, _: Seal) -> Result<()> {
+        self.router.set_suspended(false);
+        Ok(())
+    }
+
+    /// A warm-up hands every input over as it is, as a direct call does (the bank's buffers
+    /// come from the driver unmeasured, so copying or not leaves the measured sequence alone;
+    /// the capture decides for real).
+    fn owns(&self, _: Seal, _: DeviceRange) -> bool {
+        false
+    }
+}
+
 /// Runs `f` eagerly on driver memory, measuring the pool memory the same sequence of
-/// allocations needs under capture.
+/// allocations needs under capture (islands run as a recording runs them: see
+/// [`MeasureSegments`]).
 fn warm_up<D: PoolDevice + ?Sized, T>(
     dev: &D,
     f: &mut PoolBody<'_, D, T>,
@@ -148,7 +178,8 @@ fn warm_up<D: PoolDevice + ?Sized, T>(
     let guard = ModeGuard { router };
     router.set_mode(Mode::Measure(Arena::unbounded()));
     dev.clear_op(Seal::new());
-    let warm = f(dev, None).map_err(|error| Failed {
+    let segments = MeasureSegments { router };
+    let warm = f(dev, Some(&segments)).map_err(|error| Failed {
         error,
         site: dev.current_op(),
         pool_exhausted: false,
@@ -180,7 +211,7 @@ struct PoolSegments<'a> {
     router: &'a PoolRouter,
     stream: &'a Arc<CudaStream>,
     /// The chunk every segment allocates from (alive while a segment is launched).
-    _chunk: &'a Arc<PoolChunk>,
+    chunk: &'a Arc<PoolChunk>,
     /// The capture of the segment being recorded; `None` while an island runs.
     capture: RefCell<Option<ffi::CaptureGuard>>,
     /// The segments cut so far, in order.
@@ -227,6 +258,12 @@ impl Segments for PoolSegments<'_> {
         *self.capture.borrow_mut() = Some(capture);
         self.router.set_recording(true);
         Ok(())
+    }
+
+    fn owns(&self, _: Seal, range: DeviceRange) -> bool {
+        let start = self.chunk.device_ptr();
+        let end = start + self.chunk.len() as u64;
+        range.ptr >= start && range.ptr < end
     }
 }
 
@@ -283,7 +320,7 @@ fn record<D: PoolDevice + ?Sized, T, E>(
         let segments = PoolSegments {
             router,
             stream,
-            _chunk: chunk,
+            chunk,
             capture: RefCell::new(Some(capture)),
             done: RefCell::new(Vec::new()),
             kept: RefCell::new(KeepAlive::default()),
@@ -395,7 +432,7 @@ pub fn check_no_escape(
         source: Box::new(Error::PoolTensorsAlive {
             function,
             count: live.saturating_sub(expected),
-            during: "after the capture (the forward kept tensors it allocated)",
+            during: "after the capture (the forward kept tensors it allocated, or an island's closure owns one it moved in: pass that tensor to `eager` as an input instead)",
         }),
     })
 }

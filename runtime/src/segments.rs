@@ -5,6 +5,7 @@
 //! which records nothing, hands none.
 
 use crate::error::Result;
+use crate::ffi::DeviceRange;
 use crate::seal::Seal;
 
 /// The capture of one size, cut at islands.
@@ -19,4 +20,10 @@ pub trait Segments {
 
     /// Begins recording the next segment (allocations from the capture's memory again).
     fn resume(&self, seal: Seal) -> Result<()>;
+
+    /// Whether `range` lies in memory this recording allocated (a segment's tensor, rewritten
+    /// by every replay): an island's input there is copied into a runner-owned buffer before
+    /// each run; any other input (a weight, a model's buffer, a static input) is handed to the
+    /// island as it is, so that what the island writes to it is real, as in a direct call.
+    fn owns(&self, seal: Seal, range: DeviceRange) -> bool;
 }

@@ -1,10 +1,12 @@
-//! The static input buffers of a runner: one per input, of the largest captured size. Each
-//! graph reads a prefix of them; each call's inputs are copied in, and padded, before a replay.
+//! The static input buffers of a runner: one per input, of the largest captured size (and the
+//! largest bucket of a bucketed dimension). Each graph reads a prefix of them; each call's
+//! inputs are copied in, and padded, before a replay.
 
 use crate::backend::Backend;
 use crate::dispatch::{InputSpec, PadValue};
 use crate::error::{Error, Result};
 use crate::ffi::{self, DeviceRange, PadJob};
+use crate::keys::KeySpace;
 use crate::seal::Seal;
 
 /// The runtime's own kernel: all of a replay's input copies in one launch.
@@ -26,6 +28,11 @@ pub(crate) struct StaticInputs<B: Backend, const N: usize> {
     pads: [Option<u32>; N],
     /// The runtime's one-launch copy kernel, when it loaded (else one memcpy per input).
     pad_copy: Option<cudarc::driver::CudaFunction>,
+    /// Each input's trailing dimensions, the bucketed one at its largest bucket.
+    trailing: [Vec<usize>; N],
+    /// Each input's bucketed dimension, if any: (dimension, its index among the key's
+    /// dimension components).
+    bucketed: [Option<(usize, usize)>; N],
 }
 
 impl<B: Backend, const N: usize> StaticInputs<B, N> {
@@ -34,6 +41,7 @@ impl<B: Backend, const N: usize> StaticInputs<B, N> {
         specs: &[InputSpec<B::DType>; N],
         rows: usize,
         pads: &[(usize, PadValue)],
+        keys: &KeySpace,
     ) -> Result<Self> {
         let mut patterns = [None; N];
         for &(input, value) in pads {
@@ -45,9 +53,39 @@ impl<B: Backend, const N: usize> StaticInputs<B, N> {
             };
             patterns[input] = Some(B::pad_pattern(Seal::new(), value, spec.dtype(), input)?);
         }
+        let mut trailing: [Vec<usize>; N] = std::array::from_fn(|i| specs[i].trailing().to_vec());
+        let mut bucketed = [None; N];
+        for (k, d) in keys.dims().iter().enumerate() {
+            let Some(dims) = trailing.get_mut(d.input) else {
+                return Err(Error::invalid(
+                    "buckets",
+                    format!("`{}`: input {} of {N}", d.name, d.input),
+                ));
+            };
+            let Some(size) = dims.get_mut(d.dim - 1) else {
+                return Err(Error::invalid(
+                    "buckets",
+                    format!(
+                        "`{}`: the input's spec has {} dimensions after the batch; dimension {} is not one",
+                        d.name,
+                        dims.len(),
+                        d.dim
+                    ),
+                ));
+            };
+            if bucketed[d.input].is_some() {
+                return Err(Error::invalid(
+                    "buckets",
+                    format!("`{}`: one bucketed dimension per input", d.name),
+                ));
+            }
+            *size = d.buckets.last().copied().unwrap_or(*size);
+            bucketed[d.input] = Some((d.dim, k));
+        }
         let mut buffers = Vec::with_capacity(N);
-        for spec in specs {
-            buffers.push(B::zeros(Seal::new(), dev, spec, rows)?);
+        for (spec, dims) in specs.iter().zip(&trailing) {
+            let widest = InputSpec::new(spec.dtype(), dims)?;
+            buffers.push(B::zeros(Seal::new(), dev, &widest, rows)?);
         }
         let mut ranges = [(DeviceRange::EMPTY, 0); N];
         for (range, buf) in ranges.iter_mut().zip(&buffers) {
@@ -73,14 +111,61 @@ impl<B: Backend, const N: usize> StaticInputs<B, N> {
             widths,
             pads: patterns,
             pad_copy,
+            trailing,
+            bucketed,
         })
     }
 
-    /// Views of the first `rows` rows of every buffer (what the graph of that size reads).
-    pub(crate) fn views(&self, rows: usize) -> Result<[B::Tensor; N]> {
+    /// Each input's dimensions at `rows` rows and the bucketed dimensions' sizes `dims` (one per
+    /// dimension component of the key, in order).
+    fn shape_at(&self, i: usize, rows: usize, dims: &[usize]) -> Vec<usize> {
+        let mut shape = Vec::with_capacity(self.trailing[i].len() + 1);
+        shape.push(rows);
+        shape.extend_from_slice(&self.trailing[i]);
+        if let Some((dim, k)) = self.bucketed[i] {
+            if let Some(&size) = dims.get(k) {
+                shape[dim] = size;
+            }
+        }
+        shape
+    }
+
+    /// Whether input `i` of dtype `dtype` and dimensions `shape` fits its buffer: the spec's
+    /// trailing dimensions, a bucketed one at most its largest bucket.
+    pub(crate) fn accepts(
+        &self,
+        i: usize,
+        spec: &InputSpec<B::DType>,
+        dtype: B::DType,
+        shape: &[usize],
+    ) -> bool
+    where
+        B::DType: PartialEq,
+    {
+        if self.bucketed[i].is_none() {
+            return spec.matches_parts(dtype, shape);
+        }
+        dtype == spec.dtype()
+            && shape.len() == self.trailing[i].len() + 1
+            && shape[1..]
+                .iter()
+                .zip(&self.trailing[i])
+                .enumerate()
+                .all(|(j, (&have, &max))| match self.bucketed[i] {
+                    Some((dim, _)) if dim == j + 1 => have >= 1 && have <= max,
+                    _ => have == max,
+                })
+    }
+
+    /// Views of the first `rows` rows of every buffer, a bucketed dimension at its size in
+    /// `dims` (what the graph of that size and key reads).
+    pub(crate) fn views(&self, rows: usize, dims: &[usize]) -> Result<[B::Tensor; N]> {
         let mut views = Vec::with_capacity(N);
-        for b in &self.buffers {
-            views.push(B::narrow(Seal::new(), b, rows)?);
+        for (i, b) in self.buffers.iter().enumerate() {
+            views.push(match self.bucketed[i] {
+                None => B::narrow(Seal::new(), b, rows)?,
+                Some(_) => B::view_prefix(Seal::new(), b, &self.shape_at(i, rows, dims))?,
+            });
         }
         views
             .try_into()
@@ -105,9 +190,20 @@ impl<B: Backend, const N: usize> StaticInputs<B, N> {
     /// Callers have checked each input against its [`InputSpec`] (dtype, trailing dimensions,
     /// rows no more than the buffer's); all copies go in one kernel launch when the copy kernel
     /// is available.
-    pub(crate) fn fill(&self, dev: &B::Device, inputs: &[&B::Tensor; N]) -> Result<()> {
+    pub(crate) fn fill(
+        &self,
+        dev: &B::Device,
+        inputs: &[&B::Tensor; N],
+        size: usize,
+        dims: &[usize],
+    ) -> Result<()> {
         let mut sources = [DeviceRange::EMPTY; N];
-        for ((src, input), &(dst, row)) in sources.iter_mut().zip(inputs).zip(&self.ranges) {
+        for (i, ((src, input), &(dst, row))) in
+            sources.iter_mut().zip(inputs).zip(&self.ranges).enumerate()
+        {
+            if self.bucketed[i].is_some() {
+                continue;
+            }
             *src = B::range(Seal::new(), input)?;
             if src.bytes > dst.bytes || (row > 0 && src.bytes % row != 0) {
                 return Err(Error::invalid(
@@ -117,6 +213,15 @@ impl<B: Backend, const N: usize> StaticInputs<B, N> {
             }
         }
         let stream = B::stream(Seal::new(), dev);
+        for (i, input) in inputs.iter().enumerate() {
+            if self.bucketed[i].is_some() {
+                self.fill_bucketed(dev, i, input, size, dims)?;
+            }
+        }
+        let plain = |i: usize| self.bucketed[i].is_none();
+        if (0..N).all(|i| !plain(i)) {
+            return Ok(());
+        }
         if let Some(f) = &self.pad_copy {
             let empty = PadJob {
                 dst: DeviceRange::EMPTY,
@@ -124,21 +229,25 @@ impl<B: Backend, const N: usize> StaticInputs<B, N> {
                 pattern: None,
             };
             let mut jobs = [empty; 4];
-            for (((job, &(dst, _)), src), pad) in jobs
+            for (i, (((job, &(dst, _)), src), pad)) in jobs
                 .iter_mut()
                 .zip(&self.ranges)
                 .zip(sources)
                 .zip(&self.pads)
+                .enumerate()
             {
-                *job = PadJob {
-                    dst,
-                    src,
-                    pattern: *pad,
-                };
+                // A bucketed input was copied above: an empty job copies and fills nothing.
+                if plain(i) {
+                    *job = PadJob {
+                        dst,
+                        src,
+                        pattern: *pad,
+                    };
+                }
             }
             return ffi::launch_pad_copy(&stream, f, &jobs[..N]).map_err(Error::driver("pad_copy"));
         }
-        for (i, src) in sources.iter().enumerate() {
+        for (i, src) in sources.iter().enumerate().filter(|&(i, _)| plain(i)) {
             let (dst, _) = self.ranges[i];
             let dst_rows = DeviceRange {
                 ptr: dst.ptr,
@@ -150,6 +259,63 @@ impl<B: Backend, const N: usize> StaticInputs<B, N> {
             }
         }
         Ok(())
+    }
+
+    /// Copies input `i`, whose bucketed dimension is at most the key's size of it, into the
+    /// view the graph of `size` rows at the key reads: the view filled with the pad value first
+    /// (when the input has one), then each run of elements along the bucketed dimension copied
+    /// to the start of its wider run (one strided copy).
+    fn fill_bucketed(
+        &self,
+        dev: &B::Device,
+        i: usize,
+        input: &B::Tensor,
+        size: usize,
+        dims: &[usize],
+    ) -> Result<()> {
+        let Some((dim, _)) = self.bucketed[i] else {
+            return Ok(());
+        };
+        let have = B::shape(Seal::new(), input)?;
+        let want = self.shape_at(i, size, dims);
+        let have = have.dims();
+        if have.len() != want.len()
+            || have[0] > want[0]
+            || have[dim] > want[dim]
+            || have[1..]
+                .iter()
+                .zip(&want[1..])
+                .enumerate()
+                .any(|(j, (h, w))| j + 1 != dim && h != w)
+        {
+            return Err(Error::invalid(
+                "pad_copy",
+                format!("input {i} of shape {have:?} does not fit its buffer at {want:?}"),
+            ));
+        }
+        let width = self.widths[i];
+        let inner: usize = want[dim + 1..].iter().product::<usize>() * width;
+        let outer: usize = have[..dim].iter().product();
+        let (buffer, _) = self.ranges[i];
+        let view_bytes = want.iter().product::<usize>() * width;
+        let view = DeviceRange {
+            ptr: buffer.ptr,
+            bytes: view_bytes.min(buffer.bytes),
+        };
+        let stream = B::stream(Seal::new(), dev);
+        if let Some(pattern) = self.pads[i] {
+            ffi::fill_pattern(&stream, view, pattern, width)
+                .map_err(Error::driver("cuMemsetD32Async"))?;
+        }
+        let src = B::range(Seal::new(), input)?;
+        ffi::copy_2d(
+            &stream,
+            (view, want[dim] * inner),
+            (src, have[dim] * inner),
+            have[dim] * inner,
+            outer,
+        )
+        .map_err(Error::driver("cuMemcpy2DAsync"))
     }
 
     /// Fills the bytes of buffer `i` from `from` (a multiple of the element size) to its end

@@ -1,15 +1,21 @@
-//! What a runner did: replays per size, padding waste, fallbacks, pool bytes, capture times.
+//! What a runner did: replays per graph, padding waste, fallbacks, the keys seen, pool bytes,
+//! capture times.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use crate::keys::KeySpace;
 use crate::pool_capture::CaptureTiming;
 
-/// Figures for one captured size.
+/// Figures for one graph: a captured size (at a key, when the plan has keys beyond the batch).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SizeStats {
     /// The batch size.
     pub size: usize,
+    /// The key of the graph beyond the batch (`max_context ≤ 2048, lora = true`); empty
+    /// without keys.
+    pub key: String,
     /// Whether its graph is captured (always after a capture-at-init; on first use when lazy).
     pub captured: bool,
     /// Replays of this graph.
@@ -24,7 +30,8 @@ pub struct SizeStats {
     pub segments: usize,
     /// Nodes per segment, in launch order.
     pub segment_nodes: Vec<usize>,
-    /// Island runs in replays of this size (each replay runs every island of the size once).
+    /// Island runs in replays of this size (each replay runs every island of the size once;
+    /// bare graph breaks are not counted).
     pub island_calls: u64,
     /// Calls of this size run eagerly through the replay path by the debug mode
     /// (`CUDAGRAPH_EAGER=1`, [`Runner::set_debug_eager`](crate::Runner::set_debug_eager)).
@@ -49,10 +56,14 @@ pub enum FallbackReason {
     /// The size's capture failed and the plan asked to run such sizes eagerly
     /// ([`OnCaptureError::Eager`](crate::OnCaptureError)).
     CaptureFailed,
+    /// A bucketed host value or input dimension is above its largest bucket.
+    AboveBuckets,
+    /// A variant's value is not one of the listed values.
+    UnlistedVariant,
 }
 
 /// Number of [`FallbackReason`]s.
-pub const FALLBACK_REASONS: usize = 4;
+pub const FALLBACK_REASONS: usize = 6;
 
 impl FallbackReason {
     pub(crate) fn index(self) -> usize {
@@ -69,6 +80,10 @@ impl fmt::Display for FallbackReason {
             }
             FallbackReason::StaticChanged => "a static argument differs from its captured value",
             FallbackReason::CaptureFailed => "the capture of this size failed",
+            FallbackReason::AboveBuckets => {
+                "a bucketed value or dimension is above its largest bucket"
+            }
+            FallbackReason::UnlistedVariant => "a variant's value is not listed",
         })
     }
 }
@@ -96,12 +111,110 @@ pub struct RunnerStats {
     /// Calls per batch size `n` (index `n`), up to the largest captured size.
     pub calls_by_batch: Vec<u64>,
     /// Calls with batches larger than every captured size, by batch size.
-    pub calls_over: std::collections::BTreeMap<usize, u64>,
+    pub calls_over: BTreeMap<usize, u64>,
+    /// Calls by the value of each key component beyond the batch.
+    pub keys: KeyHistograms,
     /// Graph-memory-node capture (cudarc, candle): the driver's graph-memory figures for the
     /// device, read after the runner's captures (`None` for cudagraph's own pool). The driver
     /// maps a graph's memory at its first launch, so right after capture `reserved` shows only
     /// what earlier launches left.
     pub graph_memory: Option<crate::GraphMemoryUsage>,
+}
+
+/// What kind of key component a histogram counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// A bucketed host value: counts by the call's value (before rounding up).
+    Value,
+    /// A variant: counts by the index of the listed value.
+    Variant,
+    /// A bucketed input dimension: counts by the call's size of it.
+    Dim,
+}
+
+/// Calls by the value of one key component.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyHistogram {
+    /// The component's name (`max_context`, `lora`, `block_tables[1]`).
+    pub name: &'static str,
+    /// Its kind.
+    pub kind: KeyKind,
+    /// Calls by value (see [`KeyKind`]).
+    pub counts: BTreeMap<u64, u64>,
+}
+
+impl KeyHistogram {
+    /// The histogram as `(value, calls)` pairs, ascending (what
+    /// [`advise_sizes`](crate::advise_sizes) takes for a bucketed value or dimension).
+    pub fn pairs(&self) -> Vec<(usize, u64)> {
+        self.counts
+            .iter()
+            .map(|(&v, &c)| (usize::try_from(v).unwrap_or(usize::MAX), c))
+            .collect()
+    }
+}
+
+/// Calls by the value of every key component beyond the batch (values, variants,
+/// dimensions, in the key's order).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyHistograms {
+    /// One per component.
+    pub components: Vec<KeyHistogram>,
+    /// Calls whose variant was not listed (their host values are not counted).
+    pub unlisted_variants: u64,
+}
+
+impl KeyHistograms {
+    /// Empty histograms for the components of `keys`.
+    pub fn for_keys(keys: &KeySpace) -> Self {
+        let values = keys.values().iter().map(|v| (v.name, KeyKind::Value));
+        let variants = keys.variants().iter().map(|v| (v.name, KeyKind::Variant));
+        let dims = keys.dims().iter().map(|d| (d.name, KeyKind::Dim));
+        Self {
+            components: values
+                .chain(variants)
+                .chain(dims)
+                .map(|(name, kind)| KeyHistogram {
+                    name,
+                    kind,
+                    counts: BTreeMap::new(),
+                })
+                .collect(),
+            unlisted_variants: 0,
+        }
+    }
+
+    /// Counts one call: `host` its bucketed values then variant indices (valid when
+    /// `host_ok`), `dims` its inputs' dimensions.
+    pub(crate) fn record(
+        &mut self,
+        keys: &KeySpace,
+        host: &[u64],
+        dims: &[&[usize]],
+        host_ok: bool,
+    ) {
+        if self.components.is_empty() {
+            return;
+        }
+        if host_ok {
+            for (h, &v) in self.components.iter_mut().zip(host) {
+                *h.counts.entry(v).or_insert(0) += 1;
+            }
+        } else {
+            self.unlisted_variants += 1;
+        }
+        let first = keys.host_components();
+        for (h, d) in self.components[first..].iter_mut().zip(keys.dims()) {
+            if let Some(&size) = dims.get(d.input).and_then(|s| s.get(d.dim)) {
+                *h.counts.entry(size as u64).or_insert(0) += 1;
+            }
+        }
+    }
+
+    /// The histogram of the component named `name`.
+    pub fn get(&self, name: &str) -> Option<&KeyHistogram> {
+        self.components.iter().find(|h| h.name == name)
+    }
 }
 
 impl RunnerStats {

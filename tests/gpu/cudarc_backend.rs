@@ -457,6 +457,51 @@ fn cudarc_a_tensor_kept_by_a_failed_capture_is_backed() {
     stream.context().check_err().expect("no deferred error");
 }
 
+const SQUARE: MlpDims = MlpDims {
+    d_in: 64,
+    d_hidden: 128,
+    d_out: 64,
+};
+
+/// Two cuBLAS MLPs around an island that downloads, computes on the host with a live value of
+/// the call and uploads. The first MLP's output is a graph allocation of the first segment
+/// that the second segment frees (it crosses the island).
+struct TwoMlps {
+    a: CudarcMlp,
+    b: CudarcMlp,
+    /// Set to make the island fail.
+    fail: std::cell::Cell<bool>,
+}
+
+impl TwoMlps {
+    fn new(stream: &Arc<CudaStream>, rng: &mut Rng) -> Self {
+        Self {
+            a: CudarcMlp::new(stream, SQUARE, rng.next_u64()).unwrap(),
+            b: CudarcMlp::new(stream, SQUARE, rng.next_u64()).unwrap(),
+            fail: std::cell::Cell::new(false),
+        }
+    }
+
+    #[cuda_graph(sizes = [1, 2, 4, 8])]
+    fn forward(
+        &self,
+        stream: &Arc<CudaStream>,
+        x: &CudaTensor,
+        islands: &cudagraph::Islands<(f32,), cudagraph::Raw>,
+    ) -> Result<CudaTensor, BoxError> {
+        let h = self.a.forward(stream, x)?;
+        let g = islands.eager(stream, [&h], |s, [h], &(shift,)| -> Result<_, BoxError> {
+            if self.fail.get() {
+                return Err("the island was asked to fail".into());
+            }
+            let host = s.clone_dtoh(&h.view::<f32>()?)?;
+            let shifted: Vec<f32> = host.iter().map(|v| v.max(0.0) + shift).collect();
+            Ok(CudaTensor::from_slice(s.clone_htod(&shifted)?, h.dims())?)
+        })?;
+        self.b.forward(stream, &g)
+    }
+}
+
 /// Issue 26 on plain cudarc: a forward of two cuBLAS MLPs around an island that downloads,
 /// computes on the host with a live value of the call and uploads (a synchronisation and two
 /// host copies, none capturable). Replays equal the direct forward bit for bit at the captured
@@ -464,41 +509,12 @@ fn cudarc_a_tensor_kept_by_a_failed_capture_is_backed() {
 /// row count); the live value changes every call; outputs are poisoned before each run.
 #[test]
 fn cudarc_islands_replay_like_the_direct_forward() {
-    use cudagraph::{Islands, Raw};
+    use cudagraph::Islands;
     let Some(stream) = stream("cudarc_islands_replay_like_the_direct_forward") else {
         return;
     };
-    const SQUARE: MlpDims = MlpDims {
-        d_in: 64,
-        d_hidden: 128,
-        d_out: 64,
-    };
-    struct TwoMlps {
-        a: CudarcMlp,
-        b: CudarcMlp,
-    }
-    impl TwoMlps {
-        #[cuda_graph(sizes = [1, 2, 4, 8])]
-        fn forward(
-            &self,
-            stream: &Arc<CudaStream>,
-            x: &CudaTensor,
-            islands: &Islands<(f32,), Raw>,
-        ) -> Result<CudaTensor, BoxError> {
-            let h = self.a.forward(stream, x)?;
-            let g = islands.eager(stream, [&h], |s, [h], &(shift,)| -> Result<_, BoxError> {
-                let host = s.clone_dtoh(&h.view::<f32>()?)?;
-                let shifted: Vec<f32> = host.iter().map(|v| v.max(0.0) + shift).collect();
-                Ok(CudaTensor::from_slice(s.clone_htod(&shifted)?, h.dims())?)
-            })?;
-            self.b.forward(stream, &g)
-        }
-    }
     let mut rng = Rng(fresh_seed("cudarc_islands_replay_like_the_direct_forward"));
-    let model = TwoMlps {
-        a: CudarcMlp::new(&stream, SQUARE, rng.next_u64()).unwrap(),
-        b: CudarcMlp::new(&stream, SQUARE, rng.next_u64()).unwrap(),
-    };
+    let model = TwoMlps::new(&stream, &mut rng);
     let spec = InputSpec::new(DType::F32, &[SQUARE.d_in]).unwrap();
     let mut graphs = model
         .forward_graphs(&stream, [spec], (0.0,))
@@ -546,5 +562,75 @@ fn cudarc_islands_replay_like_the_direct_forward() {
     );
     drop(graphs);
     stream.synchronize().unwrap();
+    stream.context().check_err().expect("no deferred error");
+}
+
+/// Graph allocations that cross an island (made by a segment launched during the capture, freed
+/// by a later one) are freed when the recording ends: a runner that never replays, a capture
+/// that fails in its island, and an estimate leave the driver's graph memory as they found it
+/// (after a trim). Before the fix each left the first MLP's output allocated.
+#[test]
+fn cudarc_island_crossing_allocations_are_freed() {
+    use cudagraph::{GraphPlan, OnCaptureError};
+    let Some(stream) = stream("cudarc_island_crossing_allocations_are_freed") else {
+        return;
+    };
+    let mut rng = Rng(fresh_seed("cudarc_island_crossing_allocations_are_freed"));
+    let model = TwoMlps::new(&stream, &mut rng);
+    let spec = || [InputSpec::new(DType::F32, &[SQUARE.d_in]).unwrap()];
+    let used = |what: &str| {
+        stream.synchronize().unwrap();
+        GraphMemoryUsage::trim(stream.context()).unwrap();
+        let usage = GraphMemoryUsage::of_context(stream.context()).unwrap();
+        println!("{what}: {usage:?}");
+        usage.used
+    };
+    let baseline = used("baseline");
+    // Captured, never replayed, dropped.
+    let graphs = model
+        .forward_graphs(&stream, spec(), (0.0,))
+        .expect("capture");
+    drop(graphs);
+    assert_eq!(used("a runner dropped without a replay"), baseline);
+    // An estimate.
+    let estimate = model
+        .forward_graph_memory(&stream, spec(), (0.0,))
+        .expect("estimate");
+    assert!(estimate.pool_bytes > 0);
+    assert_eq!(used("after an estimate"), baseline);
+    // The island fails at capture: every size fails (run eagerly instead).
+    model.fail.set(true);
+    let plan = GraphPlan::new("forward", &[1, 2, 4, 8], 0)
+        .unwrap()
+        .on_capture_error(OnCaptureError::Eager);
+    let failed = Runner::capture_live(
+        &stream,
+        plan,
+        spec(),
+        (),
+        (0.0,),
+        |s: &Arc<CudaStream>,
+         [x]: [&CudaTensor; 1],
+         _: &(),
+         islands: &cudagraph::Islands<(f32,), cudagraph::Raw>| {
+            model.forward(s, x, islands).map_err(Error::from_user)
+        },
+    );
+    match failed {
+        Ok(runner) => {
+            for s in &runner.stats().sizes {
+                let error = s.capture_error.as_deref().unwrap_or_default();
+                assert!(
+                    error.contains("in island 1") && error.contains("asked to fail"),
+                    "size {}: {error:?}",
+                    s.size
+                );
+            }
+            drop(runner);
+        }
+        Err(e) => panic!("under OnCaptureError::Eager the runner is built: {e}"),
+    }
+    model.fail.set(false);
+    assert_eq!(used("after captures whose island failed"), baseline);
     stream.context().check_err().expect("no deferred error");
 }

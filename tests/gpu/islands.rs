@@ -94,7 +94,11 @@ fn islands_replay_like_the_direct_forward() -> Result<()> {
         assert_eq!(bits(&rt, &out)?, want, "n = {n}, scale {scale}");
     }
     let calls: u64 = graphs.stats().sizes.iter().map(|s| s.island_calls).sum();
-    assert_eq!(calls, 8 * 5, "5 islands (a break included) per replay");
+    assert_eq!(
+        calls,
+        8 * 4,
+        "4 islands per replay (the bare break is not one)"
+    );
     assert!(graphs.stats().island_buffer_bytes > 0);
     // All segments of all sizes share one pool: no more than the largest size's segments alone.
     let alone = model.forward_graph_memory(&rt, [spec], (0.5,))?;
@@ -198,6 +202,36 @@ fn the_debug_mode_runs_eagerly_through_the_replay_path() -> Result<()> {
     assert_eq!((s.size, s.debug_eager_calls, s.replays), (4, 1, 1));
     graphs.set_debug_eager(false);
     assert!(graphs.run_live([&x], &(), &(3.0,))?.replayed());
+    drop(graphs);
+
+    // Built under CUDAGRAPH_EAGER=1: nothing is captured (a forward whose capture fails is
+    // what one bisects), every call runs through the replay path; turned off, sizes are
+    // captured at first use. (The suite runs its tests one at a time: `run.sh` passes
+    // `--test-threads=1`, so no other test reads the environment meanwhile.)
+    // SAFETY: no other thread of this process reads or writes the environment now.
+    unsafe { std::env::set_var(cudagraph::EAGER_ENV, "1") };
+    let built = model.forward_graphs(&rt, [spec], (1.0,));
+    // SAFETY: as above.
+    unsafe { std::env::remove_var(cudagraph::EAGER_ENV) };
+    let mut graphs = built?;
+    assert!(graphs.debug_eager_enabled());
+    assert_eq!(
+        graphs
+            .stats()
+            .sizes
+            .iter()
+            .map(|s| s.segments)
+            .sum::<usize>(),
+        0
+    );
+    let out = graphs.run_live([&x], &(), &(3.0,))?;
+    assert!(!out.replayed());
+    assert_eq!(bits(&rt, &out)?, replayed);
+    drop(out);
+    graphs.set_debug_eager(false);
+    let out = graphs.run_live([&x], &(), &(3.0,))?;
+    assert!(out.replayed(), "captured at first use");
+    assert_eq!(bits(&rt, &out)?, replayed);
     Ok(())
 }
 
@@ -216,18 +250,19 @@ fn a_live_host_value_reaches_the_island_every_call() -> Result<()> {
         fn forward(&self, rt: &Runtime, x: &Tensor, islands: &Islands<(usize,)>) -> Result<Tensor> {
             let y = ops::scale(rt, x, 2.0)?;
             islands.eager(rt, [&y], |rt, [y], &(longest,)| {
-                let add = rt.upload(&vec![longest as f32; y.numel()], y.shape())?;
+                let add = rt.upload(&vec![bf16::from_f32(longest as f32); y.numel()], y.shape())?;
                 ops::add(rt, y, &add)
             })
         }
     }
-    let spec = InputSpec::new(DType::F32, &[8])?;
+    let spec = InputSpec::new(DType::BF16, &[8])?;
     let mut graphs = Longest.forward_graphs(&rt, [spec], (0,))?;
-    let x = rt.upload(&[1.0f32; 2 * 8], &[2, 8])?;
-    for longest in [17usize, 512, 3, 2048] {
+    let x = rt.upload(&[bf16::ONE; 2 * 8], &[2, 8])?;
+    // (Integers up to 256 are exact in bf16.)
+    for longest in [17usize, 100, 3, 250] {
         let out = graphs.run_live([&x], &(), &(longest,))?;
         assert!(out.replayed());
-        assert_eq!(rt.download::<f32>(&out)?, vec![2.0 + longest as f32; 16]);
+        assert_eq!(rt.download_f32(&out)?, vec![2.0 + longest as f32; 16]);
     }
     Ok(())
 }
@@ -325,5 +360,66 @@ fn a_decoder_with_attention_islands_matches_the_full_graph() -> Result<()> {
         assert_eq!(bits(&rt, k2)?, bits(&rt, k1)?, "keys");
         assert_eq!(bits(&rt, v2)?, bits(&rt, v1)?, "values");
     }
+    Ok(())
+}
+
+/// An island that writes a model buffer passed to it as an input (not borrowed) writes the real
+/// buffer when replayed, as in a direct call: inputs outside the capture's memory are handed
+/// over as they are, only the capture's own tensors are copied. A rank-0 output is refused at
+/// capture with an error that says what to do.
+#[test]
+fn an_island_writes_a_model_buffer_passed_as_input() -> Result<()> {
+    let Some(rt) = gpu("an_island_writes_a_model_buffer_passed_as_input") else {
+        return Ok(());
+    };
+    struct Logger {
+        /// The last call's rows, written by the island.
+        log: Tensor,
+    }
+    impl Logger {
+        #[cuda_graph(sizes = [4])]
+        fn forward(&self, rt: &Runtime, x: &Tensor, islands: &Islands) -> Result<Tensor> {
+            let y = ops::scale(rt, x, 3.0)?;
+            islands.eager(rt, [&y, &self.log], |rt, [y, log], ()| {
+                rt.copy(y, log)?;
+                rt.duplicate(y)
+            })
+        }
+    }
+    let mut rng = Rng(fresh_seed(
+        "an_island_writes_a_model_buffer_passed_as_input",
+    ));
+    let model = Logger {
+        log: rt.zeros(&[4, D], DType::BF16)?,
+    };
+    let spec = InputSpec::new(DType::BF16, &[D])?;
+    let mut graphs = model.forward_graphs(&rt, [spec])?;
+    let (x, _) = upload_bf16(&rt, &rng.vec(4 * D, -1.0, 1.0), &[4, D])?;
+    let out = graphs.run([&x])?;
+    assert!(out.replayed());
+    let want = bits(&rt, &out)?;
+    drop(out);
+    assert_eq!(
+        bits(&rt, &model.log)?,
+        want,
+        "the model's buffer holds this call's rows"
+    );
+
+    struct Scalar;
+    impl Scalar {
+        #[cuda_graph(sizes = [2])]
+        fn forward(&self, rt: &Runtime, x: &Tensor, islands: &Islands) -> Result<Tensor> {
+            let _count =
+                islands.eager(rt, [x], |rt, [x], ()| rt.upload(&[x.rows() as f32], &[]))?;
+            rt.duplicate(x)
+        }
+    }
+    let err = Scalar
+        .forward_graphs(&rt, [spec])
+        .map(drop)
+        .expect_err("a rank-0 output");
+    println!("{err}");
+    assert!(err.to_string().contains("shape [1]"), "{err}");
+    assert!(!rt.is_capturing());
     Ok(())
 }

@@ -15,6 +15,7 @@ mod gemm_lt;
 mod hf;
 mod islands;
 mod kernels;
+mod keys;
 mod memory;
 mod prefill;
 mod reliability;

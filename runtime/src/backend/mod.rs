@@ -212,6 +212,11 @@ mod ops {
         /// The first `rows` rows of `t`, sharing its memory.
         fn narrow(_: Seal, t: &Self::Ten, rows: usize) -> Result<Self::Ten>;
 
+        /// A view of the first elements of contiguous `t` with shape `dims` (at most `t`'s
+        /// elements), sharing its memory: a static input buffer seen with a bucketed dimension's
+        /// size.
+        fn view_prefix(_: Seal, t: &Self::Ten, dims: &[usize]) -> Result<Self::Ten>;
+
         /// A copy of `t` in new memory that outlives every graph.
         fn duplicate(_: Seal, dev: &Self::Dev, t: &Self::Ten) -> Result<Self::Ten>;
 

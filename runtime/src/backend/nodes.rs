@@ -246,6 +246,7 @@ impl Segments for NodeSegments<'_> {
         // SAFETY: the segment reads the model's buffers (borrowed by the runner) and the runner's
         // static inputs; its graph allocations are the driver's, mapped at launch.
         unsafe { exec.launch() }.map_err(Error::driver("cuGraphLaunch"))?;
+        self.ledger.borrow_mut().mark_launched();
         self.done.borrow_mut().push(exec);
         Ok(())
     }
@@ -255,6 +256,10 @@ impl Segments for NodeSegments<'_> {
             ffi::begin_capture(self.stream).map_err(Error::driver("cuStreamBeginCapture"))?;
         *self.capture.borrow_mut() = Some(capture);
         Ok(())
+    }
+
+    fn owns(&self, _: Seal, range: DeviceRange) -> bool {
+        self.ledger.borrow().owns(range)
     }
 }
 
@@ -318,10 +323,19 @@ fn record<B: Backend, E>(
     });
     let guard = segments.capture.into_inner();
     let cut = segments.done.into_inner();
+    // What the segments launched during the capture left allocated, freed once the stream
+    // stops capturing (see `NodeLedger::free_launched`), whatever the outcome.
+    let free_launched = |stream: &Arc<CudaStream>| {
+        ledger.borrow_mut().free_launched(stream).map_err(|e| {
+            tracing::warn!(target: "cudagraph", error = %e, "freeing the graph allocations of launched segments failed");
+            Error::driver("cuMemFreeAsync")(e)
+        })
+    };
     if let Err(e) = recorded {
         // The guard ends and discards the capture. The forward's error is the one reported; an
         // error recorded for later (by a drop) is logged, not put in its place.
         drop(guard);
+        let _ = free_launched(&stream);
         if let Err(d) = stream.context().check_err() {
             tracing::warn!(target: "cudagraph", error = ?d, "a deferred CUDA error, recorded during the failed capture");
         }
@@ -334,6 +348,7 @@ fn record<B: Backend, E>(
         });
     }
     let Some(guard) = guard else {
+        let _ = free_launched(&stream);
         return Err(Error::invalid(
             "island",
             "no segment recorded at the end of the forward",
@@ -341,12 +356,14 @@ fn record<B: Backend, E>(
     };
     guard.disarm();
     let ended = end(&stream);
+    let freed = free_launched(&stream);
     let deferred = stream
         .context()
         .check_err()
         .map_err(Error::driver("deferred (recorded by a drop)"));
     if ended.is_ok() {
         deferred?;
+        freed?;
     } else if let Err(d) = deferred {
         tracing::warn!(target: "cudagraph", error = %d, "a deferred CUDA error, recorded during the failed capture");
     }

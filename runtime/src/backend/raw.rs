@@ -472,6 +472,22 @@ unsafe impl BackendOps for Raw {
         Ok(copy)
     }
 
+    fn view_prefix(_: Seal, t: &CudaTensor, dims: &[usize]) -> Result<CudaTensor> {
+        let shape = Shape::new(dims)?;
+        if shape.numel() > t.shape.numel() {
+            return Err(Error::invalid(
+                "view_prefix",
+                format!("{dims:?} is larger than the tensor's {:?}", t.dims()),
+            ));
+        }
+        Ok(CudaTensor {
+            slice: t.slice.clone(),
+            offset: t.offset,
+            shape,
+            dtype: t.dtype,
+        })
+    }
+
     fn share(_: Seal, t: &CudaTensor) -> Result<CudaTensor> {
         Ok(CudaTensor {
             slice: t.slice.clone(),

@@ -142,13 +142,66 @@ impl<'m, const N: usize, S: StaticArgs + 'm, B: Backend, L: 'm> Runner<'m, N, S,
         runner.measure_largest(dev.as_backend_device())
     }
 
-    /// Captures the largest size of this lazy runner, measures what it holds, releases it all.
+    /// [`estimate_live`](Self::estimate_live) of a plan keyed by more than the batch (see
+    /// [`capture_keyed`](Self::capture_keyed)): the largest size at every variant, its
+    /// bucketed values and dimensions at their largest buckets.
+    #[allow(clippy::too_many_arguments)]
+    pub fn estimate_keyed<D>(
+        dev: &'m D,
+        plan: GraphPlan,
+        specs: [InputSpec<B::DType>; N],
+        statics: S,
+        live: L,
+        host_keys: crate::HostKeys<S>,
+        eager: impl Fn(
+            &B::Device,
+            [&B::Tensor; N],
+            &S,
+            &crate::Islands<'m, '_, B, L>,
+        ) -> Result<B::Tensor>
+        + 'm,
+    ) -> Result<MemoryEstimate>
+    where
+        D: Device<Backend = B> + ?Sized,
+    {
+        let runner = Runner::capture_keyed(
+            dev,
+            plan.with_lazy_capture(true),
+            specs,
+            statics,
+            live,
+            host_keys,
+            eager,
+        )?;
+        runner.measure_largest(dev.as_backend_device())
+    }
+
+    /// Captures the largest size of this lazy runner (at every variant, its bucketed values and
+    /// dimensions at their largest buckets), measures what it holds, releases it all.
     fn measure_largest(mut self, dev: &B::Device) -> Result<MemoryEstimate> {
-        let largest = self.core.plan.table.sizes().len().checked_sub(1);
+        let sizes = self.core.plan.table.sizes().len();
+        let keys = &self.core.plan.keys;
+        let host = keys.host_components();
+        let largest: Vec<usize> = (0..keys.combinations())
+            .filter(|&combo| {
+                let index = keys.indices(combo);
+                let top = |c: usize, len: usize| index[c] + 1 == len;
+                keys.values()
+                    .iter()
+                    .enumerate()
+                    .all(|(c, v)| top(c, v.buckets.len()))
+                    && keys
+                        .dims()
+                        .iter()
+                        .enumerate()
+                        .all(|(k, d)| top(host + k, d.buckets.len()))
+            })
+            .map(|combo| combo * sizes + sizes.saturating_sub(1))
+            .collect();
         let mut need = 0;
-        if let Some(slot) = largest {
+        for slot in largest.into_iter().filter(|_| sizes > 0) {
             self.capture_slot(slot)?;
-            need = self.core.stats.sizes[slot].pool_need;
+            need = need.max(self.core.stats.sizes[slot].pool_need);
         }
         let estimate = MemoryEstimate {
             pool_bytes: B::memory_bytes(Seal::new(), &self.core.memory).max(need),

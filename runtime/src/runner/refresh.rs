@@ -191,11 +191,16 @@ fn refresh_slot<'m, 'n, const N: usize, S: 'm, B: Backend, L: 'm>(
     slot: usize,
 ) -> std::result::Result<(SizeGraph<B>, bool), (Option<SizeGraph<B>>, Error)> {
     let request = runner.request(slot, Warmup::IfNeeded);
-    let views = match runner.core.inputs.views(request.size) {
+    let views = match runner.core.views_for(slot) {
         Ok(views) => views,
         Err(e) => return Err((Some(graph), e)),
     };
-    let (statics, live, bank) = (&runner.core.statics, &runner.core.live, &runner.core.bank);
+    let keyed = runner.core.statics_for(slot);
+    let (statics, live, bank) = (
+        keyed.as_ref().unwrap_or(&runner.core.statics),
+        &runner.core.live,
+        &runner.core.bank,
+    );
     // A re-record can't cut (its segments cut nothing): islands of the new forward here are an
     // error, which `capture_body` reports.
     let islands = RefCell::new(Vec::new());
@@ -234,11 +239,16 @@ fn recapture_slot<'m, 'n, const N: usize, S: 'm, B: Backend, L: 'm>(
 ) -> std::result::Result<(SizeGraph<B>, Vec<IslandRecord<'n, B, L>>), (Option<SizeGraph<B>>, Error)>
 {
     let request = runner.request(slot, Warmup::Always);
-    let views = match runner.core.inputs.views(request.size) {
+    let views = match runner.core.views_for(slot) {
         Ok(views) => views,
         Err(e) => return Err((Some(graph), e)),
     };
-    let (statics, live, bank) = (&runner.core.statics, &runner.core.live, &runner.core.bank);
+    let keyed = runner.core.statics_for(slot);
+    let (statics, live, bank) = (
+        keyed.as_ref().unwrap_or(&runner.core.statics),
+        &runner.core.live,
+        &runner.core.bank,
+    );
     let islands = RefCell::new(Vec::new());
     let mut body = |dev: &B::Device, segments: Option<&dyn crate::backend::Segments>| {
         let refs: [&B::Tensor; N] = std::array::from_fn(|i| &views[i]);

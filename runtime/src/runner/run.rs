@@ -10,6 +10,7 @@ use crate::dispatch::{GraphPlan, InputSpec, OnCaptureError};
 use crate::error::{Error, Result};
 use crate::ffi::ExecGraph;
 use crate::islands::{IslandBank, IslandRecord, IslandRecorder, Islands};
+use crate::keys::{HostKeys, KeyMiss, MAX_KEY_COMPONENTS};
 use crate::policy::Warmup;
 use crate::seal::Seal;
 use crate::static_args::StaticArgs;
@@ -34,7 +35,7 @@ pub type EagerFn<'m, const N: usize, S, B, L = ()> = Box<
         + 'm,
 >;
 
-/// One captured size.
+/// One captured graph (a size, at a key).
 pub(super) struct SizeGraph<B: Backend> {
     /// The first segment (the whole graph without islands).
     pub(super) exec: ExecGraph,
@@ -86,7 +87,7 @@ pub(super) struct SizeGraph<B: Backend> {
 pub struct Runner<'m, const N: usize, S, B: Backend, L = ()> {
     pub(super) dev: &'m B::Device,
     pub(super) eager: EagerFn<'m, N, S, B, L>,
-    /// The islands of each captured size (indexed like the sizes; empty without islands): their
+    /// The islands of each graph (indexed like the graphs; empty without islands): their
     /// closures borrow the model, as the eager forward does.
     pub(super) islands: Vec<Vec<IslandRecord<'m, B, L>>>,
     /// Everything else: what does not borrow the model (moved whole between runners of other
@@ -106,8 +107,11 @@ pub(super) struct RunnerCore<const N: usize, S, B: Backend, L> {
     pub(super) specs: [InputSpec<B::DType>; N],
     pub(super) statics: S,
     pub(super) statics_eq: fn(&S, &S) -> bool,
+    /// The host components of the plan's keys (bucketed values, variants), when it has any.
+    pub(super) host_keys: Option<HostKeys<S>>,
     pub(super) inputs: StaticInputs<B, N>,
-    /// Indexed like `plan.table.sizes()`; `None` until captured (lazy mode).
+    /// One per (size, key): graph `g` is size index `g % sizes` at key combination
+    /// `g / sizes` (see [`keys`](crate::keys)); `None` until captured (lazy mode).
     pub(super) graphs: Vec<Option<SizeGraph<B>>>,
     pub(super) memory: B::Memory,
     pub(super) stats: RunnerStats,
@@ -187,6 +191,7 @@ impl<'m, const N: usize, S: StaticArgs + 'm, B: Backend> Runner<'m, N, S, B> {
                 eager(dev, inputs, statics)
             }),
             (),
+            None,
         )
     }
 }
@@ -216,11 +221,46 @@ impl<'m, const N: usize, S: StaticArgs + 'm, B: Backend, L: 'm> Runner<'m, N, S,
             |a, b| a == b,
             Box::new(eager),
             live,
+            None,
+        )
+    }
+
+    /// [`capture_live`](Self::capture_live) of a plan keyed by more than the batch (see
+    /// [`keys`](crate::keys)): `host_keys` reads the bucket of each bucketed value and the
+    /// index of each variant from a call's statics, and gives the statics each key's graphs are
+    /// captured with (`statics` with the keys' values put in). Dimension buckets come from the
+    /// plan alone. The code `#[cuda_graph(buckets = [..], variants = [..])]` generates calls
+    /// this; the statics `==` compares (see [`with_statics_eq`](Self::with_statics_eq)) should
+    /// then leave the keyed ones out.
+    #[allow(clippy::too_many_arguments)]
+    pub fn capture_keyed<D>(
+        dev: &'m D,
+        plan: GraphPlan,
+        specs: [InputSpec<B::DType>; N],
+        statics: S,
+        live: L,
+        host_keys: HostKeys<S>,
+        eager: impl Fn(&B::Device, [&B::Tensor; N], &S, &Islands<'m, '_, B, L>) -> Result<B::Tensor>
+        + 'm,
+    ) -> Result<Self>
+    where
+        D: Device<Backend = B> + ?Sized,
+    {
+        Self::build(
+            dev.as_backend_device(),
+            plan,
+            specs,
+            statics,
+            |a, b| a == b,
+            Box::new(eager),
+            live,
+            Some(host_keys),
         )
     }
 }
 
 impl<'m, const N: usize, S: 'm, B: Backend, L: 'm> Runner<'m, N, S, B, L> {
+    #[allow(clippy::too_many_arguments)]
     fn build(
         dev: &'m B::Device,
         plan: GraphPlan,
@@ -229,6 +269,7 @@ impl<'m, const N: usize, S: 'm, B: Backend, L: 'm> Runner<'m, N, S, B, L> {
         statics_eq: fn(&S, &S) -> bool,
         eager: EagerFn<'m, N, S, B, L>,
         live: L,
+        host_keys: Option<HostKeys<S>>,
     ) -> Result<Self> {
         if N == 0 {
             return Err(Error::invalid(
@@ -242,37 +283,67 @@ impl<'m, const N: usize, S: 'm, B: Backend, L: 'm> Runner<'m, N, S, B, L> {
                 "batch input index out of range",
             ));
         }
+        if plan.keys.host_components() > 0 && host_keys.is_none() {
+            return Err(Error::invalid(
+                plan.function,
+                "the plan buckets host values or has variants: build the runner with `capture_keyed`, which reads them from the statics",
+            ));
+        }
+        let host_keys = host_keys.filter(|_| plan.keys.host_components() > 0);
+        if let Some(d) = plan.keys.dims().iter().find(|d| d.input >= N) {
+            return Err(Error::invalid(
+                plan.function,
+                format!(
+                    "bucketed dimension `{}` of input {} of {N}",
+                    d.name, d.input
+                ),
+            ));
+        }
         B::forbid_during_capture(Seal::new(), dev, "building a runner")?;
         B::prepare(Seal::new(), dev)?;
         let started = Instant::now();
-        let inputs = StaticInputs::new(dev, &specs, plan.table.max(), &plan.pads)?;
+        let inputs = StaticInputs::new(dev, &specs, plan.table.max(), &plan.pads, &plan.keys)?;
         let sizes = plan.table.sizes().to_vec();
+        let combos = plan.keys.combinations();
+        let graph_count = sizes.len().saturating_mul(combos);
+        if graph_count > crate::keys::MAX_KEYED_GRAPHS {
+            return Err(Error::invalid(
+                plan.function,
+                format!(
+                    "{} sizes x {combos} key combinations make {graph_count} graphs, more than {}",
+                    sizes.len(),
+                    crate::keys::MAX_KEYED_GRAPHS
+                ),
+            ));
+        }
         let stats = RunnerStats {
             function: plan.function,
             static_input_bytes: inputs.bytes(),
             calls_by_batch: vec![0; plan.table.max() + 1],
-            sizes: sizes
-                .iter()
-                .map(|&size| SizeStats {
-                    size,
+            sizes: (0..graph_count)
+                .map(|g| SizeStats {
+                    size: sizes[g % sizes.len()],
+                    key: plan.keys.label(g / sizes.len()),
                     ..Default::default()
                 })
                 .collect(),
+            keys: crate::stats::KeyHistograms::for_keys(&plan.keys),
             ..Default::default()
         };
         let mut runner = Self {
             dev,
             eager,
-            islands: sizes.iter().map(|_| Vec::new()).collect(),
+            islands: (0..graph_count).map(|_| Vec::new()).collect(),
             core: RunnerCore {
                 live,
                 bank: RefCell::new(IslandBank::default()),
                 debug_eager: std::env::var(EAGER_ENV).is_ok_and(|v| v == "1"),
-                graphs: sizes.iter().map(|_| None).collect(),
+                graphs: (0..graph_count).map(|_| None).collect(),
                 plan,
                 specs,
                 statics,
                 statics_eq,
+                host_keys,
                 inputs,
                 memory: B::new_memory(Seal::new(), dev),
                 stats,
@@ -283,11 +354,18 @@ impl<'m, const N: usize, S: 'm, B: Backend, L: 'm> Runner<'m, N, S, B, L> {
         if runner.core.plan.lazy {
             return Ok(runner);
         }
+        if runner.core.debug_eager {
+            // The debug mode captures nothing (a broken capture is what one may be bisecting);
+            // turned off later, each size is captured at its first use.
+            tracing::info!(target: "cudagraph", "`{}`: {EAGER_ENV}=1, no graph captured; every call runs eagerly through the replay path", runner.core.plan.function);
+            return Ok(runner);
+        }
 
-        let progress = progress_bar(runner.core.plan.function, sizes.len());
+        let progress = progress_bar(runner.core.plan.function, graph_count);
         let mut scope = B::freeze(Seal::new(), dev, B::reclaim_policy(Seal::new(), dev))?;
-        for slot in (0..sizes.len()).rev() {
-            progress.set_message(format!("size {}", sizes[slot]));
+        // Largest first: the last combination holds every bucket at its largest.
+        for slot in (0..graph_count).rev() {
+            progress.set_message(runner.graph_label(slot));
             runner.capture_or_mark(slot)?;
             scope.between_graphs()?;
             progress.inc(1);
@@ -328,13 +406,22 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
         }
     }
 
-    /// What a capture of size index `slot` is asked to do.
+    /// What a capture of graph `slot` is asked to do.
     pub(super) fn request(&self, slot: usize, warmup: Warmup) -> CaptureRequest {
         CaptureRequest {
             function: self.core.plan.function,
-            size: self.core.plan.table.sizes()[slot],
+            size: self.core.size_of(slot),
             max_rows: self.core.plan.table.max(),
             warmup,
+        }
+    }
+
+    /// `size 8` or `size 8 (max_context ≤ 2048, lora = true)`: graph `slot`, for messages.
+    pub(super) fn graph_label(&self, slot: usize) -> String {
+        let size = self.core.size_of(slot);
+        match self.core.stats.sizes.get(slot).map(|s| s.key.as_str()) {
+            Some(key) if !key.is_empty() => format!("size {size} ({key})"),
+            _ => format!("size {size}"),
         }
     }
 
@@ -349,12 +436,13 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
         };
         let request = self.request(slot, warmup);
         self.core.inputs.fill_pads(self.dev)?;
-        let views = self.core.inputs.views(request.size)?;
+        let views = self.core.views_for(slot)?;
+        let keyed = self.core.statics_for(slot);
         let islands = RefCell::new(Vec::new());
         let captured = {
             let (eager, statics, live, bank) = (
                 &self.eager,
-                &self.core.statics,
+                keyed.as_ref().unwrap_or(&self.core.statics),
                 &self.core.live,
                 &self.core.bank,
             );
@@ -480,6 +568,7 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
             ));
         };
         let mut shapes_match = true;
+        let mut shapes = Vec::with_capacity(N);
         for (i, t) in inputs.iter().enumerate() {
             B::check_tensor(Seal::new(), self.dev, function, t)?;
             let shape = B::shape(Seal::new(), t)?;
@@ -492,7 +581,11 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
                     ),
                 ));
             }
-            shapes_match &= self.core.specs[i].matches_parts(B::dtype(Seal::new(), t), dims);
+            shapes_match &=
+                self.core
+                    .inputs
+                    .accepts(i, &self.core.specs[i], B::dtype(Seal::new(), t), dims);
+            shapes.push(shape);
         }
         if n == 0 {
             return Err(Error::invalid(function, "empty batch (0 rows)"));
@@ -501,9 +594,13 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
             Some(count) => *count += 1,
             None => *self.core.stats.calls_over.entry(n).or_insert(0) += 1,
         }
-        let slot = self.core.plan.table.slot(n);
+        let dims: [&[usize]; N] = std::array::from_fn(|i| shapes[i].dims());
+        let (graph, key_index) = self.core.dispatch(n, statics, &dims);
+        let slot = graph.ok();
+        // The statics the forward runs with: the buckets' values in place of the call's.
+        let keyed = self.core.statics_at(statics, key_index.as_ref());
         let statics_match = (self.core.statics_eq)(statics, &self.core.statics);
-        if let Some(slot) = slot {
+        if let Some(slot) = slot.filter(|_| !self.core.debug_eager) {
             let failed = self.core.stats.sizes[slot].capture_error.clone();
             match failed {
                 // Lazy capture: the first call that would replay this size captures it.
@@ -516,7 +613,7 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
                 Some(message) if self.core.plan.on_capture_error == OnCaptureError::Abort => {
                     return Err(Error::CaptureFailedEarlier {
                         function,
-                        size: self.core.plan.table.sizes()[slot],
+                        size: self.core.size_of(slot),
                         message,
                     });
                 }
@@ -524,7 +621,7 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
             }
         }
         let reason = match slot {
-            None => Some(FallbackReason::TooLarge),
+            None => Some(graph.err().unwrap_or(FallbackReason::TooLarge)),
             Some(slot) if self.core.stats.sizes[slot].capture_error.is_some() => {
                 Some(FallbackReason::CaptureFailed)
             }
@@ -533,13 +630,33 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
             Some(_) => None,
         };
         match (slot, reason) {
-            (Some(slot), None) if self.core.debug_eager => self.debug_eager(slot, n, &inputs, live),
+            // The debug mode takes every call a graph would replay, also of a size whose capture
+            // failed (it runs eagerly what that graph would have replayed).
+            (Some(slot), None | Some(FallbackReason::CaptureFailed)) if self.core.debug_eager => {
+                self.debug_eager(slot, n, &inputs, keyed.as_ref().unwrap_or(statics), live)
+            }
             (Some(slot), None) => self.replay(slot, n, &inputs, live),
             (_, reason) => {
                 let reason = reason.unwrap_or(FallbackReason::TooLarge);
-                self.fallback(reason, n, inputs, statics, live)
+                self.fallback(reason, n, inputs, keyed.as_ref().unwrap_or(statics), live)
             }
         }
+    }
+
+    /// Copies a call's inputs into the static buffers graph `slot` reads (padded to its size
+    /// and to its key's dimension buckets).
+    fn fill_inputs(&self, slot: usize, inputs: &[&B::Tensor; N]) -> Result<()> {
+        let dims: Vec<usize> = self
+            .core
+            .plan
+            .keys
+            .dim_sizes(self.core.combo_of(slot))
+            .into_iter()
+            .map(|(_, _, size)| size)
+            .collect();
+        self.core
+            .inputs
+            .fill(self.dev, inputs, self.core.size_of(slot), &dims)
     }
 
     fn replay(
@@ -549,7 +666,7 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
         inputs: &[&B::Tensor; N],
         live: &L,
     ) -> Result<Output<'_, B>> {
-        self.core.inputs.fill(self.dev, inputs)?;
+        self.fill_inputs(slot, inputs)?;
         let Some(graph) = &self.core.graphs[slot] else {
             return Err(Error::invalid(
                 self.core.plan.function,
@@ -569,13 +686,26 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
         unsafe { graph.exec.launch() }.map_err(Error::driver("cuGraphLaunch"))?;
         if !islands.is_empty() {
             let bank = self.core.bank.borrow();
-            for (island, segment) in islands.iter().zip(&graph.segments) {
-                island.replay(self.dev, &bank, live)?;
+            let function = self.core.plan.function;
+            let size = self.core.stats.sizes[slot].size;
+            let at = |place: String| {
+                move |e: Error| Error::InForwardPart {
+                    place: format!("`{function}` replayed at size {size}, {place}"),
+                    source: Box::new(e),
+                }
+            };
+            for (k, (island, segment)) in islands.iter().zip(&graph.segments).enumerate() {
+                island
+                    .replay(self.dev, &bank, live)
+                    .map_err(at(format!("island {}", k + 1)))?;
                 // SAFETY: as for the first segment: every segment of a size shares its `keep`,
                 // and the island buffers the segment reads are the runner's (`bank`).
-                unsafe { segment.launch() }.map_err(Error::driver("cuGraphLaunch"))?;
+                unsafe { segment.launch() }
+                    .map_err(Error::driver("cuGraphLaunch"))
+                    .map_err(at(format!("segment {} (after island {})", k + 2, k + 1)))?;
             }
-            self.core.stats.sizes[slot].island_calls += islands.len() as u64;
+            self.core.stats.sizes[slot].island_calls +=
+                islands.iter().filter(|i| !i.is_break()).count() as u64;
         }
         let s = &mut self.core.stats.sizes[slot];
         s.replays += 1;
@@ -605,13 +735,14 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
         slot: usize,
         n: usize,
         inputs: &[&B::Tensor; N],
+        statics: &S,
         live: &L,
     ) -> Result<Output<'_, B>> {
-        let size = self.core.plan.table.sizes()[slot];
-        self.core.inputs.fill(self.dev, inputs)?;
-        let views = self.core.inputs.views(size)?;
+        let size = self.core.size_of(slot);
+        self.fill_inputs(slot, inputs)?;
+        let views = self.core.views_for(slot)?;
         let refs: [&B::Tensor; N] = std::array::from_fn(|i| &views[i]);
-        let full = (self.eager)(self.dev, refs, &self.core.statics, &Islands::direct(live))?;
+        let full = (self.eager)(self.dev, refs, statics, &Islands::direct(live))?;
         drop(views);
         B::check_tensor(Seal::new(), self.dev, self.core.plan.function, &full)?;
         let tensor = B::narrow(Seal::new(), &full, n)?;
@@ -720,6 +851,114 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
         let tensor = (self.eager)(self.dev, inputs, statics, &Islands::direct(live))?;
         B::check_tensor(Seal::new(), self.dev, function, &tensor)?;
         Ok(tensor)
+    }
+}
+
+impl<const N: usize, S, B: Backend, L> RunnerCore<N, S, B, L> {
+    /// The batch size of graph `g`.
+    pub(super) fn size_of(&self, g: usize) -> usize {
+        let sizes = self.plan.table.sizes();
+        sizes[g % sizes.len()]
+    }
+
+    /// The key combination of graph `g`.
+    pub(super) fn combo_of(&self, g: usize) -> usize {
+        g / self.plan.table.sizes().len()
+    }
+
+    /// The static input views graph `g` reads: its size's rows, a bucketed dimension at its
+    /// key's bucket.
+    pub(super) fn views_for(&self, g: usize) -> Result<[B::Tensor; N]> {
+        let dims: Vec<usize> = self
+            .plan
+            .keys
+            .dim_sizes(self.combo_of(g))
+            .into_iter()
+            .map(|(_, _, size)| size)
+            .collect();
+        self.inputs.views(self.size_of(g), &dims)
+    }
+
+    /// The statics graph `g` is captured with, when the plan has host keys: the runner's with
+    /// the key's bucket values and variants put in (`None`: the runner's own).
+    pub(super) fn statics_for(&self, g: usize) -> Option<S> {
+        let host = self.host_keys?;
+        let index = self.plan.keys.indices(self.combo_of(g));
+        Some((host.at)(
+            &self.statics,
+            &index[..self.plan.keys.host_components()],
+        ))
+    }
+
+    /// The graph a call of `n` rows, `statics` and inputs of dimensions `dims` replays, or why
+    /// none: the size's slot at the call's key combination. Also returns the call's key
+    /// indices when its host components all have a graph set (the statics the forward runs
+    /// with put the buckets' values in), and records the key in the stats.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn dispatch(
+        &mut self,
+        n: usize,
+        statics: &S,
+        dims: &[&[usize]],
+    ) -> (
+        std::result::Result<usize, FallbackReason>,
+        Option<[usize; MAX_KEY_COMPONENTS]>,
+    ) {
+        let keys = &self.plan.keys;
+        let (values, host, components) = (
+            keys.values().len(),
+            keys.host_components(),
+            keys.components(),
+        );
+        let mut raw = [0u64; MAX_KEY_COMPONENTS];
+        let mut index = [0usize; MAX_KEY_COMPONENTS];
+        let mut host_miss = None;
+        let mut raw_ok = true;
+        if let Some(host_keys) = self.host_keys {
+            match (host_keys.of)(statics, &mut raw[..host]) {
+                Ok(()) => {
+                    index[values..host].copy_from_slice(
+                        &raw[values..host]
+                            .iter()
+                            .map(|&i| i as usize)
+                            .collect::<Vec<_>>(),
+                    );
+                    if let Err(m) = keys.value_indices(&raw[..values], &mut index[..values]) {
+                        host_miss = Some(m);
+                    }
+                }
+                Err(m) => {
+                    host_miss = Some(m);
+                    raw_ok = false;
+                }
+            }
+        }
+        let dim_miss = keys.dim_indices(dims, &mut index[host..components]).err();
+        self.stats.keys.record(keys, &raw[..host], dims, raw_ok);
+        let miss = host_miss.or(dim_miss);
+        let slot = match (self.plan.table.slot(n), miss) {
+            (None, _) => Err(FallbackReason::TooLarge),
+            (Some(_), Some(KeyMiss::AboveBuckets)) => Err(FallbackReason::AboveBuckets),
+            (Some(_), Some(KeyMiss::UnlistedVariant)) => Err(FallbackReason::UnlistedVariant),
+            (Some(slot), None) => {
+                Ok(slot + self.plan.table.sizes().len() * keys.combination(&index[..components]))
+            }
+        };
+        (slot, host_miss.is_none().then_some(index))
+    }
+
+    /// The statics the forward runs with for a call whose host key indices are `index`: the
+    /// buckets' values put in (`None`: the call's own).
+    pub(super) fn statics_at(
+        &self,
+        statics: &S,
+        index: Option<&[usize; MAX_KEY_COMPONENTS]>,
+    ) -> Option<S> {
+        let (host, index) = (self.host_keys?, index?);
+        Some((host.at)(
+            statics,
+            &index[..self.plan.keys.host_components()],
+        ))
     }
 }
 

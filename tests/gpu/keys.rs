@@ -1,0 +1,202 @@
+//! Graphs keyed by more than the batch (issue 27): a host value rounded up to buckets, a
+//! variant, and an input dimension padded to buckets; every key replays like the eager forward
+//! at the key's values, keys beyond the table fall back with their reason, one pool serves every
+//! graph, lazy capture goes key by key.
+
+use cudagraph::{DType, FallbackReason, InputSpec, Result, Runtime, Tensor, cuda_graph, ops};
+use half::bf16;
+
+use crate::common::{Rng, fresh_seed, gpu};
+
+/// `cols * ctx * mode`: `ctx` rounded up to 16, 64 or 256, `mode` 1 or 2, `cols` padded to 4
+/// or 8 columns with zeros.
+struct Keyed;
+
+impl Keyed {
+    #[cuda_graph(
+        sizes = [1, 2, 4],
+        buckets = [ctx = [16, 64, 256], cols[1] = [4, 8]],
+        variants = [mode = [1, 2]],
+        pad = [cols = 0]
+    )]
+    fn forward(&self, rt: &Runtime, cols: &Tensor, ctx: usize, mode: u8) -> Result<Tensor> {
+        ops::scale(rt, cols, ctx as f32 * f32::from(mode))
+    }
+
+    /// The same, captured key by key on first use.
+    #[cuda_graph(
+        sizes = [1, 2, 4],
+        buckets = [ctx = [16, 64, 256], cols[1] = [4, 8]],
+        variants = [mode = [1, 2]],
+        pad = [cols = 0],
+        capture = lazy
+    )]
+    fn lazy(&self, rt: &Runtime, cols: &Tensor, ctx: usize, mode: u8) -> Result<Tensor> {
+        ops::scale(rt, cols, ctx as f32 * f32::from(mode))
+    }
+}
+
+/// The bucket of `value` in `buckets`.
+fn bucket(buckets: &[usize], value: usize) -> Option<usize> {
+    buckets.iter().copied().find(|&b| value <= b)
+}
+
+/// Random values 1, 2 or 3 (products with the scales stay exact in bf16).
+fn cols(rt: &Runtime, rng: &mut Rng, n: usize, c: usize) -> Result<(Tensor, Vec<f32>)> {
+    let host: Vec<f32> = (0..n * c).map(|_| (1 + rng.below(3)) as f32).collect();
+    let bf: Vec<bf16> = host.iter().copied().map(bf16::from_f32).collect();
+    Ok((rt.upload(&bf, &[n, c])?, host))
+}
+
+/// Every (size, ctx bucket, column bucket, mode) replays what the eager forward computes on
+/// the padded input at the bucket's value, bit for bit; a value one past a boundary uses the
+/// next bucket; the forward sees the padded shape; the pool serves all 36 graphs at the size of
+/// the largest alone (<= 1.05x); calls are histogrammed per key.
+#[test]
+fn every_key_replays_like_eager_at_its_bucket() -> Result<()> {
+    let Some(rt) = gpu("every_key_replays_like_eager_at_its_bucket") else {
+        return Ok(());
+    };
+    let mut rng = Rng(fresh_seed("every_key_replays_like_eager_at_its_bucket"));
+    // The spec's column count is replaced by the largest bucket.
+    let spec = InputSpec::new(DType::BF16, &[8])?;
+    let mut graphs = Keyed.forward_graphs(&rt, [spec])?;
+    let stats = graphs.stats().clone();
+    println!("{stats}");
+    assert_eq!(
+        stats.sizes.len(),
+        3 * 3 * 2 * 2,
+        "sizes x ctx x mode x cols"
+    );
+    assert!(stats.sizes.iter().all(|s| s.captured));
+    let alone = Keyed.forward_graph_memory(&rt, [spec])?;
+    println!(
+        "pool {} B for {} graphs; the largest alone {} B",
+        stats.pool_bytes,
+        stats.sizes.len(),
+        alone.pool_bytes
+    );
+    assert!(stats.pool_bytes as f64 <= 1.05 * alone.pool_bytes as f64);
+    let mut calls = 0;
+    for ctx in [1usize, 16, 17, 64, 65, 200, 256] {
+        for c in [1usize, 4, 5, 8] {
+            for mode in [1u8, 2] {
+                for n in [1usize, 3, 4] {
+                    let (input, host) = cols(&rt, &mut rng, n, c)?;
+                    let ctx_b = bucket(&[16, 64, 256], ctx).unwrap();
+                    let c_b = bucket(&[4, 8], c).unwrap();
+                    graphs.poison_pool()?;
+                    let out = graphs.run_with([&input], &(ctx, mode))?;
+                    calls += 1;
+                    assert!(out.replayed(), "ctx {ctx}, c {c}, mode {mode}, n {n}");
+                    assert_eq!(out.shape(), &[n, c_b], "the forward sees the padded shape");
+                    let got = rt.download_f32(&out)?;
+                    drop(out);
+                    let scale = ctx_b as f32 * f32::from(mode);
+                    for r in 0..n {
+                        for j in 0..c_b {
+                            let want = if j < c { host[r * c + j] * scale } else { 0.0 };
+                            assert_eq!(
+                                got[r * c_b + j],
+                                want,
+                                "ctx {ctx} (bucket {ctx_b}), c {c} (bucket {c_b}), mode {mode}, row {r}, column {j}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let stats = graphs.stats();
+    assert_eq!(stats.replay_count(), calls);
+    assert_eq!(stats.fallback_count(), 0);
+    let ctx_counts = &stats.keys.get("ctx").expect("ctx histogram").counts;
+    assert_eq!(ctx_counts.get(&17), Some(&(4 * 2 * 3)));
+    let col_counts = &stats.keys.get("cols[1]").expect("cols histogram").counts;
+    assert_eq!(col_counts.get(&5), Some(&(7 * 2 * 3)));
+    // Bucket advice from the traffic: two ctx buckets.
+    let advice = cudagraph::advise_sizes(&stats.keys.get("ctx").unwrap().pairs(), 2)?;
+    println!("ctx buckets for this traffic: {:?}", advice.sizes);
+    assert_eq!(advice.sizes.last(), Some(&256));
+    Ok(())
+}
+
+/// Keys beyond the table fall back with their own reason and run the forward on the call's
+/// own values; a variant switched every call replays the right graph set.
+#[test]
+fn keys_beyond_the_table_fall_back_with_their_reason() -> Result<()> {
+    let Some(rt) = gpu("keys_beyond_the_table_fall_back_with_their_reason") else {
+        return Ok(());
+    };
+    let mut rng = Rng(fresh_seed(
+        "keys_beyond_the_table_fall_back_with_their_reason",
+    ));
+    let spec = InputSpec::new(DType::BF16, &[8])?;
+    let mut graphs = Keyed.forward_graphs(&rt, [spec])?;
+    let (input, host) = cols(&rt, &mut rng, 2, 3)?;
+    // A variant switched per call.
+    for (call, mode) in [1u8, 2, 2, 1, 2].into_iter().enumerate() {
+        let out = graphs.run_with([&input], &(20, mode))?;
+        assert!(out.replayed(), "call {call}");
+        let got = rt.download_f32(&out)?;
+        assert_eq!(got[0], host[0] * 64.0 * f32::from(mode), "call {call}");
+    }
+    // ctx above the largest bucket: eager, with the call's own value.
+    let out = graphs.run_with([&input], &(300, 1))?;
+    assert!(!out.replayed());
+    assert_eq!(out.shape(), &[2, 3], "unpadded");
+    assert_eq!(rt.download_f32(&out)?[0], host[0] * 300.0);
+    drop(out);
+    // Columns above the largest bucket.
+    let (wide, wide_host) = cols(&rt, &mut rng, 2, 9)?;
+    let out = graphs.run_with([&wide], &(16, 1))?;
+    assert!(!out.replayed());
+    assert_eq!(rt.download_f32(&out)?[0], wide_host[0] * 16.0);
+    drop(out);
+    // An unlisted variant.
+    let out = graphs.run_with([&input], &(16, 3))?;
+    assert!(!out.replayed());
+    assert_eq!(rt.download_f32(&out)?[0], host[0] * 48.0);
+    drop(out);
+    let stats = graphs.stats();
+    assert_eq!(stats.fallbacks_for(FallbackReason::AboveBuckets), 2);
+    assert_eq!(stats.fallbacks_for(FallbackReason::UnlistedVariant), 1);
+    assert_eq!(stats.keys.unlisted_variants, 1);
+    // A batch too large is that, whatever the key.
+    let (big, _) = cols(&rt, &mut rng, 5, 3)?;
+    assert!(!graphs.run_with([&big], &(16, 1))?.replayed());
+    assert_eq!(graphs.stats().fallbacks_for(FallbackReason::TooLarge), 1);
+    Ok(())
+}
+
+/// Lazy capture goes key by key: a call captures its own (size, key) graph only.
+#[test]
+fn lazy_capture_is_per_key() -> Result<()> {
+    let Some(rt) = gpu("lazy_capture_is_per_key") else {
+        return Ok(());
+    };
+    let mut rng = Rng(fresh_seed("lazy_capture_is_per_key"));
+    let spec = InputSpec::new(DType::BF16, &[8])?;
+    let mut graphs = Keyed.lazy_graphs(&rt, [spec])?;
+    assert_eq!(
+        graphs.stats().sizes.iter().filter(|s| s.captured).count(),
+        0
+    );
+    let (input, host) = cols(&rt, &mut rng, 3, 6)?;
+    let out = graphs.run_with([&input], &(100, 2))?;
+    assert!(out.replayed());
+    assert_eq!(rt.download_f32(&out)?[0], host[0] * 512.0);
+    drop(out);
+    let captured: Vec<(usize, String)> = graphs
+        .stats()
+        .sizes
+        .iter()
+        .filter(|s| s.captured)
+        .map(|s| (s.size, s.key.clone()))
+        .collect();
+    assert_eq!(
+        captured,
+        vec![(4, "ctx ≤ 256, mode = 2, cols[1] = 8".to_owned())]
+    );
+    Ok(())
+}
