@@ -19,7 +19,7 @@ impl Model {
     /// download (a synchronisation: no graph can hold it), then `* 2`.
     #[cuda_graph(sizes = [1, 2, 4, 8])]
     fn forward(&self, rt: &Runtime, x: &Tensor, islands: &Islands<(u32,)>) -> Result<Tensor> {
-        let h = ops::add(rt, x, &self.w)?;
+        let h = ops::add_bias(rt, x, &self.w)?;
         let h = islands.eager(rt, [&h], |rt, [h], &(longest,)| {
             let host = rt.download::<bf16>(h)?; // a host sync, every call
             let shifted: Vec<bf16> = host

@@ -129,16 +129,19 @@ fn key_space(plan: &Plan) -> TokenStream {
         _ => None,
     });
     let dims = plan.dim_buckets.iter().map(|d| {
-        let (label, input, dim) = (
-            &d.label,
-            Literal::usize_unsuffixed(d.input),
-            Literal::usize_unsuffixed(d.dim),
-        );
+        let label = &d.label;
+        let members = d.members.iter().map(|&(input, dim)| {
+            let (input, dim) = (
+                Literal::usize_unsuffixed(input),
+                Literal::usize_unsuffixed(dim),
+            );
+            quote!((#input, #dim))
+        });
         let lits = d
             .buckets
             .iter()
             .map(|&b| Literal::usize_suffixed(b as usize));
-        quote!(.with_dim_buckets(#label, #input, #dim, &[#(#lits),*][..])?)
+        quote!(.with_dim_buckets(#label, &[#(#members),*], &[#(#lits),*][..])?)
     });
     let any = plan.statics.iter().any(|s| s.key.is_some()) || !plan.dim_buckets.is_empty();
     if !any {
@@ -995,7 +998,7 @@ mod tests {
         );
         for needle in [
             "inputs : [:: cudagraph :: InputSpec ; 2] , scale : f32 ,)",
-            ". with_keys (:: cudagraph :: KeySpace :: new () . with_value_buckets (\"ctx\" , & [512u64 , 2048u64] [..]) ? . with_variants (\"lora\" , & [\"false\" , \"true\"] [..]) ? . with_dim_buckets (\"tables[1]\" , 1 , 1 , & [4usize , 16usize] [..]) ?)",
+            ". with_keys (:: cudagraph :: KeySpace :: new () . with_value_buckets (\"ctx\" , & [512u64 , 2048u64] [..]) ? . with_variants (\"lora\" , & [\"false\" , \"true\"] [..]) ? . with_dim_buckets (\"tables[1]\" , & [(1 , 1)] , & [4usize , 16usize] [..]) ?)",
             ":: cudagraph :: __private :: check_buckets_fit :: < usize > (\"ctx\" , & [512u64 , 2048u64]) ? ;",
             ":: cudagraph :: Runner :: capture_keyed (rt , __cg_plan , inputs ,",
             ":: cudagraph :: Runner :: estimate_keyed (rt , __cg_plan , inputs ,",

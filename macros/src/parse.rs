@@ -132,6 +132,8 @@ pub struct BucketEntry {
     pub name: Ident,
     /// The dimension, for a tensor argument.
     pub dim: Option<Num>,
+    /// More tensor dimensions padded to the same bucket (`tokens[1] + positions[1] = [..]`).
+    pub also: Vec<(Ident, Num)>,
     /// The buckets, as written (checked in `validate`).
     pub buckets: Vec<Num>,
     /// The entry's tokens, for errors.
@@ -781,6 +783,33 @@ fn parse_bucket_entry(input: ParseStream) -> syn::Result<BucketEntry> {
     } else {
         None
     };
+    // `a[1] + b[1] = [..]`: dimensions that go together.
+    let mut also = Vec::new();
+    while dim.is_some() && input.peek(Token![+]) {
+        let plus: Token![+] = input.parse()?;
+        plus.to_tokens(&mut tokens);
+        let other: Ident = input
+            .parse()
+            .map_err(|e| syn::Error::new(e.span(), "expected another `name[dim]` after `+`"))?;
+        other.to_tokens(&mut tokens);
+        if !input.peek(syn::token::Bracket) {
+            return Err(input.error(format!(
+                "expected the dimension of `{other}`: `{other}[1]` (dimensions joined by `+` share their buckets)"
+            )));
+        }
+        let content;
+        let bracket = syn::bracketed!(content in input);
+        let mut dim_tokens = TokenStream::new();
+        let other_dim = drain_on_error(&content, |c| {
+            let d = parse_plain_num(c, &mut dim_tokens, "a dimension")?;
+            if !c.is_empty() {
+                return Err(c.error("expected one dimension, e.g. `positions[1]`"));
+            }
+            Ok(d)
+        })?;
+        tokens.extend(quote::quote_spanned!(bracket.span.join()=> [#dim_tokens]));
+        also.push((other, other_dim));
+    }
     if !input.peek(Token![=]) {
         return Err(input.error(format!(
             "expected `=` after `{name}`: write `{name} = [512, 2048]` (the buckets, ascending)"
@@ -808,6 +837,7 @@ fn parse_bucket_entry(input: ParseStream) -> syn::Result<BucketEntry> {
     Ok(BucketEntry {
         name,
         dim,
+        also,
         buckets,
         tokens,
     })

@@ -74,15 +74,14 @@ pub enum KeyRole {
     },
 }
 
-/// A non-batch dimension of a tensor argument padded to buckets (`buckets = [x[1] = [..]]`).
+/// A non-batch dimension of tensor arguments padded to buckets (`buckets = [x[1] = [..]]`, or
+/// `a[1] + b[1] = [..]` for dimensions that share their buckets).
 #[derive(Debug, Clone)]
 pub struct DimBucket {
-    /// `x[1]`, for stats and messages.
+    /// `x[1]` or `a[1]+b[1]`, for stats and messages.
     pub label: String,
-    /// The tensor's index among the tensor arguments.
-    pub input: usize,
-    /// The dimension (1 or more).
-    pub dim: usize,
+    /// (index among the tensor arguments, dimension at least 1) of each member.
+    pub members: Vec<(usize, usize)>,
     /// The buckets (ascending, unique, positive).
     pub buckets: Vec<u64>,
 }
@@ -994,51 +993,79 @@ fn dim_buckets(
     let Some(buckets) = &args.buckets else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    for entry in &buckets.entries {
-        let Some(dim) = entry.dim else {
-            continue;
-        };
-        let name = &entry.name;
+    let tensor_index = |name: &Ident| {
         let mut index = 0;
-        let mut found = None;
         for param in params {
             if param.name.as_ref() == Some(name) {
-                found = Some((&param.kind, index));
-                break;
+                return Some((&param.kind, index));
             }
             if matches!(param.kind, Kind::Tensor) {
                 index += 1;
             }
         }
-        match found {
-            Some((Kind::Tensor, input)) => {
-                if dim.value == 0 {
-                    errors.at(
-                        dim.span,
-                        format!("dimension 0 of `{name}` is the batch, which `sizes` buckets; bucket a dimension after it, e.g. `{name}[1]`"),
-                    );
-                    continue;
+        None
+    };
+    let mut out: Vec<DimBucket> = Vec::new();
+    for entry in &buckets.entries {
+        let Some(dim) = entry.dim else {
+            continue;
+        };
+        let mut members: Vec<(usize, usize)> = Vec::new();
+        let mut labels = Vec::new();
+        let mut ok = true;
+        let named =
+            std::iter::once((&entry.name, dim)).chain(entry.also.iter().map(|(n, d)| (n, *d)));
+        for (name, dim) in named {
+            match tensor_index(name) {
+                Some((Kind::Tensor, input)) => {
+                    if dim.value == 0 {
+                        errors.at(
+                            dim.span,
+                            format!("dimension 0 of `{name}` is the batch, which `sizes` buckets; bucket a dimension after it, e.g. `{name}[1]`"),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                    let mut taken = members.iter().chain(out.iter().flat_map(|d| &d.members));
+                    if taken.any(|&(i, _)| i == input) {
+                        errors.at(
+                            name.span(),
+                            format!(
+                                "`{name}` has a bucketed dimension already: one per tensor argument"
+                            ),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                    members.push((input, dim.value as usize));
+                    labels.push(format!("{name}[{}]", dim.value));
                 }
-                let label = format!("{name}[{}]", dim.value);
-                if let Some(list) = check_bucket_list(&entry.buckets, &label, errors) {
-                    out.push(DimBucket {
-                        label,
-                        input,
-                        dim: dim.value as usize,
-                        buckets: list,
-                    });
+                Some((Kind::Misdeclared(_), _)) => ok = false,
+                Some(_) => {
+                    errors.spanned(
+                        &entry.tokens,
+                        format!("`{name}[..]` buckets a dimension of a `&Tensor` argument, but `{name}` is not one; a host value is bucketed without a dimension: `{name} = [..]`"),
+                    );
+                    ok = false;
+                }
+                None => {
+                    errors.at(
+                        name.span(),
+                        format!(
+                            "`buckets` names `{name}`, but `{fn_name}` has no argument `{name}`"
+                        ),
+                    );
+                    ok = false;
                 }
             }
-            Some((Kind::Misdeclared(_), _)) => {}
-            Some(_) => errors.spanned(
-                &entry.tokens,
-                format!("`{name}[..]` buckets a dimension of a `&Tensor` argument, but `{name}` is not one; a host value is bucketed without a dimension: `{name} = [..]`"),
-            ),
-            None => errors.at(
-                name.span(),
-                format!("`buckets` names `{name}`, but `{fn_name}` has no argument `{name}`"),
-            ),
+        }
+        let label = labels.join("+");
+        if let (true, Some(list)) = (ok, check_bucket_list(&entry.buckets, &label, errors)) {
+            out.push(DimBucket {
+                label,
+                members,
+                buckets: list,
+            });
         }
     }
     out

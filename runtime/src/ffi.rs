@@ -350,48 +350,78 @@ impl CaptureGuard {
     }
 }
 
+impl CaptureGuard {
+    /// Ends and discards the capture as dropping the guard does, first noting in `ledger` the
+    /// frees it recorded (node mode, a segment after an island: what the forward dropped of
+    /// the earlier segments' allocations before it failed).
+    pub(crate) fn discard_into(mut self, ledger: &mut NodeLedger) {
+        if let Some(stream) = self.stream.take() {
+            discard(&stream, Some(ledger));
+        }
+    }
+}
+
 impl Drop for CaptureGuard {
     fn drop(&mut self) {
-        let Some(stream) = self.stream.take() else {
-            return;
-        };
-        let ctx = stream.context();
-        if let Err(e) = bind_quietly(ctx) {
-            ctx.record_err(Err::<(), _>(e));
-            return;
+        if let Some(stream) = self.stream.take() {
+            discard(&stream, None);
         }
-        // SAFETY: `stream` is live and capturing (begun by `begin_capture`, not ended since:
-        // the guard is disarmed by whoever ends it). Ending an invalidated capture returns an
-        // error and still leaves the stream out of capture mode.
-        match unsafe { result::stream::end_capture(stream.cu_stream()) } {
-            Ok(graph) if !graph.is_null() => {
-                // Graph allocations the discarded capture made and did not free are tensors the
-                // forward kept before it failed: launched once, they become ordinary
-                // allocations the driver backs, freed when the tensors holding them drop
-                // (unbacked, reading them would fault and a later graph could be given the same
-                // addresses). As for a capture that succeeded; see `settle_escaped`.
-                if matches!(
-                    check_memory_nodes(graph, MemoryNodes::Allowed),
-                    Err(EndCaptureError::Escaped { .. })
-                ) {
-                    if let Err(e) = settle_escaped(graph, &stream) {
-                        ctx.record_err(Err::<(), _>(e));
-                    }
+    }
+}
+
+/// Ends the capture on `stream` and discards its graph (see [`CaptureGuard`]); frees it recorded
+/// go to `ledger` when given.
+fn discard(stream: &Arc<CudaStream>, ledger: Option<&mut NodeLedger>) {
+    let ctx = stream.context();
+    if let Err(e) = bind_quietly(ctx) {
+        ctx.record_err(Err::<(), _>(e));
+        return;
+    }
+    // SAFETY: `stream` is live and capturing (begun by `begin_capture`, not ended since: the
+    // guard is disarmed by whoever ends it). Ending an invalidated capture returns an error and
+    // still leaves the stream out of capture mode.
+    if let Ok(graph) = unsafe { result::stream::end_capture(stream.cu_stream()) } {
+        if !graph.is_null() {
+            // Graph allocations the discarded capture made and did not free are tensors the
+            // forward kept before it failed: launched once, they become ordinary allocations
+            // the driver backs, freed when the tensors holding them drop (unbacked, reading
+            // them would fault and a later graph could be given the same addresses). As for a
+            // capture that succeeded; see `settle_escaped`. The graph may also free allocations
+            // of earlier segments (node mode, after an island), which the launch runs.
+            let list = memory_nodes(graph).ok();
+            let kept = list
+                .as_ref()
+                .is_some_and(|l| l.allocs.iter().any(|&(ptr, _)| !l.frees.contains(&ptr)));
+            let mut ran = false;
+            if kept {
+                match settle_escaped(graph, stream) {
+                    Ok(()) => ran = true,
+                    Err(e) => ctx.record_err(Err::<(), _>(e)),
                 }
-                // SAFETY: the graph was just returned to us and is used by nobody else.
-                let _ = unsafe { result::graph::destroy(graph) };
             }
-            _ => {}
+            if let (Some(ledger), Some(list)) = (ledger, &list) {
+                let own: std::collections::HashSet<u64> =
+                    list.allocs.iter().map(|&(ptr, _)| ptr).collect();
+                let earlier: Vec<u64> = list
+                    .frees
+                    .iter()
+                    .copied()
+                    .filter(|p| !own.contains(p))
+                    .collect();
+                ledger.note_discarded(&earlier, ran);
+            }
+            // SAFETY: the graph was just returned to us and is used by nobody else.
+            let _ = unsafe { result::graph::destroy(graph) };
         }
-        if std::thread::panicking() {
-            tracing::warn!(
-                "a capture was abandoned (the forward panicked); the stream left capture mode"
-            );
-        } else {
-            tracing::debug!(
-                "a capture was discarded (the forward failed); the stream left capture mode"
-            );
-        }
+    }
+    if std::thread::panicking() {
+        tracing::warn!(
+            "a capture was abandoned (the forward panicked); the stream left capture mode"
+        );
+    } else {
+        tracing::debug!(
+            "a capture was discarded (the forward failed); the stream left capture mode"
+        );
     }
 }
 
@@ -499,11 +529,15 @@ fn memory_nodes(graph: sys::CUgraph) -> Result<MemoryNodeList, DriverError> {
 pub(crate) struct NodeLedger {
     open: std::collections::HashMap<u64, (isize, usize)>,
     /// The memory nodes of the graph applied last (an allocation +1, a free -1), until it is
-    /// launched ([`mark_launched`](Self::mark_launched)) or another is applied.
+    /// launched ([`mark_launched`](Self::mark_launched)) or retired unlaunched.
     last: Vec<(u64, isize)>,
-    /// The allocations of the graphs launched during the recording (the segments cut at
-    /// islands) that no launched graph freed: real memory the driver backs until a free runs.
+    /// Per address, allocations minus frees of the graphs launched during the recording (the
+    /// segments cut at islands): real memory the driver backs until a free runs.
     launched: std::collections::HashMap<u64, isize>,
+    /// Per address, frees recorded in graphs that did not run during the recording (the last
+    /// segment, a discarded one): what the forward dropped, of which the launched ones are
+    /// still backed.
+    pending: std::collections::HashMap<u64, isize>,
 }
 
 impl NodeLedger {
@@ -511,7 +545,7 @@ impl NodeLedger {
     /// is a foreign free. Returns the bytes the graph's allocations take.
     fn apply(&mut self, graph: sys::CUgraph) -> Result<usize, EndCaptureError> {
         let list = memory_nodes(graph)?;
-        self.last.clear();
+        self.retire_last();
         for &(ptr, bytes) in &list.allocs {
             let entry = self.open.entry(ptr).or_insert((0, bytes));
             entry.0 += 1;
@@ -526,6 +560,15 @@ impl NodeLedger {
             self.last.push((ptr, -1));
         }
         Ok(list.allocs.iter().map(|&(_, bytes)| bytes).sum())
+    }
+
+    /// The graph applied last did not run: its frees are pending.
+    fn retire_last(&mut self) {
+        for (ptr, delta) in self.last.drain(..) {
+            if delta < 0 {
+                *self.pending.entry(ptr).or_default() += 1;
+            }
+        }
     }
 
     /// Whether `range` starts inside an allocation of the segments so far that no segment freed.
@@ -543,28 +586,45 @@ impl NodeLedger {
         }
     }
 
+    /// Notes the frees of a discarded capture (a segment the forward failed in): `ran` says
+    /// whether the graph was launched once anyway (to back allocations it kept).
+    fn note_discarded(&mut self, frees: &[u64], ran: bool) {
+        for &ptr in frees {
+            if ran {
+                *self.launched.entry(ptr).or_default() -= 1;
+            } else {
+                *self.pending.entry(ptr).or_default() += 1;
+            }
+        }
+    }
+
     /// Frees, on `stream` (not capturing), the allocations of the graphs launched during the
-    /// recording that no launched graph freed: a segment cut at an island allocated them and a
-    /// later segment, not launched during the capture, frees them (or the capture failed
-    /// before it). Without this they would stay backed until the size's next replay (the
-    /// first segment's `AUTO_FREE_ON_LAUNCH`), or forever for a size never replayed, an
-    /// estimate, or a failed capture. Freed here, the next launch of the segment that
-    /// allocates them maps them again (the driver's rule for graph allocations freed outside
-    /// their graph). Returns the first error; every address is tried.
+    /// recording that the forward dropped after them, in a graph that did not run: a segment
+    /// cut at an island allocated them and the last segment (not launched during the capture),
+    /// or a segment discarded when the capture failed, frees them. Without this they would stay
+    /// backed until the size's next replay (the first segment's `AUTO_FREE_ON_LAUNCH`), or
+    /// forever for a size never replayed, an estimate, or a failed capture. What the forward
+    /// kept (freed by no graph) is left to the tensors holding it. Freed here, the next launch
+    /// of the segment that allocates them maps them again (the driver's rule for graph
+    /// allocations freed outside their graph). Returns the first error; every address is tried.
     pub(crate) fn free_launched(&mut self, stream: &Arc<CudaStream>) -> Result<(), DriverError> {
+        self.retire_last();
         let mut first = Ok(());
-        for (ptr, left) in self.launched.drain() {
-            for _ in 0..left.max(0) {
-                // SAFETY: `ptr` is a graph allocation a launched graph of this recording made
-                // and no launched graph freed (the ledger's count); nothing of the recording
-                // reads it any more (the stream does not capture: the caller ended or discarded
-                // the capture), and each unfreed allocation is freed once.
+        for (ptr, backed) in self.launched.drain() {
+            let dropped = self.pending.get(&ptr).copied().unwrap_or(0);
+            for _ in 0..backed.min(dropped).max(0) {
+                // SAFETY: `ptr` is a graph allocation a launched graph of this recording made,
+                // that no launched graph freed and that the forward dropped (a free recorded in
+                // a graph that did not run): no tensor holds it, nothing of the recording reads
+                // it any more (the stream does not capture: the caller ended or discarded the
+                // capture), and each such allocation is freed once.
                 let freed = unsafe { sys::cuMemFreeAsync(ptr, stream.cu_stream()) }.result();
                 if first.is_ok() {
                     first = freed;
                 }
             }
         }
+        self.pending.clear();
         first
     }
 

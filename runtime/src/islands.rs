@@ -366,23 +366,20 @@ impl<'i, 'a, B: Backend, L> IslandRecorder<'i, 'a, B, L> {
         live: &L,
     ) -> Result<Option<B::Tensor>> {
         let n = self.records.borrow().len() + 1;
-        // Where the inputs lie: in the capture's memory (copied at each run), or elsewhere.
         self.failed_in.set(Some(Place::Island(n)));
-        let mut described = Vec::with_capacity(inputs.len());
+        let mut ranges = Vec::with_capacity(inputs.len());
         for t in inputs {
             B::check_tensor(Seal::new(), dev, "an island's input", t)?;
-            let range = B::range(Seal::new(), t)?;
-            described.push(if self.segments.owns(Seal::new(), range) {
-                Found::Copy(B::dtype(Seal::new(), t), B::shape(Seal::new(), t)?, range)
-            } else {
-                Found::Share(B::share(Seal::new(), t)?)
-            });
+            ranges.push(B::range(Seal::new(), t)?);
         }
         self.failed_in.set(Some(Place::Segment(n)));
         self.segments.cut(Seal::new())?;
         // Between two segments: the device does not capture.
         self.failed_in.set(Some(Place::Island(n)));
-        let ran = self.run_now(dev, described, f.as_ref(), live);
+        // Where the inputs lie: in the capture's memory (copied at each run), or elsewhere. Asked
+        // after the cut: node mode knows a segment's allocations once it ended.
+        let described = self.describe(inputs, &ranges);
+        let ran = described.and_then(|described| self.run_now(dev, described, f.as_ref(), live));
         let resumed = self.segments.resume(Seal::new());
         let (inputs, output) = ran?;
         self.failed_in.set(Some(Place::Segment(n + 1)));
@@ -400,6 +397,22 @@ impl<'i, 'a, B: Backend, L> IslandRecorder<'i, 'a, B, L> {
             .push(IslandRecord { f, inputs, output });
         self.failed_in.set(None);
         Ok(value)
+    }
+
+    /// Each input as the island will get it: a copy, for a tensor in the capture's own memory
+    /// (`ranges`: where each lies), or a shared handle to any other.
+    fn describe(&self, inputs: &[&B::Tensor], ranges: &[DeviceRange]) -> Result<Vec<Found<B>>> {
+        inputs
+            .iter()
+            .zip(ranges)
+            .map(|(t, &range)| {
+                Ok(if self.segments.owns(Seal::new(), range) {
+                    Found::Copy(B::dtype(Seal::new(), t), B::shape(Seal::new(), t)?, range)
+                } else {
+                    Found::Share(B::share(Seal::new(), t)?)
+                })
+            })
+            .collect()
     }
 
     /// The island's first run: its inputs copied into the bank, `f` on views of them, its

@@ -41,17 +41,17 @@ pub struct Variants {
     pub labels: Cow<'static, [&'static str]>,
 }
 
-/// A non-batch dimension of an input padded to buckets (`buckets = [block_tables[1] = [64,
-/// 256]]`): the forward sees the bucket's size, the rows past the call's hold the input's pad
-/// value.
+/// A non-batch dimension of one or more inputs padded to buckets (`buckets = [block_tables[1]
+/// = [64, 256]]`; `tokens[1] + positions[1] = [1, 2, 4]` for dimensions that go together):
+/// the forward sees the bucket's size, the entries past the call's hold the input's pad value.
+/// The call's size of it is the largest of its members'.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DimBuckets {
-    /// The input's name (with the dimension, as written: `block_tables[1]`).
+    /// Its name, as written (`block_tables[1]`, `tokens[1]+positions[1]`).
     pub name: &'static str,
-    /// The input's index among the tensor inputs.
-    pub input: usize,
-    /// The dimension (1 or more: 0 is the batch).
-    pub dim: usize,
+    /// The (input index among the tensor inputs, dimension) pairs it pads; each dimension 1 or
+    /// more (0 is the batch), each input at most once.
+    pub members: Vec<(usize, usize)>,
     /// The buckets, ascending, unique, positive.
     pub buckets: Cow<'static, [usize]>,
 }
@@ -137,6 +137,18 @@ pub const fn bucket_index(buckets: &[u64], value: u64) -> Option<usize> {
     None
 }
 
+impl DimBuckets {
+    /// The call's size of this dimension: the largest of its members' in `dims` (the inputs'
+    /// shapes, batch first).
+    pub fn size_in(&self, dims: &[&[usize]]) -> usize {
+        self.members
+            .iter()
+            .filter_map(|&(input, dim)| dims.get(input).and_then(|s| s.get(dim)).copied())
+            .max()
+            .unwrap_or(0)
+    }
+}
+
 impl KeySpace {
     /// No component: one combination (the batch alone keys the graphs).
     pub fn new() -> Self {
@@ -172,33 +184,47 @@ impl KeySpace {
         self.check()
     }
 
-    /// Adds a bucketed dimension `dim` (at least 1) of tensor input `input`.
+    /// Adds a bucketed dimension: `members` are (tensor input, dimension at least 1) pairs
+    /// padded to the same bucket (one input at most once across every bucketed dimension).
     pub fn with_dim_buckets(
         mut self,
         name: &'static str,
-        input: usize,
-        dim: usize,
+        members: &[(usize, usize)],
         buckets: impl Into<Cow<'static, [usize]>>,
     ) -> Result<Self> {
         let buckets = buckets.into();
         let wide: Vec<u64> = buckets.iter().map(|&b| b as u64).collect();
         check_buckets(name, &wide)?;
-        if dim == 0 {
+        if members.is_empty() {
             return Err(Error::invalid(
                 "buckets",
-                format!("`{name}`: dimension 0 is the batch; bucket a dimension after it"),
+                format!("`{name}` names no dimension"),
             ));
         }
-        if self.dims.iter().any(|d| d.input == input && d.dim == dim) {
-            return Err(Error::invalid(
-                "buckets",
-                format!("`{name}` is bucketed twice"),
-            ));
+        for (k, &(input, dim)) in members.iter().enumerate() {
+            if dim == 0 {
+                return Err(Error::invalid(
+                    "buckets",
+                    format!("`{name}`: dimension 0 is the batch; bucket a dimension after it"),
+                ));
+            }
+            let mut taken = self
+                .dims
+                .iter()
+                .flat_map(|d| &d.members)
+                .chain(&members[..k]);
+            if taken.any(|&(i, _)| i == input) {
+                return Err(Error::invalid(
+                    "buckets",
+                    format!(
+                        "`{name}`: input {input} has a bucketed dimension already (one per input)"
+                    ),
+                ));
+            }
         }
         self.dims.push(DimBuckets {
             name,
-            input,
-            dim,
+            members: members.to_vec(),
             buckets,
         });
         self.check()
@@ -316,11 +342,7 @@ impl KeySpace {
         out: &mut [usize],
     ) -> std::result::Result<(), KeyMiss> {
         for (d, slot) in self.dims.iter().zip(out.iter_mut()) {
-            let value = dims
-                .get(d.input)
-                .and_then(|shape| shape.get(d.dim))
-                .copied()
-                .unwrap_or(0);
+            let value = d.size_in(dims);
             let wide: &[usize] = &d.buckets;
             *slot = wide
                 .iter()
@@ -330,22 +352,15 @@ impl KeySpace {
         Ok(())
     }
 
-    /// The size of each bucketed dimension at combination `combo`, as `(input, dim, size)`.
-    pub fn dim_sizes(&self, combo: usize) -> Vec<(usize, usize, usize)> {
+    /// The size of each bucketed dimension at combination `combo`, one per dimension
+    /// component.
+    pub fn dim_sizes(&self, combo: usize) -> Vec<usize> {
         let index = self.indices(combo);
         let first = self.host_components();
         self.dims
             .iter()
             .enumerate()
-            .map(|(k, d)| (d.input, d.dim, d.buckets[index[first + k]]))
-            .collect()
-    }
-
-    /// The largest bucket of each bucketed dimension, as `(input, dim, size)`.
-    pub fn max_dims(&self) -> Vec<(usize, usize, usize)> {
-        self.dims
-            .iter()
-            .map(|d| (d.input, d.dim, d.buckets.last().copied().unwrap_or(0)))
+            .map(|(k, d)| d.buckets[index[first + k]])
             .collect()
     }
 
@@ -386,7 +401,7 @@ mod tests {
             .unwrap()
             .with_variants("lora", &LORA[..])
             .unwrap()
-            .with_dim_buckets("block_tables[1]", 1, 1, &COLS[..])
+            .with_dim_buckets("block_tables[1]", &[(1, 1)], &COLS[..])
             .unwrap()
     }
 
@@ -427,8 +442,15 @@ mod tests {
             k.dim_indices(&[&[4], &[4, 257]], &mut out),
             Err(KeyMiss::AboveBuckets)
         );
-        assert_eq!(k.dim_sizes(k.combination(&[0, 0, 1])), vec![(1, 1, 256)]);
-        assert_eq!(k.max_dims(), vec![(1, 1, 256)]);
+        assert_eq!(k.dim_sizes(k.combination(&[0, 0, 1])), vec![256]);
+        // Dimensions that go together: the largest member picks the bucket.
+        static Q: [usize; 3] = [1, 2, 4];
+        let q = KeySpace::new()
+            .with_dim_buckets("tokens[1]+positions[1]", &[(0, 1), (1, 1)], &Q[..])
+            .unwrap();
+        let mut out = [0];
+        q.dim_indices(&[&[2, 3], &[2, 1]], &mut out).unwrap();
+        assert_eq!(out, [2], "3 columns: the bucket of 4");
     }
 
     #[test]
@@ -442,14 +464,20 @@ mod tests {
         assert!(KeySpace::new().with_value_buckets("a", &DOWN[..]).is_err());
         assert!(
             KeySpace::new()
-                .with_dim_buckets("x[0]", 0, 0, &COLS[..])
+                .with_dim_buckets("x[0]", &[(0, 0)], &COLS[..])
                 .is_err()
         );
         assert!(
             KeySpace::new()
-                .with_dim_buckets("x[1]", 0, 1, &COLS[..])
+                .with_dim_buckets("x[1]", &[(0, 1)], &COLS[..])
                 .unwrap()
-                .with_dim_buckets("x[1]", 0, 1, &COLS[..])
+                .with_dim_buckets("x[2]", &[(0, 2)], &COLS[..])
+                .is_err(),
+            "one bucketed dimension per input"
+        );
+        assert!(
+            KeySpace::new()
+                .with_dim_buckets("none", &[], &COLS[..])
                 .is_err()
         );
         static NONE: [&str; 0] = [];

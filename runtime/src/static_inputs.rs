@@ -56,31 +56,32 @@ impl<B: Backend, const N: usize> StaticInputs<B, N> {
         let mut trailing: [Vec<usize>; N] = std::array::from_fn(|i| specs[i].trailing().to_vec());
         let mut bucketed = [None; N];
         for (k, d) in keys.dims().iter().enumerate() {
-            let Some(dims) = trailing.get_mut(d.input) else {
-                return Err(Error::invalid(
-                    "buckets",
-                    format!("`{}`: input {} of {N}", d.name, d.input),
-                ));
-            };
-            let Some(size) = dims.get_mut(d.dim - 1) else {
-                return Err(Error::invalid(
-                    "buckets",
-                    format!(
-                        "`{}`: the input's spec has {} dimensions after the batch; dimension {} is not one",
-                        d.name,
-                        dims.len(),
-                        d.dim
-                    ),
-                ));
-            };
-            if bucketed[d.input].is_some() {
-                return Err(Error::invalid(
-                    "buckets",
-                    format!("`{}`: one bucketed dimension per input", d.name),
-                ));
+            for &(input, dim) in &d.members {
+                let Some(dims) = trailing.get_mut(input) else {
+                    return Err(Error::invalid(
+                        "buckets",
+                        format!("`{}`: input {input} of {N}", d.name),
+                    ));
+                };
+                let Some(size) = dim.checked_sub(1).and_then(|j| dims.get_mut(j)) else {
+                    return Err(Error::invalid(
+                        "buckets",
+                        format!(
+                            "`{}`: input {input}'s spec has {} dimensions after the batch; dimension {dim} is not one",
+                            d.name,
+                            dims.len(),
+                        ),
+                    ));
+                };
+                if bucketed[input].is_some() {
+                    return Err(Error::invalid(
+                        "buckets",
+                        format!("`{}`: one bucketed dimension per input", d.name),
+                    ));
+                }
+                *size = d.buckets.last().copied().unwrap_or(*size);
+                bucketed[input] = Some((dim, k));
             }
-            *size = d.buckets.last().copied().unwrap_or(*size);
-            bucketed[d.input] = Some((d.dim, k));
         }
         let mut buffers = Vec::with_capacity(N);
         for (spec, dims) in specs.iter().zip(&trailing) {

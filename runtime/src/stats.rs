@@ -205,9 +205,7 @@ impl KeyHistograms {
         }
         let first = keys.host_components();
         for (h, d) in self.components[first..].iter_mut().zip(keys.dims()) {
-            if let Some(&size) = dims.get(d.input).and_then(|s| s.get(d.dim)) {
-                *h.counts.entry(size as u64).or_insert(0) += 1;
-            }
+            *h.counts.entry(d.size_in(dims) as u64).or_insert(0) += 1;
         }
     }
 

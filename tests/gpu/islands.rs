@@ -35,7 +35,7 @@ impl IslandModel {
     fn forward(&self, rt: &Runtime, x: &Tensor, islands: &Islands<(f32,)>) -> Result<Tensor> {
         // An island first thing (the first segment is empty).
         let a = islands.eager(rt, [x], |rt, [x], &(scale,)| ops::scale(rt, x, scale))?;
-        let b = ops::add(rt, &a, &self.w)?;
+        let b = ops::add_bias(rt, &a, &self.w)?;
         // Two in a row, the first synchronising with the host.
         let c = islands.eager(rt, [&b], |rt, [b], _| {
             if self.fail.get() {
@@ -286,7 +286,8 @@ fn capture_errors_name_the_segment_and_the_island() -> Result<()> {
         .expect_err("island 2 fails");
     println!("{err}");
     let text = err.to_string();
-    for want in ["`forward`", "size 1", "in island 2", "asked to fail"] {
+    // (Sizes capture largest first: size 8 is the first that fails.)
+    for want in ["`forward`", "size 8", "in island 2", "asked to fail"] {
         assert!(text.contains(want), "{want:?} missing from: {text}");
     }
     assert!(!rt.is_capturing());

@@ -4,7 +4,9 @@
 //   q        [n, q_heads * head_dim]
 //   k_cache, v_cache [batch_slots, max_t, kv_heads, head_dim]; row b reads slot b, or every
 //            row reads slot `slot` when slot >= 0 (attention_decode_bf16 only: the causal
-//            attention of a prefill chunk, whose keys rope_kv_write_bf16 wrote before)
+//            attention of a prefill chunk, whose keys rope_kv_write_bf16 wrote before), or
+//            row b reads slot b / q when slot = -q (attention_decode_bf16 only: q tokens of
+//            each sequence, consecutive rows, e.g. a draft to verify); slot = -1 is row b
 //   positions[n] (int32): row b attends over cache positions 0..=pos; pos >= max_t is
 //            clamped to max_t - 1. A negative pos marks a padded row (vLLM's PAD_SLOT_ID):
 //            its output row is all zeros and it reads no cache.
@@ -224,7 +226,7 @@ extern "C" __global__ void attention_decode_bf16(
                                + (unsigned long long)head) * d;
     // Element (t, i) of this row's cache slot and kv head: base + t * t_stride + i.
     const unsigned long long t_stride = (unsigned long long)kv_heads * d;
-    const unsigned long long cache_slot = (unsigned long long)(slot >= 0 ? slot : b);
+    const unsigned long long cache_slot = (unsigned long long)(slot >= 0 ? slot : b / (-slot));
     const unsigned long long slot_base =
         cache_slot * (unsigned long long)max_t * t_stride
         + (unsigned long long)kv_head * d;

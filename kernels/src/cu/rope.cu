@@ -7,7 +7,8 @@
 //   positions[n] (int32): a negative position marks a padded row (see below); a position
 //            >= max_t is clamped to max_t - 1 (never an out-of-bounds write)
 //   k_cache, v_cache [batch_slots, max_t, kv_heads, head_dim]; row b uses slot b, or every
-//            row uses slot `slot` when slot >= 0 (a prefill chunk of one sequence)
+//            row uses slot `slot` when slot >= 0 (a prefill chunk of one sequence), or row b
+//            uses slot b / q when slot = -q (q tokens of each sequence in consecutive rows)
 //   q_out    [n, q_heads * head_dim]
 //   q_norm, k_norm [head_dim] or null (both null: no norm)
 //
@@ -59,7 +60,8 @@ extern "C" __global__ void rope_kv_write_bf16(
         return;
     }
     pos = pos > max_t - 1 ? max_t - 1 : pos;
-    const unsigned long long cache_slot = (unsigned long long)(slot >= 0 ? slot : b);
+    // slot >= 0: every row's; slot = -q: row b's sequence is b / q (q = 1: row b).
+    const unsigned long long cache_slot = (unsigned long long)(slot >= 0 ? slot : b / (-slot));
 
     const bf16_t* src = qkv + ((unsigned long long)b * (unsigned long long)total_heads
                                + (unsigned long long)head) * d;

@@ -22,6 +22,9 @@ pub(crate) enum CacheRows<'a> {
     PerRow,
     /// Every row uses the chunk's slot.
     Chunk(&'a PrefillChunk),
+    /// Row `b` uses slot `b / q`: `q` tokens of each sequence in consecutive rows (a draft to
+    /// verify, or a multi-token decode step).
+    Groups(usize),
 }
 
 impl CacheRows<'_> {
@@ -32,6 +35,30 @@ impl CacheRows<'_> {
             CacheRows::PerRow => {
                 check_slots(op, slots, n)?;
                 Ok((-1, 0))
+            }
+            CacheRows::Groups(q) => {
+                let q32 = i32::try_from(*q).ok().filter(|&q| q >= 1).ok_or_else(|| {
+                    Error::invalid(
+                        op,
+                        format!("{q} tokens per sequence: at least 1, at most i32::MAX"),
+                    )
+                })?;
+                if n % q != 0 {
+                    return Err(Error::invalid(
+                        op,
+                        format!("{n} rows are not whole sequences of {q} tokens"),
+                    ));
+                }
+                if slots < n / q {
+                    return Err(Error::invalid(
+                        op,
+                        format!(
+                            "the KV cache has {slots} slots for {} sequences of {q} tokens (rows b*{q}.. use slot b)",
+                            n / q
+                        ),
+                    ));
+                }
+                Ok((-q32, 0))
             }
             CacheRows::Chunk(chunk) => {
                 if chunk.slot >= slots {

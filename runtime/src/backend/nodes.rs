@@ -332,9 +332,12 @@ fn record<B: Backend, E>(
         })
     };
     if let Err(e) = recorded {
-        // The guard ends and discards the capture. The forward's error is the one reported; an
-        // error recorded for later (by a drop) is logged, not put in its place.
-        drop(guard);
+        // The guard ends and discards the capture (noting what it freed of the launched
+        // segments' allocations). The forward's error is the one reported; an error recorded
+        // for later (by a drop) is logged, not put in its place.
+        if let Some(guard) = guard {
+            guard.discard_into(&mut ledger.borrow_mut());
+        }
         let _ = free_launched(&stream);
         if let Err(d) = stream.context().check_err() {
             tracing::warn!(target: "cudagraph", error = ?d, "a deferred CUDA error, recorded during the failed capture");

@@ -290,12 +290,17 @@ impl<'m, const N: usize, S: 'm, B: Backend, L: 'm> Runner<'m, N, S, B, L> {
             ));
         }
         let host_keys = host_keys.filter(|_| plan.keys.host_components() > 0);
-        if let Some(d) = plan.keys.dims().iter().find(|d| d.input >= N) {
+        if let Some(d) = plan
+            .keys
+            .dims()
+            .iter()
+            .find(|d| d.members.iter().any(|&(input, _)| input >= N))
+        {
             return Err(Error::invalid(
                 plan.function,
                 format!(
-                    "bucketed dimension `{}` of input {} of {N}",
-                    d.name, d.input
+                    "bucketed dimension `{}` names an input past the {N} inputs",
+                    d.name
                 ),
             ));
         }
@@ -601,6 +606,14 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
         let keyed = self.core.statics_at(statics, key_index.as_ref());
         let statics_match = (self.core.statics_eq)(statics, &self.core.statics);
         if let Some(slot) = slot.filter(|_| !self.core.debug_eager) {
+            // A graph whose memory was withdrawn since (a capture that failed or panicked after
+            // keeping a tensor set its chunk aside) is captured again before it replays.
+            if self.core.graphs[slot]
+                .as_ref()
+                .is_some_and(|g| !B::usable(Seal::new(), &self.core.memory, &g.keep))
+            {
+                self.drop_unusable();
+            }
             let failed = self.core.stats.sizes[slot].capture_error.clone();
             match failed {
                 // Lazy capture: the first call that would replay this size captures it.
@@ -646,14 +659,7 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
     /// Copies a call's inputs into the static buffers graph `slot` reads (padded to its size
     /// and to its key's dimension buckets).
     fn fill_inputs(&self, slot: usize, inputs: &[&B::Tensor; N]) -> Result<()> {
-        let dims: Vec<usize> = self
-            .core
-            .plan
-            .keys
-            .dim_sizes(self.core.combo_of(slot))
-            .into_iter()
-            .map(|(_, _, size)| size)
-            .collect();
+        let dims: Vec<usize> = self.core.plan.keys.dim_sizes(self.core.combo_of(slot));
         self.core
             .inputs
             .fill(self.dev, inputs, self.core.size_of(slot), &dims)
@@ -869,13 +875,7 @@ impl<const N: usize, S, B: Backend, L> RunnerCore<N, S, B, L> {
     /// The static input views graph `g` reads: its size's rows, a bucketed dimension at its
     /// key's bucket.
     pub(super) fn views_for(&self, g: usize) -> Result<[B::Tensor; N]> {
-        let dims: Vec<usize> = self
-            .plan
-            .keys
-            .dim_sizes(self.combo_of(g))
-            .into_iter()
-            .map(|(_, _, size)| size)
-            .collect();
+        let dims: Vec<usize> = self.plan.keys.dim_sizes(self.combo_of(g));
         self.inputs.views(self.size_of(g), &dims)
     }
 
