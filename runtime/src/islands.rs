@@ -298,6 +298,8 @@ pub(crate) struct IslandRecorder<'i, 'a, B: Backend, L> {
     pub(crate) failed: Cell<bool>,
     /// Where it failed, for the error: a segment cut or begun, or an island's run.
     failed_in: Cell<Option<Place>>,
+    /// Islands met so far (kept or not).
+    met: Cell<usize>,
 }
 
 /// A part of a forward with islands, numbered from 1, for errors.
@@ -329,6 +331,7 @@ impl<'i, 'a, B: Backend, L> IslandRecorder<'i, 'a, B, L> {
             running: Cell::new(false),
             failed: Cell::new(false),
             failed_in: Cell::new(None),
+            met: Cell::new(0),
         }
     }
 
@@ -346,10 +349,10 @@ impl<'i, 'a, B: Backend, L> IslandRecorder<'i, 'a, B, L> {
     /// `error` (the forward's, at capture) with the part of the forward it came from, once an
     /// island was recorded or failed: nothing to add to a forward without islands.
     pub(crate) fn locate(&self, error: Error) -> Error {
-        let recorded = self.records.borrow().len();
+        let met = self.met.get();
         let place = match self.failed_in.get() {
             Some(place) => place,
-            None if recorded > 0 => Place::Segment(recorded + 1),
+            None if met > 0 => Place::Segment(met + 1),
             None => return error,
         };
         Error::InForwardPart {
@@ -365,7 +368,7 @@ impl<'i, 'a, B: Backend, L> IslandRecorder<'i, 'a, B, L> {
         f: Option<IslandFn<'i, B, L>>,
         live: &L,
     ) -> Result<Option<B::Tensor>> {
-        let n = self.records.borrow().len() + 1;
+        let n = self.met.get() + 1;
         self.failed_in.set(Some(Place::Island(n)));
         let mut ranges = Vec::with_capacity(inputs.len());
         for t in inputs {
@@ -392,9 +395,12 @@ impl<'i, 'a, B: Backend, L> IslandRecorder<'i, 'a, B, L> {
             }
             None => None,
         };
-        self.records
-            .borrow_mut()
-            .push(IslandRecord { f, inputs, output });
+        self.met.set(n);
+        if self.segments.keeps_islands(Seal::new()) {
+            self.records
+                .borrow_mut()
+                .push(IslandRecord { f, inputs, output });
+        }
         self.failed_in.set(None);
         Ok(value)
     }

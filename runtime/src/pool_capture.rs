@@ -164,6 +164,10 @@ impl Segments for MeasureSegments<'_> {
     fn owns(&self, _: Seal, _: DeviceRange) -> bool {
         false
     }
+
+    fn keeps_islands(&self, _: Seal) -> bool {
+        false
+    }
 }
 
 /// Runs `f` eagerly on driver memory, measuring the pool memory the same sequence of

@@ -26,4 +26,11 @@ pub trait Segments {
     /// each run; any other input (a weight, a model's buffer, a static input) is handed to the
     /// island as it is, so that what the island writes to it is real, as in a direct call.
     fn owns(&self, seal: Seal, range: DeviceRange) -> bool;
+
+    /// Whether the islands run here are kept for replays (a recording), or dropped right after
+    /// they run (a warm-up, which must free what an island holds as soon as the capture would,
+    /// or it would measure more pool memory than the capture uses).
+    fn keeps_islands(&self, _seal: Seal) -> bool {
+        true
+    }
 }
