@@ -13,7 +13,8 @@
 //! `--prefill-bench N` (a prompt of N tokens prefilled in one forward against one step per
 //! token; see `prefill.rs`), `--islands-bench` (the decoder with its attention as an eager
 //! island in every layer against the full graph and eager, at b = 1, 8, 64, 256 unless
-//! `--batches` says; see `islands.rs`).
+//! `--batches` says; see `islands.rs`), `--multi-bench` (the decode step of q = 1..4 tokens per
+//! sequence graphed by batch and q, against q single-token steps; see `multi.rs`).
 //!
 //! With `--model DIR` it loads a Hugging Face checkpoint folder instead and generates greedily
 //! with the eager forward and with the graphs (see `generate.rs`).
@@ -23,6 +24,7 @@ mod common;
 mod floor;
 mod generate;
 mod islands;
+mod multi;
 mod prefill;
 #[cfg(feature = "nccl")]
 mod tp;
@@ -51,6 +53,8 @@ pub struct Options {
     pub prefill_bench: Option<usize>,
     /// Benchmark eager islands instead (`--islands-bench`).
     pub islands_bench: bool,
+    /// Benchmark the multi-token step instead (`--multi-bench`).
+    pub multi_bench: bool,
     /// Whether `--batches` was given.
     pub batches_given: bool,
 }
@@ -65,6 +69,7 @@ fn parse_options() -> std::result::Result<Options, String> {
         growth: false,
         prefill_bench: None,
         islands_bench: false,
+        multi_bench: false,
         batches_given: false,
     };
     let mut args = std::env::args().skip(1);
@@ -86,6 +91,7 @@ fn parse_options() -> std::result::Result<Options, String> {
             "--json" => opts.json = Some(PathBuf::from(value("--json")?)),
             "--growth" => opts.growth = true,
             "--islands-bench" => opts.islands_bench = true,
+            "--multi-bench" => opts.multi_bench = true,
             "--prefill-bench" => {
                 opts.prefill_bench = Some(
                     value("--prefill-bench")?
@@ -104,7 +110,7 @@ fn parse_options() -> std::result::Result<Options, String> {
             }
             "-h" | "--help" => {
                 return Err(format!(
-                    "usage: decode_bench [--iters N] [--batches 1,8,300] [--json FILE] [--tp N] [--growth] [--prefill-bench N] [--islands-bench] {}",
+                    "usage: decode_bench [--iters N] [--batches 1,8,300] [--json FILE] [--tp N] [--growth] [--prefill-bench N] [--islands-bench] [--multi-bench] {}",
                     generate::GenerateOptions::USAGE
                 ));
             }
@@ -168,6 +174,20 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("decode_bench --prefill-bench failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if opts.multi_bench {
+        let batches = if opts.batches_given {
+            opts.batches.clone()
+        } else {
+            vec![1, 8, 32, 64]
+        };
+        return match multi::run(&rt, &batches, opts.iters) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("decode_bench --multi-bench failed: {e}");
                 ExitCode::FAILURE
             }
         };

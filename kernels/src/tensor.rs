@@ -210,6 +210,12 @@ impl Tensor {
         })
     }
 
+    /// This tensor with another shape of the same number of elements, owned (no copy): a
+    /// forward's `[b * q, vocab]` logits returned as `[b, q, vocab]`.
+    pub fn into_shape(self, dims: &[usize]) -> Result<Tensor> {
+        self.reshaped(dims)
+    }
+
     /// The first elements of this tensor with shape `dims` (no more elements than it has), as a
     /// handle to the same bytes (crate-internal: a static input buffer seen with a bucketed
     /// dimension's size).

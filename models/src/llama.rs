@@ -80,6 +80,9 @@ pub(crate) enum Rows<'a, 'p> {
     /// A prefill chunk: the rows are consecutive tokens of one sequence (one slot); only the
     /// last row's logits are computed.
     Prefill(&'a PrefillChunk),
+    /// `q` tokens per sequence (a draft to verify): rows `b*q..b*q + q` are consecutive tokens
+    /// of the sequence in slot `b`; every key is written before any row attends.
+    Multi(usize),
 }
 
 /// One decode step over `parts`. `reduce` is applied to the output projection's and the down
@@ -165,6 +168,27 @@ pub(crate) fn forward_rows<'p>(
                 &attn,
                 qk_norm.as_ref(),
             )?,
+            Rows::Multi(q) => {
+                let rotated = ops::rope_kv_write_multi(
+                    rt,
+                    &qkv,
+                    positions,
+                    &layer.k_cache,
+                    &layer.v_cache,
+                    &attn,
+                    q,
+                    qk_norm.as_ref(),
+                )?;
+                ops::attention_multi(
+                    rt,
+                    &rotated,
+                    &layer.k_cache,
+                    &layer.v_cache,
+                    positions,
+                    &attn,
+                    q,
+                )?
+            }
             // The same kernel, run eagerly at every replay on copies of `qkv` and `positions`;
             // it writes the layer's own cache (borrowed from the model, not copied).
             Rows::DecodeIslands(islands) => {
@@ -467,6 +491,46 @@ impl Llama {
     #[cuda_graph(sizes = [1, 2, 4, 8..=256 step 8], pad = [positions = -1])]
     pub fn forward(&self, rt: &Runtime, tokens: &Tensor, positions: &Tensor) -> Result<Tensor> {
         decode_step(rt, &self.parts(), tokens, positions, &|_, t| Ok(t))
+    }
+
+    /// A decode step of `q` tokens per sequence (speculative decoding's verification of a
+    /// `q`-token draft): `tokens` `[b, q]` u32 and `positions` `[b, q]` i32 (consecutive
+    /// positions of sequence `b`, in slot `b`); returns the logits `[b, q, vocab]`. Graphed by
+    /// the batch and by `q` (1 to 4, padded up with position -1, so padded tokens write no
+    /// cache); the tokens of a sequence attend to each other causally.
+    #[cuda_graph(
+        sizes = [1, 2, 4, 8..=64 step 8],
+        buckets = [tokens[1] + positions[1] = [1, 2, 3, 4]],
+        pad = [positions = -1]
+    )]
+    pub fn forward_multi(
+        &self,
+        rt: &Runtime,
+        tokens: &Tensor,
+        positions: &Tensor,
+    ) -> Result<Tensor> {
+        let (b, q) = (tokens.rows(), tokens.dim(1)?);
+        if positions.shape() != tokens.shape() {
+            return Err(Error::invalid(
+                "forward_multi",
+                format!(
+                    "tokens {:?} and positions {:?} must have one shape, [b, q]",
+                    tokens.shape(),
+                    positions.shape()
+                ),
+            ));
+        }
+        let flat_tokens = tokens.reshape(&[b * q])?;
+        let flat_positions = positions.reshape(&[b * q])?;
+        let logits = forward_rows(
+            rt,
+            &self.parts(),
+            (&flat_tokens, &flat_positions),
+            Rows::Multi(q),
+            &|_, t| Ok(t),
+        )?;
+        let vocab = logits.dim(1)?;
+        logits.into_shape(&[b, q, vocab])
     }
 
     /// [`forward`](Self::forward) with the attention of every layer (RoPE, KV-cache write and

@@ -200,3 +200,68 @@ fn lazy_capture_is_per_key() -> Result<()> {
     );
     Ok(())
 }
+
+/// The decoder's multi-token step (`Llama::forward_multi`, graphed by the batch and by `q` with
+/// `tokens[1] + positions[1] = [1, 2, 3, 4]`) gives, for each of its `q` tokens, the logits of
+/// the token-by-token decode steps over the same cache, within the kernels' bound (other GEMM
+/// shapes and the unfused attention run), at captured and padded batch sizes.
+#[test]
+fn a_multi_token_step_matches_token_by_token_steps() -> Result<()> {
+    use cudagraph_models::llama::{Llama, LlamaConfig};
+    let Some(rt) = gpu("a_multi_token_step_matches_token_by_token_steps") else {
+        return Ok(());
+    };
+    let mut rng = Rng(fresh_seed(
+        "a_multi_token_step_matches_token_by_token_steps",
+    ));
+    let cfg = LlamaConfig::tiny();
+    let seed = rng.next_u64();
+    let multi = Llama::random(&rt, cfg.clone(), seed)?;
+    let steps = Llama::random(&rt, cfg.clone(), seed)?;
+    let specs = [
+        InputSpec::new(DType::U32, &[4])?,
+        InputSpec::new(DType::I32, &[4])?,
+    ];
+    let mut graphs = multi.forward_multi_graphs(&rt, specs)?;
+    println!("{}", graphs.stats());
+    for (b, q) in [(1usize, 1usize), (3, 2), (4, 3), (2, 4), (5, 4)] {
+        let tokens: Vec<u32> = (0..b * q).map(|_| rng.below(cfg.vocab) as u32).collect();
+        let mut positions = Vec::with_capacity(b * q);
+        for _ in 0..b {
+            let base = rng.below(cfg.cache_tokens - q) as i32;
+            positions.extend((0..q as i32).map(|j| base + j));
+        }
+        let t = rt.upload(&tokens, &[b, q])?;
+        let p = rt.upload(&positions, &[b, q])?;
+        graphs.poison_pool()?;
+        let out = graphs.run([&t, &p])?;
+        assert!(out.replayed(), "b {b}, q {q}");
+        // q in 1..=4 is its own bucket: no padded columns.
+        assert_eq!(out.shape(), &[b, q, cfg.vocab], "b {b}, q {q}");
+        let got = rt.download_f32(&out)?;
+        drop(out);
+        let width = q;
+        for j in 0..q {
+            let col_t: Vec<u32> = (0..b).map(|r| tokens[r * q + j]).collect();
+            let col_p: Vec<i32> = (0..b).map(|r| positions[r * q + j]).collect();
+            let want = rt.download_f32(&steps.forward(
+                &rt,
+                &rt.upload(&col_t, &[b])?,
+                &rt.upload(&col_p, &[b])?,
+            )?)?;
+            let (mut diff, mut norm) = (0f64, 0f64);
+            for r in 0..b {
+                for v in 0..cfg.vocab {
+                    let g = f64::from(got[(r * width + j) * cfg.vocab + v]);
+                    let w = f64::from(want[r * cfg.vocab + v]);
+                    diff += (g - w) * (g - w);
+                    norm += w * w;
+                }
+            }
+            let err = (diff / norm).sqrt();
+            println!("b {b}, q {q}, token {j}: relative error {err:.2e}");
+            assert!(err < 3e-2, "b {b}, q {q}, token {j}: relative error {err}");
+        }
+    }
+    Ok(())
+}
