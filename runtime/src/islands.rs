@@ -492,6 +492,41 @@ impl<'i, B: Backend, L> IslandHost<'i, B, L> for IslandRecorder<'i, '_, B, L> {
     }
 }
 
+/// The islands of a warm-up that records nothing (graph-memory-node mode): each runs in place,
+/// as in a direct call, numbered so that an error names the island it came from.
+pub(crate) struct InPlace {
+    met: Cell<usize>,
+}
+
+impl InPlace {
+    /// No island met yet.
+    pub(crate) fn new() -> Self {
+        Self { met: Cell::new(0) }
+    }
+}
+
+impl<'i, B: Backend, L> IslandHost<'i, B, L> for InPlace {
+    fn island(
+        &self,
+        dev: &B::Device,
+        inputs: &[&B::Tensor],
+        f: Option<IslandFn<'i, B, L>>,
+        live: &L,
+    ) -> Result<Option<B::Tensor>> {
+        let n = self.met.get() + 1;
+        self.met.set(n);
+        let Some(f) = f else {
+            return Ok(None);
+        };
+        f(dev, inputs, live)
+            .map(Some)
+            .map_err(|e| Error::InForwardPart {
+                place: Place::Island(n).to_string(),
+                source: Box::new(e),
+            })
+    }
+}
+
 /// Copies the island's copied inputs into their bank buffers and runs `f` on views of them
 /// (and on the shared inputs as they are).
 fn run_island<B: Backend, L>(

@@ -1016,7 +1016,11 @@ pub(super) fn capture_body<'m, const N: usize, S, B: Backend, L>(
     islands: &RefCell<Vec<IslandRecord<'m, B, L>>>,
 ) -> Result<B::Tensor> {
     match segments {
-        None => eager(dev, refs, statics, &Islands::direct(live)),
+        // A warm-up that records nothing (node mode): islands in place, numbered for errors.
+        None => {
+            let in_place = crate::islands::InPlace::new();
+            eager(dev, refs, statics, &Islands::recording(live, &in_place))
+        }
         Some(segments) => {
             let recorder = IslandRecorder::new(segments, bank);
             let out = eager(dev, refs, statics, &Islands::recording(live, &recorder))
