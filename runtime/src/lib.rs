@@ -53,7 +53,7 @@ mod static_args;
 mod static_inputs;
 pub mod stats;
 
-pub use advice::{SizeAdvice, advise_sizes};
+pub use advice::{BucketAdvice, SizeAdvice, advise_buckets, advise_sizes};
 #[cfg(feature = "candle")]
 pub use backend::candle::Candle;
 pub use backend::nodes::GraphMemoryUsage;

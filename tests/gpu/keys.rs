@@ -114,10 +114,19 @@ fn every_key_replays_like_eager_at_its_bucket() -> Result<()> {
     assert_eq!(ctx_counts.get(&17), Some(&(4 * 2 * 3)));
     let col_counts = &stats.keys.get("cols[1]").expect("cols histogram").counts;
     assert_eq!(col_counts.get(&5), Some(&(7 * 2 * 3)));
-    // Bucket advice from the traffic: two ctx buckets.
-    let advice = cudagraph::advise_sizes(&stats.keys.get("ctx").unwrap().pairs(), 2)?;
-    println!("ctx buckets for this traffic: {:?}", advice.sizes);
-    assert_eq!(advice.sizes.last(), Some(&256));
+    // Bucket advice from the traffic: two ctx buckets, the largest the largest value seen.
+    let largest = *ctx_counts.keys().max().expect("ctx values") as usize;
+    let advice = graphs.advise_buckets("ctx", 2)?;
+    println!("{advice}");
+    assert_eq!(advice.advice.sizes.len(), 2);
+    assert_eq!(advice.advice.sizes.last(), Some(&largest));
+    assert!(advice.attribute().starts_with("buckets = [ctx = ["));
+    let dims = graphs.advise_buckets("cols[1]", 1)?;
+    assert_eq!(dims.advice.sizes.len(), 1);
+    for bad in ["mode", "nope"] {
+        let e = graphs.advise_buckets(bad, 2).unwrap_err().to_string();
+        assert!(e.contains("ctx, cols[1]"), "{e}");
+    }
     Ok(())
 }
 

@@ -822,6 +822,32 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
         crate::advise_sizes(&self.core.stats.batch_histogram(), budget)
     }
 
+    /// The buckets of the bucketed value or dimension `name` (as the attribute names it:
+    /// `max_context`, `block_tables[1]`) that would have minimised the rounding up on the calls
+    /// seen so far, at most `budget` of them (see [`advise_buckets`](crate::advise_buckets)).
+    /// An error names the keys there are when `name` is none of them or is a variant.
+    pub fn advise_buckets(&self, name: &str, budget: usize) -> Result<crate::BucketAdvice> {
+        let keys = &self.core.stats.keys;
+        let bucketed = keys
+            .components
+            .iter()
+            .filter(|h| h.kind != crate::KeyKind::Variant);
+        match keys.get(name).filter(|h| h.kind != crate::KeyKind::Variant) {
+            Some(h) => crate::advise_buckets(h.name, &h.pairs(), budget),
+            None => {
+                let names: Vec<&str> = bucketed.map(|h| h.name).collect();
+                Err(crate::Error::invalid(
+                    "advise_buckets",
+                    format!(
+                        "`{}` has no bucketed value or dimension `{name}` (it has: {})",
+                        self.core.plan.function,
+                        if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                    ),
+                ))
+            }
+        }
+    }
+
     /// The captured sizes, ascending.
     pub fn sizes(&self) -> &[usize] {
         self.core.plan.table.sizes()
@@ -917,12 +943,9 @@ impl<const N: usize, S, B: Backend, L> RunnerCore<N, S, B, L> {
         if let Some(host_keys) = self.host_keys {
             match (host_keys.of)(statics, &mut raw[..host]) {
                 Ok(()) => {
-                    index[values..host].copy_from_slice(
-                        &raw[values..host]
-                            .iter()
-                            .map(|&i| i as usize)
-                            .collect::<Vec<_>>(),
-                    );
+                    for (slot, &i) in index[values..host].iter_mut().zip(&raw[values..host]) {
+                        *slot = i as usize;
+                    }
                     if let Err(m) = keys.value_indices(&raw[..values], &mut index[..values]) {
                         host_miss = Some(m);
                     }
