@@ -21,12 +21,12 @@ for line in sys.stdin:
         print(m["executable"])')
 [ -n "$test_bin" ] || { echo "no GPU test binary built" >&2; exit 1; }
 cp "$test_bin" "$bundle/gpu-tests"
-for ex in decode_bench driver_floor cudarc_mlp quickstart islands; do cp "target/release/examples/$ex" "$bundle/"; done
+for ex in decode_bench driver_floor cudarc_mlp quickstart islands serve_bench; do cp "target/release/examples/$ex" "$bundle/"; done
 [ -d benches/peer ] && cp -r benches/peer "$bundle/" || true
 cp scripts/gpu-run.sh "$bundle/run.sh"
 cp scripts/lt-gpu-run.sh "$bundle/"
 cp scripts/hf_check.py "$bundle/"
-strip "$bundle"/gpu-tests "$bundle"/decode_bench "$bundle"/driver_floor "$bundle"/cudarc_mlp "$bundle"/quickstart "$bundle"/islands 2>/dev/null || true
+strip "$bundle"/gpu-tests "$bundle"/decode_bench "$bundle"/driver_floor "$bundle"/cudarc_mlp "$bundle"/quickstart "$bundle"/islands "$bundle"/serve_bench 2>/dev/null || true
 # The candle backend's GPU tests: a second test binary built with candle's `cuda` feature (nvcc
 # from scripts/cuda-toolchain.sh), compressed (candle's kernels make it ~45 MB). Skipped with
 # CUDAGRAPH_SKIP_CANDLE=1.

@@ -14,7 +14,9 @@
 //! token; see `prefill.rs`), `--islands-bench` (the decoder with its attention as an eager
 //! island in every layer against the full graph and eager, at b = 1, 8, 64, 256 unless
 //! `--batches` says; see `islands.rs`), `--multi-bench` (the decode step of q = 1..4 tokens per
-//! sequence graphed by batch and q, against q single-token steps; see `multi.rs`).
+//! sequence graphed by batch and q, against q single-token steps; see `multi.rs`),
+//! `--keys-growth` (capture cost and pool of 35 sizes, x 3 draft widths, x 2 sampling variants;
+//! see `keys.rs`).
 //!
 //! With `--model DIR` it loads a Hugging Face checkpoint folder instead and generates greedily
 //! with the eager forward and with the graphs (see `generate.rs`).
@@ -24,6 +26,7 @@ mod common;
 mod floor;
 mod generate;
 mod islands;
+mod keys;
 mod multi;
 mod prefill;
 #[cfg(feature = "nccl")]
@@ -55,6 +58,8 @@ pub struct Options {
     pub islands_bench: bool,
     /// Benchmark the multi-token step instead (`--multi-bench`).
     pub multi_bench: bool,
+    /// Capture cost and pool as the key space grows instead (`--keys-growth`).
+    pub keys_growth: bool,
     /// Whether `--batches` was given.
     pub batches_given: bool,
 }
@@ -70,6 +75,7 @@ fn parse_options() -> std::result::Result<Options, String> {
         prefill_bench: None,
         islands_bench: false,
         multi_bench: false,
+        keys_growth: false,
         batches_given: false,
     };
     let mut args = std::env::args().skip(1);
@@ -92,6 +98,7 @@ fn parse_options() -> std::result::Result<Options, String> {
             "--growth" => opts.growth = true,
             "--islands-bench" => opts.islands_bench = true,
             "--multi-bench" => opts.multi_bench = true,
+            "--keys-growth" => opts.keys_growth = true,
             "--prefill-bench" => {
                 opts.prefill_bench = Some(
                     value("--prefill-bench")?
@@ -174,6 +181,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("decode_bench --prefill-bench failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if opts.keys_growth {
+        return match keys::run(&rt) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("decode_bench --keys-growth failed: {e}");
                 ExitCode::FAILURE
             }
         };

@@ -48,6 +48,10 @@ pub mod names {
     pub const GEMV_MMA_BF16: &str = "gemv_mma_bf16";
     /// `attention`: RoPE, KV-cache write and decode attention in one kernel.
     pub const ROPE_ATTENTION_DECODE_BF16: &str = "rope_attention_decode_bf16";
+    /// `attention`: causal attention of prompt chunks in a step of mixed sequences, by tiles.
+    pub const ATTENTION_TILES_BF16: &str = "attention_tiles_bf16";
+    /// `elementwise`: the index of each row's largest element (greedy sampling).
+    pub const ARGMAX_ROWS_BF16: &str = "argmax_rows_bf16";
     /// The fused decode kernel with a RoPE scaling (`ops::RopeScaling`).
     pub const ROPE_ATTENTION_DECODE_SCALED_BF16: &str = "rope_attention_decode_scaled_bf16";
 }
@@ -85,6 +89,7 @@ pub static ATTENTION: KernelModule = KernelModule {
         names::ATTENTION_DECODE_BF16,
         names::ROPE_ATTENTION_DECODE_BF16,
         names::ROPE_ATTENTION_DECODE_SCALED_BF16,
+        names::ATTENTION_TILES_BF16,
     ],
 };
 
@@ -108,6 +113,7 @@ pub static ELEMENTWISE: KernelModule = KernelModule {
         names::FILL_UNIFORM_F32,
         names::CAST_BF16_F32,
         names::CAST_F32_BF16,
+        names::ARGMAX_ROWS_BF16,
     ],
 };
 

@@ -11,6 +11,9 @@
 //! * [`tp`]: tensor parallelism: the decoder sharded over several GPUs, one thread per GPU,
 //!   with NCCL all-reduces captured in each rank's graphs;
 //! * [`reference`](mod@reference): the same decode step on the host, for tests;
+//! * [`serving`]: continuous batching over the decoder's step of mixed tokens
+//!   ([`Llama::forward_step`](llama::Llama::forward_step)): a seeded trace, a scheduler, the
+//!   step's tables and the figures of a run;
 //! * [`cudarc_mlp`]: a two-layer MLP written on plain cudarc (its own NVRTC kernel, cudarc's
 //!   cuBLAS), captured through the raw cudarc backend.
 
@@ -27,6 +30,7 @@ pub mod hf;
 pub mod llama;
 mod llama_config;
 pub mod reference;
+pub mod serving;
 #[cfg(feature = "nccl")]
 pub mod tp;
 pub mod weights;

@@ -18,6 +18,8 @@ use super::weights::{HostTensor, LayerWeights, LlamaWeights};
 use cudagraph::ops::{self, PrefillChunk, QkNorm};
 use cudagraph::{DType, Error, Islands, Result, Runtime, Tensor, cuda_graph};
 
+mod step;
+
 /// Weights of one decoder layer, and its KV cache.
 #[derive(Debug)]
 pub struct LlamaLayer {
@@ -83,6 +85,23 @@ pub(crate) enum Rows<'a, 'p> {
     /// `q` tokens per sequence (a draft to verify): rows `b*q..b*q + q` are consecutive tokens
     /// of the sequence in slot `b`; every key is written before any row attends.
     Multi(usize),
+    /// A step of mixed sequences (decode tokens and prompt chunks, one token per row, each
+    /// row's slot in device tables): logits of the rows `logits` names only.
+    Step(StepLogits<'a>),
+    /// [`Rows::Step`] with the attention (RoPE, KV-cache write, attention) of every layer in
+    /// an eager island.
+    StepIslands(&'a Islands<'p, 'a>, StepLogits<'a>),
+}
+
+/// The tables of a step of mixed sequences and the rows whose logits it computes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StepLogits<'a> {
+    /// Each row's slot and each prompt tile ([`ops::StepRows`]).
+    pub(crate) rows: ops::StepRows<'a>,
+    /// u32 `[n]`: the rows whose logits are computed (the first `count` entries).
+    pub(crate) logit_rows: &'a Tensor,
+    /// How many logit rows: at most the rows and the cache's slots (a row per sequence).
+    pub(crate) count: usize,
 }
 
 /// One decode step over `parts`. `reduce` is applied to the output projection's and the down
@@ -213,6 +232,62 @@ pub(crate) fn forward_rows<'p>(
                     )
                 })?
             }
+            // Every row's key is written before any row attends (stream order).
+            Rows::Step(step) => {
+                let q = ops::rope_kv_write_step(
+                    rt,
+                    &qkv,
+                    positions,
+                    &layer.k_cache,
+                    &layer.v_cache,
+                    &attn,
+                    &step.rows,
+                    qk_norm.as_ref(),
+                )?;
+                ops::attention_step(
+                    rt,
+                    &q,
+                    &layer.k_cache,
+                    &layer.v_cache,
+                    positions,
+                    &attn,
+                    &step.rows,
+                )?
+            }
+            Rows::StepIslands(islands, step) => {
+                let eps = cfg.rms_eps;
+                let inputs = [&qkv, positions, step.rows.slots, step.rows.tiles];
+                islands.eager(rt, inputs, move |rt, [qkv, positions, slots, tiles], ()| {
+                    let qk_norm = match (&layer.q_norm, &layer.k_norm) {
+                        (Some(q_weight), Some(k_weight)) => Some(QkNorm {
+                            q_weight,
+                            k_weight,
+                            eps,
+                        }),
+                        _ => None,
+                    };
+                    let rows = ops::StepRows { slots, tiles };
+                    let q = ops::rope_kv_write_step(
+                        rt,
+                        qkv,
+                        positions,
+                        &layer.k_cache,
+                        &layer.v_cache,
+                        &attn,
+                        &rows,
+                        qk_norm.as_ref(),
+                    )?;
+                    ops::attention_step(
+                        rt,
+                        &q,
+                        &layer.k_cache,
+                        &layer.v_cache,
+                        positions,
+                        &attn,
+                        &rows,
+                    )
+                })?
+            }
             // Every key of the chunk is written before any row attends (stream order).
             Rows::Prefill(chunk) => {
                 let q = ops::rope_kv_write_prefill(
@@ -268,6 +343,16 @@ pub(crate) fn forward_rows<'p>(
             .map_err(|_| Error::invalid("prefill", "more than u32::MAX rows"))?;
         let last = ops::embedding(rt, &sum, &rt.upload(&[last], &[1])?)?;
         return ops::rms_norm_linear(rt, &last, parts.final_norm, cfg.rms_eps, lm_head, None);
+    }
+    if let Rows::Step(step) | Rows::StepIslands(_, step) = rows {
+        // Only the named rows' logits: their hidden states, gathered as an "embedding".
+        let sum = match &pending {
+            Some(delta) => ops::add(rt, &residual, delta)?,
+            None => residual,
+        };
+        let picked = step.logit_rows.narrow_rows(0, step.count)?;
+        let picked = ops::embedding(rt, &sum, &picked)?;
+        return ops::rms_norm_linear(rt, &picked, parts.final_norm, cfg.rms_eps, lm_head, None);
     }
     let (_, logits) = norm_linear(&residual, pending.as_ref(), parts.final_norm, lm_head, None)?;
     Ok(logits)
@@ -384,6 +469,41 @@ impl Llama {
     /// The model's shapes.
     pub fn config(&self) -> &LlamaConfig {
         &self.cfg
+    }
+
+    /// The same weights with a new, zeroed KV cache of `slots` slots of `tokens` positions (a
+    /// server sizes it from the memory its graphs leave). The old caches are freed first, so
+    /// the two need not fit together; an error (a size the configuration refuses, or no
+    /// memory) drops the model.
+    pub fn with_cache(mut self, rt: &Runtime, slots: usize, tokens: usize) -> Result<Self> {
+        let cfg = LlamaConfig {
+            cache_slots: slots,
+            cache_tokens: tokens,
+            ..self.cfg.clone()
+        };
+        cfg.validate()?;
+        let shape = cfg.kv_cache_shape();
+        for layer in &mut self.layers {
+            // Free before allocating: the old and the new cache need not fit together.
+            layer.k_cache = rt.zeros(&[1, 1, 1, 1], DType::BF16)?;
+            layer.v_cache = rt.zeros(&[1, 1, 1, 1], DType::BF16)?;
+        }
+        for layer in &mut self.layers {
+            layer.k_cache = rt.zeros(&shape, DType::BF16)?;
+            layer.v_cache = rt.zeros(&shape, DType::BF16)?;
+        }
+        self.cfg = cfg;
+        Ok(self)
+    }
+
+    /// Bytes of the KV cache of one slot of `tokens` positions, over every layer (keys and
+    /// values); `None` on overflow.
+    pub fn kv_bytes_per_slot(&self, tokens: usize) -> Option<usize> {
+        tokens
+            .checked_mul(self.cfg.kv_heads)?
+            .checked_mul(self.cfg.head_dim)?
+            .checked_mul(2 * 2)?
+            .checked_mul(self.cfg.layers)
     }
 
     /// Each layer's key and value caches (`[cache_slots, cache_tokens, kv_heads, head_dim]`

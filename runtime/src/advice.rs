@@ -258,11 +258,22 @@ mod tests {
         // 0 is a value (a context of nothing cached yet); 1 << 20 is past any batch size.
         let hist = [(0, 5), (512, 10), (700, 1), (1 << 20, 2)];
         let advice = advise_buckets("max_context", &hist, 3).unwrap();
-        assert_eq!(advice.advice.sizes, [0, 700, 1 << 20], "0 is a bucket of its own");
+        assert_eq!(
+            advice.advice.sizes,
+            [0, 700, 1 << 20],
+            "0 is a bucket of its own"
+        );
         assert_eq!(advice.advice.padded_rows, 10 * 188);
-        assert_eq!(advice.attribute(), "buckets = [max_context = [0, 700, 1048576]]");
+        assert_eq!(
+            advice.attribute(),
+            "buckets = [max_context = [0, 700, 1048576]]"
+        );
         let two = advise_buckets("max_context", &hist, 2).unwrap();
-        assert_eq!(two.advice.sizes, [700, 1 << 20], "one bucket less: 512 and 700 merge");
+        assert_eq!(
+            two.advice.sizes,
+            [700, 1 << 20],
+            "one bucket less: 512 and 700 merge"
+        );
         assert_eq!(two.advice.padded_rows, 5 * 700 + 10 * 188);
         // Huge values and counts do not overflow the search.
         let huge = advise_buckets("x", &[(usize::MAX, u64::MAX), (1, u64::MAX)], 1).unwrap();

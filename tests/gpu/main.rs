@@ -20,6 +20,7 @@ mod memory;
 mod prefill;
 mod reliability;
 mod runner;
+mod serving;
 mod soundness;
 #[cfg(feature = "nccl")]
 mod tp;

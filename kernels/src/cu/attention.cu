@@ -200,7 +200,9 @@ extern "C" __global__ void attention_decode_bf16(
     int head_dim,
     int max_t,
     int slot,
-    float scale)
+    float scale,
+    const int* __restrict__ row_slots,
+    int slots)
 {
     PDL_LAUNCH_DEPENDENTS();
     PDL_WAIT();  // before any memory access: see prelude.cuh
@@ -213,6 +215,21 @@ extern "C" __global__ void attention_decode_bf16(
     }
     const int head = blockIdx.x;
     const int b = blockIdx.y;
+    if (row_slots != nullptr) {
+        // A step of mixed sequences: row b's slot and whether it attends here (1) or in
+        // attention_tiles_bf16 (a row of a prompt chunk, which rewrites its output there, after
+        // this launch). A row without a slot, or left to the tiles, is written as zeros here,
+        // so a row no tile covers is zeros rather than whatever the buffer held.
+        const unsigned long long at = 2ull * (unsigned long long)b;
+        const int own = row_slots[at];
+        if (own < 0 || own >= slots || row_slots[at + 1] != 1) {
+            for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+                r.out_row[i] = (bf16_t)0;
+            }
+            return;
+        }
+        slot = own;
+    }
     const int kv_head = r.kv_head;
     const int pos = r.pos;
     const unsigned long long d = r.d;
@@ -392,4 +409,208 @@ extern "C" __global__ void rope_attention_decode_scaled_bf16(
     rope_attention_decode_body<true>(qkv, positions, k_cache, v_cache, out, n, q_heads,
                                      kv_heads, head_dim, max_t, ROPE_ARGS, q_norm, k_norm, eps,
                                      scale);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Causal attention of prompt chunks inside a step of mixed sequences (one token per row, each
+// row with its own slot and position; see rope_kv_write_bf16's row_slots), by tiles of up to
+// TILE_ROWS rows of one sequence: each chunk of TILE_KEYS cached keys and values is read into
+// shared memory once per tile and q head and used by every row of the tile, where
+// attention_decode_bf16 would read the slot once per row. Online softmax over the chunks.
+//
+// Layouts (row-major):
+//   q          [n, q_heads * head_dim]: the rows rotated by rope_kv_write_bf16, which wrote
+//              every row's key and value into the cache before this launch (stream order)
+//   positions  [n] (int32): row r attends over its slot's positions 0..=positions[r]
+//              (clamped to max_t - 1)
+//   row_slots  [n, 2] (int32): (slot, alone); attention_decode_bf16 writes the rows with
+//              alone = 1 and zeros for every other row, then this kernel the rows of its tiles
+//   tiles      [n, 2] (int32): tile t is rows first .. first + rows of one slot (rows <=
+//              TILE_ROWS; rows = 0: no tile t). A row of a tile that is padded (negative
+//              position) or of another slot than the tile's first row is written as zeros; a
+//              slot outside 0..slots makes the whole tile zeros. Nothing is read outside the
+//              cache whatever the tables hold.
+//   out        [n, q_heads * head_dim]
+//
+// Grid: (q_heads, n); blockDim.x = TILE_WARPS * 32. Warp w handles rows w, w + TILE_WARPS, ...
+// of the tile; lane j scores key c0 + j of a chunk, and accumulates output dimensions
+// j, j + 32, ... (head_dim <= MAX_HEAD_DIM_CU, a multiple of 8).
+// Dynamic shared memory (bytes, the host computes the same):
+//   k_s [TILE_KEYS][head_dim + 8] bf16 (padded rows: conflict-free 16-byte reads by the lanes)
+//   | v_s [TILE_KEYS][head_dim] bf16 | q_s [TILE_ROWS][head_dim] float
+#define TILE_ROWS 8
+#define TILE_KEYS 32
+#define TILE_WARPS 4
+#define TILE_ROWS_PER_WARP (TILE_ROWS / TILE_WARPS)
+#define TILE_DIMS_PER_LANE (MAX_HEAD_DIM_CU / 32)
+
+extern "C" __global__ void attention_tiles_bf16(
+    const bf16_t* __restrict__ q,
+    const bf16_t* __restrict__ k_cache,
+    const bf16_t* __restrict__ v_cache,
+    const int* __restrict__ positions,
+    const int* __restrict__ row_slots,
+    const int* __restrict__ tiles,
+    bf16_t* __restrict__ out,
+    int n,
+    int q_heads,
+    int kv_heads,
+    int head_dim,
+    int max_t,
+    int slots,
+    float scale)
+{
+    PDL_LAUNCH_DEPENDENTS();
+    PDL_WAIT();  // before any memory access: see prelude.cuh
+    extern __shared__ float4 tile_smem[];
+    const int head = blockIdx.x;
+    const int t = blockIdx.y;
+    if (head >= q_heads || t >= n) {
+        return;
+    }
+    const int first = tiles[2ull * (unsigned long long)t];
+    int count = tiles[2ull * (unsigned long long)t + 1];
+    if (count <= 0 || first < 0 || first >= n) {
+        return;  // no tile t (uniform over the block)
+    }
+    count = count > TILE_ROWS ? TILE_ROWS : count;
+    count = count > n - first ? n - first : count;
+    const int slot = row_slots[2ull * (unsigned long long)first];
+    const bool slot_ok = slot >= 0 && slot < slots;
+    const unsigned long long d = (unsigned long long)head_dim;
+    const int kv_head = head / (q_heads / kv_heads);
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+
+    // Each row's position (clamped), or -1: padded, of another slot, or past the tile.
+    int row_pos[TILE_ROWS];
+    int max_pos = -1;
+#pragma unroll
+    for (int i = 0; i < TILE_ROWS; ++i) {
+        int p = -1;
+        if (slot_ok && i < count && row_slots[2ull * (unsigned long long)(first + i)] == slot) {
+            p = positions[first + i];
+            p = p > max_t - 1 ? max_t - 1 : p;
+            p = p < 0 ? -1 : p;
+        }
+        row_pos[i] = p;
+        max_pos = p > max_pos ? p : max_pos;
+    }
+
+    const int k_stride = head_dim + 8;
+    bf16_t* k_s = (bf16_t*)tile_smem;
+    bf16_t* v_s = k_s + TILE_KEYS * k_stride;
+    float* q_s = (float*)(v_s + TILE_KEYS * head_dim);
+    for (int i = threadIdx.x; i < TILE_ROWS * head_dim; i += blockDim.x) {
+        const int row = i / head_dim;
+        const int k = i % head_dim;
+        float v = 0.f;
+        if (row_pos[row] >= 0) {
+            v = bf2f(q[((unsigned long long)(first + row) * (unsigned long long)q_heads
+                        + (unsigned long long)head) * d + (unsigned long long)k]);
+        }
+        q_s[i] = v;
+    }
+
+    const unsigned long long t_stride = (unsigned long long)kv_heads * d;
+    const unsigned long long slot_base =
+        (unsigned long long)(slot_ok ? slot : 0) * (unsigned long long)max_t * t_stride
+        + (unsigned long long)kv_head * d;
+    const int vecs = head_dim / 8;
+    float m[TILE_ROWS_PER_WARP];
+    float l[TILE_ROWS_PER_WARP];
+    float acc[TILE_ROWS_PER_WARP][TILE_DIMS_PER_LANE];
+#pragma unroll
+    for (int j = 0; j < TILE_ROWS_PER_WARP; ++j) {
+        m[j] = neg_inf_f32();
+        l[j] = 0.f;
+#pragma unroll
+        for (int k = 0; k < TILE_DIMS_PER_LANE; ++k) {
+            acc[j][k] = 0.f;
+        }
+    }
+
+    for (int c0 = 0; c0 <= max_pos; c0 += TILE_KEYS) {  // max_pos is uniform over the block
+        __syncthreads();  // q_s written; the previous chunk consumed
+        for (int i = threadIdx.x; i < TILE_KEYS * vecs; i += blockDim.x) {
+            const int key = i / vecs;
+            const int v8 = i % vecs;
+            const int tpos = c0 + key;
+            uint4 kw = make_uint4(0u, 0u, 0u, 0u);
+            uint4 vw = kw;
+            if (tpos <= max_pos) {
+                const unsigned long long at =
+                    slot_base + (unsigned long long)tpos * t_stride + (unsigned long long)v8 * 8;
+                kw = *(const uint4*)(k_cache + at);
+                vw = *(const uint4*)(v_cache + at);
+            }
+            *(uint4*)(k_s + key * k_stride + v8 * 8) = kw;
+            *(uint4*)(v_s + key * head_dim + v8 * 8) = vw;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int j = 0; j < TILE_ROWS_PER_WARP; ++j) {
+            const int row = warp + j * TILE_WARPS;
+            const int pos = row_pos[row];
+            if (pos < c0) {
+                continue;  // uniform over the warp (a row without attention included)
+            }
+            const int key = c0 + lane;
+            float s = neg_inf_f32();
+            if (key <= pos) {
+                const float* qr = q_s + row * head_dim;
+                const bf16_t* kr = k_s + lane * k_stride;
+                float dot = 0.f;
+                for (int v8 = 0; v8 < vecs; ++v8) {
+                    const uint4 raw = *(const uint4*)(kr + v8 * 8);
+                    const bf16_t* e = (const bf16_t*)&raw;
+#pragma unroll
+                    for (int x = 0; x < 8; ++x) {
+                        dot += qr[v8 * 8 + x] * bf2f(e[x]);
+                    }
+                }
+                s = dot * scale;
+            }
+            // Key c0 <= pos, so lane 0's score is finite and so is m_new.
+            const float m_new = fmaxf(m[j], warp_max(s));
+            const float p = key <= pos ? expf(s - m_new) : 0.f;
+            const float alpha = expf(m[j] - m_new);  // 0 on the first chunk (m = -inf)
+            l[j] = l[j] * alpha + warp_sum(p);
+#pragma unroll
+            for (int k = 0; k < TILE_DIMS_PER_LANE; ++k) {
+                acc[j][k] *= alpha;
+            }
+            const int last = pos - c0 < TILE_KEYS - 1 ? pos - c0 : TILE_KEYS - 1;
+            for (int kk = 0; kk <= last; ++kk) {
+                const float pk = __shfl_sync(0xffffffffu, p, kk);
+                const bf16_t* vr = v_s + kk * head_dim;
+#pragma unroll
+                for (int k = 0; k < TILE_DIMS_PER_LANE; ++k) {
+                    const int dim = lane + 32 * k;
+                    if (dim < head_dim) {
+                        acc[j][k] += pk * bf2f(vr[dim]);
+                    }
+                }
+            }
+            m[j] = m_new;
+        }
+    }
+
+#pragma unroll
+    for (int j = 0; j < TILE_ROWS_PER_WARP; ++j) {
+        const int row = warp + j * TILE_WARPS;
+        if (row >= count) {
+            continue;
+        }
+        bf16_t* o = out + ((unsigned long long)(first + row) * (unsigned long long)q_heads
+                           + (unsigned long long)head) * d;
+        const bool attended = row_pos[row] >= 0;
+#pragma unroll
+        for (int k = 0; k < TILE_DIMS_PER_LANE; ++k) {
+            const int dim = lane + 32 * k;
+            if (dim < head_dim) {
+                o[dim] = attended ? f2bf(acc[j][k] / l[j]) : (bf16_t)0;
+            }
+        }
+    }
 }

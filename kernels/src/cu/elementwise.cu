@@ -199,3 +199,57 @@ extern "C" __global__ void cast_f32_bf16(
         out[idx] = f2bf(x[idx]);
     }
 }
+
+// out[r] = the index of the largest element of row r of x [m, cols] (greedy sampling of
+// logits): the first of equal maxima; NaN never wins; a row with no number gives 0. out has
+// out_rows >= m entries; those past m are 0. One block of ARGMAX_THREADS threads per out row.
+#define ARGMAX_THREADS 256
+extern "C" __global__ void argmax_rows_bf16(
+    const bf16_t* __restrict__ x,
+    unsigned int* __restrict__ out,
+    int m,
+    int cols,
+    int out_rows)
+{
+    PDL_LAUNCH_DEPENDENTS();
+    PDL_WAIT();  // before any memory access: see prelude.cuh
+    __shared__ float best_v[ARGMAX_THREADS];
+    __shared__ int best_i[ARGMAX_THREADS];
+    const int r = blockIdx.x;
+    if (r >= out_rows) {
+        return;
+    }
+    if (r >= m) {
+        if (threadIdx.x == 0) {
+            out[r] = 0u;
+        }
+        return;
+    }
+    const bf16_t* row = x + (unsigned long long)r * (unsigned long long)cols;
+    float bv = neg_inf_f32();
+    int bi = cols;  // none yet
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+        const float v = bf2f(row[j]);
+        if (v > bv || (v == bv && j < bi)) {  // false for NaN
+            bv = v;
+            bi = j;
+        }
+    }
+    best_v[threadIdx.x] = bv;
+    best_i[threadIdx.x] = bi;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            const float ov = best_v[threadIdx.x + s];
+            const int oi = best_i[threadIdx.x + s];
+            if (ov > best_v[threadIdx.x] || (ov == best_v[threadIdx.x] && oi < best_i[threadIdx.x])) {
+                best_v[threadIdx.x] = ov;
+                best_i[threadIdx.x] = oi;
+            }
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        out[r] = best_i[0] >= cols ? 0u : (unsigned int)best_i[0];
+    }
+}

@@ -11,6 +11,9 @@
 //            uses slot b / q when slot = -q (q tokens of each sequence in consecutive rows)
 //   q_out    [n, q_heads * head_dim]
 //   q_norm, k_norm [head_dim] or null (both null: no norm)
+//   row_slots [n, 2] (int32) or null: when given, row b uses slot row_slots[2b] (a step of
+//            mixed sequences, one token per row; `slot` is ignored); a slot outside
+//            0..slots makes the row a padded one (a bad index is never an out-of-bounds write)
 //
 // Grid: (n, q_heads + 2 * kv_heads); one block per (row, head). blockDim.x is a multiple of 32
 // (warp 0 rotates a q or k head; every thread copies a v head).
@@ -36,7 +39,9 @@ extern "C" __global__ void rope_kv_write_bf16(
     ROPE_PARAMS,
     const bf16_t* __restrict__ q_norm,
     const bf16_t* __restrict__ k_norm,
-    float eps)
+    float eps,
+    const int* __restrict__ row_slots,
+    int slots)
 {
     PDL_LAUNCH_DEPENDENTS();
     PDL_WAIT();  // before any memory access: see prelude.cuh
@@ -47,6 +52,14 @@ extern "C" __global__ void rope_kv_write_bf16(
         return;
     }
     int pos = positions[b];
+    if (row_slots != nullptr) {
+        const int own = row_slots[2ull * (unsigned long long)b];
+        if (own < 0 || own >= slots) {
+            pos = -1;  // no slot: a padded row
+        } else {
+            slot = own;
+        }
+    }
     const unsigned long long d = (unsigned long long)head_dim;
     if (pos < 0) {
         // A padded row: zeros for its q heads, and no cache write for its k and v heads.

@@ -315,6 +315,7 @@ pub(super) fn attention_impl(
     let launch_cfg = attention_launch(op, cfg, n, max_t)?;
     let scale = attention_scale(cfg);
 
+    let (row_slots, slot_count) = rows.row_slots(slots);
     let func = rt.function(&ATTENTION, names::ATTENTION_DECODE_BF16)?;
     let out = rt.alloc(&[n, q_width], DType::BF16)?;
     ffi::launch(
@@ -334,6 +335,8 @@ pub(super) fn attention_impl(
             Arg::I32(check::to_i32(op, "max_t", max_t)?),
             Arg::I32(slot),
             Arg::F32(scale),
+            Arg::Ptr(row_slots),
+            Arg::I32(slot_count),
         ],
     )?;
     Ok(out)

@@ -1,7 +1,32 @@
-//! Which KV-cache slot each row of a forward uses: its own (a decode step, [`CacheRows::PerRow`])
-//! or one slot for every row (a prefill chunk, [`PrefillChunk`]), and the checks both make.
+//! Which KV-cache slot each row of a forward uses: its own (a decode step, [`CacheRows::PerRow`]),
+//! one slot for every row (a prefill chunk, [`PrefillChunk`]), or a slot read per row from
+//! device memory (a step of mixed sequences, [`StepRows`]), and the checks they make.
 
-use crate::{Error, Result};
+use crate::{Error, Result, Tensor};
+
+/// The per-row tables of a step of mixed sequences (one token per row; decode tokens and
+/// prompt chunks of different sequences side by side), read by the kernels from device memory
+/// so that one graph per row count serves any mix:
+///
+/// * `slots`: i32 `[n, 2]`, row `r`'s KV-cache slot and `1` when it attends alone (a decode
+///   token: the decode kernel), anything else when a tile of `tiles` covers it (a prompt
+///   chunk's row). A slot outside the cache makes the row a padded one (no write, zeros).
+/// * `tiles`: i32 `[n, 2]`, entry `t` = (first row, rows) of a run of at most
+///   [`STEP_TILE_ROWS`] rows of one sequence at increasing positions; rows `0`: no tile `t`.
+///
+/// Nothing is read or written outside the cache whatever the tables hold; rows the tables
+/// describe inconsistently get zeros or a wrong attention, never undefined behaviour.
+#[derive(Debug, Clone, Copy)]
+pub struct StepRows<'a> {
+    /// i32 `[n, 2]`: (slot, alone) per row.
+    pub slots: &'a Tensor,
+    /// i32 `[n, 2]`: (first row, rows) per tile.
+    pub tiles: &'a Tensor,
+}
+
+/// The most rows of one tile of [`StepRows::tiles`] (`TILE_ROWS` in `cu/attention.cu`); a
+/// tile's count above it is clamped by the kernel.
+pub const STEP_TILE_ROWS: usize = 8;
 
 /// Where a prefill chunk goes: the KV-cache slot of its sequence, and the sequence's length
 /// once the chunk is in (for a dynamic RoPE scaling, which transformers computes from the
@@ -25,6 +50,8 @@ pub(crate) enum CacheRows<'a> {
     /// Row `b` uses slot `b / q`: `q` tokens of each sequence in consecutive rows (a draft to
     /// verify, or a multi-token decode step).
     Groups(usize),
+    /// Row `b` uses the slot its [`StepRows::slots`] entry names (checked by the kernels).
+    Step(StepRows<'a>),
 }
 
 impl CacheRows<'_> {
@@ -34,6 +61,24 @@ impl CacheRows<'_> {
         match self {
             CacheRows::PerRow => {
                 check_slots(op, slots, n)?;
+                Ok((-1, 0))
+            }
+            CacheRows::Step(rows) => {
+                for (what, t) in [("slots", rows.slots), ("tiles", rows.tiles)] {
+                    if t.shape() != [n, 2] {
+                        return Err(Error::invalid(
+                            op,
+                            format!(
+                                "`{what}` must have shape [{n}, 2] (two per row), got {:?}",
+                                t.shape()
+                            ),
+                        ));
+                    }
+                }
+                // The kernels bound each row's slot by the cache's slot count.
+                i32::try_from(slots).map_err(|_| {
+                    Error::invalid(op, format!("{slots} cache slots do not fit a 32-bit int"))
+                })?;
                 Ok((-1, 0))
             }
             CacheRows::Groups(q) => {
@@ -81,6 +126,18 @@ impl CacheRows<'_> {
                 })?;
                 Ok((slot, seq_len))
             }
+        }
+    }
+}
+
+impl CacheRows<'_> {
+    /// The kernels' `row_slots` and `slots` arguments: the step's slot table and the cache's
+    /// slot count, or a null pointer (the `slot` argument decides). Call after
+    /// [`check`](Self::check), which bounded `slots`.
+    pub(crate) fn row_slots(&self, slots: usize) -> (u64, i32) {
+        match self {
+            CacheRows::Step(rows) => (rows.slots.device_ptr(), i32::try_from(slots).unwrap_or(0)),
+            _ => (0, 0),
         }
     }
 }

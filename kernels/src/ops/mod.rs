@@ -23,9 +23,11 @@ mod prefill;
 mod rope;
 mod rope_attention;
 mod rope_scaling;
+mod sampling;
+mod step;
 
 pub use attention::{AttentionShape, MAX_ATTENTION_CONTEXT, MAX_HEAD_DIM, attention_decode};
-pub use cache_rows::PrefillChunk;
+pub use cache_rows::{PrefillChunk, STEP_TILE_ROWS, StepRows};
 pub use columns::{concat, split};
 pub use elementwise::{add, add_bias, cast, embedding, fill_uniform, mul, scale, silu_mul};
 pub use fused_linear::{add_rms_norm_linear, rms_norm_linear, silu_mul_linear};
@@ -36,3 +38,5 @@ pub use prefill::{attention_prefill, rope_kv_write_prefill};
 pub use rope::{QkNorm, rope_kv_write, rope_kv_write_qk_norm};
 pub use rope_attention::rope_attention_decode;
 pub use rope_scaling::{RopeScaling, YarnParams};
+pub use sampling::{argmax_rows, argmax_rows_padded};
+pub use step::{attention_step, rope_kv_write_step};

@@ -221,7 +221,14 @@ pub(super) fn rope_kv_write_impl(
         Arg::I32(slot),
     ];
     args.extend(cfg.rope_scaling.kernel_args(cfg.rope_theta, min_len));
-    args.extend([Arg::Ptr(q_norm), Arg::Ptr(k_norm), Arg::F32(eps)]);
+    let (row_slots, slot_count) = rows.row_slots(slots);
+    args.extend([
+        Arg::Ptr(q_norm),
+        Arg::Ptr(k_norm),
+        Arg::F32(eps),
+        Arg::Ptr(row_slots),
+        Arg::I32(slot_count),
+    ]);
     ffi::launch(rt, &func, launch_cfg, &args)?;
     Ok(q_out)
 }

@@ -841,7 +841,11 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
                     format!(
                         "`{}` has no bucketed value or dimension `{name}` (it has: {})",
                         self.core.plan.function,
-                        if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                        if names.is_empty() {
+                            "none".to_string()
+                        } else {
+                            names.join(", ")
+                        }
                     ),
                 ))
             }
