@@ -38,6 +38,7 @@ Modes (--mode), each meant for a fresh process:
 Usage:
   python3 benches/peer_torch.py --mode default --out torch_default.json       (CUDA)
   python3 benches/peer_torch.py --mode compile --out torch_compile.json       (CUDA, ~1-2 min)
+  python3 benches/peer_torch.py --mode compile --peer strong                  (the strong peer, issue 29)
   python3 benches/peer_torch.py --device cpu                                   (checks, no GPU)
   python3 benches/peer_torch.py --device cpu --mode compile                   (+ compile checks)
   python3 benches/peer_torch.py --tiny --iters 5                              (quick GPU smoke run)
@@ -45,7 +46,8 @@ Usage:
 
 Output: one JSON object (stdout, or --out FILE). Keys on CUDA:
   schema                "peer_torch/1"
-  mode, kv_layout, outputs, tiny   the options used ("thd" = our cache layout [slots, T, hkv, d];
+  mode, kv_layout, peer, outputs, tiny   the options used (peer: plain or strong, see --peer;
+                        "thd" = our cache layout [slots, T, hkv, d];
                         "hf" = [slots, hkv, T, d], Hugging Face's, no copy before the matmuls)
   config                the model's shapes; sizes: the 35 captured sizes; batches: timed sizes
   device                GPU name; versions {torch, cuda, cudnn, python, gpu, sm, gpu_memory_bytes,
@@ -206,12 +208,17 @@ class Layer:
 class Decoder:
     """Weights, KV cache and forward of one decode step; mirrors `Llama` in models/src/llama.rs."""
 
-    def __init__(self, cfg: Config, device: torch.device, kv_layout: str = "thd", seed: int = 0):
+    def __init__(self, cfg: Config, device: torch.device, kv_layout: str = "thd", seed: int = 0,
+                 peer: str = "plain"):
         if cfg.q_heads % cfg.kv_heads or cfg.q_heads * cfg.head_dim != cfg.hidden:
             raise ValueError("q_heads must be a multiple of kv_heads and q_heads * head_dim == hidden")
         if kv_layout not in ("thd", "hf"):
             raise ValueError(f"kv_layout must be thd or hf, got {kv_layout}")
-        self.cfg, self.device, self.kv_layout = cfg, device, kv_layout
+        if peer not in ("plain", "strong"):
+            raise ValueError(f"peer must be plain or strong, got {peer}")
+        if peer == "strong" and kv_layout != "hf":
+            raise ValueError("the strong peer keeps its cache as [slots, kv_heads, T, head_dim]: kv_layout hf")
+        self.cfg, self.device, self.kv_layout, self.peer = cfg, device, kv_layout, peer
         torch.manual_seed(seed)
         bf16 = torch.bfloat16
 
@@ -250,8 +257,16 @@ class Decoder:
             cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d)
         )
 
+    def norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The RMS norm of this peer: F.rms_norm (strong) or Hugging Face's (plain)."""
+        if self.peer == "strong":
+            return F.rms_norm(x, (x.shape[-1],), weight, self.cfg.rms_eps)
+        return rms_norm(x, weight, self.cfg.rms_eps)
+
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Logits [n, vocab] bf16 of the next token of n sequences; writes k, v into the cache."""
+        if self.peer == "strong":
+            return self.forward_strong(tokens, positions)
         cfg = self.cfg
         n = tokens.shape[0]
         hq, hkv, d = cfg.q_heads, cfg.kv_heads, cfg.head_dim
@@ -298,6 +313,46 @@ class Decoder:
             gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)
             residual = residual + F.linear(F.silu(gate) * up, layer.down)
         h = rms_norm(residual, self.final_norm, cfg.rms_eps)
+        return F.linear(h, self.embed)  # tied LM head
+
+    def forward_strong(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The step as a performance-minded PyTorch user writes it (issue 29): F.rms_norm, one
+        fused q/k/v and one fused gate/up linear, RoPE on the fused q/k heads at once, the cache
+        as [slots, kv_heads, T, head_dim] written in place by index, and
+        F.scaled_dot_product_attention over a [n, kv_heads, group, head_dim] view of the
+        queries, so keys and values are never repeated or copied."""
+        cfg = self.cfg
+        n = tokens.shape[0]
+        hq, hkv, d = cfg.q_heads, cfg.kv_heads, cfg.head_dim
+        group = hq // hkv
+
+        residual = F.embedding(tokens, self.embed)  # [n, hidden]
+        pos = positions.long().clamp(0, cfg.cache_tokens - 1)
+        rows = self.row_ids[:n]
+        freqs = pos.float()[:, None] * self.inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = emb.cos().to(residual.dtype)[:, None, :]  # [n, 1, d]
+        sin = emb.sin().to(residual.dtype)[:, None, :]
+        # Positions 0..=pos may be attended: [n, 1, 1, T], broadcast over heads and the group.
+        allowed = (self.t_ids[None, :] <= pos[:, None])[:, None, None, :]
+
+        for layer in self.layers:
+            h = self.norm(residual, layer.attn_norm)
+            qkv = F.linear(h, layer.qkv).view(n, hq + 2 * hkv, d)
+            qk = qkv[:, : hq + hkv]  # q and k heads, rotated together
+            qk = qk * cos + rotate_half(qk) * sin
+            q, k = qk.split([hq, hkv], dim=1)
+            v = qkv[:, hq + hkv :]
+            layer.k_cache[rows, :, pos] = k
+            layer.v_cache[rows, :, pos] = v
+            ctx = F.scaled_dot_product_attention(
+                q.view(n, hkv, group, d), layer.k_cache[:n], layer.v_cache[:n], attn_mask=allowed
+            )  # [n, hkv, group, d]
+            residual = residual + F.linear(ctx.reshape(n, hq * d), layer.o_proj)
+            h = self.norm(residual, layer.mlp_norm)
+            gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)
+            residual = residual + F.linear(F.silu(gate) * up, layer.down)
+        h = self.norm(residual, self.final_norm)
         return F.linear(h, self.embed)  # tied LM head
 
     def key_at(self, layer: Layer, b: int, t: int) -> torch.Tensor:
@@ -408,6 +463,10 @@ def scan_ops(fn) -> tuple[dict[str, int], list[str]]:
     return counts, bad
 
 
+# (kv_layout, peer) pairs the checks cover.
+VARIANTS = (("thd", "plain"), ("hf", "plain"), ("hf", "strong"))
+
+
 def selftest(args) -> dict:
     results: dict = {}
     ok = True
@@ -417,8 +476,9 @@ def selftest(args) -> dict:
     full = Config.qwen3_0_6b_shaped()
     meta = torch.device("meta")
     shapes = {}
-    for layout in ("thd", "hf"):
-        m = Decoder(full, meta, layout)
+    for layout, peer in VARIANTS:
+        m = Decoder(full, meta, layout, peer=peer)
+        layout = layout if peer == "plain" else f"{layout}_{peer}"
         for n in SIZES:
             tok = torch.empty(n, dtype=torch.int32, device=meta)
             pos = torch.empty(n, dtype=torch.int32, device=meta)
@@ -448,8 +508,8 @@ def selftest(args) -> dict:
     cfg = Config.tiny()
     dev = torch.device("cpu")
     numerics = {}
-    for layout in ("thd", "hf"):
-        m = Decoder(cfg, dev, layout)
+    for layout, peer in VARIANTS:
+        m = Decoder(cfg, dev, layout, peer=peer)
         gen = torch.Generator().manual_seed(123)
         n = 5
         tokens = torch.randint(0, cfg.vocab, (n,), generator=gen, dtype=torch.int32)
@@ -461,7 +521,7 @@ def selftest(args) -> dict:
         err = ((out.float() - ref).norm() / ref.norm()).item()
         # The cache now holds this step's keys at [b, clamp(pos[b])]: compare with recomputation.
         layer0 = m.layers[0]
-        h = rms_norm(F.embedding(tokens, m.embed), layer0.attn_norm, cfg.rms_eps)
+        h = m.norm(F.embedding(tokens, m.embed), layer0.attn_norm)
         v_new = F.linear(h, layer0.qkv)[:, (cfg.q_heads + cfg.kv_heads) * cfg.head_dim :]
         cache_ok = all(
             torch.equal(m.value_at(layer0, b, min(int(p), cfg.cache_tokens - 1)).reshape(-1), v_new[b])
@@ -472,7 +532,7 @@ def selftest(args) -> dict:
         # Batch of 1 agrees with row 0 of the batch (rows are independent).
         out1 = m.forward(tokens[:1], positions[:1])
         row_err = ((out1[0].float() - out[0].float()).norm() / out[0].float().norm()).item()
-        numerics[layout] = {
+        numerics[layout if peer == "plain" else f"{layout}_{peer}"] = {
             "rel_err_vs_reference": err,
             "cache_write_ok": cache_ok,
             "int64_tokens_same": same64,
@@ -979,7 +1039,7 @@ def run_cuda(args) -> dict:
     props = torch.cuda.get_device_properties(0)
 
     t = time.perf_counter()
-    model = Decoder(cfg, dev, args.kv_layout, seed=0)
+    model = Decoder(cfg, dev, "hf" if args.peer == "strong" else args.kv_layout, seed=0, peer=args.peer)
     max_size = max(sizes)
     static_tokens = torch.zeros(max_size, dtype=torch.int32, device=dev)  # vLLM's persistent buffers
     static_pos = torch.zeros(max_size, dtype=torch.int32, device=dev)
@@ -1058,7 +1118,8 @@ def run_cuda(args) -> dict:
     result = {
         "schema": "peer_torch/1",
         "mode": args.mode,
-        "kv_layout": args.kv_layout,
+        "kv_layout": model.kv_layout,
+        "peer": args.peer,
         "outputs": args.outputs,
         "tiny": bool(args.tiny),
         "config": asdict(cfg),
@@ -1150,6 +1211,10 @@ def main() -> int:
     p.add_argument("--tiny", action="store_true", help="LlamaConfig::tiny() shapes (2 layers, hidden 256)")
     p.add_argument("--kv-layout", choices=["thd", "hf"], default="thd",
                    help="thd: our [slots, T, hkv, d] (default); hf: [slots, hkv, T, d]")
+    p.add_argument("--peer", choices=["plain", "strong"], default="plain",
+                   help="plain: the decoder as first written (Hugging Face's norm, matmul attention); "
+                        "strong: F.rms_norm, RoPE on the fused q/k, F.scaled_dot_product_attention over "
+                        "a grouped view of the queries (issue 29), cache layout hf")
     p.add_argument("--outputs", choices=["weak", "strong"], default="weak",
                    help="keep graph outputs as non-owning aliases (vLLM) or strong references")
     p.add_argument("--sizes", default="default",

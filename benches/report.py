@@ -490,7 +490,10 @@ def torch_label(t: dict, fallback: str) -> str:
     mode = get(t, "mode", default=fallback)
     layout = get(t, "kv_layout", default="thd")
     outputs = get(t, "outputs", default="weak")
+    peer = get(t, "peer", default=None)
     label = str(mode)
+    if peer == "strong" or (peer == "plain" and mode == "compile"):
+        label += f"-{peer}"
     if layout != "thd":
         label += f"-{layout}"
     if outputs != "weak":
@@ -502,7 +505,8 @@ TORCH_MODE_TEXT = {
     "default": "PyTorch, torch.cuda.graph as shipped",
     "gc": "PyTorch, gc.collect() + empty_cache() before each graph",
     "vllm": "PyTorch, vLLM-style (gc frozen, no gc/empty_cache per graph)",
-    "compile": "PyTorch, torch.compile (Inductor, dynamic batch) + vLLM-style capture",
+    "compile": "PyTorch, torch.compile (Inductor, dynamic batch) + vLLM-style capture (the strong "
+    "peer since issue 29: F.rms_norm, SDPA over grouped queries, cache [slots, kv_heads, T, d])",
 }
 
 

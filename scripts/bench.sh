@@ -10,10 +10,11 @@
 #   ours.json, ours_second.json   decode_bench --json, twice (the second start finds the kernel
 #                                 cache warm)
 #   floor.json                    driver_floor --json, for our node count
-#   torch_compile.json            benches/peer_torch.py --mode compile (issue 15's peer; cold
-#                                 Inductor cache, so it is the longest step)
+#   torch_compile.json            benches/peer_torch.py --mode compile --peer strong (issue 29's
+#                                 peer; cold Inductor cache, so it is the longest step)
 #   torch_default.json            benches/peer_torch.py --mode default (issue 5's peer)
-#   torch_gc.json, torch_vllm.json, torch_default_hf.json   extras, each only while the budget
+#   torch_gc.json, torch_compile_plain.json (issue 15's compiled peer), torch_vllm.json,
+#   torch_default_hf.json         extras, each only while the budget
 #                                 still has room for it
 #   results/<gpu-slug>.json, README.md    benches/report.py's merge and tables: copy them into
 #                                 bench/results/ and bench/README.md
@@ -110,12 +111,16 @@ nodes=$(python3 -c 'import json, sys; print(int(json.load(open(sys.argv[1]))["ke
   "$out/ours.json" 2>/dev/null || true)
 ours driver_floor 90 driver_floor --json "$out/floor.json" ${nodes:+--nodes "$nodes"}
 # Required peers: torch.compile (issue 15; a cold compile, the longest step), then the default.
-step torch_compile 300 python3 benches/peer_torch.py --mode compile --out "$out/torch_compile.json"
+# The compiled peer is the strong one (issue 29: F.rms_norm, fused RoPE, SDPA over grouped
+# queries, the cache as [slots, kv_heads, T, head_dim]); the plain one it replaced is an extra.
+step torch_compile 300 python3 benches/peer_torch.py --mode compile --peer strong --out "$out/torch_compile.json"
 step torch_default 150 python3 benches/peer_torch.py --mode default --out "$out/torch_default.json"
 
 gc_arg=()
 extras=()
 extra torch_gc 70 120 "$out/torch_gc.json" --mode gc && gc_arg=(--torch-gc "$out/torch_gc.json")
+extra torch_compile_plain 150 300 "$out/torch_compile_plain.json" --mode compile &&
+  extras+=(--torch-extra "$out/torch_compile_plain.json")
 extra torch_vllm 60 90 "$out/torch_vllm.json" --mode vllm && extras+=(--torch-extra "$out/torch_vllm.json")
 extra torch_default_hf 60 90 "$out/torch_default_hf.json" --mode default --kv-layout hf &&
   extras+=(--torch-extra "$out/torch_default_hf.json")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (no Rust there): the GPU test suite, the decode benchmark, and the
 # suite under compute-sanitizer. Logs go to $OUT (the device tool's output folder) or ./gpu-out.
-#   bash gpu-bundle/run.sh [tests|candle|bench|sanitize|memcheck|racecheck|all|hf|tp] [TEST FILTER...]
+#   bash gpu-bundle/run.sh [tests|candle|bench|serve|sanitize|memcheck|racecheck|all|hf|tp] [TEST FILTER...]
 # `hf` (not part of `all`: it needs PyTorch and transformers) checks the Hugging Face loader
 # against transformers with hf_check.py. `tp` (not part of `all`: it needs 2 GPUs) runs the
 # tensor-parallel GPU tests and `decode_bench --tp 2` (NCCL all-reduces inside the graphs).
@@ -56,6 +56,13 @@ fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   # (bench [ARGS...]: arguments for decode_bench, e.g. --iters 10; BENCH_TAG names the log.)
   "$here/decode_bench" "${@:2}" 2>&1 | tee "$out/${BENCH_TAG:-decode_bench}.log"; status=$((status | PIPESTATUS[0]))
+fi
+if [ "$what" = serve ] || [ "$what" = all ]; then
+  # The serving loop in four modes (serve [ARGS...]: arguments for serve_bench, e.g.
+  # --requests 64 --rate 32), and the key-space growth table (issue 27).
+  args=("${@:2}"); [ "$what" = all ] && args=()
+  "$here/serve_bench" ${args[@]+"${args[@]}"} 2>&1 | tee "$out/serve_bench.log"; status=$((status | PIPESTATUS[0]))
+  "$here/decode_bench" --keys-growth 2>&1 | tee "$out/keys_growth.log"; status=$((status | PIPESTATUS[0]))
 fi
 if [ "$what" = tp ]; then
   NCCL_NVLS_ENABLE=0 "$here/gpu-tests" --test-threads=1 --nocapture tp:: 2>&1 | tee "$out/tp-tests.log"

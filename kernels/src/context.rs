@@ -364,6 +364,29 @@ impl Runtime {
         Ok(t)
     }
 
+    /// Copies host data into the existing tensor `dst` (same dtype, as many elements) and
+    /// waits for the copy: e.g. a staged call's rows ([`Runner::stage`](crate::Runner::stage)).
+    #[track_caller]
+    pub fn upload_into<T: Element>(&self, data: &[T], dst: &Tensor) -> Result<()> {
+        self.enter_op("upload_into");
+        self.forbid_during_capture("a host-to-device copy")?;
+        self.check_device("upload_into", dst)?;
+        if dst.dtype() != T::DTYPE || dst.numel() != data.len() {
+            return Err(Error::invalid(
+                "upload_into",
+                format!(
+                    "{} {} values for a {} tensor of shape {:?}",
+                    data.len(),
+                    T::DTYPE,
+                    dst.dtype(),
+                    dst.shape()
+                ),
+            ));
+        }
+        ffi::upload(&self.stream, range(dst), host_bytes(data))
+            .map_err(Error::driver("cuMemcpyHtoDAsync"))
+    }
+
     /// Copies a tensor to the host, waiting for all work queued before it.
     #[track_caller]
     pub fn download<T: Element>(&self, t: &Tensor) -> Result<Vec<T>> {

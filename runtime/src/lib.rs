@@ -71,7 +71,7 @@ pub use pool::GraphPool;
 pub use pool_capture::{CaptureTiming, Warmup};
 pub use runner::{
     EAGER_ENV, EagerFn, FnRunner, MemoryEstimate, NoLive, NoStatics, Output, RefreshError,
-    RefreshReport, Runner,
+    RefreshReport, Runner, Staged,
 };
 pub use shape::{MAX_RANK, MAX_TENSOR_BYTES, Shape};
 pub use static_args::{StaticArg, StaticArgs};

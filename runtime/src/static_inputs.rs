@@ -2,6 +2,8 @@
 //! largest bucket of a bucketed dimension). Each graph reads a prefix of them; each call's
 //! inputs are copied in, and padded, before a replay.
 
+use std::cell::Cell;
+
 use crate::backend::Backend;
 use crate::dispatch::{InputSpec, PadValue};
 use crate::error::{Error, Result};
@@ -33,6 +35,10 @@ pub(crate) struct StaticInputs<B: Backend, const N: usize> {
     /// Each input's bucketed dimension, if any: (dimension, its index among the key's
     /// dimension components).
     bucketed: [Option<(usize, usize)>; N],
+    /// Per input with a pad value: every row from this one to the buffer's end holds the pad
+    /// value (`usize::MAX`: not known). Lets a staged run skip the fill when its padded rows
+    /// are padded already (see [`pad_after`](Self::pad_after)).
+    clean_from: [Cell<usize>; N],
 }
 
 impl<B: Backend, const N: usize> StaticInputs<B, N> {
@@ -114,6 +120,7 @@ impl<B: Backend, const N: usize> StaticInputs<B, N> {
             pad_copy,
             trailing,
             bucketed,
+            clean_from: std::array::from_fn(|_| Cell::new(usize::MAX)),
         })
     }
 
@@ -178,10 +185,44 @@ impl<B: Backend, const N: usize> StaticInputs<B, N> {
     pub(crate) fn fill_pads(&self, dev: &B::Device) -> Result<()> {
         for i in 0..N {
             if let Some(pattern) = self.pads[i] {
+                self.clean_from[i].set(usize::MAX);
                 self.fill_tail(dev, i, 0, pattern)?;
+                self.clean_from[i].set(0);
             }
         }
         Ok(())
+    }
+
+    /// Marks the first `n` rows of every buffer as the caller's (a staged call writes them):
+    /// they may hold anything now.
+    pub(crate) fn stage_rows(&self, n: usize) {
+        for (i, clean) in self.clean_from.iter().enumerate() {
+            if self.pads[i].is_some() {
+                clean.set(clean.get().max(n));
+            }
+        }
+    }
+
+    /// Fills rows `n..` of every padded buffer with its pad value, skipping a buffer whose rows
+    /// from `n` on hold it already (a staged call of the same or more rows than the last one
+    /// launches nothing here).
+    pub(crate) fn pad_after(&self, dev: &B::Device, n: usize) -> Result<()> {
+        for i in 0..N {
+            let (Some(pattern), (_, row)) = (self.pads[i], self.ranges[i]) else {
+                continue;
+            };
+            if self.clean_from[i].get() > n {
+                self.clean_from[i].set(usize::MAX);
+                self.fill_tail(dev, i, n.saturating_mul(row), pattern)?;
+                self.clean_from[i].set(n);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether some input has a bucketed dimension (its buffer's layout depends on the key).
+    pub(crate) fn any_bucketed(&self) -> bool {
+        self.bucketed.iter().any(Option::is_some)
     }
 
     /// Copies each input into the first rows of its buffer and fills the rows after it with
@@ -214,6 +255,11 @@ impl<B: Backend, const N: usize> StaticInputs<B, N> {
             }
         }
         let stream = B::stream(Seal::new(), dev);
+        // Not known until the copies below are enqueued; then each padded plain buffer is its
+        // input's rows and the pad value after them.
+        for clean in &self.clean_from {
+            clean.set(usize::MAX);
+        }
         for (i, input) in inputs.iter().enumerate() {
             if self.bucketed[i].is_some() {
                 self.fill_bucketed(dev, i, input, size, dims)?;
@@ -223,6 +269,14 @@ impl<B: Backend, const N: usize> StaticInputs<B, N> {
         if (0..N).all(|i| !plain(i)) {
             return Ok(());
         }
+        let mark_clean = || {
+            for (i, src) in sources.iter().enumerate() {
+                let row = self.ranges[i].1;
+                if plain(i) && self.pads[i].is_some() && row > 0 {
+                    self.clean_from[i].set(src.bytes / row);
+                }
+            }
+        };
         if let Some(f) = &self.pad_copy {
             let empty = PadJob {
                 dst: DeviceRange::EMPTY,
@@ -246,7 +300,9 @@ impl<B: Backend, const N: usize> StaticInputs<B, N> {
                     };
                 }
             }
-            return ffi::launch_pad_copy(&stream, f, &jobs[..N]).map_err(Error::driver("pad_copy"));
+            ffi::launch_pad_copy(&stream, f, &jobs[..N]).map_err(Error::driver("pad_copy"))?;
+            mark_clean();
+            return Ok(());
         }
         for (i, src) in sources.iter().enumerate().filter(|&(i, _)| plain(i)) {
             let (dst, _) = self.ranges[i];
@@ -259,6 +315,7 @@ impl<B: Backend, const N: usize> StaticInputs<B, N> {
                 self.fill_tail(dev, i, src.bytes, pattern)?;
             }
         }
+        mark_clean();
         Ok(())
     }
 

@@ -22,6 +22,7 @@ mod reliability;
 mod runner;
 mod serving;
 mod soundness;
+mod staged;
 #[cfg(feature = "nccl")]
 mod tp;
 #[cfg(feature = "nccl")]

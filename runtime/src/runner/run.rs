@@ -396,7 +396,7 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
     /// Captures `slot`; on failure, under [`OnCaptureError::Eager`], records the error and marks
     /// the size for eager execution instead of failing. Under [`OnCaptureError::Abort`] the
     /// error is recorded too (a lazy size that failed is not captured again) and returned.
-    fn capture_or_mark(&mut self, slot: usize) -> Result<()> {
+    pub(super) fn capture_or_mark(&mut self, slot: usize) -> Result<()> {
         match self.capture_slot(slot) {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -673,6 +673,16 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
         live: &L,
     ) -> Result<Output<'_, B>> {
         self.fill_inputs(slot, inputs)?;
+        self.replay_filled(slot, n, live)
+    }
+
+    /// Replays graph `slot` on what its static inputs hold now (a call's `n` rows, padded).
+    pub(super) fn replay_filled(
+        &mut self,
+        slot: usize,
+        n: usize,
+        live: &L,
+    ) -> Result<Output<'_, B>> {
         let Some(graph) = &self.core.graphs[slot] else {
             return Err(Error::invalid(
                 self.core.plan.function,
