@@ -176,6 +176,15 @@ pub fn run(
     if capture_s > 0.0 && (full.is_some() || pieces.is_some()) {
         println!("{}: graphs captured in {capture_s:.2} s", mode.name());
     }
+    // Every step went through this runner: its histogram of token counts is the trace's.
+    if let (Mode::Graphs, Some(g)) = (mode, &full) {
+        for budget in [16, 35] {
+            match g.advise_sizes(budget) {
+                Ok(advice) => println!("sizes advised from this trace's steps: {advice}"),
+                Err(e) => println!("no size advice: {e}"),
+            }
+        }
+    }
     let mut tokens = vec![Vec::new(); trace.len()];
     for f in sched.finished() {
         tokens[f.request] = f.tokens.clone();

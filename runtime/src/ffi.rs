@@ -272,6 +272,41 @@ impl MemPool {
         }
     }
 
+    /// The pool's figures: (used now, used high-water, reserved now, reserved high-water), in
+    /// bytes.
+    pub(crate) fn usage(&self) -> Result<[u64; 4], DriverError> {
+        use sys::CUmemPool_attribute::*;
+        let mut out = [0u64; 4];
+        for (value, attr) in out.iter_mut().zip([
+            CU_MEMPOOL_ATTR_USED_MEM_CURRENT,
+            CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+            CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,
+            CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
+        ]) {
+            // SAFETY: the pool is the device's (it outlives the context); each attribute is a
+            // cuuint64_t, written into `value`.
+            unsafe { sys::cuMemPoolGetAttribute(self.0, attr, (value as *mut u64).cast()) }
+                .result()?;
+        }
+        Ok(out)
+    }
+
+    /// Resets the pool's high-water marks to the current values.
+    pub(crate) fn reset_high(&self) -> Result<(), DriverError> {
+        use sys::CUmemPool_attribute::*;
+        for attr in [
+            CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+            CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
+        ] {
+            let mut zero = 0u64;
+            // SAFETY: as in `usage`; resetting a high-water mark takes a zero value, which the
+            // driver copies.
+            unsafe { sys::cuMemPoolSetAttribute(self.0, attr, (&mut zero as *mut u64).cast()) }
+                .result()?;
+        }
+        Ok(())
+    }
+
     /// Returns cached, unused memory to the driver, keeping at most `keep` bytes.
     pub(crate) fn trim_to(&self, keep: usize) -> Result<(), DriverError> {
         // SAFETY: the pool is valid for the context's life.

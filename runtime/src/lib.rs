@@ -56,7 +56,7 @@ pub mod stats;
 pub use advice::{BucketAdvice, SizeAdvice, advise_buckets, advise_sizes};
 #[cfg(feature = "candle")]
 pub use backend::candle::Candle;
-pub use backend::nodes::GraphMemoryUsage;
+pub use backend::nodes::{GraphMemoryUsage, StreamPoolUsage};
 pub use backend::raw::{CudaTensor, Raw};
 pub use backend::{Backend, Device, Seal};
 pub use dispatch::{GraphPlan, InputSpec, OnCaptureError, PadValue, SizeTable, SpecSource};

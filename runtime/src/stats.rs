@@ -287,15 +287,19 @@ impl fmt::Display for RunnerStats {
             parts.instantiate.as_secs_f64(),
             parts.upload.as_secs_f64(),
             if self.graph_memory.is_some() {
-                "largest graph's memory nodes"
+                "largest graph's allocation nodes"
             } else {
-                "pool"
+                "pool (physical)"
             },
             self.pool_bytes as f64 / (1 << 20) as f64,
-            if self.graph_memory.is_some() {
-                " (graph memory is the driver's, mapped at first launch)"
-            } else {
-                ""
+            match &self.graph_memory {
+                // Node sums are virtual (what the graphs' allocations add up to); what the
+                // driver reserves is physical, for every graph of the device.
+                Some(usage) => format!(
+                    " (virtual: a sum of allocations; the driver maps them at first launch; the device's graph memory reserved when last read: {:.1} MiB physical, every graph on it)",
+                    usage.reserved as f64 / (1 << 20) as f64
+                ),
+                None => String::new(),
             },
             self.static_input_bytes as f64 / 1024.0,
             self.replay_count(),
@@ -323,6 +327,24 @@ impl fmt::Display for RunnerStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_summary_labels_virtual_and_physical_bytes() {
+        let mut stats = RunnerStats {
+            function: "f",
+            pool_bytes: 3 << 20,
+            ..RunnerStats::default()
+        };
+        let pool = stats.to_string();
+        assert!(pool.contains("pool (physical) 3.0 MiB"), "{pool}");
+        stats.graph_memory = Some(crate::GraphMemoryUsage {
+            reserved: 5 << 20,
+            ..Default::default()
+        });
+        let nodes = stats.to_string();
+        assert!(nodes.contains("allocation nodes 3.0 MiB (virtual"), "{nodes}");
+        assert!(nodes.contains("5.0 MiB physical"), "{nodes}");
+    }
 
     #[test]
     fn padding_waste_is_padded_over_real_rows() {

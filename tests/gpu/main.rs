@@ -11,6 +11,7 @@ mod common;
 mod coverage;
 mod cudarc_backend;
 mod features;
+mod footprint;
 mod gemm_lt;
 mod hf;
 mod islands;

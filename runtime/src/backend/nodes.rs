@@ -80,6 +80,45 @@ impl GraphMemoryUsage {
     }
 }
 
+/// The figures of the stream-ordered pool a device's eager allocations come from
+/// (`cuMemAllocAsync`: cudarc's `alloc`, candle's and cudagraph's eager tensors), in bytes:
+/// what an eager forward needs, to compare a runner's graph memory with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamPoolUsage {
+    /// Bytes allocated from the pool now.
+    pub used: u64,
+    /// High-water mark of `used` since the last reset: an eager forward's peak, when reset
+    /// right before it.
+    pub used_high: u64,
+    /// Bytes the pool holds from the driver now (allocated or cached).
+    pub reserved: u64,
+    /// High-water mark of `reserved`.
+    pub reserved_high: u64,
+}
+
+impl StreamPoolUsage {
+    /// Reads the figures of the pool of `ctx`'s device.
+    pub fn of_context(ctx: &CudaContext) -> Result<Self> {
+        let pool = ffi::MemPool::of_device(ctx).map_err(Error::driver("cuDeviceGetMemPool"))?;
+        let [used, used_high, reserved, reserved_high] = pool
+            .usage()
+            .map_err(Error::driver("cuMemPoolGetAttribute"))?;
+        Ok(Self {
+            used,
+            used_high,
+            reserved,
+            reserved_high,
+        })
+    }
+
+    /// Resets the high-water marks of the pool of `ctx`'s device to the current values.
+    pub fn reset_high(ctx: &CudaContext) -> Result<()> {
+        let pool = ffi::MemPool::of_device(ctx).map_err(Error::driver("cuDeviceGetMemPool"))?;
+        pool.reset_high()
+            .map_err(Error::driver("cuMemPoolSetAttribute"))
+    }
+}
+
 /// Runner memory in node mode: the output buffer every size's graph copies its output into,
 /// and the graphs' allocation figures.
 pub struct NodeMemory<B: Backend> {
