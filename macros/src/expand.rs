@@ -53,6 +53,7 @@ fn shared(plan: &Plan) -> Shared {
         .map(|&i| Literal::u16_unsuffixed(i));
     let lazy = match plan.capture {
         CaptureMode::Lazy => quote!(.with_lazy_capture(true)),
+        CaptureMode::Background => quote!(.with_background_capture(true)),
         CaptureMode::Init => TokenStream::new(),
     };
     let pads = plan.pads.iter().map(|(index, value)| {
@@ -779,6 +780,20 @@ fn doc_lines(plan: &Plan) -> Vec<String> {
                     .to_owned(),
             ],
         ),
+        CaptureMode::Background => (
+            [
+                format!(
+                    " Returns a `Runner` of `{name}` at once, capturing nothing: each batch runs eagerly"
+                ),
+                " until its size's graph is captured, between calls (`capture = background`)."
+                    .to_owned(),
+            ],
+            vec![
+                " Fails if the graph plan is invalid. A failed background capture leaves its size"
+                    .to_owned(),
+                " eager and shows in `stats()`.".to_owned(),
+            ],
+        ),
     };
     let mut lines: Vec<String> = intro.into();
     lines.extend([
@@ -886,6 +901,11 @@ fn refresh_doc_lines(plan: &Plan) -> Vec<String> {
             " and the refreshed runner keeps its static arguments; sizes not captured yet"
                 .to_owned(),
             " (`capture = lazy`) are still captured on first use.".to_owned(),
+        ],
+        CaptureMode::Background => vec![
+            " and the refreshed runner keeps its static arguments; sizes not captured yet"
+                .to_owned(),
+            " (`capture = background`) are still captured between calls.".to_owned(),
         ],
     });
     lines.extend([

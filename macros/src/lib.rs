@@ -58,7 +58,7 @@ use proc_macro::TokenStream;
 ///     batch = PARAM,                // optional, default: the first `&Tensor` parameter
 ///     static_args = [PARAM, ...],   // optional
 ///     pad = [PARAM = NUM, ...],     // optional
-///     capture = lazy | init,        // optional, default: init
+///     capture = lazy | background | init, // optional, default: init
 ///     crate = "PATH",               // optional, default: "::cudagraph"
 /// )]
 /// ELEM := INT | INT..=INT | INT..=INT step INT
@@ -93,7 +93,12 @@ use proc_macro::TokenStream;
 ///   every size when `<name>_graphs` builds the runner, so it fails early and
 ///   every run replays; `lazy` captures each size on its first use (the
 ///   generated code calls `GraphPlan::with_lazy_capture(true)`): the runner
-///   is built at once, and the first run of each size pays for its capture.
+///   is built at once, and the first run of each size pays for its capture;
+///   `background` (`GraphPlan::with_background_capture(true)`) builds the
+///   runner at once and serves every size eagerly until its graph exists:
+///   after a call whose size had none, that size is captured before the call
+///   returns (the eager output is unaffected), and `Runner::capture_pending`
+///   captures the rest in idle time, largest first.
 /// - `crate`: the path of the `cudagraph` crate, for crates that rename it
 ///   (like tokio's `crate = "..."`).
 ///

@@ -29,6 +29,7 @@ mod kw {
     syn::custom_keyword!(capture);
     syn::custom_keyword!(lazy);
     syn::custom_keyword!(init);
+    syn::custom_keyword!(background);
     syn::custom_keyword!(step);
 }
 
@@ -45,7 +46,7 @@ pub const OPTIONS: [&str; 8] = [
 ];
 
 /// The error for a `capture` value other than `lazy` or `init`.
-const CAPTURE_VALUES: &str = "`capture` takes `lazy` (capture each size on first use) or `init` (capture all sizes when the runner is built, the default)";
+const CAPTURE_VALUES: &str = "`capture` takes `lazy` (capture each size on first use), `background` (serve eagerly at once, capture between calls) or `init` (capture all sizes when the runner is built, the default)";
 
 /// An integer from the attribute, with the span of its literal.
 #[derive(Debug, Clone, Copy)]
@@ -163,7 +164,7 @@ pub struct VariantList {
     pub entries: Vec<VariantEntry>,
 }
 
-/// The value of `capture = lazy | init`: when the runner captures its graphs.
+/// The value of `capture = lazy | background | init`: when the runner captures its graphs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum CaptureMode {
     /// `capture = init` (the default): every size is captured when the runner
@@ -172,6 +173,9 @@ pub enum CaptureMode {
     Init,
     /// `capture = lazy`: each size is captured on its first use.
     Lazy,
+    /// `capture = background`: nothing is captured when the runner is built; calls run
+    /// eagerly until their size's graph is captured, between calls.
+    Background,
 }
 
 /// The value of `crate = "..."`.
@@ -1074,6 +1078,10 @@ fn parse_capture(input: ParseStream) -> syn::Result<CaptureMode> {
         input.parse::<kw::init>()?;
         return Ok(CaptureMode::Init);
     }
+    if input.peek(kw::background) {
+        input.parse::<kw::background>()?;
+        return Ok(CaptureMode::Background);
+    }
     if input.is_empty() || input.peek(Token![,]) {
         return Err(input.error(CAPTURE_VALUES));
     }
@@ -1177,12 +1185,14 @@ mod tests {
         assert_eq!(args.capture, Some(CaptureMode::Lazy));
         let args = parse_ok(quote!(capture = init, sizes = [1]));
         assert_eq!(args.capture, Some(CaptureMode::Init));
+        let args = parse_ok(quote!(sizes = [1], capture = background));
+        assert_eq!(args.capture, Some(CaptureMode::Background));
         assert_eq!(CaptureMode::default(), CaptureMode::Init);
     }
 
     #[test]
     fn bad_capture_values_are_reported_at_the_value() {
-        let expected = "`capture` takes `lazy` (capture each size on first use) or `init` (capture all sizes when the runner is built, the default)";
+        let expected = CAPTURE_VALUES;
         for tokens in [
             quote!(sizes = [1], capture = eager),
             quote!(sizes = [1], capture = true),

@@ -176,6 +176,10 @@ pub struct GraphPlan {
     pub batch_input: usize,
     /// Capture each size on its first use instead of all at construction.
     pub lazy: bool,
+    /// Capture nothing at construction and serve every size eagerly until its graph is ready;
+    /// graphs are captured between calls (see
+    /// [`with_background_capture`](Self::with_background_capture)).
+    pub background: bool,
     /// Warm-up policy of every capture after the first (which always warms up).
     pub warmup: Warmup,
     /// What to do when a size fails to capture.
@@ -196,6 +200,7 @@ impl GraphPlan {
             table: SizeTable::new(sizes)?,
             batch_input,
             lazy: false,
+            background: false,
             warmup: Warmup::from_env(),
             on_capture_error: OnCaptureError::Abort,
             pads: Vec::new(),
@@ -215,6 +220,7 @@ impl GraphPlan {
             table: SizeTable::from_static(sizes, lookup)?,
             batch_input,
             lazy: false,
+            background: false,
             warmup: Warmup::from_env(),
             on_capture_error: OnCaptureError::Abort,
             pads: Vec::new(),
@@ -234,6 +240,25 @@ impl GraphPlan {
     /// can hold more than the largest graph (chunks grow as larger sizes are first used).
     pub fn with_lazy_capture(mut self, lazy: bool) -> Self {
         self.lazy = lazy;
+        self
+    }
+
+    /// Background capture (`capture = background`): the runner is built without capturing, so
+    /// it serves at once. A call whose size has no graph yet runs eagerly, through the same
+    /// dispatch and output path (counted as [`FallbackReason::NotCapturedYet`](crate::FallbackReason)),
+    /// and then, before returning, the runner captures one pending graph: that call's own (the
+    /// order of traffic). [`Runner::capture_pending`](crate::Runner::capture_pending) captures
+    /// more in idle time, largest first. Each size switches to replay as soon as its graph is
+    /// instantiated; nothing a caller sees changes but speed and the stats.
+    ///
+    /// Captures run on the caller's thread, between calls, never while a forward runs: eager
+    /// calls and captures never use the pool, its chunks or the freeze scope at the same time.
+    /// (Not on a second stream concurrently with eager calls: that would need every backend's
+    /// allocator to tell a capture's allocations from an eager call's on another stream.) A
+    /// failed background capture is recorded, warned about once, and leaves its size eager; it
+    /// never fails the call that triggered it.
+    pub fn with_background_capture(mut self, background: bool) -> Self {
+        self.background = background;
         self
     }
 

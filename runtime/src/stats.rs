@@ -60,10 +60,13 @@ pub enum FallbackReason {
     AboveBuckets,
     /// A variant's value is not one of the listed values.
     UnlistedVariant,
+    /// Background capture ([`GraphPlan::with_background_capture`](crate::GraphPlan)): the
+    /// size's graph is not captured yet.
+    NotCapturedYet,
 }
 
 /// Number of [`FallbackReason`]s.
-pub const FALLBACK_REASONS: usize = 6;
+pub const FALLBACK_REASONS: usize = 7;
 
 impl FallbackReason {
     pub(crate) fn index(self) -> usize {
@@ -84,6 +87,9 @@ impl fmt::Display for FallbackReason {
                 "a bucketed value or dimension is above its largest bucket"
             }
             FallbackReason::UnlistedVariant => "a variant's value is not listed",
+            FallbackReason::NotCapturedYet => {
+                "the size's graph is not captured yet (background capture)"
+            }
         })
     }
 }
@@ -342,7 +348,10 @@ mod tests {
             ..Default::default()
         });
         let nodes = stats.to_string();
-        assert!(nodes.contains("allocation nodes 3.0 MiB (virtual"), "{nodes}");
+        assert!(
+            nodes.contains("allocation nodes 3.0 MiB (virtual"),
+            "{nodes}"
+        );
         assert!(nodes.contains("5.0 MiB physical"), "{nodes}");
     }
 

@@ -4,6 +4,7 @@
 //! missing GPU fails them. Inputs are drawn fresh each run (the seed is printed), outputs are
 //! poisoned with NaN before each run, and graph results are compared with the eager path.
 
+mod background;
 #[cfg(feature = "candle")]
 mod candle_backend;
 mod capture;

@@ -356,7 +356,7 @@ impl<'m, const N: usize, S: 'm, B: Backend, L: 'm> Runner<'m, N, S, B, L> {
                 released: false,
             },
         };
-        if runner.core.plan.lazy {
+        if runner.core.plan.lazy || runner.core.plan.background {
             return Ok(runner);
         }
         if runner.core.debug_eager {
@@ -617,7 +617,11 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
             let failed = self.core.stats.sizes[slot].capture_error.clone();
             match failed {
                 // Lazy capture: the first call that would replay this size captures it.
-                None if self.core.graphs[slot].is_none() && shapes_match && statics_match => {
+                None if self.core.graphs[slot].is_none()
+                    && shapes_match
+                    && statics_match
+                    && !self.core.plan.background =>
+                {
                     let started = Instant::now();
                     self.capture_or_mark(slot)?;
                     self.core.stats.capture_wall += started.elapsed();
@@ -640,6 +644,9 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
             }
             Some(_) if !shapes_match => Some(FallbackReason::ShapeMismatch),
             Some(_) if !statics_match => Some(FallbackReason::StaticChanged),
+            Some(slot) if self.core.graphs[slot].is_none() && self.core.plan.background => {
+                Some(FallbackReason::NotCapturedYet)
+            }
             Some(_) => None,
         };
         match (slot, reason) {
@@ -649,6 +656,20 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
                 self.debug_eager(slot, n, &inputs, keyed.as_ref().unwrap_or(statics), live)
             }
             (Some(slot), None) => self.replay(slot, n, &inputs, live),
+            // Background capture: this call runs eagerly, then its size is captured (its output
+            // is the eager forward's own tensor, which no capture touches).
+            (Some(slot), Some(FallbackReason::NotCapturedYet)) => {
+                let statics = keyed.as_ref().unwrap_or(statics);
+                let tensor =
+                    self.fallback_tensor(FallbackReason::NotCapturedYet, n, inputs, statics, live)?;
+                self.capture_in_background(slot);
+                Ok(Output {
+                    tensor,
+                    replayed: false,
+                    size: None,
+                    dev: self.dev,
+                })
+            }
             (_, reason) => {
                 let reason = reason.unwrap_or(FallbackReason::TooLarge);
                 self.fallback(reason, n, inputs, keyed.as_ref().unwrap_or(statics), live)
@@ -798,6 +819,24 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
         statics: &S,
         live: &L,
     ) -> Result<Output<'_, B>> {
+        let tensor = self.fallback_tensor(reason, n, inputs, statics, live)?;
+        Ok(Output {
+            tensor,
+            replayed: false,
+            size: None,
+            dev: self.dev,
+        })
+    }
+
+    /// The eager forward of a fallback, counted and checked.
+    fn fallback_tensor(
+        &mut self,
+        reason: FallbackReason,
+        n: usize,
+        inputs: [&B::Tensor; N],
+        statics: &S,
+        live: &L,
+    ) -> Result<B::Tensor> {
         self.core.stats.fallbacks[reason.index()] += 1;
         if !self.core.warned[reason.index()] {
             self.core.warned[reason.index()] = true;
@@ -813,12 +852,7 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
         // another device or stream (a forward's eager path may differ from its captured one)
         // would be read there unordered with the stream that writes it.
         B::check_tensor(Seal::new(), self.dev, self.core.plan.function, &tensor)?;
-        Ok(Output {
-            tensor,
-            replayed: false,
-            size: None,
-            dev: self.dev,
-        })
+        Ok(tensor)
     }
 
     /// What the runner has done so far.
@@ -1094,7 +1128,7 @@ impl NoStatics for () {
 
 /// The driver's graph-memory figures for `dev` (node mode), for stats: a failed query is
 /// logged, not allowed to fail the capture that succeeded.
-fn graph_memory_usage<B: Backend>(dev: &B::Device) -> Option<crate::GraphMemoryUsage> {
+pub(super) fn graph_memory_usage<B: Backend>(dev: &B::Device) -> Option<crate::GraphMemoryUsage> {
     B::graph_memory_usage(Seal::new(), dev).unwrap_or_else(|e| {
         tracing::debug!(target: "cudagraph", error = %e, "graph memory figures unavailable");
         None

@@ -37,6 +37,19 @@ fn build_step(rt: &Runtime, inputs: [InputSpec; 1]) -> Result<Runner<'_, 1, ()>>
     step_graphs(rt, inputs).map(FnRunner::into_untyped)
 }
 
+/// `capture = background`: built at once, serving eagerly; graphs captured between calls.
+#[cuda_graph(sizes = [1, 2, 4], capture = background)]
+pub fn served(rt: &Runtime, x: &Tensor) -> Result<Tensor> {
+    rt.duplicate(x)
+}
+
+fn serve_while_capturing(rt: &Runtime, inputs: [InputSpec; 1], x: &Tensor) -> Result<usize> {
+    let mut graphs = served_graphs(rt, inputs)?;
+    drop(graphs.run([x])?); // eager, then its size is captured
+    graphs.capture_pending(std::time::Duration::from_millis(50))?;
+    Ok(graphs.pending_captures())
+}
+
 fn main() {
-    let _ = (build, build_step, M::forward, step);
+    let _ = (build, build_step, M::forward, step, serve_while_capturing);
 }

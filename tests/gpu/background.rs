@@ -1,0 +1,108 @@
+//! Background capture (issue 29, `capture = background`): the runner serves at once, each
+//! size's first call runs eagerly and captures that size before returning, later calls of it
+//! replay; under a stream of calls of random sizes every output equals an init-captured
+//! runner's on a twin model bit for bit (a size's first call is made at the size, where the
+//! eager forward runs the graph's kernels on its shapes), and `capture_pending` captures what
+//! traffic has not reached.
+
+use std::time::Duration;
+
+use cudagraph::{FallbackReason, Result, Runtime, Tensor, cuda_graph};
+use cudagraph_models::llama::{Llama, LlamaConfig};
+
+use crate::common::{Rng, assert_graph_matches_eager, draw_decode_inputs, fresh_seed, gpu};
+
+/// The decoder's step, captured in the background.
+struct Background<'a>(&'a Llama);
+
+impl Background<'_> {
+    #[cuda_graph(sizes = [1, 2, 4, 8..=32 step 8], pad = [positions = -1], capture = background)]
+    fn forward(&self, rt: &Runtime, tokens: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        self.0.forward(rt, tokens, positions)
+    }
+}
+
+#[test]
+fn background_capture_serves_at_once_and_matches_init_capture() -> Result<()> {
+    let Some(rt) = gpu("background_capture_serves_at_once_and_matches_init_capture") else {
+        return Ok(());
+    };
+    let mut rng = Rng(fresh_seed(
+        "background_capture_serves_at_once_and_matches_init_capture",
+    ));
+    let cfg = LlamaConfig {
+        cache_slots: 32,
+        ..LlamaConfig::tiny()
+    };
+    let seed = rng.next_u64();
+    let init_model = Llama::random(&rt, cfg.clone(), seed)?;
+    let bg_model = Llama::random(&rt, cfg.clone(), seed)?;
+    let mut init = init_model.forward_graphs(&rt, cfg.input_specs()?)?;
+    let wrapper = Background(&bg_model);
+    let mut bg = wrapper.forward_graphs(&rt, cfg.input_specs()?)?;
+    let sizes = bg.sizes().to_vec();
+    assert_eq!(
+        bg.pending_captures(),
+        sizes.len(),
+        "nothing captured at construction"
+    );
+    assert!(bg.stats().sizes.iter().all(|s| !s.captured));
+    let mut seen = std::collections::BTreeSet::new();
+    for call in 0..40 {
+        let mut n = 1 + rng.below(32);
+        let size = *sizes.iter().find(|&&s| s >= n).expect("a size holds n");
+        // A size's first call runs eagerly: at exactly the size it runs the graph's kernels on
+        // the graph's shapes, so the twins' caches stay equal bit for bit (an eager call of
+        // fewer rows could round a key differently, and every later read of it would differ).
+        if !seen.contains(&size) {
+            n = size;
+        }
+        let (tokens, positions) = draw_decode_inputs(&rt, &mut rng, &cfg, n)?;
+        let want = init.run([&tokens, &positions])?;
+        let want = rt.download_f32(&want)?;
+        bg.poison_pool()?;
+        let out = bg.run([&tokens, &positions])?;
+        let first = seen.insert(size);
+        assert_eq!(out.replayed(), !first, "call {call}: n {n}, size {size}");
+        let got = rt.download_f32(&out)?;
+        drop(out);
+        // A replay ran the same graph as the init runner's; an eager first call, at the size,
+        // the same kernels on the same shapes.
+        assert_graph_matches_eager(&format!("call {call}, n {n}"), &got, &want, n, true);
+        assert!(
+            bg.stats()
+                .sizes
+                .iter()
+                .any(|s| s.size == size && s.captured),
+            "size {size} captured after its first call"
+        );
+    }
+    let stats = bg.stats();
+    assert_eq!(
+        stats.fallbacks_for(FallbackReason::NotCapturedYet),
+        seen.len() as u64,
+        "one eager call per size reached"
+    );
+    let left = bg.pending_captures();
+    assert_eq!(left, sizes.len() - seen.len());
+    let captured = bg.capture_pending(Duration::from_secs(120))?;
+    assert_eq!(captured, left);
+    assert_eq!(bg.pending_captures(), 0);
+    println!("{}", bg.stats());
+    // Every size replays now.
+    for &n in &sizes {
+        let (tokens, positions) = draw_decode_inputs(&rt, &mut rng, &cfg, n)?;
+        let want = init.run([&tokens, &positions])?;
+        let want = rt.download_f32(&want)?;
+        let out = bg.run([&tokens, &positions])?;
+        assert!(out.replayed(), "size {n}");
+        assert_graph_matches_eager(
+            &format!("size {n}"),
+            &rt.download_f32(&out)?,
+            &want,
+            n,
+            true,
+        );
+    }
+    Ok(())
+}
