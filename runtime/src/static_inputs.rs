@@ -2,8 +2,6 @@
 //! largest bucket of a bucketed dimension). Each graph reads a prefix of them; each call's
 //! inputs are copied in, and padded, before a replay.
 
-use std::cell::Cell;
-
 use crate::backend::Backend;
 use crate::dispatch::{InputSpec, PadValue};
 use crate::error::{Error, Result};
@@ -35,10 +33,6 @@ pub(crate) struct StaticInputs<B: Backend, const N: usize> {
     /// Each input's bucketed dimension, if any: (dimension, its index among the key's
     /// dimension components).
     bucketed: [Option<(usize, usize)>; N],
-    /// Per input with a pad value: every row from this one to the buffer's end holds the pad
-    /// value (`usize::MAX`: not known). Lets a staged run skip the fill when its padded rows
-    /// are padded already (see [`pad_after`](Self::pad_after)).
-    clean_from: [Cell<usize>; N],
 }
 
 impl<B: Backend, const N: usize> StaticInputs<B, N> {
@@ -120,7 +114,6 @@ impl<B: Backend, const N: usize> StaticInputs<B, N> {
             pad_copy,
             trailing,
             bucketed,
-            clean_from: std::array::from_fn(|_| Cell::new(usize::MAX)),
         })
     }
 
@@ -185,36 +178,55 @@ impl<B: Backend, const N: usize> StaticInputs<B, N> {
     pub(crate) fn fill_pads(&self, dev: &B::Device) -> Result<()> {
         for i in 0..N {
             if let Some(pattern) = self.pads[i] {
-                self.clean_from[i].set(usize::MAX);
                 self.fill_tail(dev, i, 0, pattern)?;
-                self.clean_from[i].set(0);
             }
         }
         Ok(())
     }
 
-    /// Marks the first `n` rows of every buffer as the caller's (a staged call writes them):
-    /// they may hold anything now.
-    pub(crate) fn stage_rows(&self, n: usize) {
-        for (i, clean) in self.clean_from.iter().enumerate() {
-            if self.pads[i].is_some() {
-                clean.set(clean.get().max(n));
-            }
+    /// Fills rows `n..size` of every padded buffer with its pad value (a staged call's padded
+    /// rows), every time: a forward may write its own inputs, so no earlier fill is trusted.
+    /// One launch of the copy kernel (fills only) when it is available, else one fill per
+    /// padded input.
+    pub(crate) fn pad_rows(&self, dev: &B::Device, n: usize, size: usize) -> Result<()> {
+        let padded = |i: usize| self.pads[i].is_some() && self.bucketed[i].is_none();
+        if !(0..N).any(padded) || n >= size {
+            return Ok(());
         }
-    }
-
-    /// Fills rows `n..` of every padded buffer with its pad value, skipping a buffer whose rows
-    /// from `n` on hold it already (a staged call of the same or more rows than the last one
-    /// launches nothing here).
-    pub(crate) fn pad_after(&self, dev: &B::Device, n: usize) -> Result<()> {
-        for i in 0..N {
-            let (Some(pattern), (_, row)) = (self.pads[i], self.ranges[i]) else {
-                continue;
+        let tail = |i: usize| -> DeviceRange {
+            let (range, row) = self.ranges[i];
+            let from = n.saturating_mul(row).min(range.bytes);
+            let to = size.saturating_mul(row).min(range.bytes);
+            DeviceRange {
+                ptr: range.ptr + from as u64,
+                bytes: to - from,
+            }
+        };
+        let stream = B::stream(Seal::new(), dev);
+        if let Some(f) = &self.pad_copy {
+            let empty = PadJob {
+                dst: DeviceRange::EMPTY,
+                src: DeviceRange::EMPTY,
+                pattern: None,
             };
-            if self.clean_from[i].get() > n {
-                self.clean_from[i].set(usize::MAX);
-                self.fill_tail(dev, i, n.saturating_mul(row), pattern)?;
-                self.clean_from[i].set(n);
+            let mut jobs = [empty; 4];
+            for (i, job) in jobs.iter_mut().enumerate().take(N) {
+                if padded(i) {
+                    // Nothing copied; the whole range filled (its offset is whole rows, so the
+                    // pattern keeps the elements' phase).
+                    *job = PadJob {
+                        dst: tail(i),
+                        src: DeviceRange::EMPTY,
+                        pattern: self.pads[i],
+                    };
+                }
+            }
+            return ffi::launch_pad_copy(&stream, f, &jobs[..N]).map_err(Error::driver("pad_copy"));
+        }
+        for i in (0..N).filter(|&i| padded(i)) {
+            if let Some(pattern) = self.pads[i] {
+                ffi::fill_pattern(&stream, tail(i), pattern, self.widths[i])
+                    .map_err(Error::driver("cuMemsetD32Async"))?;
             }
         }
         Ok(())
@@ -255,11 +267,6 @@ impl<B: Backend, const N: usize> StaticInputs<B, N> {
             }
         }
         let stream = B::stream(Seal::new(), dev);
-        // Not known until the copies below are enqueued; then each padded plain buffer is its
-        // input's rows and the pad value after them.
-        for clean in &self.clean_from {
-            clean.set(usize::MAX);
-        }
         for (i, input) in inputs.iter().enumerate() {
             if self.bucketed[i].is_some() {
                 self.fill_bucketed(dev, i, input, size, dims)?;
@@ -269,14 +276,6 @@ impl<B: Backend, const N: usize> StaticInputs<B, N> {
         if (0..N).all(|i| !plain(i)) {
             return Ok(());
         }
-        let mark_clean = || {
-            for (i, src) in sources.iter().enumerate() {
-                let row = self.ranges[i].1;
-                if plain(i) && self.pads[i].is_some() && row > 0 {
-                    self.clean_from[i].set(src.bytes / row);
-                }
-            }
-        };
         if let Some(f) = &self.pad_copy {
             let empty = PadJob {
                 dst: DeviceRange::EMPTY,
@@ -300,9 +299,7 @@ impl<B: Backend, const N: usize> StaticInputs<B, N> {
                     };
                 }
             }
-            ffi::launch_pad_copy(&stream, f, &jobs[..N]).map_err(Error::driver("pad_copy"))?;
-            mark_clean();
-            return Ok(());
+            return ffi::launch_pad_copy(&stream, f, &jobs[..N]).map_err(Error::driver("pad_copy"));
         }
         for (i, src) in sources.iter().enumerate().filter(|&(i, _)| plain(i)) {
             let (dst, _) = self.ranges[i];
@@ -315,7 +312,6 @@ impl<B: Backend, const N: usize> StaticInputs<B, N> {
                 self.fill_tail(dev, i, src.bytes, pattern)?;
             }
         }
-        mark_clean();
         Ok(())
     }
 

@@ -72,3 +72,63 @@ fn staged_calls_equal_run_and_repad_their_rows() -> Result<()> {
     assert!(by_stage.stage(100_000).is_err());
     Ok(())
 }
+
+/// A staged call re-pads its padded rows even when they held a real row before: call A (4 rows)
+/// puts row 3 at position p; an eager forward outside the runners then writes slot 3 at p with
+/// another token; call B (3 rows, size 4) must run row 3 padded. Were row 3 left as A's, the
+/// staged model would rewrite slot 3 at p with A's key and value; the twin, whose `run()` pads,
+/// keeps the eager forward's. The caches are compared bit for bit.
+#[test]
+fn a_staged_call_pads_rows_an_earlier_call_filled() -> Result<()> {
+    let Some(rt) = gpu("a_staged_call_pads_rows_an_earlier_call_filled") else {
+        return Ok(());
+    };
+    let mut rng = Rng(fresh_seed("a_staged_call_pads_rows_an_earlier_call_filled"));
+    let cfg = LlamaConfig {
+        cache_slots: 8,
+        ..LlamaConfig::tiny()
+    };
+    let seed = rng.next_u64();
+    let ran = Llama::random(&rt, cfg.clone(), seed)?;
+    let staged_model = Llama::random(&rt, cfg.clone(), seed)?;
+    let mut by_run = ran.forward_graphs(&rt, cfg.input_specs()?)?;
+    let mut by_stage = staged_model.forward_graphs(&rt, cfg.input_specs()?)?;
+    let draw = |rng: &mut Rng, n: usize| -> (Vec<u32>, Vec<i32>) {
+        (
+            (0..n).map(|_| rng.below(cfg.vocab) as u32).collect(),
+            (0..n).map(|_| rng.below(cfg.cache_tokens) as i32).collect(),
+        )
+    };
+    let mut call = |tokens: &[u32], positions: &[i32]| -> Result<()> {
+        let n = tokens.len();
+        drop(by_run.run([&rt.upload(tokens, &[n])?, &rt.upload(positions, &[n])?])?);
+        let staged = by_stage.stage(n)?;
+        let [t, p] = staged.inputs();
+        rt.upload_into(tokens, t)?;
+        rt.upload_into(positions, p)?;
+        drop(staged.run()?);
+        Ok(())
+    };
+    let (tokens_a, positions_a) = draw(&mut rng, 4);
+    call(&tokens_a, &positions_a)?;
+    // The eager forward, outside both runners: slot 3 at A's position, another token.
+    let mut tokens_e = tokens_a.clone();
+    tokens_e[3] = (tokens_a[3] + 1) % cfg.vocab as u32;
+    let mut positions_e = vec![-1i32; 4];
+    positions_e[3] = positions_a[3];
+    for model in [&ran, &staged_model] {
+        drop(model.forward(
+            &rt,
+            &rt.upload(&tokens_e, &[4])?,
+            &rt.upload(&positions_e, &[4])?,
+        )?);
+    }
+    let (tokens_b, positions_b) = draw(&mut rng, 3);
+    call(&tokens_b, &positions_b)?;
+    rt.synchronize()?;
+    assert!(
+        cache_bits(&rt, &ran)? == cache_bits(&rt, &staged_model)?,
+        "the staged call ran row 3 with an earlier call's token and position"
+    );
+    Ok(())
+}

@@ -4,9 +4,12 @@
 //! [`Runner::stage`] picks the graph for `n` rows and hands out views of the first `n` rows of
 //! each static input buffer ([`Staged::inputs`]). The caller writes them on the runner's stream
 //! (a host-to-device copy of token ids, or a kernel of its own), then [`Staged::run`] fills the
-//! padded rows (only when they don't hold the pad value already) and launches the graph. The
+//! padded rows with their pad values (one launch) and launches the graph: no input copy. The
 //! views borrow the [`Staged`], which borrows the runner mutably: holding one across the run,
-//! or running the runner another way meanwhile, is a compile error.
+//! or running the runner another way meanwhile, is a compile error for cudagraph's tensors and
+//! plain cudarc's. candle's tensors are reference-counted: a `clone()` of a view outlives the
+//! borrow (no memory is freed under it: the buffer lives as long as the runner), and it sees
+//! whatever later calls write there.
 
 use crate::Islands;
 use crate::backend::Backend;
@@ -52,15 +55,14 @@ impl<'m, const N: usize, S: crate::StaticArgs + 'm, B: Backend, L: NoLive + 'm>
     /// debug mode is on; the runner is released; a capture is under way on the device; the
     /// size's capture failed earlier and the plan aborts on that.
     ///
-    /// ```no_run
-    /// # use cudagraph_runtime::{backend::raw::CudaTensor, Runner};
-    /// # fn demo(graphs: &mut Runner<'_, 1, (), cudagraph_runtime::backend::raw::Raw>) -> cudagraph_runtime::Result<()> {
+    /// With cudagraph's tensors (the `cudagraph` facade):
+    ///
+    /// ```ignore
     /// let staged = graphs.stage(3)?;
-    /// let [x] = staged.inputs(); // [3, ...]: write the call's rows here, on the runner's stream
-    /// # let _ = x;
-    /// let out = staged.run()?; // the graph of the smallest size >= 3, no input copy
-    /// # let _ = out;
-    /// # Ok(()) }
+    /// let [tokens, positions] = staged.inputs(); // [3] each: the buffers' first rows
+    /// rt.upload_into(&[7u32, 8, 9], tokens)?;
+    /// rt.upload_into(&[40i32, 12, 3], positions)?;
+    /// let logits = staged.run()?; // the graph of the smallest size >= 3, no input copy
     /// ```
     pub fn stage(&mut self, n: usize) -> Result<Staged<'_, 'm, N, S, B, L>> {
         let function = self.core.plan.function;
@@ -104,7 +106,11 @@ impl<'m, const N: usize, S: crate::StaticArgs + 'm, B: Backend, L: NoLive + 'm>
         // A lazy size is captured now, before anything is staged (a capture fills the buffers
         // with pad values).
         if self.core.graphs[slot].is_none() && self.core.stats.sizes[slot].capture_error.is_none() {
-            self.capture_or_mark(slot)?;
+            let started = std::time::Instant::now();
+            let captured = self.capture_or_mark(slot);
+            self.core.stats.capture_wall += started.elapsed();
+            self.core.stats.graph_memory = super::run::graph_memory_usage::<B>(self.dev);
+            captured?;
         }
         if let Some(message) = self.core.stats.sizes[slot].capture_error.clone()
             && self.core.plan.on_capture_error == OnCaptureError::Abort
@@ -116,7 +122,6 @@ impl<'m, const N: usize, S: crate::StaticArgs + 'm, B: Backend, L: NoLive + 'm>
             });
         }
         let views = self.core.inputs.views(n, &[])?;
-        self.core.inputs.stage_rows(n);
         Ok(Staged {
             runner: self,
             n,
@@ -146,10 +151,11 @@ impl<'r, 'm, const N: usize, S: crate::StaticArgs + 'm, B: Backend, L: NoLive + 
         self.runner.core.size_of(self.slot)
     }
 
-    /// Runs the staged call: the padded rows are filled with their pad values where they
-    /// don't hold them already, and the size's graph is launched on the buffers as they are
-    /// (no input copy). A size whose capture failed (with the plan's `OnCaptureError::Eager`)
-    /// runs the forward eagerly on the staged rows instead, counted as a fallback.
+    /// Runs the staged call: the padded rows (`n..size`) are filled with their pad values,
+    /// every time (a forward may have written its inputs since the last fill), and the size's
+    /// graph is launched on the buffers as they are (no input copy). A size whose capture
+    /// failed (with the plan's `OnCaptureError::Eager`) runs the forward eagerly on the staged
+    /// rows instead, counted as a fallback. An error if a capture is under way on the device.
     pub fn run(self) -> Result<Output<'r, B>> {
         let Staged {
             runner,
@@ -157,6 +163,9 @@ impl<'r, 'm, const N: usize, S: crate::StaticArgs + 'm, B: Backend, L: NoLive + 
             slot,
             views,
         } = self;
+        // A stream capture begun since the staging would record this launch into a graph that
+        // keeps none of the runner's memory.
+        B::forbid_during_capture(Seal::new(), runner.dev, "running a staged call")?;
         match runner.core.stats.calls_by_batch.get_mut(n) {
             Some(count) => *count += 1,
             None => *runner.core.stats.calls_over.entry(n).or_insert(0) += 1,
@@ -167,11 +176,22 @@ impl<'r, 'm, const N: usize, S: crate::StaticArgs + 'm, B: Backend, L: NoLive + 
                 .is_some_and(|g| B::usable(Seal::new(), &runner.core.memory, &g.keep));
         if ready {
             drop(views);
-            runner.core.inputs.pad_after(runner.dev, n)?;
+            let size = runner.core.size_of(slot);
+            runner.core.inputs.pad_rows(runner.dev, n, size)?;
             return runner.replay_filled(slot, n, &L::NONE);
         }
         let function = runner.core.plan.function;
-        runner.core.stats.fallbacks[FallbackReason::CaptureFailed.index()] += 1;
+        let reason = FallbackReason::CaptureFailed;
+        runner.core.stats.fallbacks[reason.index()] += 1;
+        if !runner.core.warned[reason.index()] {
+            runner.core.warned[reason.index()] = true;
+            tracing::warn!(
+                target: "cudagraph",
+                function,
+                batch = n,
+                "running a staged call eagerly: {reason} (logged once per reason; see Runner::stats)"
+            );
+        }
         let refs: [&B::Tensor; N] = std::array::from_fn(|i| &views[i]);
         let tensor = (runner.eager)(
             runner.dev,
