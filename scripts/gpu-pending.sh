@@ -20,7 +20,7 @@ scale=${PENDING_SCALE:-1}
 export CUDAGRAPH_REQUIRE_GPU=1 NCCL_NVLS_ENABLE=0
 note() { echo "$1 rc $2 ($((SECONDS - $3)) s)" | tee -a "$out/rc.txt"; }
 t=$SECONDS
-timeout $((100 * scale)) bash "$b/run.sh" tests kernels:: prefill:: islands:: keys:: serving:: staged:: background:: \
+timeout $((100 * scale)) bash "$b/run.sh" tests kernels:: prefill:: islands:: keys:: serving:: staged:: background:: step_kernels:: \
   cudarc_backend::cudarc_island >/dev/null 2>&1
 note tests $? $t
 t=$SECONDS

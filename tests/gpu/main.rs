@@ -25,6 +25,7 @@ mod runner;
 mod serving;
 mod soundness;
 mod staged;
+mod step_kernels;
 #[cfg(feature = "nccl")]
 mod tp;
 #[cfg(feature = "nccl")]
