@@ -251,6 +251,9 @@ impl GraphPlan {
     /// more in idle time, largest first. Each size switches to replay as soon as its graph is
     /// instantiated; nothing a caller sees changes but speed and the stats.
     ///
+    /// The first capture is the largest graph's (in pool mode it sizes the pool that every
+    /// later graph shares), then the call's own. The capture runs before the call returns, so
+    /// that call pays for it (as under lazy capture); every later call of the size replays.
     /// Captures run on the caller's thread, between calls, never while a forward runs: eager
     /// calls and captures never use the pool, its chunks or the freeze scope at the same time.
     /// (Not on a second stream concurrently with eager calls: that would need every backend's

@@ -46,6 +46,7 @@ pub struct SizeStats {
 
 /// Why a call ran eagerly instead of replaying a graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum FallbackReason {
     /// The batch is larger than every captured size.
     TooLarge,

@@ -57,12 +57,23 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
         self.core.graphs[g].is_none() && self.core.stats.sizes[g].capture_error.is_none()
     }
 
-    /// Captures graph `g` between calls; a failure is recorded (the size stays eager) and
+    /// Captures graph `g` between calls (the largest graph first, if it is still pending: in
+    /// pool mode the first capture sizes the pool, and a smaller first one would leave every
+    /// larger size a chunk of its own); a failure is recorded (the size stays eager) and
     /// warned about, never returned. Returns whether `g` is captured now.
     pub(super) fn capture_in_background(&mut self, g: usize) -> bool {
         if !self.is_pending(g) || self.core.debug_eager {
             return false;
         }
+        let largest = self.core.graphs.len() - 1;
+        if g != largest && self.is_pending(largest) {
+            self.capture_one(largest);
+        }
+        self.capture_one(g)
+    }
+
+    /// Captures graph `g`; a failure is recorded and warned about. Returns whether it worked.
+    fn capture_one(&mut self, g: usize) -> bool {
         let started = Instant::now();
         let result = self.capture_slot(g);
         self.core.stats.capture_wall += started.elapsed();

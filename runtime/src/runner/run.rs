@@ -627,7 +627,12 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
                     self.core.stats.capture_wall += started.elapsed();
                     self.core.stats.graph_memory = graph_memory_usage::<B>(self.dev);
                 }
-                Some(message) if self.core.plan.on_capture_error == OnCaptureError::Abort => {
+                // (A background capture's failure leaves its size eager instead: the call that
+                // triggered it had already been served.)
+                Some(message)
+                    if self.core.plan.on_capture_error == OnCaptureError::Abort
+                        && !self.core.plan.background =>
+                {
                     return Err(Error::CaptureFailedEarlier {
                         function,
                         size: self.core.size_of(slot),
@@ -652,7 +657,10 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
         match (slot, reason) {
             // The debug mode takes every call a graph would replay, also of a size whose capture
             // failed (it runs eagerly what that graph would have replayed).
-            (Some(slot), None | Some(FallbackReason::CaptureFailed)) if self.core.debug_eager => {
+            (
+                Some(slot),
+                None | Some(FallbackReason::CaptureFailed) | Some(FallbackReason::NotCapturedYet),
+            ) if self.core.debug_eager => {
                 self.debug_eager(slot, n, &inputs, keyed.as_ref().unwrap_or(statics), live)
             }
             (Some(slot), None) => self.replay(slot, n, &inputs, live),

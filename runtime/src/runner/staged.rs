@@ -44,7 +44,8 @@ impl<'m, const N: usize, S: crate::StaticArgs + 'm, B: Backend, L: NoLive + 'm>
     Runner<'m, N, S, B, L>
 {
     /// Stages a call of `n` rows: the graph of the smallest captured size that holds them is
-    /// chosen (and captured now if the plan is lazy), and the first `n` rows of every static
+    /// chosen (and captured now if the plan is lazy or captures in the background and it is
+    /// not captured yet), and the first `n` rows of every static
     /// input buffer are handed out to be written ([`Staged::inputs`]); [`Staged::run`] replays
     /// with no input copy. The call runs with the runner's own statics (those it captured
     /// with).
