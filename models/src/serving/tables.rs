@@ -212,3 +212,95 @@ mod tests {
         assert!(StepTables::build(&huge).is_err());
     }
 }
+
+#[cfg(test)]
+mod trace_tests {
+    //! Every step of a whole trace, scheduled and turned into tables, against the invariants
+    //! the kernels rely on.
+    use super::*;
+    use crate::serving::scheduler::{Scheduler, SchedulerConfig};
+    use crate::serving::trace::{TraceConfig, chat_trace};
+
+    /// The tables of one step against its pieces: each row's slot and position; every row of
+    /// a multi-token piece covered by exactly one tile of at most `STEP_TILE_ROWS` rows of its
+    /// own slot, every one-token row alone; the logit rows the pieces' last rows, in order.
+    fn check(pieces: &[Piece], t: &StepTables) {
+        let n = t.rows();
+        assert_eq!(t.positions.len(), n);
+        assert_eq!(
+            (t.slots.len(), t.tiles.len(), t.logit_rows.len()),
+            (2 * n, 2 * n, n)
+        );
+        let mut covered = vec![0u32; n];
+        for tile in t.tiles.chunks(2).take_while(|tile| tile[1] > 0) {
+            let (first, rows) = (tile[0] as usize, tile[1] as usize);
+            assert!(rows <= STEP_TILE_ROWS && first + rows <= n, "tile {tile:?}");
+            let slot = t.slots[2 * first];
+            for (r, count) in covered.iter_mut().enumerate().skip(first).take(rows) {
+                *count += 1;
+                assert_eq!(t.slots[2 * r], slot, "a tile spans one slot");
+                assert_eq!(t.slots[2 * r + 1], 0, "a tiled row is not alone");
+            }
+        }
+        let mut row = 0;
+        let mut logits = Vec::new();
+        for p in pieces {
+            for (i, _) in p.tokens.iter().enumerate() {
+                assert_eq!(t.slots[2 * row], p.slot as i32);
+                assert_eq!(t.positions[row], (p.start + i) as i32);
+                let alone = t.slots[2 * row + 1] == 1;
+                assert_eq!(alone, p.tokens.len() == 1);
+                assert_eq!(
+                    covered[row],
+                    u32::from(!alone),
+                    "row {row}: covered once or alone"
+                );
+                row += 1;
+            }
+            if p.logits {
+                logits.push((row - 1) as u32);
+            }
+        }
+        assert_eq!(t.logit_count, logits.len());
+        assert_eq!(&t.logit_rows[..logits.len()], logits.as_slice());
+    }
+
+    #[test]
+    fn every_step_of_a_trace_has_consistent_tables() {
+        let trace = chat_trace(&TraceConfig {
+            requests: 48,
+            prompt: (16, 700),
+            output: (4, 60),
+            ..TraceConfig::default()
+        })
+        .unwrap();
+        let cfg = SchedulerConfig {
+            token_budget: 256,
+            slots: 12,
+            slot_positions: 760,
+        };
+        let mut s = Scheduler::new(cfg, &trace).unwrap();
+        let (mut now, mut steps, mut mixed) = (0.0, 0, 0);
+        while !s.done() {
+            if s.idle() {
+                now = s.next_arrival_s().unwrap();
+            }
+            let plan = s.plan(now);
+            let t = StepTables::build(&plan.pieces).unwrap();
+            check(&plan.pieces, &t);
+            assert!(t.rows() <= 256);
+            // A logit row per sequence at most, within a step of the model's logit rows
+            // (min(rows, slots)).
+            assert!(t.logit_count <= t.rows().min(12));
+            mixed += usize::from(
+                !plan.is_pure_decode() && plan.pieces.iter().any(|p| p.tokens.len() == 1),
+            );
+            let ids = vec![1; t.logit_count];
+            s.complete(&plan, &ids, now).unwrap();
+            steps += 1;
+            now += 0.005;
+            assert!(steps < 100_000);
+        }
+        assert!(mixed > 0, "some steps mix decode tokens with prompt chunks");
+    }
+}
