@@ -24,7 +24,7 @@ timeout $((100 * scale)) bash "$b/run.sh" tests kernels:: prefill:: islands:: ke
   cudarc_backend::cudarc_island >/dev/null 2>&1
 note tests $? $t
 t=$SECONDS
-timeout $((40 * scale)) "$b/serve_bench" --requests 64 --rate 32 >"$out/serve_bench.log" 2>&1
+timeout $((40 * scale)) "$b/serve_bench" --requests 64 --rate inf >"$out/serve_bench.log" 2>&1
 note serve_bench $? $t
 t=$SECONDS
 timeout $((25 * scale)) "$b/decode_bench" --keys-growth >"$out/keys_growth.log" 2>&1

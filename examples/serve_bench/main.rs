@@ -15,7 +15,12 @@
 //!
 //! Per mode it prints output tokens/s, time to first token and time per output token (p50,
 //! p99), the share of steps replayed, padding waste, fallbacks, and the run's floor: each
-//! step's weight and KV bytes streamed at the measured memory bandwidth, summed.
+//! step's weight and KV bytes streamed at the measured memory bandwidth, summed (memory
+//! traffic only, and over that mode's own steps: compare wall / floor within a mode).
+//!
+//! Under a light load (the default rate) the run lasts about as long as the arrivals do, so
+//! output tokens/s follows the arrival rate and the modes differ in time per output token;
+//! `--rate inf` (every request at once) makes tokens/s the modes' throughput.
 
 #[allow(dead_code)]
 #[path = "../decode_bench/common.rs"]
@@ -127,6 +132,13 @@ fn serve(rt: &Runtime, opts: &Options) -> BoxResult<()> {
     // A small cache first: the graphs' memory is measured, then the cache takes what is left.
     let model = match &opts.model {
         Some(dir) => {
+            // The checkpoint's own checks (a sliding window shorter than the cache, ...) against
+            // the positions a slot will have, before loading it with the small cache.
+            let final_cache = LoadOptions {
+                cache_slots: 1,
+                cache_tokens: (opts.max_prompt + opts.max_output - 1).next_multiple_of(16),
+            };
+            drop(Checkpoint::open(dir, &final_cache)?);
             let load = LoadOptions {
                 cache_slots: opts.max_running,
                 cache_tokens: 16,

@@ -91,7 +91,8 @@ pub fn run(
                 if mode == Mode::Graphs || plan.is_pure_decode() =>
             {
                 let out = g.run(t.inputs())?;
-                let size = out.size();
+                // A replay's size (the debug mode runs eagerly through the replay path: not counted).
+                let size = if out.replayed() { out.size() } else { None };
                 Ok(Stepped {
                     ids: sample(rt, &out, count)?,
                     size,
@@ -99,7 +100,8 @@ pub fn run(
             }
             (Mode::Islands, _, Some(g)) => {
                 let out = g.run(t.inputs())?;
-                let size = out.size();
+                // A replay's size (the debug mode runs eagerly through the replay path: not counted).
+                let size = if out.replayed() { out.size() } else { None };
                 Ok(Stepped {
                     ids: sample(rt, &out, count)?,
                     size,
