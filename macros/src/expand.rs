@@ -1547,6 +1547,29 @@ mod tests {
     }
 
     #[test]
+    fn background_capture_is_chained_and_documented() {
+        let out = expand_str(
+            quote!(sizes = [1, 2], capture = background),
+            quote!(
+                fn forward(&self, rt: &Runtime, x: &Tensor) -> Result<Tensor> {
+                    todo!()
+                }
+            ),
+        );
+        let items = impl_items(&out);
+        let graphs = items[0].to_token_stream().to_string();
+        assert!(
+            has(&graphs, ". with_background_capture (true) ;"),
+            "{graphs}"
+        );
+        assert!(!has(&graphs, "with_lazy_capture"), "{graphs}");
+        assert!(
+            has(&graphs, "capture = background"),
+            "the docs say so: {graphs}"
+        );
+    }
+
+    #[test]
     fn pads_are_chained_after_the_plan_and_lazy_capture() {
         let func = quote!(
             fn forward(&self, rt: &Runtime, tokens: &Tensor, positions: &Tensor) -> Result<Tensor> {
