@@ -60,6 +60,44 @@ impl LlamaLayer {
     }
 }
 
+impl LlamaLayer {
+    /// The layer's per-head q/k RMS norm (Qwen3), if it has one.
+    fn qk_norm(&self, eps: f32) -> Option<QkNorm<'_>> {
+        match (&self.q_norm, &self.k_norm) {
+            (Some(q_weight), Some(k_weight)) => Some(QkNorm {
+                q_weight,
+                k_weight,
+                eps,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The attention of a serving step's rows: every row's key and value written into this
+    /// layer's cache, then each row attends (stream order).
+    fn step_attention(
+        &self,
+        rt: &Runtime,
+        (qkv, positions): (&Tensor, &Tensor),
+        attn: &ops::AttentionShape,
+        rows: &ops::StepRows<'_>,
+        eps: f32,
+    ) -> Result<Tensor> {
+        let qk_norm = self.qk_norm(eps);
+        let q = ops::rope_kv_write_step(
+            rt,
+            qkv,
+            positions,
+            &self.k_cache,
+            &self.v_cache,
+            attn,
+            rows,
+            qk_norm.as_ref(),
+        )?;
+        ops::attention_step(rt, &q, &self.k_cache, &self.v_cache, positions, attn, rows)
+    }
+}
+
 /// The parts of a decoder one decode step reads: `cfg` gives the (per-rank) head counts.
 pub(crate) struct DecodeParts<'a> {
     pub(crate) cfg: &'a LlamaConfig,
@@ -169,14 +207,7 @@ pub(crate) fn forward_rows<'p>(
         if let Some(sum) = sum {
             residual = sum;
         }
-        let qk_norm = match (&layer.q_norm, &layer.k_norm) {
-            (Some(q_weight), Some(k_weight)) => Some(QkNorm {
-                q_weight,
-                k_weight,
-                eps: cfg.rms_eps,
-            }),
-            _ => None,
-        };
+        let qk_norm = layer.qk_norm(cfg.rms_eps);
         let ctx = match rows {
             Rows::Decode => ops::rope_attention_decode(
                 rt,
@@ -213,14 +244,7 @@ pub(crate) fn forward_rows<'p>(
             Rows::DecodeIslands(islands) => {
                 let eps = cfg.rms_eps;
                 islands.eager(rt, [&qkv, positions], move |rt, [qkv, positions], ()| {
-                    let qk_norm = match (&layer.q_norm, &layer.k_norm) {
-                        (Some(q_weight), Some(k_weight)) => Some(QkNorm {
-                            q_weight,
-                            k_weight,
-                            eps,
-                        }),
-                        _ => None,
-                    };
+                    let qk_norm = layer.qk_norm(eps);
                     ops::rope_attention_decode(
                         rt,
                         qkv,
@@ -234,58 +258,15 @@ pub(crate) fn forward_rows<'p>(
             }
             // Every row's key is written before any row attends (stream order).
             Rows::Step(step) => {
-                let q = ops::rope_kv_write_step(
-                    rt,
-                    &qkv,
-                    positions,
-                    &layer.k_cache,
-                    &layer.v_cache,
-                    &attn,
-                    &step.rows,
-                    qk_norm.as_ref(),
-                )?;
-                ops::attention_step(
-                    rt,
-                    &q,
-                    &layer.k_cache,
-                    &layer.v_cache,
-                    positions,
-                    &attn,
-                    &step.rows,
-                )?
+                layer.step_attention(rt, (&qkv, positions), &attn, &step.rows, cfg.rms_eps)?
             }
+            // The same kernels in an eager island, on copies of the step's inputs and tables.
             Rows::StepIslands(islands, step) => {
                 let eps = cfg.rms_eps;
                 let inputs = [&qkv, positions, step.rows.slots, step.rows.tiles];
                 islands.eager(rt, inputs, move |rt, [qkv, positions, slots, tiles], ()| {
-                    let qk_norm = match (&layer.q_norm, &layer.k_norm) {
-                        (Some(q_weight), Some(k_weight)) => Some(QkNorm {
-                            q_weight,
-                            k_weight,
-                            eps,
-                        }),
-                        _ => None,
-                    };
                     let rows = ops::StepRows { slots, tiles };
-                    let q = ops::rope_kv_write_step(
-                        rt,
-                        qkv,
-                        positions,
-                        &layer.k_cache,
-                        &layer.v_cache,
-                        &attn,
-                        &rows,
-                        qk_norm.as_ref(),
-                    )?;
-                    ops::attention_step(
-                        rt,
-                        &q,
-                        &layer.k_cache,
-                        &layer.v_cache,
-                        positions,
-                        &attn,
-                        &rows,
-                    )
+                    layer.step_attention(rt, (qkv, positions), &attn, &rows, eps)
                 })?
             }
             // Every key of the chunk is written before any row attends (stream order).
@@ -333,26 +314,29 @@ pub(crate) fn forward_rows<'p>(
     }
     // Tied embeddings: the LM head is the embedding table.
     let lm_head = parts.lm_head.unwrap_or(parts.embed);
-    if let Rows::Prefill(_) = rows {
-        // Only the last row's logits: its hidden state, gathered as a one-row "embedding".
+    // Only some rows' logits (a prefill's last row, a step's logit rows): the index of the rows
+    // whose hidden states are gathered, as an "embedding".
+    let (last_row, step_rows);
+    let picked: Option<&Tensor> = match rows {
+        Rows::Prefill(_) => {
+            let last = u32::try_from(residual.rows() - 1)
+                .map_err(|_| Error::invalid("prefill", "more than u32::MAX rows"))?;
+            last_row = rt.upload(&[last], &[1])?;
+            Some(&last_row)
+        }
+        Rows::Step(step) | Rows::StepIslands(_, step) => {
+            step_rows = step.logit_rows.narrow_rows(0, step.count)?;
+            Some(&*step_rows)
+        }
+        _ => None,
+    };
+    if let Some(picked) = picked {
         let sum = match &pending {
             Some(delta) => ops::add(rt, &residual, delta)?,
             None => residual,
         };
-        let last = u32::try_from(sum.rows() - 1)
-            .map_err(|_| Error::invalid("prefill", "more than u32::MAX rows"))?;
-        let last = ops::embedding(rt, &sum, &rt.upload(&[last], &[1])?)?;
-        return ops::rms_norm_linear(rt, &last, parts.final_norm, cfg.rms_eps, lm_head, None);
-    }
-    if let Rows::Step(step) | Rows::StepIslands(_, step) = rows {
-        // Only the named rows' logits: their hidden states, gathered as an "embedding".
-        let sum = match &pending {
-            Some(delta) => ops::add(rt, &residual, delta)?,
-            None => residual,
-        };
-        let picked = step.logit_rows.narrow_rows(0, step.count)?;
-        let picked = ops::embedding(rt, &sum, &picked)?;
-        return ops::rms_norm_linear(rt, &picked, parts.final_norm, cfg.rms_eps, lm_head, None);
+        let hidden = ops::embedding(rt, &sum, picked)?;
+        return ops::rms_norm_linear(rt, &hidden, parts.final_norm, cfg.rms_eps, lm_head, None);
     }
     let (_, logits) = norm_linear(&residual, pending.as_ref(), parts.final_norm, lm_head, None)?;
     Ok(logits)
