@@ -9,7 +9,6 @@
 
 use std::time::{Duration, Instant};
 
-use super::run::graph_memory_usage;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::seal::Seal;
@@ -72,24 +71,17 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
         self.capture_one(g)
     }
 
-    /// Captures graph `g`; a failure is recorded and warned about. Returns whether it worked.
+    /// Captures graph `g`; a failure is recorded (by `capture_or_mark`, under either
+    /// `OnCaptureError`) and warned about, never returned. Returns whether `g` is captured.
     fn capture_one(&mut self, g: usize) -> bool {
-        let started = Instant::now();
-        let result = self.capture_slot(g);
-        self.core.stats.capture_wall += started.elapsed();
-        self.core.stats.graph_memory = graph_memory_usage::<B>(self.dev);
-        match result {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(
-                    target: "cudagraph",
-                    "{}: background capture of {} failed: {e}; it runs eagerly",
-                    self.core.plan.function,
-                    self.graph_label(g)
-                );
-                self.core.stats.sizes[g].capture_error = Some(e.to_string());
-                false
-            }
+        if let Err(e) = self.capture_after_build(g) {
+            tracing::warn!(
+                target: "cudagraph",
+                "{}: background capture of {} failed: {e}; it runs eagerly",
+                self.core.plan.function,
+                self.graph_label(g)
+            );
         }
+        self.core.graphs[g].is_some()
     }
 }

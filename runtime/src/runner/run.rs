@@ -411,6 +411,17 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
         }
     }
 
+    /// [`capture_or_mark`](Self::capture_or_mark) after the runner was built (lazy, staged
+    /// and background captures): its time added to the stats' capture time, and the driver's
+    /// graph-memory figures read again, whether it worked or not.
+    pub(super) fn capture_after_build(&mut self, slot: usize) -> Result<()> {
+        let started = Instant::now();
+        let result = self.capture_or_mark(slot);
+        self.core.stats.capture_wall += started.elapsed();
+        self.core.stats.graph_memory = graph_memory_usage::<B>(self.dev);
+        result
+    }
+
     /// What a capture of graph `slot` is asked to do.
     pub(super) fn request(&self, slot: usize, warmup: Warmup) -> CaptureRequest {
         CaptureRequest {
@@ -622,10 +633,7 @@ impl<'m, const N: usize, S, B: Backend, L> Runner<'m, N, S, B, L> {
                     && statics_match
                     && !self.core.plan.background =>
                 {
-                    let started = Instant::now();
-                    self.capture_or_mark(slot)?;
-                    self.core.stats.capture_wall += started.elapsed();
-                    self.core.stats.graph_memory = graph_memory_usage::<B>(self.dev);
+                    self.capture_after_build(slot)?;
                 }
                 // (A background capture's failure leaves its size eager instead: the call that
                 // triggered it had already been served.)
@@ -1136,7 +1144,7 @@ impl NoStatics for () {
 
 /// The driver's graph-memory figures for `dev` (node mode), for stats: a failed query is
 /// logged, not allowed to fail the capture that succeeded.
-pub(super) fn graph_memory_usage<B: Backend>(dev: &B::Device) -> Option<crate::GraphMemoryUsage> {
+fn graph_memory_usage<B: Backend>(dev: &B::Device) -> Option<crate::GraphMemoryUsage> {
     B::graph_memory_usage(Seal::new(), dev).unwrap_or_else(|e| {
         tracing::debug!(target: "cudagraph", error = %e, "graph memory figures unavailable");
         None

@@ -107,11 +107,7 @@ impl<'m, const N: usize, S: crate::StaticArgs + 'm, B: Backend, L: NoLive + 'm>
         // A lazy size is captured now, before anything is staged (a capture fills the buffers
         // with pad values).
         if self.core.graphs[slot].is_none() && self.core.stats.sizes[slot].capture_error.is_none() {
-            let started = std::time::Instant::now();
-            let captured = self.capture_or_mark(slot);
-            self.core.stats.capture_wall += started.elapsed();
-            self.core.stats.graph_memory = super::run::graph_memory_usage::<B>(self.dev);
-            captured?;
+            self.capture_after_build(slot)?;
         }
         if let Some(message) = self.core.stats.sizes[slot].capture_error.clone()
             && self.core.plan.on_capture_error == OnCaptureError::Abort
