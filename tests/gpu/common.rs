@@ -4,7 +4,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use cudagraph::testing::gpu_or_skip;
 use cudagraph::{Result, Runtime, Tensor};
-use cudagraph_models::llama::LlamaConfig;
+use cudagraph_models::llama::{Llama, LlamaConfig};
 use half::bf16;
 
 /// A runtime, or `None` after printing why the test skips.
@@ -160,4 +160,20 @@ pub fn assert_graph_matches_eager(
         worst = worst.max(ratio);
     }
     worst
+}
+
+/// Every KV cache of `model` as raw bf16 bits, per layer and per cache (k then v).
+pub fn kv_cache_bits(rt: &Runtime, model: &Llama) -> Result<Vec<Vec<u16>>> {
+    let mut out = Vec::new();
+    for (k, v) in model.kv_caches() {
+        for cache in [k, v] {
+            out.push(
+                rt.download::<bf16>(cache)?
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect(),
+            );
+        }
+    }
+    Ok(out)
 }

@@ -7,7 +7,7 @@ use cudagraph::{Result, Runtime, Tensor};
 use cudagraph_models::llama::{Llama, LlamaConfig};
 use cudagraph_models::serving::{Piece, StepTables};
 
-use crate::common::{Rng, fresh_seed, gpu};
+use crate::common::{Rng, fresh_seed, gpu, kv_cache_bits};
 
 /// A small Qwen3-like decoder (q/k norms) with `slots` slots of 64 positions.
 fn config(slots: usize) -> LlamaConfig {
@@ -31,26 +31,6 @@ fn prefill(
     slot: usize,
 ) -> Result<Tensor> {
     model.prefill(rt, &rt.upload(prompt, &[prompt.len()])?, start, slot)
-}
-
-/// Every cache of the model, downloaded as bits.
-fn caches(rt: &Runtime, model: &Llama) -> Result<Vec<Vec<u16>>> {
-    let mut out = Vec::new();
-    for (k, v) in model.kv_caches() {
-        out.push(
-            rt.download::<half::bf16>(k)?
-                .iter()
-                .map(|x| x.to_bits())
-                .collect(),
-        );
-        out.push(
-            rt.download::<half::bf16>(v)?
-                .iter()
-                .map(|x| x.to_bits())
-                .collect(),
-        );
-    }
-    Ok(out)
 }
 
 /// A graphed step of 24 rows (a captured size) mixing two decode tokens, a whole 13-token
@@ -91,7 +71,7 @@ fn a_mixed_step_matches_each_sequence_alone() -> Result<()> {
     assert_eq!(tables.rows(), 24);
     let inputs = tables.upload(&rt)?;
     let [t, p, s, ti, l] = inputs.inputs();
-    let before = caches(&rt, &served)?;
+    let before = kv_cache_bits(&rt, &served)?;
     // The eager step (logits, then ids: it writes the same cache rows twice, as the replay does).
     let logits_t = served.step_logits(&rt, t, p, s, ti, l)?;
     assert_eq!(
@@ -101,11 +81,11 @@ fn a_mixed_step_matches_each_sequence_alone() -> Result<()> {
     );
     let logits = rt.download_f32(&logits_t)?;
     let eager_ids: Vec<u32> = rt.download(&served.forward_step(&rt, t, p, s, ti, l)?)?;
-    let after_eager = caches(&rt, &served)?;
+    let after_eager = kv_cache_bits(&rt, &served)?;
     assert!(after_eager != before, "the eager step wrote its rows");
     let mut graphs = served.forward_step_graphs(&rt, served.step_input_specs()?)?;
     assert!(
-        caches(&rt, &served)? == after_eager,
+        kv_cache_bits(&rt, &served)? == after_eager,
         "the capture's warm-ups wrote a cache byte"
     );
     graphs.poison_pool()?;
@@ -189,13 +169,13 @@ fn padded_rows_and_other_slots_keep_their_cache_bytes() -> Result<()> {
         },
     ];
     let tables = StepTables::build(&pieces)?;
-    let before = caches(&rt, &model)?;
+    let before = kv_cache_bits(&rt, &model)?;
     let out = graphs.run(tables.upload(&rt)?.inputs())?;
     assert!(out.replayed());
     assert_eq!(out.size(), Some(8), "5 rows pad to 8");
     drop(out);
     rt.synchronize()?;
-    let after = caches(&rt, &model)?;
+    let after = kv_cache_bits(&rt, &model)?;
     let (t, row) = (cfg.cache_tokens, cfg.kv_heads * cfg.head_dim);
     let written = |slot: usize, pos: usize| {
         (slot == 3 && pos == decode_pos)

@@ -11,7 +11,9 @@ use cudagraph::{
 use cudagraph_models::llama::{Llama, LlamaConfig};
 use half::bf16;
 
-use crate::common::{Rng, download_f32, draw_decode_inputs as draw, fresh_seed, gpu, upload_bf16};
+use crate::common::{
+    Rng, download_f32, draw_decode_inputs as draw, fresh_seed, gpu, kv_cache_bits, upload_bf16,
+};
 
 /// The review's overflow: a 2-element tensor reshaped to `[2^63 + 1, 2]` (2 elements once the
 /// product wraps) and a row view 2^39 bytes past the allocation are errors, not views.
@@ -188,22 +190,6 @@ fn owned_copies_survive_the_next_run() -> Result<()> {
     Ok(())
 }
 
-/// Every KV-cache row as raw bf16 bits, per layer and per cache (k then v).
-fn caches(rt: &Runtime, model: &Llama) -> Result<Vec<Vec<u16>>> {
-    let mut out = Vec::new();
-    for (k, v) in model.kv_caches() {
-        for cache in [k, v] {
-            out.push(
-                rt.download::<bf16>(cache)?
-                    .iter()
-                    .map(|x| x.to_bits())
-                    .collect(),
-            );
-        }
-    }
-    Ok(out)
-}
-
 /// Asserts that `after` equals `before` except the cache rows `(slot, position)` in `written`.
 fn only_rows_written(
     what: &str,
@@ -239,19 +225,19 @@ fn padded_rows_and_warm_ups_leave_the_cache_alone() -> Result<()> {
     let mut rng = Rng(fresh_seed("padded_rows_and_warm_ups_leave_the_cache_alone"));
     let model = Llama::random(&rt, LlamaConfig::tiny(), rng.next_u64())?;
     let cfg = model.config().clone();
-    let before = caches(&rt, &model)?;
+    let before = kv_cache_bits(&rt, &model)?;
     let mut graphs = model.forward_graphs(&rt, cfg.input_specs()?)?;
-    let captured = caches(&rt, &model)?;
+    let captured = kv_cache_bits(&rt, &model)?;
     only_rows_written("after capturing 35 sizes", &cfg, &before, &captured, &[]);
     for n in [5, 13, 3] {
         let tokens: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab) as u32).collect();
         let positions: Vec<i32> = (0..n).map(|_| rng.below(cfg.cache_tokens) as i32).collect();
         let (t, p) = (rt.upload(&tokens, &[n])?, rt.upload(&positions, &[n])?);
-        let start = caches(&rt, &model)?;
+        let start = kv_cache_bits(&rt, &model)?;
         let out = graphs.run([&t, &p])?;
         assert!(out.replayed() && out.size() > Some(n), "n = {n} is padded");
         drop(out);
-        let end = caches(&rt, &model)?;
+        let end = kv_cache_bits(&rt, &model)?;
         let written: Vec<(usize, usize)> = positions
             .iter()
             .enumerate()
@@ -270,9 +256,9 @@ fn padded_rows_and_warm_ups_leave_the_cache_alone() -> Result<()> {
     })?;
     let (t, p) = draw(&rt, &mut rng, &cfg, 3)?;
     let positions = rt.download::<i32>(&p)?;
-    let start = caches(&rt, &model)?;
+    let start = kv_cache_bits(&rt, &model)?;
     assert!(lazy.run([&t, &p])?.replayed());
-    let end = caches(&rt, &model)?;
+    let end = kv_cache_bits(&rt, &model)?;
     let written: Vec<(usize, usize)> = positions
         .iter()
         .enumerate()

@@ -3,19 +3,10 @@
 //! padded rows are padded (a smaller call after a larger one re-pads the rows the larger one
 //! wrote), so the KV caches of the two paths stay equal byte for byte.
 
-use cudagraph::{Result, Runtime};
+use cudagraph::Result;
 use cudagraph_models::llama::{Llama, LlamaConfig};
 
-use crate::common::{Rng, fresh_seed, gpu};
-
-fn cache_bits(rt: &Runtime, model: &Llama) -> Result<Vec<u16>> {
-    let mut out = Vec::new();
-    for (k, v) in model.kv_caches() {
-        out.extend(rt.download::<half::bf16>(k)?.iter().map(|x| x.to_bits()));
-        out.extend(rt.download::<half::bf16>(v)?.iter().map(|x| x.to_bits()));
-    }
-    Ok(out)
-}
+use crate::common::{Rng, fresh_seed, gpu, kv_cache_bits};
 
 /// Twin models (one seed): one runs `run()`, the other staged calls, over a sequence of batch
 /// sizes that shrink and grow within one captured size (4, 3, 1, 8, 5, 5, 2) with fresh
@@ -62,7 +53,7 @@ fn staged_calls_equal_run_and_repad_their_rows() -> Result<()> {
         );
     }
     assert!(
-        cache_bits(&rt, &ran)? == cache_bits(&rt, &staged_model)?,
+        kv_cache_bits(&rt, &ran)? == kv_cache_bits(&rt, &staged_model)?,
         "a padded row of a staged call wrote the cache"
     );
     let stats = by_stage.stats();
@@ -127,7 +118,7 @@ fn a_staged_call_pads_rows_an_earlier_call_filled() -> Result<()> {
     call(&tokens_b, &positions_b)?;
     rt.synchronize()?;
     assert!(
-        cache_bits(&rt, &ran)? == cache_bits(&rt, &staged_model)?,
+        kv_cache_bits(&rt, &ran)? == kv_cache_bits(&rt, &staged_model)?,
         "the staged call ran row 3 with an earlier call's token and position"
     );
     Ok(())
