@@ -86,6 +86,13 @@ GROWTH_ROWS = (
     (67, "67 sizes (1, 2, 4, 8..=512 step 8)"),
     (512, "512 sizes (1..=512)"),
 )
+# Issue 29.
+SERVE_FIRST_S = 0.35  # second start: main() to the first served forward, background capture
+SERVE_LIVE_S = 0.6  # second start: main() to all 35 graphs live
+FIRST_CAPTURE_FLOOR_29 = 2.0  # first capture in a fresh process <= 2x the driver floor
+STAGED_HOST_US = 3.0  # host time of a staged run
+HOST_US_29 = 5.0  # host time of run()
+REPLAY_VS_STRONG = 0.8  # replay <= 0.8x the strong torch.compile peer's
 NOT_MEASURED = "not measured"
 
 
@@ -354,6 +361,48 @@ def targets_issue15(ours: dict, second: dict, floor: dict, tcomp: dict, peer_rep
         f"≤ {HOST_US_15:g} µs", o, p, ratio(o, p), at_most(o, HOST_US_15), f_us, f_us, "run_host_b1",
     ))
     rows += growth_rows(ours)
+    return rows
+
+
+# ---- issue 29 ----
+
+
+def targets_issue29(ours: dict, floor: dict, serve: dict, tcomp: dict, peer_replay_key: str) -> list[dict]:
+    """Issue 29's table: start-up with background capture (decode_bench --serve-start of a
+    second process), the first capture against the driver floor, host times, and replay against
+    the strong torch.compile peer (a compile peer that is not the strong one is not judged)."""
+    rows = []
+    s = as_dict(get(serve, "serve_start"))
+    for row_id, label, key, limit in (
+        ("serve_first_served", "second start: main() to the first served forward, background capture", "first_served_s", SERVE_FIRST_S),
+        ("serve_all_live", "second start: main() to all 35 graphs live, background capture", "all_live_s", SERVE_LIVE_S),
+    ):
+        o = get(s, key)
+        rows.append(target_row(label, f"≤ {limit:g} s", o, None, None, at_most(o, limit), f_s, f_s, row_id))
+    o, p = get(ours, "capture_s"), get(floor, "capture_s")
+    r = ratio(o, p)
+    mismatch = floor_mismatch(ours, floor)
+    rows.append(target_row(
+        "first capture, fresh process, nothing on disk" + (f" — not comparable: {mismatch}" if mismatch else ""),
+        f"≤ {FIRST_CAPTURE_FLOOR_29:g}x the driver floor", o, p, r,
+        None if mismatch else at_most(r, FIRST_CAPTURE_FLOOR_29), f_s, f_s, "capture_first_29",
+    ))
+    o = get(ours, "staged_run_host_us")
+    rows.append(target_row("host time of a staged run, b = 1", f"≤ {STAGED_HOST_US:g} µs", o, None, None,
+                           at_most(o, STAGED_HOST_US), f_us, f_us, "staged_host_b1"))
+    o = per_size(get(ours, "run_host_us"))
+    rows.append(target_row("host time of run(), b = 1", f"≤ {HOST_US_29:g} µs", o, None, None,
+                           at_most(o, HOST_US_29), f_us, f_us, "run_host_b1_29"))
+    strong = get(tcomp, "peer") == "strong"
+    for b in BATCHES:
+        o, p = get(ours, "replay_us", b), get(tcomp, peer_replay_key, b) if strong else None
+        r = ratio(o, p)
+        rows.append(target_row(
+            f"replay latency, b = {b}, vs the strong torch.compile peer"
+            + ("" if strong or not tcomp else " — the compile peer given is not the strong one"),
+            f"≤ {REPLAY_VS_STRONG:g}x its replay", o, p, r, at_most(r, REPLAY_VS_STRONG), f_us, f_us,
+            f"replay_b{b}_vs_strong",
+        ))
     return rows
 
 
@@ -692,7 +741,7 @@ def correctness_section(tdef: dict, tcomp: dict) -> list[str]:
     return lines
 
 
-def markdown(merged: dict, rows15: list[dict], rows5: list[dict], peer_replay_key: str) -> str:
+def markdown(merged: dict, rows15: list[dict], rows5: list[dict], rows29: list[dict], peer_replay_key: str) -> str:
     ours, floor = merged["ours"], merged["floor"]
     torches: dict = merged["torch"]
     tdef, tcomp = torches.get("default", {}), torches.get("compile", {})
@@ -706,6 +755,17 @@ def markdown(merged: dict, rows15: list[dict], rows5: list[dict], peer_replay_ke
         + ".",
         summary_text("Issue 15", merged["summary_issue15"]),
         summary_text("Issue 5", merged["summary"]),
+        summary_text("Issue 29", merged["summary_issue29"]),
+        "",
+        "### Targets (issue 29)",
+        "",
+        "Start-up: `decode_bench --serve-start` in a process that finds the kernel cache and the GEMM"
+        " algorithms on disk (bench.sh runs it after two starts). Replay: against the strong torch.compile"
+        f" peer (`peer_torch.py --peer strong`; its replay is `{peer_replay_key}`).",
+        "",
+    ]
+    lines += targets_table(rows29)
+    lines += [
         "",
         "### Targets (issue 15)",
         "",
@@ -828,6 +888,8 @@ def build_report(args) -> tuple[dict, str] | None:
 
     rows15 = targets_issue15(ours, second, floor, tcomp, args.peer_replay_key)
     rows5 = targets(ours, second, floor, tdef, args.peer_replay_key)
+    serve = load(args.serve_start, "--serve-start")
+    rows29 = targets_issue29(ours, floor, serve, tcomp, args.peer_replay_key)
 
     def public(rows):
         return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
@@ -847,19 +909,23 @@ def build_report(args) -> tuple[dict, str] | None:
             "torch_default": args.torch_default,
             "torch_gc": args.torch_gc,
             "torch_extra": args.torch_extra,
+            "serve_start": args.serve_start,
         },
         "peer_replay_key": args.peer_replay_key,
         "ours": ours,
         "ours_second": second,
         "ours_startup_second": startup_second(ours, second),
         "floor": floor,
+        "serve_start": serve,
         "torch": torches,
         "targets_issue15": public(rows15),
         "summary_issue15": summarize(rows15),
         "targets": public(rows5),
         "summary": summarize(rows5),
+        "targets_issue29": public(rows29),
+        "summary_issue29": summarize(rows29),
     }
-    return merged, markdown(merged, rows15, rows5, args.peer_replay_key)
+    return merged, markdown(merged, rows15, rows5, rows29, args.peer_replay_key)
 
 
 def write_outputs(args, merged: dict, section: str) -> str:
@@ -873,7 +939,7 @@ def write_outputs(args, merged: dict, section: str) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Merge benchmark JSONs and judge the targets of issues 15 and 5.")
+    p = argparse.ArgumentParser(description="Merge benchmark JSONs and judge the targets of issues 29, 15 and 5.")
     p.add_argument("--ours", help="decode_bench --json output")
     p.add_argument("--ours-second", help="decode_bench --json of a second process (warm kernel cache)")
     p.add_argument("--floor", help="driver_floor --json output")
@@ -881,6 +947,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--torch-default", help="peer_torch.py --mode default output (the issue 5 peer)")
     p.add_argument("--torch-gc", help="peer_torch.py --mode gc output")
     p.add_argument("--torch-extra", action="append", default=[], help="more peer_torch.py outputs (repeatable)")
+    p.add_argument("--serve-start", help="decode_bench --serve-start --json output (issue 29's start-up)")
     p.add_argument("--results-dir", default="bench/results", help="where <gpu-slug>.json goes")
     p.add_argument("--readme", default="bench/README.md", help="Markdown file whose results section is replaced")
     p.add_argument("--peer-replay-key", default="replay_us_wall",
@@ -902,6 +969,7 @@ def synthetic_inputs() -> dict[str, dict]:
     ours = {
         "device": "Synthetic GPU", "graphs": 35, "capture_s": 0.100, "kernels_per_forward": 140,
         "replay_us": {"1": 1000.0, "8": 1500.0, "64": 1800.0, "256": 2000.0}, "run_host_us": 8.1,
+        "staged_run_host_us": 2.5,
         "startup": {"total_s": 0.9},
         "growth": [
             {"sizes": 35, "largest": 256, "capture_s": 0.070, "per_graph_ms": 2.0, "pool_bytes": 100, "largest_graph_bytes": 98},
@@ -911,11 +979,12 @@ def synthetic_inputs() -> dict[str, dict]:
     second = {"capture_s": 0.120, "kernels_per_forward": 140, "startup": {"total_s": 0.5}}
     floor = {"graphs": 35, "nodes": 140, "capture_s": 0.090}
     compile_peer = {
-        "mode": "compile", "replay_us_wall": {"1": 2000.0, "8": 2000.0, "256": 4000.0},
+        "mode": "compile", "peer": "strong", "replay_us_wall": {"1": 2000.0, "8": 2000.0, "256": 4000.0},
         "startup": {"total_s": 95.0}, "kernels_per_forward": 400, "replay_host_us": {"1": 20.0},
         "compile": {"graphs_compiled": 1, "recompiles": 0, "graph_breaks": 0},
     }
-    return {"ours": ours, "ours_second": second, "floor": floor, "torch_compile": compile_peer}
+    serve = {"serve_start": {"first_served_s": 0.3, "all_live_s": 0.7}}
+    return {"ours": ours, "ours_second": second, "floor": floor, "torch_compile": compile_peer, "serve_start": serve}
 
 
 # id -> the verdict synthetic_inputs() must get.
@@ -935,6 +1004,19 @@ EXPECTED_ISSUE15 = {
     "growth_pool_35": True,  # 100 / 98
     "growth_pool_67": False,  # 1.2
     "growth_pool_512": None,
+}
+
+# id -> the verdict synthetic_inputs() must get in issue 29's table.
+EXPECTED_ISSUE29 = {
+    "serve_first_served": True,  # 0.3 s
+    "serve_all_live": False,  # 0.7 s > 0.6
+    "capture_first_29": True,  # 1.11 <= 2
+    "staged_host_b1": True,  # 2.5 µs
+    "run_host_b1_29": False,  # 8.1 µs > 5
+    "replay_b1_vs_strong": True,  # 0.5
+    "replay_b8_vs_strong": True,  # 0.75
+    "replay_b64_vs_strong": None,  # the peer has no b = 64
+    "replay_b256_vs_strong": True,  # 0.5
 }
 
 
@@ -976,6 +1058,12 @@ def self_test() -> int:
         check("every issue-15 row is expected", set(by_id) == set(EXPECTED_ISSUE15))
         s = merged["summary_issue15"]
         check("issue-15 summary counts", (s["held"], s["failed"], s["unknown"]) == (7, 4, 4))
+        by_id29 = {r["id"]: r for r in merged["targets_issue29"]}
+        for row_id, want in EXPECTED_ISSUE29.items():
+            got = by_id29.get(row_id, {}).get("holds", "missing")
+            check(f"issue 29: {row_id} judged {verdict(want)}", got is want)
+        check("every issue-29 row is expected", set(by_id29) == set(EXPECTED_ISSUE29))
+        check("Markdown has the issue-29 table", "### Targets (issue 29)" in section)
         check("Markdown has the issue-15 table first",
               "### Targets (issue 15)" in section and section.index("issue 15)") < section.index("### Targets (issue 5)"))
         check("missing figures print not measured and a dash",
@@ -992,6 +1080,10 @@ def self_test() -> int:
         bad_floor = write("floor_284.json", {"graphs": 35, "nodes": 284, "capture_s": 1.0})
         _, _, by_id = run(ours=write("ours.json", inputs["ours"]), floor=bad_floor)
         check("floor of another node count: not measured", by_id["capture_first"]["holds"] is None)
+        plain = dict(inputs["torch_compile"], peer="plain")
+        merged, _, _ = run(ours=write("ours.json", inputs["ours"]), torch_compile=write("plain.json", plain))
+        check("issue 29: a plain compile peer is not judged",
+              all(r["holds"] is None for r in merged["targets_issue29"] if r["id"].endswith("_vs_strong")))
 
         # 3. Wrong types and garbage: no crash, nothing passes.
         junk = {"capture_s": "fast", "replay_us": "1000", "growth": {"sizes": 35}, "kernels_per_forward": None,

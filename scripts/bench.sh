@@ -9,6 +9,7 @@
 # Order: the required steps first, then extras while the budget allows:
 #   ours.json, ours_second.json   decode_bench --json, twice (the second start finds the kernel
 #                                 cache warm)
+#   serve_start.json              decode_bench --serve-start (issue 29's start-up figures)
 #   floor.json                    driver_floor --json, for our node count
 #   torch_compile.json            benches/peer_torch.py --mode compile --peer strong (issue 29's
 #                                 peer; cold Inductor cache, so it is the longest step)
@@ -106,6 +107,9 @@ export CUDAGRAPH_CACHE_DIR="$out/kernel-cache.$$"
 rm -rf "$CUDAGRAPH_CACHE_DIR"
 ours decode_bench 150 decode_bench --growth --json "$out/ours.json"
 ours decode_bench_second 120 decode_bench --json "$out/ours_second.json" "${second_args[@]}"
+# Issue 29's start-up: main() to the first served forward with background capture, and to all
+# graphs live, in a third process (kernel cache and GEMM algorithms on disk: a second start).
+ours serve_start 40 decode_bench --serve-start --json "$out/serve_start.json"
 # The floor for our node count: the kernel nodes of our batch-1 graph, when decode_bench said.
 nodes=$(python3 -c 'import json, sys; print(int(json.load(open(sys.argv[1]))["kernels_per_forward"]))' \
   "$out/ours.json" 2>/dev/null || true)
@@ -130,6 +134,7 @@ extra torch_default_hf 60 90 "$out/torch_default_hf.json" --mode default --kv-la
 python3 benches/report.py \
   --ours "$out/ours.json" --ours-second "$out/ours_second.json" --floor "$out/floor.json" \
   --torch-compile "$out/torch_compile.json" --torch-default "$out/torch_default.json" \
+  --serve-start "$out/serve_start.json" \
   ${gc_arg[@]+"${gc_arg[@]}"} ${extras[@]+"${extras[@]}"} --device-txt "$out/device.txt" \
   --results-dir "$out/results" --readme "$out/README.md" || status=1
 echo "bench: done in ${SECONDS} s, exit $status; copy $out/results/*.json to bench/results/ and $out/README.md to bench/README.md"

@@ -16,7 +16,8 @@
 //! `--batches` says; see `islands.rs`), `--multi-bench` (the decode step of q = 1..4 tokens per
 //! sequence graphed by batch and q, against q single-token steps; see `multi.rs`),
 //! `--keys-growth` (capture cost and pool of 35 sizes, x 3 draft widths, x 2 sampling variants;
-//! see `keys.rs`).
+//! see `keys.rs`), `--serve-start` (issue 29's start-up: from `main()` to the first served
+//! forward with background capture, and to all graphs live; see `serve_start.rs`).
 //!
 //! With `--model DIR` it loads a Hugging Face checkpoint folder instead and generates greedily
 //! with the eager forward and with the graphs (see `generate.rs`).
@@ -29,6 +30,7 @@ mod islands;
 mod keys;
 mod multi;
 mod prefill;
+mod serve_start;
 #[cfg(feature = "nccl")]
 mod tp;
 
@@ -60,6 +62,8 @@ pub struct Options {
     pub multi_bench: bool,
     /// Capture cost and pool as the key space grows instead (`--keys-growth`).
     pub keys_growth: bool,
+    /// Time start-up to the first served forward instead (`--serve-start`).
+    pub serve_start: bool,
     /// Whether `--batches` was given.
     pub batches_given: bool,
 }
@@ -76,6 +80,7 @@ fn parse_options() -> std::result::Result<Options, String> {
         islands_bench: false,
         multi_bench: false,
         keys_growth: false,
+        serve_start: false,
         batches_given: false,
     };
     let mut args = std::env::args().skip(1);
@@ -99,6 +104,7 @@ fn parse_options() -> std::result::Result<Options, String> {
             "--islands-bench" => opts.islands_bench = true,
             "--multi-bench" => opts.multi_bench = true,
             "--keys-growth" => opts.keys_growth = true,
+            "--serve-start" => opts.serve_start = true,
             "--prefill-bench" => {
                 opts.prefill_bench = Some(
                     value("--prefill-bench")?
@@ -117,7 +123,7 @@ fn parse_options() -> std::result::Result<Options, String> {
             }
             "-h" | "--help" => {
                 return Err(format!(
-                    "usage: decode_bench [--iters N] [--batches 1,8,300] [--json FILE] [--tp N] [--growth] [--prefill-bench N] [--islands-bench] [--multi-bench] {}",
+                    "usage: decode_bench [--iters N] [--batches 1,8,300] [--json FILE] [--tp N] [--growth] [--prefill-bench N] [--islands-bench] [--multi-bench] [--keys-growth] [--serve-start] {}",
                     generate::GenerateOptions::USAGE
                 ));
             }
@@ -148,6 +154,8 @@ fn parse_options() -> std::result::Result<Options, String> {
 }
 
 fn main() -> ExitCode {
+    // First: `--serve-start` measures from here.
+    let main_started = Instant::now();
     let opts = match parse_options() {
         Ok(o) => o,
         Err(e) => {
@@ -175,6 +183,16 @@ fn main() -> ExitCode {
     };
     if opts.generate.enabled() {
         return generate::main(&rt, &opts.generate);
+    }
+    if opts.serve_start {
+        let context_s = started.elapsed().as_secs_f64();
+        return match serve_start::run(&rt, main_started, context_s, opts.json.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("decode_bench --serve-start failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if let Some(len) = opts.prefill_bench {
         return match prefill::run(&rt, len, opts.iters.min(20)) {
