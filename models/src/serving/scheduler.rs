@@ -97,6 +97,22 @@ impl<'t> Scheduler<'t> {
                 "the token budget and the slots must be >= 1",
             ));
         }
+        // A request is built by hand as well as by `chat_trace`: one the loop can't run is an
+        // error here, not a panic in `plan`.
+        if let Some(r) = trace
+            .iter()
+            .find(|r| r.prompt.is_empty() || r.output_len == 0)
+        {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "request {} has a prompt of {} tokens and an output of {}: both must be >= 1",
+                    r.id,
+                    r.prompt.len(),
+                    r.output_len
+                ),
+            ));
+        }
         if let Some(r) = trace
             .iter()
             .find(|r| r.max_positions() > cfg.slot_positions)
@@ -414,5 +430,14 @@ mod tests {
             slot_positions: 16,
         };
         assert!(Scheduler::new(cfg, &unsorted).is_err());
+        // Hand-built requests the loop can't run: an empty prompt, no output.
+        for bad in [
+            request(0, 0.0, 0, 4),
+            request(0, 0.0, 4, 0),
+            request(0, 0.0, 0, 0),
+        ] {
+            let err = Scheduler::new(cfg, std::slice::from_ref(&bad)).unwrap_err();
+            assert!(err.to_string().contains("both must be >= 1"), "{err}");
+        }
     }
 }

@@ -18,9 +18,10 @@ pub struct Request {
 
 impl Request {
     /// The positions the request occupies in its KV-cache slot at most: prompt + output - 1
-    /// (the last generated token is never fed back).
+    /// (the last generated token is never fed back). A request always generates at least one
+    /// token (the prompt's last row gives it), so an `output_len` of 0 counts as 1.
     pub fn max_positions(&self) -> usize {
-        self.prompt.len() + self.output_len - 1
+        (self.prompt.len() + self.output_len.max(1)).saturating_sub(1)
     }
 }
 
