@@ -427,9 +427,10 @@ extern "C" __global__ void rope_attention_decode_scaled_bf16(
 //              alone = 1 and zeros for every other row, then this kernel the rows of its tiles
 //   tiles      [n, 2] (int32): tile t is rows first .. first + rows of one slot (rows <=
 //              TILE_ROWS; rows = 0: no tile t). A row of a tile that is padded (negative
-//              position) or of another slot than the tile's first row is written as zeros; a
-//              slot outside 0..slots makes the whole tile zeros. Nothing is read outside the
-//              cache whatever the tables hold.
+//              position) or of another slot than the tile's first row is not written (it keeps
+//              what attention_decode_bf16 wrote: zeros, or its own decode output); a slot
+//              outside 0..slots leaves the whole tile so. Nothing is read outside the cache
+//              whatever the tables hold.
 //   out        [n, q_heads * head_dim]
 //
 // Grid: (q_heads, n); blockDim.x = TILE_WARPS * 32. Warp w handles rows w, w + TILE_WARPS, ...
@@ -599,17 +600,19 @@ extern "C" __global__ void attention_tiles_bf16(
 #pragma unroll
     for (int j = 0; j < TILE_ROWS_PER_WARP; ++j) {
         const int row = warp + j * TILE_WARPS;
-        if (row >= count) {
+        // Only the rows this tile attended are written: a padded row, or a row of another
+        // slot that a malformed table put in the tile, keeps what attention_decode_bf16 wrote
+        // there just before (zeros, or that row's own decode output).
+        if (row >= count || row_pos[row] < 0) {
             continue;
         }
         bf16_t* o = out + ((unsigned long long)(first + row) * (unsigned long long)q_heads
                            + (unsigned long long)head) * d;
-        const bool attended = row_pos[row] >= 0;
 #pragma unroll
         for (int k = 0; k < TILE_DIMS_PER_LANE; ++k) {
             const int dim = lane + 32 * k;
             if (dim < head_dim) {
-                o[dim] = attended ? f2bf(acc[j][k] / l[j]) : (bf16_t)0;
+                o[dim] = f2bf(acc[j][k] / l[j]);
             }
         }
     }
