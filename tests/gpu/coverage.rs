@@ -97,6 +97,10 @@ fn generated_memory_estimate_and_refresh() -> Result<()> {
     let (model, x) = norm(&rt, &mut rng)?;
     let spec = [InputSpec::like(&x)?];
     let estimate = model.forward_graph_memory(&rt, spec, 1e-6)?;
+    assert_eq!(
+        estimate.graph_memory, None,
+        "cudagraph's tensors: the pool is the physical figure, no graph memory nodes"
+    );
     let graphs = model.forward_graphs(&rt, spec, 1e-6)?;
     assert_eq!(
         estimate.total(),

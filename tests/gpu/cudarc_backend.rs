@@ -597,6 +597,15 @@ fn cudarc_island_crossing_allocations_are_freed() {
         .forward_graph_memory(&stream, spec(), (0.0,))
         .expect("estimate");
     assert!(estimate.pool_bytes > 0);
+    // Node mode: the driver's physical figures come with the (virtual) node sum, read while
+    // the largest graph was held.
+    let held = estimate
+        .graph_memory
+        .expect("an estimate in node mode reports the driver's graph memory");
+    assert!(
+        held.reserved > 0,
+        "the driver reserved nothing for the largest graph: {held:?}"
+    );
     assert_eq!(used("after an estimate"), baseline);
     // The island fails at capture: every size fails (run eagerly instead).
     model.fail.set(true);

@@ -76,8 +76,17 @@ impl<const N: usize, S, B: Backend, L> Runner<'_, N, S, B, L> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemoryEstimate {
     /// Bytes of the graph memory (every size's intermediates and outputs, shared; every
-    /// segment of a forward with islands).
+    /// segment of a forward with islands). With cudagraph's tensors: the pool's physical pages.
+    /// With graph memory nodes (candle, plain cudarc): the sum of the largest graph's
+    /// allocation nodes, a **virtual** figure ([`graph_memory`](Self::graph_memory) has the
+    /// driver's physical one).
     pub pool_bytes: usize,
+    /// With graph memory nodes: the device's graph memory as the driver reported it once the
+    /// largest graph was captured and uploaded, before the estimate released it (`reserved`
+    /// is physical, and covers every graph of the device, not this runner's alone). `None`
+    /// with cudagraph's tensors (their pool is [`pool_bytes`](Self::pool_bytes)), or where the
+    /// driver gave no figures.
+    pub graph_memory: Option<crate::GraphMemoryUsage>,
     /// Bytes of the static input buffers.
     pub static_input_bytes: usize,
     /// Bytes of the islands' input and output buffers (0 without islands).
@@ -93,8 +102,9 @@ impl MemoryEstimate {
 
 impl<'m, const N: usize, S: StaticArgs + 'm, B: Backend> Runner<'m, N, S, B> {
     /// [`estimate`](Runner::estimate) on any backend (see [`capture`](Self::capture)).
-    /// With graph memory nodes the figure is the graph's allocation nodes; the driver may
-    /// reserve more (its granularity), which [`RunnerStats`](crate::RunnerStats) reports.
+    /// With graph memory nodes the figure is the graph's allocation nodes (virtual); the driver
+    /// may reserve more (its granularity): [`MemoryEstimate::graph_memory`] has what it
+    /// reserved, as [`RunnerStats`](crate::RunnerStats) does for a runner.
     pub fn estimate<D>(
         dev: &'m D,
         plan: GraphPlan,
@@ -205,6 +215,10 @@ impl<'m, const N: usize, S: StaticArgs + 'm, B: Backend, L: 'm> Runner<'m, N, S,
         }
         let estimate = MemoryEstimate {
             pool_bytes: B::memory_bytes(Seal::new(), &self.core.memory).max(need),
+            graph_memory: B::graph_memory_usage(Seal::new(), dev).unwrap_or_else(|e| {
+                tracing::debug!(target: "cudagraph", error = %e, "graph memory figures unavailable");
+                None
+            }),
             static_input_bytes: self.core.inputs.bytes(),
             island_buffer_bytes: self.core.bank.borrow().bytes(),
         };
