@@ -17,10 +17,8 @@ fn staged_calls_equal_run_and_repad_their_rows() -> Result<()> {
         return Ok(());
     };
     let mut rng = Rng(fresh_seed("staged_calls_equal_run_and_repad_their_rows"));
-    let cfg = LlamaConfig {
-        cache_slots: 8,
-        ..LlamaConfig::tiny()
-    };
+    // tiny's cache: a slot for every row of its largest captured size (256).
+    let cfg = LlamaConfig::tiny();
     let seed = rng.next_u64();
     let ran = Llama::random(&rt, cfg.clone(), seed)?;
     let staged_model = Llama::random(&rt, cfg.clone(), seed)?;
@@ -75,10 +73,8 @@ fn a_staged_call_pads_rows_an_earlier_call_filled() -> Result<()> {
         return Ok(());
     };
     let mut rng = Rng(fresh_seed("a_staged_call_pads_rows_an_earlier_call_filled"));
-    let cfg = LlamaConfig {
-        cache_slots: 8,
-        ..LlamaConfig::tiny()
-    };
+    // tiny's cache: a slot for every row of its largest captured size (256).
+    let cfg = LlamaConfig::tiny();
     let seed = rng.next_u64();
     let ran = Llama::random(&rt, cfg.clone(), seed)?;
     let staged_model = Llama::random(&rt, cfg.clone(), seed)?;
