@@ -138,3 +138,73 @@ fn background_capture_serves_at_once_and_matches_init_capture() -> Result<()> {
     }
     Ok(())
 }
+
+/// A runner dropped in the middle of a background capture (its forward panics while it is
+/// captured: the capture a call starts after its eager run, then one `capture_pending`
+/// starts) leaves nothing behind: the panic reaches the caller, no stream is left capturing,
+/// the abandoned graphs' memory goes back, and the runtime then captures and replays.
+#[test]
+fn a_runner_dropped_mid_background_capture_leaves_nothing_behind() -> Result<()> {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+
+    use cudagraph::{GraphPlan, InputSpec, Runner};
+
+    let Some(rt) = gpu("a_runner_dropped_mid_background_capture_leaves_nothing_behind") else {
+        return Ok(());
+    };
+    let x = rt.upload(&[2.5f32; 16], &[4, 4])?;
+    let spec = InputSpec::like(&x)?;
+    let (free_before, _) = rt.mem_info()?;
+    let panicking = |rt: &Runtime, [x]: [&Tensor; 1], _: &()| -> Result<Tensor> {
+        let y = rt.duplicate(x)?;
+        if rt.is_capturing() {
+            panic!("the forward panics while it is captured in the background");
+        }
+        Ok(y)
+    };
+    for round in 0..3 {
+        // From a call: the eager run succeeds, the capture after it panics.
+        let plan = GraphPlan::new("panics", &[1, 2, 4], 0)?.with_background_capture(true);
+        let caught = catch_unwind(AssertUnwindSafe(|| -> Result<()> {
+            let mut runner = Runner::capture(&rt, plan, [spec], (), panicking)?;
+            drop(runner.run([&x])?);
+            Ok(())
+        }));
+        assert!(
+            caught.is_err(),
+            "round {round}: the panic reaches the caller"
+        );
+        assert!(
+            !rt.is_capturing(),
+            "round {round}: a stream is left capturing"
+        );
+        // From capture_pending, with nothing called before.
+        let plan = GraphPlan::new("panics", &[1, 2, 4], 0)?.with_background_capture(true);
+        let caught = catch_unwind(AssertUnwindSafe(|| -> Result<()> {
+            let mut runner = Runner::capture(&rt, plan, [spec], (), panicking)?;
+            runner.capture_pending(Duration::from_secs(10))?;
+            Ok(())
+        }));
+        assert!(
+            caught.is_err(),
+            "round {round}: capture_pending's panic reaches the caller"
+        );
+        assert!(!rt.is_capturing());
+    }
+    rt.release_cached_memory()?;
+    let (free_after, _) = rt.mem_info()?;
+    assert!(
+        free_after + (64 << 20) >= free_before,
+        "the abandoned captures' memory was freed ({free_before} -> {free_after} bytes free)"
+    );
+    let plan = GraphPlan::new("copy", &[1, 2, 4], 0)?.with_background_capture(true);
+    let mut graphs = Runner::capture(&rt, plan, [spec], (), |rt, [x], ()| rt.duplicate(x))?;
+    let first = graphs.run([&x])?;
+    assert!(!first.replayed(), "a size's first call runs eagerly");
+    assert_eq!(rt.download::<f32>(&first)?, [2.5; 16]);
+    drop(first);
+    let out = graphs.run([&x])?;
+    assert!(out.replayed(), "captured after its first call");
+    assert_eq!(rt.download::<f32>(&out)?, [2.5; 16]);
+    Ok(())
+}
