@@ -77,6 +77,9 @@ impl Runtime {
         if ordinal >= count {
             return Err(Error::NoDevice { ordinal, count });
         }
+        let gemm = GemmBackend::from_env();
+        // cuBLAS's libraries load on another thread while the context is created.
+        crate::preload::start(gemm);
         let ctx = CudaContext::new(ordinal).map_err(Error::driver("cuCtxCreate"))?;
         // SAFETY: a runtime orders all work on its single stream, so the per-slice events cudarc
         // would record are not needed; recorded outside a capture, they break it (cudarc's own
@@ -111,7 +114,7 @@ impl Runtime {
             current_op: Cell::new(None),
             poison: Cell::new(false),
             reclaim: Cell::new(ReclaimPolicy::from_env()),
-            gemm: Cell::new(GemmBackend::from_env()),
+            gemm: Cell::new(gemm),
             cc,
             sm_count,
             shared_mem_optin,

@@ -35,6 +35,7 @@ mod native;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 pub mod ops;
+mod preload;
 pub mod reference;
 mod runtime_gemm;
 mod tensor;
@@ -52,6 +53,7 @@ pub use gemm_algo::n_bucket as gemm_n_bucket;
 pub use gemm_lt_probe::{GemmLtProbe, ProbeAlgo, ProbeCheck};
 pub use graph::Graph;
 pub use native::{Native, NativeKeep, NativeOutput};
+pub use preload::PRELOAD_ENV;
 pub use tensor::{Tensor, TensorView};
 
 pub use cudagraph_runtime::{

@@ -16,6 +16,31 @@ fn check_lengths(dst: usize, src: usize) -> Result<(), DriverError> {
     }
 }
 
+/// Opens libcublas and libcublasLt on a thread of its own and keeps them open: cudarc's
+/// process-wide handles to them (`culib`, a `OnceLock` each), which its first cuBLAS call would
+/// otherwise open (see `preload.rs`). Returns at once; a spawn that fails leaves the loading to
+/// that first call. Nothing to do when the libraries are linked (`dynamic-linking`).
+pub(crate) fn preload_gemm_libraries() {
+    #[cfg(not(feature = "dynamic-linking"))]
+    // (The thread is detached: it ends when both libraries are open.)
+    let _ = std::thread::Builder::new()
+        .name("cudagraph-preload".into())
+        .spawn(|| {
+            // SAFETY: `is_culib_present` only opens and closes the library; `culib` opens it for
+            // the rest of the process, once (cudarc's `OnceLock`), and is called only after the
+            // library was found, so it does not reach cudarc's panic on a missing library. No
+            // symbol of either library is called.
+            unsafe {
+                if cudarc::cublas::sys::is_culib_present() {
+                    let _ = cudarc::cublas::sys::culib();
+                }
+                if cudarc::cublaslt::sys::is_culib_present() {
+                    let _ = cudarc::cublaslt::sys::culib();
+                }
+            }
+        });
+}
+
 /// Whether cuBLAS can be loaded (and is not a stub).
 pub(crate) fn cublas_present() -> bool {
     #[cfg(not(feature = "dynamic-linking"))]

@@ -6,7 +6,8 @@ mod driver;
 mod launch;
 
 pub(crate) use driver::{
-    copy_peer, cublas_present, download, mem_info, set_cublas_workspace, upload,
+    copy_peer, cublas_present, download, mem_info, preload_gemm_libraries, set_cublas_workspace,
+    upload,
 };
 #[cfg(test)]
 pub(crate) use launch::nvrtc_present;
