@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# What no GPU has run yet (docs/gpu-runs.md, the "Not run" entries), in order of value, each
-# step bounded, for one device call of at most 600 s when device time is short (carry
-# gpu-bundle/):
+# What no GPU has run yet (docs/gpu-runs.md: "Not run" in run 70's entry, and the levers
+# bench/NOTES.md lists as not measured), in order of value, each step bounded, for one device
+# call of at most 600 s (carry gpu-bundle/):
 #
 #   bash scripts/gpu-pending.sh            # on the GPU machine, from the repository root
 #
-# 1. the GPU tests the unverified changes touch (tests_a.log); 2. serve_bench and
-# decode_bench --keys-growth (serve_bench.log, keys_growth.log); 3. decode_bench --serve-start
-# twice (a first and a second start: serve_start1.log, serve_start2.log); 4. the decode
-# benchmark (decode_bench.log: staged and run() host times, background capture); 5. memcheck on
-# serving:: and staged::; 6. issue 30's memory table (the candle binary's ignored footprint::
-# test: candle-tests.log); 7. the rest of the GPU suite (tests_b.log).
+# 1. the whole GPU suite (tests.log; first run of
+#    background::a_runner_dropped_mid_background_capture_leaves_nothing_behind);
+# 2. issue 29's cuBLAS preload lever: decode_bench --serve-start twice with the preload and
+#    twice with CUDAGRAPH_PRELOAD=off (serve_start_{on,off}{1,2}.log);
+# 3. racecheck over the whole suite with the built-in GEMM (sanitizer-racecheck.log; cuBLAS's
+#    own Hopper kernels are flagged by racecheck).
 # Logs and rc.txt go to $OUT (or ./gpu-out). PENDING_SCALE=2 doubles every time limit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,15 +26,11 @@ step() {
   timeout --kill-after=5 "$limit" "$@" >/dev/null 2>&1
   echo "$name rc $? ($((SECONDS - t)) s of $limit)" | tee -a "$out/rc.txt"
 }
-first=(kernels:: prefill:: islands:: keys:: serving:: staged:: background:: step_kernels::
-  cudarc_backend::cudarc_island soundness:: coverage::generated_memory_estimate)
-TESTS_TAG=tests_a step tests_a 110 bash "$b/run.sh" tests "${first[@]}"
-step serve 70 bash "$b/run.sh" serve --requests 64 --rate inf
-BENCH_TAG=serve_start1 step serve_start1 20 bash "$b/run.sh" bench --serve-start
-BENCH_TAG=serve_start2 step serve_start2 20 bash "$b/run.sh" bench --serve-start
-BENCH_TAG=decode_bench step decode_bench 80 bash "$b/run.sh" bench --iters 20
-SANITIZER_TIMEOUT=$((55 * scale)) step memcheck 65 bash "$b/run.sh" memcheck serving:: staged::
-step footprint 90 bash "$b/run.sh" candle footprint::
-skips=()
-for f in "${first[@]}"; do skips+=(--skip "$f"); done
-TESTS_TAG=tests_b step tests_b 130 bash "$b/run.sh" tests "${skips[@]}"
+step tests 90 bash "$b/run.sh" tests
+for i in 1 2; do
+  BENCH_TAG=serve_start_on$i step serve_start_on$i 20 bash "$b/run.sh" bench --serve-start
+  CUDAGRAPH_PRELOAD=off BENCH_TAG=serve_start_off$i step serve_start_off$i 20 \
+    bash "$b/run.sh" bench --serve-start
+done
+CUDAGRAPH_GEMM=builtin SANITIZER_TIMEOUT=$((380 * scale)) step racecheck 390 \
+  bash "$b/run.sh" racecheck
