@@ -9,7 +9,7 @@ use cudagraph::{GemmBackend, GraphPlan, ReclaimPolicy, Result, Runner, Runtime};
 use cudagraph_models::llama::{Llama, LlamaConfig};
 
 use crate::Options;
-use crate::common::{Inputs, median, relative_error_tensors};
+use crate::common::{Inputs, forward_sizes, median, relative_error_tensors};
 use crate::floor;
 
 /// Figures collected for `--json`.
@@ -376,7 +376,7 @@ fn lazy_capture(
     let cfg = model.config();
     let started = Instant::now();
     // The sizes of `Llama::forward`'s attribute.
-    let sizes: Vec<usize> = [1, 2, 4].into_iter().chain((8..=256).step_by(8)).collect();
+    let sizes = forward_sizes();
     let plan = GraphPlan::new("forward", &sizes, 0)?.with_lazy_capture(true);
     let mut lazy = Runner::capture(rt, plan, cfg.input_specs()?, (), |rt, [t, p], ()| {
         model.forward(rt, t, p)

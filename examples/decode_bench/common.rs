@@ -4,6 +4,12 @@ use cudagraph::{Result, Runtime, Tensor};
 use cudagraph_models::llama::LlamaConfig;
 use half::bf16;
 
+/// The sizes of `Llama::forward`'s attribute (1, 2, 4, 8..=256 step 8), for runners the
+/// benchmark builds without the macro.
+pub fn forward_sizes() -> Vec<usize> {
+    [1, 2, 4].into_iter().chain((8..=256).step_by(8)).collect()
+}
+
 /// Deterministic random inputs on the host (SplitMix64), fresh for every call.
 pub struct Inputs(pub u64);
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use cudagraph::{GraphPlan, Result, Runner, Runtime};
 use cudagraph_models::llama::{Llama, LlamaConfig};
 
-use crate::common::Inputs;
+use crate::common::{Inputs, forward_sizes};
 
 /// Measures and prints; `started` is taken first thing in `main()`, `context_s` is how long
 /// `Runtime::new` took.
@@ -23,7 +23,7 @@ pub fn run(rt: &Runtime, started: Instant, context_s: f64, json: Option<&Path>) 
     let weights_s = t.elapsed().as_secs_f64();
 
     // The sizes of `Llama::forward`'s attribute, captured in the background.
-    let sizes: Vec<usize> = [1, 2, 4].into_iter().chain((8..=256).step_by(8)).collect();
+    let sizes = forward_sizes();
     let plan = GraphPlan::new("forward", &sizes, 0)?.with_background_capture(true);
     let mut runner = Runner::capture(rt, plan, cfg.input_specs()?, (), |rt, [t, p], ()| {
         model.forward(rt, t, p)

@@ -57,6 +57,9 @@ impl std::fmt::Debug for Runtime {
 
 impl Runtime {
     /// Opens device `ordinal` (its primary context) and creates a stream for this runtime.
+    /// With `CUDAGRAPH_PRELOAD=on` ([`PRELOAD_ENV`](crate::PRELOAD_ENV)) it first starts a
+    /// detached thread that opens cuBLAS's libraries, so that their loading overlaps the
+    /// context's creation; off by default (not yet measured to help).
     ///
     /// Fails with [`Error::NoDriver`] on a machine without the CUDA driver and
     /// [`Error::NoDevice`] when the ordinal does not exist: never a panic, and a program can tell
@@ -78,7 +81,7 @@ impl Runtime {
             return Err(Error::NoDevice { ordinal, count });
         }
         let gemm = GemmBackend::from_env();
-        // cuBLAS's libraries load on another thread while the context is created.
+        // With CUDAGRAPH_PRELOAD=on, cuBLAS's libraries load on another thread meanwhile.
         crate::preload::start(gemm);
         let ctx = CudaContext::new(ordinal).map_err(Error::driver("cuCtxCreate"))?;
         // SAFETY: a runtime orders all work on its single stream, so the per-slice events cudarc

@@ -140,8 +140,8 @@ fn background_capture_serves_at_once_and_matches_init_capture() -> Result<()> {
 }
 
 /// A runner dropped in the middle of a background capture (its forward panics while it is
-/// captured: the capture a call starts after its eager run, then one `capture_pending`
-/// starts) leaves nothing behind: the panic reaches the caller, no stream is left capturing,
+/// captured: the capture a call starts after its eager run, the first one `capture_pending`
+/// starts, and a later one of `capture_pending`) leaves nothing behind: the panic reaches the caller, no stream is left capturing,
 /// the abandoned graphs' memory goes back, and the runtime then captures and replays.
 #[test]
 fn a_runner_dropped_mid_background_capture_leaves_nothing_behind() -> Result<()> {
@@ -188,6 +188,33 @@ fn a_runner_dropped_mid_background_capture_leaves_nothing_behind() -> Result<()>
         assert!(
             caught.is_err(),
             "round {round}: capture_pending's panic reaches the caller"
+        );
+        assert!(!rt.is_capturing());
+        // A later recording panics, not the runner's first (which sizes the pool): one that
+        // records into memory the runner already holds.
+        let captures = std::cell::Cell::new(0usize);
+        let plan = GraphPlan::new("panics", &[1, 2, 4], 0)?.with_background_capture(true);
+        let caught = catch_unwind(AssertUnwindSafe(|| -> Result<()> {
+            let mut runner = Runner::capture(&rt, plan, [spec], (), |rt, [x], ()| {
+                let y = rt.duplicate(x)?;
+                if rt.is_capturing() {
+                    captures.set(captures.get() + 1);
+                    if captures.get() > 1 {
+                        panic!("the second capture panics");
+                    }
+                }
+                Ok(y)
+            })?;
+            runner.capture_pending(Duration::from_secs(10))?;
+            Ok(())
+        }));
+        assert!(
+            caught.is_err(),
+            "round {round}: the second capture's panic reaches the caller"
+        );
+        assert!(
+            captures.get() >= 2,
+            "round {round}: the panic came from a later capture"
         );
         assert!(!rt.is_capturing());
     }

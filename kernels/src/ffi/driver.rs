@@ -16,27 +16,37 @@ fn check_lengths(dst: usize, src: usize) -> Result<(), DriverError> {
     }
 }
 
-/// Opens libcublas and libcublasLt on a thread of its own and keeps them open: cudarc's
-/// process-wide handles to them (`culib`, a `OnceLock` each), which its first cuBLAS call would
-/// otherwise open (see `preload.rs`). Returns at once; a spawn that fails leaves the loading to
-/// that first call. Nothing to do when the libraries are linked (`dynamic-linking`).
+/// Opens libcublasLt and libcublas on a thread of its own and leaves them open for the rest
+/// of the process: cudarc's process-wide handles to them (`culib`, a `OnceLock` each), which
+/// its first cuBLAS call would otherwise open (see `preload.rs`). Returns at once; a spawn that
+/// fails leaves the loading to that first call. Nothing to do when the libraries are linked
+/// (`dynamic-linking`).
 pub(crate) fn preload_gemm_libraries() {
     #[cfg(not(feature = "dynamic-linking"))]
-    // (The thread is detached: it ends when both libraries are open.)
+    // (The thread is detached: it ends once both libraries are open.)
     let _ = std::thread::Builder::new()
         .name("cudagraph-preload".into())
         .spawn(|| {
-            // SAFETY: `is_culib_present` only opens and closes the library; `culib` opens it for
-            // the rest of the process, once (cudarc's `OnceLock`), and is called only after the
-            // library was found, so it does not reach cudarc's panic on a missing library. No
-            // symbol of either library is called.
-            unsafe {
-                if cudarc::cublas::sys::is_culib_present() {
-                    let _ = cudarc::cublas::sys::culib();
-                }
-                if cudarc::cublaslt::sys::is_culib_present() {
-                    let _ = cudarc::cublaslt::sys::culib();
-                }
+            // Each library is opened once, here, by the candidate name cudarc would pick (its
+            // own list, in its order); while this handle holds it, cudarc's `culib` finds it
+            // loaded (a reference count, no second load) and can't reach its panic on a
+            // missing library. A library not found is left alone.
+            let open = |name: &str| {
+                cudarc::get_lib_name_candidates(name)
+                    .into_iter()
+                    // SAFETY: opening cuBLAS's libraries runs their initialisers, which have
+                    // no precondition; no symbol of them is called here.
+                    .find_map(|candidate| unsafe { libloading::Library::new(candidate) }.ok())
+            };
+            if let Some(held) = open("cublasLt") {
+                // SAFETY: as above; the library is loaded, so `culib` returns its handle.
+                let _ = unsafe { cudarc::cublaslt::sys::culib() };
+                drop(held);
+            }
+            if let Some(held) = open("cublas") {
+                // SAFETY: as above.
+                let _ = unsafe { cudarc::cublas::sys::culib() };
+                drop(held);
             }
         });
 }

@@ -99,6 +99,12 @@ impl<'t> Scheduler<'t> {
         }
         // A request is built by hand as well as by `chat_trace`: one the loop can't run is an
         // error here, not a panic in `plan`.
+        if let Some(r) = trace.iter().find(|r| r.arrival_s.is_nan()) {
+            return Err(Error::invalid(
+                OP,
+                format!("request {} arrives at NaN seconds", r.id),
+            ));
+        }
         if let Some(r) = trace
             .iter()
             .find(|r| r.prompt.is_empty() || r.output_len == 0)
@@ -439,5 +445,10 @@ mod tests {
             let err = Scheduler::new(cfg, std::slice::from_ref(&bad)).unwrap_err();
             assert!(err.to_string().contains("both must be >= 1"), "{err}");
         }
+        let nan = request(0, f64::NAN, 4, 4);
+        assert!(Scheduler::new(cfg, std::slice::from_ref(&nan)).is_err());
+        // A hand-built output length near usize::MAX: refused (it never fits), no overflow.
+        let huge = request(0, 0.0, 4, usize::MAX);
+        assert!(Scheduler::new(cfg, std::slice::from_ref(&huge)).is_err());
     }
 }

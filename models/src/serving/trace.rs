@@ -21,7 +21,10 @@ impl Request {
     /// (the last generated token is never fed back). A request always generates at least one
     /// token (the prompt's last row gives it), so an `output_len` of 0 counts as 1.
     pub fn max_positions(&self) -> usize {
-        (self.prompt.len() + self.output_len.max(1)).saturating_sub(1)
+        self.prompt
+            .len()
+            .saturating_add(self.output_len.max(1))
+            .saturating_sub(1)
     }
 }
 

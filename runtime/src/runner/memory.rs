@@ -72,8 +72,11 @@ impl<const N: usize, S, B: Backend, L> Runner<'_, N, S, B, L> {
     }
 }
 
-/// Device memory a runner will hold, from [`Runner::estimate`].
+/// Device memory a runner will hold, from [`Runner::estimate`]. Equality compares every field,
+/// [`graph_memory`](Self::graph_memory) included: device-wide figures, so two estimates of one
+/// forward may differ there.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MemoryEstimate {
     /// Bytes of the graph memory (every size's intermediates and outputs, shared; every
     /// segment of a forward with islands). With cudagraph's tensors: the pool's physical pages.
