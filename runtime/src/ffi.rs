@@ -1101,6 +1101,15 @@ pub(crate) struct PadJob {
     pub(crate) pattern: Option<u32>,
 }
 
+impl PadJob {
+    /// A job that copies and fills nothing (the unused slots of a launch).
+    pub(crate) const EMPTY: Self = Self {
+        dst: DeviceRange::EMPTY,
+        src: DeviceRange::EMPTY,
+        pattern: None,
+    };
+}
+
 /// Launches the runtime's `pad_copy` kernel: up to four [`PadJob`]s in one launch (see
 /// `cu/pad_copy.cu`).
 pub(crate) fn launch_pad_copy(

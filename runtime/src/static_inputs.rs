@@ -204,12 +204,7 @@ impl<B: Backend, const N: usize> StaticInputs<B, N> {
         };
         let stream = B::stream(Seal::new(), dev);
         if let Some(f) = &self.pad_copy {
-            let empty = PadJob {
-                dst: DeviceRange::EMPTY,
-                src: DeviceRange::EMPTY,
-                pattern: None,
-            };
-            let mut jobs = [empty; 4];
+            let mut jobs = [PadJob::EMPTY; 4];
             for (i, job) in jobs.iter_mut().enumerate().take(N) {
                 if padded(i) {
                     // Nothing copied; the whole range filled (its offset is whole rows, so the
@@ -277,12 +272,7 @@ impl<B: Backend, const N: usize> StaticInputs<B, N> {
             return Ok(());
         }
         if let Some(f) = &self.pad_copy {
-            let empty = PadJob {
-                dst: DeviceRange::EMPTY,
-                src: DeviceRange::EMPTY,
-                pattern: None,
-            };
-            let mut jobs = [empty; 4];
+            let mut jobs = [PadJob::EMPTY; 4];
             for (i, (((job, &(dst, _)), src), pad)) in jobs
                 .iter_mut()
                 .zip(&self.ranges)
