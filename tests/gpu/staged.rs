@@ -3,10 +3,20 @@
 //! padded rows are padded (a smaller call after a larger one re-pads the rows the larger one
 //! wrote), so the KV caches of the two paths stay equal byte for byte.
 
-use cudagraph::Result;
+use cudagraph::{Result, Runtime};
 use cudagraph_models::llama::{Llama, LlamaConfig};
 
 use crate::common::{Rng, fresh_seed, gpu, kv_cache_bits};
+
+/// Two tiny decoders of one seed (tiny's cache: a slot for every row of its largest captured
+/// size, 256): one for `run()`, one for staged calls.
+fn twins(rt: &Runtime, rng: &mut Rng) -> Result<(LlamaConfig, Llama, Llama)> {
+    let cfg = LlamaConfig::tiny();
+    let seed = rng.next_u64();
+    let ran = Llama::random(rt, cfg.clone(), seed)?;
+    let staged = Llama::random(rt, cfg.clone(), seed)?;
+    Ok((cfg, ran, staged))
+}
 
 /// Twin models (one seed): one runs `run()`, the other staged calls, over a sequence of batch
 /// sizes that shrink and grow within one captured size (4, 3, 1, 8, 5, 5, 2) with fresh
@@ -17,11 +27,7 @@ fn staged_calls_equal_run_and_repad_their_rows() -> Result<()> {
         return Ok(());
     };
     let mut rng = Rng(fresh_seed("staged_calls_equal_run_and_repad_their_rows"));
-    // tiny's cache: a slot for every row of its largest captured size (256).
-    let cfg = LlamaConfig::tiny();
-    let seed = rng.next_u64();
-    let ran = Llama::random(&rt, cfg.clone(), seed)?;
-    let staged_model = Llama::random(&rt, cfg.clone(), seed)?;
+    let (cfg, ran, staged_model) = twins(&rt, &mut rng)?;
     let mut by_run = ran.forward_graphs(&rt, cfg.input_specs()?)?;
     let mut by_stage = staged_model.forward_graphs(&rt, cfg.input_specs()?)?;
     for n in [4usize, 3, 1, 8, 5, 5, 2] {
@@ -73,11 +79,7 @@ fn a_staged_call_pads_rows_an_earlier_call_filled() -> Result<()> {
         return Ok(());
     };
     let mut rng = Rng(fresh_seed("a_staged_call_pads_rows_an_earlier_call_filled"));
-    // tiny's cache: a slot for every row of its largest captured size (256).
-    let cfg = LlamaConfig::tiny();
-    let seed = rng.next_u64();
-    let ran = Llama::random(&rt, cfg.clone(), seed)?;
-    let staged_model = Llama::random(&rt, cfg.clone(), seed)?;
+    let (cfg, ran, staged_model) = twins(&rt, &mut rng)?;
     let mut by_run = ran.forward_graphs(&rt, cfg.input_specs()?)?;
     let mut by_stage = staged_model.forward_graphs(&rt, cfg.input_specs()?)?;
     let draw = |rng: &mut Rng, n: usize| -> (Vec<u32>, Vec<i32>) {

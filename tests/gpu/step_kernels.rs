@@ -19,6 +19,16 @@ const CASES: [(usize, usize, usize, usize, usize); 3] = [
     (8, 2, 256, 4, 300),
 ];
 
+/// A key cache and a value cache of `dims` ([slots, positions, kv heads, head dim]) with random
+/// bf16 values, each with its values on the host.
+fn random_caches(rt: &Runtime, rng: &mut Rng, dims: [usize; 4]) -> Result<[(Tensor, Vec<f32>); 2]> {
+    let len = dims.iter().product();
+    Ok([
+        upload_bf16(rt, &rng.vec(len, -1.0, 1.0), &dims)?,
+        upload_bf16(rt, &rng.vec(len, -1.0, 1.0), &dims)?,
+    ])
+}
+
 fn shape(q_heads: usize, kv_heads: usize, head_dim: usize) -> AttentionShape {
     AttentionShape {
         q_heads,
@@ -57,10 +67,8 @@ fn attention_step_matches_the_reference_row_by_row() -> Result<()> {
     ));
     for (q_heads, kv_heads, head_dim, slots, tokens) in CASES {
         let cfg = shape(q_heads, kv_heads, head_dim);
-        let cache_dims = [slots, tokens, kv_heads, head_dim];
-        let cache_len = cache_dims.iter().product();
-        let (k_cache, k_ref) = upload_bf16(&rt, &rng.vec(cache_len, -1.0, 1.0), &cache_dims)?;
-        let (v_cache, v_ref) = upload_bf16(&rt, &rng.vec(cache_len, -1.0, 1.0), &cache_dims)?;
+        let [(k_cache, k_ref), (v_cache, v_ref)] =
+            random_caches(&rt, &mut rng, [slots, tokens, kv_heads, head_dim])?;
         // Two decode rows, a 21-row chunk (tiles of 8, 8, 5) starting mid-slot, a 3-row chunk
         // from position 0, a row past the cache's end (clamped).
         let pieces = [
@@ -142,10 +150,8 @@ fn rope_kv_write_step_writes_each_row_at_its_slot() -> Result<()> {
     let mut rng = Rng(fresh_seed("rope_kv_write_step_writes_each_row_at_its_slot"));
     let (q_heads, kv_heads, head_dim, slots, tokens) = CASES[0];
     let cfg = shape(q_heads, kv_heads, head_dim);
-    let cache_dims = [slots, tokens, kv_heads, head_dim];
-    let cache_len = cache_dims.iter().product();
-    let (k_cache, mut k_ref) = upload_bf16(&rt, &rng.vec(cache_len, -1.0, 1.0), &cache_dims)?;
-    let (v_cache, mut v_ref) = upload_bf16(&rt, &rng.vec(cache_len, -1.0, 1.0), &cache_dims)?;
+    let [(k_cache, mut k_ref), (v_cache, mut v_ref)] =
+        random_caches(&rt, &mut rng, [slots, tokens, kv_heads, head_dim])?;
     let pieces = [
         Piece {
             slot: 4,
