@@ -218,10 +218,7 @@ impl<'m, const N: usize, S: StaticArgs + 'm, B: Backend, L: 'm> Runner<'m, N, S,
         }
         let estimate = MemoryEstimate {
             pool_bytes: B::memory_bytes(Seal::new(), &self.core.memory).max(need),
-            graph_memory: B::graph_memory_usage(Seal::new(), dev).unwrap_or_else(|e| {
-                tracing::debug!(target: "cudagraph", error = %e, "graph memory figures unavailable");
-                None
-            }),
+            graph_memory: super::run::graph_memory_usage::<B>(dev),
             static_input_bytes: self.core.inputs.bytes(),
             island_buffer_bytes: self.core.bank.borrow().bytes(),
         };
