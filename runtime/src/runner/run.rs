@@ -1142,8 +1142,8 @@ impl NoStatics for () {
     const NONE: Self = ();
 }
 
-/// The driver's graph-memory figures for `dev` (node mode), for stats and estimates: a failed query is
-/// logged, not allowed to fail the capture that succeeded.
+/// The driver's graph-memory figures for `dev` (node mode), for stats and estimates: a failed
+/// query is logged, not allowed to fail the capture that succeeded.
 pub(super) fn graph_memory_usage<B: Backend>(dev: &B::Device) -> Option<crate::GraphMemoryUsage> {
     B::graph_memory_usage(Seal::new(), dev).unwrap_or_else(|e| {
         tracing::debug!(target: "cudagraph", error = %e, "graph memory figures unavailable");
