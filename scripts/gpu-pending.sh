@@ -7,10 +7,13 @@
 #
 # 1. the whole GPU suite (tests.log; first run of
 #    background::a_runner_dropped_mid_background_capture_leaves_nothing_behind);
-# 2. issue 29's cuBLAS preload lever: decode_bench --serve-start, one discarded start, then
+# 2. issue 30's memory table with the held figures per state (largest alone, after capture,
+#    replayed ascending after a trim, after release + resume, which now uploads largest
+#    first), from the candle binary (all four backends; candle-tests.log);
+# 3. issue 29's cuBLAS preload lever: decode_bench --serve-start, one discarded start, then
 #    with (CUDAGRAPH_PRELOAD=on) and without it in ABBA order, 6 starts each
 #    (serve_start_{on,off}_*.log);
-# 3. racecheck over the whole suite with the built-in GEMM (sanitizer-racecheck.log; cuBLAS's
+# 4. racecheck over the whole suite with the built-in GEMM (sanitizer-racecheck.log; cuBLAS's
 #    own Hopper kernels are flagged by racecheck).
 # rc.txt and pending-logs.tgz (every log) go to $OUT (or ./gpu-out). PENDING_SCALE=2 doubles
 # every time limit.
@@ -29,6 +32,7 @@ step() {
   echo "$name rc $? ($((SECONDS - t)) s of $limit)" | tee -a "$out/rc.txt"
 }
 step tests 90 bash "$b/run.sh" tests
+step footprint 60 bash "$b/run.sh" candle footprint::
 # One discarded start (it writes the GEMM algorithms to disk), then ABBA x 3 (12 starts).
 BENCH_TAG=serve_start_warm step serve_start_warm 20 bash "$b/run.sh" bench --serve-start
 k=0
@@ -42,7 +46,7 @@ for i in 1 2 3; do
 done
 # (The whole suite under racecheck took 434-456 s in earlier runs: this one may be cut; its
 # log keeps the tests that finished.)
-CUDAGRAPH_GEMM=builtin SANITIZER_TIMEOUT=$((270 * scale)) step racecheck 280 \
+CUDAGRAPH_GEMM=builtin SANITIZER_TIMEOUT=$((210 * scale)) step racecheck 220 \
   bash "$b/run.sh" racecheck
 # The device tool brings back a limited number of files: the logs go back as one archive
 # (rc.txt stays beside it).

@@ -195,6 +195,17 @@ fn cudarc_graph_memory_is_measured_and_released() {
         "the trim gave memory back"
     );
     graphs.resume().expect("resume");
+    // `resume` uploads every graph (largest first), which maps graph memory before any launch.
+    stream.synchronize().unwrap();
+    let resumed = GraphMemoryUsage::of_context(&ctx).expect("usage");
+    println!(
+        "after resume, before a launch: reserved {:.1} MiB",
+        resumed.reserved as f64 / 1048576.0
+    );
+    assert!(
+        resumed.reserved > trimmed.reserved,
+        "resume's uploads mapped the graphs' memory"
+    );
     assert_eq!(
         download(&stream, &graphs.run([&x]).unwrap()),
         download(&stream, &x)

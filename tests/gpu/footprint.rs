@@ -1,10 +1,17 @@
 //! Issue 30's table: how much device memory each backend's graphs hold against what the same
 //! forward needs eagerly. For each forward: the eager peak of the largest size (the
-//! stream-ordered pool's `USED_MEM_HIGH`, reset right before), the largest graph alone, the
-//! sum of every graph's allocations, and what is held once every size has replayed: the pool
-//! (cudagraph's tensors: physical, mapped pages) or the driver's reserved graph memory (graph
-//! memory nodes: candle, plain cudarc; physical, measured from a trimmed baseline). A
-//! measurement, run with `--ignored footprint::`; it asserts only that every figure was read.
+//! stream-ordered pool's `USED_MEM_HIGH`, reset right before), the allocations of the largest
+//! graph and of all graphs (the native pool's need; the graph memory nodes' virtual sizes), and
+//! what is held (the pool: physical, mapped pages; graph memory nodes: the driver's reserved
+//! graph memory above a trimmed baseline, physical):
+//! - *largest alone*: only the largest size launched (the native pool: its own pool);
+//! - *after capture*: right after the runner was built (captures largest first, each uploaded);
+//! - *replayed ascending after a trim*: every size launched once, smallest first, on memory
+//!   the driver had given back, so that the first launches map it in the traffic's order;
+//! - *after release and resume*: `release_memory`, `resume` (which uploads largest first), then
+//!   the same ascending launches.
+//!
+//! A measurement, run with `--ignored footprint::`; it asserts only that every figure was read.
 
 use std::sync::Arc;
 
@@ -21,46 +28,63 @@ struct Row {
     memory: &'static str,
     graphs: usize,
     eager_peak: u64,
-    largest_alone: u64,
+    largest_nodes: u64,
     node_sum: u64,
-    held: u64,
+    held: Held,
+}
+
+/// What a runner holds in each of the states the module docs list (bytes).
+#[derive(Default)]
+struct Held {
+    largest_alone: u64,
+    after_capture: u64,
+    ascending: u64,
+    resumed: u64,
 }
 
 fn mib(b: u64) -> f64 {
     b as f64 / (1 << 20) as f64
 }
 
+fn ratio(a: u64, b: u64) -> String {
+    if b == 0 {
+        "-".to_string()
+    } else {
+        format!("{:.2}x", a as f64 / b as f64)
+    }
+}
+
 fn print(rows: &[Row]) {
     println!(
-        "\n| forward | graph memory | graphs | eager peak, largest size MiB | largest graph alone MiB | sum of graphs MiB | held, every size replayed MiB | held / largest alone | held / eager peak |"
+        "\n| forward | graph memory | graphs | eager peak, largest size MiB | largest graph's allocations MiB | all graphs' allocations MiB | held: largest alone MiB | held after capture MiB | held, replayed ascending after a trim MiB | held after release + resume MiB | after capture / largest alone | after capture / eager peak | after resume / eager peak |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
-        let ratio = |a: u64, b: u64| {
-            if b == 0 {
-                "-".to_string()
-            } else {
-                format!("{:.2}x", a as f64 / b as f64)
-            }
-        };
+        let h = &r.held;
         println!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} |",
             r.forward,
             r.memory,
             r.graphs,
             mib(r.eager_peak),
-            mib(r.largest_alone),
+            mib(r.largest_nodes),
             mib(r.node_sum),
-            mib(r.held),
-            ratio(r.held, r.largest_alone),
-            ratio(r.held, r.eager_peak),
+            mib(h.largest_alone),
+            mib(h.after_capture),
+            mib(h.ascending),
+            mib(h.resumed),
+            ratio(h.after_capture, h.largest_alone),
+            ratio(h.after_capture, r.eager_peak),
+            ratio(h.resumed, r.eager_peak),
         );
     }
 }
 
 /// The eager peak of `f` on `ctx`'s device: the pool's used high-water mark above what was in
-/// use before, `f` synchronized by the caller's closure.
-fn eager_peak(ctx: &Arc<CudaContext>, f: impl FnOnce() -> Result<()>) -> Result<u64> {
+/// use before, over the second of two runs (the first initialises lazily: modules, workspaces),
+/// `f` synchronized by the caller's closure.
+fn eager_peak(ctx: &Arc<CudaContext>, mut f: impl FnMut() -> Result<()>) -> Result<u64> {
+    f()?;
     let before = StreamPoolUsage::of_context(ctx)?;
     StreamPoolUsage::reset_high(ctx)?;
     f()?;
@@ -87,42 +111,110 @@ fn native_row(rng: &mut Rng) -> Result<Option<Row>> {
     })?;
     let alone = model.forward_graph_memory(&rt, cfg.input_specs()?)?;
     let mut graphs = model.forward_graphs(&rt, cfg.input_specs()?)?;
+    let after_capture = graphs.pool_bytes() as u64;
     let sizes = graphs.sizes().to_vec();
-    for &n in &sizes {
-        let (t, p) = draw_decode_inputs(&rt, rng, &cfg, n)?;
-        drop(graphs.run([&t, &p])?);
+    // Every size once, smallest first; then again after a release and resume.
+    let (mut ascending, mut resumed) = (0, 0);
+    for held in [&mut ascending, &mut resumed] {
+        if graphs.is_released() {
+            graphs.resume()?;
+        }
+        for &n in &sizes {
+            let (t, p) = draw_decode_inputs(&rt, rng, &cfg, n)?;
+            drop(graphs.run([&t, &p])?);
+        }
+        rt.synchronize()?;
+        *held = graphs.pool_bytes() as u64;
+        graphs.release_memory()?;
     }
-    rt.synchronize()?;
+    graphs.resume()?;
     let stats = graphs.stats();
     Ok(Some(Row {
         forward: "native decoder (Qwen3-0.6B-shaped)".into(),
         memory: "pool",
         graphs: sizes.len(),
         eager_peak: peak,
-        largest_alone: alone.pool_bytes as u64,
+        largest_nodes: alone.pool_bytes as u64,
         node_sum: stats.sizes.iter().map(|s| s.pool_need as u64).sum(),
-        held: stats.pool_bytes as u64,
+        held: Held {
+            largest_alone: alone.pool_bytes as u64,
+            after_capture,
+            ascending,
+            resumed,
+        },
     }))
 }
 
-/// A node-mode runner's figures: every size replayed once from a trimmed baseline; `held` is
-/// the driver's reserved high-water mark above it.
-fn node_figures(
-    ctx: &Arc<CudaContext>,
-    needs: &[usize],
-    replay_all: impl FnOnce() -> Result<()>,
-) -> Result<(u64, u64, u64)> {
-    let largest = needs.iter().copied().max().unwrap_or(0) as u64;
-    let sum = needs.iter().map(|&n| n as u64).sum();
+/// What [`node_held`] asks of a node-mode runner.
+enum Op {
+    /// Launch the size (inputs of fresh random values), not synchronized.
+    Run(usize),
+    /// Wait for what was launched.
+    Sync,
+    /// `release_memory`.
+    Release,
+    /// `resume`.
+    Resume,
+}
+
+/// The driver's reserved graph memory, above `base`, at its high-water mark since `reset`.
+fn reserved_high_above(ctx: &Arc<CudaContext>, base: u64) -> Result<u64> {
+    Ok(GraphMemoryUsage::of_context(ctx)?
+        .reserved_high
+        .saturating_sub(base))
+}
+
+/// Trims the driver's graph memory, resets its high-water marks, and returns what it reserves
+/// then: the baseline of the next measurement.
+fn trimmed_baseline(ctx: &Arc<CudaContext>) -> Result<u64> {
     GraphMemoryUsage::trim(ctx)?;
-    let before = GraphMemoryUsage::of_context(ctx)?;
     GraphMemoryUsage::reset_high(ctx)?;
-    replay_all()?;
-    let after = GraphMemoryUsage::of_context(ctx)?;
+    Ok(GraphMemoryUsage::of_context(ctx)?.reserved)
+}
+
+/// A node-mode runner's [`Held`] figures (see the module docs): `build` makes the runner from
+/// a trimmed baseline, `op` runs what the measurement asks of it. Returns the runner too.
+fn node_held<R>(
+    ctx: &Arc<CudaContext>,
+    build: impl FnOnce() -> Result<R>,
+    sizes: &[usize],
+    mut op: impl FnMut(&mut R, Op) -> Result<()>,
+) -> Result<(R, Held)> {
+    let base = trimmed_baseline(ctx)?;
+    let mut runner = build()?;
+    op(&mut runner, Op::Sync)?;
+    let after_capture = GraphMemoryUsage::of_context(ctx)?
+        .reserved
+        .saturating_sub(base);
+
+    let base = trimmed_baseline(ctx)?;
+    op(&mut runner, Op::Run(*sizes.last().unwrap_or(&1)))?;
+    op(&mut runner, Op::Sync)?;
+    let largest_alone = reserved_high_above(ctx, base)?;
+
+    let base = trimmed_baseline(ctx)?;
+    for &n in sizes {
+        op(&mut runner, Op::Run(n))?;
+    }
+    op(&mut runner, Op::Sync)?;
+    let ascending = reserved_high_above(ctx, base)?;
+
+    op(&mut runner, Op::Release)?;
+    let base = trimmed_baseline(ctx)?;
+    op(&mut runner, Op::Resume)?;
+    for &n in sizes {
+        op(&mut runner, Op::Run(n))?;
+    }
+    op(&mut runner, Op::Sync)?;
+    let resumed = reserved_high_above(ctx, base)?;
     Ok((
-        largest,
-        sum,
-        after.reserved_high.saturating_sub(before.reserved),
+        runner,
+        Held {
+            largest_alone,
+            after_capture,
+            ascending,
+            resumed,
+        },
     ))
 }
 
@@ -164,18 +256,35 @@ fn cudarc_row(rng: &mut Rng) -> Result<Option<Row>> {
         Ok(())
     })?;
     let spec = cudagraph::InputSpec::new(cudagraph::DType::F32, &[dims.d_in])?;
-    let mut graphs = model.forward_graphs(&stream, [spec])?;
-    let sizes = graphs.sizes().to_vec();
-    let needs: Vec<usize> = graphs.stats().sizes.iter().map(|s| s.pool_need).collect();
-    let (largest, sum, held) = node_figures(&ctx, &needs, || {
-        for &n in &sizes {
-            let x = input(n, rng)?;
-            drop(graphs.run([&x])?);
-        }
-        stream
-            .synchronize()
-            .map_err(cudagraph::Error::driver("sync"))
-    })?;
+    let sizes = [1, 2, 4, 8, 16, 32];
+    let (graphs, held) = node_held(
+        &ctx,
+        || model.forward_graphs(&stream, [spec]),
+        &sizes,
+        |graphs, op| match op {
+            Op::Run(n) => {
+                let x = input(n, rng)?;
+                drop(graphs.run([&x])?);
+                Ok(())
+            }
+            Op::Sync => stream
+                .synchronize()
+                .map_err(cudagraph::Error::driver("sync")),
+            Op::Release => graphs.release_memory().map(drop),
+            Op::Resume => graphs.resume(),
+        },
+    )?;
+    assert_eq!(
+        graphs.sizes(),
+        sizes,
+        "the MLP's sizes changed: update this test"
+    );
+    let needs: Vec<u64> = graphs
+        .stats()
+        .sizes
+        .iter()
+        .map(|s| s.pool_need as u64)
+        .collect();
     Ok(Some(Row {
         forward: format!(
             "cudarc MLP ({} -> {} -> {})",
@@ -184,8 +293,8 @@ fn cudarc_row(rng: &mut Rng) -> Result<Option<Row>> {
         memory: "graph memory nodes",
         graphs: sizes.len(),
         eager_peak: peak,
-        largest_alone: largest,
-        node_sum: sum,
+        largest_nodes: needs.iter().copied().max().unwrap_or(0),
+        node_sum: needs.iter().sum(),
         held,
     }))
 }
@@ -206,7 +315,11 @@ fn graph_memory_against_eager_peak() -> Result<()> {
     print(&rows);
     for r in &rows {
         assert!(
-            r.eager_peak > 0 && r.held > 0 && r.largest_alone > 0,
+            r.eager_peak > 0
+                && r.held.largest_alone > 0
+                && r.held.after_capture > 0
+                && r.held.ascending > 0
+                && r.held.resumed > 0,
             "{}: a figure is 0",
             r.forward
         );
@@ -249,11 +362,9 @@ mod candle {
             ])
         };
         let spec = || InputSpec::new(DType::U32, &[]).map_err(err);
-        let mut graphs = model
-            .forward_graphs(&dev, [spec()?, spec()?, spec()?])
-            .map_err(err)?;
-        let sizes = graphs.sizes().to_vec();
-        let largest = *sizes.last().unwrap_or(&1);
+        // The decoder's `#[cuda_graph(sizes = ...)]` (checked against the runner's below).
+        let sizes = [1, 2, 4, 8, 16, 32, 64];
+        let largest = 64;
         let [t, p, s] = inputs(largest, rng)?;
         dev.synchronize().map_err(err)?;
         let peak = eager_peak(&ctx, || {
@@ -262,14 +373,36 @@ mod candle {
             drop(out);
             Ok(())
         })?;
-        let needs: Vec<usize> = graphs.stats().sizes.iter().map(|s| s.pool_need).collect();
-        let (alone, sum, held) = node_figures(&ctx, &needs, || {
-            for &n in &sizes {
-                let [t, p, s] = inputs(n, rng)?;
-                drop(graphs.run([&t, &p, &s]).map_err(err)?);
-            }
-            dev.synchronize().map_err(err)
-        })?;
+        let (graphs, held) = node_held(
+            &ctx,
+            || {
+                model
+                    .forward_graphs(&dev, [spec()?, spec()?, spec()?])
+                    .map_err(err)
+            },
+            &sizes,
+            |graphs, op| match op {
+                Op::Run(n) => {
+                    let [t, p, s] = inputs(n, rng)?;
+                    drop(graphs.run([&t, &p, &s]).map_err(err)?);
+                    Ok(())
+                }
+                Op::Sync => dev.synchronize().map_err(err),
+                Op::Release => graphs.release_memory().map(drop),
+                Op::Resume => graphs.resume(),
+            },
+        )?;
+        assert_eq!(
+            graphs.sizes(),
+            sizes,
+            "the decoder's sizes changed: update this test"
+        );
+        let needs: Vec<u64> = graphs
+            .stats()
+            .sizes
+            .iter()
+            .map(|s| s.pool_need as u64)
+            .collect();
         let mut rows = vec![Row {
             forward: format!(
                 "candle decoder ({} layers, hidden {})",
@@ -278,8 +411,8 @@ mod candle {
             memory: "graph memory nodes",
             graphs: sizes.len(),
             eager_peak: peak,
-            largest_alone: alone,
-            node_sum: sum,
+            largest_nodes: needs.iter().copied().max().unwrap_or(0),
+            node_sum: needs.iter().sum(),
             held,
         }];
         drop(graphs);
@@ -341,9 +474,9 @@ mod candle {
             ])
         };
         let spec = || InputSpec::new(DType::U32, &[SEQ]).map_err(err);
-        let mut graphs = bert.forward_graphs(dev, [spec()?, spec()?]).map_err(err)?;
-        let sizes = graphs.sizes().to_vec();
-        let [ids, types] = batch(*sizes.last().unwrap_or(&1), rng)?;
+        // `Bert::forward`'s sizes (checked against the runner's below).
+        let sizes = [1, 2, 4, 8, 16, 32];
+        let [ids, types] = batch(32, rng)?;
         dev.synchronize().map_err(err)?;
         let peak = eager_peak(ctx, || {
             let out = bert.forward(dev, &ids, &types).map_err(err)?;
@@ -351,14 +484,28 @@ mod candle {
             drop(out);
             Ok(())
         })?;
-        let needs: Vec<usize> = graphs.stats().sizes.iter().map(|s| s.pool_need).collect();
-        let (alone, sum, held) = node_figures(ctx, &needs, || {
-            for &n in &sizes {
-                let [ids, types] = batch(n, rng)?;
-                drop(graphs.run([&ids, &types]).map_err(err)?);
-            }
-            dev.synchronize().map_err(err)
-        })?;
+        let (graphs, held) = node_held(
+            ctx,
+            || bert.forward_graphs(dev, [spec()?, spec()?]).map_err(err),
+            &sizes,
+            |graphs, op| match op {
+                Op::Run(n) => {
+                    let [ids, types] = batch(n, rng)?;
+                    drop(graphs.run([&ids, &types]).map_err(err)?);
+                    Ok(())
+                }
+                Op::Sync => dev.synchronize().map_err(err),
+                Op::Release => graphs.release_memory().map(drop),
+                Op::Resume => graphs.resume(),
+            },
+        )?;
+        assert_eq!(graphs.sizes(), sizes);
+        let needs: Vec<u64> = graphs
+            .stats()
+            .sizes
+            .iter()
+            .map(|s| s.pool_need as u64)
+            .collect();
         Ok(Row {
             forward: format!(
                 "candle-transformers BERT ({} layers, hidden 384, 128 tokens)",
@@ -367,8 +514,8 @@ mod candle {
             memory: "graph memory nodes",
             graphs: sizes.len(),
             eager_peak: peak,
-            largest_alone: alone,
-            node_sum: sum,
+            largest_nodes: needs.iter().copied().max().unwrap_or(0),
+            node_sum: needs.iter().sum(),
             held,
         })
     }

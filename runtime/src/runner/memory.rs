@@ -42,11 +42,29 @@ impl<const N: usize, S, B: Backend, L> Runner<'_, N, S, B, L> {
 
     /// Maps the graph memory back after [`release_memory`](Self::release_memory); the graphs
     /// replay with the same results as before.
+    ///
+    /// Every graph is then uploaded (`cuGraphUpload`), largest first. With graph memory nodes
+    /// that is where the driver maps a graph's memory: left to the first launches, the order
+    /// would be the traffic's, and a small graph mapped first may leave the largest to map
+    /// beside it rather than over it (issue 30 measures whether it does). With cudagraph's
+    /// pool it spares the first replays their set-up.
     pub fn resume(&mut self) -> Result<()> {
         B::forbid_during_capture(Seal::new(), self.dev, "resuming a runner's memory")?;
         if self.core.released {
             B::resume(Seal::new(), self.dev, &mut self.core.memory)?;
             self.core.released = false;
+            self.upload_largest_first()?;
+        }
+        Ok(())
+    }
+
+    /// Uploads every captured graph's segments, the largest graph first (graphs are kept in
+    /// ascending order, the last key combination holding every bucket at its largest).
+    fn upload_largest_first(&self) -> Result<()> {
+        for graph in self.core.graphs.iter().rev().flatten() {
+            for exec in std::iter::once(&graph.exec).chain(&graph.segments) {
+                exec.upload().map_err(Error::driver("cuGraphUpload"))?;
+            }
         }
         Ok(())
     }
