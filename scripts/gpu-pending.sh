@@ -8,8 +8,8 @@
 # 1. the whole GPU suite (tests.log; first run of
 #    background::a_runner_dropped_mid_background_capture_leaves_nothing_behind);
 # 2. issue 30's memory table with the held figures per state (largest alone, after capture,
-#    replayed ascending after a trim, after release + resume, which now uploads largest
-#    first), from the candle binary (all four backends; candle-tests.log);
+#    replayed ascending after a trim, after release + resume; capture and resume now upload
+#    the largest graph), from the candle binary (all four backends; candle-tests.log);
 # 3. issue 29's cuBLAS preload lever: decode_bench --serve-start, one discarded start, then
 #    with (CUDAGRAPH_PRELOAD=on) and without it in ABBA order, 6 starts each
 #    (serve_start_{on,off}_*.log);

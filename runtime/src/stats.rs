@@ -123,8 +123,9 @@ pub struct RunnerStats {
     pub keys: KeyHistograms,
     /// Graph-memory-node capture (cudarc, candle): the driver's graph-memory figures for the
     /// device, read after the runner's captures (`None` for cudagraph's own pool). The driver
-    /// maps a graph's memory at its first launch, so right after capture `reserved` shows only
-    /// what earlier launches left.
+    /// maps a graph's memory when it is uploaded or first launched; an init capture ends with
+    /// a trim and then uploads the largest graph, so `reserved` includes that graph's memory
+    /// once the upload (ordered on the stream) has run, beside what other graphs hold.
     pub graph_memory: Option<crate::GraphMemoryUsage>,
 }
 

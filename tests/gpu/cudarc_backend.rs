@@ -195,7 +195,7 @@ fn cudarc_graph_memory_is_measured_and_released() {
         "the trim gave memory back"
     );
     graphs.resume().expect("resume");
-    // `resume` uploads every graph (largest first), which maps graph memory before any launch.
+    // `resume` uploads the largest graph, which maps its graph memory before any launch.
     stream.synchronize().unwrap();
     let resumed = GraphMemoryUsage::of_context(&ctx).expect("usage");
     println!(

@@ -117,6 +117,13 @@ impl StreamPoolUsage {
         pool.reset_high()
             .map_err(Error::driver("cuMemPoolSetAttribute"))
     }
+
+    /// Gives what the pool of `ctx`'s device caches and nothing uses back to the driver
+    /// (`cuMemPoolTrimTo(0)`; synchronize the streams that freed into it first).
+    pub fn trim(ctx: &CudaContext) -> Result<()> {
+        let pool = ffi::MemPool::of_device(ctx).map_err(Error::driver("cuDeviceGetMemPool"))?;
+        pool.trim_to(0).map_err(Error::driver("cuMemPoolTrimTo"))
+    }
 }
 
 /// Runner memory in node mode: the output buffer every size's graph copies its output into,

@@ -43,30 +43,43 @@ impl<const N: usize, S, B: Backend, L> Runner<'_, N, S, B, L> {
     /// Maps the graph memory back after [`release_memory`](Self::release_memory); the graphs
     /// replay with the same results as before.
     ///
-    /// Every graph is then uploaded (`cuGraphUpload`), largest first. With graph memory nodes
-    /// that is where the driver maps a graph's memory: left to the first launches, the order
-    /// would be the traffic's, and a small graph mapped first may leave the largest to map
-    /// beside it rather than over it (issue 30 measures whether it does). With cudagraph's
-    /// pool it spares the first replays their set-up.
+    /// The graph with the most graph memory is then uploaded (`cuGraphUpload`): see
+    /// [`upload_largest`](Self::upload_largest).
     pub fn resume(&mut self) -> Result<()> {
         B::forbid_during_capture(Seal::new(), self.dev, "resuming a runner's memory")?;
         if self.core.released {
             B::resume(Seal::new(), self.dev, &mut self.core.memory)?;
             self.core.released = false;
-            self.upload_largest_first()?;
+            self.upload_largest();
         }
         Ok(())
     }
 
-    /// Uploads every captured graph's segments, the largest graph first (graphs are kept in
-    /// ascending order, the last key combination holding every bucket at its largest).
-    fn upload_largest_first(&self) -> Result<()> {
-        for graph in self.core.graphs.iter().rev().flatten() {
-            for exec in std::iter::once(&graph.exec).chain(&graph.segments) {
-                exec.upload().map_err(Error::driver("cuGraphUpload"))?;
+    /// Uploads the captured graph with the most graph memory (all its segments), after a
+    /// capture or a resume left every graph unmapped. With graph memory nodes (candle, plain
+    /// cudarc) an upload is where the driver maps a graph's memory; left to the first
+    /// launches, the mapping would follow the traffic, and a small graph mapped first may
+    /// leave the largest to map beside it rather than over it (`bench/NOTES.md` §15 measures
+    /// whether it does). With cudagraph's pool the memory is mapped already, and the upload
+    /// spares the first replay its set-up. An upload only prepares: a failure is logged, and
+    /// the first launch does the work instead.
+    pub(super) fn upload_largest(&self) {
+        let largest = (0..self.core.graphs.len())
+            .filter(|&g| self.core.graphs[g].is_some())
+            .max_by_key(|&g| self.core.stats.sizes[g].pool_need);
+        let Some(graph) = largest.and_then(|g| self.core.graphs[g].as_ref()) else {
+            return;
+        };
+        for exec in std::iter::once(&graph.exec).chain(&graph.segments) {
+            if let Err(e) = exec.upload() {
+                tracing::warn!(
+                    target: "cudagraph",
+                    "{}: uploading the largest graph failed ({e}); its first launch maps its memory",
+                    self.core.plan.function
+                );
+                return;
             }
         }
-        Ok(())
     }
 
     /// Whether the graph memory is released.

@@ -376,6 +376,8 @@ impl<'m, const N: usize, S: 'm, B: Backend, L: 'm> Runner<'m, N, S, B, L> {
             progress.inc(1);
         }
         let (reclaims, _) = scope.exit()?;
+        // The scope's exit trimmed graph memory: the largest graph is mapped again first.
+        runner.upload_largest();
         progress.finish_and_clear();
         runner.core.stats.capture_wall = started.elapsed();
         runner.core.stats.reclaims = reclaims;
