@@ -43,8 +43,9 @@ impl<const N: usize, S, B: Backend, L> Runner<'_, N, S, B, L> {
     /// Maps the graph memory back after [`release_memory`](Self::release_memory); the graphs
     /// replay with the same results as before.
     ///
-    /// The graph with the most graph memory is then uploaded (`cuGraphUpload`): see
-    /// [`upload_largest`](Self::upload_largest).
+    /// The graph with the most graph memory is then uploaded (`cuGraphUpload`). With graph
+    /// memory nodes (candle, plain cudarc) that maps its memory before the traffic's first
+    /// launches map the others; a failed upload is logged, and the first launch maps instead.
     pub fn resume(&mut self) -> Result<()> {
         B::forbid_during_capture(Seal::new(), self.dev, "resuming a runner's memory")?;
         if self.core.released {
