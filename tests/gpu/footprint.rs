@@ -156,7 +156,7 @@ fn native_row(rng: &mut Rng) -> Result<Option<Row>> {
         graphs: sizes.len(),
         eager_peak: peak,
         largest_nodes: alone.pool_bytes as u64,
-        node_sum: stats.sizes.iter().map(|s| s.pool_need as u64).sum(),
+        node_sum: allocation_bytes(stats).1,
         held: Held {
             largest_alone: alone.pool_bytes as u64,
             after_capture,
@@ -164,6 +164,12 @@ fn native_row(rng: &mut Rng) -> Result<Option<Row>> {
             resumed,
         },
     }))
+}
+
+/// The largest graph's and all graphs' allocation bytes (each size's `pool_need`).
+fn allocation_bytes(stats: &cudagraph::RunnerStats) -> (u64, u64) {
+    let needs = stats.sizes.iter().map(|s| s.pool_need as u64);
+    (needs.clone().max().unwrap_or(0), needs.sum())
 }
 
 /// What [`node_held`] asks of a node-mode runner.
@@ -300,12 +306,7 @@ fn cudarc_row(rng: &mut Rng) -> Result<Option<Row>> {
         sizes,
         "the MLP's sizes changed: update this test"
     );
-    let needs: Vec<u64> = graphs
-        .stats()
-        .sizes
-        .iter()
-        .map(|s| s.pool_need as u64)
-        .collect();
+    let (largest_nodes, node_sum) = allocation_bytes(graphs.stats());
     Ok(Some(Row {
         forward: format!(
             "cudarc MLP ({} -> {} -> {})",
@@ -314,8 +315,8 @@ fn cudarc_row(rng: &mut Rng) -> Result<Option<Row>> {
         memory: "graph memory nodes",
         graphs: sizes.len(),
         eager_peak: peak,
-        largest_nodes: needs.iter().copied().max().unwrap_or(0),
-        node_sum: needs.iter().sum(),
+        largest_nodes,
+        node_sum,
         held,
     }))
 }
@@ -414,12 +415,7 @@ mod candle {
             sizes,
             "the decoder's sizes changed: update this test"
         );
-        let needs: Vec<u64> = graphs
-            .stats()
-            .sizes
-            .iter()
-            .map(|s| s.pool_need as u64)
-            .collect();
+        let (largest_nodes, node_sum) = allocation_bytes(graphs.stats());
         let mut rows = vec![Row {
             forward: format!(
                 "candle decoder ({} layers, hidden {})",
@@ -428,8 +424,8 @@ mod candle {
             memory: "graph memory nodes",
             graphs: sizes.len(),
             eager_peak: peak,
-            largest_nodes: needs.iter().copied().max().unwrap_or(0),
-            node_sum: needs.iter().sum(),
+            largest_nodes,
+            node_sum,
             held,
         }];
         drop(graphs);
@@ -517,12 +513,7 @@ mod candle {
             },
         )?;
         assert_eq!(graphs.sizes(), sizes);
-        let needs: Vec<u64> = graphs
-            .stats()
-            .sizes
-            .iter()
-            .map(|s| s.pool_need as u64)
-            .collect();
+        let (largest_nodes, node_sum) = allocation_bytes(graphs.stats());
         Ok(Row {
             forward: format!(
                 "candle-transformers BERT ({} layers, hidden 384, 128 tokens)",
@@ -531,8 +522,8 @@ mod candle {
             memory: "graph memory nodes",
             graphs: sizes.len(),
             eager_peak: peak,
-            largest_nodes: needs.iter().copied().max().unwrap_or(0),
-            node_sum: needs.iter().sum(),
+            largest_nodes,
+            node_sum,
             held,
         })
     }

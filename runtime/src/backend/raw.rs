@@ -362,10 +362,8 @@ pub(crate) fn load_function(
 /// Returns what the stream-ordered allocator and graph memory nodes cache to the driver.
 pub(crate) fn release_cached_memory(stream: &Arc<CudaStream>) -> Result<()> {
     synchronize(stream)?;
-    let pool =
-        ffi::MemPool::of_device(stream.context()).map_err(Error::driver("cuDeviceGetMemPool"))?;
-    pool.trim_to(0).map_err(Error::driver("cuMemPoolTrimTo"))?;
-    ffi::graph_mem_trim(stream.context()).map_err(Error::driver("cuDeviceGraphMemTrim"))
+    nodes::StreamPoolUsage::trim(stream.context())?;
+    nodes::GraphMemoryUsage::trim(stream.context())
 }
 
 impl Backend for Raw {
